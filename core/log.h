@@ -1,0 +1,47 @@
+/* Logging to stderr, text or JSON lines. Level-checked macros do not evaluate their
+ * arguments when the level is disabled (Redis serverLog). Thread-safe: each line is one
+ * write(2). Never pass request bodies or secrets. */
+#ifndef AB_LOG_H
+#define AB_LOG_H
+
+#include <stddef.h>
+
+enum ab_log_level { AB_LOG_DEBUG = 0, AB_LOG_INFO, AB_LOG_WARN, AB_LOG_ERROR, AB_LOG_OFF };
+
+extern int ab_log_level_min;
+
+#define ab_log(level, ...)                                                                     \
+    do {                                                                                       \
+        if ((level) >= ab_log_level_min) {                                                     \
+            ab_log_write((level), __VA_ARGS__);                                                \
+        }                                                                                      \
+    } while (0)
+#define ab_debug(...) ab_log(AB_LOG_DEBUG, __VA_ARGS__)
+#define ab_info(...) ab_log(AB_LOG_INFO, __VA_ARGS__)
+#define ab_warn(...) ab_log(AB_LOG_WARN, __VA_ARGS__)
+#define ab_error(...) ab_log(AB_LOG_ERROR, __VA_ARGS__)
+
+void ab_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Set level ("debug", "info", "warn", "error") and format ("text", "json").
+ * Returns 0, or -1 with a message in errstr. */
+int ab_log_configure(const char *level, const char *format, char *errstr, size_t errlen);
+
+/* One access-log line per request, in the configured format. Fields that are NULL are
+ * omitted. Logged at info level. */
+struct ab_access {
+    const char *client;
+    const char *method;
+    const char *path;
+    int status;
+    double latency_ms;
+    size_t bytes_in;
+    const char *id;
+    const char *action;
+    const char *event;
+    const char *sink;
+    const char *error;
+};
+void ab_log_access(const struct ab_access *a);
+
+#endif

@@ -1,0 +1,31 @@
+/* X-Exl-Signature: base64(HMAC-SHA256(key = secret bytes, message = raw body bytes)).
+ * A set of secrets supports rotation: a signature made with any of them is valid. */
+#ifndef AB_SIGNATURE_H
+#define AB_SIGNATURE_H
+
+#include <stddef.h>
+
+#define AB_SIGNATURE_B64_LEN 44 /* 32 bytes in standard base64 with padding */
+
+struct ab_secrets; /* opaque, immutable once loaded; shareable between threads */
+
+/* Load secrets: one per line of `file` (may be NULL; trailing CR/LF stripped, blank lines
+ * and lines starting with '#' ignored) plus `extra` (may be NULL, e.g. ALMABRIDGE_SECRET).
+ * Returns NULL with a message in errstr when the file cannot be read. The result may hold
+ * zero secrets: the caller decides whether that is allowed. */
+struct ab_secrets *ab_secrets_load(const char *file, const char *extra, char *errstr,
+                                   size_t errlen);
+size_t ab_secrets_count(const struct ab_secrets *s);
+void ab_secrets_free(struct ab_secrets *s);
+
+/* Compute the signature of body with secret into out (AB_SIGNATURE_B64_LEN + 1 bytes). */
+void ab_signature_compute(const void *secret, size_t secret_len, const void *body, size_t len,
+                          char out[AB_SIGNATURE_B64_LEN + 1]);
+
+/* 1 when header (the X-Exl-Signature value, surrounding blanks ignored) matches the
+ * signature of body under any of the secrets, compared in constant time; 0 otherwise,
+ * also for a NULL header. */
+int ab_signature_verify(const struct ab_secrets *s, const char *header, const void *body,
+                        size_t len);
+
+#endif

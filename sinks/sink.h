@@ -1,0 +1,106 @@
+/* The sink contract: where normalised events are written durably.
+ *
+ * A sink backend is a table of operations (Redis CT_Socket, Fluent Bit out_* plugins).
+ * The process calls global_init() once before worker threads start, then each worker
+ * thread open()s its own instance on its own event base; an instance is used only by the
+ * thread that opened it. close() runs on that thread after its loop has stopped;
+ * global_free() runs once after every instance has been closed.
+ *
+ * Threads: every function except global_init/global_free runs on the owning loop thread.
+ */
+#ifndef AB_SINK_H
+#define AB_SINK_H
+
+#include <stddef.h>
+
+struct event_base;
+struct ab_config;
+
+/* Completion status handed to the callback. */
+enum ab_sink_status {
+    AB_SINK_OK = 0,      /* durably acknowledged: answer 200 */
+    AB_SINK_ERROR = 1,   /* the backend refused or failed: answer 503 */
+    AB_SINK_TIMEOUT = 2, /* no acknowledgement within the backend's own timeout: 503 */
+    AB_SINK_CLOSED = 3,  /* the instance was closed before an answer: 503 */
+};
+const char *ab_sink_status_str(int status);
+
+/* One event to write. The strings are borrowed for the duration of submit() only: a
+ * backend copies what it needs before submit() returns. */
+struct ab_sink_msg {
+    const char *id;     /* webhook id (CloudEvent id) */
+    const char *type;   /* CloudEvent type */
+    const char *source; /* CloudEvent source */
+    const char *route;  /* expanded topic / stream (unused by the file sink) */
+    const char *key;    /* expanded message key, NULL for none (Kafka) */
+    const char *value;  /* the CloudEvent JSON, value_len bytes, no newline */
+    size_t value_len;
+};
+
+/* Runs exactly once per accepted submit, on the thread that submitted. `errstr` is a short
+ * reason for logs (never payload content), NULL on success. The callback may submit again
+ * but must not close the sink. */
+typedef void (*ab_sink_done_cb)(int status, const char *errstr, void *opaque);
+
+struct ab_sink {
+    const struct ab_sink_ops *ops; /* first member of every backend's instance struct */
+};
+
+struct ab_sink_ops {
+    const char *name;
+    const char *default_route; /* route template when --route is not given */
+
+    /* Once per process, before threads. Validate the configuration and create what all
+     * instances share (the file sink's writer thread). Returns 0 and sets *shared, or -1
+     * with one line in errstr. Optional. */
+    int (*global_init)(const struct ab_config *cfg, void **shared, char *errstr, size_t errlen);
+    void (*global_free)(void *shared);
+
+    /* Open an instance on base. Returns it, or NULL with one line in errstr. */
+    struct ab_sink *(*open)(const struct ab_config *cfg, void *shared, struct event_base *base,
+                            char *errstr, size_t errlen);
+
+    /* Submit one event. THE CONTRACT:
+     *  - returns non-zero: refused at once (queue full, disconnected, closing); the callback
+     *    is never called and the caller answers 503 itself;
+     *  - returns 0: `cb(status, errstr, opaque)` runs EXACTLY ONCE, LATER (never from inside
+     *    submit), ON THE LOOP THREAD THAT SUBMITTED: AB_SINK_OK only after the backend has
+     *    durably acknowledged (fsync returned, broker ack with acks=all, XADD reply), or an
+     *    error/timeout status. A backend enforces its own timeout (at most the configured
+     *    --ack-timeout), so the callback always comes; close() completes what is left with
+     *    AB_SINK_CLOSED. */
+    int (*submit)(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
+                  void *opaque);
+
+    /* 1 while the instance can take writes (for /readyz), else 0. */
+    int (*ready)(struct ab_sink *s);
+
+    /* Write a short human-readable state ("connected", "broker down: ...") into buf.
+     * Optional. */
+    void (*describe)(struct ab_sink *s, char *buf, size_t len);
+
+    /* Flush what is pending (bounded by timeout_ms), complete every outstanding submission
+     * (callbacks run before close returns, with AB_SINK_CLOSED for those not acknowledged)
+     * and free the instance. NULL is a no-op. */
+    void (*close)(struct ab_sink *s, int timeout_ms);
+};
+
+extern const struct ab_sink_ops ab_sink_file;
+extern const struct ab_sink_ops ab_sink_kafka;
+extern const struct ab_sink_ops ab_sink_redis;
+
+/* The registry: the backend called name, or NULL. */
+const struct ab_sink_ops *ab_sink_find(const char *name);
+
+/* Dispatch helpers. */
+static inline int ab_sink_submit(struct ab_sink *s, const struct ab_sink_msg *m,
+                                 ab_sink_done_cb cb, void *opaque)
+{
+    return s->ops->submit(s, m, cb, opaque);
+}
+static inline int ab_sink_ready(struct ab_sink *s)
+{
+    return s->ops->ready(s);
+}
+
+#endif
