@@ -28,7 +28,7 @@ FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 
 .PHONY: all setup test unit e2e run clean format fuzz bench docs
 
-all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN)
+all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
 
 $(BUILD)/almabridge: $(BUILD)/obj/cmd/almabridge.o $(BUILD)/libalmabridge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
@@ -48,6 +48,11 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libalmabridge.a
 $(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(BUILD)/libalmabridge.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# LD_PRELOAD fault injection for the end-to-end tests (a slow or failing disk).
+$(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
+	@mkdir -p $(@D)
+	$(CC) -shared -fPIC -O2 -Wall -o $@ $< -ldl
 
 # Installs every Debian package the project needs; idempotent and non-interactive.
 DEBS := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \

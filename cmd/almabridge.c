@@ -1,0 +1,343 @@
+/* almabridge: receive Ex Libris Alma webhooks and write them durably to a sink.
+ *
+ * This file is the program: options, start-up checks, the listening socket, worker
+ * threads, signals (SIGTERM/SIGINT drain and exit, SIGHUP reload) and the main loop. */
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+#include <openssl/ssl.h>
+
+#include "acl.h"
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "mem.h"
+#include "metrics.h"
+#include "normalise.h"
+#include "route.h"
+#include "signature.h"
+#include "sink.h"
+#include "tls.h"
+
+extern char **environ;
+
+struct daemon {
+    struct ab_config cfg;
+    struct ab_app app;
+    struct event_base *base;
+    evutil_socket_t fd;
+    pthread_t *threads;
+    char *env_secret; /* ALMABRIDGE_SECRET, copied before it is wiped from the environment */
+    int stopping;
+};
+
+static void die(const char *msg)
+{
+    fprintf(stderr, "almabridge: %s\n", msg);
+    exit(AB_CONFIG_ERROR);
+}
+
+/* Take ALMABRIDGE_SECRET and wipe it from the process's environment block, so that it is
+ * neither inherited nor readable in /proc/<pid>/environ. */
+static char *take_env_secret(void)
+{
+    for (char **e = environ; e && *e; e++) {
+        if (strncmp(*e, "ALMABRIDGE_SECRET=", 18) == 0) {
+            char *v = *e + 18;
+            char *copy = ab_strdup(v);
+            memset(v, 0, strlen(v));
+            unsetenv("ALMABRIDGE_SECRET");
+            return copy;
+        }
+    }
+    return NULL;
+}
+
+static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
+{
+    struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
+    if (s && ab_secrets_count(s) == 0 && !d->cfg.insecure_skip_signature) {
+        snprintf(err, errlen,
+                 "no webhook secret: give --secret-file or ALMABRIDGE_SECRET (the secret of the "
+                 "Alma integration profile), or --insecure-skip-signature for testing");
+        ab_secrets_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Bind the listening socket (shared by every worker). */
+static evutil_socket_t listen_on(const char *hostport, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - hostport), hostport);
+    const char *port = colon + 1;
+    char *h = host;
+    if (h[0] == '[') {
+        h++;
+        h[strlen(h) - 1] = '\0';
+    }
+    struct evutil_addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_PASSIVE;
+    int rc = evutil_getaddrinfo(*h ? h : NULL, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "--listen %s: %s", hostport, evutil_gai_strerror(rc));
+        return -1;
+    }
+    evutil_socket_t fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", hostport, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        fd = -1;
+    }
+    evutil_freeaddrinfo(res);
+    return fd;
+}
+
+static void *worker_main(void *arg)
+{
+    ab_worker_run(arg);
+    return NULL;
+}
+
+/* Main thread: SIGHUP. Reload the secret file and the TLS certificate; a failed reload
+ * keeps everything as it was. */
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    char err[512];
+    struct ab_secrets *s = load_secrets(d, err, sizeof(err));
+    SSL_CTX *ctx = NULL;
+    if (s && d->cfg.tls_cert) {
+        ctx = ab_tls_ctx_new(d->cfg.tls_cert, d->cfg.tls_key, err, sizeof(err));
+    }
+    if (s == NULL || (d->cfg.tls_cert && ctx == NULL)) {
+        ab_error("reload failed, keeping the current configuration: %s", err);
+        ab_secrets_free(s);
+        atomic_fetch_add(&ab_metrics_g.reload_failures, 1);
+        return;
+    }
+    struct ab_shared_secrets *ss = ab_shared_secrets_new(s);
+    for (size_t i = 0; i < d->app.n_workers; i++) {
+        ab_worker_reload(d->app.workers[i], ss, ctx);
+    }
+    ab_shared_secrets_unref(ss);
+    SSL_CTX_free(ctx);
+    atomic_fetch_add(&ab_metrics_g.reloads, 1);
+    ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+}
+
+static void on_grace_over(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    ab_info("no longer accepting connections; waiting for %ld webhook(s) in flight",
+            atomic_load(&ab_metrics_g.inflight));
+    for (size_t i = 0; i < d->app.n_workers; i++) {
+        ab_worker_stop(d->app.workers[i], (int)d->cfg.shutdown_timeout_s);
+    }
+    event_base_loopexit(d->base, NULL);
+}
+
+/* Main thread: SIGTERM or SIGINT. /readyz turns 503 at once; the listener keeps serving for
+ * --drain-grace seconds so that a load balancer notices, then the workers stop accepting,
+ * finish what is in flight and the sink is flushed. */
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->stopping++) {
+        ab_warn("second signal: stopping now");
+        on_grace_over(-1, 0, d);
+        return;
+    }
+    atomic_store(&ab_metrics_g.draining, 1);
+    ab_info("%s: draining (readyz 503) for %ld s, then stopping",
+            sig == SIGINT ? "SIGINT" : "SIGTERM", d->cfg.drain_grace_s);
+    struct timeval tv = {d->cfg.drain_grace_s, 0};
+    event_base_once(d->base, -1, EV_TIMEOUT, on_grace_over, d, &tv);
+}
+
+/* Everything that can be checked before serving; --check-config stops after this. */
+static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx, char *err,
+                   size_t errlen)
+{
+    struct ab_config *cfg = &d->cfg;
+    if (ab_log_configure(cfg->log_level, cfg->log_format, err, errlen) != 0) {
+        return -1;
+    }
+    *secrets = load_secrets(d, err, errlen);
+    if (*secrets == NULL) {
+        return -1;
+    }
+    d->app.cfg = cfg;
+    d->app.sink_ops = ab_sink_find(cfg->sink);
+    if (d->app.sink_ops == NULL) {
+        snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
+        return -1;
+    }
+    const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
+    char rerr[256];
+    d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
+    if (d->app.route == NULL) {
+        snprintf(err, errlen, "--route: %s", rerr);
+        return -1;
+    }
+    if (cfg->kafka_key && *cfg->kafka_key) {
+        d->app.key = ab_route_compile(cfg->kafka_key, rerr, sizeof(rerr));
+        if (d->app.key == NULL) {
+            snprintf(err, errlen, "--kafka-key: %s", rerr);
+            return -1;
+        }
+    }
+    if (cfg->allow.n && !(d->app.allow = ab_acl_new(cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
+        snprintf(err, errlen, "--allow: %s", rerr);
+        return -1;
+    }
+    if (cfg->trusted_proxy.n && !(d->app.trusted = ab_acl_new(cfg->trusted_proxy.v,
+                                                               cfg->trusted_proxy.n, rerr,
+                                                               sizeof(rerr)))) {
+        snprintf(err, errlen, "--trusted-proxy: %s", rerr);
+        return -1;
+    }
+    if (cfg->tls_cert && !(*ctx = ab_tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, errlen))) {
+        return -1;
+    }
+    return 0;
+}
+
+static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *ctx)
+{
+    char err[512];
+    struct ab_config *cfg = &d->cfg;
+    long n = cfg->threads > 0 ? cfg->threads : sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) {
+        n = 1;
+    }
+    if (d->app.sink_ops->global_init &&
+        d->app.sink_ops->global_init(cfg, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    struct ab_shared_secrets *ss = ab_shared_secrets_new(secrets);
+    d->app.n_workers = (size_t)n;
+    d->app.workers = ab_calloc((size_t)n, sizeof(*d->app.workers));
+    d->app.metrics = ab_calloc((size_t)n, sizeof(*d->app.metrics));
+    d->threads = ab_calloc((size_t)n, sizeof(*d->threads));
+    for (long i = 0; i < n; i++) {
+        d->app.metrics[i] = ab_metrics_new();
+        d->app.workers[i] = ab_worker_new(&d->app, (int)i, d->fd, ss, ctx, err, sizeof(err));
+        if (d->app.workers[i] == NULL) {
+            die(err);
+        }
+    }
+    ab_shared_secrets_unref(ss);
+    atomic_store(&ab_metrics_g.workers, n);
+    for (long i = 0; i < n; i++) {
+        pthread_create(&d->threads[i], NULL, worker_main, d->app.workers[i]);
+    }
+}
+
+static void shutdown_all(struct daemon *d)
+{
+    for (size_t i = 0; i < d->app.n_workers; i++) {
+        pthread_join(d->threads[i], NULL);
+        ab_worker_free(d->app.workers[i]);
+        ab_metrics_free(d->app.metrics[i]);
+    }
+    if (d->app.sink_ops->global_free) {
+        d->app.sink_ops->global_free(d->app.sink_shared);
+    }
+    ab_route_free(d->app.route);
+    ab_route_free(d->app.key);
+    ab_acl_free(d->app.allow);
+    ab_acl_free(d->app.trusted);
+    free(d->app.workers);
+    free(d->app.metrics);
+    free(d->threads);
+    if (d->env_secret) {
+        memset(d->env_secret, 0, strlen(d->env_secret));
+        free(d->env_secret);
+    }
+    evutil_closesocket(d->fd);
+    event_base_free(d->base);
+    ab_config_free(&d->cfg);
+}
+
+int main(int argc, char **argv)
+{
+    static struct daemon d;
+    char err[1024] = "";
+    d.env_secret = take_env_secret();
+    if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
+        die(err);
+    }
+    if (d.cfg.help) {
+        ab_config_usage(stdout);
+        return 0;
+    }
+    if (d.cfg.version) {
+        printf("almabridge %s\n", AB_VERSION);
+        return 0;
+    }
+    if (d.cfg.print_config) {
+        ab_config_print(&d.cfg, stdout);
+        return 0;
+    }
+    struct ab_secrets *secrets = NULL;
+    SSL_CTX *ctx = NULL;
+    ab_normalise_init();
+    if (prepare(&d, &secrets, &ctx, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    if (d.cfg.check_config) {
+        printf("configuration OK\n");
+        return 0;
+    }
+    if (ab_secrets_count(secrets) == 0) {
+        ab_warn("--insecure-skip-signature: webhooks are NOT authenticated; anyone who can "
+                "reach this port can inject events");
+    }
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    d.fd = listen_on(d.cfg.listen, err, sizeof(err));
+    if (d.fd < 0) {
+        die(err);
+    }
+    d.base = event_base_new();
+    start_workers(&d, secrets, ctx);
+    SSL_CTX_free(ctx);
+    struct event *sigs[3] = {
+        evsignal_new(d.base, SIGTERM, on_stop_signal, &d),
+        evsignal_new(d.base, SIGINT, on_stop_signal, &d),
+        evsignal_new(d.base, SIGHUP, on_sighup, &d),
+    };
+    for (int i = 0; i < 3; i++) {
+        event_add(sigs[i], NULL);
+    }
+    ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
+            d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
+            d.app.n_workers);
+    event_base_dispatch(d.base);
+    for (int i = 0; i < 3; i++) {
+        event_free(sigs[i]);
+    }
+    shutdown_all(&d);
+    ab_info("stopped");
+    return 0;
+}

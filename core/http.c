@@ -1,0 +1,659 @@
+/* The HTTP front end on libevent's evhttp. See http.h. */
+#include "http.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <openssl/ssl.h>
+
+#include "acl.h"
+#include "config.h"
+#include "event.h"
+#include "log.h"
+#include "mem.h"
+#include "metrics.h"
+#include "route.h"
+#include "signature.h"
+#include "sink.h"
+
+#define RETRY_AFTER "30"
+
+struct ab_shared_secrets {
+    atomic_int refs;
+    struct ab_secrets *s;
+};
+
+struct ab_worker {
+    struct ab_app *app;
+    const struct ab_config *cfg;
+    int index;
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    struct ab_sink *sink;
+    struct ab_metrics *metrics;
+    struct ab_shared_secrets *secrets; /* this thread's reference */
+    SSL_CTX *ssl_ctx;                  /* this thread's reference, NULL = plain HTTP */
+    /* cross-thread hand-over (reload, stop): guarded by mu, picked up by ctl_ev */
+    pthread_mutex_t mu;
+    struct ab_shared_secrets *new_secrets;
+    SSL_CTX *new_ssl_ctx;
+    int stop_requested, stop_timeout_s;
+    struct event *ctl_ev;
+    struct event *drain_ev; /* polls until in-flight webhooks are answered */
+    int stopping;
+    time_t stop_deadline;
+    long inflight; /* webhooks of this worker waiting on the sink */
+};
+
+/* One webhook waiting on the sink. Freed when the sink's callback runs (exactly once, by
+ * the contract), also when the ack timer has already answered 503. */
+struct pending {
+    struct ab_worker *w;
+    struct evhttp_request *req; /* NULL once answered */
+    struct event *timer;
+    struct ab_event *ev;
+    struct timespec start;
+    size_t bytes_in;
+    char client[64];
+};
+
+/* ---- secrets ---------------------------------------------------------------------- */
+
+struct ab_shared_secrets *ab_shared_secrets_new(struct ab_secrets *s)
+{
+    struct ab_shared_secrets *ss = ab_calloc(1, sizeof(*ss));
+    atomic_init(&ss->refs, 1);
+    ss->s = s;
+    return ss;
+}
+
+static struct ab_shared_secrets *secrets_ref(struct ab_shared_secrets *ss)
+{
+    if (ss) {
+        atomic_fetch_add(&ss->refs, 1);
+    }
+    return ss;
+}
+
+void ab_shared_secrets_unref(struct ab_shared_secrets *ss)
+{
+    if (ss && atomic_fetch_sub(&ss->refs, 1) == 1) {
+        ab_secrets_free(ss->s);
+        free(ss);
+    }
+}
+
+/* ---- answering -------------------------------------------------------------------- */
+
+static double elapsed_ms(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) * 1e3 + (double)(now.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+static const char *reason_phrase(int code)
+{
+    switch (code) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
+    default: return code < 400 ? "OK" : code < 500 ? "Bad Request" : "Internal Server Error";
+    }
+}
+
+/* Send `body` (len bytes) with the given content type. Every request ends in exactly one
+ * call here (or to send_json), also when the client is gone: evhttp then frees it. */
+static void send_body(struct evhttp_request *req, int code, const char *ctype, const char *body,
+                      size_t len)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", ctype);
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (code == 503) {
+        evhttp_add_header(h, "Retry-After", RETRY_AFTER);
+    }
+    struct evbuffer *buf = evbuffer_new();
+    evbuffer_add(buf, body, len);
+    evhttp_send_reply(req, code, reason_phrase(code), buf);
+    evbuffer_free(buf);
+}
+
+/* {"<key>":"<value>"[,"<key2>":"<value2>"]}: JSON-escaped by cJSON. */
+static void send_json(struct evhttp_request *req, int code, const char *k1, const char *v1,
+                      const char *k2, const char *v2)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, k1, v1 ? v1 : "");
+    if (k2) {
+        cJSON_AddStringToObject(o, k2, v2 ? v2 : "");
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    send_body(req, code, "application/json", s, strlen(s));
+    cJSON_free(s);
+    cJSON_Delete(o);
+}
+
+static void send_error(struct evhttp_request *req, int code, const char *msg)
+{
+    send_json(req, code, "error", msg, NULL, NULL);
+}
+
+/* libevent 2.1 answers errors it detects itself (a body over the size limit, a malformed
+ * request line or headers) through evhttp_send_error() with a fixed HTML page. Defining the
+ * function here interposes it for libevent too, so those answers are JSON like ours. */
+static atomic_long max_body_for_errors;
+void evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
+{
+    char msg[160];
+    if (error == 413) {
+        snprintf(msg, sizeof(msg), "request body is larger than the limit of %ld bytes",
+                 atomic_load(&max_body_for_errors));
+    } else if (error == 400) {
+        snprintf(msg, sizeof(msg), "malformed HTTP request");
+    } else {
+        snprintf(msg, sizeof(msg), "%s", reason ? reason : reason_phrase(error));
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    send_error(req, error, msg);
+}
+
+static void access_log(struct ab_worker *w, const char *client, const char *method,
+                       const char *path, int status, const struct timespec *start,
+                       size_t bytes, const struct ab_event *ev, const char *err)
+{
+    ab_metrics_request(w->metrics, status, ev ? ev->action : NULL, ev ? ev->event : NULL);
+    struct ab_access a = {
+        .client = client,
+        .method = method,
+        .path = path,
+        .status = status,
+        .latency_ms = elapsed_ms(start),
+        .bytes_in = bytes,
+        .id = ev ? ev->id : NULL,
+        .action = ev ? ev->action : NULL,
+        .event = ev ? ev->event : NULL,
+        .sink = ev ? w->app->sink_ops->name : NULL,
+        .error = err,
+    };
+    ab_log_access(&a);
+}
+
+/* ---- the webhook ------------------------------------------------------------------ */
+
+static void pending_answer(struct pending *p, int status, const char *err)
+{
+    if (p->req == NULL) {
+        return;
+    }
+    if (status == 200) {
+        send_json(p->req, 200, "id", p->ev->id, "status", "accepted");
+    } else {
+        send_error(p->req, status, err);
+    }
+    p->req = NULL;
+    access_log(p->w, p->client, "POST", p->w->cfg->path, status, &p->start, p->bytes_in, p->ev,
+               status == 200 ? NULL : err);
+}
+
+/* Loop thread: the sink's completion (exactly once per accepted submit). */
+static void on_sink_done(int status, const char *errstr, void *opaque)
+{
+    struct pending *p = opaque;
+    struct ab_worker *w = p->w;
+    ab_metrics_ack(w->metrics, elapsed_ms(&p->start) / 1e3, status == AB_SINK_OK);
+    if (status == AB_SINK_OK) {
+        pending_answer(p, 200, NULL);
+    } else {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
+                 w->app->sink_ops->name, ab_sink_status_str(status), errstr ? ": " : "",
+                 errstr ? errstr : "");
+        pending_answer(p, 503, msg);
+    }
+    if (p->timer) {
+        event_free(p->timer);
+    }
+    ab_event_free(p->ev);
+    free(p);
+    w->inflight--;
+    atomic_fetch_sub(&ab_metrics_g.inflight, 1);
+}
+
+/* Loop thread: --ack-timeout passed without an answer from the sink. Answer 503 now (Alma
+ * gives up at 5 s and retries 5xx later); the pending stays until the sink's callback. */
+static void on_ack_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct pending *p = arg;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "the %s sink did not acknowledge within %ld ms; retry later",
+             p->w->app->sink_ops->name, p->w->cfg->ack_timeout_ms);
+    pending_answer(p, 503, msg);
+}
+
+/* Media type of the body: JSON or XML, from Content-Type or, when it is absent or generic,
+ * from the first non-blank byte. Returns -1 for a type we do not take (415). */
+static int body_format(const char *ctype, const char *body, size_t len)
+{
+    char mt[128] = "";
+    if (ctype) {
+        size_t n = strcspn(ctype, ";");
+        while (n > 0 && (ctype[n - 1] == ' ' || ctype[n - 1] == '\t')) {
+            n--;
+        }
+        const char *s = ctype + strspn(ctype, " \t");
+        n -= (size_t)(s - ctype) <= n ? (size_t)(s - ctype) : n;
+        snprintf(mt, sizeof(mt), "%.*s", (int)n, s);
+    }
+    size_t ml = strlen(mt);
+    if (strcasecmp(mt, "application/json") == 0 || strcasecmp(mt, "text/json") == 0 ||
+        (ml > 5 && strcasecmp(mt + ml - 5, "+json") == 0)) {
+        return AB_FORMAT_JSON;
+    }
+    if (strcasecmp(mt, "application/xml") == 0 || strcasecmp(mt, "text/xml") == 0 ||
+        (ml > 4 && strcasecmp(mt + ml - 4, "+xml") == 0)) {
+        return AB_FORMAT_XML;
+    }
+    if (ml && strcasecmp(mt, "application/octet-stream") != 0 && strcasecmp(mt, "text/plain") != 0 &&
+        strcasecmp(mt, "application/x-www-form-urlencoded") != 0 && strcmp(mt, "*/*") != 0) {
+        return -1;
+    }
+    size_t i = 0;
+    if (len >= 3 && memcmp(body, "\xEF\xBB\xBF", 3) == 0) {
+        i = 3;
+    }
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n')) {
+        i++;
+    }
+    if (i < len && (body[i] == '{' || body[i] == '[')) {
+        return AB_FORMAT_JSON;
+    }
+    if (i < len && body[i] == '<') {
+        return AB_FORMAT_XML;
+    }
+    return -1;
+}
+
+/* Answer a POST that ends before the sink: log, count, reply. */
+static void reject(struct ab_worker *w, struct evhttp_request *req, const char *client,
+                   const struct timespec *start, size_t bytes, const struct ab_event *ev,
+                   int code, const char *msg)
+{
+    if (code == 503) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    }
+    send_error(req, code, msg);
+    access_log(w, client, "POST", w->cfg->path, code, start, bytes, ev, msg);
+}
+
+static void handle_post(struct ab_worker *w, struct evhttp_request *req, const char *client,
+                        const struct timespec *start)
+{
+    const struct ab_config *cfg = w->cfg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    char err[256];
+
+    if (atomic_load(&ab_metrics_g.draining) && w->stopping) {
+        reject(w, req, client, start, len, NULL, 503, "almabridge is shutting down; retry later");
+        return;
+    }
+    if (w->app->allow && !ab_acl_match(w->app->allow, client)) {
+        snprintf(err, sizeof(err), "webhooks from %s are not allowed (see --allow)", client);
+        reject(w, req, client, start, len, NULL, 403, err);
+        return;
+    }
+    if (!cfg->insecure_skip_signature &&
+        !ab_signature_verify(w->secrets->s, evhttp_find_header(h, "X-Exl-Signature"), body, len)) {
+        const char *m = evhttp_find_header(h, "X-Exl-Signature")
+                            ? "X-Exl-Signature does not match the body under any configured secret"
+                            : "missing X-Exl-Signature header";
+        reject(w, req, client, start, len, NULL, 401, m);
+        return;
+    }
+    int fmt = body_format(evhttp_find_header(h, "Content-Type"), body, len);
+    if (fmt < 0) {
+        reject(w, req, client, start, len, NULL, 415,
+               "unsupported Content-Type: send application/json, application/xml or text/xml");
+        return;
+    }
+    struct ab_event *ev = NULL;
+    int rc = ab_event_from_body(fmt, body, len, &ev, err, sizeof(err));
+    if (rc != AB_EVENT_OK) {
+        reject(w, req, client, start, len, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, err);
+        return;
+    }
+    if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
+        reject(w, req, client, start, len, ev, 503,
+               "too many webhooks waiting on the sink (--max-inflight); retry later");
+        ab_event_free(ev);
+        return;
+    }
+    char *route = ab_route_expand(w->app->route, ev);
+    char *key = w->app->key ? ab_route_expand(w->app->key, ev) : NULL;
+    struct ab_sink_msg msg = {ev->id, ev->type, ev->source, route, key, ev->json, ev->json_len};
+    struct pending *p = ab_calloc(1, sizeof(*p));
+    p->w = w;
+    p->req = req;
+    p->ev = ev;
+    p->start = *start;
+    p->bytes_in = len;
+    snprintf(p->client, sizeof(p->client), "%s", client);
+    rc = ab_sink_submit(w->sink, &msg, on_sink_done, p);
+    free(route);
+    free(key);
+    if (rc != 0) {
+        char d[128] = "not ready";
+        if (w->sink->ops->describe) {
+            w->sink->ops->describe(w->sink, d, sizeof(d));
+        }
+        snprintf(err, sizeof(err), "the %s sink cannot take writes now (%s); retry later",
+                 w->app->sink_ops->name, d);
+        reject(w, req, client, start, len, ev, 503, err);
+        ab_event_free(ev);
+        free(p);
+        return;
+    }
+    w->inflight++;
+    atomic_fetch_add(&ab_metrics_g.inflight, 1);
+    struct timeval tv = {cfg->ack_timeout_ms / 1000, (cfg->ack_timeout_ms % 1000) * 1000};
+    p->timer = evtimer_new(w->base, on_ack_timeout, p);
+    evtimer_add(p->timer, &tv);
+}
+
+/* ---- other endpoints -------------------------------------------------------------- */
+
+static void handle_challenge(struct evhttp_request *req, const struct evhttp_uri *uri)
+{
+    struct evkeyvalq q = {0};
+    const char *query = evhttp_uri_get_query(uri);
+    const char *challenge = NULL;
+    if (query && evhttp_parse_query_str(query, &q) == 0) {
+        challenge = evhttp_find_header(&q, "challenge");
+    }
+    if (challenge == NULL) {
+        send_error(req, 400, "missing challenge parameter: Alma sends GET ?challenge=<text>");
+    } else {
+        send_json(req, 200, "challenge", challenge, NULL, NULL);
+    }
+    evhttp_clear_headers(&q);
+}
+
+static void handle_metrics(struct ab_worker *w, struct evhttp_request *req)
+{
+    char *text = ab_metrics_render(w->app->metrics, w->app->n_workers, w->app->sink_ops->name);
+    send_body(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, strlen(text));
+    free(text);
+}
+
+static void handle_readyz(struct ab_worker *w, struct evhttp_request *req)
+{
+    char d[256] = "";
+    if (w->sink->ops->describe) {
+        w->sink->ops->describe(w->sink, d, sizeof(d));
+    }
+    if (atomic_load(&ab_metrics_g.draining)) {
+        send_json(req, 503, "status", "draining", "sink", d);
+    } else if (!ab_sink_ready(w->sink)) {
+        send_json(req, 503, "status", "sink not ready", "sink", d);
+    } else {
+        send_json(req, 200, "status", "ready", "sink", d);
+    }
+}
+
+static void peer_address(struct evhttp_request *req, char *out, size_t len)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    out[0] = '\0';
+    if (evcon) {
+        evhttp_connection_get_peer(evcon, &addr, &port);
+        snprintf(out, len, "%s", addr ? addr : "");
+    }
+}
+
+/* Loop thread: every request lands here. */
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct ab_worker *w = arg;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (path == NULL || *path == '\0') {
+        path = "/";
+    }
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    char peer[64], client[64];
+    peer_address(req, peer, sizeof(peer));
+    ab_acl_client_addr(w->app->trusted, peer,
+                       evhttp_find_header(evhttp_request_get_input_headers(req), "X-Forwarded-For"),
+                       client, sizeof(client));
+
+    if (strcmp(path, w->cfg->path) == 0) {
+        if (method == EVHTTP_REQ_POST) {
+            handle_post(w, req, client, &start);
+            return;
+        }
+        if (method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD) {
+            handle_challenge(req, uri);
+        } else {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, POST");
+            send_error(req, 405, "method not allowed: use POST for webhooks, GET for the challenge");
+        }
+    } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD &&
+               (!strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics"))) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+        send_error(req, 405, "method not allowed: use GET");
+    } else if (strcmp(path, "/healthz") == 0) {
+        send_json(req, 200, "status", "ok", NULL, NULL);
+    } else if (strcmp(path, "/readyz") == 0) {
+        handle_readyz(w, req);
+    } else if (strcmp(path, "/metrics") == 0) {
+        handle_metrics(w, req);
+        return; /* scrapes are not counted as requests */
+    } else {
+        send_error(req, 404, "not found: webhooks go to the configured --path");
+    }
+    ab_metrics_request(w->metrics, evhttp_request_get_response_code(req), NULL, NULL);
+}
+
+/* ---- TLS and connections ---------------------------------------------------------- */
+
+/* Loop thread: a new connection. With TLS, wrap it in an OpenSSL bufferevent made from
+ * this worker's current context (a reload affects new connections only). */
+static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
+{
+    struct ab_worker *w = arg;
+    SSL *ssl = SSL_new(w->ssl_ctx);
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE);
+}
+
+/* ---- control: reload and stop from other threads ------------------------------------ */
+
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct ab_worker *w = arg;
+    if (w->inflight == 0 || time(NULL) >= w->stop_deadline) {
+        if (w->inflight) {
+            ab_warn("worker %d: %ld webhooks still waiting on the sink at the deadline",
+                    w->index, w->inflight);
+        }
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
+static void on_control(evutil_socket_t fd, short what, void *arg)
+{
+    struct ab_worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    struct ab_shared_secrets *ns = w->new_secrets;
+    SSL_CTX *nctx = w->new_ssl_ctx;
+    int stop = w->stop_requested && !w->stopping;
+    w->new_secrets = NULL;
+    w->new_ssl_ctx = NULL;
+    pthread_mutex_unlock(&w->mu);
+    if (ns) {
+        ab_shared_secrets_unref(w->secrets);
+        w->secrets = ns;
+    }
+    if (nctx) {
+        SSL_CTX_free(w->ssl_ctx);
+        w->ssl_ctx = nctx;
+    }
+    if (stop) {
+        w->stopping = 1;
+        w->stop_deadline = time(NULL) + w->stop_timeout_s;
+        if (w->bound) {
+            evhttp_del_accept_socket(w->http, w->bound);
+            w->bound = NULL;
+        }
+        struct timeval tv = {0, 20000};
+        w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
+        event_add(w->drain_ev, &tv);
+    }
+}
+
+void ab_worker_reload(struct ab_worker *w, struct ab_shared_secrets *secrets, SSL_CTX *ssl_ctx)
+{
+    pthread_mutex_lock(&w->mu);
+    if (secrets) {
+        ab_shared_secrets_unref(w->new_secrets);
+        w->new_secrets = secrets_ref(secrets);
+    }
+    if (ssl_ctx) {
+        SSL_CTX_free(w->new_ssl_ctx);
+        SSL_CTX_up_ref(ssl_ctx);
+        w->new_ssl_ctx = ssl_ctx;
+    }
+    pthread_mutex_unlock(&w->mu);
+    event_active(w->ctl_ev, EV_READ, 0);
+}
+
+void ab_worker_stop(struct ab_worker *w, int timeout_s)
+{
+    pthread_mutex_lock(&w->mu);
+    w->stop_requested = 1;
+    w->stop_timeout_s = timeout_s;
+    pthread_mutex_unlock(&w->mu);
+    event_active(w->ctl_ev, EV_READ, 0);
+}
+
+/* ---- life cycle ------------------------------------------------------------------- */
+
+struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t fd,
+                                struct ab_shared_secrets *secrets, SSL_CTX *ssl_ctx, char *errstr,
+                                size_t errlen)
+{
+    const struct ab_config *cfg = app->cfg;
+    struct ab_worker *w = ab_calloc(1, sizeof(*w));
+    w->app = app;
+    w->cfg = cfg;
+    w->index = index;
+    pthread_mutex_init(&w->mu, NULL);
+    atomic_store(&max_body_for_errors, cfg->max_body);
+    w->base = event_base_new();
+    if (w->base == NULL) {
+        snprintf(errstr, errlen, "cannot create an event base");
+        goto fail;
+    }
+    w->ctl_ev = event_new(w->base, -1, 0, on_control, w);
+    w->http = evhttp_new(w->base);
+    evhttp_set_max_body_size(w->http, (ev_ssize_t)cfg->max_body);
+    evhttp_set_max_headers_size(w->http, (ev_ssize_t)cfg->max_headers_size);
+    evhttp_set_timeout(w->http, (int)cfg->read_timeout_s);
+    evhttp_set_allowed_methods(w->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                            EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    evhttp_set_gencb(w->http, on_request, w);
+    if (ssl_ctx) {
+        SSL_CTX_up_ref(ssl_ctx);
+        w->ssl_ctx = ssl_ctx;
+        evhttp_set_bevcb(w->http, on_new_connection, w);
+    }
+    w->bound = evhttp_accept_socket_with_handle(w->http, fd);
+    if (w->bound == NULL) {
+        snprintf(errstr, errlen, "cannot accept on the listening socket");
+        goto fail;
+    }
+    w->sink = app->sink_ops->open(cfg, app->sink_shared, w->base, errstr, errlen);
+    if (w->sink == NULL) {
+        goto fail;
+    }
+    w->secrets = secrets_ref(secrets);
+    w->metrics = app->metrics[index];
+    return w;
+fail:
+    ab_worker_free(w);
+    return NULL;
+}
+
+void ab_worker_run(struct ab_worker *w)
+{
+    event_base_dispatch(w->base);
+    /* Stopped: close the sink on this thread (its close() completes what is left, whose
+     * callbacks answer their requests), then give the answers a moment to go out. */
+    if (w->sink) {
+        w->sink->ops->close(w->sink, (int)(w->cfg->shutdown_timeout_s * 1000));
+        w->sink = NULL;
+    }
+    struct timeval tv = {0, 300000};
+    event_base_loopexit(w->base, &tv);
+    event_base_dispatch(w->base);
+}
+
+void ab_worker_free(struct ab_worker *w)
+{
+    if (w == NULL) {
+        return;
+    }
+    /* The sink first: its close() completes every outstanding submission, whose callbacks
+     * answer their requests while the connections still exist. */
+    if (w->sink) {
+        w->sink->ops->close(w->sink, (int)(w->cfg->shutdown_timeout_s * 1000));
+    }
+    if (w->drain_ev) {
+        event_free(w->drain_ev);
+    }
+    if (w->http) {
+        evhttp_free(w->http);
+    }
+    if (w->ctl_ev) {
+        event_free(w->ctl_ev);
+    }
+    ab_shared_secrets_unref(w->secrets);
+    ab_shared_secrets_unref(w->new_secrets);
+    SSL_CTX_free(w->ssl_ctx);
+    SSL_CTX_free(w->new_ssl_ctx);
+    if (w->base) {
+        event_base_free(w->base);
+    }
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}

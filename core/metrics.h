@@ -1,0 +1,37 @@
+/* Prometheus metrics. Each worker thread owns one ab_metrics table (its own mutex, taken
+ * only by that thread and by a scrape), so the request path shares no lock between
+ * threads; process-wide gauges are atomics. A scrape sums the tables. */
+#ifndef AB_METRICS_H
+#define AB_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+struct ab_metrics;
+
+/* Process-wide gauges and counters. */
+struct ab_metrics_global {
+    atomic_long inflight;       /* webhooks waiting on the sink */
+    atomic_long connections;    /* open client connections */
+    atomic_long tls_handshake_failures;
+    atomic_long reloads;        /* successful SIGHUP reloads */
+    atomic_long reload_failures;
+    atomic_long sink_ready;     /* workers whose sink instance can take writes */
+    atomic_long workers;
+    atomic_int draining;
+};
+extern struct ab_metrics_global ab_metrics_g;
+
+struct ab_metrics *ab_metrics_new(void);
+void ab_metrics_free(struct ab_metrics *m);
+
+/* Count one answered request. action/event may be NULL (not a webhook, or no event). */
+void ab_metrics_request(struct ab_metrics *m, int status, const char *action, const char *event);
+/* Observe one sink acknowledgement (ok or not) after `seconds`. */
+void ab_metrics_ack(struct ab_metrics *m, double seconds, int ok);
+
+/* Render all tables plus the globals in Prometheus text format 0.0.4. Returns a new
+ * string owned by the caller. Any thread. */
+char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name);
+
+#endif

@@ -1,0 +1,191 @@
+"""Start the built almabridge daemon on a free port and talk HTTP to it.
+
+Signatures are computed independently of the daemon with Python's hmac module."""
+import base64
+import glob
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.path.join(ROOT, os.environ.get("ALMABRIDGE_BUILD", "build"))
+BIN = os.path.join(BUILD, "almabridge")
+SHIM = os.path.join(BUILD, "shim", "slowsync.so")
+SAMPLES = os.environ.get("ALMABRIDGE_SAMPLES", os.path.join(ROOT, "..", "shared", "alma", "samples"))
+XML_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "xml")
+SECRET = "test-secret-ünïcødé"
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def samples():
+    """[(name, bytes)] of every JSON sample."""
+    out = []
+    for p in sorted(glob.glob(os.path.join(SAMPLES, "*.json"))):
+        with open(p, "rb") as f:
+            out.append((os.path.basename(p)[:-5], f.read()))
+    assert out, f"no samples found in {SAMPLES}"
+    return out
+
+
+def xml_fixtures():
+    out = []
+    for p in sorted(glob.glob(os.path.join(XML_FIXTURES, "*.xml"))):
+        with open(p, "rb") as f:
+            out.append((os.path.basename(p)[:-4], f.read()))
+    return out
+
+
+def with_id(body: bytes, new_id: str) -> bytes:
+    """A JSON sample with its envelope id replaced (keeps the rest byte-for-byte)."""
+    d = json.loads(body)
+    old = d["id"]
+    return body.replace(f'"{old}"'.encode(), f'"{new_id}"'.encode(), 1)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+class Daemon:
+    """One almabridge process. Use as a context manager or call stop()."""
+
+    def __init__(self, args=(), secret=SECRET, env=None, tmpdir=None, file_path=None,
+                 preload_shim=False, threads=2, drain_grace=0):
+        self.tmp = tmpdir or tempfile.mkdtemp(prefix="almabridge-e2e-")
+        self.port = free_port()
+        self.secret = secret
+        self.file = file_path or os.path.join(self.tmp, "events.jsonl")
+        self.args = ["--listen", f"127.0.0.1:{self.port}", "--file", self.file,
+                     "--threads", str(threads), "--drain-grace", str(drain_grace)] + list(args)
+        self.env = dict(os.environ)
+        self.env.pop("ALMABRIDGE_SECRET", None)
+        if secret is not None:
+            self.env["ALMABRIDGE_SECRET"] = secret
+        if preload_shim:
+            self.env["LD_PRELOAD"] = SHIM
+            self.env["SLOWSYNC_GATE"] = os.path.join(self.tmp, "gate")
+            self.env["SLOWSYNC_FAIL"] = os.path.join(self.tmp, "fail")
+            self.env["ASAN_OPTIONS"] = "verify_asan_link_order=0:" + self.env.get("ASAN_OPTIONS", "")
+        self.env.update(env or {})
+        self.stderr_path = os.path.join(self.tmp, "stderr.log")
+        self.proc = None
+        self.scheme = "http"
+
+    # -- life cycle --
+    def start(self, wait=True):
+        self._err = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([BIN] + self.args, env=self.env, stdout=self._err,
+                                     stderr=self._err, cwd=self.tmp)
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"almabridge exited with {self.proc.returncode}: {self.stderr()}")
+            try:
+                if self.get("/healthz", timeout=1).status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"almabridge did not become healthy: {self.stderr()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def stderr(self):
+        try:
+            with open(self.stderr_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.stop()
+        if self.proc and self.proc.returncode not in (0, None) and exc[0] is None:
+            raise AssertionError(f"almabridge exited with {self.proc.returncode}: {self.stderr()[-3000:]}")
+
+    # -- HTTP --
+    def conn(self, timeout=10):
+        if self.scheme == "https":
+            import ssl
+            ctx = ssl.create_default_context(cafile=self.cafile)
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout, context=ctx)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=10, conn=None):
+        c = conn or self.conn(timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+        finally:
+            if conn is None:
+                c.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, body, content_type="application/json", signature=True, path="/webhook",
+             headers=None, **kw):
+        h = {}
+        if content_type:
+            h["Content-Type"] = content_type
+        if signature is True:
+            h["X-Exl-Signature"] = sign(body, self.secret or "")
+        elif signature:
+            h["X-Exl-Signature"] = signature
+        h.update(headers or {})
+        return self.request("POST", path, body=body, headers=h, **kw)
+
+    def events(self):
+        """The file sink's lines, parsed."""
+        if not os.path.exists(self.file):
+            return []
+        with open(self.file, "rb") as f:
+            return [json.loads(l) for l in f.read().splitlines() if l.strip()]
+
+    def metrics(self):
+        return self.get("/metrics").body.decode()

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""The test runner behind `make test`: every C unit test binary, then the end-to-end
+suites (pytest) against the built daemon and real servers. Ends with one line CI reads:
+`N passed, N failed, N skipped`."""
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("ALMABRIDGE_BUILD", "build")
+
+
+def run_unit():
+    passed = failed = 0
+    for exe in sorted(glob.glob(os.path.join(ROOT, BUILD, "tests", "*_test"))):
+        name = os.path.basename(exe)
+        t0 = time.time()
+        try:
+            p = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+            out, rc = p.stdout + p.stderr, p.returncode
+        except subprocess.TimeoutExpired:
+            out, rc = "timed out after 300 s", -1
+        m = re.search(r"^(\d+) passed, (\d+) failed", out, re.M)
+        p_, f_ = (int(m.group(1)), int(m.group(2))) if m else (0, 1)
+        if rc != 0 and f_ == 0:
+            f_ = 1  # a crash after the summary still fails
+        passed += p_
+        failed += f_
+        status = "ok  " if f_ == 0 else "FAIL"
+        print(f"{status} unit {name}: {p_} passed, {f_} failed ({time.time() - t0:.1f} s)")
+        if f_:
+            print("\n".join("    " + l for l in out.splitlines()[-40:]))
+        sys.stdout.flush()
+    return passed, failed, 0
+
+
+def run_e2e(args):
+    with tempfile.TemporaryDirectory() as tmp:
+        junit = os.path.join(tmp, "junit.xml")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--junitxml", junit,
+               os.path.join(ROOT, "tests", "e2e")] + args
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        if not os.path.exists(junit):
+            return 0, 1, 0
+        suite = ET.parse(junit).getroot()
+        suites = [suite] if suite.tag == "testsuite" else list(suite)
+        tests = sum(int(s.get("tests", 0)) for s in suites)
+        fails = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+        skips = sum(int(s.get("skipped", 0)) for s in suites)
+        if rc not in (0, 5) and fails == 0:
+            fails = 1
+        return tests - fails - skips, fails, skips
+
+
+def main():
+    args = sys.argv[1:]
+    unit_only = "--unit-only" in args
+    args = [a for a in args if a != "--unit-only"]
+    up, uf, _ = run_unit()
+    ep = ef = es = 0
+    if not unit_only:
+        ep, ef, es = run_e2e(args)
+    print(f"unit: {up} passed, {uf} failed; e2e: {ep} passed, {ef} failed, {es} skipped")
+    print(f"{up + ep} passed, {uf + ef} failed, {es} skipped")
+    sys.exit(1 if uf + ef else 0)
+
+
+if __name__ == "__main__":
+    main()

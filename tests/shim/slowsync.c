@@ -1,0 +1,46 @@
+/* Fault injection for end-to-end tests, loaded with LD_PRELOAD into the real daemon:
+ * a slow or failing disk.
+ *   while the file named by $SLOWSYNC_GATE exists, fsync/fdatasync wait (up to 60 s);
+ *   while the file named by $SLOWSYNC_FAIL exists, they fail with EIO.
+ * Nothing else changes: the daemon runs its production code path. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static int exists(const char *env)
+{
+    const char *p = getenv(env);
+    return p && access(p, F_OK) == 0;
+}
+
+static int gate(void)
+{
+    for (int i = 0; i < 6000 && exists("SLOWSYNC_GATE"); i++) {
+        usleep(10000);
+    }
+    if (exists("SLOWSYNC_FAIL")) {
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
+int fdatasync(int fd)
+{
+    static int (*real)(int);
+    if (!real) {
+        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    }
+    return gate() ? -1 : real(fd);
+}
+
+int fsync(int fd)
+{
+    static int (*real)(int);
+    if (!real) {
+        real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    }
+    return gate() ? -1 : real(fd);
+}
