@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -110,6 +111,16 @@ static evutil_socket_t listen_on(const char *hostport, char *err, size_t errlen)
     }
     evutil_freeaddrinfo(res);
     return fd;
+}
+
+/* Idle and slow connections each hold a descriptor: allow as many as the hard limit. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 }
 
 static void *worker_main(void *arg)
@@ -274,7 +285,9 @@ static void shutdown_all(struct daemon *d)
         memset(d->env_secret, 0, strlen(d->env_secret));
         free(d->env_secret);
     }
-    evutil_closesocket(d->fd);
+    if (d->app.listen_fd >= 0) {
+        evutil_closesocket(d->app.listen_fd);
+    }
     event_base_free(d->base);
     ab_config_free(&d->cfg);
 }
@@ -306,6 +319,15 @@ int main(int argc, char **argv)
         die(err);
     }
     if (d.cfg.check_config) {
+        /* the sink's own start-up checks too (the file sink opens, creating, its file) */
+        void *shared = NULL;
+        if (d.app.sink_ops->global_init &&
+            d.app.sink_ops->global_init(&d.cfg, &shared, err, sizeof(err)) != 0) {
+            die(err);
+        }
+        if (d.app.sink_ops->global_free) {
+            d.app.sink_ops->global_free(shared);
+        }
         printf("configuration OK\n");
         return 0;
     }
@@ -319,6 +341,8 @@ int main(int argc, char **argv)
     if (d.fd < 0) {
         die(err);
     }
+    d.app.listen_fd = d.fd;
+    raise_fd_limit();
     d.base = event_base_new();
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);

@@ -1,6 +1,7 @@
 /* The HTTP front end on libevent's evhttp. See http.h. */
 #include "http.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <openssl/ssl.h>
 
 #include "acl.h"
@@ -57,6 +59,7 @@ struct ab_worker {
     int stopping;
     time_t stop_deadline;
     long inflight; /* webhooks of this worker waiting on the sink */
+    struct event *pause_ev; /* polls to resume accepting below --max-connections */
 };
 
 /* One webhook waiting on the sink. Freed when the sink's callback runs (exactly once, by
@@ -485,14 +488,53 @@ static void on_request(struct evhttp_request *req, void *arg)
 
 /* ---- TLS and connections ---------------------------------------------------------- */
 
-/* Loop thread: a new connection. With TLS, wrap it in an OpenSSL bufferevent made from
- * this worker's current context (a reload affects new connections only). */
+/* Connection accounting. libevent 2.1's evhttp has no connection limit and no hook for a
+ * closing server connection, and a filter bufferevent cannot stand in (2.1 does not pass
+ * the socket through it). Every server connection's bufferevent is made by
+ * on_new_connection() and freed by evhttp through bufferevent_free(), which, like
+ * evhttp_send_error() above, we interpose: count, then call libevent's own. The daemon
+ * creates no other bufferevents. */
+static void (*real_bufferevent_free)(struct bufferevent *);
+static pthread_once_t real_bufferevent_free_once = PTHREAD_ONCE_INIT;
+static void find_real_bufferevent_free(void)
+{
+    real_bufferevent_free = (void (*)(struct bufferevent *))dlsym(RTLD_NEXT, "bufferevent_free");
+}
+
+void bufferevent_free(struct bufferevent *bev)
+{
+    pthread_once(&real_bufferevent_free_once, find_real_bufferevent_free);
+    atomic_fetch_sub(&ab_metrics_g.connections, 1);
+    real_bufferevent_free(bev);
+}
+
+/* Loop thread, while accepting is paused at --max-connections: resume below the limit. */
+static void on_pause_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct ab_worker *w = arg;
+    if (w->bound && atomic_load(&ab_metrics_g.connections) < w->cfg->max_connections) {
+        evconnlistener_enable(evhttp_bound_socket_get_listener(w->bound));
+        event_del(w->pause_ev);
+    }
+}
+
+/* Loop thread: a new connection. With TLS, an OpenSSL bufferevent made from this worker's
+ * current context (a reload affects new connections only). At --max-connections, pause
+ * accepting (the kernel backlog holds newcomers) until on_pause_tick sees room again. */
 static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
 {
     struct ab_worker *w = arg;
-    SSL *ssl = SSL_new(w->ssl_ctx);
-    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
-                                          BEV_OPT_CLOSE_ON_FREE);
+    long n = atomic_fetch_add(&ab_metrics_g.connections, 1) + 1;
+    if (w->cfg->max_connections > 0 && n >= w->cfg->max_connections && w->bound) {
+        evconnlistener_disable(evhttp_bound_socket_get_listener(w->bound));
+        struct timeval tv = {0, 50000};
+        event_add(w->pause_ev, &tv);
+    }
+    if (w->ssl_ctx) {
+        return bufferevent_openssl_socket_new(base, -1, SSL_new(w->ssl_ctx),
+                                              BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    }
+    return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 
 /* ---- control: reload and stop from other threads ------------------------------------ */
@@ -533,6 +575,12 @@ static void on_control(evutil_socket_t fd, short what, void *arg)
         if (w->bound) {
             evhttp_del_accept_socket(w->http, w->bound);
             w->bound = NULL;
+            /* The last worker to stop accepting closes the shared socket, so that new
+             * connections are refused at once instead of waiting in the backlog. */
+            if (atomic_fetch_add(&w->app->stopped_accepting, 1) + 1 == (long)w->app->n_workers) {
+                evutil_closesocket(w->app->listen_fd);
+                w->app->listen_fd = -1;
+            }
         }
         struct timeval tv = {0, 20000};
         w->drain_ev = event_new(w->base, -1, EV_PERSIST, on_drain_tick, w);
@@ -595,8 +643,9 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
     if (ssl_ctx) {
         SSL_CTX_up_ref(ssl_ctx);
         w->ssl_ctx = ssl_ctx;
-        evhttp_set_bevcb(w->http, on_new_connection, w);
     }
+    evhttp_set_bevcb(w->http, on_new_connection, w);
+    w->pause_ev = event_new(w->base, -1, EV_PERSIST, on_pause_tick, w);
     w->bound = evhttp_accept_socket_with_handle(w->http, fd);
     if (w->bound == NULL) {
         snprintf(errstr, errlen, "cannot accept on the listening socket");
@@ -640,6 +689,9 @@ void ab_worker_free(struct ab_worker *w)
     }
     if (w->drain_ev) {
         event_free(w->drain_ev);
+    }
+    if (w->pause_ev) {
+        event_free(w->pause_ev);
     }
     if (w->http) {
         evhttp_free(w->http);

@@ -7,6 +7,7 @@
 #ifndef AB_HTTP_H
 #define AB_HTTP_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 #include <event2/util.h>
@@ -34,6 +35,8 @@ struct ab_app {
     struct ab_worker **workers;
     size_t n_workers;
     struct ab_metrics **metrics; /* one table per worker, for /metrics */
+    evutil_socket_t listen_fd;   /* shared; closed by the last worker to stop accepting */
+    atomic_long stopped_accepting;
 };
 
 /* Create worker `index` on the listening socket fd (shared by all workers). The worker

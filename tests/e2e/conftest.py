@@ -20,9 +20,19 @@ def daemon_factory(tmp_path):
         return d.start() if start else d
 
     yield make
+    problems = []
     for d in started:
         if d.proc and d.proc.poll() is None:
             d.stop()
+        err = d.stderr()
+        # sanitizer builds (make SANITIZER=...) report here; a clean run exits 0
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                       "WARNING: ThreadSanitizer"):
+            if marker in err:
+                problems.append(f"{marker} in daemon stderr:\n{err[-4000:]}")
+        if d.proc and d.proc.returncode not in (0, None) and not getattr(d, "expect_failure", False):
+            problems.append(f"daemon exited with {d.proc.returncode}:\n{err[-2000:]}")
+    assert not problems, "\n".join(problems)
 
 
 @pytest.fixture
