@@ -85,6 +85,10 @@ run: $(BUILD)/almabridge
 fuzz:
 	$(MAKE) -C tests/fuzz
 
+# Regenerate the README's option reference from the option table.
+docs: $(BUILD)/tools/options_md
+	python3 tests/tools/readme_options.py $(BUILD)/tools/options_md README.md
+
 format:
 	clang-format -i $(wildcard cmd/*.c core/*.[ch] sinks/*.[ch] tests/unit/*.[ch])
 
