@@ -93,6 +93,7 @@ class Daemon:
             self.env["SLOWSYNC_GATE"] = os.path.join(self.tmp, "gate")
             self.env["SLOWSYNC_FAIL"] = os.path.join(self.tmp, "fail")
             self.env["ASAN_OPTIONS"] = "verify_asan_link_order=0:" + self.env.get("ASAN_OPTIONS", "")
+        self.env.setdefault("TSAN_OPTIONS", f"suppressions={ROOT}/tests/tsan.supp")
         self.env.update(env or {})
         self.stderr_path = os.path.join(self.tmp, "stderr.log")
         self.proc = None
