@@ -217,11 +217,11 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
             return -1;
         }
     }
-    if (cfg->allow.n && !(d->app.allow = ab_acl_new(cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
+    if (cfg->allow.n && !(d->app.allow = ab_acl_new((const char *const *)cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
         snprintf(err, errlen, "--allow: %s", rerr);
         return -1;
     }
-    if (cfg->trusted_proxy.n && !(d->app.trusted = ab_acl_new(cfg->trusted_proxy.v,
+    if (cfg->trusted_proxy.n && !(d->app.trusted = ab_acl_new((const char *const *)cfg->trusted_proxy.v,
                                                                cfg->trusted_proxy.n, rerr,
                                                                sizeof(rerr)))) {
         snprintf(err, errlen, "--trusted-proxy: %s", rerr);

@@ -30,7 +30,7 @@ static int parse_addr(const char *s, unsigned char out[16])
     return inet_pton(AF_INET6, s, out) == 1 ? 6 : 0;
 }
 
-struct ab_acl *ab_acl_new(char *const *cidrs, size_t n, char *errstr, size_t errlen)
+struct ab_acl *ab_acl_new(const char *const *cidrs, size_t n, char *errstr, size_t errlen)
 {
     struct ab_acl *acl = ab_calloc(1, sizeof(*acl));
     acl->b = ab_calloc(n ? n : 1, sizeof(*acl->b));

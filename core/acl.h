@@ -8,7 +8,7 @@
 struct ab_acl; /* immutable once built; shareable between threads */
 
 /* Parse n CIDR strings. Returns NULL with a message in errstr for a bad entry. */
-struct ab_acl *ab_acl_new(char *const *cidrs, size_t n, char *errstr, size_t errlen);
+struct ab_acl *ab_acl_new(const char *const *cidrs, size_t n, char *errstr, size_t errlen);
 void ab_acl_free(struct ab_acl *acl);
 
 /* 1 when the textual address addr (IPv4 or IPv6, no port) lies in one of the blocks. */

@@ -1,0 +1,179 @@
+/* The sink contract, checked on the file sink: submit() either fails at once or the
+ * callback runs exactly once, later (never inside submit), on the submitting loop thread;
+ * close() completes what is left. Plus the file sink's own promises: one line per event,
+ * appended, and a path that cannot be opened is a start-up error. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "config.h"
+#include "sink.h"
+#include "test.h"
+
+struct probe {
+    int calls;
+    int status;
+    int in_submit;
+    int wrong_thread;
+    pthread_t loop_thread;
+};
+
+static int submitting;
+
+static void on_done(int status, const char *errstr, void *opaque)
+{
+    struct probe *p = opaque;
+    p->calls++;
+    p->status = status;
+    p->in_submit |= submitting;
+    p->wrong_thread |= !pthread_equal(pthread_self(), p->loop_thread);
+}
+
+static struct ab_config config_for(const char *path)
+{
+    struct ab_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.file = (char *)path;
+    cfg.file_fsync = 1;
+    cfg.ack_timeout_ms = 4000;
+    return cfg;
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopexit(arg, NULL);
+}
+
+static void run_loop_until(struct event_base *base, struct probe *p, int n, int want)
+{
+    for (int i = 0; i < 400; i++) {
+        int done = 0;
+        for (int k = 0; k < n; k++) {
+            done += p[k].calls > 0;
+        }
+        if (done >= want) {
+            return;
+        }
+        struct timeval tv = {0, 5000};
+        event_base_once(base, -1, EV_TIMEOUT, on_timeout, base, &tv);
+        event_base_dispatch(base);
+    }
+}
+
+static void test_contract_exactly_once_later_on_loop_thread(void)
+{
+    char path[] = "/tmp/ab_file_sink_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    struct ab_config cfg = config_for(path);
+    char err[256];
+    void *shared = NULL;
+    CHECK(ab_sink_file.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+    struct event_base *base = event_base_new();
+    struct ab_sink *s = ab_sink_file.open(&cfg, shared, base, err, sizeof(err));
+    CHECK(s != NULL);
+    CHECK(ab_sink_ready(s));
+    enum { N = 50 };
+    struct probe p[N];
+    memset(p, 0, sizeof(p));
+    for (int i = 0; i < N; i++) {
+        char value[64];
+        int len = snprintf(value, sizeof(value), "{\"id\":\"%d\"}", i);
+        struct ab_sink_msg m = {.id = "x", .value = value, .value_len = (size_t)len};
+        p[i].loop_thread = pthread_self();
+        submitting = 1;
+        CHECK(ab_sink_submit(s, &m, on_done, &p[i]) == 0);
+        submitting = 0;
+        CHECK(p[i].calls == 0); /* never from inside submit */
+    }
+    run_loop_until(base, p, N, N);
+    /* a little longer: no second call may arrive */
+    run_loop_until(base, p, N, N + 1);
+    for (int i = 0; i < N; i++) {
+        CHECK(p[i].calls == 1);
+        CHECK(p[i].status == AB_SINK_OK);
+        CHECK(!p[i].in_submit);
+        CHECK(!p[i].wrong_thread);
+    }
+    ab_sink_file.close(s, 1000);
+    ab_sink_file.global_free(shared);
+    event_base_free(base);
+
+    FILE *f = fopen(path, "r");
+    char line[128];
+    int n = 0;
+    while (f && fgets(line, sizeof(line), f)) {
+        char want[64];
+        snprintf(want, sizeof(want), "{\"id\":\"%d\"}\n", n);
+        CHECK_STR(line, want); /* one line per event, in submission order */
+        n++;
+    }
+    CHECK(n == N);
+    if (f) {
+        fclose(f);
+    }
+    unlink(path);
+}
+
+static void test_close_completes_outstanding(void)
+{
+    char path[] = "/tmp/ab_file_sink_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    struct ab_config cfg = config_for(path);
+    char err[256];
+    void *shared = NULL;
+    CHECK(ab_sink_file.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+    struct event_base *base = event_base_new();
+    struct ab_sink *s = ab_sink_file.open(&cfg, shared, base, err, sizeof(err));
+    struct probe p[10];
+    memset(p, 0, sizeof(p));
+    for (int i = 0; i < 10; i++) {
+        struct ab_sink_msg m = {.id = "x", .value = "{}", .value_len = 2};
+        p[i].loop_thread = pthread_self();
+        CHECK(ab_sink_submit(s, &m, on_done, &p[i]) == 0);
+    }
+    ab_sink_file.close(s, 2000); /* without running the loop: close must complete them */
+    for (int i = 0; i < 10; i++) {
+        CHECK(p[i].calls == 1);
+        CHECK(p[i].status == AB_SINK_OK || p[i].status == AB_SINK_CLOSED);
+    }
+    ab_sink_file.global_free(shared);
+    event_base_free(base);
+    unlink(path);
+}
+
+static void test_unopenable_path_is_startup_error(void)
+{
+    struct ab_config cfg = config_for("/nonexistent-dir/events.jsonl");
+    char err[256] = "";
+    void *shared = NULL;
+    CHECK(ab_sink_file.global_init(&cfg, &shared, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "/nonexistent-dir/events.jsonl") != NULL);
+    CHECK(strstr(err, "No such file") != NULL);
+}
+
+static void test_registry(void)
+{
+    CHECK(ab_sink_find("file") == &ab_sink_file);
+    CHECK(ab_sink_find("kafka") == &ab_sink_kafka);
+    CHECK(ab_sink_find("redis") == &ab_sink_redis);
+    CHECK(ab_sink_find("nope") == NULL);
+    CHECK(ab_sink_find(NULL) == NULL);
+    CHECK_STR(ab_sink_status_str(AB_SINK_TIMEOUT), "timeout");
+}
+
+int main(void)
+{
+    evthread_use_pthreads();
+    RUN(test_contract_exactly_once_later_on_loop_thread);
+    RUN(test_close_completes_outstanding);
+    RUN(test_unopenable_path_is_startup_error);
+    RUN(test_registry);
+    return TEST_SUMMARY();
+}
