@@ -1,0 +1,22 @@
+"""The README's option reference is generated from the option table: keep it in sync."""
+import os
+import subprocess
+import sys
+
+from daemon import BUILD, ROOT
+
+
+def test_readme_option_table_in_sync():
+    exe = os.path.join(BUILD, "tools", "options_md")
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tools", "readme_options.py"),
+                        "--check", exe, os.path.join(ROOT, "README.md")])
+    assert p.returncode == 0, "README.md's option table is stale: run `make docs`"
+
+
+def test_quick_start_is_two_commands():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = text.split("## Quick start")[1].split("```sh")[1].split("```")[0]
+    cmds = [l for l in block.splitlines() if l.strip()]
+    assert [c.split("#")[0].strip() for c in cmds] == ["make setup run", "make test"]
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert "make setup" in ci and "make test" in ci
