@@ -1,0 +1,790 @@
+/* The Redis Streams sink: each event is one XADD entry, acknowledged (200) only after Redis
+ * replied with the entry id, and, with --redis-wait N, after WAIT reported N replicas.
+ *
+ *   XADD <stream> [MAXLEN ~ N] * id <webhook id> type <ce type> event <CloudEvent JSON>
+ *   [WAIT N <3/4 of --ack-timeout>]
+ *
+ * One hiredis async connection per worker loop, attached with the libevent adapter, so
+ * replies arrive on the loop thread that submitted (webdis pool.c, h2o lib/common/redis.c).
+ * The life of a connection:
+ *
+ *   DOWN --retry timer--> CONNECTING --TCP up--> HANDSHAKE --AUTH/SELECT/PING ok--> READY
+ *     ^                                                                               |
+ *     +--- connect refused, handshake error or timeout, connection lost, -------------+
+ *          a command without reply within --ack-timeout (the connection is dropped)
+ *
+ * Only READY takes writes: submit() refuses at once otherwise, so while Redis is away the
+ * webhook gets its 503 immediately instead of after the timeout. Reconnects back off from
+ * 100 ms, doubling to 5 s, and reset once a handshake succeeds.
+ *
+ * Ownership: hiredis owns the redisAsyncContext and frees it itself after a connection
+ * fails or is lost (after running every pending reply callback with a NULL reply and then
+ * the disconnect callback); we only drop our pointer there. We free it ourselves
+ * (redisAsyncFree) only from our own timers and from close(), never from inside one of its
+ * callbacks. A submission (struct redis_req) lives until its callback ran AND hiredis has
+ * handed back every command it was privdata of (refs), so a reply that comes after a
+ * timeout finds it and is ignored.
+ *
+ * Threads: global_init/global_free on the start-up thread, everything else on the loop
+ * thread that opened the instance. */
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "config.h"
+#include "log.h"
+#include "mem.h"
+#include "sink.h"
+
+#define DEFAULT_URL "redis://127.0.0.1:6379"
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+/* What every instance shares: the parsed URL and the write options. Immutable after
+ * global_init. */
+struct redis_shared {
+    char *host;
+    int port;
+    long db;
+    char *user;     /* ACL user, NULL for the default user */
+    char *password; /* NULL for no AUTH */
+    long maxlen;
+    long wait;
+    long timeout_ms;
+    long wait_ms;       /* WAIT's own timeout, shorter than ours */
+    char maxlen_str[24];
+    char wait_str[24];
+    char wait_ms_str[24];
+    char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
+};
+
+enum redis_state { RS_DOWN, RS_CONNECTING, RS_HANDSHAKE, RS_READY };
+
+struct redis_sink;
+
+/* One accepted submission. */
+struct redis_req {
+    struct redis_req *prev, *next; /* the instance's list, for close() */
+    struct redis_sink *rs;
+    ab_sink_done_cb cb; /* NULL once it ran */
+    void *opaque;
+    struct event *timer; /* --ack-timeout */
+    int refs;            /* hiredis callbacks still to come, plus temporary holds */
+    int xadd_ok;         /* XADD replied with an entry id */
+    int wait_sent;       /* a WAIT follows the XADD */
+};
+
+struct redis_sink {
+    struct ab_sink base;
+    const struct redis_shared *sh;
+    struct event_base *evbase;
+    redisAsyncContext *ac; /* NULL while DOWN */
+    enum redis_state state;
+    int closing;
+    int hs_pending; /* handshake replies still to come */
+    int hs_failed;
+    struct event *retry_ev;   /* DOWN -> CONNECTING */
+    struct event *connect_ev; /* deadline for CONNECTING + HANDSHAKE */
+    long backoff_ms;          /* the next retry's delay */
+    struct timespec retry_at; /* CLOCK_MONOTONIC, while DOWN */
+    char reason[200];         /* why the connection is (or was last) down */
+    char logged[200];         /* the last failure logged at error level */
+    int was_ready;            /* for "connected" versus "reconnected" */
+    struct redis_req *reqs;   /* accepted and not yet freed */
+    int close_expired;
+};
+
+static void redis_connect(struct redis_sink *rs);
+
+/* ---- the URL ------------------------------------------------------------------------ */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+/* Percent-decode s[0..n) into a new string; NULL on a bad escape or an encoded NUL. */
+static char *pct_decode(const char *s, size_t n)
+{
+    char *out = ab_malloc(n + 1);
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] != '%') {
+            out[o++] = s[i];
+            continue;
+        }
+        int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
+        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
+        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+            free(out);
+            return NULL;
+        }
+        out[o++] = (char)(hi * 16 + lo);
+        i += 2;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* A decimal in [min, max] spanning exactly s[0..n); -1 when it is not one. */
+static long parse_num(const char *s, size_t n, long min, long max)
+{
+    long v = 0;
+    if (n == 0 || n > 10) {
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+        v = v * 10 + (s[i] - '0');
+    }
+    return v >= min && v <= max ? v : -1;
+}
+
+#define URL_FORM "redis://[[user]:password@]host[:port][/db]"
+
+/* Parse redis://[[user]:password@]host[:port][/db] into sh. The user-info part runs to the
+ * LAST '@', so a password may hold '@', ':' or '/' unencoded; user and password are
+ * percent-decoded. A user-info without ':' is a password (as redis-cli and --print-config
+ * read it). Returns 0, or -1 with a message that never contains the password. */
+static int parse_url(const char *url, struct redis_shared *sh, char *err, size_t errlen)
+{
+    if (strncasecmp(url, "rediss://", 9) == 0) {
+        snprintf(err, errlen,
+                 "--redis: rediss:// (TLS) is not supported by this build (hiredis %d.%d has no "
+                 "TLS); use redis://, through a TLS tunnel such as stunnel if Redis is remote",
+                 HIREDIS_MAJOR, HIREDIS_MINOR);
+        return -1;
+    }
+    if (strncasecmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "--redis: expected a URL of the form %s", URL_FORM);
+        return -1;
+    }
+    const char *p = url + 8;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        if (colon && colon > p && !(sh->user = pct_decode(p, (size_t)(colon - p)))) {
+            snprintf(err, errlen, "--redis: bad percent-escape in the user name");
+            return -1;
+        }
+        if (!(sh->password = pct_decode(pw, (size_t)(at - pw)))) {
+            snprintf(err, errlen, "--redis: bad percent-escape in the password");
+            return -1;
+        }
+        if (sh->password[0] == '\0' && sh->user == NULL) {
+            free(sh->password);
+            sh->password = NULL;
+        }
+        p = at + 1;
+    }
+    const char *host = p, *host_end;
+    if (*p == '[') {
+        host = p + 1;
+        host_end = strchr(host, ']');
+        if (host_end == NULL) {
+            snprintf(err, errlen, "--redis: unterminated [IPv6 address]; expected %s", URL_FORM);
+            return -1;
+        }
+        p = host_end + 1;
+    } else {
+        host_end = p + strcspn(p, ":/?#");
+        p = host_end;
+    }
+    if (host_end == host) {
+        snprintf(err, errlen, "--redis: no host; expected %s", URL_FORM);
+        return -1;
+    }
+    sh->host = ab_strndup(host, (size_t)(host_end - host));
+    sh->port = 6379;
+    if (*p == ':') {
+        size_t n = strcspn(p + 1, "/?#");
+        long port = parse_num(p + 1, n, 1, 65535);
+        if (port < 0) {
+            snprintf(err, errlen, "--redis: the port must be a number from 1 to 65535");
+            return -1;
+        }
+        sh->port = (int)port;
+        p += 1 + n;
+    }
+    if (*p == '/') {
+        size_t n = strcspn(p + 1, "?#");
+        if (n > 0 && (sh->db = parse_num(p + 1, n, 0, INT_MAX)) < 0) {
+            snprintf(err, errlen, "--redis: the database after '/' must be a number (0-15 on a "
+                                  "default Redis)");
+            return -1;
+        }
+        p += 1 + n;
+    }
+    if (*p != '\0') {
+        snprintf(err, errlen, "--redis: unexpected '%c' (query parameters are not supported); "
+                              "expected %s", *p, URL_FORM);
+        return -1;
+    }
+    int v6 = strchr(sh->host, ':') != NULL;
+    snprintf(sh->addr, sizeof(sh->addr), "%s%s%s:%d db %ld", v6 ? "[" : "", sh->host,
+             v6 ? "]" : "", sh->port, sh->db);
+    return 0;
+}
+
+static void shared_free(struct redis_shared *sh)
+{
+    if (sh == NULL) {
+        return;
+    }
+    if (sh->password) {
+        memset(sh->password, 0, strlen(sh->password));
+    }
+    free(sh->password);
+    free(sh->user);
+    free(sh->host);
+    free(sh);
+}
+
+/* Start-up thread: parse and check the options. Returns 0 and *shared, or -1 and errstr. */
+static int redis_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+                             size_t errlen)
+{
+    struct redis_shared *sh = ab_calloc(1, sizeof(*sh));
+    const char *url = cfg->redis_url && *cfg->redis_url ? cfg->redis_url : DEFAULT_URL;
+    if (parse_url(url, sh, errstr, errlen) != 0) {
+        shared_free(sh);
+        return -1;
+    }
+    sh->maxlen = cfg->redis_maxlen > 0 ? cfg->redis_maxlen : 0;
+    sh->wait = cfg->redis_wait > 0 ? cfg->redis_wait : 0;
+    sh->timeout_ms = cfg->ack_timeout_ms > 0 ? cfg->ack_timeout_ms : 4000;
+    /* WAIT answers with the count it has when its own timeout ends; keep that well inside
+     * ours so the caller hears "only k of N replicas" rather than a bare timeout. */
+    sh->wait_ms = sh->timeout_ms * 3 / 4 > 0 ? sh->timeout_ms * 3 / 4 : 1;
+    snprintf(sh->maxlen_str, sizeof(sh->maxlen_str), "%ld", sh->maxlen);
+    snprintf(sh->wait_str, sizeof(sh->wait_str), "%ld", sh->wait);
+    snprintf(sh->wait_ms_str, sizeof(sh->wait_ms_str), "%ld", sh->wait_ms);
+    ab_info("redis sink: %s%s%s, trimming %s, WAIT %ld replica(s)", sh->addr,
+            sh->user ? ", ACL user " : (sh->password ? ", with password" : ""),
+            sh->user ? sh->user : "", sh->maxlen ? sh->maxlen_str : "off", sh->wait);
+    *shared = sh;
+    return 0;
+}
+
+static void redis_global_free(void *shared)
+{
+    shared_free(shared);
+}
+
+/* ---- connection state --------------------------------------------------------------- */
+
+static struct timeval ms_tv(long ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    return tv;
+}
+
+static long ms_until(const struct timespec *t)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long ms = (long)(t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
+    return ms > 0 ? ms : 0;
+}
+
+/* Loop thread: the connection is gone (or never came up). Forget the context (whoever
+ * frees it), note why, log it once per distinct reason, and schedule the next attempt. */
+static void went_down(struct redis_sink *rs, const char *reason)
+{
+    rs->ac = NULL;
+    rs->state = RS_DOWN;
+    rs->hs_pending = 0;
+    evtimer_del(rs->connect_ev);
+    if (reason) {
+        snprintf(rs->reason, sizeof(rs->reason), "%s", reason);
+    }
+    if (rs->closing) {
+        return;
+    }
+    long delay = rs->backoff_ms;
+    if (strcmp(rs->logged, rs->reason) != 0) {
+        ab_error("redis: %s (%s); retrying in %ld ms, backing off up to %d ms", rs->reason,
+                 rs->sh->addr, delay, BACKOFF_MAX_MS);
+        snprintf(rs->logged, sizeof(rs->logged), "%s", rs->reason);
+    } else {
+        ab_debug("redis: %s (%s); retrying in %ld ms", rs->reason, rs->sh->addr, delay);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &rs->retry_at);
+    rs->retry_at.tv_sec += delay / 1000;
+    rs->retry_at.tv_nsec += (delay % 1000) * 1000000;
+    if (rs->retry_at.tv_nsec >= 1000000000) {
+        rs->retry_at.tv_sec++;
+        rs->retry_at.tv_nsec -= 1000000000;
+    }
+    struct timeval tv = ms_tv(delay);
+    evtimer_add(rs->retry_ev, &tv);
+    rs->backoff_ms = delay * 2 < BACKOFF_MAX_MS ? delay * 2 : BACKOFF_MAX_MS;
+}
+
+/* Loop thread, from our own timers or close() only (never inside a hiredis callback):
+ * give up on the current connection. hiredis runs the pending reply callbacks with NULL
+ * replies inside redisAsyncFree. */
+static void drop(struct redis_sink *rs, const char *reason)
+{
+    redisAsyncContext *ac = rs->ac;
+    went_down(rs, reason);
+    if (ac) {
+        redisAsyncFree(ac);
+    }
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    redis_connect(arg);
+}
+
+/* Loop thread: CONNECTING + HANDSHAKE took longer than --ack-timeout (a black-holed host,
+ * or a Redis that accepts but does not answer). */
+static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis_sink *rs = arg;
+    char reason[160];
+    snprintf(reason, sizeof(reason), "no %s within %ld ms",
+             rs->state == RS_CONNECTING ? "connection" : "answer to AUTH/SELECT/PING",
+             rs->sh->timeout_ms);
+    drop(rs, reason);
+}
+
+static const char *const hs_steps[] = {"AUTH", "SELECT", "PING"};
+
+/* Loop thread, hiredis reply callback: one reply of the handshake (privdata = the index
+ * of the step in hs_steps). A failure logs a clear reason and disconnects once the
+ * remaining replies are in; the disconnect callback then schedules the retry. */
+static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis_sink *rs = ac->data;
+    redisReply *r = reply;
+    const char *step = hs_steps[(intptr_t)privdata];
+    if (r == NULL || rs->ac != ac) {
+        return; /* the connection is going away: the disconnect path reports it */
+    }
+    rs->hs_pending--;
+    if (r->type == REDIS_REPLY_ERROR && !rs->hs_failed) {
+        rs->hs_failed = 1;
+        if (strncmp(r->str, "WRONGPASS", 9) == 0 || strcmp(step, "AUTH") == 0) {
+            snprintf(rs->reason, sizeof(rs->reason), "authentication failed: %s", r->str);
+        } else if (strncmp(r->str, "NOAUTH", 6) == 0) {
+            snprintf(rs->reason, sizeof(rs->reason),
+                     "authentication required: %s (give it in the URL: redis://:PASSWORD@host "
+                     "or redis://USER:PASSWORD@host)", r->str);
+        } else {
+            snprintf(rs->reason, sizeof(rs->reason), "%s%s failed: %s", step,
+                     strcmp(step, "SELECT") == 0 ? " (the /db of the URL)" : "", r->str);
+        }
+        redisAsyncDisconnect(ac); /* after the replies still due; on_disconnect follows */
+        return;
+    }
+    if (rs->hs_pending > 0 || rs->hs_failed) {
+        return;
+    }
+    rs->state = RS_READY;
+    rs->backoff_ms = BACKOFF_MIN_MS;
+    evtimer_del(rs->connect_ev);
+    ab_info("redis: %s %s", rs->was_ready ? "reconnected to" : "connected to", rs->sh->addr);
+    rs->was_ready = 1;
+    rs->reason[0] = '\0';
+    rs->logged[0] = '\0';
+}
+
+/* Pipeline AUTH (when there is a password), SELECT (db > 0) and PING, which also tells a
+ * server that is still loading its data (-LOADING) or wants a password (-NOAUTH). */
+static void send_handshake(struct redis_sink *rs)
+{
+    const struct redis_shared *sh = rs->sh;
+    char db[24];
+    snprintf(db, sizeof(db), "%ld", sh->db);
+    rs->hs_pending = 0;
+    rs->hs_failed = 0;
+    if (sh->password) {
+        const char *argv[3] = {"AUTH", sh->user ? sh->user : sh->password, sh->password};
+        int argc = sh->user ? 3 : 2;
+        if (redisAsyncCommandArgv(rs->ac, on_handshake_reply, (void *)(intptr_t)0, argc, argv,
+                                  NULL) == REDIS_OK) {
+            rs->hs_pending++;
+        }
+    }
+    if (sh->db > 0) {
+        const char *argv[2] = {"SELECT", db};
+        if (redisAsyncCommandArgv(rs->ac, on_handshake_reply, (void *)(intptr_t)1, 2, argv,
+                                  NULL) == REDIS_OK) {
+            rs->hs_pending++;
+        }
+    }
+    const char *argv[1] = {"PING"};
+    if (redisAsyncCommandArgv(rs->ac, on_handshake_reply, (void *)(intptr_t)2, 1, argv,
+                              NULL) == REDIS_OK) {
+        rs->hs_pending++;
+    }
+}
+
+/* Loop thread, hiredis connect callback. On failure hiredis frees the context right after
+ * this returns (and calls no disconnect callback): drop the pointer, retry later. */
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct redis_sink *rs = ac->data;
+    if (rs->ac != ac) {
+        return;
+    }
+    if (status != REDIS_OK) {
+        char reason[160];
+        snprintf(reason, sizeof(reason), "cannot connect: %s",
+                 ac->c.err ? ac->c.errstr : "connect failed");
+        went_down(rs, reason);
+        return;
+    }
+    redisEnableKeepAlive(&rs->ac->c);
+    rs->state = RS_HANDSHAKE;
+    send_handshake(rs);
+}
+
+/* Loop thread, hiredis disconnect callback: the pending replies have already run with
+ * NULL; hiredis frees the context after this returns. */
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct redis_sink *rs = ac->data;
+    if (rs->ac != ac) {
+        return; /* we dropped it ourselves: already accounted for */
+    }
+    char reason[200];
+    if (rs->hs_failed) {
+        snprintf(reason, sizeof(reason), "%s", rs->reason);
+    } else {
+        snprintf(reason, sizeof(reason), "connection lost: %s",
+                 status != REDIS_OK && ac->c.err ? ac->c.errstr : "closed by the server");
+    }
+    went_down(rs, reason);
+}
+
+/* Loop thread: open a connection and attach it to the loop. A failure that hiredis sees
+ * at once (connection refused on loopback, bad address) schedules the next retry.
+ * Note: a host name is resolved here with a blocking getaddrinfo (hiredis 0.14); give an
+ * IP address, or a name in /etc/hosts, so that a slow DNS cannot stall the loop. */
+static void redis_connect(struct redis_sink *rs)
+{
+    const struct redis_shared *sh = rs->sh;
+    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
+    if (ac == NULL || ac->err) {
+        char reason[160];
+        snprintf(reason, sizeof(reason), "cannot connect: %s",
+                 ac == NULL ? "out of memory" : ac->c.err ? ac->c.errstr : "error");
+        if (ac) {
+            redisAsyncFree(ac);
+        }
+        went_down(rs, reason);
+        return;
+    }
+    ac->data = rs;
+    redisLibeventAttach(ac, rs->evbase);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rs->ac = ac;
+    rs->state = RS_CONNECTING;
+    struct timeval tv = ms_tv(sh->timeout_ms);
+    evtimer_add(rs->connect_ev, &tv);
+}
+
+/* ---- submissions -------------------------------------------------------------------- */
+
+/* Run the callback unless it already ran. */
+static void req_complete(struct redis_req *q, int status, const char *errstr)
+{
+    if (q->cb == NULL) {
+        return;
+    }
+    ab_sink_done_cb cb = q->cb;
+    q->cb = NULL;
+    evtimer_del(q->timer);
+    cb(status, errstr, q->opaque);
+}
+
+/* Drop one reference; the last frees the submission (its callback has run by then). */
+static void req_release(struct redis_req *q)
+{
+    if (--q->refs > 0) {
+        return;
+    }
+    struct redis_sink *rs = q->rs;
+    if (q->prev) {
+        q->prev->next = q->next;
+    } else {
+        rs->reqs = q->next;
+    }
+    if (q->next) {
+        q->next->prev = q->prev;
+    }
+    event_free(q->timer);
+    free(q);
+}
+
+static int lost_status(const struct redis_req *q)
+{
+    return q->rs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR;
+}
+
+/* Loop thread, hiredis reply callback for XADD. */
+static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis_req *q = privdata;
+    redisReply *r = reply;
+    if (r == NULL) {
+        req_complete(q, lost_status(q), "connection to redis lost before the XADD reply");
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        req_complete(q, AB_SINK_ERROR, r->str);
+    } else if (r->type != REDIS_REPLY_STRING) {
+        req_complete(q, AB_SINK_ERROR, "unexpected reply to XADD");
+    } else if (q->wait_sent) {
+        q->xadd_ok = 1; /* the answer comes with WAIT's reply */
+    } else if (q->rs->sh->wait > 0) {
+        req_complete(q, AB_SINK_ERROR, "could not send WAIT");
+    } else {
+        req_complete(q, AB_SINK_OK, NULL);
+    }
+    req_release(q);
+}
+
+/* Loop thread, hiredis reply callback for WAIT (with --redis-wait). */
+static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis_req *q = privdata;
+    redisReply *r = reply;
+    long want = q->rs->sh->wait;
+    if (r == NULL) {
+        req_complete(q, lost_status(q), "connection to redis lost before the WAIT reply");
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        req_complete(q, AB_SINK_ERROR, r->str);
+    } else if (r->type != REDIS_REPLY_INTEGER) {
+        req_complete(q, AB_SINK_ERROR, "unexpected reply to WAIT");
+    } else if (q->xadd_ok && r->integer >= want) {
+        req_complete(q, AB_SINK_OK, NULL);
+    } else {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "only %lld of %ld replicas acknowledged the write (WAIT)",
+                 r->integer, want);
+        req_complete(q, AB_SINK_ERROR, msg);
+    }
+    req_release(q);
+}
+
+/* Loop thread: --ack-timeout passed without an answer. Redis is stuck or unreachable
+ * without the socket noticing (SIGSTOP, a black hole, a disk that does not return from
+ * fsync): answer TIMEOUT and drop the connection, so that the requests behind this one get
+ * their 503 now, and new ones at once while it reconnects (handshake-checked). The reply,
+ * if it comes, finds the submission completed; hiredis hands it back (NULL) inside
+ * redisAsyncFree. */
+static void on_req_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis_req *q = arg;
+    struct redis_sink *rs = q->rs;
+    char msg[160];
+    snprintf(msg, sizeof(msg), "no reply from redis within %ld ms", rs->sh->timeout_ms);
+    q->refs++; /* hold q across redisAsyncFree, which releases hiredis' references */
+    redisAsyncContext *ac = rs->ac;
+    if (ac) {
+        char reason[160];
+        snprintf(reason, sizeof(reason), "a command got no reply within %ld ms; dropped the "
+                 "connection", rs->sh->timeout_ms);
+        went_down(rs, reason); /* before the callback: a submit from it is refused */
+    }
+    req_complete(q, AB_SINK_TIMEOUT, msg);
+    if (ac) {
+        redisAsyncFree(ac);
+    }
+    req_release(q);
+}
+
+/* Loop thread: see the contract in sink.h. Refuses (-1) unless READY or when hiredis does
+ * not take the command; otherwise the XADD (and WAIT) are queued on the connection and
+ * exactly one of on_xadd_reply/on_wait_reply/on_req_timeout/close completes it later. */
+static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
+                        void *opaque)
+{
+    struct redis_sink *rs = (struct redis_sink *)s;
+    const struct redis_shared *sh = rs->sh;
+    if (rs->closing || rs->state != RS_READY || rs->ac == NULL) {
+        return -1;
+    }
+    const char *argv[13];
+    size_t len[13];
+    int n = 0;
+#define ARG(str, l) (argv[n] = (str), len[n] = (l), n++)
+#define ARGS(str) ARG(str, strlen(str))
+    ARGS("XADD");
+    ARGS(msg->route ? msg->route : "alma");
+    if (sh->maxlen > 0) {
+        ARGS("MAXLEN");
+        ARGS("~");
+        ARGS(sh->maxlen_str);
+    }
+    ARGS("*");
+    ARGS("id");
+    ARGS(msg->id);
+    ARGS("type");
+    ARGS(msg->type);
+    ARGS("event");
+    ARG(msg->value, msg->value_len);
+#undef ARG
+#undef ARGS
+    struct redis_req *q = ab_calloc(1, sizeof(*q));
+    q->rs = rs;
+    q->cb = cb;
+    q->opaque = opaque;
+    if (redisAsyncCommandArgv(rs->ac, on_xadd_reply, q, n, argv, len) != REDIS_OK) {
+        free(q);
+        return -1;
+    }
+    q->refs = 1;
+    if (sh->wait > 0) {
+        const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
+        if (redisAsyncCommandArgv(rs->ac, on_wait_reply, q, 3, wargv, NULL) == REDIS_OK) {
+            q->wait_sent = 1;
+            q->refs++;
+        }
+    }
+    q->next = rs->reqs;
+    if (rs->reqs) {
+        rs->reqs->prev = q;
+    }
+    rs->reqs = q;
+    q->timer = evtimer_new(rs->evbase, on_req_timeout, q);
+    struct timeval tv = ms_tv(sh->timeout_ms);
+    evtimer_add(q->timer, &tv);
+    return 0;
+}
+
+/* ---- instance life cycle ------------------------------------------------------------ */
+
+/* Loop thread: a new instance; it starts connecting at once and is READY once the
+ * handshake is done. Never fails: an unreachable Redis is a readiness matter. */
+static struct ab_sink *redis_open(const struct ab_config *cfg, void *shared,
+                                  struct event_base *base, char *errstr, size_t errlen)
+{
+    struct redis_sink *rs = ab_calloc(1, sizeof(*rs));
+    rs->base.ops = &ab_sink_redis;
+    rs->sh = shared;
+    rs->evbase = base;
+    rs->backoff_ms = BACKOFF_MIN_MS;
+    rs->retry_ev = evtimer_new(base, on_retry, rs);
+    rs->connect_ev = evtimer_new(base, on_connect_timeout, rs);
+    redis_connect(rs);
+    return &rs->base;
+}
+
+static int redis_ready(struct ab_sink *s)
+{
+    struct redis_sink *rs = (struct redis_sink *)s;
+    return !rs->closing && rs->state == RS_READY;
+}
+
+static void redis_describe(struct ab_sink *s, char *buf, size_t len)
+{
+    struct redis_sink *rs = (struct redis_sink *)s;
+    const char *addr = rs->sh->addr;
+    if (rs->closing) {
+        snprintf(buf, len, "redis %s: closed", addr);
+    } else if (rs->state == RS_READY) {
+        snprintf(buf, len, "redis %s: connected", addr);
+    } else if (rs->state == RS_DOWN) {
+        snprintf(buf, len, "redis %s: disconnected (%s), retrying in %ld ms", addr, rs->reason,
+                 ms_until(&rs->retry_at));
+    } else {
+        snprintf(buf, len, "redis %s: %s%s%s%s", addr,
+                 rs->state == RS_CONNECTING ? "connecting" : "authenticating (AUTH/SELECT/PING)",
+                 rs->reason[0] ? " (last error: " : "", rs->reason, rs->reason[0] ? ")" : "");
+    }
+}
+
+static void on_close_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis_sink *rs = arg;
+    rs->close_expired = 1;
+}
+
+static int uncompleted(const struct redis_sink *rs)
+{
+    for (const struct redis_req *q = rs->reqs; q; q = q->next) {
+        if (q->cb) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Loop thread, after the worker's loop stopped: wait (running the loop, bounded by
+ * timeout_ms and --ack-timeout) for the replies still due, complete the rest with
+ * AB_SINK_CLOSED, then free the connection (hiredis hands back every command with a NULL
+ * reply inside redisAsyncFree, which releases the last references) and the instance. */
+static void redis_close(struct ab_sink *s, int timeout_ms)
+{
+    struct redis_sink *rs = (struct redis_sink *)s;
+    if (rs == NULL) {
+        return;
+    }
+    rs->closing = 1;
+    evtimer_del(rs->retry_ev);
+    evtimer_del(rs->connect_ev);
+    long bound = timeout_ms < rs->sh->timeout_ms ? timeout_ms : rs->sh->timeout_ms;
+    if (bound > 0 && rs->ac && uncompleted(rs)) {
+        struct event *deadline = evtimer_new(rs->evbase, on_close_deadline, rs);
+        struct timeval tv = ms_tv(bound);
+        evtimer_add(deadline, &tv);
+        while (rs->ac && uncompleted(rs) && !rs->close_expired) {
+            event_base_loop(rs->evbase, EVLOOP_ONCE);
+        }
+        event_free(deadline);
+    }
+    for (struct redis_req *q = rs->reqs; q; q = q->next) {
+        req_complete(q, AB_SINK_CLOSED, "redis sink closed before the reply");
+    }
+    if (rs->ac) {
+        drop(rs, "closed");
+    }
+    /* Every command was handed back by redisAsyncFree; nothing should be left. */
+    while (rs->reqs) {
+        struct redis_req *q = rs->reqs;
+        rs->reqs = q->next;
+        event_free(q->timer);
+        free(q);
+    }
+    event_free(rs->retry_ev);
+    event_free(rs->connect_ev);
+    free(rs);
+}
+
+const struct ab_sink_ops ab_sink_redis = {
+    .name = "redis",
+    .default_route = "alma:{action}",
+    .global_init = redis_global_init,
+    .global_free = redis_global_free,
+    .open = redis_open,
+    .submit = redis_submit,
+    .ready = redis_ready,
+    .describe = redis_describe,
+    .close = redis_close,
+};
