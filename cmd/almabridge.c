@@ -300,6 +300,7 @@ int main(int argc, char **argv)
     if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }
+    ab_config_scrub_argv(argc, argv);
     if (d.cfg.help) {
         ab_config_usage(stdout);
         return 0;

@@ -158,8 +158,8 @@ static const struct ab_option options[] = {
     /* Redis */
     {.name = "redis", .type = OPT_STRING, .def = "redis://127.0.0.1:6379", .off = OFF(redis_url),
      .mask = MASK_URL_PASSWORD, .group = "Redis", .metavar = "URL",
-     .help = "Redis server, redis://[[user]:password@]host[:port][/db] or rediss:// for "
-             "TLS; the password is masked in output"},
+     .help = "Redis server, redis://[[user]:password@]host[:port][/db] (no TLS: rediss:// "
+             "is refused); the password is masked in output and in ps"},
     {.name = "redis-maxlen", .type = OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
      .off = OFF(redis_maxlen), .group = "Redis", .metavar = "N",
      .help = "trim each stream to about N entries (XADD MAXLEN ~); 0 = never trim"},
@@ -290,6 +290,43 @@ static char *masked(const struct ab_option *o, const char *v)
         return mask_kv(v);
     default:
         return ab_strdup(v);
+    }
+}
+
+/* Overwrite, in place, the secret part of a value in argv (the memory /proc/<pid>/cmdline
+ * and ps read). Shorter results are padded with NULs; longer ones mask the value whole. */
+static void scrub_value(const struct ab_option *o, char *v)
+{
+    char *m = masked(o, v);
+    size_t vl = strlen(v), ml = strlen(m);
+    if (strcmp(m, v) != 0) {
+        if (ml <= vl) {
+            memcpy(v, m, ml);
+            memset(v + ml, 0, vl - ml);
+        } else {
+            memset(v, '*', vl);
+        }
+    }
+    free(m);
+}
+
+void ab_config_scrub_argv(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) != 0) {
+            continue;
+        }
+        const char *name = argv[i] + 2;
+        char *eq = strchr(name, '=');
+        const struct ab_option *o = find_option(name, eq ? (size_t)(eq - name) : strlen(name));
+        if (o == NULL || o->mask == MASK_NONE) {
+            continue;
+        }
+        if (eq) {
+            scrub_value(o, eq + 1);
+        } else if (i + 1 < argc) {
+            scrub_value(o, argv[++i]);
+        }
     }
 }
 

@@ -64,6 +64,11 @@ int ab_config_load(struct ab_config *cfg, int argc, char **argv, char **envp, ch
                    size_t errlen);
 void ab_config_free(struct ab_config *cfg);
 
+/* Mask, in place, the secrets given on the command line (a Redis URL's password, secret
+ * --kafka-conf values), so that ps and /proc/<pid>/cmdline do not show them. Call after
+ * ab_config_load, which has copied the values. */
+void ab_config_scrub_argv(int argc, char **argv);
+
 /* --help text, generated from the option table. */
 void ab_config_usage(FILE *out);
 /* The option reference as a Markdown table (for the README), from the same table. */

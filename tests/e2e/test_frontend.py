@@ -325,3 +325,12 @@ def test_print_config_masks_secrets():
     assert "listen = 127.0.0.1:9999" in p.stdout
     for secret in ("topsecret", "hunter2", "pw123"):
         assert secret not in p.stdout
+
+
+def test_command_line_secrets_not_in_ps(daemon_factory):
+    d = daemon_factory(["--kafka-conf", "sasl.password=hunter2-kafka",
+                        "--redis=redis://:hunter2-redis@127.0.0.1:6379/0"])
+    with open(f"/proc/{d.proc.pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+    assert b"hunter2" not in cmdline
+    assert b"sasl.password=" in cmdline and b"127.0.0.1:6379" in cmdline
