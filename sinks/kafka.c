@@ -1,0 +1,514 @@
+/* The Kafka sink: one idempotent librdkafka producer per worker, acks=all; a webhook is
+ * answered 200 from its delivery report, never before the broker acknowledged it.
+ *
+ * Async glue: delivery reports, error and statistics events are queued by librdkafka on
+ * its main queue. rd_kafka_queue_io_event_enable() makes librdkafka write a byte to a pipe
+ * when that queue becomes non-empty; a persistent libevent read event on the pipe drains it
+ * and calls rd_kafka_poll(rk, 0) until nothing is left (librdkafka tests/0040-io_event.c).
+ * So every callback below except on_log runs on the worker's loop thread, inside
+ * rd_kafka_poll, and the request travels as the message opaque. No thread sleeps, no poll
+ * blocks, a full local queue is an immediate refusal (503), never a retry loop.
+ *
+ * Broker state (for fast 503s and /readyz), all on the loop thread:
+ *  - CONNECTING at start: submissions are taken (they wait for the first connection, at
+ *    most message.timeout.ms = --ack-timeout), ready() is 0.
+ *  - DOWN on RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN from the error callback (every broker
+ *    connection is down: refused, reset, resolve or TLS/SASL failure, set-up timeout).
+ *    ready() turns 0 at once. After DOWN_GRACE_MS without recovery, submit() refuses at
+ *    once (503 well inside the ack timeout) except one probe message per second, which goes
+ *    to librdkafka as usual. The grace lets a lone broker's routine reconnect (idle close,
+ *    a timed-out request) pass without refusals: messages taken meanwhile simply wait for
+ *    the reconnect, bounded by message.timeout.ms like any other.
+ *  - UP when the statistics (every second) show a broker connection in state UP, or when
+ *    a delivery succeeds (the probe). enable.sparse.connections=false keeps librdkafka
+ *    reconnecting to every broker with a short backoff even when no message waits, so
+ *    recovery and /readyz do not depend on traffic; the probe is the fallback should the
+ *    statistics be turned off through --kafka-conf.
+ *  - A fatal producer error (rd_kafka_fatal_error, e.g. an unrecoverable idempotence
+ *    failure) refuses everything and keeps ready() at 0; it needs a restart.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <librdkafka/rdkafka.h>
+
+#include "config.h"
+#include "log.h"
+#include "mem.h"
+#include "sink.h"
+
+#define PROBE_INTERVAL_MS 1000
+#define DOWN_GRACE_MS 500
+#define FAIL_LOG_INTERVAL_MS 1000
+#define POLL_ROUNDS 64 /* rd_kafka_poll rounds per wake-up before yielding to the loop */
+
+enum broker_state { BROKERS_CONNECTING, BROKERS_UP, BROKERS_DOWN };
+
+/* One submitted message; the message opaque. */
+struct kafka_req {
+    struct kafka_req *prev, *next; /* the instance's outstanding list */
+    ab_sink_done_cb cb;
+    void *opaque;
+};
+
+struct kafka_sink {
+    struct ab_sink base;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *mainq;
+    int pipefd[2];
+    struct event *io_ev;
+    char *brokers;
+    enum broker_state state;
+    char reason[256];  /* why DOWN, or the fatal error */
+    int fatal;
+    int closing;
+    int queue_full;    /* the last submit was refused for a full local queue */
+    int64_t down_since_ms;
+    int64_t last_probe_ms;
+    struct kafka_req *outstanding;
+    long n_outstanding;
+    int64_t fail_log_ms; /* rate limit of delivery failure lines */
+    long fail_suppressed;
+    char errbuf[512];    /* errstr handed to a callback, valid during the call */
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- state ------------------------------------------------------------------------ */
+
+static void mark_up(struct kafka_sink *ks, const char *why)
+{
+    if (ks->state != BROKERS_UP) {
+        ab_info("kafka: brokers %s up (%s)", ks->brokers, why);
+    }
+    ks->state = BROKERS_UP;
+    ks->reason[0] = '\0';
+}
+
+static void mark_down(struct kafka_sink *ks, const char *why)
+{
+    if (ks->state != BROKERS_DOWN) {
+        ab_warn("kafka: brokers %s down (%s): webhooks get 503 until a broker is reachable",
+                ks->brokers, why);
+        ks->down_since_ms = now_ms();
+    }
+    ks->state = BROKERS_DOWN;
+    snprintf(ks->reason, sizeof(ks->reason), "%s", why);
+}
+
+/* ---- librdkafka callbacks --------------------------------------------------------- */
+
+/* librdkafka's threads (and the caller of rd_kafka_new): route its log into ours. */
+static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    int ab = level <= LOG_ERR ? AB_LOG_ERROR
+             : level == LOG_WARNING ? AB_LOG_WARN
+             : level <= LOG_INFO    ? AB_LOG_INFO
+                                    : AB_LOG_DEBUG;
+    ab_log(ab, "kafka: %s: %s: %s", rk ? rd_kafka_name(rk) : "rdkafka", fac, buf);
+}
+
+/* Loop thread (rd_kafka_poll): client-level errors. Most are transient and retried by
+ * librdkafka, which logs them itself; only the state they imply matters here. */
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    struct kafka_sink *ks = opaque;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char why[200];
+        rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
+        ab_error("kafka: fatal producer error %s: %s; restart almabridge",
+                 rd_kafka_err2name(orig), why);
+        ks->fatal = 1;
+        snprintf(ks->reason, sizeof(ks->reason), "fatal: %s", why);
+    } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        mark_down(ks, reason);
+    } else {
+        ab_debug("kafka: %s: %s", rd_kafka_err2name(err), reason);
+    }
+}
+
+/* Loop thread (rd_kafka_poll), every statistics.interval.ms: a broker connection in state
+ * UP means reachable. Returns 0: librdkafka frees json. */
+static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    struct kafka_sink *ks = opaque;
+    cJSON *root = cJSON_ParseWithLength(json, len);
+    cJSON *brokers = cJSON_GetObjectItemCaseSensitive(root, "brokers");
+    cJSON *b = NULL;
+    const char *up = NULL;
+    cJSON_ArrayForEach(b, brokers)
+    {
+        const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "state"));
+        if (st && strcmp(st, "UP") == 0) {
+            up = b->string;
+            break;
+        }
+    }
+    if (up && ks->state != BROKERS_UP) {
+        char why[200];
+        snprintf(why, sizeof(why), "connected to %s", up);
+        mark_up(ks, why);
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+static int status_of(rd_kafka_resp_err_t err)
+{
+    switch (err) {
+    case RD_KAFKA_RESP_ERR_NO_ERROR:
+        return AB_SINK_OK;
+    case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+    case RD_KAFKA_RESP_ERR__TIMED_OUT:
+    case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+        return AB_SINK_TIMEOUT;
+    case RD_KAFKA_RESP_ERR__PURGE_QUEUE:
+    case RD_KAFKA_RESP_ERR__PURGE_INFLIGHT:
+        return AB_SINK_CLOSED;
+    default:
+        return AB_SINK_ERROR;
+    }
+}
+
+/* Loop thread: one failed delivery, logged at most once a second per producer. A message
+ * that timed out without ever being assigned a partition while a broker was up never got
+ * its topic's metadata: the topic does not exist and the broker did not create it. */
+static void log_failure(struct kafka_sink *ks, const char *topic, rd_kafka_resp_err_t err,
+                        int32_t partition)
+{
+    int64_t now = now_ms();
+    if (now - ks->fail_log_ms < FAIL_LOG_INTERVAL_MS) {
+        ks->fail_suppressed++;
+        return;
+    }
+    char more[96] = "";
+    if (ks->fail_suppressed) {
+        snprintf(more, sizeof(more), " (and %ld more failures since the last line)",
+                 ks->fail_suppressed);
+    }
+    if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+        (err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT && partition == RD_KAFKA_PARTITION_UA &&
+         ks->state == BROKERS_UP)) {
+        ab_warn("kafka: delivery to topic %s failed: %s: the brokers know no partition of it, "
+                "so it probably does not exist and the broker does not create topics "
+                "(auto.create.topics.enable=false): create the topic%s",
+                topic, rd_kafka_err2str(err), more);
+    } else {
+        ab_warn("kafka: delivery to topic %s failed: %s%s", topic, rd_kafka_err2str(err), more);
+    }
+    ks->fail_log_ms = now;
+    ks->fail_suppressed = 0;
+}
+
+/* Loop thread (rd_kafka_poll, or rd_kafka_flush in close): the delivery report of one
+ * message. Completes its request exactly once. */
+static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    struct kafka_sink *ks = opaque;
+    struct kafka_req *r = m->_private;
+    const char *errstr = NULL;
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (ks->state != BROKERS_UP) {
+            mark_up(ks, "a message was delivered");
+        }
+    } else {
+        const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "?";
+        if (status_of(m->err) != AB_SINK_CLOSED) {
+            log_failure(ks, topic, m->err, m->partition);
+        }
+        snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)", rd_kafka_err2str(m->err),
+                 topic);
+        errstr = ks->errbuf;
+    }
+    if (r->prev) {
+        r->prev->next = r->next;
+    } else {
+        ks->outstanding = r->next;
+    }
+    if (r->next) {
+        r->next->prev = r->prev;
+    }
+    ks->n_outstanding--;
+    r->cb(status_of(m->err), errstr, r->opaque);
+    free(r);
+}
+
+/* Loop thread: librdkafka's main queue became non-empty. Drain the pipe, then serve the
+ * queue; after POLL_ROUNDS busy rounds give the loop a turn and come back. */
+static void on_queue_io(evutil_socket_t fd, short what, void *arg)
+{
+    struct kafka_sink *ks = arg;
+    char buf[256];
+    while (read(fd, buf, sizeof(buf)) > 0) {
+    }
+    for (int i = 0; i < POLL_ROUNDS; i++) {
+        if (rd_kafka_poll(ks->rk, 0) == 0) {
+            return;
+        }
+    }
+    event_active(ks->io_ev, EV_READ, 0);
+}
+
+/* ---- configuration ---------------------------------------------------------------- */
+
+/* Keys whose values must never appear in a message. */
+static int is_secret_key(const char *key)
+{
+    return strstr(key, "password") || strstr(key, "secret") || strstr(key, ".pem") ||
+           strstr(key, "oauthbearer.config");
+}
+
+static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, char *errstr,
+                    size_t errlen)
+{
+    char err[512];
+    if (rd_kafka_conf_set(conf, key, val, err, sizeof(err)) == RD_KAFKA_CONF_OK) {
+        return 0;
+    }
+    if (is_secret_key(key)) {
+        snprintf(errstr, errlen, "kafka sink: --kafka-conf %s: invalid value (not shown)", key);
+    } else {
+        snprintf(errstr, errlen, "kafka sink: --kafka-conf %s: %s", key, err);
+    }
+    return -1;
+}
+
+/* The producer's configuration: our defaults, then every --kafka-conf key=value on top.
+ * Returns the conf (the caller owns it) or NULL with one line in errstr. */
+static rd_kafka_conf_t *build_conf(const struct ab_config *cfg, struct kafka_sink *ks,
+                                   char *errstr, size_t errlen)
+{
+    long ack = cfg->ack_timeout_ms > 0 ? cfg->ack_timeout_ms : 4000;
+    long setup = ack < 1000 ? 1000 : ack > 10000 ? 10000 : ack;
+    char ack_s[32], setup_s[32];
+    snprintf(ack_s, sizeof(ack_s), "%ld", ack);
+    snprintf(setup_s, sizeof(setup_s), "%ld", setup);
+    const char *defaults[][2] = {
+        {"bootstrap.servers", cfg->kafka_brokers},
+        {"client.id", "almabridge"},
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+        {"compression.type", "lz4"},
+        {"linger.ms", "5"},
+        {"message.timeout.ms", ack_s},  /* the delivery report comes within --ack-timeout */
+        {"socket.timeout.ms", setup_s}, /* metadata and PID requests fail fast too */
+        {"socket.connection.setup.timeout.ms", setup_s},
+        {"socket.keepalive.enable", "true"},
+        {"socket.nagle.disable", "true"},
+        {"reconnect.backoff.ms", "100"},
+        {"reconnect.backoff.max.ms", "1000"},
+        {"enable.sparse.connections", "false"}, /* keep reconnecting without traffic */
+        {"statistics.interval.ms", "1000"},     /* broker state for ready() */
+    };
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
+        if (conf_set(conf, defaults[i][0], defaults[i][1], errstr, errlen) != 0) {
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < cfg->kafka_conf.n; i++) {
+        const char *kv = cfg->kafka_conf.v[i];
+        const char *eq = strchr(kv, '=');
+        if (eq == NULL || eq == kv) {
+            snprintf(errstr, errlen, "kafka sink: --kafka-conf entry %zu is not key=value", i + 1);
+            goto fail;
+        }
+        char *key = ab_strndup(kv, (size_t)(eq - kv));
+        int rc = conf_set(conf, key, eq + 1, errstr, errlen);
+        free(key);
+        if (rc != 0) {
+            goto fail;
+        }
+    }
+    rd_kafka_conf_set_log_cb(conf, on_log);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    rd_kafka_conf_set_stats_cb(conf, on_stats);
+    rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+    rd_kafka_conf_set_opaque(conf, ks);
+    return conf;
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+/* ---- the operations --------------------------------------------------------------- */
+
+static void kafka_close(struct ab_sink *s, int timeout_ms);
+
+/* Start-up thread: create the producer and hook its main queue into base. */
+static struct ab_sink *kafka_open(const struct ab_config *cfg, void *shared,
+                                  struct event_base *base, char *errstr, size_t errlen)
+{
+    if (cfg->kafka_brokers == NULL || *cfg->kafka_brokers == '\0') {
+        snprintf(errstr, errlen, "kafka sink: --kafka-brokers is empty");
+        return NULL;
+    }
+    struct kafka_sink *ks = ab_calloc(1, sizeof(*ks));
+    ks->base.ops = &ab_sink_kafka;
+    ks->brokers = ab_strdup(cfg->kafka_brokers);
+    ks->pipefd[0] = ks->pipefd[1] = -1;
+    ks->state = BROKERS_CONNECTING;
+    char err[512];
+    rd_kafka_conf_t *conf = build_conf(cfg, ks, errstr, errlen);
+    if (conf == NULL) {
+        goto fail;
+    }
+    ks->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (ks->rk == NULL) { /* on failure the conf is still ours */
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errlen, "kafka sink: cannot create the producer: %s", err);
+        goto fail;
+    } /* else rd_kafka_new() took ownership of conf */
+    if (pipe2(ks->pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        snprintf(errstr, errlen, "kafka sink: pipe: %s", strerror(errno));
+        goto fail;
+    }
+    ks->io_ev = event_new(base, ks->pipefd[0], EV_READ | EV_PERSIST, on_queue_io, ks);
+    event_add(ks->io_ev, NULL);
+    ks->mainq = rd_kafka_queue_get_main(ks->rk);
+    rd_kafka_queue_io_event_enable(ks->mainq, ks->pipefd[1], "1", 1);
+    /* Anything queued before the io event was enabled would never wake us. */
+    event_active(ks->io_ev, EV_READ, 0);
+    return &ks->base;
+fail:
+    kafka_close(&ks->base, 0);
+    return NULL;
+}
+
+/* Loop thread. Refuses (-1) when closing, failed, the local queue is full or the brokers
+ * have been down for DOWN_GRACE_MS (one probe a second still goes through); otherwise
+ * hands a copy to librdkafka and returns 0: on_delivery completes it later. */
+static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
+                        void *opaque)
+{
+    struct kafka_sink *ks = (struct kafka_sink *)s;
+    if (ks->closing || ks->fatal) {
+        return -1;
+    }
+    if (ks->state == BROKERS_DOWN) {
+        int64_t now = now_ms();
+        if (now - ks->down_since_ms >= DOWN_GRACE_MS &&
+            now - ks->last_probe_ms < PROBE_INTERVAL_MS) {
+            return -1;
+        }
+        ks->last_probe_ms = now;
+    }
+    struct kafka_req *r = ab_calloc(1, sizeof(*r));
+    r->cb = cb;
+    r->opaque = opaque;
+    static const char ctype[] = "application/cloudevents+json";
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        ks->rk, RD_KAFKA_V_TOPIC(msg->route), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE((void *)msg->value, msg->value_len),
+        RD_KAFKA_V_KEY(msg->key, msg->key ? strlen(msg->key) : 0),
+        RD_KAFKA_V_HEADER("content-type", ctype, (ssize_t)sizeof(ctype) - 1),
+        RD_KAFKA_V_HEADER("ce_specversion", "1.0", 3),
+        RD_KAFKA_V_HEADER("ce_id", msg->id, -1),
+        RD_KAFKA_V_HEADER("ce_type", msg->type, -1),
+        RD_KAFKA_V_HEADER("ce_source", msg->source, -1), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+    ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        log_failure(ks, msg->route, err, RD_KAFKA_PARTITION_UA);
+        free(r);
+        return -1;
+    }
+    r->next = ks->outstanding;
+    if (r->next) {
+        r->next->prev = r;
+    }
+    ks->outstanding = r;
+    ks->n_outstanding++;
+    return 0;
+}
+
+static int kafka_ready(struct ab_sink *s)
+{
+    struct kafka_sink *ks = (struct kafka_sink *)s;
+    return !ks->closing && !ks->fatal && ks->state == BROKERS_UP;
+}
+
+static void kafka_describe(struct ab_sink *s, char *buf, size_t len)
+{
+    struct kafka_sink *ks = (struct kafka_sink *)s;
+    if (ks->fatal) {
+        snprintf(buf, len, "brokers %s: failed (%s)", ks->brokers, ks->reason);
+    } else if (ks->state == BROKERS_DOWN) {
+        snprintf(buf, len, "brokers %s: down (%s)", ks->brokers, ks->reason);
+    } else if (ks->state == BROKERS_CONNECTING) {
+        snprintf(buf, len, "brokers %s: connecting", ks->brokers);
+    } else {
+        snprintf(buf, len, "brokers %s: up%s", ks->brokers,
+                 ks->queue_full ? ", local queue full" : "");
+    }
+}
+
+/* Loop thread, after its loop stopped: wait up to timeout_ms for the outstanding
+ * deliveries (rd_kafka_flush serves their reports, so their callbacks run here), purge
+ * the rest (their reports say AB_SINK_CLOSED), destroy the producer and free. */
+static void kafka_close(struct ab_sink *s, int timeout_ms)
+{
+    struct kafka_sink *ks = (struct kafka_sink *)s;
+    if (ks == NULL) {
+        return;
+    }
+    ks->closing = 1;
+    if (ks->rk) {
+        if (ks->n_outstanding > 0) {
+            rd_kafka_flush(ks->rk, timeout_ms > 0 ? timeout_ms : 0);
+        }
+        if (ks->n_outstanding > 0) {
+            ab_warn("kafka: closing with %ld message(s) not acknowledged: answering 503",
+                    ks->n_outstanding);
+            rd_kafka_purge(ks->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            for (int i = 0; i < 100 && ks->n_outstanding > 0; i++) {
+                rd_kafka_poll(ks->rk, i == 0 ? 0 : 10);
+            }
+        }
+        if (ks->mainq) {
+            rd_kafka_queue_io_event_enable(ks->mainq, -1, NULL, 0);
+            rd_kafka_queue_destroy(ks->mainq);
+        }
+        rd_kafka_destroy(ks->rk);
+    }
+    /* Whatever librdkafka did not report (it serves no callback after destroy). */
+    while (ks->outstanding) {
+        struct kafka_req *r = ks->outstanding;
+        ks->outstanding = r->next;
+        r->cb(AB_SINK_CLOSED, "kafka sink closed before the broker acknowledged", r->opaque);
+        free(r);
+    }
+    if (ks->io_ev) {
+        event_free(ks->io_ev);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (ks->pipefd[i] >= 0) {
+            close(ks->pipefd[i]);
+        }
+    }
+    free(ks->brokers);
+    free(ks);
+}
+
+const struct ab_sink_ops ab_sink_kafka = {
+    .name = "kafka",
+    .default_route = "alma.{action}",
+    .open = kafka_open,
+    .submit = kafka_submit,
+    .ready = kafka_ready,
+    .describe = kafka_describe,
+    .close = kafka_close,
+};

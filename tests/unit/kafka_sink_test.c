@@ -1,0 +1,626 @@
+/* Tests for sinks/kafka.c: the sink contract and fault handling, in process, against
+ * librdkafka's mock cluster (rdkafka_mock.h), which is here only for fault injection. The
+ * end-to-end tests (tests/e2e/test_kafka.py) run against a real Apache Kafka.
+ *
+ * Contract: submit() returns 0 and the callback runs exactly once, later (never inside
+ * submit), on the submitting loop thread; or it returns non-zero and never calls back. */
+#include "config.h"
+#include "log.h"
+#include "sink.h"
+#include "test.h"
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#define ACK_MS 1500
+#define API_PRODUCE 0 /* Kafka protocol ApiKey of Produce */
+#define MAXREQ 256
+
+static pthread_t loop_thread;
+static int in_submit; /* set around every submit: a callback seeing it broke the contract */
+
+struct req {
+    int calls;
+    int status;
+    int on_loop_thread;
+    int during_submit;
+    int64_t submitted_ms, done_ms;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_done(int status, const char *errstr, void *opaque)
+{
+    struct req *r = opaque;
+    r->calls++;
+    r->status = status;
+    r->on_loop_thread = pthread_equal(pthread_self(), loop_thread);
+    r->during_submit = in_submit;
+    r->done_ms = now_ms();
+    if (status != AB_SINK_OK && errstr == NULL) {
+        r->status = -1; /* an error without a reason breaks the contract */
+    }
+}
+
+/* ---- harness ------------------------------------------------------------------------ */
+
+struct fixture {
+    struct event_base *base;
+    struct event *tick; /* wakes the loop so run_until can check its condition */
+    struct ab_config cfg;
+    char *conf[4];
+    struct ab_sink *sink;
+};
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+static int open_sink(struct fixture *f, const char *brokers, long ack_ms, char **conf, size_t nconf,
+                     char *errstr, size_t errlen)
+{
+    memset(f, 0, sizeof(*f));
+    f->base = event_base_new();
+    f->tick = event_new(f->base, -1, EV_PERSIST, on_tick, NULL);
+    struct timeval tv = {0, 10000};
+    event_add(f->tick, &tv);
+    f->cfg.kafka_brokers = (char *)brokers;
+    f->cfg.ack_timeout_ms = ack_ms;
+    f->cfg.kafka_conf.v = conf;
+    f->cfg.kafka_conf.n = nconf;
+    f->sink = ab_sink_kafka.open(&f->cfg, NULL, f->base, errstr, errlen);
+    return f->sink ? 0 : -1;
+}
+
+static void close_fixture(struct fixture *f)
+{
+    if (f->sink) {
+        ab_sink_kafka.close(f->sink, 2000);
+        f->sink = NULL;
+    }
+    event_free(f->tick);
+    event_base_free(f->base);
+}
+
+/* Run the loop until *count >= want or timeout_ms passed; returns 1 if reached. */
+static int run_until_count(struct fixture *f, const int *count, int want, int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    while (*count < want && now_ms() < end) {
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+    return *count >= want;
+}
+
+/* Run the loop until ready() == want or timeout_ms passed; returns 1 if reached. */
+static int run_until_ready(struct fixture *f, int want, int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    while (ab_sink_ready(f->sink) != want && now_ms() < end) {
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+    return ab_sink_ready(f->sink) == want;
+}
+
+/* Run the loop for ms milliseconds. */
+static void run_for(struct fixture *f, int ms)
+{
+    int64_t end = now_ms() + ms;
+    while (now_ms() < end) {
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+}
+
+static int total_calls(struct req *reqs, int n)
+{
+    int c = 0;
+    for (int i = 0; i < n; i++) {
+        c += reqs[i].calls;
+    }
+    return c;
+}
+
+/* Submit one message for id; returns submit()'s result. */
+static int submit_one(struct fixture *f, const char *topic, const char *id, struct req *r)
+{
+    char value[256], type[] = "com.exlibrisgroup.alma.loan.loan_created";
+    snprintf(value, sizeof(value), "{\"specversion\":\"1.0\",\"id\":\"%s\"}", id);
+    struct ab_sink_msg m = {
+        .id = id,
+        .type = type,
+        .source = "urn:alma:01TEST_INST",
+        .route = topic,
+        .key = id,
+        .value = value,
+        .value_len = strlen(value),
+    };
+    memset(r, 0, sizeof(*r));
+    r->submitted_ms = now_ms();
+    in_submit = 1;
+    int rc = ab_sink_submit(f->sink, &m, on_done, r);
+    in_submit = 0;
+    return rc;
+}
+
+/* Every accepted request was called back exactly once, outside submit, on the loop
+ * thread; returns how many had status want. */
+static int check_contract(struct req *reqs, const int *accepted, int n, int want)
+{
+    int with_status = 0;
+    for (int i = 0; i < n; i++) {
+        if (!accepted[i]) {
+            CHECK(reqs[i].calls == 0);
+            continue;
+        }
+        CHECK(reqs[i].calls == 1);
+        CHECK(reqs[i].on_loop_thread);
+        CHECK(!reqs[i].during_submit);
+        CHECK(reqs[i].status != -1);
+        with_status += reqs[i].status == want;
+    }
+    return with_status;
+}
+
+/* ---- the mock cluster and a consumer to read it back -------------------------------- */
+
+struct mock {
+    rd_kafka_t *rk; /* owns the cluster */
+    rd_kafka_mock_cluster_t *mc;
+    const char *bootstrap;
+};
+
+static void mock_new(struct mock *m)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
+    m->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    m->mc = rd_kafka_mock_cluster_new(m->rk, 1);
+    m->bootstrap = rd_kafka_mock_cluster_bootstraps(m->mc);
+    /* One partition each, so that reading partition 0 reads everything. */
+    const char *topics[] = {"alma.loan", "alma.retry", "alma.updown", "alma.close"};
+    for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
+        rd_kafka_mock_topic_create(m->mc, topics[i], 1, 1);
+    }
+}
+
+static void mock_free(struct mock *m)
+{
+    rd_kafka_mock_cluster_destroy(m->mc);
+    rd_kafka_destroy(m->rk);
+}
+
+struct consumed {
+    int n;
+    char keys[MAXREQ * 2][64];
+    int headers_ok; /* every message had the expected headers */
+};
+
+static int header_is(rd_kafka_headers_t *h, const char *name, const char *want)
+{
+    const void *v = NULL;
+    size_t len = 0;
+    if (rd_kafka_header_get_last(h, name, &v, &len) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        return 0;
+    }
+    return want == NULL || (len == strlen(want) && memcmp(v, want, len) == 0);
+}
+
+/* Read partition 0 of topic from the beginning to its end. */
+static void consume_all(const char *bootstrap, const char *topic, struct consumed *out)
+{
+    char err[256];
+    memset(out, 0, sizeof(*out));
+    out->headers_ok = 1;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof(err));
+    rd_kafka_conf_set(conf, "group.id", "kafka_sink_test", err, sizeof(err));
+    rd_kafka_conf_set(conf, "enable.partition.eof", "true", err, sizeof(err));
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
+    rd_kafka_t *c = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    rd_kafka_poll_set_consumer(c);
+    rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(parts, topic, 0)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_assign(c, parts);
+    rd_kafka_topic_partition_list_destroy(parts);
+    int64_t end = now_ms() + 10000;
+    while (now_ms() < end) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c, 100);
+        if (m == NULL) {
+            continue;
+        }
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            rd_kafka_message_destroy(m);
+            break;
+        }
+        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && out->n < MAXREQ * 2) {
+            snprintf(out->keys[out->n], sizeof(out->keys[0]), "%.*s", (int)m->key_len,
+                     (const char *)m->key);
+            rd_kafka_headers_t *h = NULL;
+            if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+                !header_is(h, "content-type", "application/cloudevents+json") ||
+                !header_is(h, "ce_id", out->keys[out->n]) ||
+                !header_is(h, "ce_type", "com.exlibrisgroup.alma.loan.loan_created") ||
+                !header_is(h, "ce_source", "urn:alma:01TEST_INST") ||
+                !header_is(h, "ce_specversion", "1.0")) {
+                out->headers_ok = 0;
+            }
+            out->n++;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_consumer_close(c);
+    rd_kafka_destroy(c);
+}
+
+/* Every id "<prefix>-<i>" for i < n appears exactly once. */
+static int exactly_once(const struct consumed *c, const char *prefix, int n)
+{
+    int ok = c->n == n;
+    for (int i = 0; i < n; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "%s-%d", prefix, i);
+        int seen = 0;
+        for (int j = 0; j < c->n; j++) {
+            seen += strcmp(c->keys[j], id) == 0;
+        }
+        if (seen != 1) {
+            fprintf(stderr, "  id %s seen %d times\n", id, seen);
+            ok = 0;
+        }
+    }
+    return ok;
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+/* Delivered: OK exactly once per submit, outside submit, on the loop thread; the messages
+ * carry key and headers; describe() and ready() say up. */
+static void test_success(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct fixture f;
+    char err[512] = "";
+    CHECK(open_sink(&f, m.bootstrap, ACK_MS, NULL, 0, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        mock_free(&m);
+        return;
+    }
+    CHECK(run_until_ready(&f, 1, 5000));
+    char d[256];
+    ab_sink_kafka.describe(f.sink, d, sizeof(d));
+    CHECK(strstr(d, ": up") != NULL);
+
+    enum { N = 50 };
+    static struct req reqs[N];
+    int accepted[N];
+    int calls = 0;
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "ok-%d", i);
+        accepted[i] = submit_one(&f, "alma.loan", id, &reqs[i]) == 0;
+        CHECK(accepted[i]);
+        CHECK(reqs[i].calls == 0); /* never inside submit */
+    }
+    for (int64_t end = now_ms() + 5000; (calls = total_calls(reqs, N)) < N && now_ms() < end;) {
+        event_base_loop(f.base, EVLOOP_ONCE);
+    }
+    CHECK(calls == N);
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
+    run_for(&f, 100); /* nothing more arrives */
+    CHECK(total_calls(reqs, N) == N);
+    close_fixture(&f);
+
+    struct consumed c;
+    consume_all(m.bootstrap, "alma.loan", &c);
+    CHECK(exactly_once(&c, "ok", N));
+    CHECK(c.headers_ok);
+    mock_free(&m);
+}
+
+/* Retriable Produce errors are retried by librdkafka: every submit still ends OK, once,
+ * and the topic holds each message exactly once (idempotence keeps order and sequence). */
+static void test_retriable_errors(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct fixture f;
+    char err[512] = "";
+    CHECK(open_sink(&f, m.bootstrap, 6000, NULL, 0, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        mock_free(&m);
+        return;
+    }
+    CHECK(run_until_ready(&f, 1, 5000));
+    /* Six failed Produce answers in a row from broker 1 (the partition leader). */
+    rd_kafka_mock_broker_push_request_error_rtts(
+        m.mc, 1, API_PRODUCE, 6, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, 0,
+        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, 0, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS, 0,
+        RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, 0, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, 0,
+        RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND, 0);
+    enum { N = 40 };
+    static struct req reqs[N];
+    int accepted[N];
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "retry-%d", i);
+        accepted[i] = submit_one(&f, "alma.retry", id, &reqs[i]) == 0;
+        CHECK(accepted[i]);
+        if (i % 10 == 9) {
+            run_for(&f, 50); /* several Produce requests, so several injected errors */
+        }
+    }
+    for (int64_t end = now_ms() + 8000; total_calls(reqs, N) < N && now_ms() < end;) {
+        event_base_loop(f.base, EVLOOP_ONCE);
+    }
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
+    size_t left = 99;
+    rd_kafka_mock_broker_error_stack_cnt(m.mc, 1, API_PRODUCE, &left);
+    CHECK(left == 0); /* every injected error was hit and retried */
+    close_fixture(&f);
+
+    struct consumed c;
+    consume_all(m.bootstrap, "alma.retry", &c);
+    CHECK(exactly_once(&c, "retry", N));
+    mock_free(&m);
+}
+
+/* A Produce the broker handles at once but answers after the client's request timeout:
+ * librdkafka disconnects and sends it again; every submit still completes exactly once
+ * with OK. (librdkafka 2.0's mock checks sequence numbers for transactional producers
+ * only, so it keeps the resent copy; against a real broker idempotence drops it, which the
+ * end-to-end broker-kill test checks.) */
+static void test_late_ack(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct fixture f;
+    char err[512] = "";
+    char *conf[] = {(char *)"socket.timeout.ms=300"};
+    CHECK(open_sink(&f, m.bootstrap, 6000, conf, 1, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        mock_free(&m);
+        return;
+    }
+    CHECK(run_until_ready(&f, 1, 5000));
+    rd_kafka_mock_broker_push_request_error_rtts(m.mc, 1, API_PRODUCE, 1,
+                                                 RD_KAFKA_RESP_ERR_NO_ERROR, 2500);
+    enum { N = 10 };
+    static struct req reqs[N];
+    int accepted[N];
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "late-%d", i);
+        accepted[i] = submit_one(&f, "alma.retry", id, &reqs[i]) == 0;
+        CHECK(accepted[i]);
+    }
+    for (int64_t end = now_ms() + 8000; total_calls(reqs, N) < N && now_ms() < end;) {
+        event_base_loop(f.base, EVLOOP_ONCE);
+    }
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
+    run_for(&f, 200);
+    CHECK(total_calls(reqs, N) == N);
+    CHECK(ab_sink_ready(f.sink) == 1); /* the reconnect does not leave it down */
+    close_fixture(&f);
+    mock_free(&m);
+}
+
+/* Nothing listens at the brokers' address: ready() stays 0, describe() says down, and
+ * every submit is answered well inside the ack timeout: refused at once, or (the first
+ * while connecting, one probe a second once down) called back with an error in time. */
+static void test_no_broker(void)
+{
+    struct fixture f;
+    char err[512] = "";
+    CHECK(open_sink(&f, "127.0.0.1:1", ACK_MS, NULL, 0, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        return;
+    }
+    enum { N = 30 };
+    static struct req reqs[N];
+    int accepted[N], n_accepted = 0;
+    int64_t t0 = now_ms();
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "nob-%d", i);
+        accepted[i] = submit_one(&f, "alma.loan", id, &reqs[i]) == 0;
+        n_accepted += accepted[i];
+        CHECK(ab_sink_ready(f.sink) == 0);
+        run_for(&f, 100);
+    }
+    int64_t elapsed = now_ms() - t0;
+    /* 3 s of submits: those while connecting and in the 500 ms grace, then about one
+     * probe a second */
+    CHECK(n_accepted >= 1 && n_accepted <= 7 + (int)(elapsed / 1000));
+    CHECK(n_accepted < N / 2);
+    int calls = 0;
+    for (int64_t end = now_ms() + ACK_MS + 1500; (calls = total_calls(reqs, N)) < n_accepted &&
+                                                 now_ms() < end;) {
+        event_base_loop(f.base, EVLOOP_ONCE);
+    }
+    CHECK(calls == n_accepted);
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == 0);
+    for (int i = 0; i < N; i++) {
+        if (accepted[i]) {
+            CHECK(reqs[i].done_ms - reqs[i].submitted_ms <= ACK_MS + 1100);
+        }
+    }
+    char d[256];
+    ab_sink_kafka.describe(f.sink, d, sizeof(d));
+    CHECK(strstr(d, "brokers 127.0.0.1:1: down (") == d);
+    CHECK(ab_sink_ready(f.sink) == 0);
+    close_fixture(&f);
+}
+
+/* The broker goes down: ready() turns 0 and submits fail fast; it comes back: the same
+ * instance recovers (ready() 1, deliveries OK) without being reopened. */
+static void test_broker_down_and_back(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct fixture f;
+    char err[512] = "";
+    CHECK(open_sink(&f, m.bootstrap, ACK_MS, NULL, 0, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        mock_free(&m);
+        return;
+    }
+    CHECK(run_until_ready(&f, 1, 5000));
+    static struct req r0;
+    CHECK(submit_one(&f, "alma.updown", "updown-0", &r0) == 0);
+    CHECK(run_until_count(&f, &r0.calls, 1, 3000));
+    CHECK(r0.status == AB_SINK_OK);
+
+    rd_kafka_mock_broker_set_down(m.mc, 1);
+    int64_t t_down = now_ms();
+    CHECK(run_until_ready(&f, 0, 3000));
+    fprintf(stderr, "  down noticed after %lld ms\n", (long long)(now_ms() - t_down));
+
+    enum { N = 20 };
+    static struct req reqs[N];
+    int accepted[N], n_accepted = 0;
+    int64_t t0 = now_ms();
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "down-%d", i);
+        accepted[i] = submit_one(&f, "alma.updown", id, &reqs[i]) == 0;
+        n_accepted += accepted[i];
+        run_for(&f, 100);
+    }
+    /* the 500 ms grace, then only the probes */
+    CHECK(n_accepted <= 7 + (int)((now_ms() - t0) / 1000));
+    CHECK(n_accepted < N / 2);
+    for (int64_t end = now_ms() + ACK_MS + 1500; total_calls(reqs, N) < n_accepted &&
+                                                 now_ms() < end;) {
+        event_base_loop(f.base, EVLOOP_ONCE);
+    }
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == 0);
+    for (int i = 0; i < N; i++) {
+        if (accepted[i]) {
+            CHECK(reqs[i].done_ms - reqs[i].submitted_ms <= ACK_MS + 1100);
+        }
+    }
+
+    rd_kafka_mock_broker_set_up(m.mc, 1);
+    int64_t t_up = now_ms();
+    CHECK(run_until_ready(&f, 1, 5000));
+    fprintf(stderr, "  recovery noticed after %lld ms\n", (long long)(now_ms() - t_up));
+    static struct req r1;
+    CHECK(submit_one(&f, "alma.updown", "updown-1", &r1) == 0);
+    CHECK(run_until_count(&f, &r1.calls, 1, 3000));
+    CHECK(r1.status == AB_SINK_OK);
+    close_fixture(&f);
+    mock_free(&m);
+}
+
+/* close() completes what is still outstanding, with AB_SINK_CLOSED, before it returns. */
+static void test_close_completes_outstanding(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct fixture f;
+    char err[512] = "";
+    CHECK(open_sink(&f, m.bootstrap, 5000, NULL, 0, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        mock_free(&m);
+        return;
+    }
+    CHECK(run_until_ready(&f, 1, 5000));
+    /* Produce answers are held back for 3 s: the messages stay in flight. */
+    rd_kafka_mock_broker_push_request_error_rtts(m.mc, 1, API_PRODUCE, 1,
+                                                 RD_KAFKA_RESP_ERR_NO_ERROR, 3000);
+    enum { N = 5 };
+    static struct req reqs[N];
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "close-%d", i);
+        CHECK(submit_one(&f, "alma.close", id, &reqs[i]) == 0);
+    }
+    run_for(&f, 200);
+    CHECK(total_calls(reqs, N) == 0);
+    int64_t t0 = now_ms();
+    ab_sink_kafka.close(f.sink, 100);
+    f.sink = NULL;
+    CHECK(now_ms() - t0 < 2000);
+    for (int i = 0; i < N; i++) {
+        CHECK(reqs[i].calls == 1);
+        CHECK(reqs[i].status == AB_SINK_CLOSED);
+        CHECK(reqs[i].on_loop_thread);
+    }
+    close_fixture(&f);
+    mock_free(&m);
+}
+
+/* --kafka-conf: applied last; a bad entry is a start-up error naming the key, never the
+ * value of a secret. */
+static void test_conf_errors(void)
+{
+    struct fixture f;
+    char err[512] = "";
+    char *unknown[] = {(char *)"no.such.property=1"};
+    CHECK(open_sink(&f, "127.0.0.1:1", ACK_MS, unknown, 1, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "no.such.property") != NULL);
+    close_fixture(&f);
+
+    char *secret[] = {(char *)"my.secret.thing=hunter2"};
+    CHECK(open_sink(&f, "127.0.0.1:1", ACK_MS, secret, 1, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "my.secret.thing") != NULL);
+    CHECK(strstr(err, "hunter2") == NULL);
+    close_fixture(&f);
+
+    char *noeq[] = {(char *)"acks=all", (char *)"sasl.password"};
+    CHECK(open_sink(&f, "127.0.0.1:1", ACK_MS, noeq, 2, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "entry 2 is not key=value") != NULL);
+    close_fixture(&f);
+
+    char *bad[] = {(char *)"acks=sometimes"};
+    CHECK(open_sink(&f, "127.0.0.1:1", ACK_MS, bad, 1, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "acks") != NULL);
+    close_fixture(&f);
+
+    /* Valid overrides are accepted (and win over the defaults). */
+    char *ok[] = {(char *)"compression.type=zstd", (char *)"sasl.password=hunter2"};
+    CHECK(open_sink(&f, "127.0.0.1:1", ACK_MS, ok, 2, err, sizeof(err)) == 0);
+    close_fixture(&f);
+
+    CHECK(open_sink(&f, "", ACK_MS, NULL, 0, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "--kafka-brokers") != NULL);
+    close_fixture(&f);
+}
+
+int main(void)
+{
+    loop_thread = pthread_self();
+    if (getenv("AB_TEST_DEBUG") == NULL) {
+        ab_log_level_min = AB_LOG_ERROR + 1; /* librdkafka's connection errors are expected */
+    }
+    CHECK(strcmp(ab_sink_kafka.name, "kafka") == 0);
+    CHECK(strcmp(ab_sink_kafka.default_route, "alma.{action}") == 0);
+    RUN(test_conf_errors);
+    RUN(test_success);
+    RUN(test_retriable_errors);
+    RUN(test_late_ack);
+    RUN(test_no_broker);
+    RUN(test_broker_down_and_back);
+    RUN(test_close_completes_outstanding);
+    return TEST_SUMMARY();
+}
