@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""A real, single-node Apache Kafka broker for the end-to-end tests.
+
+    from broker import KafkaBroker
+
+    with KafkaBroker() as kafka:            # fetches the jars once, then starts
+        run_daemon(kafka.bootstrap)         # "127.0.0.1:PORT"
+        msgs = kafka.consume("alma.events", count=1, timeout=10)
+        assert msgs[0]["value"] == b"..."
+
+The broker is Kafka's own `kafka.Kafka` in KRaft mode (combined broker and
+controller, node id 1) started with the machine's Java (17 or later) from the
+jars that tests/kafka/fetch.sh puts in .cache/kafka/<version>/libs. It listens
+on free loopback ports, keeps its data and logs in a temporary directory, and
+auto-creates topics with one partition. Producing and consuming go through
+kcat, which the daemon's own tests need anyway.
+
+Every broker started here is stopped at interpreter exit (atexit), and the JVM
+is told by the kernel to die with the Python process that started it
+(PR_SET_PDEATHSIG), so a killed test run leaves no broker behind.
+
+CLI:
+    python3 tests/kafka/broker.py fetch     only fetch the jars
+    python3 tests/kafka/broker.py run       start, print the bootstrap address,
+                                            wait for Ctrl-C
+
+Environment:
+    KAFKA_VERSION          version to fetch and run (default: the pom's)
+    ALMABRIDGE_JAVA        java binary to use (default: $JAVA_HOME/bin/java, java)
+    ALMABRIDGE_KEEP_TMP=1  keep the temporary directories (logs) after close()
+    ALMABRIDGE_KAFKA_CDS=0 do not use (or make) the class-data-sharing archive
+
+Start-up: the first clean stop() of a broker dumps the classes it loaded into a
+CDS archive next to the jars (.cache/kafka/<version>/cds/); later JVMs map it
+and start about 0.8 s sooner.
+"""
+
+import atexit
+import base64
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import weakref
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FETCH_SH = HERE / "fetch.sh"
+PROBE_TOPIC = "_almabridge_probe"
+
+# Start-up matters more than throughput here: one C1-compiled JVM with the
+# serial collector starts the broker about a second sooner on two cores.
+DEFAULT_JVM_OPTS = [
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-XX:-UsePerfData",
+    "-Djava.awt.headless=true",
+]
+
+LOG4J2_TEMPLATE = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = {level}
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka_request.name = kafka.request.logger
+logger.kafka_request.level = warn
+"""
+
+# ---------------------------------------------------------------- helpers
+
+
+def fetch(version=None):
+    """Fetch the broker's jars (once) and return their directory as a Path.
+
+    Raises RuntimeError carrying fetch.sh's message ("cannot fetch Apache
+    Kafka from Maven Central: ...") when Maven cannot get them.
+    """
+    cmd = [str(FETCH_SH)]
+    if version:
+        cmd.append(version)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip() or "tests/kafka/fetch.sh failed")
+    if proc.stderr:
+        sys.stderr.write(proc.stderr)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+_java_checked = {}
+
+
+def find_java():
+    """Return the path of a Java 17+ binary, or raise RuntimeError."""
+    candidates = []
+    if os.environ.get("ALMABRIDGE_JAVA"):
+        candidates.append(os.environ["ALMABRIDGE_JAVA"])
+    if os.environ.get("JAVA_HOME"):
+        candidates.append(os.path.join(os.environ["JAVA_HOME"], "bin", "java"))
+    if shutil.which("java"):
+        candidates.append(shutil.which("java"))
+    for java in candidates:
+        if java not in _java_checked:
+            _java_checked[java] = _java_major(java)
+        if _java_checked[java] >= 17:
+            return java
+    raise RuntimeError("Kafka 4 needs Java 17 or later; none found (tried %s); "
+                       "set ALMABRIDGE_JAVA" % (candidates or "nothing"))
+
+
+def _java_major(java):
+    try:
+        out = subprocess.run([java, "-version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    # openjdk version "17.0.15" 2025-04-15   /   java version "1.8.0_392"
+    for line in out.splitlines():
+        if "version" in line and '"' in line:
+            v = line.split('"')[1].split(".")
+            return int(v[1]) if v[0] == "1" else int(v[0])
+    return 0
+
+
+def free_ports(n):
+    """Return n distinct free TCP ports on 127.0.0.1 (held open together while
+    choosing so they differ; racy by nature, like every port-0 trick)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def port_open(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def die_with_parent():
+    """preexec_fn: have the kernel SIGKILL the child when the parent dies.
+    The 'parent' is the thread that forked, so start servers from the main
+    thread (as pytest fixtures are)."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def log_tail(path, lines=40):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+        return "\n".join(data.splitlines()[-lines:])
+    except OSError:
+        return "(no log at %s)" % path
+
+
+def _random_cluster_id():
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+# Instances with a live process, stopped at interpreter exit.
+_live = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all():
+    for obj in list(_live):
+        try:
+            obj.close()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------- the broker
+
+
+class KafkaBroker:
+    """One single-node KRaft Kafka broker on free loopback ports.
+
+    KafkaBroker(version=None, jvm_opts=None, properties=None, log_level="INFO")
+      version     Kafka version to fetch/run (default: the pom's, or $KAFKA_VERSION)
+      jvm_opts    list replacing DEFAULT_JVM_OPTS
+      properties  dict of extra server.properties entries (override ours)
+      log_level   root level of the broker's log (<workdir>/server.log)
+
+    Attributes once started: port, controller_port, bootstrap ("127.0.0.1:PORT"),
+    workdir (Path), log_path (Path), pid, startup_seconds (last start, float).
+    """
+
+    def __init__(self, version=None, jvm_opts=None, properties=None, log_level="INFO"):
+        self.version = version
+        self.jvm_opts = list(DEFAULT_JVM_OPTS if jvm_opts is None else jvm_opts)
+        self.properties = dict(properties or {})
+        self.log_level = log_level
+        self.libs = None
+        self.java = None
+        self.port = None
+        self.controller_port = None
+        self.workdir = None
+        self.cluster_id = None
+        self.startup_seconds = None
+        self._proc = None
+        self._stdout = None
+        self._cds_dump = None
+
+    # -- properties
+
+    @property
+    def bootstrap(self):
+        """'127.0.0.1:PORT', the address for bootstrap.servers / kcat -b."""
+        if self.port is None:
+            raise RuntimeError("KafkaBroker not started")
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def log_path(self):
+        return self.workdir / "server.log" if self.workdir else None
+
+    @property
+    def pid(self):
+        return self._proc.pid if self._proc else None
+
+    def is_running(self):
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines=40):
+        """The last lines of the broker's log, for assertion messages."""
+        return log_tail(self.log_path, lines) if self.workdir else ""
+
+    # -- life cycle
+
+    def start(self, timeout=60.0):
+        """Fetch if needed, then start the broker and wait until it accepts a
+        produce. The first start picks ports and formats a new data directory;
+        later starts (restart()) reuse both. Returns self. Raises RuntimeError
+        (with the log's tail) if the broker dies or is not ready in time."""
+        if self.is_running():
+            return self
+        t0 = time.monotonic()
+        if self.libs is None:
+            self.libs = fetch(self.version)
+            self.java = find_java()
+        if self.workdir is None:
+            try:
+                self._prepare()
+            except BaseException:
+                self.close()
+                raise
+        self._launch()
+        self._wait_ready(t0 + timeout)
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, timeout=30.0):
+        """Stop the broker: SIGTERM (clean shutdown), SIGKILL after timeout
+        seconds. Keeps the data directory for restart(). No-op if stopped."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._reap()
+
+    def kill(self):
+        """Crash the broker: SIGKILL, no clean shutdown. Data on disk stays
+        (the page cache survives a process crash); restart() recovers it."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._reap()
+
+    def restart(self, timeout=60.0, kill=False):
+        """Stop (or, with kill=True, SIGKILL) and start again on the same
+        ports with the same data directory. Returns self."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        return self.start(timeout)
+
+    def close(self):
+        """stop() and remove the temporary directory (kept if
+        ALMABRIDGE_KEEP_TMP=1). A later start() begins afresh: new ports, no data."""
+        self.stop()
+        if self.workdir is not None:
+            if os.environ.get("ALMABRIDGE_KEEP_TMP") == "1":
+                sys.stderr.write("kept Kafka broker directory %s\n" % self.workdir)
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        _live.discard(self)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _prepare(self):
+        self.port, self.controller_port = free_ports(2)
+        self.workdir = Path(tempfile.mkdtemp(prefix="almabridge-kafka-"))
+        _live.add(self)
+        (self.workdir / "log4j2.properties").write_text(
+            LOG4J2_TEMPLATE.format(log=self.workdir / "server.log", level=self.log_level))
+        (self.workdir / "tools-log4j2.properties").write_text(
+            "status = warn\nappender.e.type = Console\nappender.e.name = E\n"
+            "appender.e.target = SYSTEM_ERR\nappender.e.layout.type = PatternLayout\n"
+            "appender.e.layout.pattern = %p %m%n\n"
+            "rootLogger.level = warn\nrootLogger.appenderRef.e.ref = E\n")
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.bootstrap.servers": "127.0.0.1:%d" % self.controller_port,
+            "listeners": "PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d"
+                         % (self.port, self.controller_port),
+            "advertised.listeners": "PLAINTEXT://127.0.0.1:%d" % self.port,
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.workdir / "data"),
+            "num.partitions": "1",
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # After kill(), the controller fences the dead incarnation only
+            # when its session times out (default 9 s) and the restarted
+            # broker waits for that; 3 s keeps crash tests short.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
+        }
+        props.update({k: str(v) for k, v in self.properties.items()})
+        (self.workdir / "server.properties").write_text(
+            "".join("%s=%s\n" % kv for kv in props.items()))
+        self.cluster_id = _random_cluster_id()
+        self._java_tool(["kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                         "-c", str(self.workdir / "server.properties"), "--standalone"])
+
+    def _classpath(self):
+        return str(self.libs / "*")
+
+    def _cds_archive(self):
+        """Path of the class-data-sharing archive for this Java, these JVM
+        options and these jars (a fetch replaces the directory), or None
+        when disabled by ALMABRIDGE_KAFKA_CDS=0."""
+        if os.environ.get("ALMABRIDGE_KAFKA_CDS") == "0":
+            return None
+        ident = "%s|%s|%s" % (os.path.realpath(self.java), os.path.getmtime(self.java),
+                              " ".join(self.jvm_opts))
+        name = hashlib.sha256(ident.encode()).hexdigest()[:16] + ".jsa"
+        return self.libs.parent / "cds" / name
+
+    def _cds_opts(self, dump):
+        """JVM options to map the archive if there is one; else, if dump,
+        to have this JVM write it at exit (_reap() keeps it after a clean
+        stop, so a crashed JVM never leaves a half-written archive)."""
+        archive = self._cds_archive()
+        if archive is None:
+            return []
+        if archive.exists():
+            return ["-XX:SharedArchiveFile=%s" % archive, "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+        if not dump:
+            return []
+        archive.parent.mkdir(exist_ok=True)
+        self._cds_dump = (archive.with_suffix(".%d-%x.tmp" % (os.getpid(), id(self))), archive)
+        return ["-XX:ArchiveClassesAtExit=%s" % self._cds_dump[0], "-Xlog:cds=off"]
+
+    def _java_tool(self, args, timeout=120):
+        """Run a Kafka command-line tool class; return its stdout or raise."""
+        cmd = [self.java, *self.jvm_opts, *self._cds_opts(dump=False),
+               "-Dlog4j2.configurationFile=%s" % (self.workdir / "tools-log4j2.properties"),
+               "-cp", self._classpath(), *args]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError("%s failed (exit %d):\n%s"
+                               % (args[0], proc.returncode, proc.stdout[-4000:]))
+        return proc.stdout
+
+    def _launch(self):
+        self._cds_dump = None
+        cmd = [self.java, *self.jvm_opts, *self._cds_opts(dump=True),
+               "-Dlog4j2.configurationFile=%s" % (self.workdir / "log4j2.properties"),
+               "-Dkafka.logs.dir=%s" % self.workdir,
+               "-cp", self._classpath(), "kafka.Kafka", str(self.workdir / "server.properties")]
+        self._stdout = open(self.workdir / "stdout.log", "ab")
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                      stderr=subprocess.STDOUT, cwd=self.workdir,
+                                      start_new_session=True, preexec_fn=die_with_parent)
+        _live.add(self)
+
+    def _reap(self):
+        dump = self._cds_dump
+        # 143: the JVM's exit status after SIGTERM and a clean shutdown.
+        if dump and self._proc.returncode in (0, 143) and dump[0].exists():
+            os.replace(dump[0], dump[1])
+        elif dump and dump[0].exists():
+            dump[0].unlink()
+        self._cds_dump = None
+        self._proc = None
+        if self._stdout:
+            self._stdout.close()
+            self._stdout = None
+
+    def _wait_ready(self, deadline):
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._reap()
+                raise RuntimeError("Kafka broker exited with %s during start-up; log:\n%s\n%s"
+                                   % (code, self.log_tail(),
+                                      log_tail(self.workdir / "stdout.log", 20)))
+            if port_open(self.port) and self._probe():
+                return
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("Kafka broker not ready in time; log:\n" + self.log_tail())
+            time.sleep(0.1)
+
+    def _probe(self):
+        try:
+            proc = subprocess.run(
+                ["kcat", "-P", "-b", self.bootstrap, "-t", PROBE_TOPIC,
+                 "-X", "message.timeout.ms=5000"],
+                input=b"probe", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return proc.returncode == 0
+
+    # -- topics and messages
+
+    def create_topic(self, name, partitions=1, config=None):
+        """Create a topic with kafka-topics (TopicCommand); config is a dict of
+        topic configs. Topics are also auto-created (1 partition) on first
+        produce, so this is only needed for several partitions or configs."""
+        args = ["org.apache.kafka.tools.TopicCommand", "--bootstrap-server", self.bootstrap,
+                "--create", "--topic", name, "--partitions", str(partitions),
+                "--replication-factor", "1"]
+        for k, v in (config or {}).items():
+            args += ["--config", "%s=%s" % (k, v)]
+        self._java_tool(args)
+
+    def produce(self, topic, value, key=None, headers=None, partition=None):
+        """Produce one message with kcat and wait for its acknowledgement.
+        value: bytes or str (sent as is, newlines included); key: str or
+        None; headers: dict str -> str; partition: int or None (partitioner)."""
+        if isinstance(value, str):
+            value = value.encode()
+        with tempfile.NamedTemporaryFile(prefix="almabridge-msg-") as f:
+            f.write(value)
+            f.flush()
+            # A file argument is sent whole as one message.
+            cmd = ["kcat", "-P", "-b", self.bootstrap, "-t", topic,
+                   "-X", "message.timeout.ms=10000"]
+            if key is not None:
+                cmd += ["-k", key]
+            if partition is not None:
+                cmd += ["-p", str(partition)]
+            for k, v in (headers or {}).items():
+                cmd += ["-H", "%s=%s" % (k, v)]
+            proc = subprocess.run(cmd + [f.name], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError("kcat produce to %s failed: %s"
+                               % (topic, proc.stderr.decode(errors="replace").strip()))
+
+    def consume(self, topic, count=None, timeout=10.0):
+        """Read the topic from the beginning with kcat.
+
+        Waits up to timeout seconds until it holds at least count messages,
+        then returns ALL its messages (so duplicates show up), sorted by
+        (partition, offset); after the timeout, returns what is there. With
+        count None, reads once without waiting. Each message is a dict:
+          key        str or None (bytes that are not UTF-8 kept as surrogates)
+          value      bytes or None
+          headers    dict str -> str or None (last one wins on duplicates)
+          header_list list of (name, value) in order
+          topic, partition, offset, timestamp (ms)
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self._read_all(topic)
+            if count is None or len(msgs) >= count or time.monotonic() >= deadline:
+                return msgs
+            time.sleep(0.2)
+
+    def _read_all(self, topic):
+        try:
+            proc = subprocess.run(
+                ["kcat", "-C", "-b", self.bootstrap, "-t", topic, "-o", "beginning",
+                 "-e", "-J", "-q", "-X", "fetch.wait.max.ms=20"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        except subprocess.TimeoutExpired:
+            return []
+        if proc.returncode != 0:  # e.g. the topic does not exist yet
+            return []
+        out = []
+        for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines():
+            if line.startswith("{"):
+                out.append(_parse_kcat_json(json.loads(line)))
+        out.sort(key=lambda m: (m["partition"], m["offset"]))
+        return out
+
+    def topics(self):
+        """Names of the topics the broker has (internal ones included)."""
+        proc = subprocess.run(["kcat", "-L", "-J", "-b", self.bootstrap],
+                              stdout=subprocess.PIPE, check=True, timeout=30)
+        return sorted(t["topic"] for t in json.loads(proc.stdout)["topics"])
+
+
+def _parse_kcat_json(j):
+    # kcat -J writes payload bytes as they are (non-UTF-8 included) and
+    # escapes only control characters, so surrogateescape gets the bytes back.
+    payload = j.get("payload")
+    hdr = j.get("headers") or []
+    pairs = list(zip(hdr[0::2], hdr[1::2]))
+    return {
+        "key": j.get("key"),
+        "value": None if payload is None else payload.encode("utf-8", "surrogateescape"),
+        "headers": dict(pairs),
+        "header_list": pairs,
+        "topic": j.get("topic"),
+        "partition": j.get("partition"),
+        "offset": j.get("offset"),
+        "timestamp": j.get("ts"),
+    }
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in ("run", "fetch"):
+        sys.stderr.write("usage: %s run|fetch\n" % argv[0])
+        return 2
+    if argv[1] == "fetch":
+        print(fetch())
+        return 0
+    broker = KafkaBroker()
+    # Ctrl-C even when started in the background (where SIGINT is ignored),
+    # and a clean stop on SIGTERM.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        broker.start()
+        print(broker.bootstrap, flush=True)
+        sys.stderr.write("Kafka %s up in %.1f s; log: %s; Ctrl-C stops it\n"
+                         % (broker.libs.parent.name, broker.startup_seconds, broker.log_path))
+        while broker.is_running():
+            time.sleep(0.5)
+        sys.stderr.write("broker exited; log:\n%s\n" % broker.log_tail())
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        broker.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
