@@ -89,7 +89,8 @@ def free_port():
 
 
 class Daemon:
-    def __init__(self, binary, tmpdir, threads, fsync, name, wrapper=None, ready_timeout=10.0):
+    def __init__(self, binary, tmpdir, threads, fsync, name, wrapper=None, ready_timeout=10.0,
+                 env=None):
         self.port = free_port()
         self.dir = os.path.join(tmpdir, name)
         os.makedirs(self.dir, exist_ok=True)
@@ -98,7 +99,7 @@ class Daemon:
         args = [binary, "--listen", f"127.0.0.1:{self.port}", "--file", self.events,
                 "--threads", str(threads), f"--file-fsync={'true' if fsync else 'false'}",
                 "--drain-grace", "0"]
-        env = dict(os.environ, ALMABRIDGE_SECRET=SECRET)
+        env = dict(os.environ, ALMABRIDGE_SECRET=SECRET, **(env or {}))
         self.logfh = open(self.logfile, "wb")
         self.proc = subprocess.Popen((wrapper or []) + args, env=env, stdout=self.logfh,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -429,6 +430,29 @@ def phase_group_commit(a, binary, tmpdir, body, sig):
 THREAD_ORDER = (1, 2, 2, 1, 1, 2)  # ABBAAB: a linear drift of the machine cancels out
 
 
+def phase_slowdisk(a, binary, tmpdir, body, sig):
+    """Phase a's fsync runs again with fdatasync made a.slow_fsync_ms slower (LD_PRELOAD)."""
+    so = os.path.join(tmpdir, "slowdisk.so")
+    r = sh(["cc", "-shared", "-fPIC", "-O2", "-o", so, os.path.join(HERE, "slowdisk.c"), "-ldl"])
+    if r.returncode != 0:
+        log(f"cannot build slowdisk.so, phase e skipped: {r.stderr}")
+        return None
+    out = {"added_ms": a.slow_fsync_ms, "fsync": []}
+    d = Daemon(binary, tmpdir, threads=2, fsync=True, name="e-slowdisk",
+               env={"LD_PRELOAD": so, "SLOWDISK_US": str(int(a.slow_fsync_ms * 1000))})
+    try:
+        wrk(d.url, 8, 2, body, sig)
+        for c in (1, 8, 64):
+            out["fsync"].append(measured_phase(d, c, a.duration, body, sig, tmpdir,
+                                               f"fsync +{a.slow_fsync_ms:g} ms c={c}"))
+    finally:
+        d.stop()
+    f = {r["conns"]: r for r in out["fsync"]}
+    out["ratios"] = {"rps_c8_over_c1": round(f[8]["rps"] / f[1]["rps"], 2),
+                     "rps_c64_over_c1": round(f[64]["rps"] / f[1]["rps"], 2)}
+    return out
+
+
 def phase_threads(a, binary, tmpdir, body, sig):
     runs = []
     for i, t in enumerate(THREAD_ORDER):
@@ -567,22 +591,35 @@ def phase_callgrind(a, binary, tmpdir, body, sig):
            "instructions_per_request": round(total / a.callgrind_requests) if total else None}
     # top functions by self cost (inclusive of nothing), for the interpretation
     if shutil.which("callgrind_annotate"):
-        r = sh(["callgrind_annotate", "--inclusive=no", "--threshold=100", dump])
-        top = []
-        for line in r.stdout.splitlines():
-            m = re.match(r"^\s*([0-9,]+)\s+\(\s*([0-9.]+)%\)\s+(.*)$", line)
-            # Frames that were on the stack when the counters were zeroed (clone,
-            # start_thread, event_base_dispatch, the worker loop) show as ~100% "self"
-            # in a dump taken after `callgrind_control -z`: an artifact, left out.
-            if m and "PROGRAM TOTALS" not in line and float(m.group(2)) < 90:
-                top.append({"Ir": int(m.group(1).replace(",", "")), "pct": float(m.group(2)),
-                            "fn": m.group(3).strip()[:110]})
-            if len(top) >= a.callgrind_top:
-                break
-        res["top_self"] = top
+        res["top_self"] = annotate(dump, False, a.callgrind_top)
+        res["top_inclusive"] = annotate(dump, True, a.callgrind_top + 8)
     log(f"callgrind: {res['instructions_per_request']} instructions/request "
         f"({ok}/{a.callgrind_requests} answered 200)")
     return res
+
+
+def annotate(dump, inclusive, n):
+    """Top n functions of a callgrind dump, by self or inclusive cost."""
+    r = sh(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+            "--threshold=100", dump])
+    top, seen = [], set()
+    for line in r.stdout.splitlines():
+        m = re.match(r"^\s*([0-9,]+)\s+\(\s*([0-9.]+)%\)\s+(.*)$", line)
+        # Frames that were on the stack when the counters were zeroed (clone, start_thread,
+        # event_base_dispatch, the worker loop) show as ~100% even as "self" cost in a dump
+        # taken after `callgrind_control -z`: an artifact, left out.
+        if m and "PROGRAM TOTALS" not in line and float(m.group(2)) < 90:
+            # the inclusive listing names some functions twice ("file:fn [object]" and
+            # "/abs/file:fn"): keep the first
+            key = m.group(3).split(" [")[0].rsplit(":", 1)[-1]
+            if not key.startswith("0x") and key in seen:
+                continue
+            seen.add(key)
+            top.append({"Ir": int(m.group(1).replace(",", "")), "pct": float(m.group(2)),
+                        "fn": m.group(3).strip()[:110]})
+        if len(top) >= n:
+            break
+    return top
 
 
 # ---------------------------------------------------------------------------- report
@@ -608,6 +645,19 @@ def environment(tmpdir):
     }
 
 
+def commit_table(L, rows):
+    L.append("| phase | req/s | p50 ms | p99 ms | answered 200 | fdatasync | req/fsync "
+             "| sink writev | req/writev | daemon CPU µs/req | cores daemon / wrk / other "
+             "| non-200 |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        L.append(f"| {r['label']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                 f"| {r['answered_200']} | {r['fdatasync']} | {r.get('req_per_fsync', '–')} "
+                 f"| {r['sink_writev']} | {r.get('req_per_sink_writev', '–')} "
+                 f"| {r['cpu_us_per_req']} | {r['daemon_cores']} / {r['wrk_cores']} "
+                 f"/ {r['other_cores']} | {r['answered_other']} |")
+
+
 def markdown(res):
     L = []
     e = res["env"]
@@ -622,16 +672,14 @@ def markdown(res):
         L.append(f"The disk alone (one thread appending {fp['bytes']} B + fdatasync for "
                  f"{fp['seconds']:.0f} s): fdatasync p50 {fp['p50_us']} µs, p99 {fp['p99_us']} "
                  f"µs, {fp['syncs_per_s']} syncs/s.\n")
-        L.append("| phase | req/s | p50 ms | p99 ms | answered 200 | fdatasync | req/fsync "
-                 "| sink writev | req/writev | daemon CPU µs/req | cores daemon / wrk / other "
-                 "| non-200 |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in g["fsync"] + g["nofsync"]:
-            L.append(f"| {r['label']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-                     f"| {r['answered_200']} | {r['fdatasync']} | {r.get('req_per_fsync', '–')} "
-                     f"| {r['sink_writev']} | {r.get('req_per_sink_writev', '–')} "
-                     f"| {r['cpu_us_per_req']} | {r['daemon_cores']} / {r['wrk_cores']} "
-                     f"/ {r['other_cores']} | {r['answered_other']} |")
+        commit_table(L, g["fsync"] + g["nofsync"])
+        L.append("")
+        L.append("Ratios: " + ", ".join(f"{k} = {v}" for k, v in g["ratios"].items()))
+    if res.get("slowdisk"):
+        g = res["slowdisk"]
+        L.append(f"\n### e) group commit, fdatasync made {g['added_ms']:g} ms slower "
+                 f"(LD_PRELOAD bench/slowdisk.c; --threads 2)\n")
+        commit_table(L, g["fsync"])
         L.append("")
         L.append("Ratios: " + ", ".join(f"{k} = {v}" for k, v in g["ratios"].items()))
     if "threads" in res:
@@ -680,11 +728,12 @@ def markdown(res):
         L.append(f"{c['instructions']:,} instructions in total, "
                  f"**{c['instructions_per_request']:,} instructions/request** "
                  f"({c['answered_200']} answered 200; all threads, including the writer).")
-        if c.get("top_self"):
-            L.append("\n| self Ir % | function |")
-            L.append("|---:|---|")
-            for t in c["top_self"]:
-                L.append(f"| {t['pct']} | `{t['fn']}` |")
+        for key, title in (("top_self", "self"), ("top_inclusive", "inclusive")):
+            if c.get(key):
+                L.append(f"\n| {title} Ir % | Ir/request | function |")
+                L.append("|---:|---:|---|")
+                for t in c[key]:
+                    L.append(f"| {t['pct']} | {t['Ir'] // c['requests']:,} | `{t['fn']}` |")
     return "\n".join(L) + "\n"
 
 
@@ -698,7 +747,9 @@ def main():
     p.add_argument("--callgrind-requests", type=int, default=2000)
     p.add_argument("--callgrind-conns", type=int, default=4)
     p.add_argument("--callgrind-top", type=int, default=12)
-    p.add_argument("--phases", default="abcd", help="subset of abcd to run (default abcd)")
+    p.add_argument("--phases", default="aebcd", help="subset of aebcd to run (default all)")
+    p.add_argument("--slow-fsync-ms", type=float, default=2.0,
+                   help="phase e: added fdatasync latency (default 2)")
     p.add_argument("--sample", default=os.path.join(ROOT, "..", "shared", "alma", "samples",
                                                      "loan_created.json"))
     p.add_argument("--binary", default=os.path.join(ROOT, "build", "almabridge"))
@@ -743,6 +794,8 @@ def main():
     try:
         if "a" in a.phases:
             res["group_commit"] = phase_group_commit(a, a.binary, tmpdir, body, sig)
+        if "e" in a.phases:
+            res["slowdisk"] = phase_slowdisk(a, a.binary, tmpdir, body, sig)
         if "b" in a.phases:
             res["threads"] = phase_threads(a, a.binary, tmpdir, body, sig)
         if "c" in a.phases:
