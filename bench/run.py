@@ -662,7 +662,8 @@ def markdown(res):
     L = []
     e = res["env"]
     L.append(f"Run {e['date']}, {e['host_cpus']} CPUs ({e['cpu']}), kernel {e['kernel']}, "
-             f"commit {e['git']}, syscalls counted with {e['syscall_counter']}.")
+             f"commit {e['git']}, binary sha256 {e.get('binary_sha256')} (built "
+             f"{e.get('binary_mtime')}), syscalls counted with {e['syscall_counter']}.")
     L.append("")
     L.append("```\n" + e["df_T"] + "\n```")
     if "group_commit" in res:
@@ -779,8 +780,17 @@ def main():
         log("perf unavailable: counting syscalls with strace, which slows the daemon down")
 
     tmpdir = tempfile.mkdtemp(prefix="almabridge-bench-", dir=a.tmpdir)
+    # run a private copy: a `make` elsewhere during the run must not swap the binary between
+    # phases
+    binary = os.path.join(tmpdir, "almabridge")
+    shutil.copy2(a.binary, binary)
+    a.binary = binary
     res = {"env": environment(tmpdir), "sample": os.path.relpath(body, ROOT),
            "sample_bytes": len(body_bytes)}
+    with open(binary, "rb") as f:
+        res["env"]["binary_sha256"] = hashlib.sha256(f.read()).hexdigest()[:16]
+    res["env"]["binary_mtime"] = datetime.datetime.fromtimestamp(
+        os.path.getmtime(binary)).isoformat(timespec="seconds")
     log(f"temp dir {tmpdir}\n{res['env']['df_T']}")
 
     # sanity: one signed POST must be answered 200, or every number below is meaningless
