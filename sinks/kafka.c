@@ -23,9 +23,17 @@
  *    a delivery succeeds (the probe). enable.sparse.connections=false keeps librdkafka
  *    reconnecting to every broker with a short backoff even when no message waits, so
  *    recovery and /readyz do not depend on traffic; the probe is the fallback should the
- *    statistics be turned off through --kafka-conf.
+ *    statistics be turned off through --kafka-conf. (on_stats says why the first statistics
+ *    after the DOWN event are not trusted, and marks DOWN too should the event be missed.)
  *  - A fatal producer error (rd_kafka_fatal_error, e.g. an unrecoverable idempotence
  *    failure) refuses everything and keeps ready() at 0; it needs a restart.
+ *
+ * Topics: the route names the topic; whether a missing one is created is the broker's
+ * auto.create.topics.enable. librdkafka 2.0 asks for a new topic's metadata on its 1 s
+ * topic scan, so the first message to a topic this producer has not used yet waits about
+ * 1-2 s (more when the broker creates the topic then). A topic that does not exist and is
+ * not created fails with a timeout (the message never gets a partition): log_failure names
+ * the topic and says so.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -73,6 +81,8 @@ struct kafka_sink {
     int closing;
     int queue_full;    /* the last submit was refused for a full local queue */
     int64_t down_since_ms;
+    int stats_skip;    /* do not trust the next statistics to say UP */
+    int stats_none_up; /* statistics in a row without a broker UP */
     int64_t last_probe_ms;
     struct kafka_req *outstanding;
     long n_outstanding;
@@ -136,34 +146,47 @@ static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
         snprintf(ks->reason, sizeof(ks->reason), "fatal: %s", why);
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         mark_down(ks, reason);
+        ks->stats_skip = 1;
     } else {
         ab_debug("kafka: %s: %s", rd_kafka_err2name(err), reason);
     }
 }
 
 /* Loop thread (rd_kafka_poll), every statistics.interval.ms: a broker connection in state
- * UP means reachable. Returns 0: librdkafka frees json. */
+ * UP means reachable. A snapshot taken just before the connections dropped can be queued
+ * just after the ALL_BROKERS_DOWN event, so the first one after that event is not trusted
+ * to say UP. Two snapshots in a row without any UP broker mark DOWN too, in case the event
+ * was missed. Returns 0: librdkafka frees json. */
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
     struct kafka_sink *ks = opaque;
     cJSON *root = cJSON_ParseWithLength(json, len);
     cJSON *brokers = cJSON_GetObjectItemCaseSensitive(root, "brokers");
     cJSON *b = NULL;
-    const char *up = NULL;
+    char up[160] = "";
     cJSON_ArrayForEach(b, brokers)
     {
         const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "state"));
         if (st && strcmp(st, "UP") == 0) {
-            up = b->string;
+            snprintf(up, sizeof(up), "connected to %s", b->string);
             break;
         }
     }
-    if (up && ks->state != BROKERS_UP) {
-        char why[200];
-        snprintf(why, sizeof(why), "connected to %s", up);
-        mark_up(ks, why);
-    }
+    int known = cJSON_IsObject(brokers);
     cJSON_Delete(root);
+    if (!known) {
+        return 0; /* not the statistics we know: change nothing */
+    }
+    int distrust = ks->stats_skip;
+    ks->stats_skip = 0;
+    if (*up) {
+        ks->stats_none_up = 0;
+        if (!distrust && ks->state != BROKERS_UP) {
+            mark_up(ks, up);
+        }
+    } else if (++ks->stats_none_up >= 2 && ks->state == BROKERS_UP) {
+        mark_down(ks, "no broker connection up for two statistics intervals");
+    }
     return 0;
 }
 
@@ -512,3 +535,149 @@ const struct ab_sink_ops ab_sink_kafka = {
     .describe = kafka_describe,
     .close = kafka_close,
 };
+
+/* ---- ThreadSanitizer builds only ---------------------------------------------------- */
+
+#if defined(__SANITIZE_THREAD__)
+#define AB_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define AB_TSAN 1
+#endif
+#endif
+
+#ifdef AB_TSAN
+/* librdkafka runs its threads on C11 <threads.h>, and glibc's thrd_create, mtx_lock,
+ * cnd_wait... call pthread internals that ThreadSanitizer does not intercept: TSan never
+ * learns of librdkafka's threads (it crashes in their first malloc) nor of their locks
+ * (false races). Defined in the executable, these take precedence over glibc's for
+ * librdkafka.so and go through the intercepted pthread functions. glibc implements the
+ * C11 types as the pthread ones (mtx_t is a pthread_mutex_t, cnd_t a pthread_cond_t,
+ * thrd_t a pthread_t, once_flag a pthread_once_t), so the casts are what glibc does. */
+#include <pthread.h>
+#include <threads.h>
+
+struct c11_start {
+    thrd_start_t fn;
+    void *arg;
+};
+
+static void *c11_trampoline(void *p)
+{
+    struct c11_start st = *(struct c11_start *)p;
+    free(p);
+    return (void *)(intptr_t)st.fn(st.arg);
+}
+
+static int c11_rc(int rc)
+{
+    return rc == 0           ? thrd_success
+           : rc == ETIMEDOUT ? thrd_timedout
+           : rc == EBUSY     ? thrd_busy
+           : rc == ENOMEM    ? thrd_nomem
+                             : thrd_error;
+}
+
+int thrd_create(thrd_t *thr, thrd_start_t fn, void *arg)
+{
+    struct c11_start *st = ab_malloc(sizeof(*st));
+    st->fn = fn;
+    st->arg = arg;
+    int rc = pthread_create(thr, NULL, c11_trampoline, st);
+    if (rc != 0) {
+        free(st);
+    }
+    return c11_rc(rc);
+}
+
+int thrd_join(thrd_t thr, int *res)
+{
+    void *r = NULL;
+    int rc = pthread_join(thr, &r);
+    if (rc == 0 && res) {
+        *res = (int)(intptr_t)r;
+    }
+    return c11_rc(rc);
+}
+
+int mtx_init(mtx_t *m, int type)
+{
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    if (type & mtx_recursive) {
+        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
+    }
+    int rc = pthread_mutex_init((pthread_mutex_t *)m, &a);
+    pthread_mutexattr_destroy(&a);
+    return c11_rc(rc);
+}
+
+int mtx_lock(mtx_t *m)
+{
+    return c11_rc(pthread_mutex_lock((pthread_mutex_t *)m));
+}
+
+int mtx_trylock(mtx_t *m)
+{
+    return c11_rc(pthread_mutex_trylock((pthread_mutex_t *)m));
+}
+
+int mtx_timedlock(mtx_t *restrict m, const struct timespec *restrict ts)
+{
+    return c11_rc(pthread_mutex_timedlock((pthread_mutex_t *)m, ts));
+}
+
+int mtx_unlock(mtx_t *m)
+{
+    return c11_rc(pthread_mutex_unlock((pthread_mutex_t *)m));
+}
+
+void mtx_destroy(mtx_t *m)
+{
+    pthread_mutex_destroy((pthread_mutex_t *)m);
+}
+
+int cnd_init(cnd_t *c)
+{
+    return c11_rc(pthread_cond_init((pthread_cond_t *)c, NULL));
+}
+
+int cnd_signal(cnd_t *c)
+{
+    return c11_rc(pthread_cond_signal((pthread_cond_t *)c));
+}
+
+int cnd_broadcast(cnd_t *c)
+{
+    return c11_rc(pthread_cond_broadcast((pthread_cond_t *)c));
+}
+
+int cnd_wait(cnd_t *c, mtx_t *m)
+{
+    return c11_rc(pthread_cond_wait((pthread_cond_t *)c, (pthread_mutex_t *)m));
+}
+
+int cnd_timedwait(cnd_t *restrict c, mtx_t *restrict m, const struct timespec *restrict ts)
+{
+    return c11_rc(pthread_cond_timedwait((pthread_cond_t *)c, (pthread_mutex_t *)m, ts));
+}
+
+void cnd_destroy(cnd_t *c)
+{
+    pthread_cond_destroy((pthread_cond_t *)c);
+}
+
+void call_once(once_flag *flag, void (*fn)(void))
+{
+    pthread_once((pthread_once_t *)flag, fn);
+}
+
+/* librdkafka itself is not instrumented: its reference counts are atomics TSan cannot
+ * see, so it reports objects freed by one librdkafka thread after use by another. Silence
+ * races with a librdkafka frame on either side (added to any TSAN_OPTIONS suppressions). */
+const char *__tsan_default_suppressions(void);
+const char *__tsan_default_suppressions(void)
+{
+    return "race:librdkafka.so\n";
+}
+#endif
