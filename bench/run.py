@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """almabridge benchmark: group commit, threads, memory, per-request CPU cost.
 
-Run from anywhere:  python3 bench/run.py            (about 4 minutes)
+Run from anywhere:  python3 bench/run.py            (about 3 minutes)
                     python3 bench/run.py --help
 
 Everything is measured in ONE run against build/almabridge on a free loopback port, with the
@@ -12,7 +12,8 @@ requests per fdatasync), not absolute numbers.
 Phases (see bench/README.md):
   a  group commit: c=1, 8, 64 with fsync (default), c=64 with --file-fsync=false;
      fdatasync/writev counted with `perf stat -e syscalls:sys_enter_*` (strace fallback)
-  b  threads: --threads 1 vs 2, c=64, --file-fsync=false, interleaved 1,2,2,1
+  e  the same fsync runs with fdatasync made 2 ms slower (LD_PRELOAD bench/slowdisk.c)
+  b  threads: --threads 1 vs 2, c=64, --file-fsync=false, interleaved 1,2,2,1,1,2
   c  memory: VmRSS/VmHWM idle, after 30 s at c=64 (fsync on), with 1000 idle connections
   d  callgrind: instructions per request for N requests at c=4, --threads 1, no fsync
 
@@ -216,8 +217,8 @@ class SyscallCounter:
         self.out = os.path.join(tmpdir, f"sys.{pid}.{time.monotonic_ns()}.txt")
         self.proc = None
         if self.method == "perf":
-            # task-clock: CPU time from the scheduler. /proc/PID/stat's tick-sampled
-            # utime+stime under-counted this daemon by ~2x on the benchmark VM.
+            # task-clock: CPU time as the scheduler accounts it, over exactly this window
+            # (/proc/PID/stat's utime+stime, kept as a cross-check, are tick-sampled).
             cmd = ["perf", "stat", "-x,", "-o", self.out, "-p", str(pid),
                    "-e", "task-clock", "-e", "syscalls:sys_enter_fdatasync"]
             fd = daemon.sink_fd()
@@ -562,6 +563,7 @@ def callgrind_total(path):
 
 def phase_callgrind(a, binary, tmpdir, body, sig):
     body_bytes = open(body, "rb").read()
+    binary = os.path.realpath(binary)
     outbase = os.path.join(tmpdir, "callgrind.out")
     d = Daemon(binary, tmpdir, threads=1, fsync=False, name="d-callgrind",
                wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={outbase}"],
@@ -591,14 +593,14 @@ def phase_callgrind(a, binary, tmpdir, body, sig):
            "instructions_per_request": round(total / a.callgrind_requests) if total else None}
     # top functions by self cost (inclusive of nothing), for the interpretation
     if shutil.which("callgrind_annotate"):
-        res["top_self"] = annotate(dump, False, a.callgrind_top)
-        res["top_inclusive"] = annotate(dump, True, a.callgrind_top + 8)
+        res["top_self"] = annotate(dump, False, a.callgrind_top, binary)
+        res["top_inclusive"] = annotate(dump, True, a.callgrind_top + 8, binary)
     log(f"callgrind: {res['instructions_per_request']} instructions/request "
         f"({ok}/{a.callgrind_requests} answered 200)")
     return res
 
 
-def annotate(dump, inclusive, n):
+def annotate(dump, inclusive, n, binary=None):
     """Top n functions of a callgrind dump, by self or inclusive cost."""
     r = sh(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
             "--threshold=100", dump])
@@ -616,7 +618,7 @@ def annotate(dump, inclusive, n):
                 continue
             seen.add(key)
             top.append({"Ir": int(m.group(1).replace(",", "")), "pct": float(m.group(2)),
-                        "fn": m.group(3).strip()[:110]})
+                        "fn": m.group(3).strip().replace(binary or "\0", "almabridge")[:110]})
         if len(top) >= n:
             break
     return top
