@@ -372,6 +372,44 @@ fail:
 
 static void kafka_close(struct ab_sink *s, int timeout_ms);
 
+static void on_log_quiet(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+}
+
+/* Start-up thread (also for --check-config): validate the whole configuration once, the
+ * way open() will use it, by creating a producer that connects nowhere (no brokers) and
+ * destroying it. This catches unknown keys and bad values, conflicts librdkafka only
+ * checks when the handle is created (acks with idempotence) and unreadable TLS files.
+ * Nothing is shared: each worker opens its own producer. */
+static int kafka_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+                             size_t errlen)
+{
+    *shared = NULL;
+    if (cfg->kafka_brokers == NULL || *cfg->kafka_brokers == '\0') {
+        snprintf(errstr, errlen, "kafka sink: --kafka-brokers is empty");
+        return -1;
+    }
+    rd_kafka_conf_t *conf = build_conf(cfg, NULL, errstr, errlen);
+    if (conf == NULL) {
+        return -1;
+    }
+    char err[512];
+    rd_kafka_conf_set_log_cb(conf, on_log_quiet);
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", "", err, sizeof(err)) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errlen, "kafka sink: %s", err);
+        return -1;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errlen, "kafka sink: invalid configuration: %s", err);
+        return -1;
+    }
+    rd_kafka_destroy(rk);
+    return 0;
+}
+
 /* Start-up thread: create the producer and hook its main queue into base. */
 static struct ab_sink *kafka_open(const struct ab_config *cfg, void *shared,
                                   struct event_base *base, char *errstr, size_t errlen)
@@ -529,6 +567,7 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
 const struct ab_sink_ops ab_sink_kafka = {
     .name = "kafka",
     .default_route = "alma.{action}",
+    .global_init = kafka_global_init,
     .open = kafka_open,
     .submit = kafka_submit,
     .ready = kafka_ready,

@@ -605,6 +605,22 @@ static void test_conf_errors(void)
     CHECK(open_sink(&f, "", ACK_MS, NULL, 0, err, sizeof(err)) != 0);
     CHECK(strstr(err, "--kafka-brokers") != NULL);
     close_fixture(&f);
+
+    /* global_init (also behind --check-config) checks what only rd_kafka_new() checks. */
+    struct ab_config cfg = {.kafka_brokers = (char *)"127.0.0.1:1", .ack_timeout_ms = ACK_MS};
+    void *shared = (void *)&cfg;
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+    CHECK(shared == NULL);
+    char *conflict[] = {(char *)"acks=1"};
+    cfg.kafka_conf.v = conflict;
+    cfg.kafka_conf.n = 1;
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "acks") != NULL && strstr(err, "idempotence") != NULL);
+    char *tls[] = {(char *)"security.protocol=SSL", (char *)"ssl.ca.location=/nonexistent/ca"};
+    cfg.kafka_conf.v = tls;
+    cfg.kafka_conf.n = 2;
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "ssl.ca.location") != NULL || strstr(err, "/nonexistent/ca") != NULL);
 }
 
 int main(void)
