@@ -251,6 +251,31 @@ def test_load_1000_webhooks_over_50_connections(kafka, bridge):
     assert not dups, "%d ids more than once, e.g. %s" % (len(dups), dups[:5])
 
 
+def test_route_template_and_no_key(kafka, tmp_path):
+    """--route picks the topic from a template; --kafka-key "" sends messages without a key.
+    /readyz names the brokers."""
+    d = start_bridge(kafka, tmp_path, "--route", "custom.{institution}.{action}",
+                     "--kafka-key", "", threads=1)
+    try:
+        ready = d.get("/readyz").json()
+        assert ready["sink"] == "brokers %s: up" % kafka.bootstrap, ready
+        _, loan = next(s for s in samples() if s[0] == "loan_created")
+        wid = new_id()
+        r = d.post(with_id(loan, wid))
+        assert r.status == 200, r
+        topic = "custom.01wrlc_amu.loan"
+        deadline = time.monotonic() + 20
+        mine = []
+        while not mine and time.monotonic() < deadline:
+            mine = [m for m in kafka.consume(topic) if json.loads(m["value"])["id"] == wid]
+            time.sleep(0.2)
+        assert len(mine) == 1
+        assert mine[0]["key"] is None
+        assert mine[0]["headers"]["ce_id"] == wid
+    finally:
+        stop_bridge(d)
+
+
 def test_missing_topic_without_auto_create(kafka, tmp_path):
     """A topic that does not exist, on a broker that does not create it (simulated with the
     producer's allow.auto.create.topics=false): 503 within the ack timeout and a log line
