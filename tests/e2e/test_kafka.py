@@ -53,11 +53,18 @@ def start_bridge(kafka, tmpdir, *extra, threads=2):
     d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap,
                 "--ack-timeout", str(ACK_MS)] + list(extra), tmpdir=str(tmpdir), threads=threads)
     d.start()
-    wait_status(d, "/readyz", 200, 15)
+    try:
+        wait_status(d, "/readyz", 200, 15)
+    except BaseException:
+        d.stop()
+        raise
     return d
 
 
 def stop_bridge(d):
+    """Stop the daemon; it must exit 0 without sanitizer reports."""
+    if d.proc.poll() is not None:
+        return
     rc = d.stop()
     err = d.stderr()
     for marker in SANITIZER_MARKERS:
@@ -307,6 +314,13 @@ def test_broker_killed_and_restarted_under_load(kafka, tmp_path):
     503 while it is down and 200 after, the daemon recovers without a restart, and every id
     answered 200 is in the topic exactly once (ledger check)."""
     d = start_bridge(kafka, tmp_path)
+    try:
+        _under_load_kill(kafka, d)
+    finally:
+        stop_bridge(d)
+
+
+def _under_load_kill(kafka, d):
     _, loan = next(s for s in samples() if s[0] == "loan_created")
     ledger, lock = [], threading.Lock()
     client = Client(d, ledger, lock)
@@ -368,4 +382,3 @@ def test_broker_killed_and_restarted_under_load(kafka, tmp_path):
         len(missing), missing[:5])
     dups = [i for i in acked if counts.get(i, 0) > 1]
     assert not dups, "%d ids more than once, e.g. %s" % (len(dups), dups[:5])
-    stop_bridge(d)
