@@ -210,8 +210,8 @@ static int status_of(rd_kafka_resp_err_t err)
 /* Loop thread: one failed delivery, logged at most once a second per producer. A message
  * that timed out without ever being assigned a partition while a broker was up never got
  * its topic's metadata: the topic does not exist and the broker did not create it. */
-static void log_failure(struct kafka_sink *ks, const char *topic, rd_kafka_resp_err_t err,
-                        int32_t partition)
+static void log_failure(struct kafka_sink *ks, const char *what, const char *topic,
+                        rd_kafka_resp_err_t err, int32_t partition)
 {
     int64_t now = now_ms();
     if (now - ks->fail_log_ms < FAIL_LOG_INTERVAL_MS) {
@@ -226,12 +226,12 @@ static void log_failure(struct kafka_sink *ks, const char *topic, rd_kafka_resp_
     if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
         (err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT && partition == RD_KAFKA_PARTITION_UA &&
          ks->state == BROKERS_UP)) {
-        ab_warn("kafka: delivery to topic %s failed: %s: the brokers know no partition of it, "
-                "so it probably does not exist and the broker does not create topics "
+        ab_warn("kafka: %s topic %s failed: %s: the brokers know no partition of it, so it "
+                "probably does not exist and the broker does not create topics "
                 "(auto.create.topics.enable=false): create the topic%s",
-                topic, rd_kafka_err2str(err), more);
+                what, topic, rd_kafka_err2str(err), more);
     } else {
-        ab_warn("kafka: delivery to topic %s failed: %s%s", topic, rd_kafka_err2str(err), more);
+        ab_warn("kafka: %s topic %s failed: %s%s", what, topic, rd_kafka_err2str(err), more);
     }
     ks->fail_log_ms = now;
     ks->fail_suppressed = 0;
@@ -251,7 +251,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     } else {
         const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "?";
         if (status_of(m->err) != AB_SINK_CLOSED) {
-            log_failure(ks, topic, m->err, m->partition);
+            log_failure(ks, "delivery to", topic, m->err, m->partition);
         }
         snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)", rd_kafka_err2str(m->err),
                  topic);
@@ -483,7 +483,7 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         RD_KAFKA_V_HEADER("ce_source", msg->source, -1), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
     ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        log_failure(ks, msg->route, err, RD_KAFKA_PARTITION_UA);
+        log_failure(ks, "queueing a message for", msg->route, err, RD_KAFKA_PARTITION_UA);
         free(r);
         return -1;
     }

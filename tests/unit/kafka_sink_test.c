@@ -570,6 +570,42 @@ static void test_close_completes_outstanding(void)
     mock_free(&m);
 }
 
+/* A full local queue is an immediate refusal: submit() returns non-zero, never calls back,
+ * and describe() says why; what was taken is still delivered. */
+static void test_queue_full(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct fixture f;
+    char err[512] = "";
+    char *conf[] = {(char *)"queue.buffering.max.messages=3"};
+    CHECK(open_sink(&f, m.bootstrap, 5000, conf, 1, err, sizeof(err)) == 0);
+    if (f.sink == NULL) {
+        mock_free(&m);
+        return;
+    }
+    CHECK(run_until_ready(&f, 1, 5000));
+    enum { N = 10 };
+    static struct req reqs[N];
+    int accepted[N], n_accepted = 0;
+    for (int i = 0; i < N; i++) {
+        char id[64];
+        snprintf(id, sizeof(id), "full-%d", i);
+        accepted[i] = submit_one(&f, "alma.loan", id, &reqs[i]) == 0;
+        n_accepted += accepted[i];
+    }
+    CHECK(n_accepted == 3);
+    char d[256];
+    ab_sink_kafka.describe(f.sink, d, sizeof(d));
+    CHECK(strstr(d, "local queue full") != NULL);
+    for (int64_t end = now_ms() + 5000; total_calls(reqs, N) < n_accepted && now_ms() < end;) {
+        event_base_loop(f.base, EVLOOP_ONCE);
+    }
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == 3);
+    close_fixture(&f);
+    mock_free(&m);
+}
+
 /* --kafka-conf: applied last; a bad entry is a start-up error naming the key, never the
  * value of a secret. */
 static void test_conf_errors(void)
@@ -638,5 +674,6 @@ int main(void)
     RUN(test_no_broker);
     RUN(test_broker_down_and_back);
     RUN(test_close_completes_outstanding);
+    RUN(test_queue_full);
     return TEST_SUMMARY();
 }
