@@ -264,6 +264,36 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
     }
 }
 
+static void app_free(struct ab_app *app)
+{
+    ab_route_free(app->route);
+    ab_route_free(app->key);
+    ab_acl_free(app->allow);
+    ab_acl_free(app->trusted);
+}
+
+/* --check-config: also run the sink's own start-up checks (the file sink opens, creating,
+ * its file; the Kafka sink builds its producer configuration). Exits. */
+static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *ctx)
+{
+    char err[1024];
+    void *shared = NULL;
+    if (d->app.sink_ops->global_init &&
+        d->app.sink_ops->global_init(&d->cfg, &shared, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    if (d->app.sink_ops->global_free) {
+        d->app.sink_ops->global_free(shared);
+    }
+    printf("configuration OK\n");
+    ab_secrets_free(secrets);
+    SSL_CTX_free(ctx);
+    app_free(&d->app);
+    ab_config_free(&d->cfg);
+    free(d->env_secret);
+    exit(0);
+}
+
 static void shutdown_all(struct daemon *d)
 {
     for (size_t i = 0; i < d->app.n_workers; i++) {
@@ -274,10 +304,7 @@ static void shutdown_all(struct daemon *d)
     if (d->app.sink_ops->global_free) {
         d->app.sink_ops->global_free(d->app.sink_shared);
     }
-    ab_route_free(d->app.route);
-    ab_route_free(d->app.key);
-    ab_acl_free(d->app.allow);
-    ab_acl_free(d->app.trusted);
+    app_free(&d->app);
     free(d->app.workers);
     free(d->app.metrics);
     free(d->threads);
@@ -320,17 +347,7 @@ int main(int argc, char **argv)
         die(err);
     }
     if (d.cfg.check_config) {
-        /* the sink's own start-up checks too (the file sink opens, creating, its file) */
-        void *shared = NULL;
-        if (d.app.sink_ops->global_init &&
-            d.app.sink_ops->global_init(&d.cfg, &shared, err, sizeof(err)) != 0) {
-            die(err);
-        }
-        if (d.app.sink_ops->global_free) {
-            d.app.sink_ops->global_free(shared);
-        }
-        printf("configuration OK\n");
-        return 0;
+        check_config(&d, secrets, ctx);
     }
     if (ab_secrets_count(secrets) == 0) {
         ab_warn("--insecure-skip-signature: webhooks are NOT authenticated; anyone who can "
