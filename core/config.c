@@ -232,7 +232,7 @@ static void env_name(const struct ab_option *o, char *buf, size_t len)
 
 static int key_is_secret(const char *key, size_t len)
 {
-    static const char *const words[] = {"password", "secret"};
+    static const char *const words[] = {"password", "secret", ".pem", "oauthbearer.config"};
     for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++) {
         size_t wl = strlen(words[w]);
         for (size_t i = 0; i + wl <= len; i++) {
