@@ -27,6 +27,7 @@ TOOLS_BIN := $(TOOLS_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 
 .PHONY: all setup test unit e2e run clean format fuzz bench docs
+.SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
 
