@@ -12,7 +12,7 @@ requests per fdatasync), not absolute numbers.
 Phases (see bench/README.md):
   a  group commit: c=1, 8, 64 with fsync (default), c=64 with --file-fsync=false;
      fdatasync/writev counted with `perf stat -e syscalls:sys_enter_*` (strace fallback)
-  e  the same fsync runs with fdatasync made 2 ms slower (LD_PRELOAD bench/slowdisk.c)
+  e  the same fsync runs with fdatasync made 2 ms slower (LD_PRELOAD tests/shim/slowsync.c)
   b  threads: --threads 1 vs 2, c=64, --file-fsync=false, interleaved 1,2,2,1,1,2
   c  memory: VmRSS/VmHWM idle, after 30 s at c=64 (fsync on), with 1000 idle connections
   d  callgrind: instructions per request for N requests at c=4, --threads 1, no fsync
@@ -433,14 +433,15 @@ THREAD_ORDER = (1, 2, 2, 1, 1, 2)  # ABBAAB: a linear drift of the machine cance
 
 def phase_slowdisk(a, binary, tmpdir, body, sig):
     """Phase a's fsync runs again with fdatasync made a.slow_fsync_ms slower (LD_PRELOAD)."""
-    so = os.path.join(tmpdir, "slowdisk.so")
-    r = sh(["cc", "-shared", "-fPIC", "-O2", "-o", so, os.path.join(HERE, "slowdisk.c"), "-ldl"])
+    so = os.path.join(tmpdir, "slowsync.so")  # the test suite's fault-injection shim
+    r = sh(["cc", "-shared", "-fPIC", "-O2", "-o", so,
+            os.path.join(HERE, "..", "tests", "shim", "slowsync.c"), "-ldl"])
     if r.returncode != 0:
-        log(f"cannot build slowdisk.so, phase e skipped: {r.stderr}")
+        log(f"cannot build slowsync.so, phase e skipped: {r.stderr}")
         return None
     out = {"added_ms": a.slow_fsync_ms, "fsync": []}
     d = Daemon(binary, tmpdir, threads=2, fsync=True, name="e-slowdisk",
-               env={"LD_PRELOAD": so, "SLOWDISK_US": str(int(a.slow_fsync_ms * 1000))})
+               env={"LD_PRELOAD": so, "SLOWSYNC_DELAY_US": str(int(a.slow_fsync_ms * 1000))})
     try:
         wrk(d.url, 8, 2, body, sig)
         for c in (1, 8, 64):
@@ -681,7 +682,7 @@ def markdown(res):
     if res.get("slowdisk"):
         g = res["slowdisk"]
         L.append(f"\n### e) group commit, fdatasync made {g['added_ms']:g} ms slower "
-                 f"(LD_PRELOAD bench/slowdisk.c; --threads 2)\n")
+                 f"(LD_PRELOAD tests/shim/slowsync.c; --threads 2)\n")
         commit_table(L, g["fsync"])
         L.append("")
         L.append("Ratios: " + ", ".join(f"{k} = {v}" for k, v in g["ratios"].items()))
