@@ -44,6 +44,40 @@ static struct ab_config config_for(const char *path)
     return cfg;
 }
 
+/* A file sink on a fresh temporary file and event base. */
+struct fixture {
+    char path[64];
+    struct ab_config cfg;
+    void *shared;
+    struct event_base *base;
+    struct ab_sink *s;
+};
+
+static void fixture_open(struct fixture *f)
+{
+    char err[256];
+    snprintf(f->path, sizeof(f->path), "/tmp/ab_file_sink_XXXXXX");
+    int fd = mkstemp(f->path);
+    close(fd);
+    f->cfg = config_for(f->path);
+    f->shared = NULL;
+    CHECK(ab_sink_file.global_init(&f->cfg, &f->shared, err, sizeof(err)) == 0);
+    f->base = event_base_new();
+    f->s = ab_sink_file.open(&f->cfg, f->shared, f->base, err, sizeof(err));
+    CHECK(f->s != NULL);
+}
+
+/* Close the sink (if still open), free everything, remove the file. */
+static void fixture_close(struct fixture *f)
+{
+    if (f->s) {
+        ab_sink_file.close(f->s, 2000);
+    }
+    ab_sink_file.global_free(f->shared);
+    event_base_free(f->base);
+    unlink(f->path);
+}
+
 static void on_timeout(evutil_socket_t fd, short what, void *arg)
 {
     event_base_loopexit(arg, NULL);
@@ -67,17 +101,9 @@ static void run_loop_until(struct event_base *base, struct probe *p, int n, int 
 
 static void test_contract_exactly_once_later_on_loop_thread(void)
 {
-    char path[] = "/tmp/ab_file_sink_XXXXXX";
-    int fd = mkstemp(path);
-    close(fd);
-    struct ab_config cfg = config_for(path);
-    char err[256];
-    void *shared = NULL;
-    CHECK(ab_sink_file.global_init(&cfg, &shared, err, sizeof(err)) == 0);
-    struct event_base *base = event_base_new();
-    struct ab_sink *s = ab_sink_file.open(&cfg, shared, base, err, sizeof(err));
-    CHECK(s != NULL);
-    CHECK(ab_sink_ready(s));
+    struct fixture f;
+    fixture_open(&f);
+    CHECK(ab_sink_ready(f.s));
     enum { N = 50 };
     struct probe p[N];
     memset(p, 0, sizeof(p));
@@ -87,65 +113,53 @@ static void test_contract_exactly_once_later_on_loop_thread(void)
         struct ab_sink_msg m = {.id = "x", .value = value, .value_len = (size_t)len};
         p[i].loop_thread = pthread_self();
         submitting = 1;
-        CHECK(ab_sink_submit(s, &m, on_done, &p[i]) == 0);
+        CHECK(ab_sink_submit(f.s, &m, on_done, &p[i]) == 0);
         submitting = 0;
         CHECK(p[i].calls == 0); /* never from inside submit */
     }
-    run_loop_until(base, p, N, N, 1000);
+    run_loop_until(f.base, p, N, N, 1000);
     /* a little longer (50 ms): no second call may arrive */
-    run_loop_until(base, p, N, N + 1, 10);
+    run_loop_until(f.base, p, N, N + 1, 10);
     for (int i = 0; i < N; i++) {
         CHECK(p[i].calls == 1);
         CHECK(p[i].status == AB_SINK_OK);
         CHECK(!p[i].in_submit);
         CHECK(!p[i].wrong_thread);
     }
-    ab_sink_file.close(s, 1000);
-    ab_sink_file.global_free(shared);
-    event_base_free(base);
-
-    FILE *f = fopen(path, "r");
+    FILE *in = fopen(f.path, "r");
     char line[128];
     int n = 0;
-    while (f && fgets(line, sizeof(line), f)) {
+    while (in && fgets(line, sizeof(line), in)) {
         char want[64];
         snprintf(want, sizeof(want), "{\"id\":\"%d\"}\n", n);
         CHECK_STR(line, want); /* one line per event, in submission order */
         n++;
     }
     CHECK(n == N);
-    if (f) {
-        fclose(f);
+    if (in) {
+        fclose(in);
     }
-    unlink(path);
+    fixture_close(&f);
 }
 
 static void test_close_completes_outstanding(void)
 {
-    char path[] = "/tmp/ab_file_sink_XXXXXX";
-    int fd = mkstemp(path);
-    close(fd);
-    struct ab_config cfg = config_for(path);
-    char err[256];
-    void *shared = NULL;
-    CHECK(ab_sink_file.global_init(&cfg, &shared, err, sizeof(err)) == 0);
-    struct event_base *base = event_base_new();
-    struct ab_sink *s = ab_sink_file.open(&cfg, shared, base, err, sizeof(err));
+    struct fixture f;
+    fixture_open(&f);
     struct probe p[10];
     memset(p, 0, sizeof(p));
     for (int i = 0; i < 10; i++) {
         struct ab_sink_msg m = {.id = "x", .value = "{}", .value_len = 2};
         p[i].loop_thread = pthread_self();
-        CHECK(ab_sink_submit(s, &m, on_done, &p[i]) == 0);
+        CHECK(ab_sink_submit(f.s, &m, on_done, &p[i]) == 0);
     }
-    ab_sink_file.close(s, 2000); /* without running the loop: close must complete them */
+    ab_sink_file.close(f.s, 2000); /* without running the loop: close must complete them */
+    f.s = NULL;
     for (int i = 0; i < 10; i++) {
         CHECK(p[i].calls == 1);
         CHECK(p[i].status == AB_SINK_OK || p[i].status == AB_SINK_CLOSED);
     }
-    ab_sink_file.global_free(shared);
-    event_base_free(base);
-    unlink(path);
+    fixture_close(&f);
 }
 
 static void test_unopenable_path_is_startup_error(void)
