@@ -123,6 +123,16 @@ static void raise_fd_limit(void)
     }
 }
 
+/* libevent's own warnings, in our log format. */
+static void on_libevent_log(int severity, const char *msg)
+{
+    int level = severity == EVENT_LOG_DEBUG ? AB_LOG_DEBUG
+                : severity == EVENT_LOG_MSG ? AB_LOG_INFO
+                : severity == EVENT_LOG_WARN ? AB_LOG_WARN
+                                             : AB_LOG_ERROR;
+    ab_log(level, "libevent: %s", msg);
+}
+
 static void *worker_main(void *arg)
 {
     ab_worker_run(arg);
@@ -354,6 +364,7 @@ int main(int argc, char **argv)
                 "reach this port can inject events");
     }
     signal(SIGPIPE, SIG_IGN);
+    event_set_log_callback(on_libevent_log);
     evthread_use_pthreads();
     d.fd = listen_on(d.cfg.listen, err, sizeof(err));
     if (d.fd < 0) {
