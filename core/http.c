@@ -311,62 +311,54 @@ static void reject(struct ab_worker *w, struct evhttp_request *req, const char *
     access_log(w, client, "POST", w->cfg->path, code, start, bytes, ev, msg);
 }
 
-static void handle_post(struct ab_worker *w, struct evhttp_request *req, const char *client,
-                        const struct timespec *start)
+/* Before parsing: shutting down, allowlist, signature over the raw bytes, media type.
+ * Returns 0 and the body format, or the status to answer with msg filled in. */
+static int admit(struct ab_worker *w, struct evhttp_request *req, const char *client,
+                 const char *body, size_t len, int *fmt, char *msg, size_t msglen)
 {
-    const struct ab_config *cfg = w->cfg;
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t len = evbuffer_get_length(in);
-    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
     struct evkeyvalq *h = evhttp_request_get_input_headers(req);
-    char err[256];
-
     if (atomic_load(&ab_metrics_g.draining) && w->stopping) {
-        reject(w, req, client, start, len, NULL, 503, "almabridge is shutting down; retry later");
-        return;
+        snprintf(msg, msglen, "almabridge is shutting down; retry later");
+        return 503;
     }
     if (w->app->allow && !ab_acl_match(w->app->allow, client)) {
-        snprintf(err, sizeof(err), "webhooks from %s are not allowed (see --allow)", client);
-        reject(w, req, client, start, len, NULL, 403, err);
-        return;
+        snprintf(msg, msglen, "webhooks from %s are not allowed (see --allow)", client);
+        return 403;
     }
-    if (!cfg->insecure_skip_signature &&
-        !ab_signature_verify(w->secrets->s, evhttp_find_header(h, "X-Exl-Signature"), body, len)) {
-        const char *m = evhttp_find_header(h, "X-Exl-Signature")
-                            ? "X-Exl-Signature does not match the body under any configured secret"
-                            : "missing X-Exl-Signature header";
-        reject(w, req, client, start, len, NULL, 401, m);
-        return;
+    const char *sig = evhttp_find_header(h, "X-Exl-Signature");
+    if (!w->cfg->insecure_skip_signature && !ab_signature_verify(w->secrets->s, sig, body, len)) {
+        snprintf(msg, msglen, "%s",
+                 sig ? "X-Exl-Signature does not match the body under any configured secret"
+                     : "missing X-Exl-Signature header");
+        return 401;
     }
-    int fmt = body_format(evhttp_find_header(h, "Content-Type"), body, len);
-    if (fmt < 0) {
-        reject(w, req, client, start, len, NULL, 415,
-               "unsupported Content-Type: send application/json, application/xml or text/xml");
-        return;
+    *fmt = body_format(evhttp_find_header(h, "Content-Type"), body, len);
+    if (*fmt < 0) {
+        snprintf(msg, msglen, "unsupported Content-Type: send application/json, "
+                              "application/xml or text/xml");
+        return 415;
     }
-    struct ab_event *ev = NULL;
-    int rc = ab_event_from_body(fmt, body, len, &ev, err, sizeof(err));
-    if (rc != AB_EVENT_OK) {
-        reject(w, req, client, start, len, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, err);
-        return;
-    }
+    return 0;
+}
+
+/* Hand the event to the sink; on success the pending owns ev and the answer comes from
+ * on_sink_done or on_ack_timeout. Returns 0, or 503 with msg filled in (ev not taken). */
+static int submit_event(struct ab_worker *w, struct evhttp_request *req, const char *client,
+                        const struct timespec *start, size_t len, struct ab_event *ev,
+                        char *msg, size_t msglen)
+{
+    const struct ab_config *cfg = w->cfg;
     if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
-        reject(w, req, client, start, len, ev, 503,
-               "too many webhooks waiting on the sink (--max-inflight); retry later");
-        ab_event_free(ev);
-        return;
+        snprintf(msg, msglen, "too many webhooks waiting on the sink (--max-inflight); retry later");
+        return 503;
     }
     char *route = ab_route_expand(w->app->route, ev);
     char *key = w->app->key ? ab_route_expand(w->app->key, ev) : NULL;
-    struct ab_sink_msg msg = {ev->id, ev->type, ev->source, route, key, ev->json, ev->json_len};
+    struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, key, ev->json, ev->json_len};
     struct pending *p = ab_calloc(1, sizeof(*p));
-    p->w = w;
-    p->req = req;
-    p->ev = ev;
-    p->start = *start;
-    p->bytes_in = len;
+    *p = (struct pending){.w = w, .req = req, .ev = ev, .start = *start, .bytes_in = len};
     snprintf(p->client, sizeof(p->client), "%s", client);
-    rc = ab_sink_submit(w->sink, &msg, on_sink_done, p);
+    int rc = ab_sink_submit(w->sink, &m, on_sink_done, p);
     free(route);
     free(key);
     if (rc != 0) {
@@ -374,18 +366,44 @@ static void handle_post(struct ab_worker *w, struct evhttp_request *req, const c
         if (w->sink->ops->describe) {
             w->sink->ops->describe(w->sink, d, sizeof(d));
         }
-        snprintf(err, sizeof(err), "the %s sink cannot take writes now (%s); retry later",
+        snprintf(msg, msglen, "the %s sink cannot take writes now (%s); retry later",
                  w->app->sink_ops->name, d);
-        reject(w, req, client, start, len, ev, 503, err);
-        ab_event_free(ev);
         free(p);
-        return;
+        return 503;
     }
     w->inflight++;
     atomic_fetch_add(&ab_metrics_g.inflight, 1);
     struct timeval tv = {cfg->ack_timeout_ms / 1000, (cfg->ack_timeout_ms % 1000) * 1000};
     p->timer = evtimer_new(w->base, on_ack_timeout, p);
     evtimer_add(p->timer, &tv);
+    return 0;
+}
+
+/* Loop thread: a webhook. Every path ends in exactly one answer. */
+static void handle_post(struct ab_worker *w, struct evhttp_request *req, const char *client,
+                        const struct timespec *start)
+{
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    char msg[256];
+    int fmt = AB_FORMAT_JSON;
+    int code = admit(w, req, client, body, len, &fmt, msg, sizeof(msg));
+    if (code != 0) {
+        reject(w, req, client, start, len, NULL, code, msg);
+        return;
+    }
+    struct ab_event *ev = NULL;
+    int rc = ab_event_from_body(fmt, body, len, &ev, msg, sizeof(msg));
+    if (rc != AB_EVENT_OK) {
+        reject(w, req, client, start, len, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, msg);
+        return;
+    }
+    code = submit_event(w, req, client, start, len, ev, msg, sizeof(msg));
+    if (code != 0) {
+        reject(w, req, client, start, len, ev, code, msg);
+        ab_event_free(ev);
+    }
 }
 
 /* ---- other endpoints -------------------------------------------------------------- */
