@@ -2,7 +2,8 @@
 tests/e2e as `from services import KafkaBroker, RedisServer`.
 
 The classes live beside their own tooling (tests/kafka/broker.py with
-fetch.sh and pom.xml, tests/redis/server.py); this module only puts those
+fetch.sh and pom.xml, tests/redis/server.py; what they share, the process
+life cycle, is ServerProcess in tests/harness.py); this module only puts those
 directories on sys.path and re-exports them.
 """
 

@@ -17,7 +17,9 @@ kcat, which the daemon's own tests need anyway.
 
 Every broker started here is stopped at interpreter exit (atexit), and the JVM
 is told by the kernel to die with the Python process that started it
-(PR_SET_PDEATHSIG), so a killed test run leaves no broker behind.
+(PR_SET_PDEATHSIG), so a killed test run leaves no broker behind; that part,
+and the life cycle (stop, kill, restart, close), is tests/harness.py's
+ServerProcess, which RedisServer shares.
 
 CLI:
     python3 tests/kafka/broker.py fetch     only fetch the jars
@@ -35,7 +37,6 @@ CDS archive next to the jars (.cache/kafka/<version>/cds/); later JVMs map it
 and start about 0.8 s sooner.
 """
 
-import atexit
 import base64
 import hashlib
 import json
@@ -48,10 +49,14 @@ import sys
 import tempfile
 import time
 import uuid
-import weakref
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))  # tests/, for harness
+
+from harness import ServerProcess, free_ports, log_tail  # noqa: E402
+
 FETCH_SH = HERE / "fetch.sh"
 PROBE_TOPIC = "_almabridge_probe"
 
@@ -134,50 +139,12 @@ def _java_major(java):
     return 0
 
 
-def free_ports(n):
-    """Return n distinct free TCP ports on 127.0.0.1 (held open together while
-    choosing so they differ; racy by nature, like every port-0 trick)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def port_open(port, host="127.0.0.1"):
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
-
-
-def die_with_parent():
-    """preexec_fn: have the kernel SIGKILL the child when the parent dies.
-    The 'parent' is the thread that forked, so start servers from the main
-    thread (as pytest fixtures are)."""
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def log_tail(path, lines=40):
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            data = f.read().decode("utf-8", "replace")
-        return "\n".join(data.splitlines()[-lines:])
-    except OSError:
-        return "(no log at %s)" % path
 
 
 def _random_cluster_id():
@@ -187,23 +154,10 @@ def _random_cluster_id():
             return cid
 
 
-# Instances with a live process, stopped at interpreter exit.
-_live = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all():
-    for obj in list(_live):
-        try:
-            obj.close()
-        except Exception:
-            pass
-
-
 # ---------------------------------------------------------------- the broker
 
 
-class KafkaBroker:
+class KafkaBroker(ServerProcess):
     """One single-node KRaft Kafka broker on free loopback ports.
 
     KafkaBroker(version=None, jvm_opts=None, properties=None, log_level="INFO")
@@ -214,21 +168,28 @@ class KafkaBroker:
 
     Attributes once started: port, controller_port, bootstrap ("127.0.0.1:PORT"),
     workdir (Path), log_path (Path), pid, startup_seconds (last start, float).
+
+    stop(timeout=30.0), kill(), restart(timeout=60.0, kill=False), close(),
+    is_running(), log_tail(lines=40) and the with-statement come from
+    ServerProcess (tests/harness.py).
     """
 
+    kind = "Kafka broker"
+    log_name = "server.log"
+    tmp_prefix = "almabridge-kafka-"
+    stop_timeout = 30.0
+
     def __init__(self, version=None, jvm_opts=None, properties=None, log_level="INFO"):
+        super().__init__()
         self.version = version
         self.jvm_opts = list(DEFAULT_JVM_OPTS if jvm_opts is None else jvm_opts)
         self.properties = dict(properties or {})
         self.log_level = log_level
         self.libs = None
         self.java = None
-        self.port = None
         self.controller_port = None
-        self.workdir = None
         self.cluster_id = None
         self.startup_seconds = None
-        self._proc = None
         self._stdout = None
         self._cds_dump = None
 
@@ -240,21 +201,6 @@ class KafkaBroker:
         if self.port is None:
             raise RuntimeError("KafkaBroker not started")
         return "127.0.0.1:%d" % self.port
-
-    @property
-    def log_path(self):
-        return self.workdir / "server.log" if self.workdir else None
-
-    @property
-    def pid(self):
-        return self._proc.pid if self._proc else None
-
-    def is_running(self):
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_tail(self, lines=40):
-        """The last lines of the broker's log, for assertion messages."""
-        return log_tail(self.log_path, lines) if self.workdir else ""
 
     # -- life cycle
 
@@ -280,62 +226,9 @@ class KafkaBroker:
         self.startup_seconds = time.monotonic() - t0
         return self
 
-    def stop(self, timeout=30.0):
-        """Stop the broker: SIGTERM (clean shutdown), SIGKILL after timeout
-        seconds. Keeps the data directory for restart(). No-op if stopped."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._reap()
-
-    def kill(self):
-        """Crash the broker: SIGKILL, no clean shutdown. Data on disk stays
-        (the page cache survives a process crash); restart() recovers it."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._reap()
-
-    def restart(self, timeout=60.0, kill=False):
-        """Stop (or, with kill=True, SIGKILL) and start again on the same
-        ports with the same data directory. Returns self."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        return self.start(timeout)
-
-    def close(self):
-        """stop() and remove the temporary directory (kept if
-        ALMABRIDGE_KEEP_TMP=1). A later start() begins afresh: new ports, no data."""
-        self.stop()
-        if self.workdir is not None:
-            if os.environ.get("ALMABRIDGE_KEEP_TMP") == "1":
-                sys.stderr.write("kept Kafka broker directory %s\n" % self.workdir)
-            else:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-        _live.discard(self)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
     def _prepare(self):
         self.port, self.controller_port = free_ports(2)
-        self.workdir = Path(tempfile.mkdtemp(prefix="almabridge-kafka-"))
-        _live.add(self)
+        self._make_workdir()
         (self.workdir / "log4j2.properties").write_text(
             LOG4J2_TEMPLATE.format(log=self.workdir / "server.log", level=self.log_level))
         (self.workdir / "tools-log4j2.properties").write_text(
@@ -425,10 +318,7 @@ class KafkaBroker:
                "-Dkafka.logs.dir=%s" % self.workdir,
                "-cp", self._classpath(), "kafka.Kafka", str(self.workdir / "server.properties")]
         self._stdout = open(self.workdir / "stdout.log", "ab")
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._stdout,
-                                      stderr=subprocess.STDOUT, cwd=self.workdir,
-                                      start_new_session=True, preexec_fn=die_with_parent)
-        _live.add(self)
+        self._spawn(cmd, self._stdout)
 
     def _reap(self):
         dump = self._cds_dump
@@ -438,7 +328,7 @@ class KafkaBroker:
         elif dump and dump[0].exists():
             dump[0].unlink()
         self._cds_dump = None
-        self._proc = None
+        super()._reap()
         if self._stdout:
             self._stdout.close()
             self._stdout = None

@@ -10,7 +10,9 @@
 
 Each server runs in its own temporary directory (config, log, AOF) on a free
 loopback port, is stopped at interpreter exit (atexit), and is killed by the
-kernel if the Python process that started it dies (PR_SET_PDEATHSIG).
+kernel if the Python process that started it dies (PR_SET_PDEATHSIG); that
+part, and the life cycle (stop, kill, restart, close), is tests/harness.py's
+ServerProcess, which KafkaBroker shares.
 
 CLI: python3 tests/redis/server.py [--password PW] [--appendonly]
      starts one, prints its URL, waits for Ctrl-C.
@@ -18,52 +20,25 @@ CLI: python3 tests/redis/server.py [--password PW] [--appendonly]
 Environment: ALMABRIDGE_KEEP_TMP=1 keeps the directories after close().
 """
 
-import atexit
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import weakref
 from pathlib import Path
+
+_TESTS = str(Path(__file__).resolve().parent.parent)
+if _TESTS not in sys.path:
+    sys.path.insert(0, _TESTS)  # for harness
+
+from harness import ServerProcess, free_port  # noqa: E402
 
 REDIS_SERVER = os.environ.get("ALMABRIDGE_REDIS_SERVER", "redis-server")
 REDIS_CLI = os.environ.get("ALMABRIDGE_REDIS_CLI", "redis-cli")
 
 
-def free_port():
-    """A free TCP port on 127.0.0.1 (racy by nature, like every port-0 trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def die_with_parent():
-    """preexec_fn: have the kernel SIGKILL the child when the thread that
-    started it dies (start servers from the main thread)."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-_live = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all():
-    for obj in list(_live):
-        try:
-            obj.close()
-        except Exception:
-            pass
-
-
-class RedisServer:
+class RedisServer(ServerProcess):
     """One redis-server on a free loopback port.
 
     RedisServer(password=None, appendonly=False, appendfsync=None, extra_conf=None)
@@ -75,20 +50,27 @@ class RedisServer:
                    e.g. ["user alice on >pw ~* &* +@all"]
 
     Attributes: port, host ("127.0.0.1"), url, workdir (Path), log_path, pid.
+
+    stop(timeout=10.0) (SIGTERM: Redis flushes the AOF and exits), kill()
+    (SIGKILL: what reached the AOF file stays), restart(timeout=10.0,
+    kill=False), close(), is_running() and the with-statement come from
+    ServerProcess (tests/harness.py).
     """
 
     host = "127.0.0.1"
+    kind = "Redis"
+    log_name = "redis.log"
+    tmp_prefix = "almabridge-redis-"
+    stop_timeout = 10.0
 
     def __init__(self, password=None, appendonly=False, appendfsync=None, extra_conf=None):
+        super().__init__()
         self.password = password
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         if isinstance(extra_conf, str):
             extra_conf = extra_conf.splitlines()
         self.extra_conf = list(extra_conf or [])
-        self.port = None
-        self.workdir = None
-        self._proc = None
 
     # -- properties
 
@@ -100,22 +82,11 @@ class RedisServer:
         auth = ":%s@" % self.password if self.password else ""
         return "redis://%s%s:%d" % (auth, self.host, self.port)
 
-    @property
-    def log_path(self):
-        return self.workdir / "redis.log" if self.workdir else None
-
-    @property
-    def pid(self):
-        return self._proc.pid if self._proc else None
-
-    def is_running(self):
-        return self._proc is not None and self._proc.poll() is None
-
     def log_tail(self, lines=30):
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except (OSError, AttributeError):
-            return ""
+        """The last lines of redis.log; "" while there is none (redis-server
+        exits before it opens its log when the config is wrong)."""
+        log = self.log_path
+        return super().log_tail(lines) if log and log.is_file() else ""
 
     # -- life cycle
 
@@ -127,18 +98,14 @@ class RedisServer:
             return self
         if self.workdir is None:
             self.port = free_port()
-            self.workdir = Path(tempfile.mkdtemp(prefix="almabridge-redis-"))
+            self._make_workdir()
             self._write_conf()
-            _live.add(self)
-        self._proc = subprocess.Popen(
-            [REDIS_SERVER, str(self.workdir / "redis.conf")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            cwd=self.workdir, start_new_session=True, preexec_fn=die_with_parent)
+        self._spawn([REDIS_SERVER, str(self.workdir / "redis.conf")])
         deadline = time.monotonic() + timeout
         while not self._ping():
             if self._proc.poll() is not None:
                 code = self._proc.returncode
-                self._proc = None
+                self._reap()
                 raise RuntimeError("redis-server exited with %s; log:\n%s"
                                    % (code, self.log_tail()))
             if time.monotonic() > deadline:
@@ -146,56 +113,6 @@ class RedisServer:
                 raise RuntimeError("redis-server not ready in time; log:\n" + self.log_tail())
             time.sleep(0.02)
         return self
-
-    def stop(self, timeout=10.0):
-        """SIGTERM (Redis flushes the AOF and exits), SIGKILL after timeout.
-        Keeps the directory for restart(). No-op if stopped."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def kill(self):
-        """Crash the server: SIGKILL. What reached the AOF file stays."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def restart(self, timeout=10.0, kill=False):
-        """stop() (or kill() with kill=True) and start again on the same port
-        in the same directory, so AOF data persists. Returns self."""
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        return self.start(timeout)
-
-    def close(self):
-        """stop() and remove the directory (kept if ALMABRIDGE_KEEP_TMP=1)."""
-        self.stop()
-        if self.workdir is not None:
-            if os.environ.get("ALMABRIDGE_KEEP_TMP") == "1":
-                sys.stderr.write("kept Redis directory %s\n" % self.workdir)
-            else:
-                shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
-        _live.discard(self)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     # -- talking to it
 
