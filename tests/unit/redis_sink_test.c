@@ -83,8 +83,7 @@ static int redis_start(void)
 static void redis_kill(void)
 {
     if (redis_pid > 0) {
-        kill(redis_pid, SIGCONT);
-        kill(redis_pid, SIGKILL);
+        kill(redis_pid, SIGKILL); /* also kills a stopped server, without letting it run */
         waitpid(redis_pid, NULL, 0);
         redis_pid = -1;
     }
@@ -191,6 +190,28 @@ struct batch {
     struct done *d;
     int n;
 };
+
+/* SIGSTOP is delivered asynchronously: wait until the kernel shows the server stopped,
+ * so that no command sent afterwards can still be answered. */
+static void stop_redis(void)
+{
+    kill(redis_pid, SIGSTOP);
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)redis_pid);
+    for (int i = 0; i < 500; i++) {
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+        if (f) {
+            fclose(f);
+        }
+        buf[n] = '\0';
+        const char *paren = strrchr(buf, ')');
+        if (paren && paren[1] == ' ' && paren[2] == 'T') {
+            return;
+        }
+        usleep(2000);
+    }
+}
 
 static int all_called(struct harness *h, void *arg)
 {
@@ -317,7 +338,7 @@ static void test_timeout_when_stuck_then_recovers(void)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
     CHECK(h_open(&h, url, 300, 0) == 0);
     CHECK(run_until(&h, is_ready, NULL, 3000));
-    kill(redis_pid, SIGSTOP);
+    stop_redis();
     struct done d[3] = {{0}};
     double t0 = now_ms();
     for (int i = 0; i < 3; i++) {
@@ -360,7 +381,7 @@ static void test_close_completes_outstanding_with_closed(void)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
     CHECK(h_open(&h, url, 5000, 0) == 0);
     CHECK(run_until(&h, is_ready, NULL, 3000));
-    kill(redis_pid, SIGSTOP);
+    stop_redis();
     struct done d[5] = {{0}};
     for (int i = 0; i < 5; i++) {
         CHECK(submit_one(&h, "closing", &d[i]) == 0);
@@ -382,7 +403,7 @@ static void test_connection_lost_is_error_then_reconnects(void)
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
     CHECK(h_open(&h, url, 2000, 0) == 0);
     CHECK(run_until(&h, is_ready, NULL, 3000));
-    kill(redis_pid, SIGSTOP);
+    stop_redis();
     struct done d[20] = {{0}};
     for (int i = 0; i < 20; i++) {
         CHECK(submit_one(&h, "lost", &d[i]) == 0);
