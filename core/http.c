@@ -167,7 +167,7 @@ static void send_error(struct evhttp_request *req, int code, const char *msg)
 /* libevent 2.1 answers errors it detects itself (a body over the size limit, a malformed
  * request line or headers) through evhttp_send_error() with a fixed HTML page. Defining the
  * function here interposes it for libevent too, so those answers are JSON like ours. */
-static atomic_long max_body_for_errors;
+static atomic_long max_body_for_errors, max_headers_for_errors;
 void evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
 {
     char msg[160];
@@ -175,7 +175,10 @@ void evhttp_send_error(struct evhttp_request *req, int error, const char *reason
         snprintf(msg, sizeof(msg), "request body is larger than the limit of %ld bytes",
                  atomic_load(&max_body_for_errors));
     } else if (error == 400) {
-        snprintf(msg, sizeof(msg), "malformed HTTP request");
+        snprintf(msg, sizeof(msg),
+                 "malformed HTTP request, or request line and headers larger than the limit "
+                 "of %ld bytes",
+                 atomic_load(&max_headers_for_errors));
     } else {
         snprintf(msg, sizeof(msg), "%s", reason ? reason : reason_phrase(error));
     }
@@ -644,6 +647,7 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
     w->index = index;
     pthread_mutex_init(&w->mu, NULL);
     atomic_store(&max_body_for_errors, cfg->max_body);
+    atomic_store(&max_headers_for_errors, cfg->max_headers_size);
     w->base = event_base_new();
     if (w->base == NULL) {
         snprintf(errstr, errlen, "cannot create an event base");
