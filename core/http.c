@@ -411,8 +411,9 @@ static void handle_post(struct ab_worker *w, struct evhttp_request *req, const c
 
 /* ---- other endpoints -------------------------------------------------------------- */
 
-static void handle_challenge(struct evhttp_request *req, const struct evhttp_uri *uri)
+static int handle_challenge(struct evhttp_request *req, const struct evhttp_uri *uri)
 {
+    int code = 200;
     struct evkeyvalq q = {0};
     const char *query = evhttp_uri_get_query(uri);
     const char *challenge = NULL;
@@ -420,11 +421,13 @@ static void handle_challenge(struct evhttp_request *req, const struct evhttp_uri
         challenge = evhttp_find_header(&q, "challenge");
     }
     if (challenge == NULL) {
-        send_error(req, 400, "missing challenge parameter: Alma sends GET ?challenge=<text>");
+        code = 400;
+        send_error(req, code, "missing challenge parameter: Alma sends GET ?challenge=<text>");
     } else {
-        send_json(req, 200, "challenge", challenge, NULL, NULL);
+        send_json(req, code, "challenge", challenge, NULL, NULL);
     }
     evhttp_clear_headers(&q);
+    return code;
 }
 
 static void handle_metrics(struct ab_worker *w, struct evhttp_request *req)
@@ -434,7 +437,7 @@ static void handle_metrics(struct ab_worker *w, struct evhttp_request *req)
     free(text);
 }
 
-static void handle_readyz(struct ab_worker *w, struct evhttp_request *req)
+static int handle_readyz(struct ab_worker *w, struct evhttp_request *req)
 {
     char d[256] = "";
     if (w->sink->ops->describe) {
@@ -442,11 +445,14 @@ static void handle_readyz(struct ab_worker *w, struct evhttp_request *req)
     }
     if (atomic_load(&ab_metrics_g.draining)) {
         send_json(req, 503, "status", "draining", "sink", d);
-    } else if (!ab_sink_ready(w->sink)) {
-        send_json(req, 503, "status", "sink not ready", "sink", d);
-    } else {
-        send_json(req, 200, "status", "ready", "sink", d);
+        return 503;
     }
+    if (!ab_sink_ready(w->sink)) {
+        send_json(req, 503, "status", "sink not ready", "sink", d);
+        return 503;
+    }
+    send_json(req, 200, "status", "ready", "sink", d);
+    return 200;
 }
 
 static void peer_address(struct evhttp_request *req, char *out, size_t len)
@@ -459,6 +465,57 @@ static void peer_address(struct evhttp_request *req, char *out, size_t len)
         evhttp_connection_get_peer(evcon, &addr, &port);
         snprintf(out, len, "%s", addr ? addr : "");
     }
+}
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    default: return "OTHER";
+    }
+}
+
+/* Everything but a webhook POST. Returns the status answered, or 0 for a /metrics scrape
+ * (neither counted nor logged, so that scrapes do not drown the access log). */
+static int answer_other(struct ab_worker *w, struct evhttp_request *req,
+                        const struct evhttp_uri *uri, const char *path,
+                        enum evhttp_cmd_type method)
+{
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    int get = method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD;
+    if (strcmp(path, w->cfg->path) == 0) {
+        if (get) {
+            return handle_challenge(req, uri);
+        }
+        evhttp_add_header(out, "Allow", "GET, HEAD, POST");
+        send_error(req, 405, "method not allowed: use POST for webhooks, GET for the challenge");
+        return 405;
+    }
+    int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
+    if (ours && !get) {
+        evhttp_add_header(out, "Allow", "GET, HEAD");
+        send_error(req, 405, "method not allowed: use GET");
+        return 405;
+    }
+    if (strcmp(path, "/healthz") == 0) {
+        send_json(req, 200, "status", "ok", NULL, NULL);
+        return 200;
+    }
+    if (strcmp(path, "/readyz") == 0) {
+        return handle_readyz(w, req);
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        handle_metrics(w, req);
+        return 0;
+    }
+    send_error(req, 404, "not found: webhooks go to the configured --path");
+    return 404;
 }
 
 /* Loop thread: every request lands here. */
@@ -479,32 +536,15 @@ static void on_request(struct evhttp_request *req, void *arg)
                        evhttp_find_header(evhttp_request_get_input_headers(req), "X-Forwarded-For"),
                        client, sizeof(client));
 
-    if (strcmp(path, w->cfg->path) == 0) {
-        if (method == EVHTTP_REQ_POST) {
-            handle_post(w, req, client, &start);
-            return;
-        }
-        if (method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD) {
-            handle_challenge(req, uri);
-        } else {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD, POST");
-            send_error(req, 405, "method not allowed: use POST for webhooks, GET for the challenge");
-        }
-    } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD &&
-               (!strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics"))) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-        send_error(req, 405, "method not allowed: use GET");
-    } else if (strcmp(path, "/healthz") == 0) {
-        send_json(req, 200, "status", "ok", NULL, NULL);
-    } else if (strcmp(path, "/readyz") == 0) {
-        handle_readyz(w, req);
-    } else if (strcmp(path, "/metrics") == 0) {
-        handle_metrics(w, req);
-        return; /* scrapes are not counted as requests */
-    } else {
-        send_error(req, 404, "not found: webhooks go to the configured --path");
+    if (strcmp(path, w->cfg->path) == 0 && method == EVHTTP_REQ_POST) {
+        handle_post(w, req, client, &start);
+        return;
     }
-    ab_metrics_request(w->metrics, evhttp_request_get_response_code(req), NULL, NULL);
+    int code = answer_other(w, req, uri, path, method);
+    if (code != 0) {
+        ab_metrics_request(w->metrics, code, NULL, NULL);
+        access_log(w, client, method_name(method), path, code, &start, 0, NULL, NULL);
+    }
 }
 
 /* ---- TLS and connections ---------------------------------------------------------- */

@@ -239,14 +239,19 @@ def test_json_access_log(daemon_factory):
     d = daemon_factory(["--log-format", "json"])
     d.post(LOAN)
     d.post(LOAN, signature="nope")
+    d.get("/webhook?challenge=abc")
+    d.get("/nowhere")
     d.stop()
     lines = [json.loads(l) for l in d.stderr().splitlines() if l.strip()]
     access = [l for l in lines if l.get("msg") == "access"]
-    ok = [a for a in access if a["status"] == 200][0]
+    ok = [a for a in access if a["status"] == 200 and a["method"] == "POST"][0]
     assert ok["id"] == json.loads(LOAN)["id"] and ok["action"] == "LOAN"
     assert ok["event"] == "LOAN_CREATED" and ok["sink"] == "file" and ok["client"] == "127.0.0.1"
     assert ok["latency_ms"] >= 0 and ok["bytes"] == len(LOAN)
     assert any(a["status"] == 401 for a in access)
+    assert any(a["method"] == "GET" and a["path"] == "/webhook" and a["status"] == 200 for a in access)
+    assert any(a["path"] == "/nowhere" and a["status"] == 404 for a in access)
+    assert "abc" not in d.stderr()  # the query string (the challenge) is not logged
     assert all("time" in l and "level" in l for l in lines)
     assert "AU8675309" not in d.stderr()  # never bodies
 
