@@ -391,6 +391,11 @@ static void handle_post(struct ab_worker *w, struct evhttp_request *req, const c
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
     char msg[256];
     int fmt = AB_FORMAT_JSON;
+    if (w->cfg->log_bodies) {
+        /* --log-bodies, for debugging an integration only: bodies hold personal data */
+        ab_debug("body from %s (%zu bytes): %.*s", client, len, (int)(len < 1800 ? len : 1800),
+                 body);
+    }
     int code = admit(w, req, client, body, len, &fmt, msg, sizeof(msg));
     if (code != 0) {
         reject(w, req, client, start, len, NULL, code, msg);

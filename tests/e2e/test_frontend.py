@@ -339,3 +339,10 @@ def test_command_line_secrets_not_in_ps(daemon_factory):
         cmdline = f.read()
     assert b"hunter2" not in cmdline
     assert b"sasl.password=" in cmdline and b"127.0.0.1:6379" in cmdline
+
+
+def test_log_bodies_only_when_asked(daemon_factory):
+    d = daemon_factory(["--log-level", "debug", "--log-bodies"])
+    d.post(LOAN)
+    d.stop()
+    assert "AU8675309" in d.stderr()  # the sample's user id, from the body
