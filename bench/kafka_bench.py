@@ -24,14 +24,10 @@ Compare ratios within one run: the machine (2 cores, shared) is noisy, and the b
 on the same 2 cores as the client.
 """
 import argparse
-import base64
 import datetime
-import hashlib
-import hmac
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import statistics
@@ -40,8 +36,6 @@ import sys
 import tempfile
 import time
 import importlib.util
-import urllib.error
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -49,24 +43,18 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "kafka"))
 from broker import KafkaBroker  # noqa: E402
 
 # bench/run.py by its path (a "run" module elsewhere on sys.path must not shadow it):
-# wrk(), free_port(), machine_busy_s(), ensure_tools()
+# DaemonProcess, wrk(), free_port(), proc_cpu_s(), machine_busy_s(), ensure_tools(),
+# make_daemon(), signature(), cpu_model()
 _spec = importlib.util.spec_from_file_location("almabridge_bench_run", os.path.join(HERE, "run.py"))
 benchrun = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(benchrun)
+proc_cpu_s = benchrun.proc_cpu_s
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-SECRET = "bench"
 TOPIC = "alma.bench"
 
 
 def log(msg):
     print(f"[kafka-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def proc_cpu_s(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def build(cc_out):
@@ -170,67 +158,16 @@ def summarize(runs):
 
 # ---------------------------------------------------------------------------- the daemon
 
-class KafkaDaemon:
+class KafkaDaemon(benchrun.DaemonProcess):
+    """build/almabridge --sink kafka; started, queried and stopped as bench/run.py's Daemon."""
+
     def __init__(self, binary, tmpdir, threads, brokers, name):
-        self.port = benchrun.free_port()
-        self.logfile = os.path.join(tmpdir, f"{name}.log")
-        args = [binary, "--listen", f"127.0.0.1:{self.port}", "--threads", str(threads),
+        port = benchrun.free_port()
+        args = [binary, "--listen", f"127.0.0.1:{port}", "--threads", str(threads),
                 "--sink", "kafka", "--kafka-brokers", brokers, "--drain-grace", "0"]
-        env = dict(os.environ, ALMABRIDGE_SECRET=SECRET)
-        self.logfh = open(self.logfile, "wb")
-        self.proc = subprocess.Popen(args, env=env, stdout=self.logfh, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.pid = self.proc.pid
-        self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"almabridge exited: {open(self.logfile).read()[-2000:]}")
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("almabridge (kafka sink) did not become ready")
-
-    def get(self, path):
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-
-    def counts(self):
-        ok = other = 0
-        for line in self.get("/metrics")[1].splitlines():
-            m = re.match(r'almabridge_requests_total\{status="(\d+)"[^}]*\}\s+([0-9.e+]+)', line)
-            if m:
-                if m.group(1) == "200":
-                    ok += float(m.group(2))
-                else:
-                    other += float(m.group(2))
-        return int(ok), int(other)
-
-    def mem(self):
-        out = {}
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM", "Threads"):
-                    out[k] = int(v.split()[0])
-        return out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.logfh.close()
+        super().__init__(port, args, os.path.join(tmpdir, f"{name}.log"), ready_path="/readyz",
+                         ready_timeout=15,
+                         not_ready="almabridge (kafka sink) did not become ready")
 
 
 def phase_e2e(a, binary, broker, tmpdir, body, sig):
@@ -354,12 +291,7 @@ def environment():
     def out(cmd):
         r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         return r.stdout.strip()
-    cpu = ""
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = benchrun.cpu_model()
     dirty = " (dirty)" if out(["git", "status", "--porcelain", "--untracked-files=no"]) else ""
     return {"started": datetime.datetime.now().isoformat(timespec="seconds"),
             "cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
@@ -416,10 +348,7 @@ def run_all(a, t_start, tmpdir, broker):
     if not a.no_e2e:
         benchrun.ensure_tools(["wrk"])
         if not a.no_build:
-            r = subprocess.run(["make", "-C", ROOT, "build/almabridge"], capture_output=True,
-                               text=True)
-            if r.returncode != 0:
-                sys.exit(f"make failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+            benchrun.make_daemon()
         daemon = os.path.join(tmpdir, "almabridge")  # a private copy, as run.py does
         shutil.copy2(a.daemon, daemon)
 
@@ -446,10 +375,9 @@ def run_all(a, t_start, tmpdir, broker):
         res["configs"].append({"threads": t, "inflight": w, "conf": conf, "label": label,
                                "order": order, "runs": runs, "summary": summarize(runs)})
     if daemon:
-        body = sample
-        sig = base64.b64encode(hmac.new(SECRET.encode(), open(body, "rb").read(),
-                                        hashlib.sha256).digest()).decode()
-        res["e2e"] = phase_e2e(a, daemon, broker, tmpdir, body, sig)
+        with open(sample, "rb") as f:
+            sig = benchrun.signature(f.read())
+        res["e2e"] = phase_e2e(a, daemon, broker, tmpdir, sample, sig)
     res["elapsed_s"] = round(time.time() - t_start, 1)
     md = markdown(res)
     print(md)

@@ -81,6 +81,19 @@ def ensure_tools(names):
 
 # ---------------------------------------------------------------------------- daemon
 
+def make_daemon():
+    """`make build/almabridge` in the checkout; exits with make's output when it fails."""
+    r = subprocess.run(["make", "-C", ROOT, "build/almabridge"], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"make failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+
+
+def signature(body_bytes):
+    """X-Exl-Signature for these body bytes: base64 of their HMAC-SHA256 with SECRET."""
+    return base64.b64encode(hmac.new(SECRET.encode(), body_bytes, hashlib.sha256).digest()
+                            ).decode()
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -89,17 +102,22 @@ def free_port():
     return port
 
 
-class Daemon:
-    def __init__(self, binary, tmpdir, threads, fsync, name, wrapper=None, ready_timeout=10.0,
-                 env=None):
-        self.port = free_port()
-        self.dir = os.path.join(tmpdir, name)
-        os.makedirs(self.dir, exist_ok=True)
-        self.events = os.path.join(self.dir, "events.jsonl")
-        self.logfile = os.path.join(self.dir, "almabridge.log")
-        args = [binary, "--listen", f"127.0.0.1:{self.port}", "--file", self.events,
-                "--threads", str(threads), f"--file-fsync={'true' if fsync else 'false'}",
-                "--drain-grace", "0"]
+def proc_cpu_s(pid):
+    """CPU-seconds (utime + stime) a process has used so far, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+class DaemonProcess:
+    """An almabridge process listening on 127.0.0.1:port: started in its own session with
+    its output in logfile, waited for until GET ready_path answers 200, stopped with SIGTERM.
+    Daemon (file sink, below) and kafka_bench.py's KafkaDaemon build the command line."""
+
+    def __init__(self, port, args, logfile, wrapper=None, env=None, ready_path="/healthz",
+                 ready_timeout=10.0, not_ready="almabridge did not become healthy"):
+        self.port = port
+        self.logfile = logfile
         env = dict(os.environ, ALMABRIDGE_SECRET=SECRET, **(env or {}))
         self.logfh = open(self.logfile, "wb")
         self.proc = subprocess.Popen((wrapper or []) + args, env=env, stdout=self.logfh,
@@ -111,13 +129,13 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"almabridge exited: {open(self.logfile).read()[-2000:]}")
             try:
-                if self.get("/healthz")[0] == 200:
+                if self.get(ready_path)[0] == 200:
                     return
             except OSError:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError("almabridge did not become healthy")
+        raise RuntimeError(not_ready)
 
     def get(self, path):
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -147,20 +165,7 @@ class Daemon:
         return None
 
     def cpu_seconds(self):
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-    def sink_fd(self):
-        """The daemon's file descriptor for the event file, or None."""
-        d = f"/proc/{self.pid}/fd"
-        for fd in os.listdir(d):
-            try:
-                if os.readlink(os.path.join(d, fd)) == self.events:
-                    return int(fd)
-            except OSError:
-                pass
-        return None
+        return proc_cpu_s(self.pid)
 
     def mem(self):
         out = {}
@@ -180,6 +185,36 @@ class Daemon:
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait()
         self.logfh.close()
+
+
+class Daemon(DaemonProcess):
+    """build/almabridge with the file sink, in tmpdir/name."""
+
+    def __init__(self, binary, tmpdir, threads, fsync, name, wrapper=None, ready_timeout=10.0,
+                 env=None):
+        port = free_port()
+        self.dir = os.path.join(tmpdir, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.events = os.path.join(self.dir, "events.jsonl")
+        args = [binary, "--listen", f"127.0.0.1:{port}", "--file", self.events,
+                "--threads", str(threads), f"--file-fsync={'true' if fsync else 'false'}",
+                "--drain-grace", "0"]
+        super().__init__(port, args, os.path.join(self.dir, "almabridge.log"), wrapper=wrapper,
+                         env=env, ready_timeout=ready_timeout)
+
+    def sink_fd(self):
+        """The daemon's file descriptor for the event file, or None."""
+        d = f"/proc/{self.pid}/fd"
+        for fd in os.listdir(d):
+            try:
+                if os.readlink(os.path.join(d, fd)) == self.events:
+                    return int(fd)
+            except OSError:
+                pass
+        return None
+
+    def stop(self):
+        super().stop()
         # the event files of a phase can be hundreds of MB: drop them
         try:
             os.unlink(self.events)
@@ -627,15 +662,20 @@ def annotate(dump, inclusive, n, binary=None):
 
 # ---------------------------------------------------------------------------- report
 
-def environment(tmpdir):
-    cpu = ""
+def cpu_model():
+    """The first "model name" of /proc/cpuinfo, or ""."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def environment(tmpdir):
+    cpu = cpu_model()
     git = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).stdout.strip()
     dirty = sh(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"]).stdout
     return {
@@ -766,18 +806,15 @@ def main():
     t_start = time.time()
     ensure_tools(["wrk", "openssl", "perf"] + (["valgrind"] if "d" in a.phases else []))
     if not a.no_build:
-        r = subprocess.run(["make", "-C", ROOT, "build/almabridge"], capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            sys.exit(f"make failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        make_daemon()
     body = os.path.realpath(a.sample)
     # X-Exl-Signature: base64 of HMAC-SHA256 over the exact body bytes, computed with openssl
     sig = sh(f"openssl dgst -sha256 -hmac '{SECRET}' -binary '{body}' | openssl base64 -A"
              ).stdout.strip()
     body_bytes = open(body, "rb").read()
-    expect = base64.b64encode(hmac.new(SECRET.encode(), body_bytes, hashlib.sha256).digest())
-    if sig != expect.decode():
-        sys.exit(f"openssl signature {sig!r} differs from {expect.decode()!r}")
+    expect = signature(body_bytes)
+    if sig != expect:
+        sys.exit(f"openssl signature {sig!r} differs from {expect!r}")
     SyscallCounter.probe()
     if SyscallCounter.method == "strace":
         log("perf unavailable: counting syscalls with strace, which slows the daemon down")
