@@ -133,6 +133,17 @@ static int total_calls(struct req *reqs, int n)
     return c;
 }
 
+/* Run the loop until the n requests have had want callbacks between them or timeout_ms
+ * passed; returns how many they have had. */
+static int run_until_calls(struct fixture *f, struct req *reqs, int n, int want, int timeout_ms)
+{
+    int64_t end = now_ms() + timeout_ms;
+    while (total_calls(reqs, n) < want && now_ms() < end) {
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+    return total_calls(reqs, n);
+}
+
 /* Submit one message for id; returns submit()'s result. */
 static int submit_one(struct fixture *f, const char *topic, const char *id, struct req *r)
 {
@@ -153,6 +164,25 @@ static int submit_one(struct fixture *f, const char *topic, const char *id, stru
     int rc = ab_sink_submit(f->sink, &m, on_done, r);
     in_submit = 0;
     return rc;
+}
+
+/* Submit the message with id "<prefix>-<i>"; returns submit()'s result. */
+static int submit_nth(struct fixture *f, const char *topic, const char *prefix, int i,
+                      struct req *r)
+{
+    char id[64];
+    snprintf(id, sizeof(id), "%s-%d", prefix, i);
+    return submit_one(f, topic, id, r);
+}
+
+/* Every accepted request was answered within the ack timeout, plus a probe's margin. */
+static void check_answered_in_time(const struct req *reqs, const int *accepted, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (accepted[i]) {
+            CHECK(reqs[i].done_ms - reqs[i].submitted_ms <= ACK_MS + 1100);
+        }
+    }
 }
 
 /* Every accepted request was called back exactly once, outside submit, on the loop
@@ -201,6 +231,23 @@ static void mock_free(struct mock *m)
 {
     rd_kafka_mock_cluster_destroy(m->mc);
     rd_kafka_destroy(m->rk);
+}
+
+/* A new mock cluster and a sink open on it, run until ready; returns 0, the mock freed,
+ * when the sink did not open. */
+static int open_on_mock(struct mock *m, struct fixture *f, long ack_ms, char **conf,
+                        size_t nconf)
+{
+    char err[512] = "";
+    mock_new(m);
+    CHECK(open_sink(f, m->bootstrap, ack_ms, conf, nconf, err, sizeof(err)) == 0);
+    if (f->sink == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        mock_free(m);
+        return 0;
+    }
+    CHECK(run_until_ready(f, 1, 5000));
+    return 1;
 }
 
 struct consumed {
@@ -292,16 +339,10 @@ static int exactly_once(const struct consumed *c, const char *prefix, int n)
 static void test_success(void)
 {
     struct mock m;
-    mock_new(&m);
     struct fixture f;
-    char err[512] = "";
-    CHECK(open_sink(&f, m.bootstrap, ACK_MS, NULL, 0, err, sizeof(err)) == 0);
-    if (f.sink == NULL) {
-        fprintf(stderr, "  open: %s\n", err);
-        mock_free(&m);
+    if (!open_on_mock(&m, &f, ACK_MS, NULL, 0)) {
         return;
     }
-    CHECK(run_until_ready(&f, 1, 5000));
     char d[256];
     ab_sink_kafka.describe(f.sink, d, sizeof(d));
     CHECK(strstr(d, ": up") != NULL);
@@ -309,18 +350,12 @@ static void test_success(void)
     enum { N = 50 };
     static struct req reqs[N];
     int accepted[N];
-    int calls = 0;
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "ok-%d", i);
-        accepted[i] = submit_one(&f, "alma.loan", id, &reqs[i]) == 0;
+        accepted[i] = submit_nth(&f, "alma.loan", "ok", i, &reqs[i]) == 0;
         CHECK(accepted[i]);
         CHECK(reqs[i].calls == 0); /* never inside submit */
     }
-    for (int64_t end = now_ms() + 5000; (calls = total_calls(reqs, N)) < N && now_ms() < end;) {
-        event_base_loop(f.base, EVLOOP_ONCE);
-    }
-    CHECK(calls == N);
+    CHECK(run_until_calls(&f, reqs, N, N, 5000) == N);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
     run_for(&f, 100); /* nothing more arrives */
     CHECK(total_calls(reqs, N) == N);
@@ -338,16 +373,10 @@ static void test_success(void)
 static void test_retriable_errors(void)
 {
     struct mock m;
-    mock_new(&m);
     struct fixture f;
-    char err[512] = "";
-    CHECK(open_sink(&f, m.bootstrap, 6000, NULL, 0, err, sizeof(err)) == 0);
-    if (f.sink == NULL) {
-        fprintf(stderr, "  open: %s\n", err);
-        mock_free(&m);
+    if (!open_on_mock(&m, &f, 6000, NULL, 0)) {
         return;
     }
-    CHECK(run_until_ready(&f, 1, 5000));
     /* Six failed Produce answers in a row from broker 1 (the partition leader). */
     rd_kafka_mock_broker_push_request_error_rtts(
         m.mc, 1, API_PRODUCE, 6, RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, 0,
@@ -358,17 +387,13 @@ static void test_retriable_errors(void)
     static struct req reqs[N];
     int accepted[N];
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "retry-%d", i);
-        accepted[i] = submit_one(&f, "alma.retry", id, &reqs[i]) == 0;
+        accepted[i] = submit_nth(&f, "alma.retry", "retry", i, &reqs[i]) == 0;
         CHECK(accepted[i]);
         if (i % 10 == 9) {
             run_for(&f, 50); /* several Produce requests, so several injected errors */
         }
     }
-    for (int64_t end = now_ms() + 8000; total_calls(reqs, N) < N && now_ms() < end;) {
-        event_base_loop(f.base, EVLOOP_ONCE);
-    }
+    run_until_calls(&f, reqs, N, N, 8000);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
     size_t left = 99;
     rd_kafka_mock_broker_error_stack_cnt(m.mc, 1, API_PRODUCE, &left);
@@ -389,31 +414,21 @@ static void test_retriable_errors(void)
 static void test_late_ack(void)
 {
     struct mock m;
-    mock_new(&m);
     struct fixture f;
-    char err[512] = "";
     char *conf[] = {(char *)"socket.timeout.ms=300"};
-    CHECK(open_sink(&f, m.bootstrap, 6000, conf, 1, err, sizeof(err)) == 0);
-    if (f.sink == NULL) {
-        fprintf(stderr, "  open: %s\n", err);
-        mock_free(&m);
+    if (!open_on_mock(&m, &f, 6000, conf, 1)) {
         return;
     }
-    CHECK(run_until_ready(&f, 1, 5000));
     rd_kafka_mock_broker_push_request_error_rtts(m.mc, 1, API_PRODUCE, 1,
                                                  RD_KAFKA_RESP_ERR_NO_ERROR, 2500);
     enum { N = 10 };
     static struct req reqs[N];
     int accepted[N];
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "late-%d", i);
-        accepted[i] = submit_one(&f, "alma.retry", id, &reqs[i]) == 0;
+        accepted[i] = submit_nth(&f, "alma.retry", "late", i, &reqs[i]) == 0;
         CHECK(accepted[i]);
     }
-    for (int64_t end = now_ms() + 8000; total_calls(reqs, N) < N && now_ms() < end;) {
-        event_base_loop(f.base, EVLOOP_ONCE);
-    }
+    run_until_calls(&f, reqs, N, N, 8000);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
     run_for(&f, 200);
     CHECK(total_calls(reqs, N) == N);
@@ -439,9 +454,7 @@ static void test_no_broker(void)
     int accepted[N], n_accepted = 0;
     int64_t t0 = now_ms();
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "nob-%d", i);
-        accepted[i] = submit_one(&f, "alma.loan", id, &reqs[i]) == 0;
+        accepted[i] = submit_nth(&f, "alma.loan", "nob", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
         CHECK(ab_sink_ready(f.sink) == 0);
         run_for(&f, 100);
@@ -451,18 +464,9 @@ static void test_no_broker(void)
      * probe a second */
     CHECK(n_accepted >= 1 && n_accepted <= 7 + (int)(elapsed / 1000));
     CHECK(n_accepted < N / 2);
-    int calls = 0;
-    for (int64_t end = now_ms() + ACK_MS + 1500; (calls = total_calls(reqs, N)) < n_accepted &&
-                                                 now_ms() < end;) {
-        event_base_loop(f.base, EVLOOP_ONCE);
-    }
-    CHECK(calls == n_accepted);
+    CHECK(run_until_calls(&f, reqs, N, n_accepted, ACK_MS + 1500) == n_accepted);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == 0);
-    for (int i = 0; i < N; i++) {
-        if (accepted[i]) {
-            CHECK(reqs[i].done_ms - reqs[i].submitted_ms <= ACK_MS + 1100);
-        }
-    }
+    check_answered_in_time(reqs, accepted, N);
     char d[256];
     ab_sink_kafka.describe(f.sink, d, sizeof(d));
     CHECK(strstr(d, "brokers 127.0.0.1:1: down (") == d);
@@ -475,16 +479,10 @@ static void test_no_broker(void)
 static void test_broker_down_and_back(void)
 {
     struct mock m;
-    mock_new(&m);
     struct fixture f;
-    char err[512] = "";
-    CHECK(open_sink(&f, m.bootstrap, ACK_MS, NULL, 0, err, sizeof(err)) == 0);
-    if (f.sink == NULL) {
-        fprintf(stderr, "  open: %s\n", err);
-        mock_free(&m);
+    if (!open_on_mock(&m, &f, ACK_MS, NULL, 0)) {
         return;
     }
-    CHECK(run_until_ready(&f, 1, 5000));
     static struct req r0;
     CHECK(submit_one(&f, "alma.updown", "updown-0", &r0) == 0);
     CHECK(run_until_count(&f, &r0.calls, 1, 3000));
@@ -500,25 +498,16 @@ static void test_broker_down_and_back(void)
     int accepted[N], n_accepted = 0;
     int64_t t0 = now_ms();
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "down-%d", i);
-        accepted[i] = submit_one(&f, "alma.updown", id, &reqs[i]) == 0;
+        accepted[i] = submit_nth(&f, "alma.updown", "down", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
         run_for(&f, 100);
     }
     /* the 500 ms grace, then only the probes */
     CHECK(n_accepted <= 7 + (int)((now_ms() - t0) / 1000));
     CHECK(n_accepted < N / 2);
-    for (int64_t end = now_ms() + ACK_MS + 1500; total_calls(reqs, N) < n_accepted &&
-                                                 now_ms() < end;) {
-        event_base_loop(f.base, EVLOOP_ONCE);
-    }
+    run_until_calls(&f, reqs, N, n_accepted, ACK_MS + 1500);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == 0);
-    for (int i = 0; i < N; i++) {
-        if (accepted[i]) {
-            CHECK(reqs[i].done_ms - reqs[i].submitted_ms <= ACK_MS + 1100);
-        }
-    }
+    check_answered_in_time(reqs, accepted, N);
 
     rd_kafka_mock_broker_set_up(m.mc, 1);
     int64_t t_up = now_ms();
@@ -536,24 +525,17 @@ static void test_broker_down_and_back(void)
 static void test_close_completes_outstanding(void)
 {
     struct mock m;
-    mock_new(&m);
     struct fixture f;
-    char err[512] = "";
-    CHECK(open_sink(&f, m.bootstrap, 5000, NULL, 0, err, sizeof(err)) == 0);
-    if (f.sink == NULL) {
-        mock_free(&m);
+    if (!open_on_mock(&m, &f, 5000, NULL, 0)) {
         return;
     }
-    CHECK(run_until_ready(&f, 1, 5000));
     /* Produce answers are held back for 3 s: the messages stay in flight. */
     rd_kafka_mock_broker_push_request_error_rtts(m.mc, 1, API_PRODUCE, 1,
                                                  RD_KAFKA_RESP_ERR_NO_ERROR, 3000);
     enum { N = 5 };
     static struct req reqs[N];
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "close-%d", i);
-        CHECK(submit_one(&f, "alma.close", id, &reqs[i]) == 0);
+        CHECK(submit_nth(&f, "alma.close", "close", i, &reqs[i]) == 0);
     }
     run_for(&f, 200);
     CHECK(total_calls(reqs, N) == 0);
@@ -575,32 +557,23 @@ static void test_close_completes_outstanding(void)
 static void test_queue_full(void)
 {
     struct mock m;
-    mock_new(&m);
     struct fixture f;
-    char err[512] = "";
     char *conf[] = {(char *)"queue.buffering.max.messages=3"};
-    CHECK(open_sink(&f, m.bootstrap, 5000, conf, 1, err, sizeof(err)) == 0);
-    if (f.sink == NULL) {
-        mock_free(&m);
+    if (!open_on_mock(&m, &f, 5000, conf, 1)) {
         return;
     }
-    CHECK(run_until_ready(&f, 1, 5000));
     enum { N = 10 };
     static struct req reqs[N];
     int accepted[N], n_accepted = 0;
     for (int i = 0; i < N; i++) {
-        char id[64];
-        snprintf(id, sizeof(id), "full-%d", i);
-        accepted[i] = submit_one(&f, "alma.loan", id, &reqs[i]) == 0;
+        accepted[i] = submit_nth(&f, "alma.loan", "full", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
     }
     CHECK(n_accepted == 3);
     char d[256];
     ab_sink_kafka.describe(f.sink, d, sizeof(d));
     CHECK(strstr(d, "local queue full") != NULL);
-    for (int64_t end = now_ms() + 5000; total_calls(reqs, N) < n_accepted && now_ms() < end;) {
-        event_base_loop(f.base, EVLOOP_ONCE);
-    }
+    run_until_calls(&f, reqs, N, n_accepted, 5000);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == 3);
     close_fixture(&f);
     mock_free(&m);
