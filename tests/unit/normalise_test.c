@@ -41,7 +41,6 @@ static char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        fprintf(stderr, "  cannot open %s\n", path);
         return NULL;
     }
     size_t cap = 4096, n = 0, r;
@@ -72,6 +71,38 @@ static char *nested(const char *open, const char *inner, const char *close, int 
     }
     *p = '\0';
     return s;
+}
+
+/* The fixture BAD_DIR/name, read and handed to check; a file that cannot be read fails. */
+static void check_bad_file(const char *name, void (*check)(const char *body, size_t len))
+{
+    char path[256];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/%s", BAD_DIR, name);
+    char *body = read_file(path, &len);
+    if (body == NULL) {
+        fprintf(stderr, "  cannot open %s\n", path);
+    }
+    CHECK(body != NULL);
+    if (body != NULL) {
+        check(body, len);
+    }
+    free(body);
+}
+
+/* Each of the n bodies is refused by parse, with a message; what names the format. */
+static void check_all_refused(cJSON *(*parse)(const char *), const char *what,
+                              const char *const *bad, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        cJSON *t = parse(bad[i]);
+        if (t != NULL) {
+            fprintf(stderr, "  accepted malformed %s #%zu\n", what, i);
+        }
+        CHECK(t == NULL);
+        CHECK(err[0] != '\0');
+        cJSON_Delete(t);
+    }
 }
 
 /* ---- JSON ---- */
@@ -138,15 +169,7 @@ static void test_json_malformed(void)
         "{\"a\":NaN}",
         "{\"a\":tru}",
     };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        cJSON *t = json(bad[i]);
-        if (t != NULL) {
-            fprintf(stderr, "  accepted malformed JSON #%zu\n", i);
-        }
-        CHECK(t == NULL);
-        CHECK(err[0] != '\0');
-        cJSON_Delete(t);
-    }
+    check_all_refused(json, "JSON", bad, sizeof(bad) / sizeof(bad[0]));
     /* an embedded NUL is not the end of the body */
     CHECK(ab_normalise_json("{}\0{}", 5, err, sizeof(err)) == NULL);
     CHECK(ab_normalise_json("{\"a\":\"x\0\"}", 10, err, sizeof(err)) == NULL);
@@ -197,20 +220,17 @@ static void test_json_utf8_kept(void)
     cJSON_Delete(t);
 }
 
+static void check_json_refused(const char *body, size_t len)
+{
+    CHECK(ab_normalise_json(body, len, err, sizeof(err)) == NULL);
+}
+
 static void test_json_bad_fixtures(void)
 {
     static const char *files[] = {"bad_utf8.json",   "leading_zero.json", "raw_newline.json",
                                   "trailing_garbage.json", "truncated.json"};
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        char path[256];
-        size_t len;
-        snprintf(path, sizeof(path), "%s/%s", BAD_DIR, files[i]);
-        char *body = read_file(path, &len);
-        CHECK(body != NULL);
-        if (body != NULL) {
-            CHECK(ab_normalise_json(body, len, err, sizeof(err)) == NULL);
-        }
-        free(body);
+        check_bad_file(files[i], check_json_refused);
     }
 }
 
@@ -368,15 +388,7 @@ static void test_xml_xxe(void)
     static const char *files[] = {"xxe_entity.xml", "xxe_external_subset.xml",
                                   "xxe_parameter_entity.xml"};
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        char path[256];
-        size_t len;
-        snprintf(path, sizeof(path), "%s/%s", BAD_DIR, files[i]);
-        char *body = read_file(path, &len);
-        CHECK(body != NULL);
-        if (body != NULL) {
-            check_doctype_refused(body, len);
-        }
-        free(body);
+        check_bad_file(files[i], check_doctype_refused);
     }
     /* without a DOCTYPE an entity cannot be declared, so a reference is just an error */
     cJSON *t = xml("<webhook><note>&xxe;</note></webhook>");
@@ -386,13 +398,7 @@ static void test_xml_xxe(void)
 
 static void test_xml_billion_laughs(void)
 {
-    size_t len;
-    char *body = read_file(BAD_DIR "/billion_laughs.xml", &len);
-    CHECK(body != NULL);
-    if (body != NULL) {
-        check_doctype_refused(body, len);
-    }
-    free(body);
+    check_bad_file("billion_laughs.xml", check_doctype_refused);
     /* quadratic blow-up through one big entity, also refused before expansion */
     size_t n = 100000;
     char *q = malloc(2 * n + 256), *p = q;
@@ -445,15 +451,7 @@ static void test_xml_malformed(void)
         "<webhook>\x01</webhook>",
         "<webhook><![CDATA[x</webhook>",
     };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        cJSON *t = xml(bad[i]);
-        if (t != NULL) {
-            fprintf(stderr, "  accepted malformed XML #%zu\n", i);
-        }
-        CHECK(t == NULL);
-        CHECK(err[0] != '\0');
-        cJSON_Delete(t);
-    }
+    check_all_refused(xml, "XML", bad, sizeof(bad) / sizeof(bad[0]));
     CHECK(ab_normalise_xml("<a/>\0<b/>", 9, err, sizeof(err)) == NULL);
 }
 
