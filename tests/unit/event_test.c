@@ -5,6 +5,7 @@
 #include "event.h"
 #include "normalise.h"
 
+#include "fixtures.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -22,26 +23,6 @@ static const char *samples_dir(void)
 {
     const char *d = getenv("ALMABRIDGE_SAMPLES");
     return d != NULL && *d ? d : "../shared/alma/samples";
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return NULL;
-    }
-    size_t cap = 4096, n = 0, r;
-    char *buf = malloc(cap + 1);
-    while ((r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            buf = realloc(buf, (cap *= 2) + 1);
-        }
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = n;
-    return buf;
 }
 
 static int by_name(const void *a, const void *b)
@@ -591,22 +572,6 @@ static void test_not_webhook(void)
                       NULL);
     check_not_webhook(X, "<webhook><id>1</id></webhook>", "webhook has no \"action\"");
     check_not_webhook(X, "<webhook><id>1</id><action/></webhook>", "webhook has no \"action\"");
-}
-
-static char *nested(const char *open, const char *inner, const char *close, int levels)
-{
-    size_t lo = strlen(open), lc = strlen(close), li = strlen(inner);
-    char *s = malloc(levels * (lo + lc) + li + 1), *p = s;
-    for (int i = 0; i < levels; i++, p += lo) {
-        memcpy(p, open, lo);
-    }
-    memcpy(p, inner, li);
-    p += li;
-    for (int i = 0; i < levels; i++, p += lc) {
-        memcpy(p, close, lc);
-    }
-    *p = '\0';
-    return s;
 }
 
 static void test_deep_nesting(void)

@@ -3,6 +3,7 @@
  * Run from the repo root (fixtures under tests/fixtures). */
 #include "normalise.h"
 
+#include "fixtures.h"
 #include "test.h"
 
 #include <pthread.h>
@@ -35,42 +36,6 @@ static const char *flat(const cJSON *t)
     snprintf(buf, sizeof(buf), "%s", s != NULL ? s : "(null)");
     free(s);
     return buf;
-}
-
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        return NULL;
-    }
-    size_t cap = 4096, n = 0, r;
-    char *buf = malloc(cap + 1);
-    while ((r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n == cap) {
-            buf = realloc(buf, (cap *= 2) + 1);
-        }
-    }
-    fclose(f);
-    buf[n] = '\0';
-    *len = n;
-    return buf;
-}
-
-static char *nested(const char *open, const char *inner, const char *close, int levels)
-{
-    size_t lo = strlen(open), lc = strlen(close), li = strlen(inner);
-    char *s = malloc(levels * (lo + lc) + li + 1), *p = s;
-    for (int i = 0; i < levels; i++, p += lo) {
-        memcpy(p, open, lo);
-    }
-    memcpy(p, inner, li);
-    p += li;
-    for (int i = 0; i < levels; i++, p += lc) {
-        memcpy(p, close, lc);
-    }
-    *p = '\0';
-    return s;
 }
 
 /* The fixture BAD_DIR/name, read and handed to check; a file that cannot be read fails. */
