@@ -190,3 +190,25 @@ class Daemon:
 
     def metrics(self):
         return self.get("/metrics").body.decode()
+
+
+class KeepAlive:
+    """POSTs to a daemon over one keep-alive connection, opened when first needed and
+    dropped after a network error (reset, timeout) so that the next POST opens a new one."""
+
+    def __init__(self, d, timeout=15):
+        self.d, self.timeout, self.c = d, timeout, None
+
+    def post(self, body):
+        """The answer's status, or -1 after a network error."""
+        try:
+            self.c = self.c or self.d.conn(timeout=self.timeout)
+            return self.d.post(body, conn=self.c).status
+        except OSError:
+            self.close()
+            return -1
+
+    def close(self):
+        if self.c:
+            self.c.close()
+        self.c = None

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import samples, with_id, xml_fixtures
+from daemon import KeepAlive, samples, with_id, xml_fixtures
 from services import RedisServer
 
 ACK_MS = 2000
@@ -276,20 +276,13 @@ def post_many(d, body, ids, workers):
     chunks = [ids[i::workers] for i in range(workers)]
 
     def run(chunk):
-        c = None
+        ka = KeepAlive(d)
         for i in chunk:
             t0 = time.time()
-            try:
-                c = c or d.conn(timeout=15)
-                st = d.post(with_id(body, i), conn=c).status
-            except OSError:
-                st = -1
-                c.close()
-                c = None
+            st = ka.post(with_id(body, i))
             with lock:
                 results[i] = (st, time.time() - t0)
-        if c:
-            c.close()
+        ka.close()
 
     with concurrent.futures.ThreadPoolExecutor(workers) as ex:
         list(ex.map(run, chunks))
@@ -322,25 +315,17 @@ def test_redis_killed_and_restarted_under_load(daemon_factory):
         stop = threading.Event()
 
         def load(worker):
-            c, n = None, 0
+            ka, n = KeepAlive(d), 0
             while not stop.is_set():
                 i = f"crash-{worker}-{n}"
                 n += 1
                 t0 = time.time()
-                try:
-                    c = c or d.conn(timeout=15)
-                    st = d.post(with_id(body, i), conn=c).status
-                except OSError:
-                    st = -1
-                    if c:
-                        c.close()
-                    c = None
+                st = ka.post(with_id(body, i))
                 with lock:
                     ledger.append((i, st, t0, time.time() - t0))
                 if st != 200:
                     time.sleep(0.02)  # as a client would, do not spin on 503s
-            if c:
-                c.close()
+            ka.close()
 
         threads = [threading.Thread(target=load, args=(w,)) for w in range(8)]
         for t in threads:
