@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -212,3 +213,21 @@ class KeepAlive:
         if self.c:
             self.c.close()
         self.c = None
+
+
+class Posters:
+    """One thread per id, started at once, each POSTing body with that id; statuses holds
+    the answers in the order they arrive, join() waits for all and returns them."""
+
+    def __init__(self, d, body, ids):
+        self.statuses = []
+        self.threads = [threading.Thread(
+            target=lambda i=i: self.statuses.append(d.post(with_id(body, i)).status))
+            for i in ids]
+        for t in self.threads:
+            t.start()
+
+    def join(self):
+        for t in self.threads:
+            t.join()
+        return self.statuses

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from daemon import BIN, Daemon, samples, sign, with_id
+from daemon import BIN, Daemon, Posters, samples, sign, with_id
 
 LOAN = dict(samples())["loan_created"]
 
@@ -198,20 +198,14 @@ def test_max_connections(daemon_factory):
 def test_max_inflight_503_at_once(daemon_factory, tmp_path):
     d = daemon_factory(["--max-inflight", "3"], preload_shim=True)
     (tmp_path / "gate").write_text("")
-    res = []
-    ts = [threading.Thread(target=lambda i=i: res.append(d.post(with_id(LOAN, str(500 + i))).status))
-          for i in range(3)]
-    for t in ts:
-        t.start()
+    posters = Posters(d, LOAN, [str(500 + i) for i in range(3)])
     time.sleep(0.4)
     t0 = time.time()
     r = d.post(with_id(LOAN, "999"))
     assert r.status == 503 and r.headers["retry-after"] and time.time() - t0 < 1
     assert "max-inflight" in r.json()["error"]
     (tmp_path / "gate").unlink()
-    for t in ts:
-        t.join()
-    assert res == [200, 200, 200]
+    assert posters.join() == [200, 200, 200]
 
 
 def test_header_size_bound(daemon_factory):

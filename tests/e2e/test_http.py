@@ -10,7 +10,7 @@ import http.client
 
 import pytest
 
-from daemon import BIN, SECRET, Daemon, samples, sign, with_id, xml_fixtures
+from daemon import BIN, SECRET, Daemon, Posters, samples, sign, with_id, xml_fixtures
 
 SAMPLE = dict(samples())
 LOAN = SAMPLE["loan_created"]
@@ -271,17 +271,11 @@ def test_group_commit_shares_fsync(daemon_factory, tmp_path):
     d = daemon_factory(preload_shim=True)
     gate = tmp_path / "gate"
     gate.write_text("")
-    res = []
-    ts = [threading.Thread(target=lambda i=i: res.append(d.post(with_id(LOAN, str(7000 + i))).status))
-          for i in range(30)]
-    for t in ts:
-        t.start()
+    posters = Posters(d, LOAN, [str(7000 + i) for i in range(30)])
     time.sleep(0.5)
-    assert res == []  # nobody answered before the sync
+    assert posters.statuses == []  # nobody answered before the sync
     gate.unlink()
-    for t in ts:
-        t.join()
-    assert res == [200] * 30
+    assert posters.join() == [200] * 30
 
 
 def test_slow_disk_503_after_ack_timeout(daemon_factory, tmp_path):
