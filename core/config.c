@@ -21,7 +21,7 @@ enum opt_type {
     OPT_STRING,
     OPT_LONG,   /* within [min, max] */
     OPT_BOOL,   /* --name alone means true */
-    OPT_LIST,   /* repeatable; comma-separated in the environment */
+    OPT_LIST,   /* repeatable; comma- (or newline-) separated in the environment */
     OPT_ACTION, /* a command-line flag that asks for an action, not a setting */
 };
 
@@ -652,14 +652,17 @@ static int apply_argv(struct loader *ld, const struct arg *args, size_t nargs)
 
 /* ---- the environment ---- */
 
-/* Set list o from a comma-separated value; an empty value empties the list. */
+/* A list from the environment: items separated by commas, or by newlines when the value
+ * has any (so that an item may itself contain commas, e.g. a librdkafka property); an
+ * empty value empties the list. */
 static int set_list_csv(struct loader *ld, const struct ab_option *o, const char *v,
                         const char *label)
 {
     int rc = 0;
+    const char *sep = strchr(v, '\n') ? "\n" : ",";
     list_touch(ld, o);
     while (rc == 0 && *v != '\0') {
-        size_t len = strcspn(v, ",");
+        size_t len = strcspn(v, sep);
         const char *s = v, *e = v + len;
         while (s < e && isspace((unsigned char)*s)) {
             s++;
@@ -672,7 +675,7 @@ static int set_list_csv(struct loader *ld, const struct ab_option *o, const char
             rc = set_value(ld, o, item, label);
             free(item);
         }
-        v += len + (v[len] == ',');
+        v += len + (v[len] != '\0');
     }
     return rc;
 }
@@ -969,7 +972,7 @@ static char *option_notes(const struct ab_option *o)
         char env[96], note[128];
         env_name(o, env, sizeof(env));
         snprintf(note, sizeof(note), "env %s%s", env,
-                 o->type == OPT_LIST ? ", comma-separated" : "");
+                 o->type == OPT_LIST ? ", comma- or newline-separated" : "");
         append_note(&notes, note);
     }
     free(def);
@@ -1057,8 +1060,8 @@ void ab_config_markdown(FILE *out)
         if (o->type != OPT_ACTION) {
             env_name(o, env, sizeof(env));
         }
-        char *help = o->type == OPT_LIST ? ab_asprintf("%s (repeatable; comma-separated in "
-                                                       "the environment)",
+        char *help = o->type == OPT_LIST ? ab_asprintf("%s (repeatable; comma- or newline-"
+                                                       "separated in the environment)",
                                                        o->help)
                                          : ab_strdup(o->help);
         fputc('|', out);

@@ -287,6 +287,22 @@ static void test_eq_and_space(void)
     ab_config_free(&a);
 }
 
+static void test_env_list_newlines(void)
+{
+    struct ab_config c;
+    int rc = load(&c, NOARGS,
+                  ENV("ALMABRIDGE_KAFKA_CONF=sasl.mechanisms=PLAIN\n"
+                      "ssl.cipher.suites=ECDHE-RSA-AES128-GCM-SHA256,ECDHE-RSA-AES256-GCM-SHA384\n"));
+    CHECK(rc == AB_CONFIG_OK);
+    CHECK(c.kafka_conf.n == 2);
+    if (c.kafka_conf.n == 2) {
+        CHECK_STR(c.kafka_conf.v[0], "sasl.mechanisms=PLAIN");
+        CHECK_STR(c.kafka_conf.v[1],
+                  "ssl.cipher.suites=ECDHE-RSA-AES128-GCM-SHA256,ECDHE-RSA-AES256-GCM-SHA384");
+    }
+    ab_config_free(&c);
+}
+
 static void test_env(void)
 {
     struct ab_config c;
@@ -702,6 +718,7 @@ int main(void)
     RUN(test_types);
     RUN(test_eq_and_space);
     RUN(test_env);
+    RUN(test_env_list_newlines);
     RUN(test_config_file);
     RUN(test_precedence);
     RUN(test_errors);
