@@ -969,7 +969,7 @@ static char *option_notes(const struct ab_option *o)
         append_note(&notes, "repeatable");
     }
     if (o->type != OPT_ACTION) {
-        char env[96], note[128];
+        char env[96], note[160];
         env_name(o, env, sizeof(env));
         snprintf(note, sizeof(note), "env %s%s", env,
                  o->type == OPT_LIST ? ", comma- or newline-separated" : "");
