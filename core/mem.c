@@ -53,17 +53,13 @@ char *ab_strdup(const char *s)
 
 char *ab_asprintf(const char *fmt, ...)
 {
+    char *s = NULL;
     va_list ap;
-    char probe[1];
     va_start(ap, fmt);
-    int n = vsnprintf(probe, sizeof(probe), fmt, ap);
+    int n = vasprintf(&s, fmt, ap);
     va_end(ap);
     if (n < 0) {
         oom(0);
     }
-    char *s = ab_malloc((size_t)n + 1);
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
     return s;
 }
