@@ -39,6 +39,24 @@ def run_unit():
     return passed, failed, 0
 
 
+def run_fuzz_replay():
+    """Every seed corpus through its fuzz driver (ASan+UBSan), then a few seconds of random
+    mutations each: a regression check of the parsers without libFuzzer."""
+    passed = failed = 0
+    for target, extra in (("replay", []), ("stress", ["STRESS_TIME=5"])):
+        t0 = time.time()
+        p = subprocess.run(["make", "-s", "-C", os.path.join(ROOT, "tests", "fuzz"), target] + extra,
+                           capture_output=True, text=True, timeout=600)
+        ok = p.returncode == 0
+        passed += ok
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} fuzz {target} ({time.time() - t0:.1f} s)")
+        if not ok:
+            print("\n".join("    " + l for l in (p.stdout + p.stderr).splitlines()[-40:]))
+        sys.stdout.flush()
+    return passed, failed, 0
+
+
 def run_e2e(args):
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "junit.xml")
@@ -62,6 +80,8 @@ def main():
     unit_only = "--unit-only" in args
     args = [a for a in args if a != "--unit-only"]
     up, uf, _ = run_unit()
+    fp, ff, _ = run_fuzz_replay()
+    up, uf = up + fp, uf + ff
     ep = ef = es = 0
     if not unit_only:
         ep, ef, es = run_e2e(args)
