@@ -60,6 +60,8 @@ struct ab_worker {
     time_t stop_deadline;
     long inflight; /* webhooks of this worker waiting on the sink */
     struct event *pause_ev; /* polls to resume accepting below --max-connections */
+    struct event *ready_ev; /* samples the sink's readiness for the sink_ready gauge */
+    int ready;              /* this worker's share of ab_metrics_g.sink_ready */
 };
 
 /* One webhook waiting on the sink. Freed when the sink's callback runs (exactly once, by
@@ -603,6 +605,18 @@ static struct bufferevent *on_new_connection(struct event_base *base, void *arg)
     return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 }
 
+/* Loop thread: publish this worker's sink readiness (ready() may only be asked on the
+ * owning thread) into the process-wide gauge, every half second. */
+static void on_ready_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct ab_worker *w = arg;
+    int r = w->sink ? ab_sink_ready(w->sink) : 0;
+    if (r != w->ready) {
+        atomic_fetch_add(&ab_metrics_g.sink_ready, r - w->ready);
+        w->ready = r;
+    }
+}
+
 /* ---- control: reload and stop from other threads ------------------------------------ */
 
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
@@ -713,6 +727,7 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
     }
     evhttp_set_bevcb(w->http, on_new_connection, w);
     w->pause_ev = event_new(w->base, -1, EV_PERSIST, on_pause_tick, w);
+    w->ready_ev = event_new(w->base, -1, EV_PERSIST, on_ready_tick, w);
     w->bound = evhttp_accept_socket_with_handle(w->http, fd);
     if (w->bound == NULL) {
         snprintf(errstr, errlen, "cannot accept on the listening socket");
@@ -732,7 +747,13 @@ fail:
 
 void ab_worker_run(struct ab_worker *w)
 {
+    struct timeval half = {0, 500000};
+    on_ready_tick(-1, 0, w);
+    event_add(w->ready_ev, &half);
     event_base_dispatch(w->base);
+    event_del(w->ready_ev);
+    atomic_fetch_sub(&ab_metrics_g.sink_ready, w->ready);
+    w->ready = 0;
     /* Stopped: close the sink on this thread (its close() completes what is left, whose
      * callbacks answer their requests), then give the answers a moment to go out. */
     if (w->sink) {
@@ -759,6 +780,9 @@ void ab_worker_free(struct ab_worker *w)
     }
     if (w->pause_ev) {
         event_free(w->pause_ev);
+    }
+    if (w->ready_ev) {
+        event_free(w->ready_ev);
     }
     if (w->http) {
         evhttp_free(w->http);

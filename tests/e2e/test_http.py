@@ -235,6 +235,7 @@ def test_metrics(daemon):
     daemon.post(LOAN, signature="bad")
     m = daemon.metrics()
     assert 'almabridge_requests_total{status="200",action="LOAN",event="LOAN_CREATED"} 1' in m
+    assert 'almabridge_sink_ready{sink="file"} 2' in m  # both workers' sinks can write
     assert 'almabridge_requests_total{status="401",action="",event=""} 1' in m
     assert 'almabridge_events_total{action="LOAN",event="LOAN_CREATED"} 1' in m
     assert "almabridge_sink_ack_seconds_bucket" in m
@@ -295,6 +296,8 @@ def test_failing_disk_503_and_readyz(daemon_factory, tmp_path):
     r = d.post(LOAN)
     assert r.status == 503 and "retry" in r.json()["error"]
     assert d.get("/readyz").status == 503
+    time.sleep(0.7)
+    assert 'almabridge_sink_ready{sink="file"} 0' in d.metrics()
     (tmp_path / "fail").unlink()
     assert d.post(LOAN).status == 200
     assert d.get("/readyz").status == 200
