@@ -78,7 +78,7 @@ unit: all
 run: $(BUILD)/almabridge
 	@echo "almabridge on http://127.0.0.1:8080/webhook, file sink ./almabridge-events.jsonl, demo secret 'demo-secret'"
 	@echo "send a signed sample from another shell:"
-	@echo "  body=../shared/alma/samples/loan_created.json"
+	@echo "  body=tests/fixtures/alma/loan_created.json"
 	@echo "  sig=\$$(openssl dgst -sha256 -hmac demo-secret -binary \$$body | base64)"
 	@echo "  curl -sS -H 'Content-Type: application/json' -H \"X-Exl-Signature: \$$sig\" --data-binary @\$$body http://127.0.0.1:8080/webhook"
 	ALMABRIDGE_SECRET=demo-secret ./$(BUILD)/almabridge

@@ -307,7 +307,7 @@ def main():
     p.add_argument("--no-e2e", action="store_true", help="skip the daemon end-to-end runs")
     p.add_argument("--e2e-duration", type=int, default=5)
     p.add_argument("--e2e-conns", type=int, default=64)
-    samples = os.path.join(ROOT, "..", "shared", "alma", "samples")
+    samples = os.path.join(ROOT, "tests", "fixtures", "alma")
     p.add_argument("--value-sample", default=os.path.join(samples,
                                                           "job_end_publishing_failed.json"),
                    help="webhook whose CloudEvent is the message value (about 2.2 kB)")

@@ -1,7 +1,7 @@
 -- wrk script: POST one real Alma webhook, signed the way Alma signs it.
 --
 -- Environment (set by bench/run.py):
---   BENCH_BODY  path of the body to send (e.g. ../shared/alma/samples/loan_created.json)
+--   BENCH_BODY  path of the body to send (e.g. tests/fixtures/alma/loan_created.json)
 --   BENCH_SIG   base64 HMAC-SHA256 of exactly those bytes with the daemon's secret
 --   BENCH_PATH  request path (default /webhook)
 --

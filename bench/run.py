@@ -794,8 +794,7 @@ def main():
     p.add_argument("--phases", default="aebcd", help="subset of aebcd to run (default all)")
     p.add_argument("--slow-fsync-ms", type=float, default=2.0,
                    help="phase e: added fdatasync latency (default 2)")
-    p.add_argument("--sample", default=os.path.join(ROOT, "..", "shared", "alma", "samples",
-                                                     "loan_created.json"))
+    p.add_argument("--sample", default=os.path.join(ROOT, "tests", "fixtures", "alma", "loan_created.json"))
     p.add_argument("--binary", default=os.path.join(ROOT, "build", "almabridge"))
     p.add_argument("--no-build", action="store_true", help="do not run `make` first")
     p.add_argument("--tmpdir", default=None, help="parent of the temp dir (default $TMPDIR)")

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BUILD = os.path.join(ROOT, os.environ.get("ALMABRIDGE_BUILD", "build"))
 BIN = os.path.join(BUILD, "almabridge")
 SHIM = os.path.join(BUILD, "shim", "slowsync.so")
-SAMPLES = os.environ.get("ALMABRIDGE_SAMPLES", os.path.join(ROOT, "..", "shared", "alma", "samples"))
+SAMPLES = os.environ.get("ALMABRIDGE_SAMPLES", os.path.join(ROOT, "tests", "fixtures", "alma"))
 XML_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "xml")
 SECRET = "test-secret-ünïcødé"
 

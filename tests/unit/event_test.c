@@ -1,7 +1,7 @@
 /* Tests for core/event.c: every sample payload and its XML twin become the same CloudEvent
  * envelope; refusals fall into the right class; the JSON body is spliced into "data" with
  * its digits, key order and bytes kept. Run from the repo root; ALMABRIDGE_SAMPLES
- * overrides the samples directory (../shared/alma/samples). */
+ * overrides the samples directory (tests/fixtures/alma). */
 #include "event.h"
 #include "normalise.h"
 
@@ -22,7 +22,7 @@ static char err[256];
 static const char *samples_dir(void)
 {
     const char *d = getenv("ALMABRIDGE_SAMPLES");
-    return d != NULL && *d ? d : "../shared/alma/samples";
+    return d != NULL && *d ? d : "tests/fixtures/alma";
 }
 
 static int by_name(const void *a, const void *b)

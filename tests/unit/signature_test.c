@@ -1,7 +1,7 @@
 /* Tests for core/signature.c. Expected values were computed independently with
  *   printf '%s' BODY | openssl dgst -sha256 -hmac SECRET -binary | base64
  * and the sample payloads are checked against openssl at test time. Run from the repo
- * root; ALMABRIDGE_SAMPLES overrides the samples directory (../shared/alma/samples). */
+ * root; ALMABRIDGE_SAMPLES overrides the samples directory (tests/fixtures/alma). */
 #include "signature.h"
 
 #include "test.h"
@@ -101,7 +101,7 @@ static void test_non_ascii(void)
 static const char *samples_dir(void)
 {
     const char *d = getenv("ALMABRIDGE_SAMPLES");
-    return d && *d ? d : "../shared/alma/samples";
+    return d && *d ? d : "tests/fixtures/alma";
 }
 
 static char *read_file(const char *path, size_t *len)
