@@ -31,7 +31,9 @@ FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
 
-$(BUILD)/almabridge: $(BUILD)/obj/cmd/almabridge.o $(BUILD)/libalmabridge.a
+CMD_OBJ   := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cmd/*.c))
+
+$(BUILD)/almabridge: $(CMD_OBJ) $(BUILD)/libalmabridge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/libalmabridge.a: $(CORE_OBJ)
