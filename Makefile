@@ -26,7 +26,7 @@ TOOLS_SRC := $(wildcard tests/tools/*.c)
 TOOLS_BIN := $(TOOLS_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 
-.PHONY: all setup test unit e2e run clean format fuzz bench docs
+.PHONY: all setup setup-test test unit e2e run clean format fuzz bench docs
 .SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
@@ -57,22 +57,38 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 	@mkdir -p $(@D)
 	$(CC) -shared -fPIC -O2 -Wall -o $@ $< -ldl
 
-# Installs every Debian package the project needs; idempotent and non-interactive.
-DEBS := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
-        libcjson-dev libxml2-dev redis-server kcat curl openssl ca-certificates \
-        python3 python3-pytest maven default-jre-headless
-setup:
+# `make setup` installs what building and running need; `make setup-test` (run by
+# `make test`) adds what only the tests need. Idempotent, non-interactive, and no system
+# service is enabled or started (policy-rc.d refuses service starts during the install).
+DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
+             libcjson-dev libxml2-dev curl openssl ca-certificates
+TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
+             haproxy jq valgrind
+VENV      := .cache/venv
+PYTHON    := $(VENV)/bin/python3
+define apt_install
 	@if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
-	missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
+	missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
 	    grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	    echo "installing: $$missing"; \
+	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$SUDO chmod +x /usr/sbin/policy-rc.d; \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	    rc=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$rc; \
 	else echo "all Debian packages present"; fi
+endef
+setup:
+	$(call apt_install,$(DEBS))
 
-test: all
-	ALMABRIDGE_BUILD=$(BUILD) python3 tests/run.py
+setup-test:
+	$(call apt_install,$(DEBS) $(TEST_DEBS))
+	@[ -x $(PYTHON) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+
+test: setup-test all
+	ALMABRIDGE_BUILD=$(BUILD) $(PYTHON) tests/run.py
 
 unit: all
 	ALMABRIDGE_BUILD=$(BUILD) python3 tests/run.py --unit-only
