@@ -27,6 +27,7 @@
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
+#include "probe.h"
 #include "route.h"
 #include "signature.h"
 #include "sink.h"
@@ -336,6 +337,10 @@ int main(int argc, char **argv)
 {
     static struct daemon d;
     char err[1024] = "";
+    int probe = ab_probe_main(argc, argv, environ);
+    if (probe >= 0) {
+        return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
+    }
     d.env_secret = take_env_secret();
     if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
