@@ -21,6 +21,7 @@
 
 #include "acl.h"
 #include "config.h"
+#include "eventlog.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
@@ -140,12 +141,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Main thread: SIGHUP. Reload the secret file and the TLS certificate; a failed reload
- * keeps everything as it was. */
+/* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
+ * reload the secret file and the TLS certificate; a failed reload keeps everything as it
+ * was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
+    ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     if (s && d->cfg.tls_cert) {
