@@ -80,6 +80,24 @@ int64_t ab_cli_mono_ms(void);
  * and free it) or NULL with one line in err. */
 char *ab_cli_secret(const char *file, char *err, size_t errlen);
 
+/* A Kafka consumer for reading by assignment: its own throw-away group id (nothing is
+ * committed: enable.auto.commit and offset store off), librdkafka's connection chatter
+ * silenced, the daemon's --kafka-brokers and --kafka-conf. NULL with err. */
+typedef struct rd_kafka_s rd_kafka_t;
+rd_kafka_t *ab_cli_kafka_consumer(const struct ab_cli_sinkcfg *c, const char *client_id, char *err,
+                                  size_t errlen);
+
+/* The daemon's --redis URL, parsed (redis://[[user]:password@]host[:port][/db]), and a
+ * blocking hiredis connection to it, authenticated and on its database. */
+struct ab_cli_redis {
+    char *host, *user, *password;
+    int port, db;
+};
+typedef struct redisContext redisContext;
+int ab_cli_redis_parse(const char *url, struct ab_cli_redis *t, char *err, size_t errlen);
+redisContext *ab_cli_redis_dial(const struct ab_cli_redis *t, char *err, size_t errlen);
+void ab_cli_redis_free(struct ab_cli_redis *t);
+
 /* The subcommands; argv[0] is the subcommand's name. Each returns the process exit code. */
 int ab_cmd_wait(int argc, char **argv);
 int ab_cmd_send(int argc, char **argv);

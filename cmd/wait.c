@@ -312,57 +312,6 @@ static void sleep_ms(int64_t ms)
 
 /* ---- Kafka ------------------------------------------------------------------------- */
 
-static void on_kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-    /* librdkafka retries by itself; its connection chatter would only confuse a pipeline
-     * log. Errors that matter come back from the calls below. */
-}
-
-static rd_kafka_t *kafka_consumer(const struct ab_cli_sinkcfg *c, char *err, size_t errlen)
-{
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    char group[96], e[512];
-    snprintf(group, sizeof(group), "almabridge-wait-%ld-%" PRId64, (long)getpid(),
-             ab_cli_now_ms());
-    const char *kv[][2] = {
-        {"bootstrap.servers", c->kafka_brokers}, {"group.id", group},
-        {"enable.auto.commit", "false"},         {"enable.auto.offset.store", "false"},
-        {"enable.partition.eof", "false"},       {"client.id", "almabridge-wait"},
-    };
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
-    for (size_t i = 0; i < sizeof(kv) / sizeof(kv[0]); i++) {
-        if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], e, sizeof(e)) != RD_KAFKA_CONF_OK) {
-            snprintf(err, errlen, "kafka: %.400s", e);
-            goto fail;
-        }
-    }
-    for (size_t i = 0; i < c->n_kafka_conf; i++) {
-        char *k = ab_strdup(c->kafka_conf[i]);
-        char *eq = strchr(k, '=');
-        int bad = eq == NULL;
-        if (eq) {
-            *eq = '\0';
-            bad = rd_kafka_conf_set(conf, k, eq + 1, e, sizeof(e)) != RD_KAFKA_CONF_OK;
-        }
-        if (bad) {
-            snprintf(err, errlen, "--kafka-conf %.100s: %.300s", k, eq ? e : "not key=value");
-        }
-        free(k);
-        if (bad) {
-            goto fail;
-        }
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof(e));
-    if (rk == NULL) {
-        snprintf(err, errlen, "kafka: cannot create a consumer: %.400s", e);
-        goto fail;
-    }
-    return rk; /* rd_kafka_new() took the conf */
-fail:
-    rd_kafka_conf_destroy(conf);
-    return NULL;
-}
-
 /* The partition count of topic: > 0, 0 while the topic does not exist, -1 when the
  * brokers cannot be reached (err filled). */
 static int kafka_partitions(rd_kafka_t *rk, const char *topic, int timeout_ms, char *err,
@@ -471,7 +420,7 @@ static int kafka_loop(const struct waiter *w, rd_kafka_t *rk, const char *topic,
 static int wait_kafka(const struct waiter *w, const struct ab_cli_sinkcfg *c, const char *topic)
 {
     char err[512] = "";
-    rd_kafka_t *rk = kafka_consumer(c, err, sizeof(err));
+    rd_kafka_t *rk = ab_cli_kafka_consumer(c, "almabridge-wait", err, sizeof(err));
     if (rk == NULL) {
         fprintf(stderr, "almabridge wait: %s\n", err);
         return AB_EXIT_USAGE;
@@ -487,102 +436,6 @@ static int wait_kafka(const struct waiter *w, const struct ab_cli_sinkcfg *c, co
 }
 
 /* ---- Redis ------------------------------------------------------------------------- */
-
-struct redis_target {
-    char *host, *user, *password;
-    int port, db;
-};
-
-static void redis_target_free(struct redis_target *t)
-{
-    free(t->host);
-    free(t->user);
-    if (t->password) {
-        memset(t->password, 0, strlen(t->password));
-    }
-    free(t->password);
-}
-
-static char *uridecode(const char *s, size_t n)
-{
-    char *raw = ab_strndup(s, n);
-    char *dec = evhttp_uridecode(raw, 0, NULL);
-    free(raw);
-    char *out = ab_strdup(dec ? dec : "");
-    free(dec);
-    return out;
-}
-
-/* redis://[[user]:password@]host[:port][/db] */
-static int redis_parse(const char *url, struct redis_target *t, char *err, size_t errlen)
-{
-    struct evhttp_uri *u = evhttp_uri_parse_with_flags(url, 0);
-    int rc = -1;
-    memset(t, 0, sizeof(*t));
-    if (u == NULL || evhttp_uri_get_scheme(u) == NULL ||
-        strcmp(evhttp_uri_get_scheme(u), "redis") != 0 || evhttp_uri_get_host(u) == NULL) {
-        snprintf(err, errlen, "--redis: not a redis://[[user]:password@]host[:port][/db] URL");
-        goto done;
-    }
-    const char *h = evhttp_uri_get_host(u);
-    size_t hl = strlen(h);
-    t->host = h[0] == '[' ? ab_strndup(h + 1, hl - 2) : ab_strdup(h);
-    t->port = evhttp_uri_get_port(u) > 0 ? evhttp_uri_get_port(u) : 6379;
-    const char *path = evhttp_uri_get_path(u);
-    t->db = path && path[0] == '/' && path[1] ? atoi(path + 1) : 0;
-    const char *ui = evhttp_uri_get_userinfo(u);
-    if (ui != NULL) {
-        const char *colon = strchr(ui, ':');
-        if (colon == NULL) {
-            t->password = uridecode(ui, strlen(ui));
-        } else {
-            t->user = colon > ui ? uridecode(ui, (size_t)(colon - ui)) : NULL;
-            t->password = uridecode(colon + 1, strlen(colon + 1));
-        }
-    }
-    rc = 0;
-done:
-    if (u) {
-        evhttp_uri_free(u);
-    }
-    return rc;
-}
-
-/* A blocking connection, authenticated and on its database; NULL with err. */
-static redisContext *redis_dial(const struct redis_target *t, char *err, size_t errlen)
-{
-    struct timeval tv = {5, 0};
-    redisContext *rc = redisConnectWithTimeout(t->host, t->port, tv);
-    redisReply *r = NULL;
-    if (rc == NULL || rc->err) {
-        snprintf(err, errlen, "cannot connect to %s:%d: %s", t->host, t->port,
-                 rc ? rc->errstr : "out of memory");
-        goto fail;
-    }
-    redisSetTimeout(rc, tv);
-    if (t->password) {
-        r = t->user ? redisCommand(rc, "AUTH %s %s", t->user, t->password)
-                    : redisCommand(rc, "AUTH %s", t->password);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "authentication failed: %s", r ? r->str : rc->errstr);
-            goto fail;
-        }
-        freeReplyObject(r);
-    }
-    r = redisCommand(rc, "SELECT %d", t->db);
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "SELECT %d: %s", t->db, r ? r->str : rc->errstr);
-        goto fail;
-    }
-    freeReplyObject(r);
-    return rc;
-fail:
-    if (r) {
-        freeReplyObject(r);
-    }
-    redisFree(rc);
-    return NULL;
-}
 
 /* Consider each entry of a stream reply ([[id, [field, value, ...]], ...]); remembers the
  * last id in last. */
@@ -652,14 +505,14 @@ static int redis_read(const struct waiter *w, redisContext *rc, const char *stre
 
 static int wait_redis(const struct waiter *w, const struct ab_cli_sinkcfg *c, const char *stream)
 {
-    struct redis_target t;
+    struct ab_cli_redis t;
     char err[512] = "", last[64];
     int ranged = 0, rc = AB_EXIT_USAGE;
     snprintf(last, sizeof(last), "%" PRId64 "-0", w->from_ms > 0 ? w->from_ms : 0);
-    if (redis_parse(c->redis_url, &t, err, sizeof(err)) != 0) {
+    if (ab_cli_redis_parse(c->redis_url, &t, err, sizeof(err)) != 0) {
         goto done;
     }
-    redisContext *ctx = redis_dial(&t, err, sizeof(err));
+    redisContext *ctx = ab_cli_redis_dial(&t, err, sizeof(err));
     if (ctx == NULL) {
         goto done;
     }
@@ -673,7 +526,7 @@ static int wait_redis(const struct waiter *w, const struct ab_cli_sinkcfg *c, co
         fprintf(stderr, "almabridge wait: redis: %s; reconnecting\n", err);
         while (ctx == NULL && remaining_ms(w) > 0) { /* the daemon's Redis restarts */
             sleep_ms(remaining_ms(w) < 1000 ? remaining_ms(w) : 1000);
-            ctx = redis_dial(&t, err, sizeof(err));
+            ctx = ab_cli_redis_dial(&t, err, sizeof(err));
         }
         if (ctx == NULL) {
             rc = timed_out(w);
@@ -685,7 +538,7 @@ done:
         fprintf(stderr, "almabridge wait: redis %s:%d, stream %s: %s\n", t.host ? t.host : "?",
                 t.port, stream, err);
     }
-    redis_target_free(&t);
+    ab_cli_redis_free(&t);
     return rc;
 }
 
