@@ -22,11 +22,13 @@
 #include "acl.h"
 #include "cli.h"
 #include "config.h"
+#include "eventlog.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
+#include "probe.h"
 #include "route.h"
 #include "signature.h"
 #include "sink.h"
@@ -140,12 +142,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Main thread: SIGHUP. Reload the secret file and the TLS certificate; a failed reload
- * keeps everything as it was. */
+/* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
+ * reload the secret file and the TLS certificate; a failed reload keeps everything as it
+ * was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
+    ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     if (s && d->cfg.tls_cert) {
@@ -352,6 +356,10 @@ int main(int argc, char **argv)
     static struct daemon d;
     char err[1024] = "";
     run_subcommand(argc, argv);
+    int probe = ab_probe_main(argc, argv, environ);
+    if (probe >= 0) {
+        return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
+    }
     d.env_secret = take_env_secret();
     if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
