@@ -126,6 +126,37 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Files of a log directory that may hold events: not hidden, not the writer's lock file,
+ * not a torn tail moved aside (sinks/eventlog.c). */
+static int is_segment_name(const char *name)
+{
+    return name[0] != '.' && strcmp(name, "lock") != 0 && !ends_with(name, ".lock") &&
+           !ends_with(name, ".torn");
+}
+
+/* When the directory holds eventlog segments ("<20 digits>.seg"), only those. */
+static void only_seg_files(struct input *in)
+{
+    size_t w = 0, segs = 0;
+    for (size_t i = 0; i < in->n; i++) {
+        segs += ends_with(in->paths[i], ".seg");
+    }
+    for (size_t i = 0; i < in->n; i++) {
+        if (segs == 0 || ends_with(in->paths[i], ".seg")) {
+            in->paths[w++] = in->paths[i];
+        } else {
+            free(in->paths[i]);
+        }
+    }
+    in->n = w;
+}
+
 static int input_open(struct input *in, const char *from, char *err, size_t errlen)
 {
     struct stat st;
@@ -146,7 +177,7 @@ static int input_open(struct input *in, const char *from, char *err, size_t errl
     }
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         char *p = ab_asprintf("%s/%s", from, e->d_name);
-        if (e->d_name[0] != '.' && stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
+        if (is_segment_name(e->d_name) && stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
             in->paths = ab_realloc(in->paths, (in->n + 1) * sizeof(char *));
             in->paths[in->n++] = p;
         } else {
@@ -154,6 +185,7 @@ static int input_open(struct input *in, const char *from, char *err, size_t errl
         }
     }
     closedir(d);
+    only_seg_files(in);
     qsort(in->paths, in->n, sizeof(char *), cmp_str);
     return 0;
 }
