@@ -148,3 +148,12 @@ def test_shell_pipeline_runs_a_job_and_waits(daemon, status, code):
         assert str(ev["data"]["job_instance"]["id"]) in err  # "instance N started"
     finally:
         alma.close()
+
+
+def test_readme_has_the_pipeline_section_with_the_shell_example():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Waiting for a job in a pipeline")[1].split("\n## ")[0]
+    assert "almabridge wait --job-instance" in section
+    assert "examples/run_job_and_wait.sh" in section
+    assert os.path.exists(os.path.join(ROOT, "docs", "airflow.md"))
+    assert "Untested" in open(os.path.join(ROOT, "docs", "airflow.md")).read()
