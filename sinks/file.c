@@ -23,10 +23,10 @@
 
 #include <event2/event.h>
 
-#include "config.h"
+#include "file.h"
 #include "log.h"
 #include "mem.h"
-#include "sink.h"
+#include "pending.h"
 
 struct file_sink;
 
@@ -34,8 +34,7 @@ struct file_job {
     struct file_job *next;      /* writer queue / completion list */
     struct file_job *prev_o, *next_o; /* the instance's outstanding list */
     struct file_sink *inst;
-    ab_sink_done_cb cb; /* NULL once completed by close() */
-    void *opaque;
+    struct ab_pending_req *req; /* NULL once close() gave up on the job */
     int status;
     size_t len;
     char data[]; /* the line, newline included */
@@ -58,6 +57,7 @@ struct file_sink {
     struct ab_sink base;
     struct file_shared *sh;
     struct event *done_ev;
+    struct ab_pending *pending;      /* the deadline and the callbacks (loop thread) */
     pthread_mutex_t mu;              /* guards done list, outstanding list, closed */
     struct file_job *done, **done_tail;
     struct file_job *outstanding;    /* jobs submitted and not yet handed back */
@@ -123,7 +123,7 @@ static void complete_batch(struct file_job *batch, int status)
         if (j->next_o) {
             j->next_o->prev_o = j->prev_o;
         }
-        if (j->cb == NULL) {
+        if (j->req == NULL) {
             /* completed by close() already: the loop may be gone, so do not wake it */
             pthread_mutex_unlock(&fs->mu);
             free(j);
@@ -175,18 +175,19 @@ static void *writer_main(void *arg)
     return NULL;
 }
 
-static int file_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+static int file_global_init(const struct ab_sink_conf *conf, void **shared, char *errstr,
                             size_t errlen)
 {
-    int fd = open(cfg->file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    const struct ab_file_conf *cfg = conf->opts;
+    int fd = open(cfg->path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0) {
-        snprintf(errstr, errlen, "file sink: cannot open %s: %s", cfg->file, strerror(errno));
+        snprintf(errstr, errlen, "file sink: cannot open %s: %s", cfg->path, strerror(errno));
         return -1;
     }
     struct file_shared *sh = ab_calloc(1, sizeof(*sh));
     sh->fd = fd;
-    sh->path = ab_strdup(cfg->file);
-    sh->do_sync = cfg->file_fsync;
+    sh->path = ab_strdup(cfg->path);
+    sh->do_sync = cfg->fsync;
     sh->tail = &sh->head;
     sh->synced = lseek(fd, 0, SEEK_END);
     pthread_mutex_init(&sh->mu, NULL);
@@ -234,15 +235,15 @@ static void on_done(evutil_socket_t fd, short what, void *arg)
     while (list) {
         struct file_job *j = list;
         list = j->next;
-        if (j->cb) {
-            j->cb(j->status, j->status == AB_SINK_OK ? NULL : "file write or fsync failed",
-                  j->opaque);
+        if (j->req) {
+            ab_pending_done(j->req, j->status,
+                            j->status == AB_SINK_OK ? NULL : "file write or fsync failed");
         }
         free(j);
     }
 }
 
-static struct ab_sink *file_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *file_open(const struct ab_sink_conf *conf, void *shared,
                                  struct event_base *base, char *errstr, size_t errlen)
 {
     struct file_sink *fs = ab_calloc(1, sizeof(*fs));
@@ -251,6 +252,7 @@ static struct ab_sink *file_open(const struct ab_config *cfg, void *shared,
     fs->done_tail = &fs->done;
     pthread_mutex_init(&fs->mu, NULL);
     fs->done_ev = event_new(base, -1, 0, on_done, fs);
+    fs->pending = ab_pending_new(base, conf->ack_timeout_ms);
     return &fs->base;
 }
 
@@ -264,8 +266,7 @@ static int file_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
     struct file_job *j = ab_malloc(sizeof(*j) + msg->value_len + 1);
     memset(j, 0, sizeof(*j));
     j->inst = fs;
-    j->cb = cb;
-    j->opaque = opaque;
+    j->req = ab_pending_add(fs->pending, cb, opaque, 0);
     memcpy(j->data, msg->value, msg->value_len);
     j->data[msg->value_len] = '\n';
     j->len = msg->value_len + 1;
@@ -302,7 +303,8 @@ static void file_describe(struct ab_sink *s, char *buf, size_t len)
 
 /* Loop thread, after its loop stopped: wait (bounded) for the writer to hand back every
  * outstanding job, run their callbacks, and complete any still stuck in a sync with
- * AB_SINK_CLOSED. Such jobs stay with the writer, which frees them when it is done. */
+ * AB_SINK_CLOSED (the pending list). Such jobs stay with the writer, which frees them when
+ * it is done. */
 static void file_close(struct ab_sink *s, int timeout_ms)
 {
     struct file_sink *fs = (struct file_sink *)s;
@@ -325,15 +327,12 @@ static void file_close(struct ab_sink *s, int timeout_ms)
     pthread_mutex_lock(&fs->mu);
     int stuck = fs->outstanding != NULL;
     for (struct file_job *j = fs->outstanding; j; j = j->next_o) {
-        if (j->cb) {
-            ab_sink_done_cb cb = j->cb;
-            j->cb = NULL;
-            pthread_mutex_unlock(&fs->mu);
-            cb(AB_SINK_CLOSED, "file sink closed before fsync returned", j->opaque);
-            pthread_mutex_lock(&fs->mu);
-        }
+        j->req = NULL; /* the writer frees the job; ab_pending_free frees the entry */
     }
     pthread_mutex_unlock(&fs->mu);
+    on_done(-1, 0, fs); /* handed back meanwhile */
+    ab_pending_close(fs->pending, AB_SINK_CLOSED, "file sink closed before fsync returned");
+    ab_pending_free(fs->pending);
     if (stuck) {
         /* The writer still holds jobs pointing at fs: leave fs allocated (a bounded leak
          * at exit only), never free what another thread will touch. */
