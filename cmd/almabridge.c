@@ -21,11 +21,13 @@
 
 #include "acl.h"
 #include "config.h"
+#include "eventlog.h"
 #include "http.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
+#include "probe.h"
 #include "route.h"
 #include "signature.h"
 #include "sink.h"
@@ -149,12 +151,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Main thread: SIGHUP. Reload the secret file and the TLS certificate; a failed reload
- * keeps everything as it was. */
+/* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
+ * reload the secret file and the TLS certificate; a failed reload keeps everything as it
+ * was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
+    ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     if (s && d->cfg.tls_cert) {
@@ -232,7 +236,8 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         d->sink_opts.redis = (struct ab_redis_conf){cfg->redis_url, cfg->redis_maxlen,
                                                     cfg->redis_wait};
     }
-    d->sink_conf = (struct ab_sink_conf){&d->sink_opts, cfg->ack_timeout_ms, cfg->max_body};
+    d->sink_conf = (struct ab_sink_conf){&d->sink_opts, cfg->ack_timeout_ms, cfg->max_body,
+                                         cfg->check_config};
     d->app.sink_conf = &d->sink_conf;
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
@@ -346,6 +351,10 @@ int main(int argc, char **argv)
 {
     static struct daemon d;
     char err[1024] = "";
+    int probe = ab_probe_main(argc, argv, environ);
+    if (probe >= 0) {
+        return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
+    }
     d.env_secret = take_env_secret();
     if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);

@@ -58,6 +58,7 @@ struct ab_sink_conf {
     const void *opts;    /* the backend's own configuration struct (ops->options) */
     long ack_timeout_ms; /* every submission's deadline (--ack-timeout) */
     long max_body;       /* the largest request body the front end accepts (--max-body) */
+    int check_only;      /* --check-config: validate and create nothing that lasts */
 };
 
 struct ab_sink {
