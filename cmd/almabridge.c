@@ -20,6 +20,7 @@
 #include <openssl/ssl.h>
 
 #include "acl.h"
+#include "cli.h"
 #include "config.h"
 #include "eventlog.h"
 #include "http.h"
@@ -347,10 +348,28 @@ static void shutdown_all(struct daemon *d)
     ab_config_free(&d->cfg);
 }
 
+/* `almabridge wait|send|challenge|replay ...` runs a subcommand (cmd/<name>.c); anything
+ * else, including no argument at all, is the daemon. */
+static int run_subcommand(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
+                {"replay", ab_cmd_replay}};
+    for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(argv[1], cmds[i].name) == 0) {
+            exit(cmds[i].run(argc - 1, argv + 1));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct daemon d;
     char err[1024] = "";
+    run_subcommand(argc, argv);
     int probe = ab_probe_main(argc, argv, environ);
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
