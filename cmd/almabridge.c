@@ -32,9 +32,6 @@
 #include "route.h"
 #include "signature.h"
 #include "sink.h"
-#include "sinks/file.h"
-#include "sinks/kafka.h"
-#include "sinks/redis.h"
 #include "sinks/registry.h"
 #include "tls.h"
 
@@ -43,12 +40,7 @@ extern char **environ;
 struct daemon {
     struct ab_config cfg;
     struct ab_app app;
-    struct ab_sink_conf sink_conf;
-    union {
-        struct ab_file_conf file;
-        struct ab_kafka_conf kafka;
-        struct ab_redis_conf redis;
-    } sink_opts;
+    struct ab_sink_setup sink; /* what the sink's global_init and open are given */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -228,18 +220,8 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
         return -1;
     }
-    if (d->app.sink_ops == &ab_sink_file) {
-        d->sink_opts.file = (struct ab_file_conf){cfg->file, cfg->file_fsync};
-    } else if (d->app.sink_ops == &ab_sink_kafka) {
-        d->sink_opts.kafka = (struct ab_kafka_conf){cfg->kafka_brokers, cfg->kafka_key,
-                                                    cfg->kafka_conf};
-    } else {
-        d->sink_opts.redis = (struct ab_redis_conf){cfg->redis_url, cfg->redis_maxlen,
-                                                    cfg->redis_wait};
-    }
-    d->sink_conf = (struct ab_sink_conf){&d->sink_opts, cfg->ack_timeout_ms, cfg->max_body,
-                                         cfg->check_config};
-    d->app.sink_conf = &d->sink_conf;
+    ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
+    d->app.sink_conf = &d->sink.conf;
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
@@ -272,7 +254,7 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         n = 1;
     }
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->sink_conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(&d->sink.conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
     struct ab_shared_secrets *ss = ab_shared_secrets_new(secrets);
@@ -308,7 +290,7 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     char err[1024];
     void *shared = NULL;
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->sink_conf, &shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(&d->sink.conf, &shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (d->app.sink_ops->global_free) {
