@@ -363,6 +363,9 @@ int main(int argc, char **argv)
     ab_config_scrub_argv(argc, argv);
     if (d.cfg.help) {
         ab_config_usage(stdout);
+        printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
+               "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
+               "broker).\n");
         return 0;
     }
     if (d.cfg.version) {
