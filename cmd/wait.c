@@ -36,6 +36,7 @@
 #include "mem.h"
 #include "route.h"
 #include "sink.h"
+#include "sinks/registry.h"
 
 #define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
 #define NO_MATCH (-1)
