@@ -357,12 +357,12 @@ int main(int argc, char **argv)
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
     d.env_secret = take_env_secret();
-    if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
+    if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     if (d.cfg.help) {
-        ab_config_usage(stdout);
+        ab_config_usage(ab_sinks, stdout);
         printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
                "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
                "broker).\n");
