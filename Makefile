@@ -26,7 +26,7 @@ TOOLS_SRC := $(wildcard tests/tools/*.c)
 TOOLS_BIN := $(TOOLS_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 
-.PHONY: all setup setup-test test unit e2e run clean format fuzz bench docs
+.PHONY: all setup setup-test setup-fuzz test unit e2e run clean format fuzz fuzz-long bench docs
 .SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
@@ -101,8 +101,18 @@ run: $(BUILD)/almabridge
 	@echo "  curl -sS -H 'Content-Type: application/json' -H \"X-Exl-Signature: \$$sig\" --data-binary @\$$body http://127.0.0.1:8080/webhook"
 	ALMABRIDGE_SECRET=demo-secret ./$(BUILD)/almabridge
 
-fuzz:
+# libFuzzer drivers with ASan+UBSan (tests/fuzz/README.md); `make fuzz-long` runs each for
+# 10 million executions, one after another, under nice. `make test` needs neither: it replays
+# the corpora with gcc builds of the same drivers.
+FUZZ_DEBS := clang libfuzzer-14-dev libclang-rt-14-dev
+setup-fuzz:
+	$(call apt_install,$(FUZZ_DEBS))
+
+fuzz: setup-fuzz
 	$(MAKE) -C tests/fuzz
+
+fuzz-long: fuzz
+	$(MAKE) -C tests/fuzz long
 
 # Regenerate the README's option reference from the option table.
 docs: $(BUILD)/tools/options_md

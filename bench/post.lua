@@ -23,6 +23,12 @@ wrk.path = os.getenv("BENCH_PATH") or "/webhook"
 wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Exl-Signature"] = sig
+-- wrk adds a Host header in its own init, after this file has run: a request formatted here
+-- would have none, and an HTTP/1.1 request without Host is a 400 (RFC 9112 section 3.2).
+if wrk.headers["Host"] == nil then
+  local host = wrk.host:find(":") and ("[" .. wrk.host .. "]") or wrk.host
+  wrk.headers["Host"] = wrk.port and (host .. ":" .. wrk.port) or host
+end
 
 -- Pre-format the request once; wrk reuses it for every request on every connection.
 local req = wrk.format()

@@ -20,11 +20,14 @@
 #include <openssl/ssl.h>
 
 #include "acl.h"
+#include "cli.h"
 #include "config.h"
+#include "eventlog.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
+#include "probe.h"
 #include "route.h"
 #include "server.h"
 #include "signature.h"
@@ -141,12 +144,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Main thread: SIGHUP. Reload the secret file and the TLS certificate; a failed reload
- * keeps everything as it was. */
+/* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
+ * reload the secret file and the TLS certificate; a failed reload keeps everything as it
+ * was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
+    ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     if (s && d->cfg.tls_cert) {
@@ -334,10 +339,32 @@ static void shutdown_all(struct daemon *d)
     ab_config_free(&d->cfg);
 }
 
+/* `almabridge wait|send|challenge|replay ...` runs a subcommand (cmd/<name>.c); anything
+ * else, including no argument at all, is the daemon. */
+static int run_subcommand(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
+                {"replay", ab_cmd_replay}};
+    for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(argv[1], cmds[i].name) == 0) {
+            exit(cmds[i].run(argc - 1, argv + 1));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct daemon d;
     char err[1024] = "";
+    run_subcommand(argc, argv);
+    int probe = ab_probe_main(argc, argv, environ);
+    if (probe >= 0) {
+        return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
+    }
     d.env_secret = take_env_secret();
     if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);

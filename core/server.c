@@ -1037,7 +1037,14 @@ void ab_worker_run(struct ab_worker *w)
     w->ready = 0;
     /* Stopped: close the sink on this thread (its close() completes what is left, whose
      * callbacks answer their requests), then give the answers a moment to go out. */
-    ab_webhook_close_sink(w->webhook, (int)(w->cfg->shutdown_timeout_s * 1000));
+    /* what is left of --shutdown-timeout (the drain used the rest), so that the process
+     * exits within it whatever the sink does */
+    long ms = w->cfg->shutdown_timeout_s * 1000;
+    if (w->stopping) {
+        ms = ((long)(w->stop_deadline - time(NULL))) * 1000;
+        ms = ms < 0 ? 0 : ms;
+    }
+    ab_webhook_close_sink(w->webhook, (int)ms);
     struct timeval tv = {0, 300000};
     event_base_loopexit(w->base, &tv);
     event_base_dispatch(w->base);

@@ -1,0 +1,180 @@
+/* almabridge --probe [URL]: ask a running almabridge whether it is ready, for a container's
+ * HEALTHCHECK (the image has no curl). Without a URL it follows the daemon's own
+ * configuration: GET /readyz on --listen (0.0.0.0 and [::] become the loopback address),
+ * over TLS when --tls-cert is set. Exit 0 when the answer is 2xx, 1 otherwise. */
+#include "probe.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+
+#include "config.h"
+#include "mem.h"
+
+struct url {
+    int tls;
+    char hostport[300]; /* for BIO_new_connect: host:port, [v6]:port */
+    char path[512];
+};
+
+static void on_alarm(int sig)
+{
+    static const char msg[] = "almabridge --probe: no answer in time\n";
+    (void)sig;
+    ssize_t n = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)n;
+    _exit(1);
+}
+
+/* http[s]://HOST[:PORT][/PATH] into u; the path defaults to /readyz. */
+static int parse_url(const char *s, struct url *u)
+{
+    const char *rest = NULL;
+    if (strncmp(s, "http://", 7) == 0) {
+        rest = s + 7;
+        u->tls = 0;
+    } else if (strncmp(s, "https://", 8) == 0) {
+        rest = s + 8;
+        u->tls = 1;
+    } else {
+        return -1;
+    }
+    size_t hlen = strcspn(rest, "/");
+    if (hlen == 0 || hlen >= sizeof(u->hostport) - 6) {
+        return -1;
+    }
+    const char *colon = memrchr(rest, ':', hlen);
+    const char *bracket = memrchr(rest, ']', hlen);
+    int has_port = colon && (!bracket || colon > bracket);
+    snprintf(u->hostport, sizeof(u->hostport), "%.*s%s", (int)hlen, rest,
+             has_port ? "" : (u->tls ? ":443" : ":80"));
+    snprintf(u->path, sizeof(u->path), "%s", rest[hlen] ? rest + hlen : "/readyz");
+    return 0;
+}
+
+/* The URL of /readyz from the daemon's configuration (argv without --probe, environment,
+ * config file). */
+static int url_from_config(int argc, char **argv, char **envp, struct url *u)
+{
+    struct ab_config cfg;
+    char err[512];
+    if (ab_config_load(&cfg, argc, argv, envp, err, sizeof(err)) != AB_CONFIG_OK) {
+        fprintf(stderr, "almabridge --probe: %s\n", err);
+        return -1;
+    }
+    const char *colon = strrchr(cfg.listen, ':');
+    const char *port = colon ? colon + 1 : "8080";
+    int hlen = colon ? (int)(colon - cfg.listen) : (int)strlen(cfg.listen);
+    const char *host = cfg.listen;
+    if (hlen == 0 || (hlen == 7 && strncmp(host, "0.0.0.0", 7) == 0)) {
+        host = "127.0.0.1";
+        hlen = 9;
+    } else if (hlen == 4 && strncmp(host, "[::]", 4) == 0) {
+        host = "[::1]";
+        hlen = 5;
+    }
+    u->tls = cfg.tls_cert != NULL;
+    snprintf(u->hostport, sizeof(u->hostport), "%.*s:%s", hlen, host, port);
+    snprintf(u->path, sizeof(u->path), "/readyz");
+    ab_config_free(&cfg);
+    return 0;
+}
+
+/* One GET with Connection: close; returns the HTTP status, or -1. The certificate is not
+ * verified: the probe asks its own process, usually over the loopback interface. */
+static int http_get(const struct url *u)
+{
+    int status = -1;
+    SSL_CTX *ctx = NULL;
+    BIO *bio = BIO_new_connect(u->hostport);
+    if (bio == NULL) {
+        goto done;
+    }
+    if (u->tls) {
+        ctx = SSL_CTX_new(TLS_client_method());
+        BIO *ssl = ctx ? BIO_new_ssl(ctx, 1) : NULL;
+        if (ssl == NULL) {
+            goto done;
+        }
+        bio = BIO_push(ssl, bio);
+    }
+    if (BIO_do_connect(bio) <= 0) {
+        fprintf(stderr, "almabridge --probe: cannot connect to %s\n", u->hostport);
+        goto done;
+    }
+    char req[1024];
+    int n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: almabridge-probe\r\n"
+                     "Connection: close\r\n\r\n",
+                     u->path, u->hostport);
+    if (BIO_write(bio, req, n) != n || BIO_flush(bio) <= 0) {
+        goto done;
+    }
+    char head[256];
+    int got = 0, r;
+    while (got < (int)sizeof(head) - 1 && (r = BIO_read(bio, head + got, (int)sizeof(head) - 1 - got)) > 0) {
+        got += r;
+        if (memchr(head, '\n', (size_t)got)) {
+            break;
+        }
+    }
+    head[got] = '\0';
+    if (sscanf(head, "HTTP/1.%*d %d", &status) != 1) {
+        fprintf(stderr, "almabridge --probe: no HTTP answer from %s\n", u->hostport);
+        status = -1;
+    }
+done:
+    BIO_free_all(bio);
+    SSL_CTX_free(ctx);
+    return status;
+}
+
+int ab_probe_main(int argc, char **argv, char **envp)
+{
+    const char *given = NULL;
+    int found = 0, n = 0;
+    char **rest = ab_calloc((size_t)argc + 1, sizeof(*rest));
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--probe") == 0) {
+            found = 1;
+            if (i + 1 < argc && strstr(argv[i + 1], "://")) {
+                given = argv[++i];
+            }
+        } else if (strncmp(argv[i], "--probe=", 8) == 0) {
+            found = 1;
+            given = argv[i] + 8;
+        } else {
+            rest[n++] = argv[i];
+        }
+    }
+    int rc = -1;
+    if (!found) {
+        goto done;
+    }
+    rc = 1;
+    struct url u;
+    if (given && parse_url(given, &u) != 0) {
+        fprintf(stderr, "almabridge --probe: not an http:// or https:// URL: %s\n", given);
+        goto done;
+    }
+    if (!given && url_from_config(n, rest, envp, &u) != 0) {
+        goto done;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGALRM, on_alarm);
+    alarm(AB_PROBE_TIMEOUT_S);
+    int status = http_get(&u);
+    alarm(0);
+    if (status > 0) {
+        printf("%s%s%s: %d\n", u.tls ? "https://" : "http://", u.hostport, u.path, status);
+    }
+    rc = status >= 200 && status < 300 ? 0 : 1;
+done:
+    free(rest);
+    return rc;
+}
