@@ -334,6 +334,7 @@ static int parse_field(char *line, struct ab_http_head *h, int *hosts, char *err
 int ab_http_parse_head(char *buf, size_t len, struct ab_http_head *h, char *err, size_t errlen)
 {
     memset(h, 0, offsetof(struct ab_http_head, fields));
+    h->n_fields = 0;
     h->content_length = -1;
     long lead = leading_empty_lines(buf, len);
     char *p = buf + (lead > 0 ? lead : 0), *end = buf + len;
