@@ -25,6 +25,8 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOLS_SRC := $(wildcard tests/tools/*.c)
 TOOLS_BIN := $(TOOLS_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
+# ThreadSanitizer builds link the C11-threads shim into every binary (tests/shim).
+SAN_OBJ   := $(if $(filter thread,$(SANITIZER)),$(BUILD)/obj/tests/shim/tsan_c11threads.o)
 
 .PHONY: all setup setup-test setup-fuzz test unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs
 .SECONDARY:
@@ -33,7 +35,7 @@ all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
 
 CMD_OBJ   := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cmd/*.c))
 
-$(BUILD)/almabridge: $(CMD_OBJ) $(BUILD)/libalmabridge.a
+$(BUILD)/almabridge: $(CMD_OBJ) $(SAN_OBJ) $(BUILD)/libalmabridge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/libalmabridge.a: $(CORE_OBJ)
@@ -44,11 +46,11 @@ $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libalmabridge.a
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(SAN_OBJ) $(BUILD)/libalmabridge.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(BUILD)/libalmabridge.a
+$(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(SAN_OBJ) $(BUILD)/libalmabridge.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 

@@ -32,6 +32,7 @@
 #include "server.h"
 #include "signature.h"
 #include "sink.h"
+#include "sinks/registry.h"
 #include "tls.h"
 
 extern char **environ;
@@ -39,6 +40,7 @@ extern char **environ;
 struct daemon {
     struct ab_config cfg;
     struct ab_app app;
+    struct ab_sink_setup sink; /* what the sink's global_init and open are given */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -219,19 +221,14 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
         return -1;
     }
+    ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
+    d->app.sink_conf = &d->sink.conf;
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
     if (d->app.route == NULL) {
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
-    }
-    if (cfg->kafka_key && *cfg->kafka_key) {
-        d->app.key = ab_route_compile(cfg->kafka_key, rerr, sizeof(rerr));
-        if (d->app.key == NULL) {
-            snprintf(err, errlen, "--kafka-key: %s", rerr);
-            return -1;
-        }
     }
     if (cfg->allow.n && !(d->app.allow = ab_acl_new((const char *const *)cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
         snprintf(err, errlen, "--allow: %s", rerr);
@@ -258,7 +255,7 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         n = 1;
     }
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(cfg, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(&d->sink.conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
@@ -287,7 +284,6 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
 static void app_free(struct ab_app *app)
 {
     ab_route_free(app->route);
-    ab_route_free(app->key);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
 }
@@ -299,7 +295,7 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     char err[1024];
     void *shared = NULL;
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->cfg, &shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(&d->sink.conf, &shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (d->app.sink_ops->global_free) {
@@ -372,6 +368,9 @@ int main(int argc, char **argv)
     ab_config_scrub_argv(argc, argv);
     if (d.cfg.help) {
         ab_config_usage(stdout);
+        printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
+               "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
+               "broker).\n");
         return 0;
     }
     if (d.cfg.version) {

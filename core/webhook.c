@@ -8,7 +8,6 @@
 #include <strings.h>
 #include <time.h>
 
-#include <event2/event.h>
 
 #include "acl.h"
 #include "config.h"
@@ -25,7 +24,6 @@
 struct ab_webhook {
     struct ab_app *app;
     const struct ab_config *cfg;
-    struct event_base *base;
     struct ab_metrics *metrics;
     struct ab_sink *sink;
     struct ab_secrets *secrets;
@@ -33,12 +31,12 @@ struct ab_webhook {
     long inflight; /* webhooks of this worker waiting on the sink */
 };
 
-/* One webhook waiting on the sink. Freed when the sink's callback runs (exactly once, by
- * the contract), also when the ack timer has already answered 503. */
+/* One webhook waiting on the sink. Freed when the sink's callback runs: exactly once, by
+ * the contract, at the latest when --ack-timeout expires (the sink's pending list owns
+ * that deadline, core/pending.h). */
 struct pending {
     struct ab_webhook *wh;
-    struct ab_req *req; /* NULL once answered */
-    struct event *timer;
+    struct ab_req *req;
     struct ab_event *ev;
     struct timespec start;
 };
@@ -70,14 +68,6 @@ static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_even
     ab_req_answer(r, &a);
 }
 
-static void pending_answer(struct pending *p, int status, const char *err)
-{
-    if (p->req) {
-        answer(p->wh, p->req, p->ev, status, err);
-        p->req = NULL;
-    }
-}
-
 /* ---- the sink: the only code that calls it ------------------------------------------ */
 
 /* Loop thread: the sink's completion (exactly once per accepted submit). */
@@ -87,16 +77,18 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     struct ab_webhook *wh = p->wh;
     ab_metrics_ack(wh->metrics, elapsed_s(&p->start), status == AB_SINK_OK);
     if (status == AB_SINK_OK) {
-        pending_answer(p, 200, NULL);
+        answer(wh, p->req, p->ev, 200, NULL);
+    } else if (status == AB_SINK_TOO_BIG) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "the event can never be stored by the %s sink: %s",
+                 wh->app->sink_ops->name, errstr ? errstr : "too big");
+        answer(wh, p->req, p->ev, 413, msg);
     } else {
         char msg[256];
         snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
                  wh->app->sink_ops->name, ab_sink_status_str(status), errstr ? ": " : "",
                  errstr ? errstr : "");
-        pending_answer(p, 503, msg);
-    }
-    if (p->timer) {
-        event_free(p->timer);
+        answer(wh, p->req, p->ev, 503, msg);
     }
     ab_event_free(p->ev);
     free(p);
@@ -104,19 +96,8 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     atomic_fetch_sub(&ab_metrics_g.inflight, 1);
 }
 
-/* Loop thread: --ack-timeout passed without an answer from the sink. Answer 503 now (Alma
- * gives up at 5 s and retries 5xx later); the pending stays until the sink's callback. */
-static void on_ack_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct pending *p = arg;
-    char msg[160];
-    snprintf(msg, sizeof(msg), "the %s sink did not acknowledge within %ld ms; retry later",
-             p->wh->app->sink_ops->name, p->wh->cfg->ack_timeout_ms);
-    pending_answer(p, 503, msg);
-}
-
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
- * on_sink_done or on_ack_timeout. Returns 0, or 503 with msg filled in (ev not taken). */
+ * on_sink_done. Returns 0, or 503 with msg filled in (ev not taken). */
 static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, char *msg,
                   size_t msglen)
 {
@@ -126,13 +107,11 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
         return 503;
     }
     char *route = ab_route_expand(wh->app->route, ev);
-    char *key = wh->app->key ? ab_route_expand(wh->app->key, ev) : NULL;
-    struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, key, ev->json, ev->json_len};
+    struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, NULL, ev->json, ev->json_len, ev};
     struct pending *p = ab_calloc(1, sizeof(*p));
     *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start};
     int rc = ab_sink_submit(wh->sink, &m, on_sink_done, p);
     free(route);
-    free(key);
     if (rc != 0) {
         char d[128] = "not ready";
         ab_webhook_sink_describe(wh, d, sizeof(d));
@@ -143,9 +122,6 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
     }
     wh->inflight++;
     atomic_fetch_add(&ab_metrics_g.inflight, 1);
-    struct timeval tv = {cfg->ack_timeout_ms / 1000, (cfg->ack_timeout_ms % 1000) * 1000};
-    p->timer = evtimer_new(wh->base, on_ack_timeout, p);
-    evtimer_add(p->timer, &tv);
     return 0;
 }
 
@@ -338,9 +314,8 @@ struct ab_webhook *ab_webhook_new(struct ab_app *app, struct event_base *base,
     struct ab_webhook *wh = ab_calloc(1, sizeof(*wh));
     wh->app = app;
     wh->cfg = app->cfg;
-    wh->base = base;
     wh->metrics = metrics;
-    wh->sink = app->sink_ops->open(app->cfg, app->sink_shared, base, errstr, errlen);
+    wh->sink = app->sink_ops->open(app->sink_conf, app->sink_shared, base, errstr, errlen);
     if (wh->sink == NULL) {
         free(wh);
         return NULL;

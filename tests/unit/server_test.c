@@ -54,7 +54,7 @@ static void on_mem_ack(evutil_socket_t fd, short what, void *arg)
     free(d);
 }
 
-static struct ab_sink *mem_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *mem_open(const struct ab_sink_conf *conf, void *shared,
                                 struct event_base *base, char *errstr, size_t errlen);
 static int mem_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                       void *opaque)
@@ -87,7 +87,7 @@ static const struct ab_sink_ops mem_ops = {
     .describe = mem_describe,
     .close = mem_close,
 };
-static struct ab_sink *mem_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *mem_open(const struct ab_sink_conf *conf, void *shared,
                                 struct event_base *base, char *errstr, size_t errlen)
 {
     struct mem_sink *s = calloc(1, sizeof(*s));
