@@ -65,6 +65,11 @@ static const struct ab_option options[] = {
     {.name = "trusted-proxy", .type = AB_OPT_LIST, .off = OFF(trusted_proxy), .check = check_cidr,
      .group = "HTTP", .metavar = "CIDR",
      .help = "proxies (e.g. the load balancer) whose X-Forwarded-For names the client"},
+    {.name = "proxy-header", .type = AB_OPT_STRING, .def = "x-forwarded-for",
+     .off = OFF(proxy_header), .choices = "x-forwarded-for|forwarded", .group = "HTTP",
+     .metavar = "x-forwarded-for|forwarded",
+     .help = "the header your --trusted-proxy writes (RFC 7239 Forwarded or "
+             "X-Forwarded-For); the other one is ignored"},
     /* TLS */
     {.name = "tls-cert", .type = AB_OPT_STRING, .off = OFF(tls_cert), .group = "TLS",
      .metavar = "FILE",
@@ -91,7 +96,16 @@ static const struct ab_option options[] = {
      .help = "largest accepted request head (request line and headers)"},
     {.name = "read-timeout", .type = AB_OPT_LONG, .def = "10", .min = 1, .max = 3600,
      .off = OFF(read_timeout_s), .group = "Limits", .metavar = "SECONDS",
-     .help = "time allowed to receive a request's headers and body"},
+     .help = "deadline for receiving a whole request (head and body), counted from its "
+             "first byte; then the connection is closed"},
+    {.name = "idle-timeout", .type = AB_OPT_LONG, .def = "5", .min = 1, .max = 3600,
+     .off = OFF(idle_timeout_s), .group = "Limits", .metavar = "SECONDS",
+     .help = "close a connection that has no request in progress (a new one, or kept "
+             "alive after an answer) after this long"},
+    {.name = "max-buffered", .type = AB_OPT_LONG, .def = "67108864", .min = 1, .max = LONG_MAX,
+     .off = OFF(max_buffered), .group = "Limits", .metavar = "BYTES",
+     .help = "request bodies held in memory, over all connections; a request that would "
+             "exceed it gets 503 with Retry-After"},
     {.name = "drain-grace", .type = AB_OPT_LONG, .def = "5", .min = 0, .max = 3600,
      .off = OFF(drain_grace_s), .group = "Limits", .metavar = "SECONDS",
      .help = "on SIGTERM, keep serving while /readyz reports not ready, so the load "
@@ -225,10 +239,14 @@ static void *field(const struct ab_config *cfg, const struct optview *vw,
     return base + o->off;
 }
 
-/* The values option o accepts ("a|b|c"), NULL for any. */
+/* The values option o accepts ("a|b|c"), NULL for any (also --sink when no sink was
+ * given to the loader: a test of the core alone). */
 static const char *choices_of(const struct optview *vw, const struct ab_option *o)
 {
-    return (o->flags & AB_OPT_SINK_NAME) ? vw->sink_names : o->choices;
+    if (o->flags & AB_OPT_SINK_NAME) {
+        return vw->sink_names[0] ? vw->sink_names : NULL;
+    }
+    return o->choices;
 }
 
 /* "ALMABRIDGE_KAFKA_BROKERS" for "kafka-brokers" into buf. */
