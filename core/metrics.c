@@ -341,6 +341,9 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
     gauge(&b, "almabridge_max_connections", "gauge",
           "The connection limit in effect (--max-connections capped by the open-file limit).",
           atomic_load(&g->max_connections));
+    gauge(&b, "almabridge_connections_evicted_total", "counter",
+          "Idle or incomplete connections closed at --max-connections to make room.",
+          atomic_load(&g->evicted));
     gauge(&b, "almabridge_buffered_bytes", "gauge",
           "Bytes of request bodies held in memory (limit: --max-buffered).",
           atomic_load(&g->buffered));

@@ -24,6 +24,7 @@ struct ab_metrics_global {
     atomic_long accept_pauses;    /* accept() failures (EMFILE...) that paused accepting */
     atomic_long label_overflow;   /* requests counted under action="other" at the cap */
     atomic_long max_connections;  /* the effective limit */
+    atomic_long evicted;          /* connections closed at the limit to make room */
 };
 extern struct ab_metrics_global ab_metrics_g;
 

@@ -43,8 +43,8 @@
 #define LINGER_MS 2000          /* read and drop after a closing answer, at most this long */
 #define BODY_CHUNK 65536        /* first allocation for a body of unknown or large size */
 #define ACCEPT_PAUSE_MS 100     /* after EMFILE and friends */
-#define FDS_PER_WORKER 16       /* event base, notify pipes, sink sockets and files */
-#define FDS_FIXED 64            /* stdio, listener, logs, librdkafka's own, spare */
+#define FDS_PER_WORKER 8        /* event base, notify pipes, sink sockets and files */
+#define FDS_FIXED 32            /* stdio, listener, main loop, logs, librdkafka's own, spare */
 
 enum conn_state { S_IDLE, S_HEAD, S_BODY, S_WAIT, S_CLOSING, S_LINGER };
 
@@ -85,7 +85,8 @@ struct ab_worker {
     int stopping;
     time_t stop_deadline;
     int ready, ready_known; /* this worker's share of ab_metrics_g.sink_ready */
-    struct ab_conn *conns;  /* every open connection */
+    struct ab_conn *conns;  /* every open connection, the least recently active first */
+    struct ab_conn *conns_tail;
     time_t date_at;
     char date[40];          /* the Date header value for date_at */
 };
@@ -93,10 +94,50 @@ struct ab_worker {
 static char empty_body[1]; /* the body of a request without one; never written */
 
 /* Lines a remote party can trigger repeatedly: at most one per interval each. */
-static struct ab_ratelimit rl_accept, rl_timeout, rl_buffered;
+static struct ab_ratelimit rl_accept, rl_timeout, rl_buffered, rl_evict;
 
 static void conn_process(struct ab_conn *c);
 static void conn_free(struct ab_conn *c);
+
+/* ---- the connection list, least recently active first -------------------------------- */
+
+static void list_unlink(struct ab_conn *c)
+{
+    struct ab_worker *w = c->w;
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else {
+        w->conns = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    } else {
+        w->conns_tail = c->prev;
+    }
+    c->prev = c->next = NULL;
+}
+
+static void list_append(struct ab_conn *c)
+{
+    struct ab_worker *w = c->w;
+    c->prev = w->conns_tail;
+    c->next = NULL;
+    if (w->conns_tail) {
+        w->conns_tail->next = c;
+    } else {
+        w->conns = c;
+    }
+    w->conns_tail = c;
+}
+
+/* c starts a request or goes idle: it is now the most recently active. */
+static void list_touch(struct ab_conn *c)
+{
+    if (c->w->conns_tail != c) {
+        list_unlink(c);
+        list_append(c);
+    }
+}
 
 /* ---- limits ----------------------------------------------------------------------- */
 
@@ -385,6 +426,7 @@ void ab_req_answer(struct ab_req *r, const struct ab_answer *a)
         conn_close_after_write(c);
     } else {
         c->state = S_IDLE;
+        list_touch(c);
         if (!c->busy) {
             conn_process(c);
         }
@@ -515,6 +557,7 @@ static int read_head(struct ab_conn *c)
     if (c->state == S_IDLE) {
         /* the first byte: the whole request is due within --read-timeout */
         c->state = S_HEAD;
+        list_touch(c);
         c->scanned = 0;
         c->req = ab_calloc(1, sizeof(*c->req));
         c->req->w = w;
@@ -759,7 +802,6 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 
 static void conn_free(struct ab_conn *c)
 {
-    struct ab_worker *w = c->w;
     if (c->req) {
         if (c->state == S_WAIT) {
             c->req->conn = NULL; /* its handler answers it later, to nobody */
@@ -767,14 +809,7 @@ static void conn_free(struct ab_conn *c)
             req_free(c->req);
         }
     }
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        w->conns = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
+    list_unlink(c);
     event_free(c->timer);
     bufferevent_free(c->bev);
     free(c);
@@ -818,22 +853,44 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t len)
     }
 }
 
-/* Loop thread: a new connection. At the connection limit, pause accepting (the kernel
- * backlog holds newcomers) until on_pause_tick sees room again; one that raced past the
- * limit on another thread is closed at once, so the limit holds exactly. */
+/* The connection to give up for a newcomer at the limit: the least recently active one
+ * of this worker that is idle or still receiving its request (one whose request is with
+ * its handler, or that is closing, is never taken). NULL if there is none. */
+static struct ab_conn *eviction_victim(struct ab_worker *w)
+{
+    for (struct ab_conn *c = w->conns; c; c = c->next) {
+        if (c->state == S_IDLE || c->state == S_HEAD || c->state == S_BODY) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* Loop thread: a new connection. At the connection limit the least recently active
+ * connection that has no request with a handler is closed to make room: clients that
+ * hold connections open without completing requests (slowloris) cannot keep a real
+ * webhook out. When there is no such connection, the newcomer is closed and accepting
+ * pauses briefly (the kernel backlog holds the next ones). Either way the number of
+ * connections never exceeds the limit. */
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                       int socklen, void *arg)
 {
     struct ab_worker *w = arg;
     long n = atomic_fetch_add(&ab_metrics_g.connections, 1) + 1;
     if (n > w->app->max_connections) {
-        atomic_fetch_sub(&ab_metrics_g.connections, 1);
-        evutil_closesocket(fd);
-        pause_accepting(w, 50);
-        return;
-    }
-    if (n == w->app->max_connections) {
-        pause_accepting(w, 50);
+        struct ab_conn *victim = eviction_victim(w);
+        if (victim == NULL) {
+            atomic_fetch_sub(&ab_metrics_g.connections, 1);
+            evutil_closesocket(fd);
+            pause_accepting(w, 50);
+            return;
+        }
+        atomic_fetch_add(&ab_metrics_g.evicted, 1);
+        ab_log_limited(&rl_evict, AB_LOG_WARN,
+                       "--max-connections (%ld) reached: closed the least recently active "
+                       "connection (from %s) for a new one",
+                       w->app->max_connections, victim->peer);
+        conn_free(victim);
     }
     struct ab_conn *c = ab_calloc(1, sizeof(*c));
     c->w = w;
@@ -846,11 +903,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
         c->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
     c->timer = evtimer_new(w->base, on_conn_timer, c);
-    c->next = w->conns;
-    if (w->conns) {
-        w->conns->prev = c;
-    }
-    w->conns = c;
+    list_append(c);
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, (size_t)w->cfg->max_headers_size + 16384);
     struct timeval wt = {w->cfg->read_timeout_s, 0};

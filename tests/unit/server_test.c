@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -694,6 +695,87 @@ static void test_oversize_and_header_limit(void)
     server_stop(s);
 }
 
+static void test_trickling_clients_do_not_starve_webhooks(void)
+{
+    struct server *s = server_start("--max-connections", "50", "--read-timeout", "30", NULL);
+    int fds[200];
+    for (int i = 0; i < 200; i++) {
+        fds[i] = dial(s);
+        send_str(fds[i], "P");
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 200; i++) {
+            send_str(fds[i], "O");
+        }
+        usleep(100000);
+    }
+    CHECK(atomic_load(&ab_metrics_g.connections) <= 50);
+    double t0 = now_s();
+    char head[512];
+    post_head(head, sizeof(head), BODY, NULL);
+    int fd = dial(s);
+    send_str(fd, head);
+    send_str(fd, BODY);
+    char *a = read_answer(fd, 5);
+    CHECK(status_of(a) == 200);
+    CHECK(now_s() - t0 < 2);
+    free(a);
+    close(fd);
+    CHECK(atomic_load(&ab_metrics_g.evicted) >= 150);
+    for (int i = 0; i < 200; i++) {
+        close(fds[i]);
+    }
+    server_stop(s);
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Out of descriptors: accept() fails with EMFILE; the worker pauses instead of spinning,
+ * and serves again once descriptors are free. */
+static void test_emfile_pauses_accepting(void)
+{
+    struct server *s = server_start(NULL);
+    int socks[20];
+    for (int i = 0; i < 20; i++) {
+        socks[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    }
+    struct rlimit saved, low;
+    getrlimit(RLIMIT_NOFILE, &saved);
+    int lowest = dup(0);
+    close(lowest);
+    low = saved;
+    low.rlim_cur = (rlim_t)lowest; /* no new descriptor can be made */
+    long pauses = atomic_load(&ab_metrics_g.accept_pauses);
+    setrlimit(RLIMIT_NOFILE, &low);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < 20; i++) {
+        connect(socks[i], (struct sockaddr *)&sa, sizeof(sa));
+    }
+    double cpu0 = cpu_seconds();
+    usleep(1000000);
+    double used = cpu_seconds() - cpu0;
+    setrlimit(RLIMIT_NOFILE, &saved);
+    CHECK(atomic_load(&ab_metrics_g.accept_pauses) > pauses);
+    CHECK(atomic_load(&ab_metrics_g.accept_pauses) - pauses < 30); /* ~10 per second */
+    CHECK(used < 0.3);
+    /* descriptors again: the connections waiting in the backlog are served */
+    send_str(socks[0], "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *a = read_answer(socks[0], 5);
+    CHECK(status_of(a) == 200);
+    free(a);
+    for (int i = 0; i < 20; i++) {
+        close(socks[i]);
+    }
+    server_stop(s);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -716,5 +798,7 @@ int main(void)
     RUN(test_rfc7239_forwarded);
     RUN(test_expect_continue);
     RUN(test_oversize_and_header_limit);
+    RUN(test_trickling_clients_do_not_starve_webhooks);
+    RUN(test_emfile_pauses_accepting);
     return TEST_SUMMARY();
 }
