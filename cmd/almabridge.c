@@ -32,6 +32,7 @@
 #include "route.h"
 #include "signature.h"
 #include "sink.h"
+#include "spool.h"
 #include "tls.h"
 
 extern char **environ;
@@ -218,6 +219,19 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
         return -1;
     }
+    if (cfg->spool) {
+        if (strcmp(d->app.sink_ops->name, "file") == 0) {
+            snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
+                                  "itself a local fsync'd log");
+            return -1;
+        }
+        if (cfg->spool_after_ms >= cfg->ack_timeout_ms) {
+            snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
+                     cfg->spool_after_ms, cfg->ack_timeout_ms);
+            return -1;
+        }
+        d->app.sink_ops = ab_spool_wrap(d->app.sink_ops);
+    }
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
@@ -342,7 +356,7 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));

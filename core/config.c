@@ -144,6 +144,20 @@ static const struct ab_option options[] = {
     {.name = "file-fsync", .type = OPT_BOOL, .def = "true", .off = OFF(file_fsync),
      .group = "Sink",
      .help = "file sink: fsync before acknowledging; false trades durability for speed"},
+    /* Spool (sinks/spool.c) */
+    {.name = "spool", .type = OPT_STRING, .off = OFF(spool), .group = "Spool", .metavar = "DIR",
+     .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
+             "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
+    {.name = "spool-after", .type = OPT_LONG, .def = "1500", .min = 1, .max = 60000,
+     .off = OFF(spool_after_ms), .group = "Spool", .metavar = "MS",
+     .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
+    {.name = "spool-max-bytes", .type = OPT_LONG, .def = "1073741824", .min = 1,
+     .max = LONG_MAX, .off = OFF(spool_max_bytes), .group = "Spool", .metavar = "BYTES",
+     .help = "the spool's size limit on disk; when full, 503 as without a spool"},
+    {.name = "spool-segment-bytes", .type = OPT_LONG, .def = "16777216", .min = 1,
+     .max = LONG_MAX, .off = OFF(spool_segment_bytes), .group = "Spool", .metavar = "BYTES",
+     .help = "start a new spool segment file after this many bytes (a segment is removed once "
+             "all its events were forwarded)"},
     /* Kafka */
     {.name = "kafka-brokers", .type = OPT_STRING, .def = "localhost:9092",
      .off = OFF(kafka_brokers), .group = "Kafka", .metavar = "HOST:PORT,...",

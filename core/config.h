@@ -40,6 +40,10 @@ struct ab_config {
     char *kafka_brokers;
     char *kafka_key; /* template; "" = no key */
     struct ab_strlist kafka_conf;
+    char *spool;              /* NULL = no spool */
+    long spool_after_ms;
+    long spool_max_bytes;
+    long spool_segment_bytes;
     char *redis_url;
     long redis_maxlen;
     long redis_wait;

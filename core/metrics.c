@@ -214,6 +214,18 @@ static void gauge(struct sb *b, const char *name, const char *type, const char *
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %ld\n", name, help, name, type, name, v);
 }
 
+static char *(*sources[4])(void);
+
+void ab_metrics_add_source(char *(*fn)(void))
+{
+    for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]); i++) {
+        if (sources[i] == NULL || sources[i] == fn) {
+            sources[i] = fn;
+            return;
+        }
+    }
+}
+
 char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name)
 {
     struct sb b = {ab_malloc(4096), 0, 4096};
@@ -236,5 +248,10 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
     sb_printf(&b, "almabridge_sink_ready{sink=\"%s\"} %ld\n", sink_name,
               atomic_load(&g->sink_ready));
     gauge(&b, "almabridge_workers", "gauge", "Worker threads.", atomic_load(&g->workers));
+    for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]) && sources[i]; i++) {
+        char *text = sources[i]();
+        sb_printf(&b, "%s", text);
+        free(text);
+    }
     return b.s;
 }
