@@ -32,6 +32,7 @@
 #include "route.h"
 #include "signature.h"
 #include "sink.h"
+#include "sinks/registry.h"
 #include "spool.h"
 #include "tls.h"
 
@@ -40,6 +41,9 @@ extern char **environ;
 struct daemon {
     struct ab_config cfg;
     struct ab_app app;
+    struct ab_sink_setup sink; /* what the sink's global_init and open are given */
+    struct ab_spool_conf spool;     /* --spool: the spool wraps the sink ... */
+    struct ab_sink_conf spool_conf; /* ... and is given this instead */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -219,6 +223,8 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
         return -1;
     }
+    ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
+    d->app.sink_conf = &d->sink.conf;
     if (cfg->spool) {
         if (strcmp(d->app.sink_ops->name, "file") == 0) {
             snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
@@ -230,7 +236,17 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
                      cfg->spool_after_ms, cfg->ack_timeout_ms);
             return -1;
         }
+        d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
+                                          .inner_conf = d->sink.conf,
+                                          .dir = cfg->spool,
+                                          .after_ms = cfg->spool_after_ms,
+                                          .max_bytes = cfg->spool_max_bytes,
+                                          .segment_bytes = cfg->spool_segment_bytes,
+                                          .route = cfg->route};
+        d->spool_conf = d->sink.conf;
+        d->spool_conf.opts = &d->spool;
         d->app.sink_ops = ab_spool_wrap(d->app.sink_ops);
+        d->app.sink_conf = &d->spool_conf;
     }
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
@@ -238,13 +254,6 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (d->app.route == NULL) {
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
-    }
-    if (cfg->kafka_key && *cfg->kafka_key) {
-        d->app.key = ab_route_compile(cfg->kafka_key, rerr, sizeof(rerr));
-        if (d->app.key == NULL) {
-            snprintf(err, errlen, "--kafka-key: %s", rerr);
-            return -1;
-        }
     }
     if (cfg->allow.n && !(d->app.allow = ab_acl_new((const char *const *)cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
         snprintf(err, errlen, "--allow: %s", rerr);
@@ -271,7 +280,7 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         n = 1;
     }
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(cfg, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(d->app.sink_conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
     struct ab_shared_secrets *ss = ab_shared_secrets_new(secrets);
@@ -296,7 +305,6 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
 static void app_free(struct ab_app *app)
 {
     ab_route_free(app->route);
-    ab_route_free(app->key);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
 }
@@ -308,7 +316,7 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     char err[1024];
     void *shared = NULL;
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->cfg, &shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(d->app.sink_conf, &shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (d->app.sink_ops->global_free) {
@@ -381,6 +389,9 @@ int main(int argc, char **argv)
     ab_config_scrub_argv(argc, argv);
     if (d.cfg.help) {
         ab_config_usage(stdout);
+        printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
+               "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
+               "broker).\n");
         return 0;
     }
     if (d.cfg.version) {

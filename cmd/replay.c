@@ -38,6 +38,7 @@
 #include "mem.h"
 #include "route.h"
 #include "sink.h"
+#include "sinks/registry.h"
 
 #define WINDOW 1000          /* events in flight at most */
 #define MAX_TRIES 5          /* attempts per event before the replay gives up */
@@ -247,6 +248,7 @@ struct replay {
     struct ab_sink *sink;
     void *shared;
     struct ab_config cfg;
+    struct ab_sink_setup setup; /* the sink's configuration, out of cfg */
     struct ab_cli_sinkcfg sc;
     struct ab_route *route, *key;
     struct input in;
@@ -690,11 +692,13 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
     if (input_open(&rp->in, from, err, errlen) != 0) {
         return -1;
     }
-    if (rp->ops->global_init && rp->ops->global_init(&rp->cfg, &rp->shared, err, errlen) != 0) {
+    ab_sink_setup_init(&rp->setup, &rp->cfg, rp->ops);
+    if (rp->ops->global_init &&
+        rp->ops->global_init(&rp->setup.conf, &rp->shared, err, errlen) != 0) {
         return -1;
     }
     rp->base = event_base_new();
-    if ((rp->sink = rp->ops->open(&rp->cfg, rp->shared, rp->base, err, errlen)) == NULL) {
+    if ((rp->sink = rp->ops->open(&rp->setup.conf, rp->shared, rp->base, err, errlen)) == NULL) {
         return -1;
     }
     return 0;

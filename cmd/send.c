@@ -14,6 +14,8 @@
  * the peer certificate is verified against the system's CAs (or --cacert) and the URL's
  * host name or IP address, unless --insecure. */
 #include <arpa/inet.h>
+#include <netdb.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -68,15 +70,13 @@ static void on_response(struct evhttp_request *req, void *arg)
         call->body[call->body_len] = '\0';
     } else if (call->err[0] == '\0') {
         unsigned long ssl_err = call->bev ? bufferevent_get_openssl_error(call->bev) : 0;
-        int sock_err = EVUTIL_SOCKET_ERROR();
         if (ssl_err) {
             char buf[256];
             ERR_error_string_n(ssl_err, buf, sizeof(buf));
             snprintf(call->err, sizeof(call->err), "TLS: %s", buf);
         } else {
-            snprintf(call->err, sizeof(call->err), "no answer (%s)",
-                     sock_err ? evutil_socket_error_to_string(sock_err)
-                              : "connection closed or timed out");
+            snprintf(call->err, sizeof(call->err),
+                     "no answer: connection refused, reset or closed");
         }
     }
     event_base_loopbreak(call->base);
@@ -85,7 +85,7 @@ static void on_response(struct evhttp_request *req, void *arg)
 static void on_request_error(enum evhttp_request_error e, void *arg)
 {
     struct http_call *call = arg;
-    static const char *const what[] = {"timed out", "connection closed (EOF)",
+    static const char *const what[] = {"timed out", "connection refused or closed without an answer",
                                        "connection error", "request cancelled",
                                        "answer malformed or too large"};
     unsigned long ssl_err = call->bev ? bufferevent_get_openssl_error(call->bev) : 0;
@@ -160,6 +160,14 @@ static int http_call(const char *url, enum evhttp_cmd_type method, const char *c
     size_t hl = strlen(host);
     snprintf(bare, sizeof(bare), "%.*s", host[0] == '[' ? (int)hl - 2 : (int)hl,
              host[0] == '[' ? host + 1 : host);
+    struct evutil_addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int gai = evutil_getaddrinfo(bare, NULL, &hints, &ai);
+    if (gai != 0) {
+        snprintf(call->err, sizeof(call->err), "cannot resolve %s: %s", bare,
+                 evutil_gai_strerror(gai));
+        goto done;
+    }
+    evutil_freeaddrinfo(ai);
     call->base = event_base_new();
     if (https && (ssl = tls_client(&ctx, bare, t, call->err, sizeof(call->err))) == NULL) {
         goto done;

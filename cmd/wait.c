@@ -36,6 +36,7 @@
 #include "mem.h"
 #include "route.h"
 #include "sink.h"
+#include "sinks/registry.h"
 
 #define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
 #define NO_MATCH (-1)
@@ -544,26 +545,37 @@ done:
 
 /* ---- the file sink's log ------------------------------------------------------------ */
 
+#define ROTATED_GRACE_MS 3000 /* keep reading a rotated-away file this long */
+
+/* One open file being read line by line. */
 struct follower {
-    const char *path;
     int fd;
     struct stat st; /* of the open file */
-    char *buf;
+    char *buf;      /* what was read and not yet considered (a partial last line) */
     size_t len, cap;
-    int following; /* 0 while reading what was there at the start */
 };
 
-static void follower_open(struct follower *f)
+static void follower_open(struct follower *f, const char *path)
 {
-    f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    f->fd = open(path, O_RDONLY | O_CLOEXEC);
     f->len = 0;
     if (f->fd >= 0) {
         fstat(f->fd, &f->st);
     }
 }
 
-/* Consider every complete line in the buffer; keeps a trailing partial line. */
-static int follower_lines(const struct waiter *w, struct follower *f, int64_t from_ms)
+static void follower_close(struct follower *f)
+{
+    if (f->fd >= 0) {
+        close(f->fd);
+    }
+    f->fd = -1;
+    f->len = 0;
+}
+
+/* Consider every complete line in the buffer; keeps a trailing partial line. `following`
+ * is 0 while reading what was there when the waiter started (arrival time unknown). */
+static int follower_lines(const struct waiter *w, struct follower *f, int following)
 {
     size_t start = 0;
     for (char *nl; (nl = memchr(f->buf + start, '\n', f->len - start)) != NULL;) {
@@ -573,10 +585,10 @@ static int follower_lines(const struct waiter *w, struct follower *f, int64_t fr
         char *t = TEXT(line, n, "time");
         int64_t when = parse_time_ms(t);
         free(t);
-        if (when >= 0 && when < from_ms) {
+        if (when >= 0 && when < w->from_ms) {
             continue; /* older than --since */
         }
-        int rc = consider(w, line, n, f->following ? ab_cli_now_ms() : -1);
+        int rc = consider(w, line, n, following ? ab_cli_now_ms() : -1);
         if (rc != NO_MATCH) {
             return rc;
         }
@@ -586,61 +598,92 @@ static int follower_lines(const struct waiter *w, struct follower *f, int64_t fr
     return NO_MATCH;
 }
 
-/* At the end of the file: has it been replaced (rotated) or truncated? Then start over. */
-static void follower_check_rotation(struct follower *f)
+/* Read f to its current end, considering each line. NO_MATCH or an exit code. */
+static int follower_drain(const struct waiter *w, struct follower *f, int following)
+{
+    int rc = NO_MATCH;
+    while (rc == NO_MATCH && f->fd >= 0) {
+        if (f->len == f->cap) {
+            f->cap *= 2;
+            f->buf = ab_realloc(f->buf, f->cap);
+        }
+        ssize_t n = read(f->fd, f->buf + f->len, f->cap - f->len);
+        if (n <= 0) {
+            break;
+        }
+        f->len += (size_t)n;
+        rc = follower_lines(w, f, following);
+    }
+    return rc;
+}
+
+/* At the end of the file: has the path been given to a new file (rotation: renamed away,
+ * then recreated by the daemon or by logrotate) or truncated (copytruncate)? A rotated file
+ * moves to *old, still read for ROTATED_GRACE_MS since the daemon may write its last lines
+ * there before it notices; the new file is read from its start. */
+static void follower_check_rotation(struct follower *f, struct follower *old,
+                                    int64_t *old_until, const char *path)
 {
     struct stat now;
     if (f->fd < 0) {
-        follower_open(f);
+        follower_open(f, path);
         return;
     }
-    if (stat(f->path, &now) != 0) {
-        return; /* renamed away and not yet recreated: keep the old one */
+    if (stat(path, &now) != 0) {
+        return; /* renamed away and not yet recreated: keep reading the old one */
     }
-    off_t pos = lseek(f->fd, 0, SEEK_CUR);
     if (now.st_ino != f->st.st_ino || now.st_dev != f->st.st_dev) {
-        close(f->fd);
-        follower_open(f);
-    } else if (now.st_size < pos) {
+        follower_close(old);
+        struct follower fresh = {.cap = old->cap, .buf = old->buf};
+        *old = *f;
+        *f = fresh;
+        follower_open(f, path);
+        *old_until = ab_cli_mono_ms() + ROTATED_GRACE_MS;
+    } else if (now.st_size < lseek(f->fd, 0, SEEK_CUR)) {
         lseek(f->fd, 0, SEEK_SET);
         f->len = 0;
     }
 }
 
+/* Scan the whole file, then follow it until a match or the deadline. A file that does not
+ * exist yet is waited for (the daemon creates it). */
 static int wait_file(const struct waiter *w, const struct ab_cli_sinkcfg *c)
 {
-    struct follower f = {.path = c->file, .fd = -1, .cap = 1 << 16};
-    int rc = NO_MATCH;
+    struct follower f = {.fd = -1, .cap = 1 << 16}, old = {.fd = -1, .cap = 1 << 16};
+    int64_t old_until = 0;
+    int rc, following = 0;
     f.buf = ab_malloc(f.cap);
-    follower_open(&f);
+    old.buf = ab_malloc(old.cap);
+    follower_open(&f, c->file);
     if (f.fd < 0 && errno != ENOENT) {
         fprintf(stderr, "almabridge wait: cannot read %s: %s\n", c->file, strerror(errno));
-        free(f.buf);
-        return AB_EXIT_USAGE;
+        rc = AB_EXIT_USAGE;
+        goto done;
     }
-    while (rc == NO_MATCH) {
-        if (f.len == f.cap) {
-            f.cap *= 2;
-            f.buf = ab_realloc(f.buf, f.cap);
+    for (;;) {
+        rc = follower_drain(w, &old, 1);
+        if (rc == NO_MATCH) {
+            rc = follower_drain(w, &f, following);
         }
-        ssize_t n = f.fd >= 0 ? read(f.fd, f.buf + f.len, f.cap - f.len) : 0;
-        if (n > 0) {
-            f.len += (size_t)n;
-            rc = follower_lines(w, &f, w->from_ms);
-            continue;
+        if (rc != NO_MATCH) {
+            break;
         }
-        f.following = 1;
+        following = 1;
+        if (old.fd >= 0 && ab_cli_mono_ms() > old_until) {
+            follower_close(&old);
+        }
         if (remaining_ms(w) == 0) {
             rc = timed_out(w);
             break;
         }
-        follower_check_rotation(&f);
+        follower_check_rotation(&f, &old, &old_until, c->file);
         sleep_ms(remaining_ms(w) < POLL_MS ? remaining_ms(w) : POLL_MS);
     }
-    if (f.fd >= 0) {
-        close(f.fd);
-    }
+done:
+    follower_close(&f);
+    follower_close(&old);
     free(f.buf);
+    free(old.buf);
     return rc;
 }
 

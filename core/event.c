@@ -2,16 +2,16 @@
  *
  * A JSON body goes into "data" as sent, only with whitespace outside strings removed, so
  * that numbers keep every digit and keys their order (cJSON would print 1e400 or a
- * 23-digit id differently). The lexical strictness of ab_normalise_json() (valid UTF-8,
- * no raw control characters, RFC 8259 numbers) is what makes this splice valid JSON on one
- * line. cJSON_Minify() is not used: in cJSON 1.7.15 it takes the quote after an escaped
- * backslash ("x\\") for an escaped quote and then strips spaces inside later strings.
- * An XML body has no JSON form of its own, so its "data" is the converted tree printed by
- * cJSON.
+ * 23-digit id differently). ab_normalise_json_scan() checks the body, writes that minified
+ * text and finds the envelope members in one pass; the envelope strings are unescaped from
+ * there and the line is written around the text, with no tree (issue 13). An XML body has
+ * no JSON form of its own, so its "data" is the converted tree printed by cJSON, and its
+ * envelope is read from that tree.
  *
  * The envelope attributes are made valid CloudEvents attributes here (see event.h): the
  * time converted to RFC 3339 by a small parser of the forms Alma writes, the institution
- * percent-encoded into the source URI, the type reduced to [a-z0-9._-]. */
+ * percent-encoded into the source URI, the type reduced to [a-z0-9._-]. The attributes are
+ * escaped as cJSON escapes strings. */
 #include "event.h"
 
 #include "mem.h"
@@ -256,120 +256,99 @@ static int has_control(const char *s, size_t len)
     return 0;
 }
 
-/* Whether the JSON string literal raw (quotes included, as in the body) holds an escape
- * that decodes to a control character (\u0000 included, which cJSON's strings cannot
- * show), or such a character as UTF-8. */
-static int json_string_has_control(const char *raw, size_t len)
+/* ---- The envelope, from either form ------------------------------------------------------ */
+
+/* An envelope value: its JSON kind and, for a string, its unescaped text (len counts any
+ * NUL from \u0000), for a number its text as sent. */
+struct field {
+    enum ab_json_kind kind;
+    char *s;
+    size_t len;
+};
+
+/* What the event is built from: the kind of the body's top level, the first envelope name
+ * it repeats (-1 for none), and the fields (event and institution already reduced to their
+ * code: the "value" member of an object, or the string itself). */
+struct envelope {
+    enum ab_json_kind root;
+    int repeated;
+    struct field f[AB_ENV_COUNT];
+};
+
+static void envelope_clear(struct envelope *e)
 {
-    for (size_t i = 0; i < len; i++) {
-        if (raw[i] != '\\' || i + 1 >= len) {
-            continue;
-        }
-        char e = raw[++i];
-        if (e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
-            return 1;
-        }
-        if (e == 'u' && i + 4 < len) {
-            unsigned v = 0;
-            for (size_t k = i + 1; k <= i + 4; k++) {
-                char c = raw[k];
-                v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-            }
-            if (v < 0x20 || (v >= 0x7f && v <= 0x9f)) {
-                return 1;
-            }
-            i += 4;
-        }
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        free(e->f[k].s);
     }
-    return has_control(raw, len);
 }
 
-/* Remove whitespace outside strings, in place; returns the new length. */
-static size_t minify_json(char *s, size_t n)
+/* The field for the span found by the JSON scan in the minified data. */
+static struct field field_from_span(const char *data, struct ab_json_span span)
 {
-    size_t w = 0;
-    int in_string = 0;
-    for (size_t r = 0; r < n; r++) {
-        char c = s[r];
-        if (in_string) {
-            s[w++] = c;
-            if (c == '\\' && r + 1 < n) {
-                s[w++] = s[++r];
-            } else if (c == '"') {
-                in_string = 0;
-            }
-        } else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-            s[w++] = c;
-            in_string = c == '"';
-        }
+    struct field f = {span.kind, NULL, 0};
+    if (span.kind == AB_JSON_STRING) {
+        f.s = ab_json_string_decode(data + span.off, span.len, &f.len);
+    } else if (span.kind == AB_JSON_NUMBER) {
+        f.s = ab_strndup(data + span.off, span.len);
+        f.len = span.len;
     }
-    s[w] = '\0';
-    return w;
+    return f;
 }
 
-/* Index just past the JSON value starting at s[i] in minified text. */
-static size_t skip_value(const char *s, size_t n, size_t i)
+static void envelope_from_scan(const struct ab_json_envelope *scan, const char *data,
+                               struct envelope *e)
 {
-    int depth = 0, in_string = 0;
-    for (; i < n; i++) {
-        char c = s[i];
-        if (in_string) {
-            if (c == '\\') {
-                i++;
-            } else if (c == '"') {
-                in_string = 0;
-                if (depth == 0) {
-                    return i + 1;
-                }
-            }
-        } else if (c == '"') {
-            in_string = 1;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (depth == 0) {
-                return i; /* end of the enclosing container */
-            }
-            if (--depth == 0) {
-                return i + 1;
-            }
-        } else if (c == ',' && depth == 0) {
-            return i;
-        }
+    e->root = scan->root;
+    e->repeated = scan->repeated;
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        int code = (k == AB_ENV_EVENT || k == AB_ENV_INSTITUTION) &&
+                   scan->field[k].kind == AB_JSON_OBJECT;
+        e->f[k] = field_from_span(data, code ? scan->code[k] : scan->field[k]);
     }
-    return n;
 }
 
-/* The raw text of the first top-level member spelt exactly "key" (no escapes) in the
- * minified object s, as a new string; NULL when there is none. */
-static char *raw_member(const char *s, size_t n, const char *key)
+static struct field field_from_item(const cJSON *item)
 {
-    size_t klen = strlen(key);
-    size_t i = 1; /* past '{' */
-    while (i < n && s[i] == '"') {
-        size_t name_end = skip_value(s, n, i); /* past the closing quote */
-        size_t v = name_end + 1;               /* past ':' */
-        size_t v_end = skip_value(s, n, v);
-        if (name_end - i == klen + 2 && memcmp(s + i + 1, key, klen) == 0) {
-            return v_end > v ? ab_strndup(s + v, v_end - v) : NULL;
-        }
-        i = v_end + 1; /* past ',' */
+    struct field f = {AB_JSON_ABSENT, NULL, 0};
+    if (cJSON_IsString(item)) {
+        f = (struct field){AB_JSON_STRING, ab_strdup(item->valuestring), 0};
+        f.len = strlen(f.s);
+    } else if (item != NULL) {
+        f.kind = cJSON_IsNull(item)     ? AB_JSON_NULL
+                 : cJSON_IsObject(item) ? AB_JSON_OBJECT
+                 : cJSON_IsArray(item)  ? AB_JSON_ARRAY
+                 : cJSON_IsNumber(item) ? AB_JSON_NUMBER
+                                        : AB_JSON_LITERAL;
     }
-    return NULL;
+    return f;
+}
+
+/* The envelope of the tree an XML body became. A repeated element is an array there. */
+static void envelope_from_tree(const cJSON *root, struct envelope *e)
+{
+    e->root = cJSON_IsObject(root) ? AB_JSON_OBJECT : AB_JSON_ARRAY;
+    e->repeated = -1;
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, ab_envelope_names[k]);
+        if (cJSON_IsArray(item) && e->repeated < 0) {
+            e->repeated = k;
+        }
+        if ((k == AB_ENV_EVENT || k == AB_ENV_INSTITUTION) && cJSON_IsObject(item)) {
+            item = cJSON_GetObjectItemCaseSensitive(item, "value");
+        }
+        e->f[k] = field_from_item(item);
+    }
 }
 
 /* The webhook id from a JSON number: its digits as sent when written as an integer,
  * otherwise the integral value printed without exponent while it is exact. */
-static int number_id(const cJSON *id, const char *raw_json, size_t raw_len, char **out,
-                     char *errstr, size_t errlen)
+static int number_id(const char *text, char **out, char *errstr, size_t errlen)
 {
-    double v = id->valuedouble;
-    char *raw = raw_json != NULL ? raw_member(raw_json, raw_len, "id") : NULL;
-    if (raw != NULL && strpbrk(raw, ".eE") == NULL && strtod(raw, NULL) == v) {
-        *out = raw;
+    if (strpbrk(text, ".eE") == NULL) {
+        *out = ab_strdup(text);
         return AB_EVENT_OK;
     }
-    free(raw);
+    double v = strtod(text, NULL);
     if (!(v >= -MAX_EXACT_DOUBLE && v <= MAX_EXACT_DOUBLE)) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen,
                     "webhook \"id\" is a number too large to keep exactly; send it as digits");
@@ -381,93 +360,56 @@ static int number_id(const cJSON *id, const char *raw_json, size_t raw_len, char
     return AB_EVENT_OK;
 }
 
-static int take_id(const cJSON *root, const char *raw_json, size_t raw_len, char **out,
-                   char *errstr, size_t errlen)
+static int take_id(struct field *id, char **out, char *errstr, size_t errlen)
 {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
-    if (id == NULL || cJSON_IsNull(id)) {
+    if (id->kind == AB_JSON_ABSENT || id->kind == AB_JSON_NULL) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook has no \"id\"");
     }
-    if (cJSON_IsNumber(id)) {
-        return number_id(id, raw_json, raw_len, out, errstr, errlen);
+    if (id->kind == AB_JSON_NUMBER) {
+        return number_id(id->s, out, errstr, errlen);
     }
-    if (!cJSON_IsString(id)) {
+    if (id->kind != AB_JSON_STRING) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen,
                     "webhook \"id\" is neither a string nor an integer");
     }
-    char *raw = raw_json != NULL ? raw_member(raw_json, raw_len, "id") : NULL;
-    int control = has_control(id->valuestring, strlen(id->valuestring)) ||
-                  (raw != NULL && json_string_has_control(raw, strlen(raw)));
-    free(raw);
-    if (control) {
+    if (has_control(id->s, id->len)) {
         return fail(AB_EVENT_MALFORMED, errstr, errlen,
                     "webhook \"id\" holds a control character");
     }
-    if (id->valuestring[0] == '\0') {
+    if (id->len == 0) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook \"id\" is empty");
     }
-    *out = ab_strdup(id->valuestring);
+    *out = id->s;
+    id->s = NULL;
     return AB_EVENT_OK;
 }
 
-static int take_action(const cJSON *root, char **out, char *errstr, size_t errlen)
+static int take_action(struct field *action, char **out, char *errstr, size_t errlen)
 {
-    const cJSON *action = cJSON_GetObjectItemCaseSensitive(root, "action");
-    if (action == NULL || cJSON_IsNull(action)) {
+    if (action->kind == AB_JSON_ABSENT || action->kind == AB_JSON_NULL) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook has no \"action\"");
     }
-    if (!cJSON_IsString(action)) {
+    if (action->kind != AB_JSON_STRING) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook \"action\" is not a string");
     }
-    if (action->valuestring[0] == '\0') {
+    if (action->s[0] == '\0') {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook \"action\" is empty");
     }
-    *out = ab_strdup(action->valuestring);
+    *out = action->s;
+    action->s = NULL;
     return AB_EVENT_OK;
 }
 
-/* A code field: {"value": "CODE", ...} or "CODE"; NULL when absent, null, empty or of
- * another shape (event and institution are optional, so a strange one is dropped). */
-static char *code_value(const cJSON *root, const char *key)
+/* An optional string field (a code, the time): NULL when absent, empty or not a string
+ * (event and institution are optional, so a strange one is dropped). */
+static char *take_optional(struct field *f)
 {
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (cJSON_IsObject(item)) {
-        item = cJSON_GetObjectItemCaseSensitive(item, "value");
+    char *s = NULL;
+    if (f->kind == AB_JSON_STRING && f->s[0] != '\0') {
+        s = f->s;
+        f->s = NULL;
     }
-    if (cJSON_IsString(item) && item->valuestring[0] != '\0') {
-        return ab_strdup(item->valuestring);
-    }
-    return NULL;
-}
-
-static char *string_value(const cJSON *root, const char *key)
-{
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (cJSON_IsString(item) && item->valuestring[0] != '\0') {
-        return ab_strdup(item->valuestring);
-    }
-    return NULL;
-}
-
-/* The envelope names that may appear once only: the CloudEvent takes the first, a
- * last-wins parser downstream would see another. In the tree of an XML body a repeated
- * element is an array, so there an array of one of these names is a repetition too. */
-static int check_repeats(const cJSON *root, int xml, char *errstr, size_t errlen)
-{
-    static const char *const names[] = {"id", "action", "event", "institution", "time"};
-    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
-        int seen = 0;
-        for (const cJSON *m = root->child; m != NULL; m = m->next) {
-            if (m->string != NULL && strcmp(m->string, names[k]) == 0) {
-                seen += xml && cJSON_IsArray(m) ? 2 : 1;
-            }
-        }
-        if (seen > 1) {
-            return fail(AB_EVENT_MALFORMED, errstr, errlen, "webhook envelope repeats \"%s\"",
-                        names[k]);
-        }
-    }
-    return AB_EVENT_OK;
+    return s;
 }
 
 /* ev->time from the webhook's "time" in RFC 3339, or ev->almatime as sent. */
@@ -485,112 +427,164 @@ static void set_time(struct ab_event *ev, char *sent)
     }
 }
 
-static void add_string(cJSON *obj, const char *key, const char *value)
+/* Fill the envelope fields of ev from e (whose strings it takes). */
+static int read_envelope(struct envelope *e, struct ab_event *ev, char *errstr, size_t errlen)
 {
-    if (value != NULL) {
-        cJSON_AddItemToObject(obj, key, cJSON_CreateString(value));
-    }
-}
-
-static char *print_or_abort(const cJSON *item)
-{
-    char *s = cJSON_PrintUnformatted(item);
-    if (s == NULL) {
-        fprintf(stderr, "almabridge: out of memory printing JSON\n");
-        abort();
-    }
-    return s;
-}
-
-/* The CloudEvent line: the attributes printed by cJSON (which escapes them), then
- * ,"data": and data (len bytes) spliced in before the closing brace. */
-static void build_line(struct ab_event *ev, const char *data, size_t data_len)
-{
-    cJSON *head = cJSON_CreateObject();
-    add_string(head, "specversion", "1.0");
-    add_string(head, "id", ev->id);
-    add_string(head, "source", ev->source);
-    add_string(head, "type", ev->type);
-    add_string(head, "time", ev->time);
-    add_string(head, "datacontenttype", "application/json");
-    add_string(head, "almaaction", ev->action);
-    add_string(head, "almaevent", ev->event);
-    add_string(head, "almainstitution", ev->institution);
-    add_string(head, "almatime", ev->almatime);
-    char *h = print_or_abort(head);
-    size_t hlen = strlen(h) - 1; /* without the closing '}' */
-    static const char mid[] = ",\"data\":";
-    ev->json_len = hlen + sizeof(mid) - 1 + data_len + 1;
-    ev->json = ab_malloc(ev->json_len + 1);
-    memcpy(ev->json, h, hlen);
-    memcpy(ev->json + hlen, mid, sizeof(mid) - 1);
-    memcpy(ev->json + hlen + sizeof(mid) - 1, data, data_len);
-    ev->json[ev->json_len - 1] = '}';
-    ev->json[ev->json_len] = '\0';
-    cJSON_free(h);
-    cJSON_Delete(head);
-}
-
-/* Fill the envelope fields of ev from the tree; raw_json is the minified JSON body (NULL
- * for XML) for the exact digits of a numeric id and the escapes of a string one. */
-static int read_envelope(const cJSON *root, const char *raw_json, size_t raw_len,
-                         struct ab_event *ev, char *errstr, size_t errlen)
-{
-    if (!cJSON_IsObject(root)) {
+    if (e->root != AB_JSON_OBJECT) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "body is not a JSON object");
     }
-    int rc = check_repeats(root, raw_json == NULL, errstr, errlen);
-    if (rc == AB_EVENT_OK) {
-        rc = take_id(root, raw_json, raw_len, &ev->id, errstr, errlen);
+    if (e->repeated >= 0) {
+        return fail(AB_EVENT_MALFORMED, errstr, errlen, "webhook envelope repeats \"%s\"",
+                    ab_envelope_names[e->repeated]);
     }
+    int rc = take_id(&e->f[AB_ENV_ID], &ev->id, errstr, errlen);
     if (rc == AB_EVENT_OK) {
-        rc = take_action(root, &ev->action, errstr, errlen);
+        rc = take_action(&e->f[AB_ENV_ACTION], &ev->action, errstr, errlen);
     }
     if (rc != AB_EVENT_OK) {
         return rc;
     }
-    ev->event = code_value(root, "event");
-    ev->institution = code_value(root, "institution");
-    set_time(ev, string_value(root, "time"));
+    ev->event = take_optional(&e->f[AB_ENV_EVENT]);
+    ev->institution = take_optional(&e->f[AB_ENV_INSTITUTION]);
+    set_time(ev, take_optional(&e->f[AB_ENV_TIME]));
     ev->type = type_of(ev->action, ev->event);
     ev->source = source_uri(ev->institution);
     return AB_EVENT_OK;
+}
+
+/* ---- The event line ----------------------------------------------------------------------- */
+
+/* Append ,"key":"value" (first: without the comma) with value escaped as cJSON prints
+ * strings: ", \ and control characters escaped, everything else as is. w has room for
+ * the key and 6 bytes per byte of value. Returns the new end. */
+static char *put_member(char *w, const char *key, const char *value, int first)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (value == NULL) {
+        return w;
+    }
+    if (!first) {
+        *w++ = ',';
+    }
+    *w++ = '"';
+    size_t kl = strlen(key);
+    memcpy(w, key, kl);
+    w += kl;
+    memcpy(w, "\":\"", 3);
+    w += 3;
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+        unsigned char c = *p;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *w++ = (char)c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\r': *w++ = 'r'; break;
+        case '\t': *w++ = 't'; break;
+        default:
+            memcpy(w, "u00", 3);
+            w[3] = hex[c >> 4];
+            w[4] = hex[c & 15];
+            w += 5;
+        }
+    }
+    *w++ = '"';
+    return w;
+}
+
+/* The CloudEvent line: the attributes in the documented order, then "data" with data
+ * (data_len bytes of JSON) spliced in. */
+static void build_line(struct ab_event *ev, const char *data, size_t data_len)
+{
+    static const char *const names[] = {"specversion", "id", "source", "type", "time",
+                                        "datacontenttype", "almaaction", "almaevent",
+                                        "almainstitution", "almatime"};
+    const char *values[] = {"1.0", ev->id, ev->source, ev->type, ev->time, "application/json",
+                            ev->action, ev->event, ev->institution, ev->almatime};
+    size_t room = sizeof(",\"data\":}");
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        room += values[k] != NULL ? strlen(names[k]) + 6 + 6 * strlen(values[k]) : 0;
+    }
+    char *line = ab_malloc(room + data_len + 2), *w = line;
+    *w++ = '{';
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        w = put_member(w, names[k], values[k], k == 0);
+    }
+    memcpy(w, ",\"data\":", 8);
+    w += 8;
+    memcpy(w, data, data_len);
+    w += data_len;
+    *w++ = '}';
+    *w = '\0';
+    ev->json = line;
+    ev->json_len = (size_t)(w - line);
+}
+
+/* A JSON body: one scan validates it, writes it minified (the "data") and finds the
+ * envelope; no tree is built. */
+static int from_json(const char *body, size_t len, struct ab_event *ev, char *errstr,
+                     size_t errlen)
+{
+    struct ab_json_envelope scan;
+    struct envelope e = {0};
+    char *data = ab_malloc(len + 1);
+    int rc = AB_EVENT_MALFORMED;
+    long n = ab_normalise_json_scan(body, len, data, &scan, errstr, errlen);
+    if (n >= 0) {
+        envelope_from_scan(&scan, data, &e);
+        rc = read_envelope(&e, ev, errstr, errlen);
+    }
+    if (rc == AB_EVENT_OK) {
+        build_line(ev, data, (size_t)n);
+    }
+    envelope_clear(&e);
+    free(data);
+    return rc;
+}
+
+/* An XML body: converted to a tree, printed as "data". */
+static int from_xml(const char *body, size_t len, struct ab_event *ev, char *errstr,
+                    size_t errlen)
+{
+    struct envelope e = {0};
+    char *data = NULL;
+    int rc = AB_EVENT_MALFORMED;
+    cJSON *root = ab_normalise_xml(body, len, errstr, errlen);
+    if (root != NULL) {
+        envelope_from_tree(root, &e);
+        rc = read_envelope(&e, ev, errstr, errlen);
+    }
+    if (rc == AB_EVENT_OK) {
+        data = cJSON_PrintUnformatted(root);
+        if (data == NULL) {
+            fprintf(stderr, "almabridge: out of memory printing JSON\n");
+            abort();
+        }
+        build_line(ev, data, strlen(data));
+    }
+    cJSON_free(data);
+    cJSON_Delete(root);
+    envelope_clear(&e);
+    return rc;
 }
 
 int ab_event_from_body(enum ab_body_format fmt, const char *body, size_t len,
                        struct ab_event **out, char *errstr, size_t errlen)
 {
     struct ab_event *ev = ab_calloc(1, sizeof(*ev));
-    char *data = NULL;
-    size_t data_len = 0;
-    int rc = AB_EVENT_OK;
-    cJSON *root = fmt == AB_FORMAT_XML ? ab_normalise_xml(body, len, errstr, errlen)
-                                       : ab_normalise_json(body, len, errstr, errlen);
+    int rc = fmt == AB_FORMAT_XML ? from_xml(body, len, ev, errstr, errlen)
+                                  : from_json(body, len, ev, errstr, errlen);
     *out = NULL;
-    if (root == NULL) {
-        rc = AB_EVENT_MALFORMED;
-        goto done;
+    if (rc == AB_EVENT_OK) {
+        *out = ev;
+        ev = NULL;
     }
-    if (fmt == AB_FORMAT_JSON) {
-        size_t bom = len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
-        data = ab_strndup(body + bom, len - bom);
-        data_len = minify_json(data, len - bom);
-    } else {
-        char *printed = print_or_abort(root);
-        data = ab_strdup(printed);
-        data_len = strlen(data);
-        cJSON_free(printed);
-    }
-    rc = read_envelope(root, fmt == AB_FORMAT_JSON ? data : NULL, data_len, ev, errstr, errlen);
-    if (rc != AB_EVENT_OK) {
-        goto done;
-    }
-    build_line(ev, data, data_len);
-    *out = ev;
-    ev = NULL;
-done:
-    free(data);
-    cJSON_Delete(root);
     ab_event_free(ev);
     return rc;
 }

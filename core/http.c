@@ -65,11 +65,11 @@ struct ab_worker {
 };
 
 /* One webhook waiting on the sink. Freed when the sink's callback runs (exactly once, by
- * the contract), also when the ack timer has already answered 503. */
+ * the contract, at the latest when --ack-timeout expires: the sink's pending list owns the
+ * deadline). */
 struct pending {
     struct ab_worker *w;
     struct evhttp_request *req; /* NULL once answered */
-    struct event *timer;
     struct ab_event *ev;
     struct timespec start;
     size_t bytes_in;
@@ -234,6 +234,11 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     ab_metrics_ack(w->metrics, elapsed_ms(&p->start) / 1e3, status == AB_SINK_OK);
     if (status == AB_SINK_OK) {
         pending_answer(p, 200, NULL);
+    } else if (status == AB_SINK_TOO_BIG) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "the event can never be stored by the %s sink: %s",
+                 w->app->sink_ops->name, errstr ? errstr : "too big");
+        pending_answer(p, 413, msg);
     } else {
         char msg[256];
         snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
@@ -241,24 +246,10 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
                  errstr ? errstr : "");
         pending_answer(p, 503, msg);
     }
-    if (p->timer) {
-        event_free(p->timer);
-    }
     ab_event_free(p->ev);
     free(p);
     w->inflight--;
     atomic_fetch_sub(&ab_metrics_g.inflight, 1);
-}
-
-/* Loop thread: --ack-timeout passed without an answer from the sink. Answer 503 now (Alma
- * gives up at 5 s and retries 5xx later); the pending stays until the sink's callback. */
-static void on_ack_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct pending *p = arg;
-    char msg[160];
-    snprintf(msg, sizeof(msg), "the %s sink did not acknowledge within %ld ms; retry later",
-             p->w->app->sink_ops->name, p->w->cfg->ack_timeout_ms);
-    pending_answer(p, 503, msg);
 }
 
 /* Media type of the body: JSON or XML, from Content-Type or, when it is absent or generic,
@@ -347,7 +338,7 @@ static int admit(struct ab_worker *w, struct evhttp_request *req, const char *cl
 }
 
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
- * on_sink_done or on_ack_timeout. Returns 0, or 503 with msg filled in (ev not taken). */
+ * on_sink_done. Returns 0, or 503 with msg filled in (ev not taken). */
 static int submit_event(struct ab_worker *w, struct evhttp_request *req, const char *client,
                         const struct timespec *start, size_t len, struct ab_event *ev,
                         char *msg, size_t msglen)
@@ -358,14 +349,12 @@ static int submit_event(struct ab_worker *w, struct evhttp_request *req, const c
         return 503;
     }
     char *route = ab_route_expand(w->app->route, ev);
-    char *key = w->app->key ? ab_route_expand(w->app->key, ev) : NULL;
-    struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, key, ev->json, ev->json_len};
+    struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, NULL, ev->json, ev->json_len, ev};
     struct pending *p = ab_calloc(1, sizeof(*p));
     *p = (struct pending){.w = w, .req = req, .ev = ev, .start = *start, .bytes_in = len};
     snprintf(p->client, sizeof(p->client), "%s", client);
     int rc = ab_sink_submit(w->sink, &m, on_sink_done, p);
     free(route);
-    free(key);
     if (rc != 0) {
         char d[128] = "not ready";
         if (w->sink->ops->describe) {
@@ -378,9 +367,6 @@ static int submit_event(struct ab_worker *w, struct evhttp_request *req, const c
     }
     w->inflight++;
     atomic_fetch_add(&ab_metrics_g.inflight, 1);
-    struct timeval tv = {cfg->ack_timeout_ms / 1000, (cfg->ack_timeout_ms % 1000) * 1000};
-    p->timer = evtimer_new(w->base, on_ack_timeout, p);
-    evtimer_add(p->timer, &tv);
     return 0;
 }
 
@@ -733,7 +719,7 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
         snprintf(errstr, errlen, "cannot accept on the listening socket");
         goto fail;
     }
-    w->sink = app->sink_ops->open(cfg, app->sink_shared, w->base, errstr, errlen);
+    w->sink = app->sink_ops->open(app->sink_conf, app->sink_shared, w->base, errstr, errlen);
     if (w->sink == NULL) {
         goto fail;
     }

@@ -15,6 +15,7 @@
 struct ab_config;
 struct ab_route;
 struct ab_sink_ops;
+struct ab_sink_conf;
 struct ab_secrets;
 struct ab_shared_secrets;
 struct ab_acl;
@@ -27,9 +28,9 @@ typedef struct ssl_ctx_st SSL_CTX;
 struct ab_app {
     const struct ab_config *cfg;
     const struct ab_sink_ops *sink_ops;
+    const struct ab_sink_conf *sink_conf; /* what the sink's open() is given */
     void *sink_shared;
     struct ab_route *route;   /* topic / stream template */
-    struct ab_route *key;     /* message key template, NULL for none */
     struct ab_acl *allow;     /* NULL = everyone may POST */
     struct ab_acl *trusted;   /* peers whose X-Forwarded-For is believed */
     struct ab_worker **workers;

@@ -6,17 +6,18 @@
  * torn tail at start-up, reopens the file when it is renamed or removed (log rotation) or on
  * SIGHUP, holds an exclusive lock ("<file>.lock") so that a second process cannot write the
  * same file, and fsyncs the directory of a created file before the first acknowledgement.
- * Each loop thread's instance is a client of that log. */
+ * Each loop thread's instance is a client of that log; its pending list (pending.h) owns
+ * the deadline and the callbacks. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
-#include "config.h"
 #include "eventlog.h"
+#include "file.h"
 #include "log.h"
 #include "mem.h"
-#include "sink.h"
+#include "pending.h"
 
 /* How long the process waits, after every instance is closed, for a write stuck in the
  * disk before it leaves the writer behind (SIGTERM with a stuck fsync). */
@@ -26,22 +27,18 @@ struct file_sink {
     struct ab_sink base;
     struct ab_eventlog *log;
     struct ab_eventlog_client *client;
+    struct ab_pending *pending; /* each entry travels through the log as its record's opaque */
 };
 
-/* The callback and its argument, carried through the log. */
-struct file_req {
-    ab_sink_done_cb cb;
-    void *opaque;
-};
-
-static int file_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+static int file_global_init(const struct ab_sink_conf *conf, void **shared, char *errstr,
                             size_t errlen)
 {
+    const struct ab_file_conf *cfg = conf->opts;
     struct ab_eventlog_opts o = {
-        .path = cfg->file,
+        .path = cfg->path,
         .what = "file sink",
-        .sync = cfg->file_fsync,
-        .check_only = cfg->check_config,
+        .sync = cfg->fsync,
+        .check_only = conf->check_only,
     };
     struct ab_eventlog *log = ab_eventlog_open(&o, NULL, errstr, errlen);
     if (log == NULL) {
@@ -56,39 +53,38 @@ static void file_global_free(void *shared)
     ab_eventlog_free(shared, FILE_FREE_TIMEOUT_MS);
 }
 
-static struct ab_sink *file_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *file_open(const struct ab_sink_conf *conf, void *shared,
                                  struct event_base *base, char *errstr, size_t errlen)
 {
     struct file_sink *fs = ab_calloc(1, sizeof(*fs));
     fs->base.ops = &ab_sink_file;
     fs->log = shared;
     fs->client = ab_eventlog_client_new(shared, base);
+    fs->pending = ab_pending_new(base, conf->ack_timeout_ms);
     return &fs->base;
 }
 
-/* Loop thread: the log's answer for one event. */
+/* Loop thread: the log's answer for one event (ignored if its deadline passed). */
 static void on_appended(int status, void *opaque)
 {
-    struct file_req *r = opaque;
     const char *why = status == AB_EVENTLOG_OK       ? NULL
                       : status == AB_EVENTLOG_CLOSED ? "file sink closed before fsync returned"
                                                      : "file write or fsync failed";
-    r->cb(status == AB_EVENTLOG_OK ? AB_SINK_OK
-          : status == AB_EVENTLOG_CLOSED ? AB_SINK_CLOSED
-                                         : AB_SINK_ERROR,
-          why, r->opaque);
-    free(r);
+    ab_pending_done(opaque,
+                    status == AB_EVENTLOG_OK       ? AB_SINK_OK
+                    : status == AB_EVENTLOG_CLOSED ? AB_SINK_CLOSED
+                                                   : AB_SINK_ERROR,
+                    why);
 }
 
 static int file_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                        void *opaque)
 {
     struct file_sink *fs = (struct file_sink *)s;
-    struct file_req *r = ab_malloc(sizeof(*r));
-    *r = (struct file_req){cb, opaque};
+    struct ab_pending_req *r = ab_pending_add(fs->pending, cb, opaque, 0);
     struct iovec part = {(void *)msg->value, msg->value_len};
     if (ab_eventlog_append(fs->client, &part, 1, on_appended, r) != 0) {
-        free(r);
+        ab_pending_cancel(r);
         return -1;
     }
     return 0;
@@ -107,7 +103,8 @@ static void file_describe(struct ab_sink *s, char *buf, size_t len)
 }
 
 /* Loop thread, after its loop stopped: the log client waits (bounded) for the writes in
- * flight and answers those still waiting for the disk with AB_SINK_CLOSED. */
+ * flight and answers those still waiting for the disk with AB_SINK_CLOSED; the pending
+ * list runs every callback before it is freed. */
 static void file_close(struct ab_sink *s, int timeout_ms)
 {
     struct file_sink *fs = (struct file_sink *)s;
@@ -115,6 +112,7 @@ static void file_close(struct ab_sink *s, int timeout_ms)
         return;
     }
     ab_eventlog_client_free(fs->client, timeout_ms);
+    ab_pending_free(fs->pending);
     free(fs);
 }
 

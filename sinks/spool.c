@@ -22,7 +22,6 @@
 #include <cjson/cJSON.h>
 #include <event2/event.h>
 
-#include "config.h"
 #include "event.h"
 #include "eventlog.h"
 #include "log.h"
@@ -39,13 +38,13 @@ struct birth {
 
 struct spool_shared {
     const struct ab_sink_ops *inner_ops;
-    struct ab_config inner_cfg; /* the process's, with --ack-timeout = --spool-after */
+    struct ab_sink_conf inner_conf; /* the inner backend's, with ack_timeout = --spool-after */
     void *inner_shared;
     struct ab_eventlog *log;
     char *dir;
     long max_bytes;
     long after_ms;
-    struct ab_route *route, *key;
+    struct ab_route *route;
     int marker_fd;             /* DIR/forwarded */
     uint64_t start_seq;        /* where forwarding starts or continues */
     int64_t start_off;
@@ -275,39 +274,38 @@ static void recover(struct spool_shared *sh)
     }
 }
 
-static int spool_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+static int spool_global_init(const struct ab_sink_conf *conf, void **shared, char *errstr,
                              size_t errlen)
 {
+    const struct ab_spool_conf *sc = conf->opts;
     struct spool_shared *sh = ab_calloc(1, sizeof(*sh));
     char rerr[256];
-    sh->inner_ops = inner_ops_g;
-    sh->inner_cfg = *cfg;
-    sh->inner_cfg.ack_timeout_ms = cfg->spool_after_ms;
-    sh->dir = ab_strdup(cfg->spool);
-    sh->max_bytes = cfg->spool_max_bytes;
-    sh->after_ms = cfg->spool_after_ms;
+    sh->inner_ops = sc->inner;
+    sh->inner_conf = sc->inner_conf;
+    sh->inner_conf.ack_timeout_ms = sc->after_ms;
+    sh->dir = ab_strdup(sc->dir);
+    sh->max_bytes = sc->max_bytes;
+    sh->after_ms = sc->after_ms;
     sh->marker_fd = -1;
     pthread_mutex_init(&sh->mu, NULL);
     if (sh->inner_ops->global_init &&
-        sh->inner_ops->global_init(&sh->inner_cfg, &sh->inner_shared, errstr, errlen) != 0) {
+        sh->inner_ops->global_init(&sh->inner_conf, &sh->inner_shared, errstr, errlen) != 0) {
         goto fail;
     }
     struct ab_eventlog_opts o = {.path = sh->dir,
                                  .what = "spool",
                                  .sync = 1,
-                                 .check_only = cfg->check_config,
-                                 .segment_bytes = cfg->spool_segment_bytes};
+                                 .check_only = conf->check_only,
+                                 .segment_bytes = sc->segment_bytes};
     if ((sh->log = ab_eventlog_open(&o, NULL, errstr, errlen)) == NULL) {
         goto fail;
     }
-    const char *tmpl = cfg->route ? cfg->route : sh->inner_ops->default_route;
-    if ((sh->route = ab_route_compile(tmpl, rerr, sizeof(rerr))) == NULL ||
-        (cfg->kafka_key && *cfg->kafka_key &&
-         (sh->key = ab_route_compile(cfg->kafka_key, rerr, sizeof(rerr))) == NULL)) {
-        snprintf(errstr, errlen, "spool: %s", rerr);
+    const char *tmpl = sc->route ? sc->route : sh->inner_ops->default_route;
+    if ((sh->route = ab_route_compile(tmpl, rerr, sizeof(rerr))) == NULL) {
+        snprintf(errstr, errlen, "spool: --route: %s", rerr);
         goto fail;
     }
-    if (!cfg->check_config) {
+    if (!conf->check_only) {
         char *mp = ab_asprintf("%s/forwarded", sh->dir);
         sh->marker_fd = open(mp, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
         free(mp);
@@ -346,7 +344,6 @@ static void spool_global_free(void *shared)
         close(sh->marker_fd);
     }
     ab_route_free(sh->route);
-    ab_route_free(sh->key);
     free(sh->births);
     free(sh->dir);
     pthread_mutex_destroy(&sh->mu);
@@ -658,14 +655,15 @@ static char *member_str(const cJSON *o, const char *name)
     return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
 }
 
-/* Submit the CloudEvent line (len bytes in f->buf) to the broker for entry e. Returns the
+/* Submit the CloudEvent line (len bytes in f->buf) to the broker for entry e, with the
+ * topic/stream of --route and the backend's own key, as the front end would. Returns the
  * inner submit's result, or 1 for a line that is no CloudEvent (skipped). */
 static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
 {
     struct spool_shared *sh = f->s->sh;
     cJSON *j = cJSON_ParseWithLength(f->buf, len);
     struct ab_event ev = {0};
-    char *type = NULL, *source = NULL, *route = NULL, *key = NULL;
+    char *route = NULL;
     int rc = 1;
     if (!cJSON_IsObject(j) || (ev.id = member_str(j, "id")) == NULL) {
         goto done;
@@ -673,27 +671,33 @@ static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
     ev.action = member_str(j, "almaaction");
     ev.event = member_str(j, "almaevent");
     ev.institution = member_str(j, "almainstitution");
-    type = member_str(j, "type");
-    source = member_str(j, "source");
+    ev.time = member_str(j, "time");
+    ev.type = member_str(j, "type");
+    ev.source = member_str(j, "source");
+    ev.type = ev.type ? ev.type : ab_strdup("com.exlibrisgroup.alma");
+    ev.source = ev.source ? ev.source : ab_strdup("urn:alma:unknown");
+    ev.json = f->buf;
+    ev.json_len = len;
     route = ab_route_expand(sh->route, &ev);
-    key = sh->key ? ab_route_expand(sh->key, &ev) : NULL;
     struct ab_sink_msg m = {.id = ev.id,
-                            .type = type ? type : "com.exlibrisgroup.alma",
-                            .source = source ? source : "urn:alma:unknown",
+                            .type = ev.type,
+                            .source = ev.source,
                             .route = route,
-                            .key = key,
+                            .key = NULL,
                             .value = f->buf,
-                            .value_len = len};
+                            .value_len = len,
+                            .event = &ev};
     rc = ab_sink_submit(f->s->inner, &m, on_forwarded, e);
 done:
+    ev.json = NULL;
     free(ev.id);
     free(ev.action);
     free(ev.event);
     free(ev.institution);
-    free(type);
-    free(source);
+    free(ev.time);
+    free(ev.type);
+    free(ev.source);
     free(route);
-    free(key);
     cJSON_Delete(j);
     return rc;
 }
@@ -832,12 +836,12 @@ static void fwd_free(struct fwd *f)
 
 /* ---- the rest of the contract -------------------------------------------------------- */
 
-static struct ab_sink *spool_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *spool_open(const struct ab_sink_conf *conf, void *shared,
                                   struct event_base *base, char *errstr, size_t errlen)
 {
     struct spool_shared *sh = shared;
     struct ab_sink *inner =
-        sh->inner_ops->open(&sh->inner_cfg, sh->inner_shared, base, errstr, errlen);
+        sh->inner_ops->open(&sh->inner_conf, sh->inner_shared, base, errstr, errlen);
     if (inner == NULL) {
         return NULL;
     }

@@ -24,8 +24,22 @@
 
 #define SPOOL_WINDOW 64
 
+/* The spool's configuration (its ab_sink_conf's opts): the broker backend it wraps with
+ * that backend's own configuration, and the spool's options. The spool hands inner_conf to
+ * the inner backend with ack_timeout_ms = after_ms. */
+struct ab_spool_conf {
+    const struct ab_sink_ops *inner;
+    struct ab_sink_conf inner_conf;
+    const char *dir;     /* --spool */
+    long after_ms;       /* --spool-after */
+    long max_bytes;      /* --spool-max-bytes */
+    long segment_bytes;  /* --spool-segment-bytes */
+    const char *route;   /* --route, NULL = the inner backend's default */
+};
+
 /* The operations of a spool in front of inner (kafka or redis); its name and default route
- * are inner's. Start-up thread, once. */
+ * are inner's, its global_init and open take an ab_sink_conf whose opts is an
+ * ab_spool_conf. Start-up thread, once. */
 const struct ab_sink_ops *ab_spool_wrap(const struct ab_sink_ops *inner);
 
 /* What a spool directory holds, read without a daemon (`almabridge spool inspect`). */

@@ -173,3 +173,69 @@ def test_usage_and_connection_errors(tmp_path, redis):
     rc, _, err = run("wait", "--job-instance", "1", "--config", str(conf), "--institution",
                      "01X", "--timeout", "1s")
     assert rc == 3, err  # the config file's route, with the institution given
+
+
+def test_file_waiter_follows_rotation(tmp_path):
+    import os
+    d = Daemon([], tmpdir=str(tmp_path), threads=1).start()
+    try:
+        post_ok(d, job_end_json(new_id()))
+        inst = new_id()
+        p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--file", d.file)
+        assert_running(p, 1.0)
+        os.rename(d.file, d.file + ".1")  # logrotate: rename; the daemon reopens its path
+        post_ok(d, job_end_json(new_id()))
+        post_ok(d, job_end_json(inst))
+        rc, out, err = finish(p)
+        assert rc == 0, err
+        assert os.path.exists(d.file)
+        # copytruncate: the file is emptied in place
+        inst2 = new_id()
+        p = almabridge("wait", "--job-instance", inst2, "--timeout", "60s", "--file", d.file)
+        assert_running(p, 1.0)
+        os.truncate(d.file, 0)
+        time.sleep(0.5)
+        post_ok(d, job_end_json(inst2))
+        rc, out, err = finish(p)
+        assert rc == 0, err
+    finally:
+        assert d.stop() == 0
+
+
+def test_kafka_waiter_started_before_the_topic_exists(kafka, tmp_path):
+    route = "fresh%s.{action}" % new_id()[-8:]
+    d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", route],
+               tmpdir=str(tmp_path), threads=1).start()
+    try:
+        wait_ready(d)
+        inst = new_id()
+        p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink", "kafka",
+                       "--kafka-brokers", kafka.bootstrap, "--route", route)
+        assert_running(p, 2.0)
+        post_ok(d, job_end_json(inst))  # the daemon's first JOB_END creates the topic
+        rc, out, err = finish(p)
+        assert rc == 0, err
+    finally:
+        assert d.stop() == 0
+
+
+def test_redis_waiter_survives_a_redis_restart(tmp_path):
+    with RedisServer() as redis:
+        d = Daemon(["--sink", "redis", "--redis", redis.url], tmpdir=str(tmp_path),
+                   threads=1).start()
+        try:
+            wait_ready(d)
+            inst = new_id()
+            p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink",
+                           "redis", "--redis", redis.url)
+            assert_running(p, 1.0)
+            redis.restart()
+            body, deadline = job_end_json(inst), time.time() + 30
+            while d.post(body).status != 200:  # 503 until the daemon has reconnected
+                assert time.time() < deadline, d.stderr()[-2000:]
+                time.sleep(0.2)
+            rc, out, err = finish(p)
+            assert rc == 0, err
+            assert "reconnecting" in err
+        finally:
+            assert d.stop() == 0

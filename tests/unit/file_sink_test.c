@@ -11,9 +11,12 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
-#include "config.h"
 #include "log.h"
 #include "sink.h"
+#include "sinks/file.h"
+#include "sinks/kafka.h"
+#include "sinks/redis.h"
+#include "sinks/registry.h"
 #include "test.h"
 
 struct probe {
@@ -35,20 +38,18 @@ static void on_done(int status, const char *errstr, void *opaque)
     p->wrong_thread |= !pthread_equal(pthread_self(), p->loop_thread);
 }
 
-static struct ab_config config_for(const char *path)
+/* The file sink's configuration for path, in *opts, handed over by *cfg. */
+static void config_for(struct ab_sink_conf *cfg, struct ab_file_conf *opts, const char *path)
 {
-    struct ab_config cfg;
-    memset(&cfg, 0, sizeof(cfg));
-    cfg.file = (char *)path;
-    cfg.file_fsync = 1;
-    cfg.ack_timeout_ms = 4000;
-    return cfg;
+    *opts = (struct ab_file_conf){.path = (char *)path, .fsync = 1};
+    *cfg = (struct ab_sink_conf){.opts = opts, .ack_timeout_ms = 4000};
 }
 
 /* A file sink on a fresh temporary file and event base. */
 struct fixture {
     char path[64];
-    struct ab_config cfg;
+    struct ab_file_conf opts;
+    struct ab_sink_conf cfg;
     void *shared;
     struct event_base *base;
     struct ab_sink *s;
@@ -60,7 +61,7 @@ static void fixture_open(struct fixture *f)
     snprintf(f->path, sizeof(f->path), "/tmp/ab_file_sink_XXXXXX");
     int fd = mkstemp(f->path);
     close(fd);
-    f->cfg = config_for(f->path);
+    config_for(&f->cfg, &f->opts, f->path);
     f->shared = NULL;
     CHECK(ab_sink_file.global_init(&f->cfg, &f->shared, err, sizeof(err)) == 0);
     f->base = event_base_new();
@@ -168,7 +169,9 @@ static void test_close_completes_outstanding(void)
 
 static void test_unopenable_path_is_startup_error(void)
 {
-    struct ab_config cfg = config_for("/nonexistent-dir/events.jsonl");
+    struct ab_file_conf opts;
+    struct ab_sink_conf cfg;
+    config_for(&cfg, &opts, "/nonexistent-dir/events.jsonl");
     char err[256] = "";
     void *shared = NULL;
     CHECK(ab_sink_file.global_init(&cfg, &shared, err, sizeof(err)) != 0);
@@ -185,7 +188,7 @@ static void test_torn_tail_cut_at_start(void)
     CHECK(write(fd, "{\"id\":\"torn", 11) == 11);
     close(fd);
     char err[256], torn[96];
-    f.cfg = config_for(f.path);
+    config_for(&f.cfg, &f.opts, f.path);
     f.shared = NULL;
     CHECK(ab_sink_file.global_init(&f.cfg, &f.shared, err, sizeof(err)) == 0);
     f.base = event_base_new();
@@ -224,7 +227,7 @@ static void test_second_instance_refused(void)
  * callback exactly once, nothing touched after it is freed (run under TSan and ASan). */
 struct stress {
     void *shared;
-    struct ab_config *cfg;
+    struct ab_sink_conf *cfg;
     int bad;
 };
 

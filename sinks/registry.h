@@ -1,0 +1,37 @@
+/* The registry of sink backends: the one place that lists them. The program (cmd/) looks
+ * a backend up by name and hands every backend's option table to the configuration
+ * loader; the core never includes this header. Adding a backend: docs/ARCHITECTURE.md. */
+#ifndef AB_REGISTRY_H
+#define AB_REGISTRY_H
+
+#include <stddef.h>
+
+#include "file.h"
+#include "kafka.h"
+#include "redis.h"
+#include "sink.h"
+
+struct ab_config;
+
+/* Every backend, in the order --help lists their options; NULL-terminated. */
+extern const struct ab_sink_ops *const ab_sinks[];
+
+/* The backend called name, or NULL. */
+const struct ab_sink_ops *ab_sink_find(const char *name);
+
+/* What a program hands to a backend's global_init() and open(): the backend's own options
+ * and the core's settings, taken from a loaded configuration. */
+struct ab_sink_setup {
+    struct ab_sink_conf conf;
+    union {
+        struct ab_file_conf file;
+        struct ab_kafka_conf kafka;
+        struct ab_redis_conf redis;
+    } opts;
+};
+
+/* Fill *s for backend ops from cfg (which must outlive it). */
+void ab_sink_setup_init(struct ab_sink_setup *s, const struct ab_config *cfg,
+                        const struct ab_sink_ops *ops);
+
+#endif
