@@ -40,7 +40,7 @@ $(BUILD)/almabridge: $(CMD_OBJ) $(SAN_OBJ) $(BUILD)/libalmabridge.a
 
 $(BUILD)/libalmabridge.a: $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)

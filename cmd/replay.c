@@ -806,7 +806,7 @@ int ab_cmd_replay(int argc, char **argv)
     if (ab_cli_load_config(nrest, rest, &rp.sc, &rp.cfg, err, sizeof(err)) != 0) {
         goto done;
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     ab_log_configure(strcmp(rp.cfg.log_level, "info") == 0 ? "warn" : rp.cfg.log_level,
                      rp.cfg.log_format, err, sizeof(err));
     rp.next_line = 1;

@@ -776,7 +776,7 @@ int ab_cmd_wait(int argc, char **argv)
     if (ab_cli_load_config(nrest, rest, &c, NULL, err, sizeof(err)) != 0) {
         goto done;
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     struct waiter w = {.instance = instance, .job = job, .success = success,
                        .start_ms = ab_cli_now_ms(), .verbose = verbose != NULL};
     w.from_ms = w.start_ms - since_ms;
