@@ -357,6 +357,19 @@ static void test_shared_references(void)
     }
     ab_secrets_free(s);
     CHECK(ab_secrets_ref(NULL) == NULL);
+    /* keys of a block and longer (hashed first, RFC 2104) */
+    const size_t lens[] = {63, 64, 65, 200};
+    for (size_t k = 0; k < 4; k++) {
+        char key[201];
+        memset(key, 'k', lens[k]);
+        key[lens[k]] = '\0';
+        s = load_extra(key);
+        ab_signature_compute(key, lens[k], HELLO, strlen(HELLO), want);
+        CHECK(ab_signature_verify(s, want, HELLO, strlen(HELLO)) == 1);
+        ab_signature_compute(key, lens[k], "", 0, want);
+        CHECK(ab_signature_verify(s, want, "", 0) == 1);
+        ab_secrets_free(s);
+    }
 }
 
 static void test_unreadable_file(void)
