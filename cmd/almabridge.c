@@ -23,13 +23,13 @@
 #include "cli.h"
 #include "config.h"
 #include "eventlog.h"
-#include "http.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
 #include "probe.h"
 #include "route.h"
+#include "server.h"
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
@@ -128,14 +128,16 @@ static void raise_fd_limit(void)
     }
 }
 
-/* libevent's own warnings, in our log format. */
+/* libevent's own warnings, in our log format; rate-limited, since a client can cause
+ * some of them (TLS and socket errors) over and over. */
 static void on_libevent_log(int severity, const char *msg)
 {
+    static struct ab_ratelimit rl;
     int level = severity == EVENT_LOG_DEBUG ? AB_LOG_DEBUG
                 : severity == EVENT_LOG_MSG ? AB_LOG_INFO
                 : severity == EVENT_LOG_WARN ? AB_LOG_WARN
                                              : AB_LOG_ERROR;
-    ab_log(level, "libevent: %s", msg);
+    ab_log_limited(&rl, level, "libevent: %s", msg);
 }
 
 static void *worker_main(void *arg)
@@ -163,14 +165,13 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         atomic_fetch_add(&ab_metrics_g.reload_failures, 1);
         return;
     }
-    struct ab_shared_secrets *ss = ab_shared_secrets_new(s);
     for (size_t i = 0; i < d->app.n_workers; i++) {
-        ab_worker_reload(d->app.workers[i], ss, ctx);
+        ab_worker_reload(d->app.workers[i], s, ctx);
     }
-    ab_shared_secrets_unref(ss);
     SSL_CTX_free(ctx);
     atomic_fetch_add(&ab_metrics_g.reloads, 1);
     ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+    ab_secrets_free(s);
 }
 
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
@@ -257,19 +258,23 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         d->app.sink_ops->global_init(&d->sink.conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
-    struct ab_shared_secrets *ss = ab_shared_secrets_new(secrets);
+    if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    atomic_store(&ab_metrics_g.max_connections, d->app.max_connections);
     d->app.n_workers = (size_t)n;
     d->app.workers = ab_calloc((size_t)n, sizeof(*d->app.workers));
     d->app.metrics = ab_calloc((size_t)n, sizeof(*d->app.metrics));
     d->threads = ab_calloc((size_t)n, sizeof(*d->threads));
     for (long i = 0; i < n; i++) {
         d->app.metrics[i] = ab_metrics_new();
-        d->app.workers[i] = ab_worker_new(&d->app, (int)i, d->fd, ss, ctx, err, sizeof(err));
+        d->app.workers[i] = ab_worker_new(&d->app, (int)i, d->fd, secrets, ctx, err,
+                                          sizeof(err));
         if (d->app.workers[i] == NULL) {
             die(err);
         }
     }
-    ab_shared_secrets_unref(ss);
+    ab_secrets_free(secrets); /* the workers hold their references */
     atomic_store(&ab_metrics_g.workers, n);
     for (long i = 0; i < n; i++) {
         pthread_create(&d->threads[i], NULL, worker_main, d->app.workers[i]);

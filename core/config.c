@@ -96,6 +96,11 @@ static const struct ab_option options[] = {
     {.name = "trusted-proxy", .type = OPT_LIST, .off = OFF(trusted_proxy), .check = check_cidr,
      .group = "HTTP", .metavar = "CIDR",
      .help = "proxies (e.g. the load balancer) whose X-Forwarded-For names the client"},
+    {.name = "proxy-header", .type = OPT_STRING, .def = "x-forwarded-for",
+     .off = OFF(proxy_header), .choices = "x-forwarded-for|forwarded", .group = "HTTP",
+     .metavar = "x-forwarded-for|forwarded",
+     .help = "the header your --trusted-proxy writes (RFC 7239 Forwarded or "
+             "X-Forwarded-For); the other one is ignored"},
     /* TLS */
     {.name = "tls-cert", .type = OPT_STRING, .off = OFF(tls_cert), .group = "TLS",
      .metavar = "FILE",
@@ -122,7 +127,16 @@ static const struct ab_option options[] = {
      .help = "largest accepted request head (request line and headers)"},
     {.name = "read-timeout", .type = OPT_LONG, .def = "10", .min = 1, .max = 3600,
      .off = OFF(read_timeout_s), .group = "Limits", .metavar = "SECONDS",
-     .help = "time allowed to receive a request's headers and body"},
+     .help = "deadline for receiving a whole request (head and body), counted from its "
+             "first byte; then the connection is closed"},
+    {.name = "idle-timeout", .type = OPT_LONG, .def = "5", .min = 1, .max = 3600,
+     .off = OFF(idle_timeout_s), .group = "Limits", .metavar = "SECONDS",
+     .help = "close a connection that has no request in progress (a new one, or kept "
+             "alive after an answer) after this long"},
+    {.name = "max-buffered", .type = OPT_LONG, .def = "67108864", .min = 1, .max = LONG_MAX,
+     .off = OFF(max_buffered), .group = "Limits", .metavar = "BYTES",
+     .help = "request bodies held in memory, over all connections; a request that would "
+             "exceed it gets 503 with Retry-After"},
     {.name = "drain-grace", .type = OPT_LONG, .def = "5", .min = 0, .max = 3600,
      .off = OFF(drain_grace_s), .group = "Limits", .metavar = "SECONDS",
      .help = "on SIGTERM, keep serving while /readyz reports not ready, so the load "

@@ -27,7 +27,10 @@ struct ab_config {
     long max_connections;
     long max_inflight;
     long max_headers_size;
-    long read_timeout_s; /* header and body read timeout */
+    long read_timeout_s; /* deadline for a whole request, from its first byte */
+    long idle_timeout_s; /* deadline for a connection with no request in progress */
+    long max_buffered;   /* bytes of request bodies held, over all connections */
+    char *proxy_header;  /* x-forwarded-for | forwarded */
     struct ab_strlist allow;
     struct ab_strlist trusted_proxy;
     long drain_grace_s;

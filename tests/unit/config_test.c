@@ -107,7 +107,8 @@ static const char *const all_options[] = {
     "file-fsync",    "kafka-brokers", "kafka-key",        "kafka-conf",
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
-    "version",       "check-config",  "print-config",
+    "version",       "check-config",  "print-config",     "idle-timeout",
+    "max-buffered",  "proxy-header",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
