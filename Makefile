@@ -15,6 +15,8 @@ CFLAGS  += -Werror
 endif
 ifneq ($(SANITIZER),)
 CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -O1
+# UBSan only prints by default: make every report fatal so that the tests see it
+CFLAGS  += $(if $(filter undefined,$(SANITIZER)),-fno-sanitize-recover=undefined)
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
 
@@ -40,7 +42,7 @@ $(BUILD)/almabridge: $(CMD_OBJ) $(SAN_OBJ) $(BUILD)/libalmabridge.a
 
 $(BUILD)/libalmabridge.a: $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)

@@ -33,6 +33,7 @@
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
+#include "spool.h"
 #include "tls.h"
 
 extern char **environ;
@@ -41,6 +42,8 @@ struct daemon {
     struct ab_config cfg;
     struct ab_app app;
     struct ab_sink_setup sink; /* what the sink's global_init and open are given */
+    struct ab_spool_conf spool;     /* --spool: the spool wraps the sink ... */
+    struct ab_sink_conf spool_conf; /* ... and is given this instead */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -223,6 +226,29 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     }
     ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
     d->app.sink_conf = &d->sink.conf;
+    if (cfg->spool) {
+        if (strcmp(d->app.sink_ops->name, "file") == 0) {
+            snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
+                                  "itself a local fsync'd log");
+            return -1;
+        }
+        if (cfg->spool_after_ms >= cfg->ack_timeout_ms) {
+            snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
+                     cfg->spool_after_ms, cfg->ack_timeout_ms);
+            return -1;
+        }
+        d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
+                                          .inner_conf = d->sink.conf,
+                                          .dir = cfg->spool,
+                                          .after_ms = cfg->spool_after_ms,
+                                          .max_bytes = cfg->spool_max_bytes,
+                                          .segment_bytes = cfg->spool_segment_bytes,
+                                          .route = cfg->route};
+        d->spool_conf = d->sink.conf;
+        d->spool_conf.opts = &d->spool;
+        d->app.sink_ops = ab_spool_wrap(d->app.sink_ops);
+        d->app.sink_conf = &d->spool_conf;
+    }
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
@@ -255,7 +281,7 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         n = 1;
     }
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->sink.conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(d->app.sink_conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
@@ -295,7 +321,7 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     char err[1024];
     void *shared = NULL;
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->sink.conf, &shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(d->app.sink_conf, &shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (d->app.sink_ops->global_free) {
@@ -343,7 +369,7 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));
@@ -362,12 +388,12 @@ int main(int argc, char **argv)
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
     d.env_secret = take_env_secret();
-    if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
+    if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     if (d.cfg.help) {
-        ab_config_usage(stdout);
+        ab_config_usage(ab_sinks, stdout);
         printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
                "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
                "broker).\n");

@@ -16,6 +16,10 @@
 #include <librdkafka/rdkafka.h>
 
 #include "mem.h"
+#include "sinks/file.h"
+#include "sinks/kafka.h"
+#include "sinks/redis.h"
+#include "sinks/registry.h"
 
 extern char **environ;
 
@@ -131,19 +135,22 @@ int ab_cli_load_config(int nargs, char **args, struct ab_cli_sinkcfg *out, struc
 {
     struct ab_config cfg;
     memset(out, 0, sizeof(*out));
-    if (ab_config_load(&cfg, nargs, args, environ, err, errlen) != AB_CONFIG_OK) {
+    if (ab_config_load(&cfg, ab_sinks, nargs, args, environ, err, errlen) != AB_CONFIG_OK) {
         return -1;
     }
     out->sink = ab_strdup(cfg.sink);
     out->route = cfg.route ? ab_strdup(cfg.route) : NULL;
-    out->key = ab_strdup(cfg.kafka_key ? cfg.kafka_key : "");
-    out->file = ab_strdup(cfg.file);
-    out->kafka_brokers = ab_strdup(cfg.kafka_brokers);
-    out->redis_url = ab_strdup(cfg.redis_url);
-    out->n_kafka_conf = cfg.kafka_conf.n;
-    out->kafka_conf = ab_calloc(cfg.kafka_conf.n + 1, sizeof(char *));
-    for (size_t i = 0; i < cfg.kafka_conf.n; i++) {
-        out->kafka_conf[i] = ab_strdup(cfg.kafka_conf.v[i]);
+    const struct ab_file_conf *file = ab_config_sink_opts(&cfg, &ab_sink_file);
+    const struct ab_kafka_conf *kafka = ab_config_sink_opts(&cfg, &ab_sink_kafka);
+    const struct ab_redis_conf *redis = ab_config_sink_opts(&cfg, &ab_sink_redis);
+    out->key = ab_strdup(kafka->key ? kafka->key : "");
+    out->file = ab_strdup(file->path);
+    out->kafka_brokers = ab_strdup(kafka->brokers);
+    out->redis_url = ab_strdup(redis->url);
+    out->n_kafka_conf = kafka->conf.n;
+    out->kafka_conf = ab_calloc(kafka->conf.n + 1, sizeof(char *));
+    for (size_t i = 0; i < kafka->conf.n; i++) {
+        out->kafka_conf[i] = ab_strdup(kafka->conf.v[i]);
     }
     if (full != NULL) {
         *full = cfg;

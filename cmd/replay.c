@@ -117,6 +117,7 @@ static void idset_free(struct idset *set)
 struct input {
     char **paths;
     size_t n, cur;
+    long first_offset; /* where to start in paths[0] (a spool's forwarding position) */
     FILE *fp;
     char *line;
     size_t cap;
@@ -158,7 +159,38 @@ static void only_seg_files(struct input *in)
     in->n = w;
 }
 
-static int input_open(struct input *in, const char *from, char *err, size_t errlen)
+/* A spool directory (sinks/spool.c) records how far its forwarder got in DIR/forwarded,
+ * "SEGMENT OFFSET": drop the segments before SEGMENT and start that one at OFFSET. Returns
+ * 1 when it did, 0 when there is no such file. */
+static int skip_forwarded(struct input *in, const char *dir)
+{
+    char *path = ab_asprintf("%s/forwarded", dir);
+    FILE *fp = fopen(path, "r");
+    unsigned long long seq = 0;
+    long long off = 0;
+    int found = fp && fscanf(fp, "%llu %lld", &seq, &off) == 2 && off >= 0;
+    size_t w = 0;
+    for (size_t i = 0; found && i < in->n; i++) {
+        const char *base = strrchr(in->paths[i], '/') + 1;
+        unsigned long long s = strtoull(base, NULL, 10);
+        if (s < seq) {
+            free(in->paths[i]);
+            continue;
+        }
+        if (s == seq) {
+            in->first_offset = (long)off;
+        }
+        in->paths[w++] = in->paths[i];
+    }
+    in->n = found ? w : in->n;
+    if (fp) {
+        fclose(fp);
+    }
+    free(path);
+    return found;
+}
+
+static int input_open(struct input *in, const char *from, int all, char *err, size_t errlen)
 {
     struct stat st;
     memset(in, 0, sizeof(*in));
@@ -188,6 +220,10 @@ static int input_open(struct input *in, const char *from, char *err, size_t errl
     closedir(d);
     only_seg_files(in);
     qsort(in->paths, in->n, sizeof(char *), cmp_str);
+    if (!all && skip_forwarded(in, from)) {
+        fprintf(stderr, "replay: %s is a spool: starting where its forwarder stopped (line 1 "
+                        "= the first event not forwarded; --all for every event)\n", from);
+    }
     return 0;
 }
 
@@ -198,6 +234,10 @@ static char *input_next(struct input *in, size_t *len, char *err, size_t errlen)
         if (in->fp == NULL && (in->fp = fopen(in->paths[in->cur], "r")) == NULL) {
             snprintf(err, errlen, "cannot read %s: %s", in->paths[in->cur], strerror(errno));
             return NULL;
+        }
+        if (in->cur == 0 && in->first_offset > 0) {
+            fseek(in->fp, in->first_offset, SEEK_SET);
+            in->first_offset = 0;
         }
         ssize_t n = getline(&in->line, &in->cap, in->fp);
         if (n >= 0) {
@@ -255,6 +295,7 @@ struct replay {
     struct idset seen;      /* ids sent, or already in a stream/topic */
     struct idset loaded;    /* streams/topics whose ids have been read */
     int dedup;
+    int all; /* --all: a spool's forwarded events too */
     long next_line;         /* number of the next line to read */
     long start_line;
     double rate;            /* events/s, 0 = unbounded */
@@ -689,7 +730,7 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
         snprintf(err, errlen, "--kafka-key: %s", rerr);
         return -1;
     }
-    if (input_open(&rp->in, from, err, errlen) != 0) {
+    if (input_open(&rp->in, from, rp->all, err, errlen) != 0) {
         return -1;
     }
     ab_sink_setup_init(&rp->setup, &rp->cfg, rp->ops);
@@ -774,12 +815,13 @@ static const char REPLAY_FOOTER[] =
 
 int ab_cmd_replay(int argc, char **argv)
 {
-    const char *from = NULL, *rate = "1000", *start = "1", *no_dedup = NULL;
+    const char *from = NULL, *rate = "1000", *start = "1", *no_dedup = NULL, *all = NULL;
     const struct ab_cli_opt opts[] = {
         {"from", 1, &from, "FILE|DIR", "the file sink's log, or a directory of segments"},
         {"rate", 1, &rate, "N", "events per second at most (default 1000; 0 = no limit)"},
         {"start-line", 1, &start, "N", "begin at line N (1 = the first), to resume"},
         {"no-dedup", 0, &no_dedup, NULL, "do not read the ids already in the target"},
+        {"all", 0, &all, NULL, "a spool directory: also the events already forwarded"},
     };
     size_t nopts = sizeof(opts) / sizeof(opts[0]);
     static struct replay rp; /* big (the ring): not on the stack */
@@ -806,11 +848,12 @@ int ab_cmd_replay(int argc, char **argv)
     if (ab_cli_load_config(nrest, rest, &rp.sc, &rp.cfg, err, sizeof(err)) != 0) {
         goto done;
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     ab_log_configure(strcmp(rp.cfg.log_level, "info") == 0 ? "warn" : rp.cfg.log_level,
                      rp.cfg.log_format, err, sizeof(err));
     rp.next_line = 1;
     rp.dedup = no_dedup == NULL;
+    rp.all = all != NULL;
     rp.tty = isatty(2);
     signal(SIGPIPE, SIG_IGN);
     if (replay_setup(&rp, from, err, sizeof(err)) != 0) {

@@ -134,63 +134,98 @@ static SSL *tls_client(SSL_CTX **ctx, const char *host, const struct tls_opts *t
     return ssl;
 }
 
+/* Where a URL points: scheme, host (without IPv6 brackets), port, request target. */
+struct target {
+    int https;
+    int port;
+    char host[256];
+    char hosthdr[300]; /* the Host header: host[:port] as written in the URL */
+    char *path;        /* path and query */
+};
+
+static int parse_target(const char *url, struct target *tg, char *err, size_t errlen)
+{
+    struct evhttp_uri *uri = evhttp_uri_parse(url);
+    const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
+    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
+    int rc = -1;
+    if (scheme == NULL || host == NULL ||
+        (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
+        snprintf(err, errlen, "not an http:// or https:// URL: %s", url);
+        goto done;
+    }
+    tg->https = strcmp(scheme, "https") == 0;
+    int given = evhttp_uri_get_port(uri);
+    tg->port = given > 0 ? given : tg->https ? 443 : 80;
+    size_t hl = strlen(host);
+    snprintf(tg->host, sizeof(tg->host), "%.*s", host[0] == '[' ? (int)hl - 2 : (int)hl,
+             host[0] == '[' ? host + 1 : host);
+    snprintf(tg->hosthdr, sizeof(tg->hosthdr), given > 0 ? "%s:%d" : "%s", host, given);
+    const char *path = evhttp_uri_get_path(uri), *query = evhttp_uri_get_query(uri);
+    tg->path = ab_asprintf("%s%s%s", path && *path ? path : "/", query ? "?" : "",
+                           query ? query : "");
+    struct evutil_addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+    int gai = evutil_getaddrinfo(tg->host, NULL, &hints, &ai);
+    if (gai != 0) {
+        snprintf(err, errlen, "cannot resolve %s: %s", tg->host, evutil_gai_strerror(gai));
+        goto done;
+    }
+    evutil_freeaddrinfo(ai);
+    rc = 0;
+done:
+    if (uri) {
+        evhttp_uri_free(uri);
+    }
+    return rc;
+}
+
+/* A connection to tg on call->base: plain, or TLS through bufferevent_openssl (which then
+ * owns the SSL object). NULL with call->err. */
+static struct evhttp_connection *connect_to(struct http_call *call, const struct target *tg,
+                                            const struct tls_opts *t, SSL_CTX **ctx)
+{
+    SSL *ssl = NULL;
+    if (tg->https) {
+        ssl = tls_client(ctx, tg->host, t, call->err, sizeof(call->err));
+        if (ssl == NULL) {
+            return NULL;
+        }
+        call->bev = bufferevent_openssl_socket_new(call->base, -1, ssl,
+                                                   BUFFEREVENT_SSL_CONNECTING,
+                                                   BEV_OPT_CLOSE_ON_FREE |
+                                                       BEV_OPT_DEFER_CALLBACKS);
+        bufferevent_openssl_set_allow_dirty_shutdown(call->bev, 1);
+    } else {
+        call->bev = bufferevent_socket_new(call->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    }
+    struct evhttp_connection *evcon = evhttp_connection_base_bufferevent_new(
+        call->base, NULL, call->bev, tg->host, (unsigned short)tg->port);
+    evhttp_connection_set_timeout(evcon, CLIENT_TIMEOUT_S);
+    return evcon;
+}
+
 /* One HTTP/1.1 request to url (method GET or POST with body and extra headers, pairs of
  * name and value ending with NULL); the answer lands in call. Returns 0 when an answer
- * came, -1 with call->err otherwise. */
+ * came, -1 with call->err otherwise. Runs its own event loop until then. */
 static int http_call(const char *url, enum evhttp_cmd_type method, const char *const *headers,
                      const void *body, size_t len, const struct tls_opts *t,
                      struct http_call *call)
 {
-    struct evhttp_uri *uri = evhttp_uri_parse(url);
+    struct target tg = {0};
     SSL_CTX *ctx = NULL;
-    SSL *ssl = NULL;
     struct evhttp_connection *evcon = NULL;
-    const char *scheme = uri ? evhttp_uri_get_scheme(uri) : NULL;
-    const char *host = uri ? evhttp_uri_get_host(uri) : NULL;
-    int rc = -1;
     memset(call, 0, sizeof(*call));
-    if (scheme == NULL || host == NULL ||
-        (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
-        snprintf(call->err, sizeof(call->err), "not an http:// or https:// URL: %s", url);
+    if (parse_target(url, &tg, call->err, sizeof(call->err)) != 0) {
         goto done;
     }
-    int https = strcmp(scheme, "https") == 0;
-    int port = evhttp_uri_get_port(uri) > 0 ? evhttp_uri_get_port(uri) : https ? 443 : 80;
-    char bare[256];
-    size_t hl = strlen(host);
-    snprintf(bare, sizeof(bare), "%.*s", host[0] == '[' ? (int)hl - 2 : (int)hl,
-             host[0] == '[' ? host + 1 : host);
-    struct evutil_addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
-    int gai = evutil_getaddrinfo(bare, NULL, &hints, &ai);
-    if (gai != 0) {
-        snprintf(call->err, sizeof(call->err), "cannot resolve %s: %s", bare,
-                 evutil_gai_strerror(gai));
-        goto done;
-    }
-    evutil_freeaddrinfo(ai);
     call->base = event_base_new();
-    if (https && (ssl = tls_client(&ctx, bare, t, call->err, sizeof(call->err))) == NULL) {
+    if ((evcon = connect_to(call, &tg, t, &ctx)) == NULL) {
         goto done;
     }
-    call->bev = https ? bufferevent_openssl_socket_new(call->base, -1, ssl,
-                                                       BUFFEREVENT_SSL_CONNECTING,
-                                                       BEV_OPT_CLOSE_ON_FREE |
-                                                           BEV_OPT_DEFER_CALLBACKS)
-                      : bufferevent_socket_new(call->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (https) {
-        bufferevent_openssl_set_allow_dirty_shutdown(call->bev, 1);
-        ssl = NULL; /* the bufferevent owns it now */
-    }
-    evcon = evhttp_connection_base_bufferevent_new(call->base, NULL, call->bev, bare,
-                                                   (unsigned short)port);
-    evhttp_connection_set_timeout(evcon, CLIENT_TIMEOUT_S);
     struct evhttp_request *req = evhttp_request_new(on_response, call);
     evhttp_request_set_error_cb(req, on_request_error);
     struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    char hosthdr[300];
-    int default_port = port == (https ? 443 : 80);
-    snprintf(hosthdr, sizeof(hosthdr), default_port ? "%s" : "%s:%d", host, port);
-    evhttp_add_header(out, "Host", hosthdr);
+    evhttp_add_header(out, "Host", tg.hosthdr);
     evhttp_add_header(out, "User-Agent", "almabridge/" AB_VERSION);
     evhttp_add_header(out, "Connection", "close");
     for (size_t i = 0; headers && headers[i]; i += 2) {
@@ -199,36 +234,26 @@ static int http_call(const char *url, enum evhttp_cmd_type method, const char *c
     if (body) {
         evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
     }
-    const char *path = evhttp_uri_get_path(uri), *query = evhttp_uri_get_query(uri);
-    char *target = ab_asprintf("%s%s%s", path && *path ? path : "/", query ? "?" : "",
-                               query ? query : "");
-    if (evhttp_make_request(evcon, req, method, target) != 0) {
+    if (evhttp_make_request(evcon, req, method, tg.path) != 0) {
         snprintf(call->err, sizeof(call->err), "cannot send the request");
     } else {
         event_base_dispatch(call->base);
     }
-    free(target);
-    rc = call->status > 0 ? 0 : -1;
-    if (rc != 0 && call->err[0] == '\0') {
+    if (call->status == 0 && call->err[0] == '\0') {
         snprintf(call->err, sizeof(call->err), "no answer");
     }
 done:
     if (evcon) {
         evhttp_connection_free(evcon); /* frees the bufferevent and its SSL */
-    } else if (call->bev) {
-        bufferevent_free(call->bev);
     }
     call->bev = NULL;
-    SSL_free(ssl);
     SSL_CTX_free(ctx);
     if (call->base) {
         event_base_free(call->base);
         call->base = NULL;
     }
-    if (uri) {
-        evhttp_uri_free(uri);
-    }
-    return rc;
+    free(tg.path);
+    return call->status > 0 ? 0 : -1;
 }
 
 static char *read_all(const char *path, size_t *len, char *err, size_t errlen)

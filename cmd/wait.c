@@ -393,8 +393,16 @@ static int kafka_loop(const struct waiter *w, rd_kafka_t *rk, const char *topic,
         nparts = kafka_partitions(rk, topic, 5000, err, errlen);
         nparts = nparts < 0 ? 0 : nparts;
     }
-    if (kafka_assign(rk, topic, nparts, w->from_ms, err, errlen) != 0) {
-        return AB_EXIT_USAGE;
+    /* A topic just created may not have its partition leaders yet: try for a while. */
+    for (int64_t until = ab_cli_mono_ms() + 15000;
+         kafka_assign(rk, topic, nparts, w->from_ms, err, errlen) != 0;) {
+        if (ab_cli_mono_ms() > until) {
+            return AB_EXIT_USAGE;
+        }
+        if (remaining_ms(w) == 0) {
+            return timed_out(w);
+        }
+        sleep_ms(500);
     }
     for (;;) {
         int64_t left = remaining_ms(w);
@@ -776,7 +784,7 @@ int ab_cmd_wait(int argc, char **argv)
     if (ab_cli_load_config(nrest, rest, &c, NULL, err, sizeof(err)) != 0) {
         goto done;
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     struct waiter w = {.instance = instance, .job = job, .success = success,
                        .start_ms = ab_cli_now_ms(), .verbose = verbose != NULL};
     w.from_ms = w.start_ms - since_ms;

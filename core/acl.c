@@ -46,9 +46,11 @@ struct ab_acl *ab_acl_new(const char *const *cidrs, size_t n, char *errstr, size
         int max = fam == 4 ? 32 : 128;
         int prefix = max;
         if (fam && slash) {
-            char *end;
-            long p = strtol(slash + 1, &end, 10);
-            prefix = (*end || slash[1] == '\0' || p < 0 || p > max) ? -1 : (int)p;
+            size_t digits = strspn(slash + 1, "0123456789"); /* no sign, no blanks */
+            long p = digits > 0 && digits <= 3 && slash[1 + digits] == '\0'
+                         ? strtol(slash + 1, NULL, 10)
+                         : -1;
+            prefix = p < 0 || p > max ? -1 : (int)p;
         }
         if (!fam || prefix < 0) {
             snprintf(errstr, errlen, "\"%s\" is not an address or CIDR block", cidrs[i]);

@@ -8,11 +8,13 @@
  * same file, and fsyncs the directory of a created file before the first acknowledgement.
  * Each loop thread's instance is a client of that log; its pending list (pending.h) owns
  * the deadline and the callbacks. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
+#include "config.h"
 #include "eventlog.h"
 #include "file.h"
 #include "log.h"
@@ -29,6 +31,20 @@ struct file_sink {
     struct ab_eventlog_client *client;
     struct ab_pending *pending; /* each entry travels through the log as its record's opaque */
 };
+
+/* The file sink's options (struct ab_file_conf). */
+#define OFF(field) offsetof(struct ab_file_conf, field)
+/* clang-format off */
+static const struct ab_option file_options[] = {
+    {.name = "file", .type = AB_OPT_STRING, .def = "./almabridge-events.jsonl", .off = OFF(path),
+     .group = "Sink", .metavar = "FILE",
+     .help = "file sink: append one CloudEvent per line to FILE"},
+    {.name = "file-fsync", .type = AB_OPT_BOOL, .def = "true", .off = OFF(fsync),
+     .group = "Sink",
+     .help = "file sink: fsync before acknowledging; false trades durability for speed"},
+};
+/* clang-format on */
+static const struct ab_optset file_optset = AB_OPTSET(file_options, struct ab_file_conf);
 
 static int file_global_init(const struct ab_sink_conf *conf, void **shared, char *errstr,
                             size_t errlen)
@@ -119,6 +135,7 @@ static void file_close(struct ab_sink *s, int timeout_ms)
 const struct ab_sink_ops ab_sink_file = {
     .name = "file",
     .default_route = "",
+    .options = &file_optset,
     .global_init = file_global_init,
     .global_free = file_global_free,
     .open = file_open,

@@ -37,6 +37,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,6 +372,24 @@ static int compile_key(const struct ab_kafka_conf *cfg, struct ab_route **key, c
     return 0;
 }
 
+/* The Kafka sink's options (struct ab_kafka_conf). */
+#define OFF(field) offsetof(struct ab_kafka_conf, field)
+/* clang-format off */
+static const struct ab_option kafka_options[] = {
+    {.name = "kafka-brokers", .type = AB_OPT_STRING, .def = "localhost:9092",
+     .off = OFF(brokers), .group = "Kafka", .metavar = "HOST:PORT,...",
+     .help = "bootstrap brokers (librdkafka bootstrap.servers)"},
+    {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{id}", .off = OFF(key),
+     .group = "Kafka", .metavar = "TEMPLATE",
+     .help = "message key template (placeholders as for --route); empty for no key"},
+    {.name = "kafka-conf", .type = AB_OPT_LIST, .off = OFF(conf), .check = ab_config_check_kv,
+     .mask = AB_MASK_KV_SECRETS, .group = "Kafka", .metavar = "KEY=VALUE",
+     .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; values of keys "
+             "containing \"password\" or \"secret\" are masked in output"},
+};
+/* clang-format on */
+static const struct ab_optset kafka_optset = AB_OPTSET(kafka_options, struct ab_kafka_conf);
+
 /* ---- the operations --------------------------------------------------------------- */
 
 static void kafka_close(struct ab_sink *s, int timeout_ms);
@@ -578,6 +597,7 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
 const struct ab_sink_ops ab_sink_kafka = {
     .name = "kafka",
     .default_route = "alma.{action}",
+    .options = &kafka_optset,
     .global_init = kafka_global_init,
     .open = kafka_open,
     .submit = kafka_submit,

@@ -30,6 +30,7 @@
  * thread that opened the instance. */
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,7 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include "config.h"
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
@@ -233,8 +235,15 @@ static int parse_url(const char *url, struct redis_shared *sh, char *err, size_t
         p += 1 + n;
     }
     if (*p != '\0') {
-        snprintf(err, errlen, "--redis: unexpected '%c' (query parameters are not supported); "
-                              "expected %s", *p, URL_FORM);
+        unsigned char c = (unsigned char)*p;
+        char shown[16];
+        if (c > 0x20 && c < 0x7f) {
+            snprintf(shown, sizeof(shown), "'%c'", c);
+        } else {
+            snprintf(shown, sizeof(shown), "byte 0x%02x", c); /* never a raw control byte */
+        }
+        snprintf(err, errlen, "--redis: unexpected %s (query parameters are not supported); "
+                              "expected %s", shown, URL_FORM);
         return -1;
     }
     int v6 = strchr(sh->host, ':') != NULL;
@@ -256,6 +265,25 @@ static void shared_free(struct redis_shared *sh)
     free(sh->host);
     free(sh);
 }
+
+/* The Redis sink's options (struct ab_redis_conf). */
+#define OFF(field) offsetof(struct ab_redis_conf, field)
+/* clang-format off */
+static const struct ab_option redis_options[] = {
+    {.name = "redis", .type = AB_OPT_STRING, .def = DEFAULT_URL, .off = OFF(url),
+     .mask = AB_MASK_URL_PASSWORD, .group = "Redis", .metavar = "URL",
+     .help = "Redis server, redis://[[user]:password@]host[:port][/db] (no TLS: rediss:// "
+             "is refused); the password is masked in output and in ps"},
+    {.name = "redis-maxlen", .type = AB_OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
+     .off = OFF(maxlen), .group = "Redis", .metavar = "N",
+     .help = "trim each stream to about N entries (XADD MAXLEN ~); 0 = never trim"},
+    {.name = "redis-wait", .type = AB_OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
+     .off = OFF(wait), .group = "Redis", .metavar = "N",
+     .help = "replicas that must confirm each write (WAIT) before it is acknowledged; "
+             "0 = the primary's reply is enough"},
+};
+/* clang-format on */
+static const struct ab_optset redis_optset = AB_OPTSET(redis_options, struct ab_redis_conf);
 
 /* Start-up thread: parse and check the options. Returns 0 and *shared, or -1 and errstr. */
 static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char *errstr,
@@ -712,6 +740,7 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
 const struct ab_sink_ops ab_sink_redis = {
     .name = "redis",
     .default_route = "alma:{action}",
+    .options = &redis_optset,
     .global_init = redis_global_init,
     .global_free = redis_global_free,
     .open = redis_open,

@@ -4,6 +4,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "file.h"
+#include "kafka.h"
+#include "redis.h"
 
 const struct ab_sink_ops *const ab_sinks[] = {
     &ab_sink_file,
@@ -25,16 +28,5 @@ const struct ab_sink_ops *ab_sink_find(const char *name)
 void ab_sink_setup_init(struct ab_sink_setup *s, const struct ab_config *cfg,
                         const struct ab_sink_ops *ops)
 {
-    memset(s, 0, sizeof(*s));
-    if (ops == &ab_sink_file) {
-        s->opts.file = (struct ab_file_conf){cfg->file, cfg->file_fsync};
-    } else if (ops == &ab_sink_kafka) {
-        s->opts.kafka = (struct ab_kafka_conf){cfg->kafka_brokers, cfg->kafka_key,
-                                               cfg->kafka_conf};
-    } else if (ops == &ab_sink_redis) {
-        s->opts.redis = (struct ab_redis_conf){cfg->redis_url, cfg->redis_maxlen,
-                                               cfg->redis_wait};
-    }
-    s->conf = (struct ab_sink_conf){&s->opts, cfg->ack_timeout_ms, cfg->max_body,
-                                    cfg->check_config};
+    ab_config_sink_conf(cfg, ops, &s->conf);
 }

@@ -6,9 +6,6 @@
 
 #include <stddef.h>
 
-#include "file.h"
-#include "kafka.h"
-#include "redis.h"
 #include "sink.h"
 
 struct ab_config;
@@ -20,17 +17,12 @@ extern const struct ab_sink_ops *const ab_sinks[];
 const struct ab_sink_ops *ab_sink_find(const char *name);
 
 /* What a program hands to a backend's global_init() and open(): the backend's own options
- * and the core's settings, taken from a loaded configuration. */
+ * and the core's settings, taken from a configuration loaded with ab_sinks. */
 struct ab_sink_setup {
     struct ab_sink_conf conf;
-    union {
-        struct ab_file_conf file;
-        struct ab_kafka_conf kafka;
-        struct ab_redis_conf redis;
-    } opts;
 };
 
-/* Fill *s for backend ops from cfg (which must outlive it). */
+/* Fill *s for backend ops from cfg (which must outlive it): ab_config_sink_conf. */
 void ab_sink_setup_init(struct ab_sink_setup *s, const struct ab_config *cfg,
                         const struct ab_sink_ops *ops);
 

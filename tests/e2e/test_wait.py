@@ -239,3 +239,26 @@ def test_redis_waiter_survives_a_redis_restart(tmp_path):
             assert "reconnecting" in err
         finally:
             assert d.stop() == 0
+
+
+def test_kafka_waiters_read_every_partition(kafka, tmp_path):
+    topic = "parts%s.job_end" % new_id()[-8:]
+    kafka.create_topic(topic, partitions=3)
+    d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic],
+               tmpdir=str(tmp_path), threads=1).start()
+    try:
+        wait_ready(d)
+        insts = [new_id() for _ in range(6)]
+        for i in insts:
+            post_ok(d, job_end_json(i))
+        parts = {m["partition"] for m in kafka.consume(topic, count=6)}
+        assert len(parts) > 1  # keyed by webhook id: spread over the partitions
+        waiters = [almabridge("wait", "--job-instance", i, "--timeout", "60s", "--sink", "kafka",
+                              "--kafka-brokers", kafka.bootstrap, "--route", topic)
+                   for i in insts]
+        for i, p in zip(insts, waiters):
+            rc, out, err = finish(p)
+            assert rc == 0, err
+            assert str(json.loads(out)["data"]["job_instance"]["id"]) == i
+    finally:
+        assert d.stop() == 0

@@ -3,6 +3,7 @@
  * OK or the configuration-error code with a reason, never a crash or a leak (ASan), and a
  * loaded configuration prints (--print-config) without crashing. */
 #include "config.h"
+#include "registry.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -36,7 +37,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *envp[] = {NULL};
     char err[512] = "";
     struct ab_config cfg;
-    int rc = ab_config_load(&cfg, 3, argv, envp, err, sizeof(err));
+    int rc = ab_config_load(&cfg, ab_sinks, 3, argv, envp, err, sizeof(err));
     check(rc == AB_CONFIG_OK || rc == AB_CONFIG_ERROR, "known result");
     check(rc == AB_CONFIG_OK || err[0] != '\0', "a reason on error");
     check(memchr(err, '\0', sizeof(err)) != NULL, "reason terminated");

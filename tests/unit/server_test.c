@@ -128,7 +128,7 @@ static struct server *server_start(const char *opt, ...)
     va_end(ap);
     char *envp[] = {NULL};
     char err[512];
-    if (ab_config_load(&s->cfg, argc, argv, envp, err, sizeof(err)) != AB_CONFIG_OK) {
+    if (ab_config_load(&s->cfg, NULL, argc, argv, envp, err, sizeof(err)) != AB_CONFIG_OK) {
         fprintf(stderr, "config: %s\n", err);
         abort();
     }
