@@ -479,7 +479,36 @@ static int scan_close(struct scan *s)
     return 0;
 }
 
-/* One token (or whitespace) at s->i in the given state. */
+/* Index of the first byte from i on that is not JSON whitespace (or n). */
+static inline size_t skip_space(const unsigned char *p, size_t n, size_t i)
+{
+    while (i < n && space[p[i]]) {
+        i++;
+    }
+    return i;
+}
+
+/* A member from its key at s->i on: the key, then, when they follow as expected (after
+ * any whitespace), the colon and the value; otherwise *state is left for scan_step() to
+ * report what is wrong. Saves a turn of the main loop per token in the common case. */
+static int scan_member(struct scan *s, enum scan_state *state)
+{
+    *state = ST_COLON;
+    if (scan_key(s) != 0) {
+        return -1;
+    }
+    s->i = skip_space(s->p, s->n, s->i);
+    if (s->i >= s->n || s->p[s->i] != ':') {
+        return 0;
+    }
+    s->out[s->w++] = ':';
+    s->i++;
+    *state = ST_VALUE;
+    s->i = skip_space(s->p, s->n, s->i);
+    return s->i < s->n ? scan_value(s, state) : 0;
+}
+
+/* One token (or more, see scan_member) at s->i in the given state. */
 static int scan_step(struct scan *s, enum scan_state *state)
 {
     unsigned char c = s->p[s->i];
@@ -501,8 +530,7 @@ static int scan_step(struct scan *s, enum scan_state *state)
         if (c != '"') {
             break;
         }
-        *state = ST_COLON;
-        return scan_key(s);
+        return scan_member(s, state);
     case ST_COLON:
         if (c != ':') {
             break;
@@ -517,9 +545,12 @@ static int scan_step(struct scan *s, enum scan_state *state)
         }
         if (c == ',') {
             s->out[s->w++] = ',';
-            s->i++;
+            s->i = skip_space(s->p, s->n, s->i + 1);
             *state = s->stack[s->depth] == '{' ? ST_KEY : ST_VALUE;
-            return 0;
+            if (s->i < s->n && *state == ST_KEY && s->p[s->i] == '"') {
+                return scan_member(s, state);
+            }
+            return s->i < s->n && *state == ST_VALUE ? scan_value(s, state) : 0;
         }
         if (c == '}' || c == ']') {
             return scan_close(s);
@@ -531,15 +562,6 @@ static int scan_step(struct scan *s, enum scan_state *state)
         return scan_fail(s, s->i, "JSON is not well-formed");
     }
     return scan_fail(s, s->i, "JSON holds an unexpected character outside strings");
-}
-
-/* Index of the first byte from i on that is not JSON whitespace (or n). */
-static inline size_t skip_space(const unsigned char *p, size_t n, size_t i)
-{
-    while (i < n && space[p[i]]) {
-        i++;
-    }
-    return i;
 }
 
 long ab_normalise_json_scan(const char *body, size_t len, char *out,
