@@ -43,6 +43,7 @@ PARTS = [
     ("HMAC signature", [r"^(ab_signature_verify|ab_secrets_verify|ab_signature_check\w*)$"]),
     ("answer + access log", [r"^(on_sink_done|pending_answer|ab_webhook_answer\w*)$"]),
     ("sink", [r"^(file_submit)$", r"^(write_batch)$", r"^(complete_batch)$"]),
+    ("HTTP request parse", [r"^(read_head)$", r"^(read_body)$"]),
 ]
 
 
