@@ -11,7 +11,8 @@ alternating rounds: for round r, concurrency c, every system in turn (the order 
 every other round, so a drift of the machine cancels out of the ratios) gets --duration s
 of closed-loop wrk with bench/post.lua (the same signed 1.5 kB Alma body for all). Then,
 per system, the latency at half its peak: bench/ratepost (open-loop, fixed rate; wrk2-like)
-at half the best req/s it reached, with up to 50 connections.
+at half its best mean req/s over the rounds (at the best concurrency), with up to 50
+connections.
 
 Systems (each answers the same signed requests; configurations in bench/peers/):
   almabridge      build/almabridge (file sink: --threads 1 and 2, fsync on; kafka and
@@ -288,7 +289,9 @@ def bench_sink(sink, a, tmpdir, body, sig, services):
                         f"p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms, "
                         f"{res['cores']} cores, non-2xx {res['non_2xx']}, errors {res['errors']}")
         for name in names:
-            peak = max(x["rps"] for x in out["runs"] if x["system"] == name)
+            # peak: the best concurrency's mean over the rounds (one lucky run is not a peak)
+            peak = max(mean([x["rps"] for x in out["runs"]
+                             if x["system"] == name and x["conns"] == c]) for c in a.conns)
             rate = max(1.0, peak / 2)
             lat = ratepost(systems[name].url, rate, a.latency_duration, 50, body, sig,
                            warmup=min(1.0, a.latency_duration / 4))
