@@ -57,22 +57,6 @@ static void die(const char *msg)
     exit(AB_CONFIG_ERROR);
 }
 
-/* Take ALMABRIDGE_SECRET and wipe it from the process's environment block, so that it is
- * neither inherited nor readable in /proc/<pid>/environ. */
-static char *take_env_secret(void)
-{
-    for (char **e = environ; e && *e; e++) {
-        if (strncmp(*e, "ALMABRIDGE_SECRET=", 18) == 0) {
-            char *v = *e + 18;
-            char *copy = ab_strdup(v);
-            memset(v, 0, strlen(v));
-            unsetenv("ALMABRIDGE_SECRET");
-            return copy;
-        }
-    }
-    return NULL;
-}
-
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
 {
     struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
@@ -226,23 +210,24 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     }
     ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
     d->app.sink_conf = &d->sink.conf;
-    if (cfg->spool) {
+    const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
+    if (spool->dir) {
         if (strcmp(d->app.sink_ops->name, "file") == 0) {
             snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
                                   "itself a local fsync'd log");
             return -1;
         }
-        if (cfg->spool_after_ms >= cfg->ack_timeout_ms) {
+        if (spool->after_ms >= cfg->ack_timeout_ms) {
             snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
-                     cfg->spool_after_ms, cfg->ack_timeout_ms);
+                     spool->after_ms, cfg->ack_timeout_ms);
             return -1;
         }
         d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
                                           .inner_conf = d->sink.conf,
-                                          .dir = cfg->spool,
-                                          .after_ms = cfg->spool_after_ms,
-                                          .max_bytes = cfg->spool_max_bytes,
-                                          .segment_bytes = cfg->spool_segment_bytes,
+                                          .dir = spool->dir,
+                                          .after_ms = spool->after_ms,
+                                          .max_bytes = spool->max_bytes,
+                                          .segment_bytes = spool->segment_bytes,
                                           .route = cfg->route};
         d->spool_conf = d->sink.conf;
         d->spool_conf.opts = &d->spool;
@@ -387,7 +372,7 @@ int main(int argc, char **argv)
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
-    d.env_secret = take_env_secret();
+    d.env_secret = ab_cli_take_env("ALMABRIDGE_SECRET"); /* wiped from the environment */
     if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }
