@@ -15,6 +15,8 @@ CFLAGS  += -Werror
 endif
 ifneq ($(SANITIZER),)
 CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -O1
+# UBSan only prints by default: make every report fatal so that the tests see it
+CFLAGS  += $(if $(filter undefined,$(SANITIZER)),-fno-sanitize-recover=undefined)
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
 
@@ -25,30 +27,32 @@ UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOLS_SRC := $(wildcard tests/tools/*.c)
 TOOLS_BIN := $(TOOLS_SRC:tests/tools/%.c=$(BUILD)/tools/%)
 FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
+# ThreadSanitizer builds link the C11-threads shim into every binary (tests/shim).
+SAN_OBJ   := $(if $(filter thread,$(SANITIZER)),$(BUILD)/obj/tests/shim/tsan_c11threads.o)
 
-.PHONY: all setup setup-test test unit e2e run clean format fuzz bench docs
+.PHONY: all setup setup-test setup-fuzz test unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs
 .SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
 
 CMD_OBJ   := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard cmd/*.c))
 
-$(BUILD)/almabridge: $(CMD_OBJ) $(BUILD)/libalmabridge.a
+$(BUILD)/almabridge: $(CMD_OBJ) $(SAN_OBJ) $(BUILD)/libalmabridge.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/libalmabridge.a: $(CORE_OBJ)
 	@mkdir -p $(@D)
-	$(AR) rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(BUILD)/libalmabridge.a
+$(BUILD)/tests/%: $(BUILD)/obj/tests/unit/%.o $(SAN_OBJ) $(BUILD)/libalmabridge.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(BUILD)/libalmabridge.a
+$(BUILD)/tools/%: $(BUILD)/obj/tests/tools/%.o $(SAN_OBJ) $(BUILD)/libalmabridge.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -101,8 +105,39 @@ run: $(BUILD)/almabridge
 	@echo "  curl -sS -H 'Content-Type: application/json' -H \"X-Exl-Signature: \$$sig\" --data-binary @\$$body http://127.0.0.1:8080/webhook"
 	ALMABRIDGE_SECRET=demo-secret ./$(BUILD)/almabridge
 
-fuzz:
+# libFuzzer drivers with ASan+UBSan (tests/fuzz/README.md); `make fuzz-long` runs each for
+# 10 million executions, one after another, under nice. `make test` needs neither: it replays
+# the corpora with gcc builds of the same drivers.
+FUZZ_DEBS := clang libfuzzer-14-dev libclang-rt-14-dev
+setup-fuzz:
+	$(call apt_install,$(FUZZ_DEBS))
+
+fuzz: setup-fuzz
 	$(MAKE) -C tests/fuzz
+
+fuzz-long: fuzz
+	$(MAKE) -C tests/fuzz long
+
+# Benchmark tools (bench/README.md): the fixed-rate load generator and the bare-evhttp peer.
+BENCH_BIN := $(BUILD)/bench/ratepost $(BUILD)/bench/bare_evhttp
+bench-tools: $(BENCH_BIN)
+
+$(BUILD)/bench/ratepost: bench/ratepost.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(LDLIBS) -lm
+
+$(BUILD)/bench/bare_evhttp: bench/peers/bare_evhttp.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(LDLIBS)
+
+# Instructions per webhook under callgrind (500 requests, file sink) against the number in
+# bench/smoke-baseline.json: fails above +10 %. `make bench-smoke-record` writes the current
+# number as the new baseline (commit it with the change that moved it).
+bench-smoke: $(BUILD)/almabridge $(BUILD)/bench/bare_evhttp
+	python3 bench/smoke.py --build $(BUILD)
+
+bench-smoke-record: $(BUILD)/almabridge $(BUILD)/bench/bare_evhttp
+	python3 bench/smoke.py --build $(BUILD) --record
 
 # Regenerate the README's option reference from the option table.
 docs: $(BUILD)/tools/options_md

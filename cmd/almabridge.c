@@ -20,8 +20,9 @@
 #include <openssl/ssl.h>
 
 #include "acl.h"
+#include "cli.h"
 #include "config.h"
-#include "http.h"
+#include "eventlog.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -29,8 +30,10 @@
 #include "notify.h"
 #include "probe.h"
 #include "route.h"
+#include "server.h"
 #include "signature.h"
 #include "sink.h"
+#include "sinks/registry.h"
 #include "tls.h"
 
 extern char **environ;
@@ -38,6 +41,7 @@ extern char **environ;
 struct daemon {
     struct ab_config cfg;
     struct ab_app app;
+    struct ab_sink_setup sink; /* what the sink's global_init and open are given */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -125,14 +129,16 @@ static void raise_fd_limit(void)
     }
 }
 
-/* libevent's own warnings, in our log format. */
+/* libevent's own warnings, in our log format; rate-limited, since a client can cause
+ * some of them (TLS and socket errors) over and over. */
 static void on_libevent_log(int severity, const char *msg)
 {
+    static struct ab_ratelimit rl;
     int level = severity == EVENT_LOG_DEBUG ? AB_LOG_DEBUG
                 : severity == EVENT_LOG_MSG ? AB_LOG_INFO
                 : severity == EVENT_LOG_WARN ? AB_LOG_WARN
                                              : AB_LOG_ERROR;
-    ab_log(level, "libevent: %s", msg);
+    ab_log_limited(&rl, level, "libevent: %s", msg);
 }
 
 static void *worker_main(void *arg)
@@ -141,13 +147,15 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Main thread: SIGHUP. Reload the secret file and the TLS certificate; a failed reload
- * keeps everything as it was. */
+/* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
+ * reload the secret file and the TLS certificate; a failed reload keeps everything as it
+ * was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
     ab_notify("RELOADING=1");
+    ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     if (s && d->cfg.tls_cert) {
@@ -160,14 +168,13 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         ab_notify("READY=1");
         return;
     }
-    struct ab_shared_secrets *ss = ab_shared_secrets_new(s);
     for (size_t i = 0; i < d->app.n_workers; i++) {
-        ab_worker_reload(d->app.workers[i], ss, ctx);
+        ab_worker_reload(d->app.workers[i], s, ctx);
     }
-    ab_shared_secrets_unref(ss);
     SSL_CTX_free(ctx);
     atomic_fetch_add(&ab_metrics_g.reloads, 1);
     ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+    ab_secrets_free(s);
     ab_notify("READY=1");
 }
 
@@ -219,19 +226,14 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
         return -1;
     }
+    ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
+    d->app.sink_conf = &d->sink.conf;
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
     if (d->app.route == NULL) {
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
-    }
-    if (cfg->kafka_key && *cfg->kafka_key) {
-        d->app.key = ab_route_compile(cfg->kafka_key, rerr, sizeof(rerr));
-        if (d->app.key == NULL) {
-            snprintf(err, errlen, "--kafka-key: %s", rerr);
-            return -1;
-        }
     }
     if (cfg->allow.n && !(d->app.allow = ab_acl_new((const char *const *)cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
         snprintf(err, errlen, "--allow: %s", rerr);
@@ -258,22 +260,26 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         n = 1;
     }
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(cfg, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(&d->sink.conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
-    struct ab_shared_secrets *ss = ab_shared_secrets_new(secrets);
+    if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    atomic_store(&ab_metrics_g.max_connections, d->app.max_connections);
     d->app.n_workers = (size_t)n;
     d->app.workers = ab_calloc((size_t)n, sizeof(*d->app.workers));
     d->app.metrics = ab_calloc((size_t)n, sizeof(*d->app.metrics));
     d->threads = ab_calloc((size_t)n, sizeof(*d->threads));
     for (long i = 0; i < n; i++) {
         d->app.metrics[i] = ab_metrics_new();
-        d->app.workers[i] = ab_worker_new(&d->app, (int)i, d->fd, ss, ctx, err, sizeof(err));
+        d->app.workers[i] = ab_worker_new(&d->app, (int)i, d->fd, secrets, ctx, err,
+                                          sizeof(err));
         if (d->app.workers[i] == NULL) {
             die(err);
         }
     }
-    ab_shared_secrets_unref(ss);
+    ab_secrets_free(secrets); /* the workers hold their references */
     atomic_store(&ab_metrics_g.workers, n);
     for (long i = 0; i < n; i++) {
         pthread_create(&d->threads[i], NULL, worker_main, d->app.workers[i]);
@@ -283,7 +289,6 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
 static void app_free(struct ab_app *app)
 {
     ab_route_free(app->route);
-    ab_route_free(app->key);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
 }
@@ -295,7 +300,7 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     char err[1024];
     void *shared = NULL;
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->cfg, &shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(&d->sink.conf, &shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (d->app.sink_ops->global_free) {
@@ -335,21 +340,42 @@ static void shutdown_all(struct daemon *d)
     ab_config_free(&d->cfg);
 }
 
+/* `almabridge wait|send|challenge|replay ...` runs a subcommand (cmd/<name>.c); anything
+ * else, including no argument at all, is the daemon. */
+static int run_subcommand(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
+                {"replay", ab_cmd_replay}};
+    for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(argv[1], cmds[i].name) == 0) {
+            exit(cmds[i].run(argc - 1, argv + 1));
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     static struct daemon d;
     char err[1024] = "";
+    run_subcommand(argc, argv);
     int probe = ab_probe_main(argc, argv, environ);
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
     d.env_secret = take_env_secret();
-    if (ab_config_load(&d.cfg, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
+    if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }
-    ab_config_scrub_argv(argc, argv);
+    ab_config_scrub_argv(ab_sinks, argc, argv);
     if (d.cfg.help) {
-        ab_config_usage(stdout);
+        ab_config_usage(ab_sinks, stdout);
+        printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
+               "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
+               "broker).\n");
         return 0;
     }
     if (d.cfg.version) {

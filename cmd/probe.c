@@ -15,6 +15,7 @@
 
 #include "config.h"
 #include "mem.h"
+#include "sinks/registry.h"
 
 struct url {
     int tls;
@@ -63,7 +64,7 @@ static int url_from_config(int argc, char **argv, char **envp, struct url *u)
 {
     struct ab_config cfg;
     char err[512];
-    if (ab_config_load(&cfg, argc, argv, envp, err, sizeof(err)) != AB_CONFIG_OK) {
+    if (ab_config_load(&cfg, ab_sinks, argc, argv, envp, err, sizeof(err)) != AB_CONFIG_OK) {
         fprintf(stderr, "almabridge --probe: %s\n", err);
         return -1;
     }

@@ -1,12 +1,16 @@
-/* Configuration. Every option is one row of `options[]` below; the command-line parser,
- * the environment, the config file, --help, --print-config and the Markdown reference are
- * all driven by that table (Fluent Bit config_map). Values are checked as they are set,
+/* Configuration. Every option is one row of an option table: the core's `options[]` below,
+ * or a sink backend's own table (ab_sink_ops.options), which fills the backend's own struct.
+ * The command-line parser, the environment, the config file, --help, --print-config and the
+ * Markdown reference are all driven by those tables (Fluent Bit config_map); this file
+ * knows no backend, it loads whatever tables it is given. Values are checked as they are set,
  * so an error names the place it came from (--max-body, ALMABRIDGE_MAX_BODY or a line of
  * the config file). Start-up only, single-threaded; no global state, so a configuration
  * can be loaded any number of times in one process. */
 #include "config.h"
 
+#include "acl.h"
 #include "mem.h"
+#include "sink.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -17,164 +21,114 @@
 #include <string.h>
 #include <strings.h>
 
-enum opt_type {
-    OPT_STRING,
-    OPT_LONG,   /* within [min, max] */
-    OPT_BOOL,   /* --name alone means true */
-    OPT_LIST,   /* repeatable; comma- (or newline-) separated in the environment */
-    OPT_ACTION, /* a command-line flag that asks for an action, not a setting */
-};
-
-enum opt_mask {
-    MASK_NONE,
-    MASK_URL_PASSWORD, /* the password in scheme://user:password@host */
-    MASK_KV_SECRETS,   /* the value of key=value items whose key looks secret */
-};
-
-#define OPT_NO_FILE 0x1 /* may not be set in the config file */
-
-typedef int (*opt_check_fn)(const char *value, char *why, size_t whylen);
-
-struct ab_option {
-    const char *name;
-    enum opt_type type;
-    const char *def; /* default as text, NULL for none */
-    size_t off;      /* offsetof(struct ab_config, field) */
-    long min, max;   /* OPT_LONG */
-    const char *group;
-    const char *metavar;
-    const char *choices; /* "a|b|c": the only values accepted */
-    opt_check_fn check;  /* further validation of a value (each item of a list) */
-    enum opt_mask mask;
-    unsigned flags;
-    char short_name; /* -h, -V */
-    const char *help;
-};
-
 static int check_listen(const char *v, char *why, size_t whylen);
 static int check_path(const char *v, char *why, size_t whylen);
 static int check_cidr(const char *v, char *why, size_t whylen);
-static int check_kv(const char *v, char *why, size_t whylen);
 
 #define OFF(field) offsetof(struct ab_config, field)
 
 /* clang-format off */
 static const struct ab_option options[] = {
     /* General */
-    {.name = "help", .type = OPT_ACTION, .off = OFF(help), .short_name = 'h',
+    {.name = "help", .type = AB_OPT_ACTION, .off = OFF(help), .short_name = 'h',
      .group = "General", .help = "print this help and exit"},
-    {.name = "version", .type = OPT_ACTION, .off = OFF(version), .short_name = 'V',
+    {.name = "version", .type = AB_OPT_ACTION, .off = OFF(version), .short_name = 'V',
      .group = "General", .help = "print the version and exit"},
-    {.name = "config", .type = OPT_STRING, .off = OFF(config_file), .flags = OPT_NO_FILE,
+    {.name = "config", .type = AB_OPT_STRING, .off = OFF(config_file), .flags = AB_OPT_NO_FILE,
      .group = "General", .metavar = "FILE",
      .help = "read options from FILE: one `name = value` per line, '#' comments; the "
              "environment and the command line override it"},
-    {.name = "check-config", .type = OPT_ACTION, .off = OFF(check_config), .group = "General",
+    {.name = "check-config", .type = AB_OPT_ACTION, .off = OFF(check_config), .group = "General",
      .help = "check the configuration (secrets, TLS files, sink settings) and exit"},
-    {.name = "print-config", .type = OPT_ACTION, .off = OFF(print_config), .group = "General",
+    {.name = "print-config", .type = AB_OPT_ACTION, .off = OFF(print_config), .group = "General",
      .help = "print the effective configuration, secrets masked, and exit"},
     /* HTTP */
-    {.name = "listen", .type = OPT_STRING, .def = "0.0.0.0:8080", .off = OFF(listen),
+    {.name = "listen", .type = AB_OPT_STRING, .def = "0.0.0.0:8080", .off = OFF(listen),
      .check = check_listen, .group = "HTTP", .metavar = "HOST:PORT",
      .help = "address and port to listen on; [::]:PORT for IPv6"},
-    {.name = "path", .type = OPT_STRING, .def = "/webhook", .off = OFF(path),
+    {.name = "path", .type = AB_OPT_STRING, .def = "/webhook", .off = OFF(path),
      .check = check_path, .group = "HTTP", .metavar = "PATH",
      .help = "URL path of the webhook endpoint, for Alma's challenge GET and event POSTs"},
-    {.name = "secret-file", .type = OPT_STRING, .off = OFF(secret_file), .group = "HTTP",
+    {.name = "secret-file", .type = AB_OPT_STRING, .off = OFF(secret_file), .group = "HTTP",
      .metavar = "FILE",
      .help = "file with the webhook secret(s), one per line ('#' comments); several allow "
              "rotation. The secret can also come from ALMABRIDGE_SECRET"},
-    {.name = "insecure-skip-signature", .type = OPT_BOOL, .def = "false",
+    {.name = "insecure-skip-signature", .type = AB_OPT_BOOL, .def = "false",
      .off = OFF(insecure_skip_signature), .group = "HTTP",
      .help = "accept events without checking X-Exl-Signature (testing only)"},
-    {.name = "threads", .type = OPT_LONG, .def = "0", .min = 0, .max = 256, .off = OFF(threads),
+    {.name = "threads", .type = AB_OPT_LONG, .def = "0", .min = 0, .max = 256, .off = OFF(threads),
      .group = "HTTP", .metavar = "N", .help = "worker threads; 0 = one per CPU"},
-    {.name = "allow", .type = OPT_LIST, .off = OFF(allow), .check = check_cidr, .group = "HTTP",
+    {.name = "allow", .type = AB_OPT_LIST, .off = OFF(allow), .check = check_cidr, .group = "HTTP",
      .metavar = "CIDR",
      .help = "accept webhooks only from these client addresses (address or CIDR block); "
              "default: from anywhere"},
-    {.name = "trusted-proxy", .type = OPT_LIST, .off = OFF(trusted_proxy), .check = check_cidr,
+    {.name = "trusted-proxy", .type = AB_OPT_LIST, .off = OFF(trusted_proxy), .check = check_cidr,
      .group = "HTTP", .metavar = "CIDR",
      .help = "proxies (e.g. the load balancer) whose X-Forwarded-For names the client"},
+    {.name = "proxy-header", .type = AB_OPT_STRING, .def = "x-forwarded-for",
+     .off = OFF(proxy_header), .choices = "x-forwarded-for|forwarded", .group = "HTTP",
+     .metavar = "x-forwarded-for|forwarded",
+     .help = "the header your --trusted-proxy writes (RFC 7239 Forwarded or "
+             "X-Forwarded-For); the other one is ignored"},
     /* TLS */
-    {.name = "tls-cert", .type = OPT_STRING, .off = OFF(tls_cert), .group = "TLS",
+    {.name = "tls-cert", .type = AB_OPT_STRING, .off = OFF(tls_cert), .group = "TLS",
      .metavar = "FILE",
      .help = "PEM certificate chain; serve HTTPS (needs --tls-key). Without it, plain HTTP "
              "behind a TLS-terminating load balancer"},
-    {.name = "tls-key", .type = OPT_STRING, .off = OFF(tls_key), .group = "TLS",
+    {.name = "tls-key", .type = AB_OPT_STRING, .off = OFF(tls_key), .group = "TLS",
      .metavar = "FILE", .help = "PEM private key for --tls-cert"},
     /* Limits */
-    {.name = "max-body", .type = OPT_LONG, .def = "4194304", .min = 1, .max = LONG_MAX,
+    {.name = "max-body", .type = AB_OPT_LONG, .def = "4194304", .min = 1, .max = LONG_MAX,
      .off = OFF(max_body), .group = "Limits", .metavar = "BYTES",
      .help = "largest accepted request body; larger ones get 413"},
-    {.name = "ack-timeout", .type = OPT_LONG, .def = "4000", .min = 1, .max = 60000,
+    {.name = "ack-timeout", .type = AB_OPT_LONG, .def = "4000", .min = 1, .max = 60000,
      .off = OFF(ack_timeout_ms), .group = "Limits", .metavar = "MS",
      .help = "how long to wait for the sink to acknowledge an event before answering 503 "
              "(Alma gives up after 5000 ms)"},
-    {.name = "max-connections", .type = OPT_LONG, .def = "10000", .min = 1, .max = LONG_MAX,
+    {.name = "max-connections", .type = AB_OPT_LONG, .def = "10000", .min = 1, .max = LONG_MAX,
      .off = OFF(max_connections), .group = "Limits", .metavar = "N",
      .help = "open client connections, over all threads"},
-    {.name = "max-inflight", .type = OPT_LONG, .def = "10000", .min = 1, .max = LONG_MAX,
+    {.name = "max-inflight", .type = AB_OPT_LONG, .def = "10000", .min = 1, .max = LONG_MAX,
      .off = OFF(max_inflight), .group = "Limits", .metavar = "N",
      .help = "events waiting for the sink; more get 503 with Retry-After"},
-    {.name = "max-headers-size", .type = OPT_LONG, .def = "16384", .min = 1, .max = LONG_MAX,
+    {.name = "max-headers-size", .type = AB_OPT_LONG, .def = "16384", .min = 1, .max = LONG_MAX,
      .off = OFF(max_headers_size), .group = "Limits", .metavar = "BYTES",
      .help = "largest accepted request head (request line and headers)"},
-    {.name = "read-timeout", .type = OPT_LONG, .def = "10", .min = 1, .max = 3600,
+    {.name = "read-timeout", .type = AB_OPT_LONG, .def = "10", .min = 1, .max = 3600,
      .off = OFF(read_timeout_s), .group = "Limits", .metavar = "SECONDS",
-     .help = "time allowed to receive a request's headers and body"},
-    {.name = "drain-grace", .type = OPT_LONG, .def = "5", .min = 0, .max = 3600,
+     .help = "deadline for receiving a whole request (head and body), counted from its "
+             "first byte; then the connection is closed"},
+    {.name = "idle-timeout", .type = AB_OPT_LONG, .def = "5", .min = 1, .max = 3600,
+     .off = OFF(idle_timeout_s), .group = "Limits", .metavar = "SECONDS",
+     .help = "close a connection that has no request in progress (a new one, or kept "
+             "alive after an answer) after this long"},
+    {.name = "max-buffered", .type = AB_OPT_LONG, .def = "67108864", .min = 1, .max = LONG_MAX,
+     .off = OFF(max_buffered), .group = "Limits", .metavar = "BYTES",
+     .help = "request bodies held in memory, over all connections; a request that would "
+             "exceed it gets 503 with Retry-After"},
+    {.name = "drain-grace", .type = AB_OPT_LONG, .def = "5", .min = 0, .max = 3600,
      .off = OFF(drain_grace_s), .group = "Limits", .metavar = "SECONDS",
      .help = "on SIGTERM, keep serving while /readyz reports not ready, so the load "
              "balancer can stop sending"},
-    {.name = "shutdown-timeout", .type = OPT_LONG, .def = "10", .min = 0, .max = 3600,
+    {.name = "shutdown-timeout", .type = AB_OPT_LONG, .def = "10", .min = 0, .max = 3600,
      .off = OFF(shutdown_timeout_s), .group = "Limits", .metavar = "SECONDS",
      .help = "on shutdown, how long to wait for events in flight to be acknowledged"},
     /* Sink */
-    {.name = "sink", .type = OPT_STRING, .def = "file", .off = OFF(sink),
-     .choices = "file|kafka|redis", .group = "Sink", .metavar = "file|kafka|redis",
-     .help = "where events are written"},
-    {.name = "route", .type = OPT_STRING, .off = OFF(route), .group = "Sink",
+    {.name = "sink", .type = AB_OPT_STRING, .def = "file", .off = OFF(sink),
+     .flags = AB_OPT_SINK_NAME, .group = "Sink", .help = "where events are written"},
+    {.name = "route", .type = AB_OPT_STRING, .off = OFF(route), .flags = AB_OPT_SINKS_FOLLOW,
+     .group = "Sink",
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
              "{id}, e.g. alma.{action}; default: the sink's own"},
-    {.name = "file", .type = OPT_STRING, .def = "./almabridge-events.jsonl", .off = OFF(file),
-     .group = "Sink", .metavar = "FILE",
-     .help = "file sink: append one CloudEvent per line to FILE"},
-    {.name = "file-fsync", .type = OPT_BOOL, .def = "true", .off = OFF(file_fsync),
-     .group = "Sink",
-     .help = "file sink: fsync before acknowledging; false trades durability for speed"},
-    /* Kafka */
-    {.name = "kafka-brokers", .type = OPT_STRING, .def = "localhost:9092",
-     .off = OFF(kafka_brokers), .group = "Kafka", .metavar = "HOST:PORT,...",
-     .help = "bootstrap brokers (librdkafka bootstrap.servers)"},
-    {.name = "kafka-key", .type = OPT_STRING, .def = "{id}", .off = OFF(kafka_key),
-     .group = "Kafka", .metavar = "TEMPLATE",
-     .help = "message key template (placeholders as for --route); empty for no key"},
-    {.name = "kafka-conf", .type = OPT_LIST, .off = OFF(kafka_conf), .check = check_kv,
-     .mask = MASK_KV_SECRETS, .group = "Kafka", .metavar = "KEY=VALUE",
-     .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; values of keys "
-             "containing \"password\" or \"secret\" are masked in output"},
-    /* Redis */
-    {.name = "redis", .type = OPT_STRING, .def = "redis://127.0.0.1:6379", .off = OFF(redis_url),
-     .mask = MASK_URL_PASSWORD, .group = "Redis", .metavar = "URL",
-     .help = "Redis server, redis://[[user]:password@]host[:port][/db] (no TLS: rediss:// "
-             "is refused); the password is masked in output and in ps"},
-    {.name = "redis-maxlen", .type = OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
-     .off = OFF(redis_maxlen), .group = "Redis", .metavar = "N",
-     .help = "trim each stream to about N entries (XADD MAXLEN ~); 0 = never trim"},
-    {.name = "redis-wait", .type = OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
-     .off = OFF(redis_wait), .group = "Redis", .metavar = "N",
-     .help = "replicas that must confirm each write (WAIT) before it is acknowledged; "
-             "0 = the primary's reply is enough"},
     /* Logging */
-    {.name = "log-level", .type = OPT_STRING, .def = "info", .off = OFF(log_level),
+    {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",
      .help = "least severe level logged: debug, info, warn or error"},
-    {.name = "log-format", .type = OPT_STRING, .def = "text", .off = OFF(log_format),
+    {.name = "log-format", .type = AB_OPT_STRING, .def = "text", .off = OFF(log_format),
      .choices = "text|json", .group = "Logging", .metavar = "text|json",
      .help = "log lines as text or as JSON objects"},
-    {.name = "log-bodies", .type = OPT_BOOL, .def = "false", .off = OFF(log_bodies),
+    {.name = "log-bodies", .type = AB_OPT_BOOL, .def = "false", .off = OFF(log_bodies),
      .group = "Logging",
      .help = "log request bodies at debug level. Debugging only: bodies hold personal data "
              "(names, addresses, PINs)"},
@@ -188,10 +142,24 @@ static const struct ab_option options[] = {
 /* Layers, lowest precedence first. */
 enum layer { LAYER_DEFAULT, LAYER_FILE, LAYER_ENV, LAYER_ARGV };
 
+/* Every option known to one load: the core's table with each sink's table inserted after
+ * the option flagged AB_OPT_SINKS_FOLLOW, in the order --help lists them. */
+struct optref {
+    const struct ab_option *o;
+    int set; /* -1: struct ab_config itself; i >= 0: the options struct of sinks[i] */
+};
+
+struct optview {
+    struct optref *v;
+    size_t n;
+    char *sink_names; /* "file|kafka|redis": the choices of the option flagged AB_OPT_SINK_NAME */
+};
+
 struct loader {
     struct ab_config *cfg;
+    struct optview vw;
     enum layer layer;
-    enum layer list_layer[N_OPTIONS]; /* the layer that last set each list */
+    enum layer *list_layer; /* per option of vw: the layer that last set it (lists) */
     char *errstr;
     size_t errlen;
 };
@@ -202,21 +170,83 @@ struct arg {
     const char *value;
 };
 
-/* ---- the table ---- */
+/* ---- the tables ---- */
 
-static const struct ab_option *find_option(const char *name, size_t len)
+static void view_add(struct optview *vw, const struct ab_option *o, int set)
 {
+    vw->v = ab_realloc(vw->v, (vw->n + 1) * sizeof(*vw->v));
+    vw->v[vw->n++] = (struct optref){o, set};
+}
+
+/* The options of the core and of every sink in sinks (NULL-terminated, may be NULL). */
+static void view_init(struct optview *vw, const struct ab_sink_ops *const *sinks)
+{
+    memset(vw, 0, sizeof(*vw));
+    vw->sink_names = ab_strdup("");
+    for (size_t i = 0; sinks && sinks[i]; i++) {
+        char *names = ab_asprintf("%s%s%s", vw->sink_names, i ? "|" : "", sinks[i]->name);
+        free(vw->sink_names);
+        vw->sink_names = names;
+    }
     for (size_t i = 0; i < N_OPTIONS; i++) {
-        if (strlen(options[i].name) == len && memcmp(options[i].name, name, len) == 0) {
-            return &options[i];
+        view_add(vw, &options[i], -1);
+        if (!(options[i].flags & AB_OPT_SINKS_FOLLOW)) {
+            continue;
+        }
+        for (size_t k = 0; sinks && sinks[k]; k++) {
+            const struct ab_optset *set = sinks[k]->options;
+            for (size_t j = 0; set && j < set->n; j++) {
+                view_add(vw, &set->opts[j], (int)k);
+            }
+        }
+    }
+}
+
+static void view_free(struct optview *vw)
+{
+    free(vw->v);
+    free(vw->sink_names);
+}
+
+static const struct ab_option *find_option(const struct optview *vw, const char *name,
+                                           size_t len)
+{
+    for (size_t i = 0; i < vw->n; i++) {
+        const struct ab_option *o = vw->v[i].o;
+        if (strlen(o->name) == len && memcmp(o->name, name, len) == 0) {
+            return o;
         }
     }
     return NULL;
 }
 
-static void *field(const struct ab_config *cfg, const struct ab_option *o)
+/* The position of o in vw. */
+static size_t view_index(const struct optview *vw, const struct ab_option *o)
 {
-    return (char *)cfg + o->off;
+    size_t i = 0;
+    while (i < vw->n && vw->v[i].o != o) {
+        i++;
+    }
+    return i;
+}
+
+/* Where option o of vw keeps its value in cfg: a field of cfg or of a sink's struct. */
+static void *field(const struct ab_config *cfg, const struct optview *vw,
+                   const struct ab_option *o)
+{
+    int set = vw->v[view_index(vw, o)].set;
+    char *base = set < 0 ? (char *)cfg : (char *)cfg->sink_opts[set];
+    return base + o->off;
+}
+
+/* The values option o accepts ("a|b|c"), NULL for any (also --sink when no sink was
+ * given to the loader: a test of the core alone). */
+static const char *choices_of(const struct optview *vw, const struct ab_option *o)
+{
+    if (o->flags & AB_OPT_SINK_NAME) {
+        return vw->sink_names[0] ? vw->sink_names : NULL;
+    }
+    return o->choices;
 }
 
 /* "ALMABRIDGE_KAFKA_BROKERS" for "kafka-brokers" into buf. */
@@ -284,9 +314,9 @@ static char *mask_kv(const char *v)
 static char *masked(const struct ab_option *o, const char *v)
 {
     switch (o->mask) {
-    case MASK_URL_PASSWORD:
+    case AB_MASK_URL_PASSWORD:
         return mask_url(v);
-    case MASK_KV_SECRETS:
+    case AB_MASK_KV_SECRETS:
         return mask_kv(v);
     default:
         return ab_strdup(v);
@@ -310,16 +340,19 @@ static void scrub_value(const struct ab_option *o, char *v)
     free(m);
 }
 
-void ab_config_scrub_argv(int argc, char **argv)
+void ab_config_scrub_argv(const struct ab_sink_ops *const *sinks, int argc, char **argv)
 {
+    struct optview vw;
+    view_init(&vw, sinks);
     for (int i = 1; i < argc; i++) {
         if (strncmp(argv[i], "--", 2) != 0) {
             continue;
         }
         const char *name = argv[i] + 2;
         char *eq = strchr(name, '=');
-        const struct ab_option *o = find_option(name, eq ? (size_t)(eq - name) : strlen(name));
-        if (o == NULL || o->mask == MASK_NONE) {
+        const struct ab_option *o =
+            find_option(&vw, name, eq ? (size_t)(eq - name) : strlen(name));
+        if (o == NULL || o->mask == AB_MASK_NONE) {
             continue;
         }
         if (eq) {
@@ -328,6 +361,7 @@ void ab_config_scrub_argv(int argc, char **argv)
             scrub_value(o, argv[++i]);
         }
     }
+    view_free(&vw);
 }
 
 /* ---- validators: 0 when v is fine, else -1 with the reason in why ---- */
@@ -383,33 +417,20 @@ static int check_path(const char *v, char *why, size_t whylen)
     return 0;
 }
 
-/* An IPv4 or IPv6 address, optionally /PREFIX (as core/acl.c accepts). */
+/* An IPv4 or IPv6 address, optionally /PREFIX: what core/acl.c parses (its parser). */
 static int check_cidr(const char *v, char *why, size_t whylen)
 {
-    char addr[64];
-    unsigned char buf[sizeof(struct in6_addr)];
-    const char *slash = strchr(v, '/');
-    size_t alen = slash ? (size_t)(slash - v) : strlen(v);
-    int max = 0;
-
-    if (alen < sizeof(addr)) {
-        snprintf(addr, sizeof(addr), "%.*s", (int)alen, v);
-        max = inet_pton(AF_INET, addr, buf) == 1    ? 32
-              : inet_pton(AF_INET6, addr, buf) == 1 ? 128
-                                                    : 0;
-    }
-    if (max && slash) {
-        size_t n = strspn(slash + 1, "0123456789");
-        max = (n > 0 && n <= 3 && slash[1 + n] == '\0' && atoi(slash + 1) <= max) ? max : 0;
-    }
-    if (!max) {
+    char err[160];
+    struct ab_acl *acl = ab_acl_new(&v, 1, err, sizeof(err));
+    if (acl == NULL) {
         snprintf(why, whylen, "is not an IP address or CIDR block (e.g. 10.0.0.0/8 or ::1)");
         return -1;
     }
+    ab_acl_free(acl);
     return 0;
 }
 
-static int check_kv(const char *v, char *why, size_t whylen)
+int ab_config_check_kv(const char *v, char *why, size_t whylen)
 {
     const char *eq = strchr(v, '=');
     if (eq == NULL || eq == v) {
@@ -439,8 +460,9 @@ static int check_value(struct loader *ld, const struct ab_option *o, const char 
 {
     char why[160];
     int bad = 0;
-    if (o->choices && !in_choices(o->choices, v)) {
-        snprintf(why, sizeof(why), "is not one of %s", o->choices);
+    const char *choices = choices_of(&ld->vw, o);
+    if (choices && !in_choices(choices, v)) {
+        snprintf(why, sizeof(why), "is not one of %s", choices);
         bad = 1;
     } else if (o->check && o->check(v, why, sizeof(why)) != 0) {
         bad = 1;
@@ -507,9 +529,9 @@ static void list_clear(struct ab_strlist *l)
  * a higher layer replaces a list, it does not extend it. */
 static void list_touch(struct loader *ld, const struct ab_option *o)
 {
-    size_t idx = (size_t)(o - options);
+    size_t idx = view_index(&ld->vw, o);
     if (ld->list_layer[idx] != ld->layer) {
-        list_clear(field(ld->cfg, o));
+        list_clear(field(ld->cfg, &ld->vw, o));
         ld->list_layer[idx] = ld->layer;
     }
 }
@@ -518,20 +540,20 @@ static void list_touch(struct loader *ld, const struct ab_option *o)
 static int set_value(struct loader *ld, const struct ab_option *o, const char *v,
                      const char *label)
 {
-    void *f = field(ld->cfg, o);
+    void *f = field(ld->cfg, &ld->vw, o);
     switch (o->type) {
-    case OPT_STRING:
+    case AB_OPT_STRING:
         if (check_value(ld, o, v, label) != 0) {
             return -1;
         }
         free(*(char **)f);
         *(char **)f = ab_strdup(v);
         return 0;
-    case OPT_LONG:
+    case AB_OPT_LONG:
         return parse_long(ld, o, v, label, f);
-    case OPT_BOOL:
+    case AB_OPT_BOOL:
         return parse_bool(ld, v, label, f);
-    case OPT_LIST: {
+    case AB_OPT_LIST: {
         struct ab_strlist *l = f;
         if (check_value(ld, o, v, label) != 0) {
             return -1;
@@ -541,7 +563,7 @@ static int set_value(struct loader *ld, const struct ab_option *o, const char *v
         l->v[l->n++] = ab_strdup(v);
         return 0;
     }
-    case OPT_ACTION:
+    case AB_OPT_ACTION:
         *(int *)f = 1;
         return 0;
     }
@@ -551,8 +573,9 @@ static int set_value(struct loader *ld, const struct ab_option *o, const char *v
 static int set_defaults(struct loader *ld)
 {
     ld->layer = LAYER_DEFAULT;
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        if (options[i].def != NULL && set_value(ld, &options[i], options[i].def, "default") != 0) {
+    for (size_t i = 0; i < ld->vw.n; i++) {
+        const struct ab_option *o = ld->vw.v[i].o;
+        if (o->def != NULL && set_value(ld, o, o->def, "default") != 0) {
             return -1;
         }
     }
@@ -566,7 +589,7 @@ static int set_defaults(struct loader *ld)
 static int argv_value(struct loader *ld, const struct ab_option *o, const char *eq, int argc,
                       char **argv, int *i, const char **value)
 {
-    if (o->type == OPT_ACTION) {
+    if (o->type == AB_OPT_ACTION) {
         if (eq) {
             snprintf(ld->errstr, ld->errlen, "--%s takes no value", o->name);
             return -1;
@@ -574,7 +597,7 @@ static int argv_value(struct loader *ld, const struct ab_option *o, const char *
         *value = NULL;
     } else if (eq) {
         *value = eq + 1;
-    } else if (o->type == OPT_BOOL) {
+    } else if (o->type == AB_OPT_BOOL) {
         *value = "true";
     } else if (*i + 1 < argc && strncmp(argv[*i + 1], "--", 2) != 0) {
         *value = argv[++*i];
@@ -590,7 +613,7 @@ static void positional_error(struct loader *ld, char **argv, int i, const struct
                              size_t nargs)
 {
     const struct ab_option *prev = nargs ? args[nargs - 1].opt : NULL;
-    if (prev && prev->type == OPT_BOOL && strncmp(argv[i - 1], "--", 2) == 0 &&
+    if (prev && prev->type == AB_OPT_BOOL && strncmp(argv[i - 1], "--", 2) == 0 &&
         strcmp(argv[i - 1] + 2, prev->name) == 0) {
         snprintf(ld->errstr, ld->errlen, "unexpected argument \"%s\" (write --%s=%s)", argv[i],
                  prev->name, argv[i]);
@@ -612,12 +635,12 @@ static int scan_argv(struct loader *ld, int argc, char **argv, struct arg *args,
             return -1;
         }
         if (a[1] != '-') {
-            for (size_t k = 0; k < N_OPTIONS && !o && a[2] == '\0'; k++) {
-                o = options[k].short_name == a[1] ? &options[k] : NULL;
+            for (size_t k = 0; k < ld->vw.n && !o && a[2] == '\0'; k++) {
+                o = ld->vw.v[k].o->short_name == a[1] ? ld->vw.v[k].o : NULL;
             }
         } else {
             eq = strchr(a + 2, '=');
-            o = find_option(a + 2, eq ? (size_t)(eq - a - 2) : strlen(a + 2));
+            o = find_option(&ld->vw, a + 2, eq ? (size_t)(eq - a - 2) : strlen(a + 2));
         }
         if (o == NULL) {
             int len = eq ? (int)(eq - a) : (int)strlen(a);
@@ -628,7 +651,7 @@ static int scan_argv(struct loader *ld, int argc, char **argv, struct arg *args,
         if (argv_value(ld, o, eq, argc, argv, &i, &args[*nargs].value) != 0) {
             return -1;
         }
-        if (o->type == OPT_ACTION) {
+        if (o->type == AB_OPT_ACTION) {
             set_value(ld, o, NULL, NULL);
         } else {
             (*nargs)++;
@@ -682,7 +705,8 @@ static int set_list_csv(struct loader *ld, const struct ab_option *o, const char
 
 /* The option an environment entry "ALMABRIDGE_NAME=value" sets, or NULL: other variables,
  * unknown names (ALMABRIDGE_SECRET is read by the daemon itself) and actions are ignored. */
-static const struct ab_option *env_option(const char *entry, const char **value)
+static const struct ab_option *env_option(const struct optview *vw, const char *entry,
+                                         const char **value)
 {
     char name[64];
     const char *eq = strchr(entry, '=');
@@ -699,9 +723,9 @@ static const struct ab_option *env_option(const char *entry, const char **value)
         }
         name[i] = c == '_' ? '-' : (char)tolower((unsigned char)c);
     }
-    const struct ab_option *o = find_option(name, n);
+    const struct ab_option *o = find_option(vw, name, n);
     *value = eq + 1;
-    return o && o->type != OPT_ACTION ? o : NULL;
+    return o && o->type != AB_OPT_ACTION ? o : NULL;
 }
 
 static int apply_env(struct loader *ld, char **envp)
@@ -709,13 +733,13 @@ static int apply_env(struct loader *ld, char **envp)
     ld->layer = LAYER_ENV;
     for (size_t i = 0; envp && envp[i]; i++) {
         const char *v = NULL;
-        const struct ab_option *o = env_option(envp[i], &v);
+        const struct ab_option *o = env_option(&ld->vw, envp[i], &v);
         char label[96];
         if (o == NULL) {
             continue;
         }
         env_name(o, label, sizeof(label));
-        int rc = o->type == OPT_LIST ? set_list_csv(ld, o, v, label) : set_value(ld, o, v, label);
+        int rc = o->type == AB_OPT_LIST ? set_list_csv(ld, o, v, label) : set_value(ld, o, v, label);
         if (rc != 0) {
             return -1;
         }
@@ -774,18 +798,18 @@ static int file_line(struct loader *ld, const char *path, int lineno, char *line
 {
     char *key, *value;
     split_line(line, &key, &value);
-    const struct ab_option *o = find_option(key, strlen(key));
+    const struct ab_option *o = find_option(&ld->vw, key, strlen(key));
     char *label = ab_asprintf("config file %s line %d: %s", path, lineno, key);
     int rc = -1;
 
     if (o == NULL) {
         snprintf(ld->errstr, ld->errlen, "config file %s line %d: unknown option \"%s\"", path,
                  lineno, key);
-    } else if ((o->flags & OPT_NO_FILE) || o->type == OPT_ACTION) {
+    } else if ((o->flags & AB_OPT_NO_FILE) || o->type == AB_OPT_ACTION) {
         snprintf(ld->errstr, ld->errlen,
                  "config file %s line %d: \"%s\" cannot be set in a config file", path, lineno,
                  key);
-    } else if (value == NULL && o->type != OPT_BOOL) {
+    } else if (value == NULL && o->type != AB_OPT_BOOL) {
         snprintf(ld->errstr, ld->errlen, "%s needs a value", label);
     } else if (value != NULL && unquote(value) != 0) {
         snprintf(ld->errstr, ld->errlen, "%s: unterminated quote or text after it", label);
@@ -854,7 +878,7 @@ static const char *config_path(const struct arg *args, size_t nargs, char **envp
         }
     }
     for (size_t i = 0; i < nargs; i++) {
-        if (args[i].opt->off == OFF(config_file)) {
+        if (strcmp(args[i].opt->name, "config") == 0) {
             path = args[i].value;
         }
     }
@@ -875,18 +899,29 @@ static int validate(struct loader *ld)
 /* Layers in order: defaults, config file, environment, command line. --help and --version
  * short-cut everything after the command-line syntax check, so they work even with a
  * broken configuration. On error, cfg is left empty (ab_config_free is still safe). */
-int ab_config_load(struct ab_config *cfg, int argc, char **argv, char **envp, char *errstr,
-                   size_t errlen)
+int ab_config_load(struct ab_config *cfg, const struct ab_sink_ops *const *sinks, int argc,
+                   char **argv, char **envp, char *errstr, size_t errlen)
 {
     struct loader ld = {.cfg = cfg, .errstr = errstr, .errlen = errlen};
     struct arg *args = ab_calloc(argc > 0 ? (size_t)argc : 1, sizeof(*args));
-    size_t nargs = 0;
+    size_t nargs = 0, nsinks = 0;
     int rc = AB_CONFIG_ERROR;
 
     memset(cfg, 0, sizeof(*cfg));
     if (errlen > 0) {
         errstr[0] = '\0';
     }
+    while (sinks && sinks[nsinks]) {
+        nsinks++;
+    }
+    cfg->sinks = sinks;
+    cfg->sink_opts = ab_calloc(nsinks + 1, sizeof(*cfg->sink_opts));
+    for (size_t i = 0; i < nsinks; i++) {
+        const struct ab_optset *set = sinks[i]->options;
+        cfg->sink_opts[i] = ab_calloc(1, set && set->size ? set->size : 1);
+    }
+    view_init(&ld.vw, sinks);
+    ld.list_layer = ab_calloc(ld.vw.n, sizeof(*ld.list_layer));
     if (set_defaults(&ld) != 0 || scan_argv(&ld, argc, argv, args, &nargs) != 0) {
         goto done;
     }
@@ -900,41 +935,74 @@ int ab_config_load(struct ab_config *cfg, int argc, char **argv, char **envp, ch
     rc = AB_CONFIG_OK;
 done:
     free(args);
+    free(ld.list_layer);
+    view_free(&ld.vw);
     if (rc != AB_CONFIG_OK) {
         ab_config_free(cfg);
     }
     return rc;
 }
 
+const void *ab_config_sink_opts(const struct ab_config *cfg, const struct ab_sink_ops *ops)
+{
+    for (size_t i = 0; cfg->sinks && cfg->sinks[i]; i++) {
+        if (cfg->sinks[i] == ops) {
+            return cfg->sink_opts[i];
+        }
+    }
+    return NULL;
+}
+
+void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *ops,
+                         struct ab_sink_conf *out)
+{
+    *out = (struct ab_sink_conf){
+        .opts = ab_config_sink_opts(cfg, ops),
+        .ack_timeout_ms = cfg->ack_timeout_ms,
+        .max_body = cfg->max_body,
+        .check_only = cfg->check_config,
+    };
+}
+
 void ab_config_free(struct ab_config *cfg)
 {
-    if (cfg == NULL) {
+    if (cfg == NULL || cfg->sink_opts == NULL) {
         return;
     }
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        void *f = field(cfg, &options[i]);
-        if (options[i].type == OPT_STRING) {
+    struct optview vw;
+    view_init(&vw, cfg->sinks);
+    for (size_t i = 0; i < vw.n; i++) {
+        const struct ab_option *o = vw.v[i].o;
+        void *f = field(cfg, &vw, o);
+        if (o->type == AB_OPT_STRING) {
             free(*(char **)f);
-        } else if (options[i].type == OPT_LIST) {
+        } else if (o->type == AB_OPT_LIST) {
             list_clear(f);
         }
     }
+    view_free(&vw);
+    for (size_t i = 0; cfg->sinks && cfg->sinks[i]; i++) {
+        free(cfg->sink_opts[i]);
+    }
+    free(cfg->sink_opts);
     memset(cfg, 0, sizeof(*cfg));
 }
 
 /* ---- output ---- */
 
 /* "--listen HOST:PORT", "-h, --help", "--log-bodies[=BOOL]" into buf. */
-static void option_synopsis(const struct ab_option *o, char *buf, size_t len)
+static void option_synopsis(const struct optview *vw, const struct ab_option *o, char *buf,
+                            size_t len)
 {
     if (o->short_name) {
         snprintf(buf, len, "-%c, --%s", o->short_name, o->name);
-    } else if (o->type == OPT_BOOL) {
+    } else if (o->type == AB_OPT_BOOL) {
         snprintf(buf, len, "--%s[=BOOL]", o->name);
-    } else if (o->type == OPT_ACTION) {
+    } else if (o->type == AB_OPT_ACTION) {
         snprintf(buf, len, "--%s", o->name);
     } else {
-        snprintf(buf, len, "--%s %s", o->name, o->metavar ? o->metavar : "VALUE");
+        const char *meta = (o->flags & AB_OPT_SINK_NAME) ? vw->sink_names : o->metavar;
+        snprintf(buf, len, "--%s %s", o->name, meta ? meta : "VALUE");
     }
 }
 
@@ -965,14 +1033,14 @@ static char *option_notes(const struct ab_option *o)
         append_note(&notes, note);
         free(note);
     }
-    if (o->type == OPT_LIST) {
+    if (o->type == AB_OPT_LIST) {
         append_note(&notes, "repeatable");
     }
-    if (o->type != OPT_ACTION) {
+    if (o->type != AB_OPT_ACTION) {
         char env[96], note[160];
         env_name(o, env, sizeof(env));
         snprintf(note, sizeof(note), "env %s%s", env,
-                 o->type == OPT_LIST ? ", comma- or newline-separated" : "");
+                 o->type == AB_OPT_LIST ? ", comma- or newline-separated" : "");
         append_note(&notes, note);
     }
     free(def);
@@ -1004,23 +1072,25 @@ static void print_wrapped(FILE *out, const char *text, int col, int indent, int 
 #define USAGE_COL 36
 #define USAGE_WIDTH 100
 
-void ab_config_usage(FILE *out)
+void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
 {
     const char *group = NULL;
+    struct optview vw;
+    view_init(&vw, sinks);
     fprintf(out, "usage: almabridge [options]\n\n"
                  "Receives Ex Libris Alma webhooks, verifies X-Exl-Signature and writes each "
                  "event as a\nCloudEvent to a file, Kafka or Redis.\n\n"
                  "Every option can also be set in the environment (ALMABRIDGE_NAME) or in the "
                  "config file\n(name = value); the command line overrides the environment, "
                  "which overrides the file.\n");
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        const struct ab_option *o = &options[i];
+    for (size_t i = 0; i < vw.n; i++) {
+        const struct ab_option *o = vw.v[i].o;
         char syn[96];
         if (group == NULL || strcmp(group, o->group) != 0) {
             group = o->group;
             fprintf(out, "\n%s:\n", group);
         }
-        option_synopsis(o, syn, sizeof(syn));
+        option_synopsis(&vw, o, syn, sizeof(syn));
         int col = fprintf(out, "  %s", syn);
         if (col >= USAGE_COL - 1) {
             fprintf(out, "\n%*s", USAGE_COL, "");
@@ -1033,6 +1103,7 @@ void ab_config_usage(FILE *out)
         free(text);
         free(notes);
     }
+    view_free(&vw);
 }
 
 /* Print s as the content of a Markdown table cell ('|' escaped), as code if asked. */
@@ -1049,18 +1120,20 @@ static void md_cell(FILE *out, const char *s, int code)
     fprintf(out, "%s |", tick);
 }
 
-void ab_config_markdown(FILE *out)
+void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out)
 {
+    struct optview vw;
+    view_init(&vw, sinks);
     fprintf(out, "| option | env | default | description |\n|---|---|---|---|\n");
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        const struct ab_option *o = &options[i];
+    for (size_t i = 0; i < vw.n; i++) {
+        const struct ab_option *o = vw.v[i].o;
         char syn[96], env[96] = "";
         char *def = option_default(o);
-        option_synopsis(o, syn, sizeof(syn));
-        if (o->type != OPT_ACTION) {
+        option_synopsis(&vw, o, syn, sizeof(syn));
+        if (o->type != AB_OPT_ACTION) {
             env_name(o, env, sizeof(env));
         }
-        char *help = o->type == OPT_LIST ? ab_asprintf("%s (repeatable; comma- or newline-"
+        char *help = o->type == AB_OPT_LIST ? ab_asprintf("%s (repeatable; comma- or newline-"
                                                        "separated in the environment)",
                                                        o->help)
                                          : ab_strdup(o->help);
@@ -1073,23 +1146,25 @@ void ab_config_markdown(FILE *out)
         free(help);
         free(def);
     }
+    view_free(&vw);
 }
 
 /* One line "name = value" of --print-config. */
-static void print_option(const struct ab_config *cfg, const struct ab_option *o, FILE *out)
+static void print_option(const struct ab_config *cfg, const struct optview *vw,
+                         const struct ab_option *o, FILE *out)
 {
-    const void *f = field(cfg, o);
+    const void *f = field(cfg, vw, o);
     fprintf(out, "%s = ", o->name);
-    if (o->type == OPT_STRING) {
+    if (o->type == AB_OPT_STRING) {
         const char *s = *(char *const *)f;
         char *m = s ? masked(o, s) : NULL;
         fputs(m == NULL ? "(not set)" : m[0] ? m : "\"\"", out);
         free(m);
-    } else if (o->type == OPT_LONG) {
+    } else if (o->type == AB_OPT_LONG) {
         fprintf(out, "%ld", *(const long *)f);
-    } else if (o->type == OPT_BOOL) {
+    } else if (o->type == AB_OPT_BOOL) {
         fputs(*(const int *)f ? "true" : "false", out);
-    } else if (o->type == OPT_LIST) {
+    } else if (o->type == AB_OPT_LIST) {
         const struct ab_strlist *l = f;
         for (size_t i = 0; i < l->n; i++) {
             char *m = masked(o, l->v[i]);
@@ -1103,9 +1178,12 @@ static void print_option(const struct ab_config *cfg, const struct ab_option *o,
 
 void ab_config_print(const struct ab_config *cfg, FILE *out)
 {
-    for (size_t i = 0; i < N_OPTIONS; i++) {
-        if (options[i].type != OPT_ACTION) {
-            print_option(cfg, &options[i], out);
+    struct optview vw;
+    view_init(&vw, cfg->sinks);
+    for (size_t i = 0; i < vw.n; i++) {
+        if (vw.v[i].o->type != AB_OPT_ACTION) {
+            print_option(cfg, &vw, vw.v[i].o, out);
         }
     }
+    view_free(&vw);
 }

@@ -1,6 +1,8 @@
-/* Configuration: one table of options (name, type, default, offset, help) drives the
+/* Configuration: tables of options (name, type, default, offset, help) drive the
  * command-line parser, the config file, the environment (ALMABRIDGE_<NAME>), --help,
- * --print-config and the README's option reference (Fluent Bit config_map).
+ * --print-config and the README's option reference (Fluent Bit config_map). The core's
+ * table fills struct ab_config; each sink backend declares its own table (ab_sink_ops.options)
+ * filling its own struct, and the loader parses whatever tables it is given.
  * Precedence: defaults < config file < environment < command line. */
 #ifndef AB_CONFIG_H
 #define AB_CONFIG_H
@@ -8,10 +10,65 @@
 #include <stddef.h>
 #include <stdio.h>
 
+struct ab_sink_ops;
+struct ab_sink_conf;
+
 struct ab_strlist {
     char **v;
     size_t n;
 };
+
+/* ---- option tables ---- */
+
+enum ab_opt_type {
+    AB_OPT_STRING, /* char * */
+    AB_OPT_LONG,   /* long, within [min, max] */
+    AB_OPT_BOOL,   /* int; --name alone means true */
+    AB_OPT_LIST,   /* struct ab_strlist; repeatable; comma- (or newline-) separated in the
+                    * environment */
+    AB_OPT_ACTION, /* int; a command-line flag that asks for an action, not a setting */
+};
+
+enum ab_opt_mask {
+    AB_MASK_NONE,
+    AB_MASK_URL_PASSWORD, /* the password in scheme://user:password@host */
+    AB_MASK_KV_SECRETS,   /* the value of key=value items whose key looks secret */
+};
+
+#define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */
+#define AB_OPT_SINK_NAME 0x2    /* its choices are the names of the sinks loaded */
+#define AB_OPT_SINKS_FOLLOW 0x4 /* the sinks' options are listed right after this one */
+
+/* Validates a value (each item of a list): 0, or -1 with the reason in why ("is not ..."). */
+typedef int (*ab_opt_check_fn)(const char *value, char *why, size_t whylen);
+
+/* One option. Names are unique over every table loaded together. */
+struct ab_option {
+    const char *name; /* --name, ALMABRIDGE_NAME, "name = value" in the config file */
+    enum ab_opt_type type;
+    const char *def; /* default as text, NULL for none */
+    size_t off;      /* offsetof(the struct the table fills, field) */
+    long min, max;   /* AB_OPT_LONG */
+    const char *group;
+    const char *metavar;
+    const char *choices;   /* "a|b|c": the only values accepted */
+    ab_opt_check_fn check; /* further validation of a value (each item of a list) */
+    enum ab_opt_mask mask;
+    unsigned flags;
+    char short_name; /* -h, -V */
+    const char *help;
+};
+
+/* A table and the size of the struct it fills (a sink backend's configuration). */
+struct ab_optset {
+    const struct ab_option *opts;
+    size_t n;
+    size_t size;
+};
+#define AB_OPTSET(table, type) {(table), sizeof(table) / sizeof((table)[0]), sizeof(type)}
+
+/* A validator for KEY=VALUE items (e.g. --kafka-conf). */
+int ab_config_check_kv(const char *value, char *why, size_t whylen);
 
 struct ab_config {
     /* front end */
@@ -27,22 +84,17 @@ struct ab_config {
     long max_connections;
     long max_inflight;
     long max_headers_size;
-    long read_timeout_s; /* header and body read timeout */
+    long read_timeout_s; /* deadline for a whole request, from its first byte */
+    long idle_timeout_s; /* deadline for a connection with no request in progress */
+    long max_buffered;   /* bytes of request bodies held, over all connections */
+    char *proxy_header;  /* x-forwarded-for | forwarded */
     struct ab_strlist allow;
     struct ab_strlist trusted_proxy;
     long drain_grace_s;
     long shutdown_timeout_s;
     /* sinks */
-    char *sink;  /* file | kafka | redis */
+    char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
-    char *file;
-    int file_fsync; /* 1 = fsync each batch (default) */
-    char *kafka_brokers;
-    char *kafka_key; /* template; "" = no key */
-    struct ab_strlist kafka_conf;
-    char *redis_url;
-    long redis_maxlen;
-    long redis_wait;
     /* process */
     char *config_file;
     char *log_level;
@@ -50,6 +102,10 @@ struct ab_config {
     int log_bodies; /* debugging only: log bodies at debug level */
     /* actions (not options of the daemon's state) */
     int help, version, check_config, print_config;
+    /* the sinks whose options were loaded (NULL-terminated, not owned), and for each its
+     * own configuration struct, filled from its table */
+    const struct ab_sink_ops *const *sinks;
+    void **sink_opts;
 };
 
 enum ab_config_result {
@@ -58,21 +114,30 @@ enum ab_config_result {
 };
 
 /* Fill cfg from defaults, the config file (--config or ALMABRIDGE_CONFIG), the environment
- * (envp, NULL-terminated "NAME=value" strings) and argv, in that order of precedence.
- * Returns AB_CONFIG_OK, or AB_CONFIG_ERROR with one line in errstr. Start-up only. */
-int ab_config_load(struct ab_config *cfg, int argc, char **argv, char **envp, char *errstr,
-                   size_t errlen);
+ * (envp, NULL-terminated "NAME=value" strings) and argv, in that order of precedence, for
+ * the core's options and those of every backend in sinks (NULL-terminated; --sink chooses
+ * among their names). Returns AB_CONFIG_OK, or AB_CONFIG_ERROR with one line in errstr.
+ * Start-up only. */
+int ab_config_load(struct ab_config *cfg, const struct ab_sink_ops *const *sinks, int argc,
+                   char **argv, char **envp, char *errstr, size_t errlen);
 void ab_config_free(struct ab_config *cfg);
+
+/* The configuration struct of backend ops as loaded (NULL if ops was not among sinks). */
+const void *ab_config_sink_opts(const struct ab_config *cfg, const struct ab_sink_ops *ops);
+/* What backend ops is given at global_init and open: its options and the core settings
+ * that bound it. cfg must outlive *out. */
+void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *ops,
+                         struct ab_sink_conf *out);
 
 /* Mask, in place, the secrets given on the command line (a Redis URL's password, secret
  * --kafka-conf values), so that ps and /proc/<pid>/cmdline do not show them. Call after
  * ab_config_load, which has copied the values. */
-void ab_config_scrub_argv(int argc, char **argv);
+void ab_config_scrub_argv(const struct ab_sink_ops *const *sinks, int argc, char **argv);
 
-/* --help text, generated from the option table. */
-void ab_config_usage(FILE *out);
-/* The option reference as a Markdown table (for the README), from the same table. */
-void ab_config_markdown(FILE *out);
+/* --help text, generated from the option tables (the core's and those of sinks). */
+void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out);
+/* The option reference as a Markdown table (for the README), from the same tables. */
+void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out);
 /* The effective configuration, one "key = value" per line, secrets masked. */
 void ab_config_print(const struct ab_config *cfg, FILE *out);
 

@@ -2,12 +2,16 @@
  *
  * A JSON body goes into "data" as sent, only with whitespace outside strings removed, so
  * that numbers keep every digit and keys their order (cJSON would print 1e400 or a
- * 23-digit id differently). The lexical strictness of ab_normalise_json() (valid UTF-8,
- * no raw control characters, RFC 8259 numbers) is what makes this splice valid JSON on one
- * line. cJSON_Minify() is not used: in cJSON 1.7.15 it takes the quote after an escaped
- * backslash ("x\\") for an escaped quote and then strips spaces inside later strings.
- * An XML body has no JSON form of its own, so its "data" is the converted tree printed by
- * cJSON. */
+ * 23-digit id differently). ab_normalise_json_scan() checks the body, writes that minified
+ * text and finds the envelope members in one pass; the envelope strings are unescaped from
+ * there and the line is written around the text, with no tree (issue 13). An XML body has
+ * no JSON form of its own, so its "data" is the converted tree printed by cJSON, and its
+ * envelope is read from that tree.
+ *
+ * The envelope attributes are made valid CloudEvents attributes here (see event.h): the
+ * time converted to RFC 3339 by a small parser of the forms Alma writes, the institution
+ * percent-encoded into the source URI, the type reduced to [a-z0-9._-]. The attributes are
+ * escaped as cJSON escapes strings. */
 #include "event.h"
 
 #include "mem.h"
@@ -37,92 +41,314 @@ static int fail(int code, char *errstr, size_t errlen, const char *fmt, ...)
     return code;
 }
 
-/* Remove whitespace outside strings, in place; returns the new length. */
-static size_t minify_json(char *s, size_t n)
+/* ---- Envelope attributes ---------------------------------------------------------------- */
+
+/* Read between min and max decimal digits at *p into *out; advances *p. 0 or -1. */
+static int read_digits(const char **p, int min, int max, int *out)
 {
-    size_t w = 0;
-    int in_string = 0;
-    for (size_t r = 0; r < n; r++) {
-        char c = s[r];
-        if (in_string) {
-            s[w++] = c;
-            if (c == '\\' && r + 1 < n) {
-                s[w++] = s[++r];
-            } else if (c == '"') {
-                in_string = 0;
-            }
-        } else if (c != ' ' && c != '\t' && c != '\r' && c != '\n') {
-            s[w++] = c;
-            in_string = c == '"';
+    int n = 0, v = 0;
+    while (n < max && (*p)[n] >= '0' && (*p)[n] <= '9') {
+        v = v * 10 + ((*p)[n] - '0');
+        n++;
+    }
+    if (n < min) {
+        return -1;
+    }
+    *p += n;
+    *out = v;
+    return 0;
+}
+
+static int days_in_month(int y, int m)
+{
+    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : days[m - 1];
+}
+
+struct when {
+    int year, month, day, hour, min, sec;
+    const char *frac; /* digits after the decimal mark, or NULL */
+    int frac_len;
+    int zone_sign; /* 0 for UTC ('Z'), else +1 or -1 */
+    int zone_h, zone_m;
+};
+
+/* The date at *p: YYYY-MM-DD, or day first DD/MM/YYYY or DD.MM.YYYY (1 or 2 digits). */
+static int read_date(const char **p, struct when *w)
+{
+    const char *s = *p;
+    if (read_digits(&s, 4, 4, &w->year) == 0 && *s == '-') {
+        s++;
+        if (read_digits(&s, 2, 2, &w->month) != 0 || *s++ != '-' ||
+            read_digits(&s, 2, 2, &w->day) != 0) {
+            return -1;
+        }
+    } else {
+        s = *p;
+        char sep;
+        if (read_digits(&s, 1, 2, &w->day) != 0 || (*s != '/' && *s != '.')) {
+            return -1;
+        }
+        sep = *s++;
+        if (read_digits(&s, 1, 2, &w->month) != 0 || *s++ != sep ||
+            read_digits(&s, 4, 4, &w->year) != 0) {
+            return -1;
         }
     }
-    s[w] = '\0';
+    *p = s;
+    return 0;
+}
+
+/* HH:MM[:SS[(.|,)fraction]] at *p. */
+static int read_clock(const char **p, struct when *w)
+{
+    const char *s = *p;
+    if (read_digits(&s, 1, 2, &w->hour) != 0 || *s++ != ':' ||
+        read_digits(&s, 2, 2, &w->min) != 0) {
+        return -1;
+    }
+    if (*s == ':') {
+        s++;
+        if (read_digits(&s, 2, 2, &w->sec) != 0) {
+            return -1;
+        }
+        if ((*s == '.' || *s == ',') && s[1] >= '0' && s[1] <= '9') {
+            w->frac = ++s;
+            while (*s >= '0' && *s <= '9') {
+                s++;
+            }
+            w->frac_len = (int)(s - w->frac);
+        }
+    }
+    *p = s;
+    return 0;
+}
+
+/* The zone at *p, whole rest of the string: Z, UTC, GMT, +HH, +HH:MM or +HHMM. */
+static int read_zone(const char *s, struct when *w)
+{
+    if (*s == ' ' && s[1] != '\0') {
+        s++;
+    }
+    if (strcmp(s, "Z") == 0 || strcmp(s, "z") == 0 || strcmp(s, "UTC") == 0 ||
+        strcmp(s, "GMT") == 0) {
+        return 0;
+    }
+    if (*s != '+' && *s != '-') {
+        return -1;
+    }
+    w->zone_sign = *s++ == '+' ? 1 : -1;
+    if (read_digits(&s, 2, 2, &w->zone_h) != 0) {
+        return -1;
+    }
+    if (*s == ':' || (*s >= '0' && *s <= '9')) {
+        s += *s == ':';
+        if (read_digits(&s, 2, 2, &w->zone_m) != 0) {
+            return -1;
+        }
+    }
+    return *s == '\0' ? 0 : -1;
+}
+
+int ab_event_rfc3339(const char *in, char *out, size_t outlen)
+{
+    struct when w = {0};
+    const char *s = in;
+    if (read_date(&s, &w) != 0) {
+        return -1;
+    }
+    if ((*s == 'T' || *s == 't' || *s == ' ') && s[1] >= '0' && s[1] <= '9') {
+        s++;
+        if (read_clock(&s, &w) != 0) {
+            return -1;
+        }
+    }
+    if (*s != '\0' && read_zone(s, &w) != 0) {
+        return -1;
+    }
+    if (w.year < 1 || w.month < 1 || w.month > 12 || w.day < 1 ||
+        w.day > days_in_month(w.year, w.month) || w.hour > 23 || w.min > 59 || w.sec > 59 ||
+        w.zone_h > 23 || w.zone_m > 59) {
+        return -1;
+    }
+    char zone[8] = "Z";
+    if (w.zone_sign != 0) {
+        snprintf(zone, sizeof(zone), "%c%02d:%02d", w.zone_sign > 0 ? '+' : '-', w.zone_h,
+                 w.zone_m);
+    }
+    int n = snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d%s%.*s%s", w.year, w.month,
+                     w.day, w.hour, w.min, w.sec, w.frac != NULL ? "." : "", w.frac_len,
+                     w.frac != NULL ? w.frac : "", zone);
+    return n > 0 && (size_t)n < outlen ? 0 : -1;
+}
+
+/* "urn:alma:" and the institution code with every byte outside RFC 3986's unreserved set
+ * percent-encoded, so that source is a URI whatever the code holds. */
+static char *source_uri(const char *institution)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    static const char prefix[] = "urn:alma:";
+    const char *code = institution != NULL ? institution : "unknown";
+    size_t len = strlen(code);
+    char *s = ab_malloc(sizeof(prefix) + 3 * len), *w = s + sizeof(prefix) - 1;
+    memcpy(s, prefix, sizeof(prefix) - 1);
+    for (const unsigned char *p = (const unsigned char *)code; *p; p++) {
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+            *p == '-' || *p == '.' || *p == '_' || *p == '~') {
+            *w++ = (char)*p;
+        } else {
+            *w++ = '%';
+            *w++ = hex[*p >> 4];
+            *w++ = hex[*p & 15];
+        }
+    }
+    *w = '\0';
+    return s;
+}
+
+/* Append code to the type being written at w, lower case, every character outside
+ * [a-z0-9._-] as one '_' (a UTF-8 sequence is one character); returns the new end. */
+static char *type_part(char *w, const char *code)
+{
+    for (const unsigned char *p = (const unsigned char *)code; *p; p++) {
+        unsigned char c = *p;
+        if (c >= 'A' && c <= 'Z') {
+            *w++ = (char)(c - 'A' + 'a');
+        } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                   c == '-') {
+            *w++ = (char)c;
+        } else {
+            *w++ = '_';
+            while (c >= 0xc0 && (p[1] & 0xc0) == 0x80) {
+                p++; /* the continuation bytes of this character */
+            }
+        }
+    }
     return w;
 }
 
-/* Index just past the JSON value starting at s[i] in minified text. */
-static size_t skip_value(const char *s, size_t n, size_t i)
+static char *type_of(const char *action, const char *event)
 {
-    int depth = 0, in_string = 0;
-    for (; i < n; i++) {
-        char c = s[i];
-        if (in_string) {
-            if (c == '\\') {
-                i++;
-            } else if (c == '"') {
-                in_string = 0;
-                if (depth == 0) {
-                    return i + 1;
-                }
-            }
-        } else if (c == '"') {
-            in_string = 1;
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (depth == 0) {
-                return i; /* end of the enclosing container */
-            }
-            if (--depth == 0) {
-                return i + 1;
-            }
-        } else if (c == ',' && depth == 0) {
-            return i;
-        }
+    static const char prefix[] = TYPE_PREFIX;
+    size_t len = sizeof(prefix) + strlen(action) + 1 + (event != NULL ? strlen(event) : 0);
+    char *t = ab_malloc(len), *w = t + sizeof(prefix) - 1;
+    memcpy(t, prefix, sizeof(prefix) - 1);
+    w = type_part(w, action);
+    if (event != NULL) {
+        *w++ = '.';
+        w = type_part(w, event);
     }
-    return n;
+    *w = '\0';
+    return t;
 }
 
-/* The raw text of the first top-level member spelt exactly "key" (no escapes) in the
- * minified object s, as a new string; NULL when there is none. */
-static char *raw_member(const char *s, size_t n, const char *key)
+/* Whether s (UTF-8, len bytes) holds a C0 or C1 control character or DEL. */
+static int has_control(const char *s, size_t len)
 {
-    size_t klen = strlen(key);
-    size_t i = 1; /* past '{' */
-    while (i < n && s[i] == '"') {
-        size_t name_end = skip_value(s, n, i); /* past the closing quote */
-        size_t v = name_end + 1;               /* past ':' */
-        size_t v_end = skip_value(s, n, v);
-        if (name_end - i == klen + 2 && memcmp(s + i + 1, key, klen) == 0) {
-            return v_end > v ? ab_strndup(s + v, v_end - v) : NULL;
+    const unsigned char *p = (const unsigned char *)s;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < 0x20 || p[i] == 0x7f ||
+            (p[i] == 0xc2 && i + 1 < len && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f)) {
+            return 1;
         }
-        i = v_end + 1; /* past ',' */
     }
-    return NULL;
+    return 0;
+}
+
+/* ---- The envelope, from either form ------------------------------------------------------ */
+
+/* An envelope value: its JSON kind and, for a string, its unescaped text (len counts any
+ * NUL from \u0000), for a number its text as sent. */
+struct field {
+    enum ab_json_kind kind;
+    char *s;
+    size_t len;
+};
+
+/* What the event is built from: the kind of the body's top level, the first envelope name
+ * it repeats (-1 for none), and the fields (event and institution already reduced to their
+ * code: the "value" member of an object, or the string itself). */
+struct envelope {
+    enum ab_json_kind root;
+    int repeated;
+    struct field f[AB_ENV_COUNT];
+};
+
+static void envelope_clear(struct envelope *e)
+{
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        free(e->f[k].s);
+    }
+}
+
+/* The field for the span found by the JSON scan in the minified data. */
+static struct field field_from_span(const char *data, struct ab_json_span span)
+{
+    struct field f = {span.kind, NULL, 0};
+    if (span.kind == AB_JSON_STRING) {
+        f.s = ab_json_string_decode(data + span.off, span.len, &f.len);
+    } else if (span.kind == AB_JSON_NUMBER) {
+        f.s = ab_strndup(data + span.off, span.len);
+        f.len = span.len;
+    }
+    return f;
+}
+
+static void envelope_from_scan(const struct ab_json_envelope *scan, const char *data,
+                               struct envelope *e)
+{
+    e->root = scan->root;
+    e->repeated = scan->repeated;
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        int code = (k == AB_ENV_EVENT || k == AB_ENV_INSTITUTION) &&
+                   scan->field[k].kind == AB_JSON_OBJECT;
+        e->f[k] = field_from_span(data, code ? scan->code[k] : scan->field[k]);
+    }
+}
+
+static struct field field_from_item(const cJSON *item)
+{
+    struct field f = {AB_JSON_ABSENT, NULL, 0};
+    if (cJSON_IsString(item)) {
+        f = (struct field){AB_JSON_STRING, ab_strdup(item->valuestring), 0};
+        f.len = strlen(f.s);
+    } else if (item != NULL) {
+        f.kind = cJSON_IsNull(item)     ? AB_JSON_NULL
+                 : cJSON_IsObject(item) ? AB_JSON_OBJECT
+                 : cJSON_IsArray(item)  ? AB_JSON_ARRAY
+                 : cJSON_IsNumber(item) ? AB_JSON_NUMBER
+                                        : AB_JSON_LITERAL;
+    }
+    return f;
+}
+
+/* The envelope of the tree an XML body became. A repeated element is an array there. */
+static void envelope_from_tree(const cJSON *root, struct envelope *e)
+{
+    e->root = cJSON_IsObject(root) ? AB_JSON_OBJECT : AB_JSON_ARRAY;
+    e->repeated = -1;
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, ab_envelope_names[k]);
+        if (cJSON_IsArray(item) && e->repeated < 0) {
+            e->repeated = k;
+        }
+        if ((k == AB_ENV_EVENT || k == AB_ENV_INSTITUTION) && cJSON_IsObject(item)) {
+            item = cJSON_GetObjectItemCaseSensitive(item, "value");
+        }
+        e->f[k] = field_from_item(item);
+    }
 }
 
 /* The webhook id from a JSON number: its digits as sent when written as an integer,
  * otherwise the integral value printed without exponent while it is exact. */
-static int number_id(const cJSON *id, const char *raw_json, size_t raw_len, char **out,
-                     char *errstr, size_t errlen)
+static int number_id(const char *text, char **out, char *errstr, size_t errlen)
 {
-    double v = id->valuedouble;
-    char *raw = raw_json != NULL ? raw_member(raw_json, raw_len, "id") : NULL;
-    if (raw != NULL && strpbrk(raw, ".eE") == NULL && strtod(raw, NULL) == v) {
-        *out = raw;
+    if (strpbrk(text, ".eE") == NULL) {
+        *out = ab_strdup(text);
         return AB_EVENT_OK;
     }
-    free(raw);
+    double v = strtod(text, NULL);
     if (!(v >= -MAX_EXACT_DOUBLE && v <= MAX_EXACT_DOUBLE)) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen,
                     "webhook \"id\" is a number too large to keep exactly; send it as digits");
@@ -134,186 +360,231 @@ static int number_id(const cJSON *id, const char *raw_json, size_t raw_len, char
     return AB_EVENT_OK;
 }
 
-static int take_id(const cJSON *root, const char *raw_json, size_t raw_len, char **out,
-                   char *errstr, size_t errlen)
+static int take_id(struct field *id, char **out, char *errstr, size_t errlen)
 {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(root, "id");
-    if (id == NULL || cJSON_IsNull(id)) {
+    if (id->kind == AB_JSON_ABSENT || id->kind == AB_JSON_NULL) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook has no \"id\"");
     }
-    if (cJSON_IsNumber(id)) {
-        return number_id(id, raw_json, raw_len, out, errstr, errlen);
+    if (id->kind == AB_JSON_NUMBER) {
+        return number_id(id->s, out, errstr, errlen);
     }
-    if (!cJSON_IsString(id)) {
+    if (id->kind != AB_JSON_STRING) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen,
                     "webhook \"id\" is neither a string nor an integer");
     }
-    if (id->valuestring[0] == '\0') {
+    if (has_control(id->s, id->len)) {
+        return fail(AB_EVENT_MALFORMED, errstr, errlen,
+                    "webhook \"id\" holds a control character");
+    }
+    if (id->len == 0) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook \"id\" is empty");
     }
-    *out = ab_strdup(id->valuestring);
+    *out = id->s;
+    id->s = NULL;
     return AB_EVENT_OK;
 }
 
-static int take_action(const cJSON *root, char **out, char *errstr, size_t errlen)
+static int take_action(struct field *action, char **out, char *errstr, size_t errlen)
 {
-    const cJSON *action = cJSON_GetObjectItemCaseSensitive(root, "action");
-    if (action == NULL || cJSON_IsNull(action)) {
+    if (action->kind == AB_JSON_ABSENT || action->kind == AB_JSON_NULL) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook has no \"action\"");
     }
-    if (!cJSON_IsString(action)) {
+    if (action->kind != AB_JSON_STRING) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook \"action\" is not a string");
     }
-    if (action->valuestring[0] == '\0') {
+    if (action->s[0] == '\0') {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "webhook \"action\" is empty");
     }
-    *out = ab_strdup(action->valuestring);
+    *out = action->s;
+    action->s = NULL;
     return AB_EVENT_OK;
 }
 
-/* A code field: {"value": "CODE", ...} or "CODE"; NULL when absent, null, empty or of
- * another shape (event and institution are optional, so a strange one is dropped). */
-static char *code_value(const cJSON *root, const char *key)
+/* An optional string field (a code, the time): NULL when absent, empty or not a string
+ * (event and institution are optional, so a strange one is dropped). */
+static char *take_optional(struct field *f)
 {
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (cJSON_IsObject(item)) {
-        item = cJSON_GetObjectItemCaseSensitive(item, "value");
-    }
-    if (cJSON_IsString(item) && item->valuestring[0] != '\0') {
-        return ab_strdup(item->valuestring);
-    }
-    return NULL;
-}
-
-static char *string_value(const cJSON *root, const char *key)
-{
-    const cJSON *item = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (cJSON_IsString(item) && item->valuestring[0] != '\0') {
-        return ab_strdup(item->valuestring);
-    }
-    return NULL;
-}
-
-static void lower_ascii(char *s)
-{
-    for (; *s; s++) {
-        if (*s >= 'A' && *s <= 'Z') {
-            *s = (char)(*s - 'A' + 'a');
-        }
-    }
-}
-
-static void add_string(cJSON *obj, const char *key, const char *value)
-{
-    if (value != NULL) {
-        cJSON_AddItemToObject(obj, key, cJSON_CreateString(value));
-    }
-}
-
-static char *print_or_abort(const cJSON *item)
-{
-    char *s = cJSON_PrintUnformatted(item);
-    if (s == NULL) {
-        fprintf(stderr, "almabridge: out of memory printing JSON\n");
-        abort();
+    char *s = NULL;
+    if (f->kind == AB_JSON_STRING && f->s[0] != '\0') {
+        s = f->s;
+        f->s = NULL;
     }
     return s;
 }
 
-/* The CloudEvent line: the attributes printed by cJSON (which escapes them), then
- * ,"data": and data (len bytes) spliced in before the closing brace. */
-static void build_line(struct ab_event *ev, const char *data, size_t data_len)
+/* ev->time from the webhook's "time" in RFC 3339, or ev->almatime as sent. */
+static void set_time(struct ab_event *ev, char *sent)
 {
-    cJSON *head = cJSON_CreateObject();
-    add_string(head, "specversion", "1.0");
-    add_string(head, "id", ev->id);
-    add_string(head, "source", ev->source);
-    add_string(head, "type", ev->type);
-    add_string(head, "time", ev->time);
-    add_string(head, "datacontenttype", "application/json");
-    add_string(head, "almaaction", ev->action);
-    add_string(head, "almaevent", ev->event);
-    add_string(head, "almainstitution", ev->institution);
-    char *h = print_or_abort(head);
-    size_t hlen = strlen(h) - 1; /* without the closing '}' */
-    static const char mid[] = ",\"data\":";
-    ev->json_len = hlen + sizeof(mid) - 1 + data_len + 1;
-    ev->json = ab_malloc(ev->json_len + 1);
-    memcpy(ev->json, h, hlen);
-    memcpy(ev->json + hlen, mid, sizeof(mid) - 1);
-    memcpy(ev->json + hlen + sizeof(mid) - 1, data, data_len);
-    ev->json[ev->json_len - 1] = '}';
-    ev->json[ev->json_len] = '\0';
-    cJSON_free(h);
-    cJSON_Delete(head);
+    char buf[64];
+    if (sent == NULL) {
+        return;
+    }
+    if (ab_event_rfc3339(sent, buf, sizeof(buf)) == 0) {
+        ev->time = ab_strdup(buf);
+        free(sent);
+    } else {
+        ev->almatime = sent;
+    }
 }
 
-/* Fill the envelope fields of ev from the tree; raw_json is the minified JSON body (NULL
- * for XML) for the exact digits of a numeric id. */
-static int read_envelope(const cJSON *root, const char *raw_json, size_t raw_len,
-                         struct ab_event *ev, char *errstr, size_t errlen)
+/* Fill the envelope fields of ev from e (whose strings it takes). */
+static int read_envelope(struct envelope *e, struct ab_event *ev, char *errstr, size_t errlen)
 {
-    if (!cJSON_IsObject(root)) {
+    if (e->root != AB_JSON_OBJECT) {
         return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "body is not a JSON object");
     }
-    int rc = take_id(root, raw_json, raw_len, &ev->id, errstr, errlen);
+    if (e->repeated >= 0) {
+        return fail(AB_EVENT_MALFORMED, errstr, errlen, "webhook envelope repeats \"%s\"",
+                    ab_envelope_names[e->repeated]);
+    }
+    int rc = take_id(&e->f[AB_ENV_ID], &ev->id, errstr, errlen);
     if (rc == AB_EVENT_OK) {
-        rc = take_action(root, &ev->action, errstr, errlen);
+        rc = take_action(&e->f[AB_ENV_ACTION], &ev->action, errstr, errlen);
     }
     if (rc != AB_EVENT_OK) {
         return rc;
     }
-    ev->event = code_value(root, "event");
-    ev->institution = code_value(root, "institution");
-    ev->time = string_value(root, "time");
-    char *action = ab_strdup(ev->action), *event = ab_strdup(ev->event);
-    lower_ascii(action);
-    if (event != NULL) {
-        lower_ascii(event);
-        ev->type = ab_asprintf(TYPE_PREFIX "%s.%s", action, event);
-    } else {
-        ev->type = ab_asprintf(TYPE_PREFIX "%s", action);
-    }
-    ev->source = ab_asprintf("urn:alma:%s", ev->institution ? ev->institution : "unknown");
-    free(action);
-    free(event);
+    ev->event = take_optional(&e->f[AB_ENV_EVENT]);
+    ev->institution = take_optional(&e->f[AB_ENV_INSTITUTION]);
+    set_time(ev, take_optional(&e->f[AB_ENV_TIME]));
+    ev->type = type_of(ev->action, ev->event);
+    ev->source = source_uri(ev->institution);
     return AB_EVENT_OK;
+}
+
+/* ---- The event line ----------------------------------------------------------------------- */
+
+/* Append ,"key":"value" (first: without the comma) with value escaped as cJSON prints
+ * strings: ", \ and control characters escaped, everything else as is. w has room for
+ * the key and 6 bytes per byte of value. Returns the new end. */
+static char *put_member(char *w, const char *key, const char *value, int first)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (value == NULL) {
+        return w;
+    }
+    if (!first) {
+        *w++ = ',';
+    }
+    *w++ = '"';
+    size_t kl = strlen(key);
+    memcpy(w, key, kl);
+    w += kl;
+    memcpy(w, "\":\"", 3);
+    w += 3;
+    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+        unsigned char c = *p;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *w++ = (char)c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\r': *w++ = 'r'; break;
+        case '\t': *w++ = 't'; break;
+        default:
+            memcpy(w, "u00", 3);
+            w[3] = hex[c >> 4];
+            w[4] = hex[c & 15];
+            w += 5;
+        }
+    }
+    *w++ = '"';
+    return w;
+}
+
+/* The CloudEvent line: the attributes in the documented order, then "data" with data
+ * (data_len bytes of JSON) spliced in. */
+static void build_line(struct ab_event *ev, const char *data, size_t data_len)
+{
+    static const char *const names[] = {"specversion", "id", "source", "type", "time",
+                                        "datacontenttype", "almaaction", "almaevent",
+                                        "almainstitution", "almatime"};
+    const char *values[] = {"1.0", ev->id, ev->source, ev->type, ev->time, "application/json",
+                            ev->action, ev->event, ev->institution, ev->almatime};
+    size_t room = sizeof(",\"data\":}");
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        room += values[k] != NULL ? strlen(names[k]) + 6 + 6 * strlen(values[k]) : 0;
+    }
+    char *line = ab_malloc(room + data_len + 2), *w = line;
+    *w++ = '{';
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        w = put_member(w, names[k], values[k], k == 0);
+    }
+    memcpy(w, ",\"data\":", 8);
+    w += 8;
+    memcpy(w, data, data_len);
+    w += data_len;
+    *w++ = '}';
+    *w = '\0';
+    ev->json = line;
+    ev->json_len = (size_t)(w - line);
+}
+
+/* A JSON body: one scan validates it, writes it minified (the "data") and finds the
+ * envelope; no tree is built. */
+static int from_json(const char *body, size_t len, struct ab_event *ev, char *errstr,
+                     size_t errlen)
+{
+    struct ab_json_envelope scan;
+    struct envelope e = {0};
+    char *data = ab_malloc(len + 1);
+    int rc = AB_EVENT_MALFORMED;
+    long n = ab_normalise_json_scan(body, len, data, &scan, errstr, errlen);
+    if (n >= 0) {
+        envelope_from_scan(&scan, data, &e);
+        rc = read_envelope(&e, ev, errstr, errlen);
+    }
+    if (rc == AB_EVENT_OK) {
+        build_line(ev, data, (size_t)n);
+    }
+    envelope_clear(&e);
+    free(data);
+    return rc;
+}
+
+/* An XML body: converted to a tree, printed as "data". */
+static int from_xml(const char *body, size_t len, struct ab_event *ev, char *errstr,
+                    size_t errlen)
+{
+    struct envelope e = {0};
+    char *data = NULL;
+    int rc = AB_EVENT_MALFORMED;
+    cJSON *root = ab_normalise_xml(body, len, errstr, errlen);
+    if (root != NULL) {
+        envelope_from_tree(root, &e);
+        rc = read_envelope(&e, ev, errstr, errlen);
+    }
+    if (rc == AB_EVENT_OK) {
+        data = cJSON_PrintUnformatted(root);
+        if (data == NULL) {
+            fprintf(stderr, "almabridge: out of memory printing JSON\n");
+            abort();
+        }
+        build_line(ev, data, strlen(data));
+    }
+    cJSON_free(data);
+    cJSON_Delete(root);
+    envelope_clear(&e);
+    return rc;
 }
 
 int ab_event_from_body(enum ab_body_format fmt, const char *body, size_t len,
                        struct ab_event **out, char *errstr, size_t errlen)
 {
     struct ab_event *ev = ab_calloc(1, sizeof(*ev));
-    char *data = NULL;
-    size_t data_len = 0;
-    int rc = AB_EVENT_OK;
-    cJSON *root = fmt == AB_FORMAT_XML ? ab_normalise_xml(body, len, errstr, errlen)
-                                       : ab_normalise_json(body, len, errstr, errlen);
+    int rc = fmt == AB_FORMAT_XML ? from_xml(body, len, ev, errstr, errlen)
+                                  : from_json(body, len, ev, errstr, errlen);
     *out = NULL;
-    if (root == NULL) {
-        rc = AB_EVENT_MALFORMED;
-        goto done;
+    if (rc == AB_EVENT_OK) {
+        *out = ev;
+        ev = NULL;
     }
-    if (fmt == AB_FORMAT_JSON) {
-        size_t bom = len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
-        data = ab_strndup(body + bom, len - bom);
-        data_len = minify_json(data, len - bom);
-    } else {
-        char *printed = print_or_abort(root);
-        data = ab_strdup(printed);
-        data_len = strlen(data);
-        cJSON_free(printed);
-    }
-    rc = read_envelope(root, fmt == AB_FORMAT_JSON ? data : NULL, data_len, ev, errstr, errlen);
-    if (rc != AB_EVENT_OK) {
-        goto done;
-    }
-    build_line(ev, data, data_len);
-    *out = ev;
-    ev = NULL;
-done:
-    free(data);
-    cJSON_Delete(root);
     ab_event_free(ev);
     return rc;
 }
@@ -328,6 +599,7 @@ void ab_event_free(struct ab_event *ev)
     free(ev->event);
     free(ev->institution);
     free(ev->time);
+    free(ev->almatime);
     free(ev->type);
     free(ev->source);
     free(ev->json);

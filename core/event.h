@@ -5,6 +5,14 @@
  *    "datacontenttype":"application/json","almaaction":"LOAN","almaevent":"LOAN_CREATED",
  *    "almainstitution":"01ABC_INST","data":{...the webhook as JSON...}}
  *
+ * Every attribute is valid for the CloudEvents spec whatever the webhook holds: `time` is
+ * RFC 3339 (converted from the forms Alma writes; a time that cannot be converted is left
+ * out and kept as sent in the extension `almatime`), `source` a URI with the institution
+ * code percent-encoded, `type` only [a-z0-9._-] (other characters become '_'). The values
+ * as sent stay in `data` and in almaaction/almaevent/almainstitution. An id holding a
+ * control character, and an envelope that repeats id, action, event, institution or time,
+ * are refused as malformed (400).
+ *
  * Built from a request body by ab_event_from_body(); all strings are owned by the event
  * and freed by ab_event_free(). Pure functions, callable from any thread. */
 #ifndef AB_EVENT_H
@@ -16,7 +24,8 @@ enum ab_body_format { AB_FORMAT_JSON, AB_FORMAT_XML };
 
 enum ab_event_err {
     AB_EVENT_OK = 0,
-    AB_EVENT_MALFORMED = 1,   /* not well-formed JSON/XML, or over the depth bound: 400 */
+    AB_EVENT_MALFORMED = 1,   /* not well-formed JSON/XML, over the depth bound, a repeated
+                                 envelope field or a control character in the id: 400 */
     AB_EVENT_NOT_WEBHOOK = 2, /* well-formed but not an object with id and action: 422 */
 };
 
@@ -25,9 +34,10 @@ struct ab_event {
     char *action;      /* as sent, e.g. "LOAN" */
     char *event;       /* event code as sent, e.g. "LOAN_CREATED"; NULL when absent/null */
     char *institution; /* institution code; NULL when absent */
-    char *time;        /* webhook time as sent; NULL when absent */
-    char *type;        /* com.exlibrisgroup.alma.<action>[.<event>], lower case */
-    char *source;      /* urn:alma:<institution> ("urn:alma:unknown" without one) */
+    char *time;        /* webhook time in RFC 3339; NULL when absent or not convertible */
+    char *almatime;    /* webhook time as sent when it could not be converted, else NULL */
+    char *type;        /* com.exlibrisgroup.alma.<action>[.<event>], lower case [a-z0-9._-] */
+    char *source;      /* urn:alma:<institution percent-encoded> ("urn:alma:unknown") */
     char *json;        /* the CloudEvent, one line of JSON, NUL-terminated */
     size_t json_len;
 };
@@ -39,5 +49,13 @@ int ab_event_from_body(enum ab_body_format fmt, const char *body, size_t len,
                        struct ab_event **out, char *errstr, size_t errlen);
 
 void ab_event_free(struct ab_event *ev);
+
+/* Convert a webhook time to RFC 3339 into out (at most outlen bytes with the NUL).
+ * Accepted: YYYY-MM-DD, then optionally 'T' or ' ' and HH:MM[:SS[.fraction]], then
+ * optionally a zone (Z, UTC, GMT, +HH, +HH:MM, +HHMM; a space before it is allowed), and
+ * the day-first DD/MM/YYYY (or DD.MM.YYYY) with the same optional time and zone. No zone
+ * means UTC; no time means midnight. Returns 0, or -1 when in is none of these or names no
+ * real date/time (month 13, 30 February, 24:00, a leap second). */
+int ab_event_rfc3339(const char *in, char *out, size_t outlen);
 
 #endif

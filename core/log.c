@@ -1,6 +1,7 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -74,26 +75,92 @@ void ab_log_write(int level, const char *fmt, ...)
     emit(line, n < sizeof(line) ? n : sizeof(line) - 1, sizeof(line));
 }
 
-static size_t add_field(char *line, size_t n, size_t cap, const char *key, const char *val,
-                        int quote)
+void ab_log_limited(struct ab_ratelimit *rl, int level, const char *fmt, ...)
 {
-    if (val == NULL || n + 16 >= cap) {
-        return n;
+    if (level < ab_log_level_min) {
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long now = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    long long next = atomic_load(&rl->next_ms);
+    if (now < next ||
+        !atomic_compare_exchange_strong(&rl->next_ms, &next, now + AB_RATELIMIT_S * 1000)) {
+        atomic_fetch_add(&rl->suppressed, 1);
+        return;
+    }
+    long suppressed = atomic_exchange(&rl->suppressed, 0);
+    char msg[1536];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (suppressed) {
+        ab_log_write(level, "%s (%ld similar lines suppressed in the last %d s)", msg,
+                     suppressed, AB_RATELIMIT_S);
+    } else {
+        ab_log_write(level, "%s", msg);
+    }
+}
+
+/* The access line is built by hand, without printf: it is written for every request. */
+struct line {
+    char *p;
+    size_t n, cap;
+};
+
+static void lput(struct line *l, const char *s, size_t n)
+{
+    if (l->n + n >= l->cap) {
+        n = l->n < l->cap ? l->cap - l->n - 1 : 0;
+    }
+    memcpy(l->p + l->n, s, n);
+    l->n += n;
+}
+
+#define LPUT(l, lit) lput((l), (lit), sizeof(lit) - 1)
+
+static void lput_ulong(struct line *l, unsigned long v)
+{
+    char tmp[24];
+    size_t n = sizeof(tmp);
+    do {
+        tmp[--n] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    lput(l, tmp + n, sizeof(tmp) - n);
+}
+
+static void lput_escaped(struct line *l, const char *s)
+{
+    if (l->n < l->cap) {
+        l->n = json_escape(l->p, l->n, l->cap - 2, s);
+    }
+}
+
+/* One field: `,"key":"value"` (JSON) or ` key=value` (text); numbers unquoted. */
+static void add_field(struct line *l, const char *key, const char *val, int quote)
+{
+    if (val == NULL) {
+        return;
     }
     if (log_json) {
-        n += (size_t)snprintf(line + n, cap - n, ",\"%s\":", key);
+        LPUT(l, ",\"");
+        lput(l, key, strlen(key));
+        LPUT(l, "\":");
         if (quote) {
-            line[n++] = '"';
-            n = json_escape(line, n, cap - 2, val);
-            line[n++] = '"';
+            LPUT(l, "\"");
+            lput_escaped(l, val);
+            LPUT(l, "\"");
         } else {
-            n += (size_t)snprintf(line + n, cap - n, "%s", val);
+            lput(l, val, strlen(val));
         }
     } else {
-        n += (size_t)snprintf(line + n, cap - n, " %s=", key);
-        n = json_escape(line, n, cap - 2, val); /* escaping keeps one record per line */
+        LPUT(l, " ");
+        lput(l, key, strlen(key));
+        LPUT(l, "=");
+        lput_escaped(l, val); /* escaping keeps one record per line */
     }
-    return n < cap ? n : cap - 1;
 }
 
 void ab_log_access(const struct ab_access *a)
@@ -101,33 +168,47 @@ void ab_log_access(const struct ab_access *a)
     if (AB_LOG_INFO < ab_log_level_min) {
         return;
     }
-    char line[2048], ts[40], num[3][32];
-    size_t n;
-    timestamp(ts, sizeof(ts));
+    char buf[2048], ts[40], num[3][32];
+    struct line l = {buf, 0, sizeof(buf) - 2};
+    size_t tn = timestamp(ts, sizeof(ts));
+    tn = tn < sizeof(ts) ? tn : sizeof(ts) - 1;
     if (log_json) {
-        n = (size_t)snprintf(line, sizeof(line),
-                             "{\"time\":\"%s\",\"level\":\"info\",\"msg\":\"access\"", ts);
+        LPUT(&l, "{\"time\":\"");
+        lput(&l, ts, tn);
+        LPUT(&l, "\",\"level\":\"info\",\"msg\":\"access\"");
     } else {
-        n = (size_t)snprintf(line, sizeof(line), "%s info  access", ts);
+        lput(&l, ts, tn);
+        LPUT(&l, " info  access");
     }
-    snprintf(num[0], sizeof(num[0]), "%d", a->status);
-    snprintf(num[1], sizeof(num[1]), "%.3f", a->latency_ms);
-    snprintf(num[2], sizeof(num[2]), "%zu", a->bytes_in);
-    n = add_field(line, n, sizeof(line), "client", a->client, 1);
-    n = add_field(line, n, sizeof(line), "method", a->method, 1);
-    n = add_field(line, n, sizeof(line), "path", a->path, 1);
-    n = add_field(line, n, sizeof(line), "status", num[0], 0);
-    n = add_field(line, n, sizeof(line), "latency_ms", num[1], 0);
-    n = add_field(line, n, sizeof(line), "bytes", num[2], 0);
-    n = add_field(line, n, sizeof(line), "id", a->id, 1);
-    n = add_field(line, n, sizeof(line), "action", a->action, 1);
-    n = add_field(line, n, sizeof(line), "event", a->event, 1);
-    n = add_field(line, n, sizeof(line), "sink", a->sink, 1);
-    n = add_field(line, n, sizeof(line), "error", a->error, 1);
-    if (log_json && n + 2 < sizeof(line)) {
-        line[n++] = '}';
+    struct line n0 = {num[0], 0, sizeof(num[0])}, n1 = {num[1], 0, sizeof(num[1])},
+                n2 = {num[2], 0, sizeof(num[2])};
+    lput_ulong(&n0, (unsigned long)(a->status > 0 ? a->status : 0));
+    num[0][n0.n] = '\0';
+    double ms = a->latency_ms > 0 ? a->latency_ms : 0;
+    unsigned long whole = (unsigned long)ms, frac = (unsigned long)((ms - (double)whole) * 1000);
+    lput_ulong(&n1, whole);
+    LPUT(&n1, ".");
+    char f[3] = {(char)('0' + frac / 100 % 10), (char)('0' + frac / 10 % 10),
+                 (char)('0' + frac % 10)};
+    lput(&n1, f, 3);
+    num[1][n1.n] = '\0';
+    lput_ulong(&n2, a->bytes_in);
+    num[2][n2.n] = '\0';
+    add_field(&l, "client", a->client, 1);
+    add_field(&l, "method", a->method, 1);
+    add_field(&l, "path", a->path, 1);
+    add_field(&l, "status", num[0], 0);
+    add_field(&l, "latency_ms", num[1], 0);
+    add_field(&l, "bytes", num[2], 0);
+    add_field(&l, "id", a->id, 1);
+    add_field(&l, "action", a->action, 1);
+    add_field(&l, "event", a->event, 1);
+    add_field(&l, "sink", a->sink, 1);
+    add_field(&l, "error", a->error, 1);
+    if (log_json) {
+        buf[l.n++] = '}';
     }
-    emit(line, n, sizeof(line));
+    emit(buf, l.n, sizeof(buf));
 }
 
 int ab_log_configure(const char *level, const char *format, char *errstr, size_t errlen)

@@ -23,6 +23,18 @@ extern int ab_log_level_min;
 
 void ab_log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Lines that a remote party can trigger over and over (accept errors, timeouts, a full
+ * body budget, libevent's own warnings) go through a limiter: at most one line per
+ * AB_RATELIMIT_S seconds each, and the next line that passes tells how many were
+ * suppressed in between. Zero-initialise a limiter (static storage does). Thread-safe. */
+#define AB_RATELIMIT_S 10
+struct ab_ratelimit {
+    _Atomic long long next_ms; /* monotonic time before which lines are suppressed */
+    _Atomic long suppressed;
+};
+void ab_log_limited(struct ab_ratelimit *rl, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Set level ("debug", "info", "warn", "error") and format ("text", "json").
  * Returns 0, or -1 with a message in errstr. */
 int ab_log_configure(const char *level, const char *format, char *errstr, size_t errlen);

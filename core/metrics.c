@@ -1,10 +1,15 @@
 #include "metrics.h"
 
+#include <dirent.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "mem.h"
 
@@ -29,8 +34,50 @@ struct ab_metrics {
     double ack_sum[2];
 };
 
+static double start_time;
+static pthread_once_t start_once = PTHREAD_ONCE_INIT;
+
+/* The process start time, in seconds since the epoch: from /proc (the kernel's own
+ * record), or the first ab_metrics_new() if /proc cannot tell. */
+static void find_start_time(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    start_time = (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+    FILE *f = fopen("/proc/self/stat", "r");
+    FILE *st = fopen("/proc/stat", "r");
+    char buf[1024];
+    unsigned long long ticks = 0, btime = 0;
+    if (f && fgets(buf, sizeof(buf), f)) {
+        const char *p = strrchr(buf, ')'); /* the command may hold spaces */
+        /* after ")": state is field 3; starttime is field 22 */
+        for (int field = 2; p && field < 22; field++) {
+            p = strchr(p + 1, ' ');
+        }
+        if (p) {
+            ticks = strtoull(p + 1, NULL, 10);
+        }
+    }
+    while (st && fgets(buf, sizeof(buf), st)) {
+        if (strncmp(buf, "btime ", 6) == 0) {
+            btime = strtoull(buf + 6, NULL, 10);
+        }
+    }
+    long hz = sysconf(_SC_CLK_TCK);
+    if (ticks && btime && hz > 0) {
+        start_time = (double)btime + (double)ticks / (double)hz;
+    }
+    if (f) {
+        fclose(f);
+    }
+    if (st) {
+        fclose(st);
+    }
+}
+
 struct ab_metrics *ab_metrics_new(void)
 {
+    pthread_once(&start_once, find_start_time);
     struct ab_metrics *m = ab_calloc(1, sizeof(*m));
     pthread_mutex_init(&m->lock, NULL);
     return m;
@@ -59,34 +106,44 @@ static int same(const char *a, const char *b)
  * the table is capped so that unexpected label values cannot grow it without bound. */
 #define MAX_LABEL_SETS 2048
 
-/* Add n to the (status, action, event) entry; the caller holds m->lock or owns m. */
-static void count_add(struct ab_metrics *m, int status, const char *action, const char *event,
-                      unsigned long long n)
+/* Add n to the (status, action, event) entry; the caller holds m->lock or owns m. At the
+ * cap, a new label set is counted as action="other", event="other" (one per status, and
+ * statuses are few) and in almabridge_metrics_label_overflow_total, so the table stays
+ * bounded and the overflow is visible. Returns 1 when the count went to "other". */
+static int count_add(struct ab_metrics *m, int status, const char *action, const char *event,
+                     unsigned long long n)
 {
-    size_t i;
-    for (i = 0; i < m->n_reqs; i++) {
-        struct req_count *r = &m->reqs[i];
-        if (r->status == status && same(r->action, action) && same(r->event, event)) {
-            m->reqs[i].count += n;
-            return;
+    int other = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < m->n_reqs; i++) {
+            struct req_count *r = &m->reqs[i];
+            if (r->status == status && same(r->action, action) && same(r->event, event)) {
+                r->count += n;
+                return other;
+            }
         }
-    }
-    if (m->n_reqs >= MAX_LABEL_SETS) {
-        action = "other";
-        event = NULL;
+        if (m->n_reqs < MAX_LABEL_SETS || other) {
+            break;
+        }
+        action = event = "other";
+        other = 1;
     }
     if (m->n_reqs == m->cap_reqs) {
         m->cap_reqs = m->cap_reqs ? m->cap_reqs * 2 : 32;
         m->reqs = ab_realloc(m->reqs, m->cap_reqs * sizeof(*m->reqs));
     }
     m->reqs[m->n_reqs++] = (struct req_count){status, ab_strdup(action), ab_strdup(event), n};
+    return other;
 }
 
 void ab_metrics_request(struct ab_metrics *m, int status, const char *action, const char *event)
 {
     pthread_mutex_lock(&m->lock);
-    count_add(m, status, action, event, 1);
+    int other = count_add(m, status, action, event, 1);
     pthread_mutex_unlock(&m->lock);
+    if (other) {
+        atomic_fetch_add(&ab_metrics_g.label_overflow, 1);
+    }
 }
 
 void ab_metrics_ack(struct ab_metrics *m, double seconds, int ok)
@@ -214,6 +271,51 @@ static void gauge(struct sb *b, const char *name, const char *type, const char *
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %ld\n", name, help, name, type, name, v);
 }
 
+/* The standard process_* metrics of Prometheus client libraries, from getrusage and /proc. */
+static void render_process(struct sb *b)
+{
+    struct rusage ru;
+    double cpu = 0;
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+              (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    }
+    unsigned long long vsize = 0, rss = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%llu %llu", &vsize, &rss) != 2) {
+            vsize = rss = 0;
+        }
+        fclose(f);
+    }
+    long page = sysconf(_SC_PAGESIZE);
+    long fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        for (struct dirent *e; (e = readdir(d)) != NULL;) {
+            fds += e->d_name[0] != '.';
+        }
+        closedir(d);
+        fds--; /* the directory's own descriptor */
+    }
+    struct rlimit rl;
+    long max_fds = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (long)rl.rlim_cur : -1;
+    sb_printf(b, "# HELP process_cpu_seconds_total Total user and system CPU time spent in "
+                 "seconds.\n# TYPE process_cpu_seconds_total counter\n"
+                 "process_cpu_seconds_total %.3f\n", cpu);
+    sb_printf(b, "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+                 "# TYPE process_resident_memory_bytes gauge\n"
+                 "process_resident_memory_bytes %llu\n", rss * (unsigned long long)page);
+    sb_printf(b, "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+                 "# TYPE process_virtual_memory_bytes gauge\n"
+                 "process_virtual_memory_bytes %llu\n", vsize * (unsigned long long)page);
+    gauge(b, "process_open_fds", "gauge", "Number of open file descriptors.", fds);
+    gauge(b, "process_max_fds", "gauge", "Maximum number of open file descriptors.", max_fds);
+    sb_printf(b, "# HELP process_start_time_seconds Start time of the process since unix "
+                 "epoch in seconds.\n# TYPE process_start_time_seconds gauge\n"
+                 "process_start_time_seconds %.2f\n", start_time);
+}
+
 char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name)
 {
     struct sb b = {ab_malloc(4096), 0, 4096};
@@ -236,5 +338,27 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
     sb_printf(&b, "almabridge_sink_ready{sink=\"%s\"} %ld\n", sink_name,
               atomic_load(&g->sink_ready));
     gauge(&b, "almabridge_workers", "gauge", "Worker threads.", atomic_load(&g->workers));
+    gauge(&b, "almabridge_max_connections", "gauge",
+          "The connection limit in effect (--max-connections capped by the open-file limit).",
+          atomic_load(&g->max_connections));
+    gauge(&b, "almabridge_connections_evicted_total", "counter",
+          "Idle or incomplete connections closed at --max-connections to make room.",
+          atomic_load(&g->evicted));
+    gauge(&b, "almabridge_buffered_bytes", "gauge",
+          "Bytes of request bodies held in memory (limit: --max-buffered).",
+          atomic_load(&g->buffered));
+    gauge(&b, "almabridge_request_timeouts_total", "counter",
+          "Connections closed because a request was not complete within --read-timeout.",
+          atomic_load(&g->request_timeouts));
+    gauge(&b, "almabridge_accept_pauses_total", "counter",
+          "accept() failures (out of descriptors or memory) that paused accepting.",
+          atomic_load(&g->accept_pauses));
+    gauge(&b, "almabridge_metrics_label_overflow_total", "counter",
+          "Requests counted under action=\"other\" because the label table was full.",
+          atomic_load(&g->label_overflow));
+    sb_printf(&b, "# HELP almabridge_build_info The running version.\n"
+                  "# TYPE almabridge_build_info gauge\n"
+                  "almabridge_build_info{version=\"%s\"} 1\n", AB_VERSION);
+    render_process(&b);
     return b.s;
 }

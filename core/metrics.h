@@ -19,6 +19,12 @@ struct ab_metrics_global {
     atomic_long sink_ready;     /* workers whose sink instance can take writes */
     atomic_long workers;
     atomic_int draining;
+    atomic_long buffered;         /* bytes of request bodies held (--max-buffered) */
+    atomic_long request_timeouts; /* requests cut at --read-timeout */
+    atomic_long accept_pauses;    /* accept() failures (EMFILE...) that paused accepting */
+    atomic_long label_overflow;   /* requests counted under action="other" at the cap */
+    atomic_long max_connections;  /* the effective limit */
+    atomic_long evicted;          /* connections closed at the limit to make room */
 };
 extern struct ab_metrics_global ab_metrics_g;
 

@@ -1,11 +1,16 @@
-/* Body parsing: JSON through cJSON, XML through libxml2, both to one cJSON tree.
+/* Body parsing: JSON in one strict pass without a tree, XML through libxml2 to a cJSON tree.
  *
- * JSON. cJSON 1.7.15 is lenient in ways that would let a body through that is not JSON
- * (leading zeros, "1.", raw control characters in strings, invalid UTF-8), and the event
- * builder copies a JSON body into the CloudEvent byte for byte, so everything cJSON lets
- * through must already be strict JSON. A linear pre-scan therefore checks the lexical
- * level (strings, escapes, UTF-8, numbers, stray control characters) and the nesting depth
- * before cJSON builds the tree; cJSON then checks the grammar.
+ * JSON. The event carries a JSON body as its "data" byte for byte (only whitespace outside
+ * strings removed, so numbers keep every digit and keys their order), so the body must be
+ * strict JSON: RFC 8259 grammar and numbers, valid UTF-8, no raw control characters, escapes
+ * that cJSON and every other parser read the same way (a \u escape of a surrogate only in a
+ * high/low pair), nesting at most AB_MAX_DEPTH. ab_normalise_json_scan() checks all of that
+ * in one pass over the body (a state machine with a fixed stack of open containers) while it
+ * writes the minified text and notes where the envelope members are, so that the event is
+ * built without a tree and without an allocation per value (issue 13: the cJSON tree and its
+ * ~190 allocations were half the cost of a webhook). It accepts exactly what the former
+ * pre-scan + cJSON front end accepted; tests/unit/normalise_test.c checks that against a
+ * copy of it on every fixture, the fuzz corpus and mutants of them.
  *
  * XML. Parsed by libxml2 with a new parser context per call (thread-safe once
  * ab_normalise_init() has run), without entity substitution, DTD loading or network
@@ -71,6 +76,9 @@ void ab_normalise_init(void)
 
 /* ---- JSON ----------------------------------------------------------------------------- */
 
+const char *const ab_envelope_names[AB_ENV_COUNT] = {"id", "action", "event", "institution",
+                                                     "time"};
+
 /* Length of the valid UTF-8 sequence starting at p (at most avail bytes), or 0 when it is
  * not one: overlong forms, surrogates and code points above U+10FFFF are refused. */
 static size_t utf8_len(const unsigned char *p, size_t avail)
@@ -104,60 +112,156 @@ static size_t utf8_len(const unsigned char *p, size_t avail)
     return n;
 }
 
-static int is_hex(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
-}
-
 static int is_digit(unsigned char c)
 {
     return c >= '0' && c <= '9';
 }
 
-/* Check the string whose opening quote is at *i; on success *i is past the closing quote.
- * Returns NULL or a description of the fault (with *i at it). */
-static const char *scan_string(const unsigned char *p, size_t n, size_t *i)
+/* The value of the four hex digits at p, or -1 when they are not all hex digits. */
+static long hex4(const unsigned char *p)
 {
-    size_t k = *i + 1;
-    while (k < n && p[k] != '"') {
-        if (p[k] == '\\') {
-            if (k + 1 >= n || p[k + 1] == '\0' || strchr("\"\\/bfnrtu", p[k + 1]) == NULL) {
-                *i = k;
-                return "JSON string has an invalid escape";
-            }
-            if (p[k + 1] == 'u' && (k + 5 >= n || !is_hex(p[k + 2]) || !is_hex(p[k + 3]) ||
-                                    !is_hex(p[k + 4]) || !is_hex(p[k + 5]))) {
-                *i = k;
-                return "JSON string has an invalid \\u escape";
-            }
-            k += p[k + 1] == 'u' ? 6 : 2;
-        } else if (p[k] < 0x20) {
-            *i = k;
-            return "JSON string holds a raw control character";
-        } else {
-            size_t l = utf8_len(p + k, n - k);
-            if (l == 0) {
-                *i = k;
-                return "JSON string is not valid UTF-8";
-            }
-            k += l;
+    long v = 0;
+    for (int k = 0; k < 4; k++) {
+        unsigned char c = p[k];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0) {
+            return -1;
         }
+        v = v * 16 + d;
     }
-    if (k >= n) {
-        return "JSON string is not terminated";
-    }
-    *i = k + 1;
-    return NULL;
+    return v;
 }
 
-/* Check the number starting at *i against RFC 8259 (no leading zeros, digits after '.'
- * and after the exponent); on success *i is past it. */
-static const char *scan_number(const unsigned char *p, size_t n, size_t *i)
+/* Classes of a byte inside a JSON string: 0 copied as is, 1 the closing quote, 2 an escape,
+ * 3 a raw control character (refused), 4 the start of a multi-byte UTF-8 sequence. */
+#define R16(x) x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x
+static const unsigned char str_class[256] = {
+    R16(3), R16(3), 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, R16(0), R16(0),
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, R16(0), R16(0),
+    R16(4), R16(4), R16(4), R16(4), R16(4), R16(4), R16(4), R16(4),
+};
+#undef R16
+
+enum scan_state { ST_VALUE, ST_FIRST_VALUE, ST_KEY, ST_FIRST_KEY, ST_COLON, ST_NEXT };
+
+/* The state of one scan: input, output, the container stack and the envelope bookkeeping. */
+struct scan {
+    const unsigned char *p;
+    size_t n, i;  /* input, its length (after a BOM) and the read position */
+    size_t base;  /* BOM bytes skipped, added to error offsets */
+    char *out;
+    size_t w;     /* write position */
+    int depth;    /* open containers */
+    unsigned char stack[AB_MAX_DEPTH + 1];
+    int member;   /* envelope name of the top-level member being read, or -1 */
+    int code_key; /* the key just read is "value" inside event/institution's object */
+    int too_deep;
+    struct ab_json_envelope *env;
+    const char *fault;
+    size_t at;
+};
+
+static int scan_fail(struct scan *s, size_t at, const char *fault)
 {
-    size_t k = *i;
-    if (k < n && p[k] == '-') {
-        k++;
+    s->fault = fault;
+    s->at = at;
+    return -1;
+}
+
+/* Copy the escape at s->i (a backslash) after checking it; a \u escape of a high surrogate
+ * must be followed by one of a low surrogate (as cJSON requires). */
+static int copy_escape(struct scan *s, size_t *i, size_t *w)
+{
+    const unsigned char *p = s->p;
+    size_t k = *i, n = s->n, l = 2;
+    if (k + 1 >= n) {
+        return scan_fail(s, k, "JSON string has an invalid escape");
     }
+    switch (p[k + 1]) {
+    case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        break;
+    case 'u': {
+        long v = k + 5 < n ? hex4(p + k + 2) : -1;
+        if (v < 0) {
+            return scan_fail(s, k, "JSON string has an invalid \\u escape");
+        }
+        l = 6;
+        if (v >= 0xdc00 && v <= 0xdfff) {
+            return scan_fail(s, k, "JSON string has an unpaired surrogate escape");
+        }
+        if (v >= 0xd800 && v <= 0xdbff) {
+            long lo = k + 11 < n && p[k + 6] == '\\' && p[k + 7] == 'u' ? hex4(p + k + 8) : -1;
+            if (lo < 0xdc00 || lo > 0xdfff) {
+                return scan_fail(s, k, "JSON string has an unpaired surrogate escape");
+            }
+            l = 12;
+        }
+        break;
+    }
+    default:
+        return scan_fail(s, k, "JSON string has an invalid escape");
+    }
+    memcpy(s->out + *w, p + k, l);
+    *w += l;
+    *i += l;
+    return 0;
+}
+
+/* Copy the string whose opening quote is at s->i, checking it; s->i ends past the closing
+ * quote. Sets *escaped when it holds an escape. */
+static int copy_string(struct scan *s, int *escaped)
+{
+    const unsigned char *p = s->p;
+    size_t i = s->i + 1, n = s->n, w = s->w;
+    char *out = s->out;
+    out[w++] = '"';
+    for (;;) {
+        size_t start = i;
+        while (i < n && str_class[p[i]] == 0) {
+            i++;
+        }
+        memcpy(out + w, p + start, i - start);
+        w += i - start;
+        if (i >= n) {
+            return scan_fail(s, n, "JSON string is not terminated");
+        }
+        switch (str_class[p[i]]) {
+        case 1:
+            out[w++] = '"';
+            s->i = i + 1;
+            s->w = w;
+            return 0;
+        case 2:
+            *escaped = 1;
+            if (copy_escape(s, &i, &w) != 0) {
+                return -1;
+            }
+            break;
+        case 3:
+            return scan_fail(s, i, "JSON string holds a raw control character");
+        default: {
+            size_t l = utf8_len(p + i, n - i);
+            if (l == 0) {
+                return scan_fail(s, i, "JSON string is not valid UTF-8");
+            }
+            memcpy(out + w, p + i, l);
+            w += l;
+            i += l;
+        }
+        }
+    }
+}
+
+/* Copy the number at s->i, checked against RFC 8259 (no leading zeros, digits after '.'
+ * and after the exponent). */
+static int copy_number(struct scan *s)
+{
+    const unsigned char *p = s->p;
+    size_t k = s->i, n = s->n, start = s->i;
+    k += p[k] == '-';
     if (k < n && p[k] == '0') {
         k++;
     } else if (k < n && is_digit(p[k])) {
@@ -165,11 +269,11 @@ static const char *scan_number(const unsigned char *p, size_t n, size_t *i)
             k++;
         }
     } else {
-        return "JSON number is malformed";
+        return scan_fail(s, start, "JSON number is malformed");
     }
     if (k < n && p[k] == '.') {
         if (++k >= n || !is_digit(p[k])) {
-            return "JSON number is malformed";
+            return scan_fail(s, start, "JSON number is malformed");
         }
         while (k < n && is_digit(p[k])) {
             k++;
@@ -177,93 +281,340 @@ static const char *scan_number(const unsigned char *p, size_t n, size_t *i)
     }
     if (k < n && (p[k] == 'e' || p[k] == 'E')) {
         k++;
-        if (k < n && (p[k] == '+' || p[k] == '-')) {
-            k++;
-        }
+        k += k < n && (p[k] == '+' || p[k] == '-');
         if (k >= n || !is_digit(p[k])) {
-            return "JSON number is malformed";
+            return scan_fail(s, start, "JSON number is malformed");
         }
         while (k < n && is_digit(p[k])) {
             k++;
         }
     }
-    if (k < n && p[k] != '\0' && (is_digit(p[k]) || strchr(".eE+-", p[k]) != NULL)) {
-        return "JSON number is malformed";
+    if (k < n && (is_digit(p[k]) || p[k] == '.' || p[k] == 'e' || p[k] == 'E' || p[k] == '+' ||
+                  p[k] == '-')) {
+        return scan_fail(s, start, "JSON number is malformed");
     }
-    *i = k;
-    return NULL;
+    memcpy(s->out + s->w, p + start, k - start);
+    s->w += k - start;
+    s->i = k;
+    return 0;
 }
 
-/* The lexical pre-scan described at the top of the file. Returns 0, or -1 with errstr
- * naming the fault and its byte offset (offsets count from `base`). */
-static int json_prescan(const unsigned char *p, size_t n, size_t base, char *errstr,
-                        size_t errlen)
+/* Which envelope name the key just copied to out[off..s->w) is (after unescaping), or -1. */
+static int envelope_name(const struct scan *s, size_t off, int escaped)
 {
-    size_t i = 0;
-    int depth = 0;
-    while (i < n) {
-        unsigned char c = p[i];
-        const char *fault = NULL;
-        size_t at = i;
-        if (c == '"') {
-            fault = scan_string(p, n, &i);
-            at = i;
-        } else if (c == '-' || is_digit(c)) {
-            fault = scan_number(p, n, &i);
-        } else if (c == '{' || c == '[') {
-            if (++depth > AB_MAX_DEPTH) {
-                set_err(errstr, errlen, "JSON nested deeper than %d levels", AB_MAX_DEPTH);
-                return -1;
-            }
-            i++;
-        } else if (c == '}' || c == ']') {
-            depth -= depth > 0;
-            i++;
-        } else if (c != '\0' && strchr(" \t\r\n,:truefalsn", c) != NULL) {
-            i++; /* whitespace, punctuation, literals: cJSON checks the grammar */
-        } else {
-            /* also a second byte order mark, which cJSON would skip */
-            fault = "JSON holds an unexpected character outside strings";
+    const char *key = s->out + off + 1;
+    size_t len = s->w - off - 2;
+    char *decoded = NULL;
+    int found = -1;
+    if (escaped && len < 64) {
+        key = decoded = ab_json_string_decode(s->out + off, len + 2, &len);
+    }
+    for (int k = 0; k < AB_ENV_COUNT && (!escaped || decoded != NULL); k++) {
+        if (strlen(ab_envelope_names[k]) == len && memcmp(ab_envelope_names[k], key, len) == 0) {
+            found = k;
+            break;
         }
-        if (fault != NULL) {
-            set_err(errstr, errlen, "%s (at byte %zu)", fault, base + at);
-            return -1;
+    }
+    free(decoded);
+    return found;
+}
+
+/* A key at s->i: copied, and at the top level (or in event/institution's object) looked
+ * up among the envelope names. */
+static int scan_key(struct scan *s)
+{
+    size_t off = s->w;
+    int escaped = 0;
+    if (copy_string(s, &escaped) != 0) {
+        return -1;
+    }
+    struct ab_json_envelope *env = s->env;
+    if (s->depth == 1) {
+        int k = envelope_name(s, off, escaped);
+        s->member = -1;
+        if (k >= 0 && env->field[k].kind != AB_JSON_ABSENT) {
+            env->repeated = env->repeated < 0 ? k : env->repeated;
+        } else {
+            s->member = k;
+        }
+    } else if (s->depth == 2 && s->member >= 0 && env->code[s->member].kind == AB_JSON_ABSENT &&
+               env->field[s->member].kind == AB_JSON_OBJECT) {
+        s->code_key = s->w - off == 7 && memcmp(s->out + off, "\"value\"", 7) == 0;
+        if (!s->code_key && escaped && s->w - off < 64) {
+            size_t dlen;
+            char *d = ab_json_string_decode(s->out + off, s->w - off, &dlen);
+            s->code_key = dlen == 5 && memcmp(d, "value", 5) == 0;
+            free(d);
         }
     }
     return 0;
 }
 
+/* A value of this kind starts at the write position. */
+static void value_start(struct scan *s, enum ab_json_kind kind)
+{
+    struct ab_json_span span = {kind, s->w, 0};
+    if (s->depth == 0) {
+        s->env->root = kind;
+    } else if (s->depth == 1 && s->member >= 0) {
+        s->env->field[s->member] = span;
+    } else if (s->depth == 2 && s->code_key) {
+        s->env->code[s->member] = span;
+    }
+}
+
+/* A value ended at the write position (a scalar, or a container just closed). */
+static void value_end(struct scan *s)
+{
+    if (s->depth == 1 && s->member >= 0) {
+        s->env->field[s->member].len = s->w - s->env->field[s->member].off;
+        s->member = -1;
+    } else if (s->depth == 2 && s->code_key) {
+        s->env->code[s->member].len = s->w - s->env->code[s->member].off;
+        s->code_key = 0;
+    }
+}
+
+static int scan_literal(struct scan *s)
+{
+    static const char *const words[] = {"true", "false", "null"};
+    for (int k = 0; k < 3; k++) {
+        size_t l = strlen(words[k]);
+        if (s->n - s->i >= l && memcmp(s->p + s->i, words[k], l) == 0) {
+            value_start(s, k == 2 ? AB_JSON_NULL : AB_JSON_LITERAL);
+            memcpy(s->out + s->w, words[k], l);
+            s->w += l;
+            s->i += l;
+            value_end(s);
+            return 0;
+        }
+    }
+    return scan_fail(s, s->i, "JSON is not well-formed");
+}
+
+/* A value starting at s->i, in a state that expects one; sets *state for what follows. */
+static int scan_value(struct scan *s, enum scan_state *state)
+{
+    unsigned char c = s->p[s->i];
+    int escaped = 0;
+    if (c == '{' || c == '[') {
+        value_start(s, c == '{' ? AB_JSON_OBJECT : AB_JSON_ARRAY);
+        if (s->depth >= AB_MAX_DEPTH) {
+            s->too_deep = 1;
+            return scan_fail(s, s->i, "JSON nested too deep");
+        }
+        s->stack[++s->depth] = c;
+        s->out[s->w++] = (char)c;
+        s->i++;
+        *state = c == '{' ? ST_FIRST_KEY : ST_FIRST_VALUE;
+        return 0;
+    }
+    *state = ST_NEXT;
+    if (c == '"') {
+        value_start(s, AB_JSON_STRING);
+        if (copy_string(s, &escaped) != 0) {
+            return -1;
+        }
+        value_end(s);
+        return 0;
+    }
+    if (c == '-' || is_digit(c)) {
+        value_start(s, AB_JSON_NUMBER);
+        if (copy_number(s) != 0) {
+            return -1;
+        }
+        value_end(s);
+        return 0;
+    }
+    if (c == 't' || c == 'f' || c == 'n') {
+        return scan_literal(s);
+    }
+    if (c == '}' || c == ']' || c == ',' || c == ':') {
+        return scan_fail(s, s->i, "JSON is not well-formed");
+    }
+    return scan_fail(s, s->i, "JSON holds an unexpected character outside strings");
+}
+
+/* A closing bracket at s->i: it must match the open container. */
+static int scan_close(struct scan *s)
+{
+    unsigned char c = s->p[s->i];
+    if (s->depth == 0 || s->stack[s->depth] != (c == '}' ? '{' : '[')) {
+        return scan_fail(s, s->i, "JSON is not well-formed");
+    }
+    s->out[s->w++] = (char)c;
+    s->i++;
+    s->depth--;
+    value_end(s);
+    return 0;
+}
+
+/* One token (or whitespace) at s->i in the given state. */
+static int scan_step(struct scan *s, enum scan_state *state)
+{
+    unsigned char c = s->p[s->i];
+    switch (*state) {
+    case ST_FIRST_VALUE:
+        if (c == ']') {
+            *state = ST_NEXT;
+            return scan_close(s);
+        }
+        return scan_value(s, state);
+    case ST_VALUE:
+        return scan_value(s, state);
+    case ST_FIRST_KEY:
+    case ST_KEY:
+        if (c == '}' && *state == ST_FIRST_KEY) {
+            *state = ST_NEXT;
+            return scan_close(s);
+        }
+        if (c != '"') {
+            break;
+        }
+        *state = ST_COLON;
+        return scan_key(s);
+    case ST_COLON:
+        if (c != ':') {
+            break;
+        }
+        s->out[s->w++] = ':';
+        s->i++;
+        *state = ST_VALUE;
+        return 0;
+    case ST_NEXT:
+        if (s->depth == 0) {
+            break; /* content after the value */
+        }
+        if (c == ',') {
+            s->out[s->w++] = ',';
+            s->i++;
+            *state = s->stack[s->depth] == '{' ? ST_KEY : ST_VALUE;
+            return 0;
+        }
+        if (c == '}' || c == ']') {
+            return scan_close(s);
+        }
+        break;
+    }
+    if (c == '{' || c == '}' || c == '[' || c == ']' || c == ',' || c == ':' || c == '"' ||
+        c == '-' || is_digit(c) || c == 't' || c == 'f' || c == 'n') {
+        return scan_fail(s, s->i, "JSON is not well-formed");
+    }
+    return scan_fail(s, s->i, "JSON holds an unexpected character outside strings");
+}
+
+long ab_normalise_json_scan(const char *body, size_t len, char *out,
+                            struct ab_json_envelope *env, char *errstr, size_t errlen)
+{
+    size_t bom = len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
+    struct scan s = {.p = (const unsigned char *)body + bom, .n = len - bom, .base = bom,
+                     .out = out, .member = -1, .env = env};
+    enum scan_state state = ST_VALUE;
+    memset(env, 0, sizeof(*env));
+    env->repeated = -1;
+    while (s.i < s.n) {
+        unsigned char c = s.p[s.i];
+        if (c == ' ' || c == '\n' || c == '\r' || c == '\t') {
+            s.i++;
+        } else if (scan_step(&s, &state) != 0) {
+            if (s.too_deep) {
+                set_err(errstr, errlen, "JSON nested deeper than %d levels", AB_MAX_DEPTH);
+            } else {
+                set_err(errstr, errlen, "%s (at byte %zu)", s.fault, s.base + s.at);
+            }
+            return -1;
+        }
+    }
+    if (s.w == 0) {
+        set_err(errstr, errlen, "JSON body is empty");
+        return -1;
+    }
+    if (s.depth != 0 || state != ST_NEXT) {
+        set_err(errstr, errlen, "JSON is not well-formed (at byte %zu)", len);
+        return -1;
+    }
+    return (long)s.w;
+}
+
+/* Append code point cp as UTF-8 at d; returns the new end. */
+static char *put_utf8(char *d, uint32_t cp)
+{
+    if (cp < 0x80) {
+        *d++ = (char)cp;
+    } else if (cp < 0x800) {
+        *d++ = (char)(0xc0 | (cp >> 6));
+        *d++ = (char)(0x80 | (cp & 0x3f));
+    } else if (cp < 0x10000) {
+        *d++ = (char)(0xe0 | (cp >> 12));
+        *d++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+        *d++ = (char)(0x80 | (cp & 0x3f));
+    } else {
+        *d++ = (char)(0xf0 | (cp >> 18));
+        *d++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+        *d++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+        *d++ = (char)(0x80 | (cp & 0x3f));
+    }
+    return d;
+}
+
+char *ab_json_string_decode(const char *s, size_t n, size_t *outlen)
+{
+    const unsigned char *p = (const unsigned char *)s + 1;
+    const unsigned char *end = (const unsigned char *)s + (n >= 2 ? n - 1 : 1);
+    char *out = ab_malloc(n + 1), *d = out;
+    while (p < end) {
+        if (*p != '\\' || p + 1 >= end) {
+            *d++ = (char)*p++;
+            continue;
+        }
+        unsigned char e = p[1];
+        p += 2;
+        switch (e) {
+        case 'b': *d++ = '\b'; break;
+        case 'f': *d++ = '\f'; break;
+        case 'n': *d++ = '\n'; break;
+        case 'r': *d++ = '\r'; break;
+        case 't': *d++ = '\t'; break;
+        case 'u': {
+            long v = end - p >= 4 ? hex4(p) : -1;
+            if (v < 0) {
+                break; /* not from a scanned string */
+            }
+            p += 4;
+            uint32_t cp = (uint32_t)v;
+            if (cp >= 0xd800 && cp <= 0xdbff && end - p >= 6 && p[0] == '\\' && p[1] == 'u') {
+                long lo = hex4(p + 2);
+                if (lo >= 0xdc00 && lo <= 0xdfff) {
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (uint32_t)(lo - 0xdc00);
+                    p += 6;
+                }
+            }
+            d = put_utf8(d, cp);
+            break;
+        }
+        default: *d++ = (char)e; break; /* " \ / */
+        }
+    }
+    *d = '\0';
+    if (outlen != NULL) {
+        *outlen = (size_t)(d - out);
+    }
+    return out;
+}
+
 cJSON *ab_normalise_json(const char *body, size_t len, char *errstr, size_t errlen)
 {
-    size_t bom = 0;
-    char *copy = NULL;
+    struct ab_json_envelope env;
+    char *min = ab_malloc(len + 1);
     cJSON *root = NULL;
-    if (len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0) {
-        bom = 3;
+    long n = ab_normalise_json_scan(body, len, min, &env, errstr, errlen);
+    if (n >= 0) {
+        root = cJSON_ParseWithLength(min, (size_t)n);
+        if (root == NULL) {
+            set_err(errstr, errlen, "JSON is not well-formed");
+        }
     }
-    const unsigned char *p = (const unsigned char *)body + bom;
-    size_t n = len - bom;
-    if (n == 0) {
-        set_err(errstr, errlen, "JSON body is empty");
-        goto done;
-    }
-    if (json_prescan(p, n, bom, errstr, errlen) != 0) {
-        goto done;
-    }
-    /* cJSON's require_null_terminated wants the NUL inside the given length. */
-    copy = ab_malloc(n + 1);
-    memcpy(copy, p, n);
-    copy[n] = '\0';
-    const char *end = NULL;
-    root = cJSON_ParseWithLengthOpts(copy, n + 1, &end, 1);
-    if (root == NULL || end != copy + n) {
-        size_t at = end != NULL && end >= copy ? (size_t)(end - copy) : 0;
-        set_err(errstr, errlen, "JSON is not well-formed (at byte %zu)", bom + at);
-        cJSON_Delete(root);
-        root = NULL;
-    }
-done:
-    free(copy);
+    free(min);
     return root;
 }
 

@@ -9,13 +9,18 @@
 
 struct ab_secrets; /* opaque, immutable once loaded; shareable between threads */
 
-/* Load secrets: one per line of `file` (may be NULL; trailing CR/LF stripped, blank lines
- * and lines starting with '#' ignored) plus `extra` (may be NULL, e.g. ALMABRIDGE_SECRET).
- * Returns NULL with a message in errstr when the file cannot be read. The result may hold
- * zero secrets: the caller decides whether that is allowed. */
+/* Load secrets: one per line of `file` (may be NULL; blank lines and lines starting with
+ * '#' ignored; a UTF-8 BOM, CR line ends and trailing blanks stripped with a warning that
+ * names the line) plus `extra` (may be NULL, e.g. ALMABRIDGE_SECRET; trailing CR/LF and
+ * blanks stripped). Returns NULL with a message in errstr when the file cannot be read.
+ * The result (one reference) may hold zero secrets: the caller decides whether that is
+ * allowed. */
 struct ab_secrets *ab_secrets_load(const char *file, const char *extra, char *errstr,
                                    size_t errlen);
 size_t ab_secrets_count(const struct ab_secrets *s);
+/* Sets are shared between worker threads: take one more reference (returns s), and drop
+ * one with ab_secrets_free(), which frees the set with the last one. NULL is a no-op. */
+struct ab_secrets *ab_secrets_ref(struct ab_secrets *s);
 void ab_secrets_free(struct ab_secrets *s);
 
 /* Compute the signature of body with secret into out (AB_SIGNATURE_B64_LEN + 1 bytes). */

@@ -37,6 +37,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,10 +50,11 @@
 #include <event2/event.h>
 #include <librdkafka/rdkafka.h>
 
-#include "config.h"
+#include "kafka.h"
 #include "log.h"
 #include "mem.h"
-#include "sink.h"
+#include "pending.h"
+#include "route.h"
 
 #define PROBE_INTERVAL_MS 1000
 #define DOWN_GRACE_MS 500
@@ -61,13 +63,6 @@
 
 enum broker_state { BROKERS_CONNECTING, BROKERS_UP, BROKERS_DOWN };
 
-/* One submitted message; the message opaque. */
-struct kafka_req {
-    struct kafka_req *prev, *next; /* the instance's outstanding list */
-    ab_sink_done_cb cb;
-    void *opaque;
-};
-
 struct kafka_sink {
     struct ab_sink base;
     rd_kafka_t *rk;
@@ -75,6 +70,7 @@ struct kafka_sink {
     int pipefd[2];
     struct event *io_ev;
     char *brokers;
+    struct ab_route *key; /* --kafka-key, NULL for no key */
     enum broker_state state;
     char reason[256];  /* why DOWN, or the fatal error */
     int fatal;
@@ -84,8 +80,7 @@ struct kafka_sink {
     int stats_skip;    /* do not trust the next statistics to say UP */
     int stats_none_up; /* statistics in a row without a broker UP */
     int64_t last_probe_ms;
-    struct kafka_req *outstanding;
-    long n_outstanding;
+    struct ab_pending *pending; /* the submissions; each entry is its message's opaque */
     int64_t fail_log_ms; /* rate limit of delivery failure lines */
     long fail_suppressed;
     char errbuf[512];    /* errstr handed to a callback, valid during the call */
@@ -242,7 +237,7 @@ static void log_failure(struct kafka_sink *ks, const char *what, const char *top
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
     struct kafka_sink *ks = opaque;
-    struct kafka_req *r = m->_private;
+    struct ab_pending_req *r = m->_private;
     const char *errstr = NULL;
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         if (ks->state != BROKERS_UP) {
@@ -257,17 +252,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
                  topic);
         errstr = ks->errbuf;
     }
-    if (r->prev) {
-        r->prev->next = r->next;
-    } else {
-        ks->outstanding = r->next;
-    }
-    if (r->next) {
-        r->next->prev = r->prev;
-    }
-    ks->n_outstanding--;
-    r->cb(status_of(m->err), errstr, r->opaque);
-    free(r);
+    ab_pending_done(r, status_of(m->err), errstr); /* ignored if it expired meanwhile */
 }
 
 /* Loop thread: librdkafka's main queue became non-empty. Drain the pipe, then serve the
@@ -312,16 +297,17 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, cha
 
 /* The producer's configuration: our defaults, then every --kafka-conf key=value on top.
  * Returns the conf (the caller owns it) or NULL with one line in errstr. */
-static rd_kafka_conf_t *build_conf(const struct ab_config *cfg, struct kafka_sink *ks,
+static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_sink *ks,
                                    char *errstr, size_t errlen)
 {
-    long ack = cfg->ack_timeout_ms > 0 ? cfg->ack_timeout_ms : 4000;
+    const struct ab_kafka_conf *cfg = sc->opts;
+    long ack = sc->ack_timeout_ms;
     long setup = ack < 1000 ? 1000 : ack > 10000 ? 10000 : ack;
     char ack_s[32], setup_s[32];
     snprintf(ack_s, sizeof(ack_s), "%ld", ack);
     snprintf(setup_s, sizeof(setup_s), "%ld", setup);
     const char *defaults[][2] = {
-        {"bootstrap.servers", cfg->kafka_brokers},
+        {"bootstrap.servers", cfg->brokers},
         {"client.id", "almabridge"},
         {"enable.idempotence", "true"},
         {"acks", "all"},
@@ -343,8 +329,8 @@ static rd_kafka_conf_t *build_conf(const struct ab_config *cfg, struct kafka_sin
             goto fail;
         }
     }
-    for (size_t i = 0; i < cfg->kafka_conf.n; i++) {
-        const char *kv = cfg->kafka_conf.v[i];
+    for (size_t i = 0; i < cfg->conf.n; i++) {
+        const char *kv = cfg->conf.v[i];
         const char *eq = strchr(kv, '=');
         if (eq == NULL || eq == kv) {
             snprintf(errstr, errlen, "kafka sink: --kafka-conf entry %zu is not key=value", i + 1);
@@ -368,6 +354,42 @@ fail:
     return NULL;
 }
 
+/* The compiled --kafka-key template into *key (NULL for ""). Returns 0, or -1 with one
+ * line in errstr. */
+static int compile_key(const struct ab_kafka_conf *cfg, struct ab_route **key, char *errstr,
+                       size_t errlen)
+{
+    char err[256];
+    *key = NULL;
+    if (cfg->key == NULL || *cfg->key == '\0') {
+        return 0;
+    }
+    *key = ab_route_compile(cfg->key, err, sizeof(err));
+    if (*key == NULL) {
+        snprintf(errstr, errlen, "--kafka-key: %s", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* The Kafka sink's options (struct ab_kafka_conf). */
+#define OFF(field) offsetof(struct ab_kafka_conf, field)
+/* clang-format off */
+static const struct ab_option kafka_options[] = {
+    {.name = "kafka-brokers", .type = AB_OPT_STRING, .def = "localhost:9092",
+     .off = OFF(brokers), .group = "Kafka", .metavar = "HOST:PORT,...",
+     .help = "bootstrap brokers (librdkafka bootstrap.servers)"},
+    {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{id}", .off = OFF(key),
+     .group = "Kafka", .metavar = "TEMPLATE",
+     .help = "message key template (placeholders as for --route); empty for no key"},
+    {.name = "kafka-conf", .type = AB_OPT_LIST, .off = OFF(conf), .check = ab_config_check_kv,
+     .mask = AB_MASK_KV_SECRETS, .group = "Kafka", .metavar = "KEY=VALUE",
+     .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; values of keys "
+             "containing \"password\" or \"secret\" are masked in output"},
+};
+/* clang-format on */
+static const struct ab_optset kafka_optset = AB_OPTSET(kafka_options, struct ab_kafka_conf);
+
 /* ---- the operations --------------------------------------------------------------- */
 
 static void kafka_close(struct ab_sink *s, int timeout_ms);
@@ -381,15 +403,21 @@ static void on_log_quiet(const rd_kafka_t *rk, int level, const char *fac, const
  * destroying it. This catches unknown keys and bad values, conflicts librdkafka only
  * checks when the handle is created (acks with idempotence) and unreadable TLS files.
  * Nothing is shared: each worker opens its own producer. */
-static int kafka_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char *errstr,
                              size_t errlen)
 {
+    const struct ab_kafka_conf *cfg = sc->opts;
     *shared = NULL;
-    if (cfg->kafka_brokers == NULL || *cfg->kafka_brokers == '\0') {
+    if (cfg->brokers == NULL || *cfg->brokers == '\0') {
         snprintf(errstr, errlen, "kafka sink: --kafka-brokers is empty");
         return -1;
     }
-    rd_kafka_conf_t *conf = build_conf(cfg, NULL, errstr, errlen);
+    struct ab_route *key = NULL;
+    if (compile_key(cfg, &key, errstr, errlen) != 0) {
+        return -1;
+    }
+    ab_route_free(key);
+    rd_kafka_conf_t *conf = build_conf(sc, NULL, errstr, errlen);
     if (conf == NULL) {
         return -1;
     }
@@ -411,20 +439,25 @@ static int kafka_global_init(const struct ab_config *cfg, void **shared, char *e
 }
 
 /* Start-up thread: create the producer and hook its main queue into base. */
-static struct ab_sink *kafka_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
                                   struct event_base *base, char *errstr, size_t errlen)
 {
-    if (cfg->kafka_brokers == NULL || *cfg->kafka_brokers == '\0') {
+    const struct ab_kafka_conf *cfg = sc->opts;
+    if (cfg->brokers == NULL || *cfg->brokers == '\0') {
         snprintf(errstr, errlen, "kafka sink: --kafka-brokers is empty");
         return NULL;
     }
     struct kafka_sink *ks = ab_calloc(1, sizeof(*ks));
     ks->base.ops = &ab_sink_kafka;
-    ks->brokers = ab_strdup(cfg->kafka_brokers);
+    ks->brokers = ab_strdup(cfg->brokers);
+    ks->pending = ab_pending_new(base, sc->ack_timeout_ms);
+    if (compile_key(cfg, &ks->key, errstr, errlen) != 0) {
+        goto fail;
+    }
     ks->pipefd[0] = ks->pipefd[1] = -1;
     ks->state = BROKERS_CONNECTING;
     char err[512];
-    rd_kafka_conf_t *conf = build_conf(cfg, ks, errstr, errlen);
+    rd_kafka_conf_t *conf = build_conf(sc, ks, errstr, errlen);
     if (conf == NULL) {
         goto fail;
     }
@@ -468,31 +501,28 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
         ks->last_probe_ms = now;
     }
-    struct kafka_req *r = ab_calloc(1, sizeof(*r));
-    r->cb = cb;
-    r->opaque = opaque;
+    char *key = msg->key == NULL && ks->key && msg->event
+                    ? ab_route_expand(ks->key, msg->event)
+                    : NULL;
+    const char *k = msg->key ? msg->key : key;
+    struct ab_pending_req *r = ab_pending_add(ks->pending, cb, opaque, 0);
     static const char ctype[] = "application/cloudevents+json";
     rd_kafka_resp_err_t err = rd_kafka_producev(
         ks->rk, RD_KAFKA_V_TOPIC(msg->route), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE((void *)msg->value, msg->value_len),
-        RD_KAFKA_V_KEY(msg->key, msg->key ? strlen(msg->key) : 0),
+        RD_KAFKA_V_KEY(k, k ? strlen(k) : 0),
         RD_KAFKA_V_HEADER("content-type", ctype, (ssize_t)sizeof(ctype) - 1),
         RD_KAFKA_V_HEADER("ce_specversion", "1.0", 3),
         RD_KAFKA_V_HEADER("ce_id", msg->id, -1),
         RD_KAFKA_V_HEADER("ce_type", msg->type, -1),
         RD_KAFKA_V_HEADER("ce_source", msg->source, -1), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+    free(key);
     ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         log_failure(ks, "queueing a message for", msg->route, err, RD_KAFKA_PARTITION_UA);
-        free(r);
+        ab_pending_cancel(r); /* a refusal: the callback never runs */
         return -1;
     }
-    r->next = ks->outstanding;
-    if (r->next) {
-        r->next->prev = r;
-    }
-    ks->outstanding = r;
-    ks->n_outstanding++;
     return 0;
 }
 
@@ -528,14 +558,14 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
     }
     ks->closing = 1;
     if (ks->rk) {
-        if (ks->n_outstanding > 0) {
+        if (ab_pending_count(ks->pending) > 0) {
             rd_kafka_flush(ks->rk, timeout_ms > 0 ? timeout_ms : 0);
         }
-        if (ks->n_outstanding > 0) {
-            ab_warn("kafka: closing with %ld message(s) not acknowledged: answering 503",
-                    ks->n_outstanding);
+        if (ab_pending_count(ks->pending) > 0) {
+            ab_warn("kafka: closing with %zu message(s) not acknowledged: answering 503",
+                    ab_pending_count(ks->pending));
             rd_kafka_purge(ks->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-            for (int i = 0; i < 100 && ks->n_outstanding > 0; i++) {
+            for (int i = 0; i < 100 && ab_pending_count(ks->pending) > 0; i++) {
                 rd_kafka_poll(ks->rk, i == 0 ? 0 : 10);
             }
         }
@@ -546,11 +576,10 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
         rd_kafka_destroy(ks->rk);
     }
     /* Whatever librdkafka did not report (it serves no callback after destroy). */
-    while (ks->outstanding) {
-        struct kafka_req *r = ks->outstanding;
-        ks->outstanding = r->next;
-        r->cb(AB_SINK_CLOSED, "kafka sink closed before the broker acknowledged", r->opaque);
-        free(r);
+    if (ks->pending) {
+        ab_pending_close(ks->pending, AB_SINK_CLOSED,
+                         "kafka sink closed before the broker acknowledged");
+        ab_pending_free(ks->pending);
     }
     if (ks->io_ev) {
         event_free(ks->io_ev);
@@ -560,6 +589,7 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
             close(ks->pipefd[i]);
         }
     }
+    ab_route_free(ks->key);
     free(ks->brokers);
     free(ks);
 }
@@ -567,6 +597,7 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
 const struct ab_sink_ops ab_sink_kafka = {
     .name = "kafka",
     .default_route = "alma.{action}",
+    .options = &kafka_optset,
     .global_init = kafka_global_init,
     .open = kafka_open,
     .submit = kafka_submit,
@@ -574,149 +605,3 @@ const struct ab_sink_ops ab_sink_kafka = {
     .describe = kafka_describe,
     .close = kafka_close,
 };
-
-/* ---- ThreadSanitizer builds only ---------------------------------------------------- */
-
-#if defined(__SANITIZE_THREAD__)
-#define AB_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define AB_TSAN 1
-#endif
-#endif
-
-#ifdef AB_TSAN
-/* librdkafka runs its threads on C11 <threads.h>, and glibc's thrd_create, mtx_lock,
- * cnd_wait... call pthread internals that ThreadSanitizer does not intercept: TSan never
- * learns of librdkafka's threads (it crashes in their first malloc) nor of their locks
- * (false races). Defined in the executable, these take precedence over glibc's for
- * librdkafka.so and go through the intercepted pthread functions. glibc implements the
- * C11 types as the pthread ones (mtx_t is a pthread_mutex_t, cnd_t a pthread_cond_t,
- * thrd_t a pthread_t, once_flag a pthread_once_t), so the casts are what glibc does. */
-#include <pthread.h>
-#include <threads.h>
-
-struct c11_start {
-    thrd_start_t fn;
-    void *arg;
-};
-
-static void *c11_trampoline(void *p)
-{
-    struct c11_start st = *(struct c11_start *)p;
-    free(p);
-    return (void *)(intptr_t)st.fn(st.arg);
-}
-
-static int c11_rc(int rc)
-{
-    return rc == 0           ? thrd_success
-           : rc == ETIMEDOUT ? thrd_timedout
-           : rc == EBUSY     ? thrd_busy
-           : rc == ENOMEM    ? thrd_nomem
-                             : thrd_error;
-}
-
-int thrd_create(thrd_t *thr, thrd_start_t fn, void *arg)
-{
-    struct c11_start *st = ab_malloc(sizeof(*st));
-    st->fn = fn;
-    st->arg = arg;
-    int rc = pthread_create(thr, NULL, c11_trampoline, st);
-    if (rc != 0) {
-        free(st);
-    }
-    return c11_rc(rc);
-}
-
-int thrd_join(thrd_t thr, int *res)
-{
-    void *r = NULL;
-    int rc = pthread_join(thr, &r);
-    if (rc == 0 && res) {
-        *res = (int)(intptr_t)r;
-    }
-    return c11_rc(rc);
-}
-
-int mtx_init(mtx_t *m, int type)
-{
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    if (type & mtx_recursive) {
-        pthread_mutexattr_settype(&a, PTHREAD_MUTEX_RECURSIVE);
-    }
-    int rc = pthread_mutex_init((pthread_mutex_t *)m, &a);
-    pthread_mutexattr_destroy(&a);
-    return c11_rc(rc);
-}
-
-int mtx_lock(mtx_t *m)
-{
-    return c11_rc(pthread_mutex_lock((pthread_mutex_t *)m));
-}
-
-int mtx_trylock(mtx_t *m)
-{
-    return c11_rc(pthread_mutex_trylock((pthread_mutex_t *)m));
-}
-
-int mtx_timedlock(mtx_t *restrict m, const struct timespec *restrict ts)
-{
-    return c11_rc(pthread_mutex_timedlock((pthread_mutex_t *)m, ts));
-}
-
-int mtx_unlock(mtx_t *m)
-{
-    return c11_rc(pthread_mutex_unlock((pthread_mutex_t *)m));
-}
-
-void mtx_destroy(mtx_t *m)
-{
-    pthread_mutex_destroy((pthread_mutex_t *)m);
-}
-
-int cnd_init(cnd_t *c)
-{
-    return c11_rc(pthread_cond_init((pthread_cond_t *)c, NULL));
-}
-
-int cnd_signal(cnd_t *c)
-{
-    return c11_rc(pthread_cond_signal((pthread_cond_t *)c));
-}
-
-int cnd_broadcast(cnd_t *c)
-{
-    return c11_rc(pthread_cond_broadcast((pthread_cond_t *)c));
-}
-
-int cnd_wait(cnd_t *c, mtx_t *m)
-{
-    return c11_rc(pthread_cond_wait((pthread_cond_t *)c, (pthread_mutex_t *)m));
-}
-
-int cnd_timedwait(cnd_t *restrict c, mtx_t *restrict m, const struct timespec *restrict ts)
-{
-    return c11_rc(pthread_cond_timedwait((pthread_cond_t *)c, (pthread_mutex_t *)m, ts));
-}
-
-void cnd_destroy(cnd_t *c)
-{
-    pthread_cond_destroy((pthread_cond_t *)c);
-}
-
-void call_once(once_flag *flag, void (*fn)(void))
-{
-    pthread_once((pthread_once_t *)flag, fn);
-}
-
-/* librdkafka itself is not instrumented: its reference counts are atomics TSan cannot
- * see, so it reports objects freed by one librdkafka thread after use by another. Silence
- * races with a librdkafka frame on either side (added to any TSAN_OPTIONS suppressions). */
-const char *__tsan_default_suppressions(void);
-const char *__tsan_default_suppressions(void)
-{
-    return "race:librdkafka.so\n";
-}
-#endif

@@ -21,14 +21,16 @@
  * fails or is lost (after running every pending reply callback with a NULL reply and then
  * the disconnect callback); we only drop our pointer there. We free it ourselves
  * (redisAsyncFree) only from our own timers and from close(), never from inside one of its
- * callbacks. A submission (struct redis_req) lives until its callback ran AND hiredis has
- * handed back every command it was privdata of (refs), so a reply that comes after a
- * timeout finds it and is ignored.
+ * callbacks. A submission is an entry of the instance's pending list (core/pending.h),
+ * held once per command it is the privdata of (XADD, WAIT), so a reply that comes after
+ * the deadline finds it and is ignored. The deadline is the pending list's; when it
+ * expires the connection is dropped (on_expire).
  *
  * Threads: global_init/global_free on the start-up thread, everything else on the loop
  * thread that opened the instance. */
 #include <errno.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +46,8 @@
 #include "config.h"
 #include "log.h"
 #include "mem.h"
-#include "sink.h"
+#include "pending.h"
+#include "redis.h"
 
 #define DEFAULT_URL "redis://127.0.0.1:6379"
 #define BACKOFF_MIN_MS 100
@@ -72,16 +75,10 @@ enum redis_state { RS_DOWN, RS_CONNECTING, RS_HANDSHAKE, RS_READY };
 
 struct redis_sink;
 
-/* One accepted submission. */
+/* What the Redis sink keeps with each pending entry (ab_pending_extra). */
 struct redis_req {
-    struct redis_req *prev, *next; /* the instance's list, for close() */
-    struct redis_sink *rs;
-    ab_sink_done_cb cb; /* NULL once it ran */
-    void *opaque;
-    struct event *timer; /* --ack-timeout */
-    int refs;            /* hiredis callbacks still to come, plus temporary holds */
-    int xadd_ok;         /* XADD replied with an entry id */
-    int wait_sent;       /* a WAIT follows the XADD */
+    int xadd_ok;   /* XADD replied with an entry id */
+    int wait_sent; /* a WAIT follows the XADD */
 };
 
 struct redis_sink {
@@ -100,7 +97,7 @@ struct redis_sink {
     char reason[200];         /* why the connection is (or was last) down */
     char logged[200];         /* the last failure logged at error level */
     int was_ready;            /* for "connected" versus "reconnected" */
-    struct redis_req *reqs;   /* accepted and not yet freed */
+    struct ab_pending *pending; /* the submissions and their deadline */
     int close_expired;
 };
 
@@ -262,19 +259,39 @@ static void shared_free(struct redis_shared *sh)
     free(sh);
 }
 
+/* The Redis sink's options (struct ab_redis_conf). */
+#define OFF(field) offsetof(struct ab_redis_conf, field)
+/* clang-format off */
+static const struct ab_option redis_options[] = {
+    {.name = "redis", .type = AB_OPT_STRING, .def = DEFAULT_URL, .off = OFF(url),
+     .mask = AB_MASK_URL_PASSWORD, .group = "Redis", .metavar = "URL",
+     .help = "Redis server, redis://[[user]:password@]host[:port][/db] (no TLS: rediss:// "
+             "is refused); the password is masked in output and in ps"},
+    {.name = "redis-maxlen", .type = AB_OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
+     .off = OFF(maxlen), .group = "Redis", .metavar = "N",
+     .help = "trim each stream to about N entries (XADD MAXLEN ~); 0 = never trim"},
+    {.name = "redis-wait", .type = AB_OPT_LONG, .def = "0", .min = 0, .max = LONG_MAX,
+     .off = OFF(wait), .group = "Redis", .metavar = "N",
+     .help = "replicas that must confirm each write (WAIT) before it is acknowledged; "
+             "0 = the primary's reply is enough"},
+};
+/* clang-format on */
+static const struct ab_optset redis_optset = AB_OPTSET(redis_options, struct ab_redis_conf);
+
 /* Start-up thread: parse and check the options. Returns 0 and *shared, or -1 and errstr. */
-static int redis_global_init(const struct ab_config *cfg, void **shared, char *errstr,
+static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char *errstr,
                              size_t errlen)
 {
+    const struct ab_redis_conf *cfg = sc->opts;
     struct redis_shared *sh = ab_calloc(1, sizeof(*sh));
-    const char *url = cfg->redis_url && *cfg->redis_url ? cfg->redis_url : DEFAULT_URL;
+    const char *url = cfg->url && *cfg->url ? cfg->url : DEFAULT_URL;
     if (parse_url(url, sh, errstr, errlen) != 0) {
         shared_free(sh);
         return -1;
     }
-    sh->maxlen = cfg->redis_maxlen > 0 ? cfg->redis_maxlen : 0;
-    sh->wait = cfg->redis_wait > 0 ? cfg->redis_wait : 0;
-    sh->timeout_ms = cfg->ack_timeout_ms > 0 ? cfg->ack_timeout_ms : 4000;
+    sh->maxlen = cfg->maxlen > 0 ? cfg->maxlen : 0;
+    sh->wait = cfg->wait > 0 ? cfg->wait : 0;
+    sh->timeout_ms = sc->ack_timeout_ms;
     /* WAIT answers with the count it has when its own timeout ends; keep that well inside
      * ours so the caller hears "only k of N replicas" rather than a bare timeout. */
     sh->wait_ms = sh->timeout_ms * 3 / 4 > 0 ? sh->timeout_ms * 3 / 4 : 1;
@@ -512,116 +529,79 @@ static void redis_connect(struct redis_sink *rs)
 
 /* ---- submissions -------------------------------------------------------------------- */
 
-/* Run the callback unless it already ran. */
-static void req_complete(struct redis_req *q, int status, const char *errstr)
+static int lost_status(const struct redis_sink *rs)
 {
-    if (q->cb == NULL) {
-        return;
-    }
-    ab_sink_done_cb cb = q->cb;
-    q->cb = NULL;
-    evtimer_del(q->timer);
-    cb(status, errstr, q->opaque);
+    return rs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR;
 }
 
-/* Drop one reference; the last frees the submission (its callback has run by then). */
-static void req_release(struct redis_req *q)
-{
-    if (--q->refs > 0) {
-        return;
-    }
-    struct redis_sink *rs = q->rs;
-    if (q->prev) {
-        q->prev->next = q->next;
-    } else {
-        rs->reqs = q->next;
-    }
-    if (q->next) {
-        q->next->prev = q->prev;
-    }
-    event_free(q->timer);
-    free(q);
-}
-
-static int lost_status(const struct redis_req *q)
-{
-    return q->rs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR;
-}
-
-/* Loop thread, hiredis reply callback for XADD. */
+/* Loop thread, hiredis reply callback for XADD (privdata: the pending entry). */
 static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct redis_req *q = privdata;
-    redisReply *r = reply;
-    if (r == NULL) {
-        req_complete(q, lost_status(q), "connection to redis lost before the XADD reply");
-    } else if (r->type == REDIS_REPLY_ERROR) {
-        req_complete(q, AB_SINK_ERROR, r->str);
-    } else if (r->type != REDIS_REPLY_STRING) {
-        req_complete(q, AB_SINK_ERROR, "unexpected reply to XADD");
+    struct redis_sink *rs = ac->data;
+    struct ab_pending_req *r = privdata;
+    struct redis_req *q = ab_pending_extra(r);
+    redisReply *rp = reply;
+    if (rp == NULL) {
+        ab_pending_complete(r, lost_status(rs), "connection to redis lost before the XADD reply");
+    } else if (rp->type == REDIS_REPLY_ERROR) {
+        ab_pending_complete(r, AB_SINK_ERROR, rp->str);
+    } else if (rp->type != REDIS_REPLY_STRING) {
+        ab_pending_complete(r, AB_SINK_ERROR, "unexpected reply to XADD");
     } else if (q->wait_sent) {
         q->xadd_ok = 1; /* the answer comes with WAIT's reply */
-    } else if (q->rs->sh->wait > 0) {
-        req_complete(q, AB_SINK_ERROR, "could not send WAIT");
+    } else if (rs->sh->wait > 0) {
+        ab_pending_complete(r, AB_SINK_ERROR, "could not send WAIT");
     } else {
-        req_complete(q, AB_SINK_OK, NULL);
+        ab_pending_complete(r, AB_SINK_OK, NULL);
     }
-    req_release(q);
+    ab_pending_release(r);
 }
 
 /* Loop thread, hiredis reply callback for WAIT (with --redis-wait). */
 static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct redis_req *q = privdata;
-    redisReply *r = reply;
-    long want = q->rs->sh->wait;
-    if (r == NULL) {
-        req_complete(q, lost_status(q), "connection to redis lost before the WAIT reply");
-    } else if (r->type == REDIS_REPLY_ERROR) {
-        req_complete(q, AB_SINK_ERROR, r->str);
-    } else if (r->type != REDIS_REPLY_INTEGER) {
-        req_complete(q, AB_SINK_ERROR, "unexpected reply to WAIT");
-    } else if (q->xadd_ok && r->integer >= want) {
-        req_complete(q, AB_SINK_OK, NULL);
+    struct redis_sink *rs = ac->data;
+    struct ab_pending_req *r = privdata;
+    struct redis_req *q = ab_pending_extra(r);
+    redisReply *rp = reply;
+    long want = rs->sh->wait;
+    if (rp == NULL) {
+        ab_pending_complete(r, lost_status(rs), "connection to redis lost before the WAIT reply");
+    } else if (rp->type == REDIS_REPLY_ERROR) {
+        ab_pending_complete(r, AB_SINK_ERROR, rp->str);
+    } else if (rp->type != REDIS_REPLY_INTEGER) {
+        ab_pending_complete(r, AB_SINK_ERROR, "unexpected reply to WAIT");
+    } else if (q->xadd_ok && rp->integer >= want) {
+        ab_pending_complete(r, AB_SINK_OK, NULL);
     } else {
         char msg[128];
         snprintf(msg, sizeof(msg), "only %lld of %ld replicas acknowledged the write (WAIT)",
-                 r->integer, want);
-        req_complete(q, AB_SINK_ERROR, msg);
+                 rp->integer, want);
+        ab_pending_complete(r, AB_SINK_ERROR, msg);
     }
-    req_release(q);
+    ab_pending_release(r);
 }
 
-/* Loop thread: --ack-timeout passed without an answer. Redis is stuck or unreachable
- * without the socket noticing (SIGSTOP, a black hole, a disk that does not return from
- * fsync): answer TIMEOUT and drop the connection, so that the requests behind this one get
- * their 503 now, and new ones at once while it reconnects (handshake-checked). The reply,
- * if it comes, finds the submission completed; hiredis hands it back (NULL) inside
- * redisAsyncFree. */
-static void on_req_timeout(evutil_socket_t fd, short what, void *arg)
+/* Loop thread, from the pending list's timer: a submission got no answer within
+ * --ack-timeout (it has been completed with AB_SINK_TIMEOUT). Redis is stuck or
+ * unreachable without the socket noticing (SIGSTOP, a black hole, a disk that does not
+ * return from fsync): drop the connection, so that the requests behind this one get their
+ * 503 now, and new ones at once while it reconnects (handshake-checked). hiredis hands
+ * every command back (NULL reply) inside redisAsyncFree. */
+static void on_expire(void *arg)
 {
-    struct redis_req *q = arg;
-    struct redis_sink *rs = q->rs;
-    char msg[160];
-    snprintf(msg, sizeof(msg), "no reply from redis within %ld ms", rs->sh->timeout_ms);
-    q->refs++; /* hold q across redisAsyncFree, which releases hiredis' references */
-    redisAsyncContext *ac = rs->ac;
-    if (ac) {
+    struct redis_sink *rs = arg;
+    if (rs->ac) {
         char reason[160];
         snprintf(reason, sizeof(reason), "a command got no reply within %ld ms; dropped the "
                  "connection", rs->sh->timeout_ms);
-        went_down(rs, reason); /* before the callback: a submit from it is refused */
+        drop(rs, reason); /* before the callbacks run: a submit from one is refused */
     }
-    req_complete(q, AB_SINK_TIMEOUT, msg);
-    if (ac) {
-        redisAsyncFree(ac);
-    }
-    req_release(q);
 }
 
 /* Loop thread: see the contract in sink.h. Refuses (-1) unless READY or when hiredis does
  * not take the command; otherwise the XADD (and WAIT) are queued on the connection and
- * exactly one of on_xadd_reply/on_wait_reply/on_req_timeout/close completes it later. */
+ * the first of on_xadd_reply/on_wait_reply, the deadline or close completes it. */
 static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                         void *opaque)
 {
@@ -651,30 +631,19 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     ARG(msg->value, msg->value_len);
 #undef ARG
 #undef ARGS
-    struct redis_req *q = ab_calloc(1, sizeof(*q));
-    q->rs = rs;
-    q->cb = cb;
-    q->opaque = opaque;
-    if (redisAsyncCommandArgv(rs->ac, on_xadd_reply, q, n, argv, len) != REDIS_OK) {
-        free(q);
+    struct ab_pending_req *r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
+    struct redis_req *q = ab_pending_extra(r);
+    if (redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, n, argv, len) != REDIS_OK) {
+        ab_pending_cancel(r);
         return -1;
     }
-    q->refs = 1;
     if (sh->wait > 0) {
         const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
-        if (redisAsyncCommandArgv(rs->ac, on_wait_reply, q, 3, wargv, NULL) == REDIS_OK) {
+        if (redisAsyncCommandArgv(rs->ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
             q->wait_sent = 1;
-            q->refs++;
+            ab_pending_hold(r);
         }
     }
-    q->next = rs->reqs;
-    if (rs->reqs) {
-        rs->reqs->prev = q;
-    }
-    rs->reqs = q;
-    q->timer = evtimer_new(rs->evbase, on_req_timeout, q);
-    struct timeval tv = ms_tv(sh->timeout_ms);
-    evtimer_add(q->timer, &tv);
     return 0;
 }
 
@@ -682,7 +651,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
 
 /* Loop thread: a new instance; it starts connecting at once and is READY once the
  * handshake is done. Never fails: an unreachable Redis is a readiness matter. */
-static struct ab_sink *redis_open(const struct ab_config *cfg, void *shared,
+static struct ab_sink *redis_open(const struct ab_sink_conf *sc, void *shared,
                                   struct event_base *base, char *errstr, size_t errlen)
 {
     struct redis_sink *rs = ab_calloc(1, sizeof(*rs));
@@ -692,6 +661,8 @@ static struct ab_sink *redis_open(const struct ab_config *cfg, void *shared,
     rs->backoff_ms = BACKOFF_MIN_MS;
     rs->retry_ev = evtimer_new(base, on_retry, rs);
     rs->connect_ev = evtimer_new(base, on_connect_timeout, rs);
+    rs->pending = ab_pending_new(base, sc->ack_timeout_ms);
+    ab_pending_on_expire(rs->pending, on_expire, rs);
     redis_connect(rs);
     return &rs->base;
 }
@@ -726,16 +697,6 @@ static void on_close_deadline(evutil_socket_t fd, short what, void *arg)
     rs->close_expired = 1;
 }
 
-static int uncompleted(const struct redis_sink *rs)
-{
-    for (const struct redis_req *q = rs->reqs; q; q = q->next) {
-        if (q->cb) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
 /* Loop thread, after the worker's loop stopped: wait (running the loop, bounded by
  * timeout_ms and --ack-timeout) for the replies still due, complete the rest with
  * AB_SINK_CLOSED, then free the connection (hiredis hands back every command with a NULL
@@ -750,28 +711,20 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
     evtimer_del(rs->retry_ev);
     evtimer_del(rs->connect_ev);
     long bound = timeout_ms < rs->sh->timeout_ms ? timeout_ms : rs->sh->timeout_ms;
-    if (bound > 0 && rs->ac && uncompleted(rs)) {
+    if (bound > 0 && rs->ac && ab_pending_count(rs->pending) > 0) {
         struct event *deadline = evtimer_new(rs->evbase, on_close_deadline, rs);
         struct timeval tv = ms_tv(bound);
         evtimer_add(deadline, &tv);
-        while (rs->ac && uncompleted(rs) && !rs->close_expired) {
+        while (rs->ac && ab_pending_count(rs->pending) > 0 && !rs->close_expired) {
             event_base_loop(rs->evbase, EVLOOP_ONCE);
         }
         event_free(deadline);
     }
-    for (struct redis_req *q = rs->reqs; q; q = q->next) {
-        req_complete(q, AB_SINK_CLOSED, "redis sink closed before the reply");
-    }
+    ab_pending_close(rs->pending, AB_SINK_CLOSED, "redis sink closed before the reply");
     if (rs->ac) {
-        drop(rs, "closed");
+        drop(rs, "closed"); /* hands every command back: the last holds go */
     }
-    /* Every command was handed back by redisAsyncFree; nothing should be left. */
-    while (rs->reqs) {
-        struct redis_req *q = rs->reqs;
-        rs->reqs = q->next;
-        event_free(q->timer);
-        free(q);
-    }
+    ab_pending_free(rs->pending);
     event_free(rs->retry_ev);
     event_free(rs->connect_ev);
     free(rs);
@@ -780,6 +733,7 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
 const struct ab_sink_ops ab_sink_redis = {
     .name = "redis",
     .default_route = "alma:{action}",
+    .options = &redis_optset,
     .global_init = redis_global_init,
     .global_free = redis_global_free,
     .open = redis_open,

@@ -5,6 +5,7 @@ suites (pytest) against the built daemon and real servers. Ends with one line CI
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,25 @@ def run_fuzz_replay():
     return passed, failed, 0
 
 
+def run_bench_smoke():
+    """`make bench-smoke`: instructions per webhook under callgrind against the recorded
+    baseline (bench/smoke-baseline.json). Skipped for sanitizer builds (valgrind cannot run
+    them) and when valgrind is missing."""
+    if BUILD != "build" or shutil.which("valgrind") is None:
+        why = "sanitizer build" if BUILD != "build" else "valgrind not installed"
+        print(f"skip bench-smoke ({why})")
+        return 0, 0, 1
+    t0 = time.time()
+    p = subprocess.run(["make", "-s", "-C", ROOT, "bench-smoke"], capture_output=True,
+                       text=True, timeout=600)
+    ok = p.returncode == 0
+    lines = [l for l in p.stdout.splitlines() if l.startswith("bench-smoke")]
+    print(f"{'ok  ' if ok else 'FAIL'} bench-smoke ({time.time() - t0:.1f} s)")
+    print("\n".join("    " + l for l in (lines if ok else (p.stdout + p.stderr).splitlines()[-30:])))
+    sys.stdout.flush()
+    return int(ok), int(not ok), 0
+
+
 def run_e2e(args):
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "junit.xml")
@@ -81,10 +101,12 @@ def main():
     args = [a for a in args if a != "--unit-only"]
     up, uf, _ = run_unit()
     fp, ff, _ = run_fuzz_replay()
-    up, uf = up + fp, uf + ff
+    bp, bf, bs = run_bench_smoke()
+    up, uf = up + fp + bp, uf + ff + bf
     ep = ef = es = 0
     if not unit_only:
         ep, ef, es = run_e2e(args)
+    es += bs
     print(f"unit: {up} passed, {uf} failed; e2e: {ep} passed, {ef} failed, {es} skipped")
     print(f"{up + ep} passed, {uf + ef} failed, {es} skipped")
     sys.exit(1 if uf + ef else 0)

@@ -1,7 +1,10 @@
 """Start the built almabridge daemon on a free port and talk HTTP to it.
 
-Signatures are computed independently of the daemon with Python's hmac module."""
+Signatures are computed independently of the daemon with Python's hmac module. Every event
+read back from a sink goes through check_cloudevent() (the CloudEvents Python SDK and the
+spec's attribute rules); Kafka messages through check_kafka_structured() as well."""
 import base64
+import datetime
 import glob
 import hashlib
 import hmac
@@ -12,8 +15,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import re
 import threading
 import time
+
+import cloudevents.conversion
+import cloudevents.http
+import cloudevents.kafka
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUILD = os.path.join(ROOT, os.environ.get("ALMABRIDGE_BUILD", "build"))
@@ -59,6 +67,68 @@ def with_id(body: bytes, new_id: str) -> bytes:
     d = json.loads(body)
     old = d["id"]
     return body.replace(f'"{old}"'.encode(), f'"{new_id}"'.encode(), 1)
+
+
+# ---- CloudEvents validation (issue 8, item 13) -----------------------------------------------
+
+# RFC 3986 URI-reference, by character classes: a scheme (optional), then only unreserved,
+# sub-delims, ":", "@", "/", "?", "#" and well-formed percent escapes.
+_URI_REF = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?"
+                      r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?#]|%[0-9A-Fa-f]{2})*$")
+# RFC 3339 date-time (section 5.6), upper-case T and Z as almabridge writes them.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:Z|[+-]\d{2}:\d{2})$")
+_ATTR_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_TYPE = re.compile(r"^[a-z0-9._-]+$")
+
+
+def check_cloudevent(raw):
+    """raw (str or bytes, one structured-mode JSON CloudEvent) is parsed by the CloudEvents
+    SDK and every attribute is valid for CloudEvents 1.0: returns the parsed JSON (dict).
+    Fails with an AssertionError naming the attribute otherwise."""
+    doc = json.loads(raw)
+    event = cloudevents.http.from_json(raw)  # the SDK refuses missing required attributes
+    attrs = event.get_attributes()
+    assert attrs["specversion"] == "1.0", attrs
+    for name, value in doc.items():
+        assert name == "data" or _ATTR_NAME.match(name), f"attribute name {name!r}"
+        if name != "data":
+            assert isinstance(value, str) and value != "", f"{name}={value!r}"
+            assert attrs[name] == value, name
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in attrs["id"]), attrs["id"]
+    assert _URI_REF.match(attrs["source"]), f"source {attrs['source']!r} is no URI reference"
+    assert _TYPE.match(attrs["type"]), f"type {attrs['type']!r}"
+    if "time" in attrs:
+        assert _RFC3339.match(attrs["time"]), f"time {attrs['time']!r} is not RFC 3339"
+        datetime.datetime.fromisoformat(attrs["time"].replace("Z", "+00:00"))
+    assert attrs["datacontenttype"] == "application/json", attrs
+    assert isinstance(doc["data"], dict) and event.get_data() == doc["data"]
+    # the SDK writes it back as an equal event
+    again = cloudevents.http.from_json(cloudevents.conversion.to_json(event))
+    assert again.get_attributes() == attrs and again.get_data() == doc["data"]
+    return doc
+
+
+def check_kafka_structured(msg):
+    """msg (from KafkaBroker.consume) is a CloudEvent in the Kafka protocol binding's
+    structured mode: content-type application/cloudevents+json, the event as the value,
+    read by the SDK's from_structured(). The ce_* headers, when sent, agree with the value.
+    Returns the parsed event (dict)."""
+    headers = msg["headers"] or {}
+    assert headers.get("content-type") == "application/cloudevents+json", headers
+    doc = check_cloudevent(msg["value"])
+    # Without the headers: from_structured() copies every header into the event (ce_id would
+    # become an attribute "ce_id", content-type would replace datacontenttype).
+    key = msg["key"]
+    event = cloudevents.kafka.from_structured(
+        cloudevents.kafka.KafkaMessage(headers={}, key=key, value=msg["value"]))
+    for name, value in doc.items():
+        if name != "data":
+            assert event[name] == value, name
+    assert event.get_data() == doc["data"]
+    for name, value in headers.items():
+        if name.startswith("ce_"):
+            assert doc.get(name[3:]) == value, (name, value, doc.get(name[3:]))
+    return doc
 
 
 class Response:
@@ -183,11 +253,11 @@ class Daemon:
         return self.request("POST", path, body=body, headers=h, **kw)
 
     def events(self):
-        """The file sink's lines, parsed."""
+        """The file sink's lines, each checked by check_cloudevent() and parsed."""
         if not os.path.exists(self.file):
             return []
         with open(self.file, "rb") as f:
-            return [json.loads(l) for l in f.read().splitlines() if l.strip()]
+            return [check_cloudevent(l) for l in f.read().splitlines() if l.strip()]
 
     def metrics(self):
         return self.get("/metrics").body.decode()

@@ -176,6 +176,55 @@ def test_malformed_and_not_webhook(daemon):
     assert daemon.events() == []
 
 
+def test_odd_envelope_values_give_valid_cloudevents(daemon):
+    """Issue 8 item 11: times in Alma's other forms, an institution code that is no URI
+    part, an action with spaces: 200, and the event validates (Daemon.events() checks every
+    line with the CloudEvents SDK); the values as sent stay in data."""
+    cases = [
+        ({"time": "26/01/2020 16:20"}, {"time": "2020-01-26T16:20:00Z"}),
+        ({"time": "2020-01-26T16:20:00+0200"}, {"time": "2020-01-26T16:20:00+02:00"}),
+        ({"time": "not a time"}, {"almatime": "not a time"}),
+        ({"institution": {"value": "My Inst %zz<>", "desc": "x"}},
+         {"source": "urn:alma:My%20Inst%20%25zz%3C%3E", "almainstitution": "My Inst %zz<>"}),
+        ({"action": "Loan Now!", "event": {"value": "x y"}},
+         {"type": "com.exlibrisgroup.alma.loan_now_.x_y", "almaaction": "Loan Now!"}),
+    ]
+    base = json.loads(LOAN)
+    for i, (change, want) in enumerate(cases):
+        body = dict(base, id=f"odd-{i}", **change)
+        r = daemon.post(json.dumps(body).encode())
+        assert r.status == 200, (change, r)
+    events = daemon.events()
+    assert [e["id"] for e in events] == [f"odd-{i}" for i in range(len(cases))]
+    for ev, (change, want) in zip(events, cases):
+        for k, v in want.items():
+            assert ev[k] == v, (k, ev)
+        if "almatime" in want:
+            assert "time" not in ev
+        for k, v in change.items():
+            assert ev["data"][k] == v
+
+
+def test_control_characters_and_repeated_envelope_fields_400(daemon):
+    """Issue 8 items 11 and 12: a control character in the id, or an envelope field given
+    twice (the event would take the first, last-wins parsers the other): 400."""
+    bodies = [
+        b'{"id":"a\\u0000b","action":"LOAN"}',
+        b'{"id":"a\\nb","action":"LOAN"}',
+        b'{"id":"1","action":"LOAN","id":"2"}',
+        b'{"id":"1","action":"LOAN","action":"USER"}',
+        b'{"id":"1","action":"LOAN","event":"A","event":"B"}',
+        b'{"id":"1","action":"LOAN","institution":"A","institution":"B"}',
+    ]
+    for body in bodies:
+        r = daemon.post(body)
+        assert r.status == 400 and r.json()["error"], (body, r)
+    r = daemon.post(b"<webhook><id>1</id><id>2</id><action>LOAN</action></webhook>",
+                    content_type="application/xml")
+    assert r.status == 400 and "repeats" in r.json()["error"], r
+    assert daemon.events() == []
+
+
 def test_xml_profiles_give_the_same_event(daemon):
     fixtures = dict(xml_fixtures())
     assert fixtures, "XML fixtures missing"

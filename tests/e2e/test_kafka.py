@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import Daemon, samples, with_id, xml_fixtures
+from daemon import Daemon, check_kafka_structured, samples, with_id, xml_fixtures
 from services import KafkaBroker
 
 ACK_MS = 4000  # the default; a new topic's first message takes up to ~2 s (auto-create)
@@ -98,12 +98,15 @@ def wait_status(d, path, status, timeout):
 
 
 def wait_for_ids(kafka, topic, ids, timeout=20):
-    """Read topic until every id in ids is a key there; returns all its messages."""
+    """Read topic until every id in ids is a key there; returns all its messages, each
+    checked by check_kafka_structured() (a valid CloudEvent in structured mode)."""
     deadline = time.monotonic() + timeout
     want = set(ids)
     while True:
         msgs = kafka.consume(topic)
         if want <= {m["key"] for m in msgs} or time.monotonic() > deadline:
+            for m in msgs:
+                check_kafka_structured(m)
             return msgs
         time.sleep(0.3)
 
@@ -148,7 +151,7 @@ def expected_from_xml(body):
 def check_message(msg, exp):
     """msg (from KafkaBroker.consume) carries the CloudEvent of the webhook exp describes."""
     assert msg["key"] == exp["id"]
-    ce = json.loads(msg["value"])
+    ce = check_kafka_structured(msg)
     ce_type = "com.exlibrisgroup.alma." + exp["action"].lower()
     if exp["event"]:
         ce_type += "." + exp["event"].lower()
@@ -277,6 +280,7 @@ def test_route_template_and_no_key(kafka, tmp_path):
             mine = [m for m in kafka.consume(topic) if json.loads(m["value"])["id"] == wid]
             time.sleep(0.2)
         assert len(mine) == 1
+        check_kafka_structured(mine[0])
         assert mine[0]["key"] is None
         assert mine[0]["headers"]["ce_id"] == wid
     finally:

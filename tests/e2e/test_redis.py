@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import KeepAlive, samples, with_id, xml_fixtures
+from daemon import KeepAlive, check_cloudevent, samples, with_id, xml_fixtures
 from services import RedisServer
 
 ACK_MS = 2000
@@ -92,10 +92,14 @@ class Resp:
 
 
 def entries(reply):
-    """XRANGE/XREADGROUP entries -> [(entry id, {field: value})] with str fields/values."""
+    """XRANGE/XREADGROUP entries -> [(entry id, {field: value})] with str fields/values.
+    Each entry's event is checked by check_cloudevent() and agrees with its id and type."""
     out = []
     for eid, kv in reply or []:
         fields = {kv[i].decode(): kv[i + 1].decode() for i in range(0, len(kv), 2)}
+        if "event" in fields:
+            ev = check_cloudevent(fields["event"])
+            assert (fields.get("id"), fields.get("type")) == (ev["id"], ev["type"]), fields
         out.append((eid.decode(), fields))
     return out
 
@@ -179,7 +183,7 @@ def test_every_sample_json_and_xml_lands_in_its_stream(daemon_factory):
             for (eid, fields), (wid, action, ctype, source, src) in zip(got, ps):
                 assert set(fields) == {"id", "type", "event"}, fields
                 assert fields["id"] == wid and fields["type"] == ctype
-                ev = json.loads(fields["event"])
+                ev = check_cloudevent(fields["event"])
                 assert ev["specversion"] == "1.0"
                 assert (ev["id"], ev["type"], ev["source"]) == (wid, ctype, source)
                 assert ev["almaaction"] == action

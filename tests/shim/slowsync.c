@@ -2,11 +2,16 @@
  * a slow or failing disk.
  *   while the file named by $SLOWSYNC_GATE exists, fsync/fdatasync wait (up to 60 s);
  *   while the file named by $SLOWSYNC_FAIL exists, they fail with EIO;
- *   with $SLOWSYNC_DELAY_US set, each takes that much longer (bench/: a slower disk).
+ *   with $SLOWSYNC_DELAY_US set, each takes that much longer (bench/: a slower disk);
+ *   with $SLOWSYNC_LOG set, each appends "<what> <path synced>" to that file first (which
+ *   files and directories were synced, in order).
  * Nothing else changes: the daemon runs its production code path. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +36,25 @@ static void delay(void)
     }
 }
 
+static void note(const char *what, int fd)
+{
+    const char *log = getenv("SLOWSYNC_LOG");
+    if (log == NULL) {
+        return;
+    }
+    char link[64], target[4096], line[4200];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, target, sizeof(target) - 1);
+    target[n > 0 ? n : 0] = '\0';
+    int len = snprintf(line, sizeof(line), "%s %s\n", what, target);
+    int out = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (out >= 0) {
+        if (write(out, line, (size_t)len) < 0) {
+        }
+        close(out);
+    }
+}
+
 static int gate(void)
 {
     delay();
@@ -50,6 +74,7 @@ int fdatasync(int fd)
     if (!real) {
         real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
     }
+    note("fdatasync", fd);
     return gate() ? -1 : real(fd);
 }
 
@@ -59,5 +84,6 @@ int fsync(int fd)
     if (!real) {
         real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
     }
+    note("fsync", fd);
     return gate() ? -1 : real(fd);
 }

@@ -3,9 +3,10 @@
 #include <stdio.h>
 
 #include "config.h"
+#include "sinks/registry.h"
 
 int main(void)
 {
-    ab_config_markdown(stdout);
+    ab_config_markdown(ab_sinks, stdout);
     return 0;
 }

@@ -53,22 +53,22 @@ static void test_forwarded_for(void)
     char err[128], out[64];
     struct ab_acl *t = ab_acl_new(trusted, 2, err, sizeof(err));
     /* untrusted peer: the header is ignored */
-    ab_acl_client_addr(t, "8.8.8.8", "1.2.3.4", out, sizeof(out));
+    ab_acl_client_addr(t, "8.8.8.8", "1.2.3.4", 0, out, sizeof(out));
     CHECK_STR(out, "8.8.8.8");
     /* trusted peer: right-most untrusted entry */
-    ab_acl_client_addr(t, "127.0.0.1", "1.1.1.1, 2.2.2.2, 10.0.0.5", out, sizeof(out));
+    ab_acl_client_addr(t, "127.0.0.1", "1.1.1.1, 2.2.2.2, 10.0.0.5", 0, out, sizeof(out));
     CHECK_STR(out, "2.2.2.2");
-    ab_acl_client_addr(t, "127.0.0.1", " 3.3.3.3 ", out, sizeof(out));
+    ab_acl_client_addr(t, "127.0.0.1", " 3.3.3.3 ", 0, out, sizeof(out));
     CHECK_STR(out, "3.3.3.3");
-    ab_acl_client_addr(t, "127.0.0.1", "[2001:db8::1]", out, sizeof(out));
+    ab_acl_client_addr(t, "127.0.0.1", "[2001:db8::1]", 0, out, sizeof(out));
     CHECK_STR(out, "2001:db8::1");
     /* everything trusted: the left-most */
-    ab_acl_client_addr(t, "127.0.0.1", "10.0.0.1, 10.0.0.2", out, sizeof(out));
+    ab_acl_client_addr(t, "127.0.0.1", "10.0.0.1, 10.0.0.2", 0, out, sizeof(out));
     CHECK_STR(out, "10.0.0.1");
     /* garbage stops the walk at the last good address */
-    ab_acl_client_addr(t, "127.0.0.1", "1.1.1.1, junk, 10.0.0.9", out, sizeof(out));
+    ab_acl_client_addr(t, "127.0.0.1", "1.1.1.1, junk, 10.0.0.9", 0, out, sizeof(out));
     CHECK_STR(out, "10.0.0.9");
-    ab_acl_client_addr(t, "127.0.0.1", NULL, out, sizeof(out));
+    ab_acl_client_addr(t, "127.0.0.1", NULL, 0, out, sizeof(out));
     CHECK_STR(out, "127.0.0.1");
     ab_acl_free(t);
 }

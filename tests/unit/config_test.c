@@ -2,6 +2,10 @@
  * the config file, precedence, errors, masking and the generated help. */
 #include "config.h"
 
+#include "sinks/file.h"
+#include "sinks/kafka.h"
+#include "sinks/redis.h"
+#include "sinks/registry.h"
 #include "test.h"
 
 #include <stdio.h>
@@ -15,6 +19,11 @@
 #define ENV(...) ((const char *const[]){__VA_ARGS__, NULL})
 
 static char err[512];
+
+/* The sinks' own configuration structs of a loaded configuration. */
+#define FILEC(c) ((const struct ab_file_conf *)ab_config_sink_opts(&(c), &ab_sink_file))
+#define KAFKA(c) ((const struct ab_kafka_conf *)ab_config_sink_opts(&(c), &ab_sink_kafka))
+#define REDIS(c) ((const struct ab_redis_conf *)ab_config_sink_opts(&(c), &ab_sink_redis))
 
 /* Writable copy of a NULL-terminated list (argv and envp are char **). */
 static char **copy_list(const char *const *list, int *n)
@@ -45,7 +54,7 @@ static int load(struct ab_config *cfg, const char *const *args, const char *cons
     char **argv = copy_list(args, &argc);
     char **envp = env ? copy_list(env, &envc) : NULL;
     err[0] = '\0';
-    int rc = ab_config_load(cfg, argc, argv, envp, err, sizeof(err));
+    int rc = ab_config_load(cfg, ab_sinks, argc, argv, envp, err, sizeof(err));
     free_list(argv);
     if (envp) {
         free_list(envp);
@@ -88,6 +97,17 @@ static char *capture_cfg(void (*fn)(const struct ab_config *, FILE *), const str
     return buf;
 }
 
+/* --help and the Markdown reference for every registered sink. */
+static void usage_all(FILE *out)
+{
+    ab_config_usage(ab_sinks, out);
+}
+
+static void markdown_all(FILE *out)
+{
+    ab_config_markdown(ab_sinks, out);
+}
+
 static char *capture(void (*fn)(FILE *))
 {
     char *buf = NULL;
@@ -107,7 +127,8 @@ static const char *const all_options[] = {
     "file-fsync",    "kafka-brokers", "kafka-key",        "kafka-conf",
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
-    "version",       "check-config",  "print-config",
+    "version",       "check-config",  "print-config",     "idle-timeout",
+    "max-buffered",  "proxy-header",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
@@ -139,14 +160,14 @@ static void test_defaults(void)
     CHECK(c.shutdown_timeout_s == 10);
     CHECK_STR(c.sink, "file");
     CHECK(c.route == NULL);
-    CHECK_STR(c.file, "./almabridge-events.jsonl");
-    CHECK(c.file_fsync == 1);
-    CHECK_STR(c.kafka_brokers, "localhost:9092");
-    CHECK_STR(c.kafka_key, "{id}");
-    CHECK(c.kafka_conf.n == 0);
-    CHECK_STR(c.redis_url, "redis://127.0.0.1:6379");
-    CHECK(c.redis_maxlen == 0);
-    CHECK(c.redis_wait == 0);
+    CHECK_STR(FILEC(c)->path, "./almabridge-events.jsonl");
+    CHECK(FILEC(c)->fsync == 1);
+    CHECK_STR(KAFKA(c)->brokers, "localhost:9092");
+    CHECK_STR(KAFKA(c)->key, "{id}");
+    CHECK(KAFKA(c)->conf.n == 0);
+    CHECK_STR(REDIS(c)->url, "redis://127.0.0.1:6379");
+    CHECK(REDIS(c)->maxlen == 0);
+    CHECK(REDIS(c)->wait == 0);
     CHECK(c.config_file == NULL);
     CHECK_STR(c.log_level, "info");
     CHECK_STR(c.log_format, "text");
@@ -197,14 +218,14 @@ static void test_every_option(void)
     CHECK(c.shutdown_timeout_s == 16);
     CHECK_STR(c.sink, "kafka");
     CHECK_STR(c.route, "alma.{action}");
-    CHECK_STR(c.file, "/f.jsonl");
-    CHECK(c.file_fsync == 0);
-    CHECK_STR(c.kafka_brokers, "k1:9092,k2:9092");
-    CHECK_STR(c.kafka_key, "{institution}");
-    CHECK(c.kafka_conf.n == 1 && !strcmp(c.kafka_conf.v[0], "acks=all"));
-    CHECK_STR(c.redis_url, "redis://r:1");
-    CHECK(c.redis_maxlen == 17);
-    CHECK(c.redis_wait == 1);
+    CHECK_STR(FILEC(c)->path, "/f.jsonl");
+    CHECK(FILEC(c)->fsync == 0);
+    CHECK_STR(KAFKA(c)->brokers, "k1:9092,k2:9092");
+    CHECK_STR(KAFKA(c)->key, "{institution}");
+    CHECK(KAFKA(c)->conf.n == 1 && !strcmp(KAFKA(c)->conf.v[0], "acks=all"));
+    CHECK_STR(REDIS(c)->url, "redis://r:1");
+    CHECK(REDIS(c)->maxlen == 17);
+    CHECK(REDIS(c)->wait == 1);
     CHECK_STR(c.log_level, "debug");
     CHECK_STR(c.log_format, "json");
     CHECK(c.log_bodies == 1);
@@ -224,7 +245,7 @@ static void test_types(void)
         snprintf(a, sizeof(a), "--log-bodies=%s", yes[i]);
         snprintf(b, sizeof(b), "--file-fsync=%s", no[i]);
         CHECK(load(&c, ARGS(a, b), NULL) == AB_CONFIG_OK);
-        CHECK(c.log_bodies == 1 && c.file_fsync == 0);
+        CHECK(c.log_bodies == 1 && FILEC(c)->fsync == 0);
         ab_config_free(&c);
     }
     /* a later value wins for scalars; lists collect */
@@ -269,21 +290,21 @@ static void test_eq_and_space(void)
     ab_config_free(&b);
     /* an empty value, only with '=': kafka-key "" means no key */
     CHECK(load(&a, ARGS("--kafka-key=", "--route="), NULL) == AB_CONFIG_OK);
-    CHECK_STR(a.kafka_key, "");
+    CHECK_STR(KAFKA(a)->key, "");
     CHECK_STR(a.route, "");
     ab_config_free(&a);
     /* a value may contain '=' and spaces */
     CHECK(load(&a, ARGS("--kafka-conf=sasl.jaas=a=b c", "--kafka-conf", "x=y"), NULL) ==
           AB_CONFIG_OK);
-    CHECK(a.kafka_conf.n == 2);
-    if (a.kafka_conf.n == 2) {
-        CHECK_STR(a.kafka_conf.v[0], "sasl.jaas=a=b c");
-        CHECK_STR(a.kafka_conf.v[1], "x=y");
+    CHECK(KAFKA(a)->conf.n == 2);
+    if (KAFKA(a)->conf.n == 2) {
+        CHECK_STR(KAFKA(a)->conf.v[0], "sasl.jaas=a=b c");
+        CHECK_STR(KAFKA(a)->conf.v[1], "x=y");
     }
     ab_config_free(&a);
     /* a value starting with a single '-' is a value */
     CHECK(load(&a, ARGS("--kafka-key", "-{id}"), NULL) == AB_CONFIG_OK);
-    CHECK_STR(a.kafka_key, "-{id}");
+    CHECK_STR(KAFKA(a)->key, "-{id}");
     ab_config_free(&a);
 }
 
@@ -294,10 +315,10 @@ static void test_env_list_newlines(void)
                   ENV("ALMABRIDGE_KAFKA_CONF=sasl.mechanisms=PLAIN\n"
                       "ssl.cipher.suites=ECDHE-RSA-AES128-GCM-SHA256,ECDHE-RSA-AES256-GCM-SHA384\n"));
     CHECK(rc == AB_CONFIG_OK);
-    CHECK(c.kafka_conf.n == 2);
-    if (c.kafka_conf.n == 2) {
-        CHECK_STR(c.kafka_conf.v[0], "sasl.mechanisms=PLAIN");
-        CHECK_STR(c.kafka_conf.v[1],
+    CHECK(KAFKA(c)->conf.n == 2);
+    if (KAFKA(c)->conf.n == 2) {
+        CHECK_STR(KAFKA(c)->conf.v[0], "sasl.mechanisms=PLAIN");
+        CHECK_STR(KAFKA(c)->conf.v[1],
                   "ssl.cipher.suites=ECDHE-RSA-AES128-GCM-SHA256,ECDHE-RSA-AES256-GCM-SHA384");
     }
     ab_config_free(&c);
@@ -318,19 +339,19 @@ static void test_env(void)
     CHECK(rc == AB_CONFIG_OK);
     CHECK_STR(err, "");
     CHECK_STR(c.listen, "127.0.0.1:1234");
-    CHECK_STR(c.kafka_brokers, "a:1,b:2"); /* a string: commas kept */
+    CHECK_STR(KAFKA(c)->brokers, "a:1,b:2"); /* a string: commas kept */
     CHECK(c.allow.n == 3);
     if (c.allow.n == 3) {
         CHECK_STR(c.allow.v[0], "10.0.0.0/8");
         CHECK_STR(c.allow.v[1], "::1");
         CHECK_STR(c.allow.v[2], "192.168.1.0/24");
     }
-    CHECK(c.file_fsync == 0);
+    CHECK(FILEC(c)->fsync == 0);
     CHECK(c.log_bodies == 1);
     CHECK(c.max_body == 1024);
     CHECK(c.help == 0);
     CHECK_STR(c.path, "/webhook");
-    CHECK_STR(c.kafka_key, "");
+    CHECK_STR(KAFKA(c)->key, "");
     CHECK_STR(c.sink, "redis");
     ab_config_free(&c);
 
@@ -372,17 +393,17 @@ static void test_config_file(void)
     CHECK_STR(c.listen, "10.1.2.3:8081");
     CHECK_STR(c.path, "/from-file");
     CHECK_STR(c.sink, "kafka");
-    CHECK_STR(c.kafka_brokers, "b1:9092, b2:9092");
-    CHECK_STR(c.kafka_key, "");
+    CHECK_STR(KAFKA(c)->brokers, "b1:9092, b2:9092");
+    CHECK_STR(KAFKA(c)->key, "");
     CHECK_STR(c.route, "alma.{action} \"quoted\" \\ ");
     CHECK(c.allow.n == 2);
     if (c.allow.n == 2) {
         CHECK_STR(c.allow.v[0], "10.0.0.0/8");
         CHECK_STR(c.allow.v[1], "192.168.0.0/16");
     }
-    CHECK(c.kafka_conf.n == 1 && !strcmp(c.kafka_conf.v[0], "sasl.password=p#not-a-comment"));
+    CHECK(KAFKA(c)->conf.n == 1 && !strcmp(KAFKA(c)->conf.v[0], "sasl.password=p#not-a-comment"));
     CHECK(c.log_bodies == 1);
-    CHECK(c.file_fsync == 0);
+    CHECK(FILEC(c)->fsync == 0);
     CHECK(c.max_body == 2048);
     CHECK_STR(c.log_level, "info"); /* untouched options keep their defaults */
     ab_config_free(&c);
@@ -435,7 +456,7 @@ static void test_precedence(void)
     /* a higher layer replaces a list, it does not extend it */
     CHECK(c.allow.n == 1 && !strcmp(c.allow.v[0], "::1"));
     CHECK(c.trusted_proxy.n == 1 && !strcmp(c.trusted_proxy.v[0], "10.8.8.8"));
-    CHECK(c.kafka_conf.n == 1 && !strcmp(c.kafka_conf.v[0], "a=1"));
+    CHECK(KAFKA(c)->conf.n == 1 && !strcmp(KAFKA(c)->conf.v[0], "a=1"));
     ab_config_free(&c);
 
     /* an empty list in the environment clears the file's list */
@@ -652,8 +673,8 @@ static void test_print(void)
 
 static void test_usage_and_markdown(void)
 {
-    char *usage = capture(ab_config_usage);
-    char *md = capture(ab_config_markdown);
+    char *usage = capture(usage_all);
+    char *md = capture(markdown_all);
     CHECK(strstr(usage, "almabridge [options]") != NULL);
     CHECK(strncmp(md, "| option | env | default | description |\n|---|---|---|---|\n", 58) == 0);
     for (size_t i = 0; i < N_ALL; i++) {

@@ -159,7 +159,7 @@ static cJSON *check_line(const struct ab_event *ev)
     if (line == NULL) {
         return NULL;
     }
-    const char *want[10];
+    const char *want[12];
     size_t n = 0;
     want[n++] = "specversion", want[n++] = "id", want[n++] = "source", want[n++] = "type";
     if (ev->time != NULL) {
@@ -171,6 +171,9 @@ static cJSON *check_line(const struct ab_event *ev)
     }
     if (ev->institution != NULL) {
         want[n++] = "almainstitution";
+    }
+    if (ev->almatime != NULL) {
+        want[n++] = "almatime";
     }
     want[n++] = "data";
     size_t i = 0;
@@ -190,6 +193,7 @@ static cJSON *check_line(const struct ab_event *ev)
     CHECK_STR(str_member(line, "almaaction"), ev->action);
     CHECK_STR(str_member(line, "almaevent"), ev->event);
     CHECK_STR(str_member(line, "almainstitution"), ev->institution);
+    CHECK_STR(str_member(line, "almatime"), ev->almatime);
     return line;
 }
 
@@ -567,7 +571,6 @@ static void test_not_webhook(void)
     check_not_webhook(X, "<webhook><action>LOAN</action></webhook>", "webhook has no \"id\"");
     check_not_webhook(X, "<webhook><id></id><action>LOAN</action></webhook>",
                       "webhook has no \"id\"");
-    check_not_webhook(X, "<webhook><id>1</id><id>2</id><action>LOAN</action></webhook>", NULL);
     check_not_webhook(X, "<webhook><id desc=\"Jane\">1</id><action>LOAN</action></webhook>",
                       NULL);
     check_not_webhook(X, "<webhook><id>1</id></webhook>", "webhook has no \"action\"");
@@ -626,7 +629,8 @@ static void test_utf8_preserved(void)
     struct ab_event *ev = make_ok(AB_FORMAT_JSON, body);
     if (ev != NULL) {
         CHECK(raw_data_is(ev, body));
-        CHECK_STR(ev->source, "urn:alma:Z\xc3\xbcRICH");
+        CHECK_STR(ev->source, "urn:alma:Z%C3%BCRICH");
+        CHECK_STR(ev->institution, "Z\xc3\xbcRICH");
         cJSON_Delete(check_line(ev));
     }
     ab_event_free(ev);
@@ -767,26 +771,26 @@ static void test_data_strings_intact(void)
 
 static void test_envelope_escaped(void)
 {
-    struct ab_event *ev = make_ok(AB_FORMAT_JSON, "{\"id\":\"1\\\"2\\n\",\"action\":\"A\\\\B\\t\","
+    struct ab_event *ev = make_ok(AB_FORMAT_JSON, "{\"id\":\"1\\\"2\\\\\",\"action\":\"A\\\\B\\t\","
                                                   "\"time\":\"\\u2028\"}");
     if (ev != NULL) {
-        CHECK_STR(ev->id, "1\"2\n");
+        CHECK_STR(ev->id, "1\"2\\");
         CHECK_STR(ev->action, "A\\B\t");
         cJSON_Delete(check_line(ev));
     }
     ab_event_free(ev);
-    ev = make_ok(AB_FORMAT_XML, "<webhook><id>1&#10;2</id><action>A</action>"
+    ev = make_ok(AB_FORMAT_XML, "<webhook><id>1&amp;2</id><action>A</action>"
                                 "<note>line1\nline2\r\n</note></webhook>");
     if (ev != NULL) {
-        CHECK_STR(ev->id, "1\n2");
+        CHECK_STR(ev->id, "1&2");
         cJSON_Delete(check_line(ev));
     }
     ab_event_free(ev);
 }
 
-static void test_bom_and_duplicates(void)
+static void test_bom(void)
 {
-    const char *body = "\xef\xbb\xbf{\"id\":\"1\",\"id\":\"2\",\"action\":\"A\"}";
+    const char *body = "\xef\xbb\xbf{\"id\":\"1\",\"action\":\"A\"}";
     struct ab_event *ev = make_ok(AB_FORMAT_JSON, body);
     if (ev != NULL) {
         CHECK_STR(ev->id, "1");
@@ -794,6 +798,171 @@ static void test_bom_and_duplicates(void)
     }
     ab_event_free(ev);
     ab_event_free(NULL);
+}
+
+static void check_malformed(enum ab_body_format fmt, const char *body, const char *msg)
+{
+    struct ab_event *ev;
+    int rc = make(fmt, body, strlen(body), &ev);
+    if (rc != AB_EVENT_MALFORMED) {
+        fprintf(stderr, "  body %s: rc %d (%s)\n", body, rc, err);
+    }
+    CHECK(rc == AB_EVENT_MALFORMED);
+    CHECK_STR(err, msg);
+}
+
+/* Issue 8 item 12: an envelope field given twice would be read differently downstream. */
+static void test_repeated_envelope_fields(void)
+{
+    const enum ab_body_format J = AB_FORMAT_JSON, X = AB_FORMAT_XML;
+    const char *rep_id = "webhook envelope repeats \"id\"";
+    check_malformed(J, "{\"id\":\"1\",\"id\":\"2\",\"action\":\"A\"}", rep_id);
+    check_malformed(J, "\xef\xbb\xbf{\"id\":\"1\",\"action\":\"A\",\"id\":\"1\"}", rep_id);
+    check_malformed(J, "{\"id\":\"1\",\"action\":\"A\",\"\\u0069d\":\"2\"}", rep_id);
+    check_malformed(J, "{\"id\":\"1\",\"action\":\"A\",\"id\":null}", rep_id);
+    check_malformed(J, "{\"id\":\"1\",\"action\":\"A\",\"action\":\"B\"}",
+                    "webhook envelope repeats \"action\"");
+    check_malformed(J, "{\"id\":\"1\",\"action\":\"A\",\"event\":\"E\",\"event\":{\"value\":\"F\"}}",
+                    "webhook envelope repeats \"event\"");
+    check_malformed(J, "{\"id\":\"1\",\"action\":\"A\",\"institution\":\"I\",\"institution\":\"J\"}",
+                    "webhook envelope repeats \"institution\"");
+    check_malformed(J, "{\"id\":\"1\",\"action\":\"A\",\"time\":\"x\",\"time\":\"y\"}",
+                    "webhook envelope repeats \"time\"");
+    check_malformed(X, "<webhook><id>1</id><id>2</id><action>LOAN</action></webhook>", rep_id);
+    check_malformed(X, "<webhook id=\"1\"><id>1</id><action>LOAN</action></webhook>", rep_id);
+    check_malformed(X, "<webhook><id>1</id><action>A</action><event>E</event><event/></webhook>",
+                    "webhook envelope repeats \"event\"");
+    check_malformed(X, "<webhook><id>1</id><action>A</action><institution>I</institution>"
+                       "<institution>I</institution></webhook>",
+                    "webhook envelope repeats \"institution\"");
+    /* other names may repeat, and envelope names may repeat below the top level */
+    struct ab_event *ev = make_ok(J, "{\"id\":\"1\",\"action\":\"A\",\"x\":1,\"x\":2,"
+                                     "\"user\":{\"id\":\"5\",\"id\":\"6\"},\"Id\":\"7\"}");
+    CHECK(ev != NULL && strcmp(ev->id, "1") == 0);
+    ab_event_free(ev);
+    ev = make_ok(X, "<webhook><id>1</id><action>A</action><x>1</x><x>2</x>"
+                    "<user><id>5</id><id>6</id></user></webhook>");
+    CHECK(ev != NULL && strcmp(ev->id, "1") == 0);
+    ab_event_free(ev);
+}
+
+/* Issue 8 item 11: an id with a control character could never be a message key safely. */
+static void test_id_control_characters(void)
+{
+    static const char *ids[] = {
+        "a\\u0000b", "\\u0000", "a\\nb", "a\\tb", "\\r", "\\b", "\\f", "\\u001F", "\\u007f",
+        "\x7f", "\\u0085", "\xc2\x85", "\\u009f",
+    };
+    const char *msg = "webhook \"id\" holds a control character";
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+        char body[128];
+        snprintf(body, sizeof(body), "{\"id\":\"%s\",\"action\":\"LOAN\"}", ids[i]);
+        check_malformed(AB_FORMAT_JSON, body, msg);
+    }
+    check_malformed(AB_FORMAT_XML, "<webhook><id>1&#10;2</id><action>A</action></webhook>", msg);
+    check_malformed(AB_FORMAT_XML, "<webhook><id>\t1</id><action>A</action></webhook>", msg);
+    check_malformed(AB_FORMAT_XML, "<webhook><id>1&#x7f;</id><action>A</action></webhook>", msg);
+    /* printable escapes and non-ASCII are fine */
+    static const char *good[] = {"{\"id\":\"\\u00e9\\u2028\\/\\\\\",\"action\":\"A\"}",
+                                 "{\"id\":\"\xc2\xa0\xe2\x80\xa8\",\"action\":\"A\"}"};
+    for (size_t i = 0; i < 2; i++) {
+        struct ab_event *ev = make_ok(AB_FORMAT_JSON, good[i]);
+        ab_event_free(ev);
+    }
+}
+
+static void check_time(const char *in, const char *want)
+{
+    char out[64] = "";
+    int rc = ab_event_rfc3339(in, out, sizeof(out));
+    if (want == NULL) {
+        if (rc == 0) {
+            fprintf(stderr, "  time %s converted to %s\n", in, out);
+        }
+        CHECK(rc != 0);
+    } else {
+        if (rc != 0) {
+            fprintf(stderr, "  time %s refused\n", in);
+        }
+        CHECK(rc == 0);
+        CHECK_STR(out, want);
+    }
+}
+
+static void test_time_conversion(void)
+{
+    check_time("2020-01-26T16:21:16.109Z", "2020-01-26T16:21:16.109Z");
+    check_time("2020-01-26T16:20:00+0200", "2020-01-26T16:20:00+02:00");
+    check_time("2020-01-26T16:20:00-02:30", "2020-01-26T16:20:00-02:30");
+    check_time("2020-01-26T16:20:00+02", "2020-01-26T16:20:00+02:00");
+    check_time("2020-01-26t16:20:00z", "2020-01-26T16:20:00Z");
+    check_time("2020-01-26 16:20:00", "2020-01-26T16:20:00Z");
+    check_time("2020-01-26T16:20", "2020-01-26T16:20:00Z");
+    check_time("2020-01-26T16:20+0100", "2020-01-26T16:20:00+01:00");
+    check_time("2020-01-26T16:20:00,5Z", "2020-01-26T16:20:00.5Z");
+    check_time("2020-01-26 16:20:00 UTC", "2020-01-26T16:20:00Z");
+    check_time("2020-01-26 16:20:00 +0200", "2020-01-26T16:20:00+02:00");
+    check_time("2020-01-26", "2020-01-26T00:00:00Z");
+    check_time("26/01/2020 16:20", "2020-01-26T16:20:00Z");
+    check_time("26/01/2020 16:20:05", "2020-01-26T16:20:05Z");
+    check_time("6/1/2020 9:05", "2020-01-06T09:05:00Z");
+    check_time("26.01.2020 16:20 +0100", "2020-01-26T16:20:00+01:00");
+    check_time("29/02/2024", "2024-02-29T00:00:00Z");
+    check_time("2020-01-26T16:20:00.123456789012Z", "2020-01-26T16:20:00.123456789012Z");
+    static const char *bad[] = {
+        "", "yesterday", "2020-13-01", "2020-02-30", "2023-02-29", "01/13/2020 10:00",
+        "2020-01-26T24:00:00Z", "2020-01-26T16:60:00Z", "2020-01-26T16:20:60Z",
+        "2020-01-26T16:20:00+2400", "2020-01-26T16:20:00+02:", "2020-01-26T16:20:00Zjunk",
+        "2020-01-26T16:20:00.Z", "0000-01-01", "2020-1-26", "1579998000", "26/01/20 16:20",
+        "2020-01-26T", "2020-01-26T16", "2020/01/26",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        check_time(bad[i], NULL);
+    }
+    char tiny[8];
+    CHECK(ab_event_rfc3339("2020-01-26", tiny, sizeof(tiny)) != 0);
+}
+
+/* The envelope's time, source and type are valid CloudEvents attributes; data keeps the
+ * values as sent. */
+static void test_envelope_attributes_valid(void)
+{
+    struct ab_event *ev = make_ok(AB_FORMAT_JSON,
+        "{\"id\":\"1\",\"action\":\"Loan Now!\",\"event\":{\"value\":\"x y\xc3\xbc\"},"
+        "\"institution\":{\"value\":\"My Inst %zz<>\"},\"time\":\"26/01/2020 16:20\"}");
+    if (ev != NULL) {
+        CHECK_STR(ev->time, "2020-01-26T16:20:00Z");
+        CHECK(ev->almatime == NULL);
+        CHECK_STR(ev->source, "urn:alma:My%20Inst%20%25zz%3C%3E");
+        CHECK_STR(ev->type, PREFIX "loan_now_.x_y_");
+        CHECK_STR(ev->action, "Loan Now!");
+        CHECK_STR(ev->event, "x y\xc3\xbc");
+        CHECK_STR(ev->institution, "My Inst %zz<>");
+        CHECK(strstr(raw_data(ev), "\"time\":\"26/01/2020 16:20\"") != NULL);
+        CHECK(strstr(raw_data(ev), "\"institution\":{\"value\":\"My Inst %zz<>\"}") != NULL);
+        cJSON_Delete(check_line(ev));
+    }
+    ab_event_free(ev);
+    ev = make_ok(AB_FORMAT_XML, "<webhook><id>1</id><action>A-B.c_9</action>"
+                                "<time>2020-01-26T16:20:00+0200</time>"
+                                "<institution>01/ABC?#</institution></webhook>");
+    if (ev != NULL) {
+        CHECK_STR(ev->time, "2020-01-26T16:20:00+02:00");
+        CHECK_STR(ev->type, PREFIX "a-b.c_9");
+        CHECK_STR(ev->source, "urn:alma:01%2FABC%3F%23");
+        cJSON_Delete(check_line(ev));
+    }
+    ab_event_free(ev);
+    /* a time that cannot be converted is left out and kept as almatime */
+    ev = make_ok(AB_FORMAT_JSON, "{\"id\":\"1\",\"action\":\"A\",\"time\":\"sometime \\\"soon\\\"\"}");
+    if (ev != NULL) {
+        CHECK(ev->time == NULL);
+        CHECK_STR(ev->almatime, "sometime \"soon\"");
+        CHECK(strstr(ev->json, "\"time\"") > strstr(ev->json, ",\"data\":"));
+        CHECK(strstr(ev->json, "\"almatime\":\"sometime \\\"soon\\\"\",\"data\"") != NULL);
+        cJSON_Delete(check_line(ev));
+    }
+    ab_event_free(ev);
 }
 
 int main(void)
@@ -816,6 +985,10 @@ int main(void)
     RUN(test_optional_fields);
     RUN(test_data_strings_intact);
     RUN(test_envelope_escaped);
-    RUN(test_bom_and_duplicates);
+    RUN(test_bom);
+    RUN(test_repeated_envelope_fields);
+    RUN(test_id_control_characters);
+    RUN(test_time_conversion);
+    RUN(test_envelope_attributes_valid);
     return TEST_SUMMARY();
 }

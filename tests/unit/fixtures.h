@@ -4,6 +4,7 @@
 #ifndef AB_TEST_FIXTURES_H
 #define AB_TEST_FIXTURES_H
 
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +46,47 @@ static inline char *nested(const char *open, const char *inner, const char *clos
     }
     *p = '\0';
     return s;
+}
+
+static inline int fixtures_by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The sorted paths dir/name of the regular entries in dir whose name ends in suffix ("" for
+ * all, dot files skipped); NULL-terminated, *count set; free with free_paths(). */
+static inline char **dir_paths(const char *dir, const char *suffix, size_t *count)
+{
+    DIR *d = opendir(dir);
+    size_t n = 0, cap = 16, sl = strlen(suffix);
+    char **paths = malloc(cap * sizeof(*paths));
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        size_t l = strlen(e->d_name);
+        if (e->d_name[0] == '.' || l < sl || strcmp(e->d_name + l - sl, suffix) != 0) {
+            continue;
+        }
+        if (n + 2 > cap) {
+            paths = realloc(paths, (cap *= 2) * sizeof(*paths));
+        }
+        paths[n] = malloc(strlen(dir) + l + 2);
+        sprintf(paths[n++], "%s/%s", dir, e->d_name);
+    }
+    if (d != NULL) {
+        closedir(d);
+    }
+    qsort(paths, n, sizeof(*paths), fixtures_by_name);
+    paths[n] = NULL;
+    *count = n;
+    return paths;
+}
+
+static inline void free_paths(char **paths)
+{
+    for (size_t i = 0; paths[i] != NULL; i++) {
+        free(paths[i]);
+    }
+    free(paths);
 }
 
 #endif

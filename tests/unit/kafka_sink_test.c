@@ -4,9 +4,9 @@
  *
  * Contract: submit() returns 0 and the callback runs exactly once, later (never inside
  * submit), on the submitting loop thread; or it returns non-zero and never calls back. */
-#include "config.h"
 #include "log.h"
 #include "sink.h"
+#include "sinks/kafka.h"
 #include "test.h"
 
 #include <pthread.h>
@@ -60,7 +60,8 @@ static void on_done(int status, const char *errstr, void *opaque)
 struct fixture {
     struct event_base *base;
     struct event *tick; /* wakes the loop so run_until can check its condition */
-    struct ab_config cfg;
+    struct ab_kafka_conf opts;
+    struct ab_sink_conf cfg;
     char *conf[4];
     struct ab_sink *sink;
 };
@@ -77,10 +78,11 @@ static int open_sink(struct fixture *f, const char *brokers, long ack_ms, char *
     f->tick = event_new(f->base, -1, EV_PERSIST, on_tick, NULL);
     struct timeval tv = {0, 10000};
     event_add(f->tick, &tv);
-    f->cfg.kafka_brokers = (char *)brokers;
+    f->opts.brokers = (char *)brokers;
+    f->opts.conf.v = conf;
+    f->opts.conf.n = nconf;
+    f->cfg.opts = &f->opts;
     f->cfg.ack_timeout_ms = ack_ms;
-    f->cfg.kafka_conf.v = conf;
-    f->cfg.kafka_conf.n = nconf;
     f->sink = ab_sink_kafka.open(&f->cfg, NULL, f->base, errstr, errlen);
     return f->sink ? 0 : -1;
 }
@@ -616,18 +618,19 @@ static void test_conf_errors(void)
     close_fixture(&f);
 
     /* global_init (also behind --check-config) checks what only rd_kafka_new() checks. */
-    struct ab_config cfg = {.kafka_brokers = (char *)"127.0.0.1:1", .ack_timeout_ms = ACK_MS};
+    struct ab_kafka_conf opts = {.brokers = (char *)"127.0.0.1:1"};
+    struct ab_sink_conf cfg = {.opts = &opts, .ack_timeout_ms = ACK_MS};
     void *shared = (void *)&cfg;
     CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
     CHECK(shared == NULL);
     char *conflict[] = {(char *)"acks=1"};
-    cfg.kafka_conf.v = conflict;
-    cfg.kafka_conf.n = 1;
+    opts.conf.v = conflict;
+    opts.conf.n = 1;
     CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) != 0);
     CHECK(strstr(err, "acks") != NULL && strstr(err, "idempotence") != NULL);
     char *tls[] = {(char *)"security.protocol=SSL", (char *)"ssl.ca.location=/nonexistent/ca"};
-    cfg.kafka_conf.v = tls;
-    cfg.kafka_conf.n = 2;
+    opts.conf.v = tls;
+    opts.conf.n = 2;
     CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) != 0);
     CHECK(strstr(err, "ssl.ca.location") != NULL || strstr(err, "/nonexistent/ca") != NULL);
 }

@@ -1,9 +1,12 @@
 /* Tests for core/normalise.c: the strict JSON front end and the XML conversion rules,
  * including the refusals (DOCTYPE, XXE, billion laughs, depth) and silence on stderr.
+ * The one-pass JSON scan is checked against the old front end (tests/unit/json_reference.h)
+ * on every fixture and fuzz corpus file and on mutants of them.
  * Run from the repo root (fixtures under tests/fixtures). */
 #include "normalise.h"
 
 #include "fixtures.h"
+#include "json_reference.h"
 #include "test.h"
 
 #include <pthread.h>
@@ -197,6 +200,224 @@ static void test_json_bad_fixtures(void)
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         check_bad_file(files[i], check_json_refused);
     }
+}
+
+/* ---- the one-pass scan against the old front end (tests/unit/json_reference.h) ---- */
+
+static enum ab_json_kind kind_of(const cJSON *item)
+{
+    return item == NULL               ? AB_JSON_ABSENT
+           : cJSON_IsString(item)     ? AB_JSON_STRING
+           : cJSON_IsNumber(item)     ? AB_JSON_NUMBER
+           : cJSON_IsObject(item)     ? AB_JSON_OBJECT
+           : cJSON_IsArray(item)      ? AB_JSON_ARRAY
+           : cJSON_IsNull(item)       ? AB_JSON_NULL
+                                      : AB_JSON_LITERAL;
+}
+
+/* Whether two trees print the same (cJSON_Compare looks members up by name, so it calls
+ * trees with a repeated name different from themselves). */
+static int same_tree(const cJSON *a, const cJSON *b)
+{
+    char *x = cJSON_PrintUnformatted(a), *y = cJSON_PrintUnformatted(b);
+    int same = x != NULL && y != NULL && strcmp(x, y) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Whether the span the scan found in out says what the tree's item says. */
+static int span_matches(const char *out, struct ab_json_span span, const cJSON *item)
+{
+    if (span.kind != kind_of(item)) {
+        return 0;
+    }
+    if (span.kind == AB_JSON_STRING) {
+        char *d = ab_json_string_decode(out + span.off, span.len, NULL);
+        int same = strcmp(d, item->valuestring) == 0; /* cJSON's strings end at a \u0000 */
+        free(d);
+        return same;
+    }
+    if (span.kind == AB_JSON_NUMBER) {
+        char *t = strndup(out + span.off, span.len);
+        int same = strtod(t, NULL) == item->valuedouble;
+        free(t);
+        return same;
+    }
+    if (span.kind == AB_JSON_OBJECT || span.kind == AB_JSON_ARRAY) {
+        cJSON *t = cJSON_ParseWithLength(out + span.off, span.len);
+        int same = same_tree(t, item);
+        cJSON_Delete(t);
+        return same;
+    }
+    return 1;
+}
+
+/* The envelope the scan found against the tree: first members, their codes, repeats. */
+static const char *envelope_differs(const char *out, const struct ab_json_envelope *env,
+                                    const cJSON *tree)
+{
+    int any_repeated = 0;
+    for (int k = 0; k < AB_ENV_COUNT; k++) {
+        const char *name = ab_envelope_names[k];
+        const cJSON *item = cJSON_GetObjectItemCaseSensitive(tree, name); /* the first */
+        int count = 0;
+        for (const cJSON *m = tree->child; m != NULL; m = m->next) {
+            count += strcmp(m->string, name) == 0;
+        }
+        any_repeated |= count > 1;
+        if (count > 1 && env->repeated < 0) {
+            return "a repeated envelope name not found";
+        }
+        if (!span_matches(out, env->field[k], item)) {
+            return "an envelope value differs";
+        }
+        const cJSON *code = cJSON_IsObject(item) && (k == AB_ENV_EVENT || k == AB_ENV_INSTITUTION)
+                                ? cJSON_GetObjectItemCaseSensitive(item, "value")
+                                : NULL;
+        if (!span_matches(out, env->code[k], code)) {
+            return "a code value differs";
+        }
+    }
+    if (!any_repeated && env->repeated >= 0) {
+        return "a repeat found where there is none";
+    }
+    return NULL;
+}
+
+/* NULL when the old front end and the scan agree on body: both refuse it, or both accept
+ * it with the same minified text, the same tree and the same envelope; else what differs. */
+static const char *scan_differs(const char *body, size_t len)
+{
+    char e1[256], e2[256];
+    struct ab_json_envelope env;
+    const char *why = NULL;
+    size_t mlen = 0;
+    cJSON *ref = ref_normalise_json(body, len, e1, sizeof(e1));
+    char *out = malloc(len + 1), *min = NULL;
+    long n = ab_normalise_json_scan(body, len, out, &env, e2, sizeof(e2));
+    cJSON *tree = NULL;
+    if ((ref != NULL) != (n >= 0)) {
+        why = ref != NULL ? "accepted only by the old front end" : "accepted only by the scan";
+        goto done;
+    }
+    if (ref == NULL) {
+        /* the depth bound is reported the same way */
+        /* both refuse; a depth refusal of the scan is one of the old front end too (which
+         * checked the depth before the grammar, so it may name the depth where the scan
+         * names an earlier grammar fault) */
+        why = strstr(e2, "deeper") != NULL && strstr(e1, "deeper") == NULL
+                  ? "depth refusals differ"
+                  : NULL;
+        goto done;
+    }
+    min = ref_minify(body, len, &mlen);
+    tree = cJSON_ParseWithLength(out, (size_t)n);
+    if (mlen != (size_t)n || memcmp(min, out, mlen) != 0) {
+        why = "minified differently";
+    } else if (!same_tree(tree, ref)) {
+        why = "the trees differ";
+    } else if (env.root != kind_of(ref)) {
+        why = "the root kind differs";
+    } else if (cJSON_IsObject(ref)) {
+        why = envelope_differs(out, &env, ref);
+    }
+done:
+    cJSON_Delete(ref);
+    cJSON_Delete(tree);
+    free(out);
+    free(min);
+    return why;
+}
+
+static void check_same(const char *what, const char *body, size_t len)
+{
+    const char *why = scan_differs(body, len);
+    if (why != NULL) {
+        fprintf(stderr, "  %s: %s\n", what, why);
+    }
+    CHECK(why == NULL);
+}
+
+static const char *const diff_dirs[] = {"tests/fixtures/alma", "tests/fixtures/bad",
+                                        "tests/fuzz/corpus/json"};
+
+static const char *const diff_inline[] = {
+    "{\"id\":\"1\",\"id\":\"2\",\"action\":\"A\"}",
+    "{\"\\u0069d\":5,\"action\":\"A\",\"id\":6}",
+    "{\"id\":\"a\\u0000b\",\"action\":\"A\\u0000B\"}",
+    "{\"event\":{\"value\":\"E\",\"value\":\"F\",\"desc\":\"d\"},\"institution\":{\"x\":{\"value\":1}}}",
+    "{\"event\":{\"\\u0076alue\":\"E\"},\"institution\":[{\"value\":\"I\"}]}",
+    "{\"s\":\"\\ud83d\\udcda\\u00e9\\\"\\\\\\/\\b\\f\\n\\r\\t\"}",
+    "{\"s\":\"\\ud83d\"}", "{\"s\":\"\\udcda\"}", "{\"s\":\"\\ud83d\\u0041\"}",
+    "[1,-0,0.5,1e5,1E+5,-1.5e-5,123456789012345678901234567890]",
+    "  {  \"a\" : [ ] , \"b\" : { } }  ", "[]", "{}", "\"x\"", "1", "true", "null", "",
+    "\xef\xbb\xbf{}", "{\"a\":1,}", "[1,]", "{\"a\"}", "{\"a\":}", "{,}", "[,1]", "{\"a\":1 \"b\":2}",
+    "{\"a\":[1}", "{\"a\":{]}", "[1]]", "}", "{\"a\":truex}", "{\"a\":nul}", "[01]", "[1.]", "[-]",
+    "[\"a\\x\"]", "[\"\\u12G4\"]", "[\"\xc3\"]", "[\"\xed\xa0\x80\"]", "{\"time\":\"x\",\"time\":1}",
+};
+
+/* Each fixture and corpus file, and the bodies above, unchanged and mutated: the scan
+ * accepts exactly what the old front end accepted and gives the same result. */
+static void test_json_scan_matches_old_front_end(void)
+{
+    static const char interesting[] = "\"\\{}[],: 01-.eEutfn\x00\x1f\x7f\xc3\xa9\xed\xf4\x80";
+    unsigned long long seed = 88172645463325252ULL;
+    size_t files = 0, mutants = 0;
+    const char *env_rounds = getenv("AB_DIFF_MUTANTS"); /* more for a longer one-off run */
+    int rounds = env_rounds != NULL ? atoi(env_rounds) : 200;
+    for (size_t d = 0; d < sizeof(diff_dirs) / sizeof(diff_dirs[0]); d++) {
+        size_t n = 0;
+        char **paths = dir_paths(diff_dirs[d], "", &n);
+        files += n;
+        for (size_t i = 0; i < n; i++) {
+            size_t len = 0;
+            char *body = read_file(paths[i], &len);
+            if (body == NULL) {
+                continue;
+            }
+            check_same(paths[i], body, len);
+            char *m = malloc(len + 64);
+            for (int r = 0; r < rounds; r++, mutants++) {
+                size_t ml = len;
+                memcpy(m, body, len);
+                for (int k = 0; k < 1 + r % 3; k++) {
+                    seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+                    size_t at = ml ? seed % ml : 0;
+                    unsigned char c = (unsigned char)interesting[(seed >> 20) % (sizeof(interesting) - 1)];
+                    switch ((seed >> 40) % 3) {
+                    case 0:
+                        if (ml) {
+                            m[at] = (char)c;
+                        }
+                        break;
+                    case 1:
+                        memmove(m + at + 1, m + at, ml - at);
+                        m[at] = (char)c;
+                        ml++;
+                        break;
+                    default:
+                        if (ml) {
+                            memmove(m + at, m + at + 1, ml - at - 1);
+                            ml--;
+                        }
+                    }
+                }
+                char what[512];
+                snprintf(what, sizeof(what), "%s mutant %d", paths[i], r);
+                check_same(what, m, ml);
+            }
+            free(m);
+            free(body);
+        }
+        free_paths(paths);
+    }
+    CHECK(files >= 30);
+    for (size_t i = 0; i < sizeof(diff_inline) / sizeof(diff_inline[0]); i++) {
+        check_same(diff_inline[i], diff_inline[i], strlen(diff_inline[i]));
+    }
+    printf("  %zu files, %zu mutants, %zu bodies compared\n", files, mutants,
+           sizeof(diff_inline) / sizeof(diff_inline[0]));
 }
 
 /* ---- XML conversion rules ---- */
@@ -500,6 +721,7 @@ int main(void)
     RUN(test_json_depth);
     RUN(test_json_utf8_kept);
     RUN(test_json_bad_fixtures);
+    RUN(test_json_scan_matches_old_front_end);
     RUN(test_xml_rules);
     RUN(test_xml_text_kept_exactly);
     RUN(test_xml_namespaces_comments_nil);

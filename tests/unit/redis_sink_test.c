@@ -1,4 +1,4 @@
-/* The sink contract (sinks/sink.h) for the Redis sink, against a real redis-server that
+/* The sink contract (core/sink.h) for the Redis sink, against a real redis-server that
  * this test starts on a free loopback port (hiredis test.sh does the same): submit either
  * refuses at once or its callback runs exactly once, later, on the loop thread, with OK,
  * ERROR, TIMEOUT or CLOSED; plus URL validation. Needs redis-server on PATH. */
@@ -15,9 +15,9 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 
-#include "config.h"
 #include "log.h"
 #include "sink.h"
+#include "sinks/redis.h"
 #include "test.h"
 
 static int redis_port;
@@ -125,7 +125,8 @@ static void on_done(int status, const char *errstr, void *opaque)
 }
 
 struct harness {
-    struct ab_config cfg;
+    struct ab_redis_conf opts;
+    struct ab_sink_conf cfg;
     void *shared;
     struct event_base *base;
     struct event *tick;
@@ -140,9 +141,10 @@ static int h_open(struct harness *h, const char *url, long ack_ms, long wait)
 {
     char err[256] = "";
     memset(h, 0, sizeof(*h));
-    h->cfg.redis_url = (char *)url;
+    h->opts.url = (char *)url;
+    h->opts.wait = wait;
+    h->cfg.opts = &h->opts;
     h->cfg.ack_timeout_ms = ack_ms;
-    h->cfg.redis_wait = wait;
     if (ab_sink_redis.global_init(&h->cfg, &h->shared, err, sizeof(err)) != 0) {
         fprintf(stderr, "global_init: %s\n", err);
         return -1;
@@ -228,7 +230,7 @@ static int submit_one(struct harness *h, const char *id, struct done *d)
 {
     static const char json[] = "{\"specversion\":\"1.0\",\"id\":\"x\"}";
     struct ab_sink_msg m = {id, "com.exlibrisgroup.alma.loan", "urn:alma:X", "alma:loan", NULL,
-                            json, sizeof(json) - 1};
+                            json, sizeof(json) - 1, NULL};
     in_submit = 1;
     int rc = ab_sink_submit(h->s, &m, on_done, d);
     in_submit = 0;
@@ -259,11 +261,10 @@ static void test_urls(void)
         {"redis://:TopSecret@/1", "no host"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct ab_config cfg = {0};
+        struct ab_redis_conf opts = {.url = (char *)cases[i].url};
+        struct ab_sink_conf cfg = {.opts = &opts, .ack_timeout_ms = 1000};
         char err[256] = "";
         void *sh = NULL;
-        cfg.redis_url = (char *)cases[i].url;
-        cfg.ack_timeout_ms = 1000;
         int rc = ab_sink_redis.global_init(&cfg, &sh, err, sizeof(err));
         if (cases[i].err == NULL) {
             if (rc != 0) {

@@ -1,6 +1,10 @@
 /* The sink contract: where normalised events are written durably.
  *
- * A sink backend is a table of operations (Redis CT_Socket, Fluent Bit out_* plugins).
+ * A sink backend is a table of operations (Redis CT_Socket, Fluent Bit out_* plugins) plus
+ * the option table that fills its own configuration struct. The core (this header,
+ * core/pending.h, the HTTP front end) knows no backend; the registry of backends sits
+ * next to them (registry.c), where the program is assembled. See docs/ARCHITECTURE.md.
+ *
  * The process calls global_init() once before worker threads start, then each worker
  * thread open()s its own instance on its own event base; an instance is used only by the
  * thread that opened it. close() runs on that thread after its loop has stopped;
@@ -14,14 +18,17 @@
 #include <stddef.h>
 
 struct event_base;
-struct ab_config;
+struct ab_event;
+struct ab_optset;
 
 /* Completion status handed to the callback. */
 enum ab_sink_status {
     AB_SINK_OK = 0,      /* durably acknowledged: answer 200 */
-    AB_SINK_ERROR = 1,   /* the backend refused or failed: answer 503 */
-    AB_SINK_TIMEOUT = 2, /* no acknowledgement within the backend's own timeout: 503 */
+    AB_SINK_ERROR = 1,   /* the backend refused or failed, may work later: answer 503 */
+    AB_SINK_TIMEOUT = 2, /* no acknowledgement within --ack-timeout (core/pending.h): 503 */
     AB_SINK_CLOSED = 3,  /* the instance was closed before an answer: 503 */
+    AB_SINK_TOO_BIG = 4, /* can never be written, whatever the retries (over the cluster's
+                          * message size limit): answer 413 */
 };
 const char *ab_sink_status_str(int status);
 
@@ -32,15 +39,27 @@ struct ab_sink_msg {
     const char *type;   /* CloudEvent type */
     const char *source; /* CloudEvent source */
     const char *route;  /* expanded topic / stream (unused by the file sink) */
-    const char *key;    /* expanded message key, NULL for none (Kafka) */
+    const char *key;    /* message key; NULL = the backend's own choice (Kafka: --kafka-key
+                         * expanded for `event`) */
     const char *value;  /* the CloudEvent JSON, value_len bytes, no newline */
     size_t value_len;
+    const struct ab_event *event; /* the event itself, NULL when not known (tests) */
 };
 
 /* Runs exactly once per accepted submit, on the thread that submitted. `errstr` is a short
  * reason for logs (never payload content), NULL on success. The callback may submit again
  * but must not close the sink. */
 typedef void (*ab_sink_done_cb)(int status, const char *errstr, void *opaque);
+
+/* What a backend is configured with: its own struct, filled by the generic loader
+ * (core/config.h) from the backend's option table, and the few settings of the core that
+ * bound every backend. */
+struct ab_sink_conf {
+    const void *opts;    /* the backend's own configuration struct (ops->options) */
+    long ack_timeout_ms; /* every submission's deadline (--ack-timeout) */
+    long max_body;       /* the largest request body the front end accepts (--max-body) */
+    int check_only;      /* --check-config: validate and create nothing that lasts */
+};
 
 struct ab_sink {
     const struct ab_sink_ops *ops; /* first member of every backend's instance struct */
@@ -49,16 +68,20 @@ struct ab_sink {
 struct ab_sink_ops {
     const char *name;
     const char *default_route; /* route template when --route is not given */
+    /* The backend's options (name, type, default, env, help, offset into its own struct).
+     * NULL for none. */
+    const struct ab_optset *options;
 
     /* Once per process, before threads. Validate the configuration and create what all
      * instances share (the file sink's writer thread). Returns 0 and sets *shared, or -1
      * with one line in errstr. Optional. */
-    int (*global_init)(const struct ab_config *cfg, void **shared, char *errstr, size_t errlen);
+    int (*global_init)(const struct ab_sink_conf *conf, void **shared, char *errstr,
+                       size_t errlen);
     void (*global_free)(void *shared);
 
     /* Open an instance on base. Returns it, or NULL with one line in errstr. */
-    struct ab_sink *(*open)(const struct ab_config *cfg, void *shared, struct event_base *base,
-                            char *errstr, size_t errlen);
+    struct ab_sink *(*open)(const struct ab_sink_conf *conf, void *shared,
+                            struct event_base *base, char *errstr, size_t errlen);
 
     /* Submit one event. THE CONTRACT:
      *  - returns non-zero: refused at once (queue full, disconnected, closing); the callback
@@ -66,9 +89,9 @@ struct ab_sink_ops {
      *  - returns 0: `cb(status, errstr, opaque)` runs EXACTLY ONCE, LATER (never from inside
      *    submit), ON THE LOOP THREAD THAT SUBMITTED: AB_SINK_OK only after the backend has
      *    durably acknowledged (fsync returned, broker ack with acks=all, XADD reply), or an
-     *    error/timeout status. A backend enforces its own timeout (at most the configured
-     *    --ack-timeout), so the callback always comes; close() completes what is left with
-     *    AB_SINK_CLOSED. */
+     *    error/timeout status. The deadline is --ack-timeout, enforced for every backend by
+     *    its pending list (core/pending.h), so the callback always comes; close()
+     *    completes what is left with AB_SINK_CLOSED. */
     int (*submit)(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                   void *opaque);
 
@@ -84,13 +107,6 @@ struct ab_sink_ops {
      * and free the instance. NULL is a no-op. */
     void (*close)(struct ab_sink *s, int timeout_ms);
 };
-
-extern const struct ab_sink_ops ab_sink_file;
-extern const struct ab_sink_ops ab_sink_kafka;
-extern const struct ab_sink_ops ab_sink_redis;
-
-/* The registry: the backend called name, or NULL. */
-const struct ab_sink_ops *ab_sink_find(const char *name);
 
 /* Dispatch helpers. */
 static inline int ab_sink_submit(struct ab_sink *s, const struct ab_sink_msg *m,

@@ -1,0 +1,121 @@
+/* The HTTP server: one ab_worker per thread, each with its own event base, listener on the
+ * shared socket, connections and webhook pipeline (webhook.h); all share one ab_app
+ * (immutable configuration plus atomics), so the request path takes no lock shared
+ * between threads.
+ *
+ * HTTP/1.1 is served by our own small layer on libevent bufferevents (TLS through
+ * bufferevent_openssl), with the request syntax in http1.c. Every limit is enforced here,
+ * in one place, and holds exactly:
+ *   --max-connections  counted when a connection is accepted and when it is freed, both in
+ *                      this file; capped at start-up by RLIMIT_NOFILE minus what the daemon
+ *                      needs itself (ab_server_check_limits);
+ *   --read-timeout     a deadline for a whole request (head and body) from its first byte;
+ *   --idle-timeout     a deadline for a connection with no request in progress;
+ *   --max-headers-size, --max-body: per request; --max-buffered: every request body being
+ *                      received or held, over all connections and threads.
+ *
+ * Endpoints: {path} (webhook.h), GET /healthz, /readyz, /metrics. Every answer has a
+ * status line, Content-Length and a JSON body (metrics: Prometheus text), is counted in
+ * the metrics once and written to the access log once (metrics scrapes excepted). */
+#ifndef AB_SERVER_H
+#define AB_SERVER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <time.h>
+
+#include <event2/util.h>
+
+#include "http1.h"
+
+struct ab_config;
+struct ab_route;
+struct ab_sink_ops;
+struct ab_sink_conf;
+struct ab_secrets;
+struct ab_acl;
+struct ab_metrics;
+struct ab_worker;
+struct ab_conn;
+typedef struct ssl_ctx_st SSL_CTX;
+
+/* Process-wide state, filled by cmd/ before workers start. Read-only afterwards, except
+ * for the atomics and what the workers pick up through ab_worker_reload(). */
+struct ab_app {
+    const struct ab_config *cfg;
+    const struct ab_sink_ops *sink_ops;
+    const struct ab_sink_conf *sink_conf; /* what the sink's open() is given */
+    void *sink_shared;
+    struct ab_route *route;   /* topic / stream template */
+    struct ab_acl *allow;     /* NULL = everyone may POST */
+    struct ab_acl *trusted;   /* peers whose X-Forwarded-For / Forwarded is believed */
+    struct ab_worker **workers;
+    size_t n_workers;
+    struct ab_metrics **metrics; /* one table per worker, for /metrics */
+    evutil_socket_t listen_fd;   /* shared; closed by the last worker to stop accepting */
+    atomic_long stopped_accepting;
+    long max_connections;        /* effective: --max-connections capped by RLIMIT_NOFILE */
+};
+
+/* Start-up, after the descriptor limit was raised and before workers start: cap
+ * --max-connections at RLIMIT_NOFILE minus the descriptors the daemon needs itself for
+ * n_workers threads and log the result. Returns 0, or -1 with one line in errstr when the
+ * limit leaves no room for connections. */
+int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, size_t errlen);
+
+/* Create worker `index` on the listening socket fd (shared by all workers). The worker
+ * takes a reference to secrets and ssl_ctx (NULL = plain HTTP). Start-up thread. */
+struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t fd,
+                                struct ab_secrets *secrets, SSL_CTX *ssl_ctx, char *errstr,
+                                size_t errlen);
+/* Run the worker's loop until it has drained; returns when stopped. Its own thread. */
+void ab_worker_run(struct ab_worker *w);
+/* From any thread: hand the worker new secrets and/or TLS context (NULL = keep). The
+ * worker swaps them in on its own thread; connections already open keep their TLS. */
+void ab_worker_reload(struct ab_worker *w, struct ab_secrets *secrets, SSL_CTX *ssl_ctx);
+/* From any thread: stop accepting new connections, then stop the loop once the webhooks
+ * in flight are answered (or after timeout_s). */
+void ab_worker_stop(struct ab_worker *w, int timeout_s);
+/* After ab_worker_run returned: close the sink and free everything. */
+void ab_worker_free(struct ab_worker *w);
+
+/* One request, from its first byte to its answer. Made by the server when the request is
+ * complete and handed to a handler, which must end it with exactly one ab_req_answer()
+ * (now or later, on the worker's thread); that call frees it. */
+struct ab_req {
+    struct ab_worker *w;
+    struct ab_conn *conn;       /* NULL once the client has gone: the answer is only logged */
+    struct ab_http_head head;   /* method, path, query, fields */
+    char *head_buf;             /* what head points into */
+    char *body;                 /* the body, NUL-terminated; "" when there is none */
+    size_t body_len, body_cap;  /* body_cap is charged to --max-buffered */
+    size_t bytes_in;            /* the body's length as received (for the access log) */
+    char peer[64];              /* the TCP peer */
+    char client[64];            /* the client: peer, or from trusted proxies' headers */
+    struct timespec start;      /* the first byte */
+};
+
+/* What to answer. The body is either given (body, len) or built as the JSON object
+ * {"k1":"v1"[,"k2":"v2"]} with the values escaped. */
+struct ab_answer {
+    int status;
+    const char *ctype;          /* NULL = application/json */
+    const char *body;
+    size_t len;
+    const char *k1, *v1, *k2, *v2;
+    size_t v1_len;              /* 0: strlen(v1) (a challenge may hold a NUL) */
+    const char *allow;          /* Allow header (405), or NULL */
+    int close;                  /* close the connection after this answer */
+    int quiet;                  /* a metrics scrape: neither counted nor logged */
+    /* for the access log and the metrics labels; NULL when not applicable */
+    const char *error, *id, *action, *event, *sink;
+};
+
+/* Answer r and free it. Loop thread. */
+void ab_req_answer(struct ab_req *r, const struct ab_answer *a);
+/* Answer {"error": msg} with status (503 adds Retry-After and closes). */
+void ab_req_error(struct ab_req *r, int status, const char *msg);
+/* Free the body early (after parsing) and give its bytes back to --max-buffered. */
+void ab_req_drop_body(struct ab_req *r);
+
+#endif

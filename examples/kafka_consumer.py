@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""A Kafka consumer group for almabridge's events: confluent-kafka + the CloudEvents SDK.
+
+    pip install confluent-kafka cloudevents
+    python3 kafka_consumer.py --brokers k1:9092 --group loan-sync alma.loan alma.job_end
+
+What it shows:
+  * a consumer group (run several copies with the same --group to share the partitions);
+  * each message parsed as a structured CloudEvent (content-type application/cloudevents+json);
+  * deduplication by the CloudEvent id: almabridge delivers at least once (Alma retries a
+    webhook whose answer was lost, with the same id);
+  * offsets committed only AFTER an event was processed (enable.auto.commit=false), so a
+    crash re-delivers what was not finished instead of losing it.
+
+The "seen" set lives in memory here; a real service keeps it where its results go (a
+unique key in its database, or Redis SET NX with an expiry), so that it survives restarts.
+"""
+import argparse
+import json
+import signal
+import sys
+
+from cloudevents.kafka import KafkaMessage, from_structured
+from confluent_kafka import Consumer, KafkaError
+
+
+def handle(event):
+    """The application's work. Here: one JSON line per event on stdout."""
+    data = event.data or {}
+    print(json.dumps({"id": event["id"], "type": event["type"], "source": event["source"],
+                      "action": data.get("action")}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("topics", nargs="+", help="e.g. alma.loan alma.job_end")
+    ap.add_argument("--brokers", default="localhost:9092")
+    ap.add_argument("--group", required=True, help="consumer group id")
+    ap.add_argument("--max", type=int, default=0, help="stop after N new events (0: never)")
+    ap.add_argument("--idle-exit", type=float, default=0,
+                    help="stop after this many seconds without a message (0: never)")
+    args = ap.parse_args()
+
+    consumer = Consumer({
+        "bootstrap.servers": args.brokers,
+        "group.id": args.group,
+        "enable.auto.commit": False,      # commit ourselves, after processing
+        "auto.offset.reset": "earliest",  # a new group starts at the beginning
+    })
+    consumer.subscribe(args.topics)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    seen, processed, idle = set(), 0, 0.0
+    try:
+        while not stop and (args.max == 0 or processed < args.max):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                idle += 0.5
+                if args.idle_exit and idle >= args.idle_exit:
+                    break
+                continue
+            idle = 0.0
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    print("kafka: %s" % msg.error(), file=sys.stderr)
+                continue
+            headers = {k: v for k, v in (msg.headers() or [])}
+            event = from_structured(KafkaMessage(headers=headers, key=msg.key(),
+                                                 value=msg.value()))
+            if event["id"] not in seen:   # a redelivery of an event already handled
+                handle(event)
+                seen.add(event["id"])
+                processed += 1
+            consumer.commit(message=msg, asynchronous=False)  # after processing
+    finally:
+        consumer.close()   # leaves the group: its partitions go to the others at once
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+/* The event log: an append-only, fsync'd, group-committed file of lines, shared by the file
+ * sink (one file) and the spool (a directory of numbered segments).
+ *
+ * One writer thread per log owns the file. Loop threads append through a client (one per
+ * loop thread) and return at once; the writer takes everything queued, writes it with
+ * writev, syncs once (fdatasync) and hands each record back to the client's loop thread,
+ * whose callback then runs there. A failed write is rolled back with ftruncate to the last
+ * synced length, so a partial line never stays in the file.
+ *
+ * Crash rules (Redis aof-load-truncated, Kafka log recovery):
+ *  - torn tail: bytes after the last newline were never acknowledged. At open, and before
+ *    the first write into a reopened file, they are moved to "<file>.torn" and logged;
+ *  - rotation: before each batch (and once a second when idle) the writer compares the open
+ *    file with what the path names now (st_dev/st_ino); a renamed or removed file is
+ *    reopened, as is every file after ab_eventlog_reopen() (SIGHUP). A path that cannot be
+ *    opened fails every write and ab_eventlog_ready() is 0 until it can;
+ *  - one writer: an exclusive lock (an OFD lock on "<file>.lock", or "DIR/lock" for a
+ *    segmented log, holding the owner's pid) for the log's lifetime;
+ *  - a created or reopened file has its directory fsync'd before the first acknowledgement.
+ *
+ * Ownership: a record (job) belongs to the writer from append until it is handed back; a
+ * client is reference-counted (one reference for its loop thread, one per record not yet
+ * handed back), so whichever of close and the writer lets go last frees it. The writer
+ * wakes a client's loop only under the client's lock and never once it is closed. */
+#ifndef AB_EVENTLOG_H
+#define AB_EVENTLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct event_base;
+struct ab_eventlog;
+struct ab_eventlog_client;
+
+/* Record outcomes handed to the callback (the same values as the sink contract's). */
+enum ab_eventlog_status {
+    AB_EVENTLOG_OK = 0,     /* written and synced */
+    AB_EVENTLOG_ERROR = 1,  /* write, sync or reopen failed; nothing of it stays in the file */
+    AB_EVENTLOG_CLOSED = 3, /* the client closed before the sync returned */
+};
+
+struct ab_eventlog_opts {
+    const char *path;     /* the file; with segment_bytes > 0, the directory of segments */
+    const char *what;     /* how logs and errors name it: "file sink", "spool" */
+    int sync;             /* 1 = fdatasync each batch (0 trades durability for speed) */
+    int check_only;       /* open (creating) and close: no lock, no thread (--check-config) */
+    long segment_bytes;   /* > 0: start a new segment once the current one reaches this */
+};
+
+/* Errors of ab_eventlog_open. */
+enum { AB_EVENTLOG_EOPEN = -1, AB_EVENTLOG_ELOCKED = -2 };
+
+/* Open (creating) the log, take its lock, cut a torn tail, fsync the directory and start the
+ * writer. Returns the log, or NULL with one line in errstr and *err (if not NULL) set to
+ * AB_EVENTLOG_ELOCKED when another process holds the lock (the line names the file and
+ * the holder's pid) or AB_EVENTLOG_EOPEN otherwise. Start-up thread. */
+struct ab_eventlog *ab_eventlog_open(const struct ab_eventlog_opts *o, int *err, char *errstr,
+                                     size_t errlen);
+
+/* Stop the writer once its queue is written (waiting at most timeout_ms for a stuck sync),
+ * close and free. Every client must be closed first. If the writer is still stuck at the
+ * deadline it is left behind (with what it holds) for the process's exit; returns -1 then,
+ * else 0. NULL is a no-op. */
+int ab_eventlog_free(struct ab_eventlog *log, int timeout_ms);
+
+/* From any thread: reopen the file before the next batch (log rotation, SIGHUP). */
+void ab_eventlog_reopen(struct ab_eventlog *log);
+/* From any thread: ab_eventlog_reopen() every open log of the process (the SIGHUP hook). */
+void ab_eventlog_reopen_all(void);
+
+/* 1 while the log can take writes: its file is open and the last batch did not fail. Any
+ * thread. */
+int ab_eventlog_ready(struct ab_eventlog *log);
+/* "PATH" or "PATH: <why not ready>". Any thread. */
+void ab_eventlog_describe(struct ab_eventlog *log, char *buf, size_t len);
+
+/* Segmented logs: the segment being written and its synced length (what a reader may
+ * read), read together. Any thread. */
+void ab_eventlog_position(struct ab_eventlog *log, uint64_t *segment, int64_t *synced);
+/* The file name of segment seq in a segmented log's directory ("%020llu.seg"). */
+void ab_eventlog_segment_name(uint64_t seq, char *buf, size_t len);
+
+/* Callback: once per accepted append, on the client's loop thread. */
+typedef void (*ab_eventlog_done_cb)(int status, void *opaque);
+
+/* A loop thread's handle for appending. The log must outlive it. */
+struct ab_eventlog_client *ab_eventlog_client_new(struct ab_eventlog *log,
+                                                  struct event_base *base);
+
+/* Append one line: the n parts are copied (concatenated, plus a newline) before this
+ * returns. Returns 0 and `cb` runs exactly once, later, on the client's loop thread; or -1
+ * (the client is closed) and cb is never called. Loop thread. */
+int ab_eventlog_append(struct ab_eventlog_client *c, const struct iovec *parts, int n,
+                       ab_eventlog_done_cb cb, void *opaque);
+
+/* Loop thread, its loop stopped: wait up to timeout_ms for the records in flight, run their
+ * callbacks (AB_EVENTLOG_CLOSED for those still waiting on the disk) and let go of the
+ * client. NULL is a no-op. */
+void ab_eventlog_client_free(struct ab_eventlog_client *c, int timeout_ms);
+
+#endif

@@ -1,0 +1,230 @@
+"""`almabridge replay`: a 10,000-event file-sink log into the real Kafka broker and Redis,
+interrupted with SIGINT and resumed with the printed --start-line, then checked against
+the ledger of ids in the file: every event exactly once, in the stream/topic the daemon
+would have used, with its key and fields; replaying again adds nothing (dedup by id).
+
+The log is made of real lines: every JSON and XML fixture goes through the daemon's file
+sink once, then those lines are repeated with fresh ids up to 10,000."""
+import json
+import os
+import pty
+import signal
+import subprocess
+import time
+
+import pytest
+
+from daemon import BIN, Daemon, samples, xml_fixtures
+from jobs import almabridge, finish, new_id, run
+from services import KafkaBroker, RedisServer
+
+N = 10000
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    """(path, [event dicts]) of a 10,000-line file-sink log."""
+    tmp = tmp_path_factory.mktemp("replay-log")
+    d = Daemon([], tmpdir=str(tmp), threads=1).start()
+    try:
+        for _, body in samples():
+            assert d.post(body).status == 200
+        for _, body in xml_fixtures():
+            if b"<webhook" in body:
+                d.post(body, content_type="application/xml")
+        real = d.events()
+    finally:
+        d.stop()
+    assert len(real) >= 10
+    events = []
+    for i in range(N):
+        ev = dict(real[i % len(real)])
+        ev["id"] = new_id()
+        events.append(ev)
+    path = tmp / "events.jsonl"
+    with open(path, "w") as f:
+        for ev in events:
+            f.write(json.dumps(ev, separators=(",", ":")) + "\n")
+    return path, events
+
+
+def interrupt_and_resume(args, count_acked):
+    """Replay at a bounded rate, SIGINT it part-way, resume from the printed line."""
+    p = almabridge("replay", *args, "--rate", "1000")  # 10 s for the whole file
+    deadline = time.time() + 60
+    while count_acked() < 500 and time.time() < deadline and p.poll() is None:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    rc, _, err = finish(p)
+    assert rc == 130, err
+    line = int(err.rsplit("--start-line", 1)[1].split()[0])
+    assert 500 < line < N, err
+    assert count_acked() >= line - 1  # everything before the resume line is there
+    rc, _, err = run("replay", *args, "--rate", "0", "--start-line", line, timeout=180)
+    assert rc == 0, err
+    return line
+
+
+# ---- Redis ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def redis():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+def redis_entries(redis):
+    import redis as redis_py
+    r = redis_py.Redis.from_url(redis.url)
+    out = {}
+    for key in r.scan_iter("alma:*"):
+        for _, fields in r.xrange(key):
+            out.setdefault(key.decode(), []).append(fields)
+    return out
+
+
+def test_replay_into_redis_interrupted_resumed_and_again(log, redis):
+    path, events = log
+    args = ["--from", path, "--sink", "redis", "--redis", redis.url]
+    interrupt_and_resume(args, lambda: sum(len(v) for v in redis_entries(redis).values()))
+    got = redis_entries(redis)
+    ids = {}
+    for stream, entries in got.items():
+        for f in entries:
+            ev = json.loads(f[b"event"])
+            assert f[b"id"].decode() == ev["id"] and f[b"type"].decode() == ev["type"]
+            assert stream == "alma:" + ev["almaaction"].lower()
+            ids[ev["id"]] = ids.get(ev["id"], 0) + 1
+    assert ids == {ev["id"]: 1 for ev in events}  # the ledger: each exactly once
+    rc, _, err = run("replay", *args, "--rate", "0", timeout=120)
+    assert rc == 0 and "%d already there" % N in err, err
+    assert sum(len(v) for v in redis_entries(redis).values()) == N
+
+
+def test_replay_progress_line_on_a_terminal(log, redis, tmp_path):
+    path, events = log
+    small = tmp_path / "small.jsonl"
+    with open(path) as f, open(small, "w") as out:
+        for _ in range(300):
+            out.write(f.readline())
+        out.write("not json\n")
+    master, slave = pty.openpty()
+    p = subprocess.Popen([BIN, "replay", "--from", str(small),
+                          "--sink", "redis", "--redis", redis.url, "--route", "tty:{action}",
+                          "--rate", "200"], stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert p.wait(30) == 0
+    text = b"".join(chunks).decode()
+    assert "\r" in text and "\x1b[K" in text  # one line rewritten in place
+    assert "line 301 is not a CloudEvent" in text and "1 skipped" in text
+
+
+def test_replay_usage_errors(log, tmp_path):
+    path, _ = log
+    assert run("replay", "--sink", "redis")[0] == 2
+    assert run("replay", "--from", path, "--sink", "file")[0] == 2
+    assert run("replay", "--from", tmp_path / "missing", "--sink", "redis")[0] == 2
+    rc, _, err = run("replay", "--from", path, "--sink", "redis", "--redis",
+                     "redis://127.0.0.1:1", timeout=60)
+    assert rc == 2 and "resume with --start-line 1" in err, err
+
+
+def test_replay_a_directory_of_segments(log, redis, tmp_path):
+    path, events = log
+    d = tmp_path / "spool"
+    d.mkdir()
+    lines = open(path).read().splitlines(True)[:30]
+    for i in range(3):
+        (d / ("%020d.seg" % (i + 1))).write_text("".join(lines[i * 10:(i + 1) * 10]))
+    (d / "lock").write_text("123\n")
+    rc, _, err = run("replay", "--from", d, "--sink", "redis", "--redis", redis.url,
+                     "--route", "seg:{action}", "--rate", "0")
+    assert rc == 0, err
+    import redis as redis_py
+    r = redis_py.Redis.from_url(redis.url)
+    got = [json.loads(f[b"event"])["id"] for k in r.scan_iter("seg:*") for _, f in r.xrange(k)]
+    assert sorted(got) == sorted(ev["id"] for ev in events[:30])
+
+
+# ---- Kafka ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def kafka():
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except RuntimeError as e:
+        pytest.fail("cannot start Apache Kafka: %s" % e)
+    yield broker
+    broker.close()
+
+
+def kafka_messages(kafka, topics):
+    out = []
+    for t in topics:
+        out += kafka.consume(t)
+    return out
+
+
+def test_replay_into_kafka_interrupted_resumed_and_again(log, kafka):
+    path, events = log
+    topics = sorted({"alma." + ev["almaaction"].lower() for ev in events})
+    for t in topics:  # several partitions: keys spread, order per key
+        kafka.create_topic(t, partitions=3)
+    args = ["--from", path, "--sink", "kafka", "--kafka-brokers", kafka.bootstrap]
+
+    def acked():
+        return len(kafka_messages(kafka, topics))
+
+    interrupt_and_resume(args, acked)
+    msgs = kafka_messages(kafka, topics)
+    ids = {}
+    for m in msgs:
+        ev = json.loads(m["value"])
+        assert m["key"] == ev["id"] and m["headers"]["ce_id"] == ev["id"]
+        assert m["headers"]["ce_type"] == ev["type"]
+        assert m["topic"] == "alma." + ev["almaaction"].lower()
+        ids[ev["id"]] = ids.get(ev["id"], 0) + 1
+    assert ids == {ev["id"]: 1 for ev in events}  # the ledger: each exactly once
+    rc, _, err = run("replay", *args, "--rate", "0", timeout=180)
+    assert rc == 0 and "%d already there" % N in err, err
+    assert acked() == N
+
+
+def test_replay_a_spool_continues_where_its_forwarder_stopped(log, redis, tmp_path):
+    path, events = log
+    d = tmp_path / "spool"
+    d.mkdir()
+    lines = open(path).read().splitlines(True)[:30]
+    for i in range(3):  # segment 1 fully forwarded and removed: 2 and 3 remain
+        if i:
+            (d / ("%020d.seg" % (i + 1))).write_text("".join(lines[i * 10:(i + 1) * 10]))
+    offset = len("".join(lines[10:13]))  # three events of segment 2 already forwarded
+    (d / "forwarded").write_text("%020d %020d\n" % (2, offset))
+    (d / "lock").write_text("")
+    import redis as redis_py
+    r = redis_py.Redis.from_url(redis.url)
+
+    def ids(prefix):
+        return sorted(json.loads(f[b"event"])["id"]
+                      for k in r.scan_iter(prefix + ":*") for _, f in r.xrange(k))
+
+    rc, _, err = run("replay", "--from", d, "--sink", "redis", "--redis", redis.url,
+                     "--route", "spool:{action}", "--rate", "0")
+    assert rc == 0 and "forwarder stopped" in err, err
+    assert ids("spool") == sorted(ev["id"] for ev in events[13:30])
+    rc, _, err = run("replay", "--from", d, "--sink", "redis", "--redis", redis.url,
+                     "--route", "all:{action}", "--rate", "0", "--all")
+    assert rc == 0, err
+    assert ids("all") == sorted(ev["id"] for ev in events[10:30])

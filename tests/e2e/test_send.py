@@ -1,0 +1,133 @@
+"""`almabridge send` and `almabridge challenge` against the running daemon, over plain HTTP
+and over TLS (the daemon's own --tls-cert, a CA of the test's making)."""
+import http.server
+import json
+import subprocess
+import threading
+
+import pytest
+
+from daemon import SECRET, free_port, samples
+from jobs import run
+
+LOAN = dict(samples())["loan_created"]
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A CA and a server certificate for 127.0.0.1 and localhost signed by it."""
+    d = tmp_path / "pki"
+    d.mkdir()
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA", cwd=d)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server", cwd=d)
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=d)
+    return d
+
+
+@pytest.fixture
+def secret_file(tmp_path):
+    p = tmp_path / "secrets"
+    p.write_text("# the Alma integration profile's secret\n\n%s\n" % SECRET)
+    return p
+
+
+def test_send_signs_like_alma_and_prints_the_answer(daemon, secret_file, tmp_path):
+    body = tmp_path / "loan.json"
+    body.write_bytes(LOAN)
+    url = "http://127.0.0.1:%d/webhook" % daemon.port
+    rc, out, err = run("send", body, "--url", url, "--secret-file", secret_file)
+    assert rc == 0, err
+    assert out.startswith("HTTP 200")
+    assert json.loads(out.splitlines()[1])["status"] == "accepted"
+    assert daemon.events()[-1]["id"] == json.loads(LOAN)["id"]
+    # the secret from the environment (never from the command line)
+    rc, out, err = run("send", body, "--url", url, env={"ALMABRIDGE_SECRET": SECRET})
+    assert rc == 0, err
+    # a wrong secret: the daemon's 401 is printed, exit 1
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not-the-secret\n")
+    rc, out, err = run("send", body, "--url", url, "--secret-file", wrong)
+    assert rc == 1 and out.startswith("HTTP 401"), (rc, out, err)
+    rc, out, err = run("send", body, "--url", url, "--unsigned")
+    assert rc == 1 and out.startswith("HTTP 401")
+    # no secret at all is a usage error
+    rc, out, err = run("send", body, "--url", url, env={"ALMABRIDGE_SECRET": ""})
+    assert rc == 2 and "secret" in err
+
+
+def test_send_xml_and_usage_errors(daemon, secret_file, tmp_path):
+    xml = tmp_path / "job_end.xml"
+    from jobs import job_end_xml
+    xml.write_bytes(job_end_xml("123"))
+    url = "http://127.0.0.1:%d/webhook" % daemon.port
+    rc, out, err = run("send", xml, "--url", url, "--secret-file", secret_file)
+    assert rc == 0, (out, err)  # sent as application/xml
+    assert run("send", xml)[0] == 2  # no --url
+    assert run("send", "--url", url)[0] == 2  # no file
+    rc, _, err = run("send", xml, "--url", "http://127.0.0.1:%d/webhook" % free_port(),
+                     "--secret-file", secret_file)
+    assert rc == 2 and err, err  # nobody listening
+
+
+def test_challenge_checks_the_echo(daemon):
+    rc, out, err = run("challenge", "http://127.0.0.1:%d/webhook" % daemon.port)
+    assert rc == 0, err
+    assert "echoed: OK" in out
+    rc, out, err = run("challenge", "http://127.0.0.1:%d/nowhere" % daemon.port)
+    assert rc == 1 and "HTTP 404" in out
+
+
+def test_challenge_a_server_that_does_not_echo():
+    class Wrong(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"challenge":"something else"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Wrong)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        rc, out, err = run("challenge", "http://127.0.0.1:%d/webhook" % srv.server_port)
+        assert rc == 1 and "does not echo" in err
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_send_and_challenge_over_tls(daemon_factory, pki, secret_file, tmp_path):
+    d = daemon_factory(["--tls-cert", str(pki / "server.pem"), "--tls-key",
+                        str(pki / "server.key")], start=False)
+    d.scheme, d.cafile = "https", str(pki / "ca.pem")
+    d.start()
+    body = tmp_path / "loan.json"
+    body.write_bytes(LOAN)
+    for host in ("127.0.0.1", "localhost"):
+        url = "https://%s:%d/webhook" % (host, d.port)
+        rc, out, err = run("send", body, "--url", url, "--secret-file", secret_file,
+                           "--cacert", pki / "ca.pem")
+        assert rc == 0 and out.startswith("HTTP 200"), (host, out, err)
+        rc, out, err = run("challenge", url, "--cacert", pki / "ca.pem")
+        assert rc == 0, (host, err)
+    url = "https://127.0.0.1:%d/webhook" % d.port
+    # the test CA is not trusted by the system: refused unless given or --insecure
+    rc, out, err = run("send", body, "--url", url, "--secret-file", secret_file)
+    assert rc == 2 and "TLS" in err, err
+    rc, out, err = run("challenge", url, "--insecure")
+    assert rc == 0, err
+    # plain HTTP to the TLS port gets no answer
+    rc, _, err = run("challenge", "http://127.0.0.1:%d/webhook" % d.port)
+    assert rc == 2, err

@@ -1,0 +1,351 @@
+/* The event log (sinks/eventlog.c): torn tails, rotation, the lock, segments, and closing
+ * clients while their records are in flight (run under `make SANITIZER=thread` and
+ * `SANITIZER=address` too). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "eventlog.h"
+#include "log.h"
+#include "test.h"
+
+struct probe {
+    int calls;
+    int status;
+};
+
+static void on_done(int status, void *opaque)
+{
+    struct probe *p = opaque;
+    p->calls++;
+    p->status = status;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        *len = 0;
+        return NULL;
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = calloc(1, (size_t)n + 1);
+    *len = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    return buf;
+}
+
+static void spew(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    fputs(text, f);
+    fclose(f);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    event_base_loopexit(arg, NULL);
+}
+
+/* Run base until every probe has been called (or about 5 s). */
+static void wait_calls(struct event_base *base, struct probe *p, int n)
+{
+    for (int round = 0; round < 1000; round++) {
+        int done = 0;
+        for (int i = 0; i < n; i++) {
+            done += p[i].calls > 0;
+        }
+        if (done == n) {
+            return;
+        }
+        struct timeval tv = {0, 5000};
+        event_base_once(base, -1, EV_TIMEOUT, on_tick, base, &tv);
+        event_base_dispatch(base);
+    }
+}
+
+struct fixture {
+    char dir[64];
+    char path[96];
+    struct ab_eventlog *log;
+    struct event_base *base;
+    struct ab_eventlog_client *c;
+};
+
+static void fixture_init(struct fixture *f)
+{
+    snprintf(f->dir, sizeof(f->dir), "/tmp/ab_eventlog_XXXXXX");
+    CHECK(mkdtemp(f->dir) != NULL);
+    snprintf(f->path, sizeof(f->path), "%s/events.jsonl", f->dir);
+    f->log = NULL;
+    f->base = event_base_new();
+    f->c = NULL;
+}
+
+static int fixture_open(struct fixture *f, long segment_bytes)
+{
+    char err[512] = "";
+    struct ab_eventlog_opts o = {
+        .path = segment_bytes ? f->dir : f->path, .what = "test", .sync = 1,
+        .segment_bytes = segment_bytes};
+    f->log = ab_eventlog_open(&o, NULL, err, sizeof(err));
+    if (f->log == NULL) {
+        fprintf(stderr, "  open: %s\n", err);
+        return -1;
+    }
+    f->c = ab_eventlog_client_new(f->log, f->base);
+    return 0;
+}
+
+static int append_wait(struct fixture *f, const char *line)
+{
+    struct probe p = {0};
+    struct iovec part = {(void *)line, strlen(line)};
+    CHECK(ab_eventlog_append(f->c, &part, 1, on_done, &p) == 0);
+    wait_calls(f->base, &p, 1);
+    CHECK(p.calls == 1);
+    return p.status;
+}
+
+static void fixture_done(struct fixture *f)
+{
+    ab_eventlog_client_free(f->c, 2000);
+    CHECK(ab_eventlog_free(f->log, 2000) == 0);
+    event_base_free(f->base);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", f->dir);
+    CHECK(system(cmd) == 0);
+}
+
+/* A file ending in a fragment (a crash mid-write): the fragment goes to .torn, the next
+ * record starts on its own line. */
+static void test_torn_tail_cut_and_moved_aside(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    spew(f.path, "{\"id\":\"a\"}\n{\"id\":\"torn");
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "{\"id\":\"b\"}") == AB_EVENTLOG_OK);
+    size_t len;
+    char *text = slurp(f.path, &len);
+    CHECK_STR(text, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n");
+    free(text);
+    char torn[128];
+    snprintf(torn, sizeof(torn), "%s.torn", f.path);
+    text = slurp(torn, &len);
+    CHECK_STR(text, "{\"id\":\"torn\n");
+    free(text);
+    fixture_done(&f);
+}
+
+/* A torn tail larger than the scan buffer, with no newline at all. */
+static void test_torn_tail_without_any_newline(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    size_t n = 200000;
+    char *big = malloc(n + 1);
+    memset(big, 'x', n);
+    big[n] = '\0';
+    spew(f.path, big);
+    free(big);
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "{}") == AB_EVENTLOG_OK);
+    size_t len;
+    char *text = slurp(f.path, &len);
+    CHECK_STR(text, "{}\n");
+    free(text);
+    fixture_done(&f);
+}
+
+/* mv or rm of the file: the next batch goes into a new file at the path. */
+static void test_renamed_and_removed_file_reopened(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "1") == AB_EVENTLOG_OK);
+    char moved[128];
+    snprintf(moved, sizeof(moved), "%s.1", f.path);
+    CHECK(rename(f.path, moved) == 0);
+    CHECK(append_wait(&f, "2") == AB_EVENTLOG_OK);
+    size_t len;
+    char *text = slurp(f.path, &len);
+    CHECK_STR(text, "2\n");
+    free(text);
+    text = slurp(moved, &len);
+    CHECK_STR(text, "1\n");
+    free(text);
+    CHECK(unlink(f.path) == 0);
+    CHECK(append_wait(&f, "3") == AB_EVENTLOG_OK);
+    text = slurp(f.path, &len);
+    CHECK_STR(text, "3\n");
+    free(text);
+    fixture_done(&f);
+}
+
+/* A path that cannot be reopened fails writes and readiness until it can. */
+static void test_unreopenable_path_fails_until_fixed(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "1") == AB_EVENTLOG_OK);
+    CHECK(ab_eventlog_ready(f.log));
+    CHECK(unlink(f.path) == 0);
+    CHECK(mkdir(f.path, 0700) == 0); /* open(O_WRONLY) of a directory fails */
+    CHECK(append_wait(&f, "2") == AB_EVENTLOG_ERROR);
+    CHECK(!ab_eventlog_ready(f.log));
+    char d[256];
+    ab_eventlog_describe(f.log, d, sizeof(d));
+    CHECK(strstr(d, "cannot open") != NULL);
+    CHECK(rmdir(f.path) == 0);
+    CHECK(append_wait(&f, "3") == AB_EVENTLOG_OK);
+    CHECK(ab_eventlog_ready(f.log));
+    size_t len;
+    char *text = slurp(f.path, &len);
+    CHECK_STR(text, "3\n");
+    free(text);
+    fixture_done(&f);
+}
+
+/* A reopen request (SIGHUP) reopens the file even when the path still names it. */
+static void test_reopen_request(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "1") == AB_EVENTLOG_OK);
+    ab_eventlog_reopen_all();
+    CHECK(append_wait(&f, "2") == AB_EVENTLOG_OK);
+    size_t len;
+    char *text = slurp(f.path, &len);
+    CHECK_STR(text, "1\n2\n");
+    free(text);
+    fixture_done(&f);
+}
+
+/* A second open of the same log fails, naming the file and the holder's pid. */
+static void test_second_writer_refused(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    char err[512] = "", pid[32];
+    int code = 0;
+    struct ab_eventlog_opts o = {.path = f.path, .what = "test", .sync = 1};
+    CHECK(ab_eventlog_open(&o, &code, err, sizeof(err)) == NULL);
+    CHECK(code == AB_EVENTLOG_ELOCKED);
+    CHECK(strstr(err, f.path) != NULL);
+    snprintf(pid, sizeof(pid), "pid %ld", (long)getpid());
+    CHECK(strstr(err, pid) != NULL);
+    fixture_done(&f);
+}
+
+/* Segments: a full segment is followed by the next; position names the one written. */
+static void test_segments_roll(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 10) == 0);
+    uint64_t seq;
+    int64_t synced;
+    ab_eventlog_position(f.log, &seq, &synced);
+    CHECK(seq == 1 && synced == 0);
+    CHECK(append_wait(&f, "0123456789") == AB_EVENTLOG_OK);
+    ab_eventlog_position(f.log, &seq, &synced);
+    CHECK(seq == 2 && synced == 0);
+    CHECK(append_wait(&f, "ab") == AB_EVENTLOG_OK);
+    ab_eventlog_position(f.log, &seq, &synced);
+    CHECK(seq == 2 && synced == 3);
+    char name[64], path[160];
+    ab_eventlog_segment_name(1, name, sizeof(name));
+    snprintf(path, sizeof(path), "%s/%s", f.dir, name);
+    size_t len;
+    char *text = slurp(path, &len);
+    CHECK_STR(text, "0123456789\n");
+    free(text);
+    fixture_done(&f);
+}
+
+/* ---- close while records are in flight ----------------------------------------------- */
+
+struct stress {
+    struct ab_eventlog *log;
+    int rounds;
+    int bad;
+};
+
+/* One loop thread: open a client, append, close at once (timeout 0) while the writer still
+ * holds records, many times. Every callback must run exactly once. */
+static void *stress_thread(void *arg)
+{
+    struct stress *s = arg;
+    enum { N = 40 };
+    for (int r = 0; r < s->rounds; r++) {
+        struct event_base *base = event_base_new();
+        struct ab_eventlog_client *c = ab_eventlog_client_new(s->log, base);
+        struct probe p[N];
+        memset(p, 0, sizeof(p));
+        char line[64];
+        for (int i = 0; i < N; i++) {
+            int len = snprintf(line, sizeof(line), "{\"round\":%d,\"i\":%d}", r, i);
+            struct iovec part = {line, (size_t)len};
+            if (ab_eventlog_append(c, &part, 1, on_done, &p[i]) != 0) {
+                s->bad++;
+            }
+            if (i == N / 2) {
+                event_base_loop(base, EVLOOP_NONBLOCK);
+            }
+        }
+        ab_eventlog_client_free(c, r % 3 == 0 ? 1 : 0);
+        for (int i = 0; i < N; i++) {
+            s->bad += p[i].calls != 1;
+        }
+        event_base_free(base);
+    }
+    return NULL;
+}
+
+static void test_close_while_in_flight_stress(void)
+{
+    struct fixture f;
+    int level = ab_log_level_min;
+    ab_log_level_min = AB_LOG_ERROR; /* no "closed with N writes waiting" lines */
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    struct stress s[3] = {{f.log, 60, 0}, {f.log, 60, 0}, {f.log, 60, 0}};
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        pthread_create(&t[i], NULL, stress_thread, &s[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(t[i], NULL);
+        CHECK(s[i].bad == 0);
+    }
+    fixture_done(&f); /* frees the log while records of closed clients may remain queued */
+    ab_log_level_min = level;
+}
+
+int main(void)
+{
+    evthread_use_pthreads();
+    RUN(test_torn_tail_cut_and_moved_aside);
+    RUN(test_torn_tail_without_any_newline);
+    RUN(test_renamed_and_removed_file_reopened);
+    RUN(test_unreopenable_path_fails_until_fixed);
+    RUN(test_reopen_request);
+    RUN(test_second_writer_refused);
+    RUN(test_segments_roll);
+    RUN(test_close_while_in_flight_stress);
+    return TEST_SUMMARY();
+}
