@@ -68,4 +68,5 @@ def test_notify_abstract_socket_and_none(daemon_factory, tmp_path):
         daemon_factory(env={"NOTIFY_SOCKET": "@" + name})
         assert s.recv(256) == b"READY=1"
     # without NOTIFY_SOCKET (the usual case) nothing changes
-    assert daemon_factory().get("/healthz").status == 200
+    plain = daemon_factory(file_path=str(tmp_path / "plain.jsonl"))
+    assert plain.get("/healthz").status == 200
