@@ -120,7 +120,7 @@ def test_redis_outage_under_load(daemon_factory, tmp_path):
         ids = redis_ids(redis)
         dups = len(ids) - len(set(ids))
         counted = sum(metric(d, f'almabridge_spool_duplicates_total{{cause="{c}"}}') or 0
-                      for c in ("late_ack", "resent"))
+                      for c in ("late_ack", "resent", "unconfirmed"))
         assert dups <= counted, (dups, counted)
         err = d.stderr()
         assert "spool: spooling to" in err and "spool: empty again" in err
