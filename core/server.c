@@ -572,7 +572,9 @@ static int read_head(struct ab_conn *c)
     const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)look);
     size_t end = ab_http_head_end(data, look, &c->scanned);
     if (end == 0) {
-        if (look >= limit) {
+        if (!ab_http_head_plausible(data, look < 64 ? look : 64)) {
+            conn_fail(c, 400, "not an HTTP request (TLS to the plain HTTP port?)");
+        } else if (look >= limit) {
             char msg[160];
             snprintf(msg, sizeof(msg), "request line and headers larger than the limit of %ld "
                      "bytes (--max-headers-size)", w->cfg->max_headers_size);

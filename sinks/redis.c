@@ -235,8 +235,15 @@ static int parse_url(const char *url, struct redis_shared *sh, char *err, size_t
         p += 1 + n;
     }
     if (*p != '\0') {
-        snprintf(err, errlen, "--redis: unexpected '%c' (query parameters are not supported); "
-                              "expected %s", *p, URL_FORM);
+        unsigned char c = (unsigned char)*p;
+        char shown[16];
+        if (c > 0x20 && c < 0x7f) {
+            snprintf(shown, sizeof(shown), "'%c'", c);
+        } else {
+            snprintf(shown, sizeof(shown), "byte 0x%02x", c); /* never a raw control byte */
+        }
+        snprintf(err, errlen, "--redis: unexpected %s (query parameters are not supported); "
+                              "expected %s", shown, URL_FORM);
         return -1;
     }
     int v6 = strchr(sh->host, ':') != NULL;

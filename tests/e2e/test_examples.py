@@ -59,11 +59,11 @@ def test_kafka_consumer_group_dedups_and_commits(tmp_path):
             wait_ready(d)
             ids = post_loans(d, 10)
             args = ["alma.loan", "--brokers", kafka.bootstrap, "--group", "loan-sync"]
-            rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 8)
+            rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
             assert rc == 0, err
             assert sorted(printed_ids(out)) == sorted(ids)  # the duplicate handled once
             more = post_loans(d, 2, duplicate=False)
-            rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 8)
+            rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
             assert rc == 0, err
             # committed offsets: the group resumes after what it processed (the duplicate
             # message was committed too, so it does not come back either)

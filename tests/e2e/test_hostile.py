@@ -320,12 +320,21 @@ def test_malformed_requests_answered_logged_and_counted(daemon_factory):
         assert headers["content-type"] == "application/json"
         assert int(headers["content-length"]) == len(body)
         assert json.loads(body)["error"]
+    # a real TLS handshake to the plain port: 400 at once, not after --read-timeout
+    import ssl
+    s = dial(d)
+    ctx = ssl.create_default_context()
+    t0 = time.time()
+    with pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(s, server_hostname="x")
+    assert time.time() - t0 < 2
+    s.close()
     m = d.metrics()
-    assert 'almabridge_requests_total{status="400",action="",event=""} 3' in m
+    assert 'almabridge_requests_total{status="400",action="",event=""} 4' in m
     assert 'almabridge_requests_total{status="505",action="",event=""} 1' in m
     d.stop()
     access = [json.loads(l) for l in d.stderr().splitlines() if '"msg":"access"' in l]
-    assert sum(1 for a in access if a["status"] == 400) == 3
+    assert sum(1 for a in access if a["status"] == 400) == 4
     assert any(a["status"] == 505 and a["method"] == "GET" for a in access)
 
 
