@@ -121,7 +121,7 @@ static const struct ab_option options[] = {
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
              "{id}, e.g. alma.{action}; default: the sink's own"},
-    /* Spool (sinks/spool.c) */
+    /* Spool: store and forward in front of the broker sink */
     {.name = "spool", .type = AB_OPT_STRING, .off = OFF(spool), .group = "Spool", .metavar = "DIR",
      .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
              "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
