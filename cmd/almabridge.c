@@ -226,23 +226,24 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     }
     ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
     d->app.sink_conf = &d->sink.conf;
-    if (cfg->spool) {
+    const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
+    if (spool->dir) {
         if (strcmp(d->app.sink_ops->name, "file") == 0) {
             snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
                                   "itself a local fsync'd log");
             return -1;
         }
-        if (cfg->spool_after_ms >= cfg->ack_timeout_ms) {
+        if (spool->after_ms >= cfg->ack_timeout_ms) {
             snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
-                     cfg->spool_after_ms, cfg->ack_timeout_ms);
+                     spool->after_ms, cfg->ack_timeout_ms);
             return -1;
         }
         d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
                                           .inner_conf = d->sink.conf,
-                                          .dir = cfg->spool,
-                                          .after_ms = cfg->spool_after_ms,
-                                          .max_bytes = cfg->spool_max_bytes,
-                                          .segment_bytes = cfg->spool_segment_bytes,
+                                          .dir = spool->dir,
+                                          .after_ms = spool->after_ms,
+                                          .max_bytes = spool->max_bytes,
+                                          .segment_bytes = spool->segment_bytes,
                                           .route = cfg->route};
         d->spool_conf = d->sink.conf;
         d->spool_conf.opts = &d->spool;

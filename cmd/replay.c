@@ -576,7 +576,7 @@ static int slot_fill(struct replay *rp, struct slot *s, const char *line, size_t
     s->type = s->type ? s->type : ab_strdup("com.exlibrisgroup.alma");
     s->source = s->source ? s->source : ab_strdup("urn:alma:unknown");
     s->route = ab_route_expand(rp->route, &ev);
-    s->key = rp->key ? ab_route_expand(rp->key, &ev) : NULL;
+    s->key = rp->key ? ab_route_expand_raw(rp->key, &ev) : NULL; /* as the daemon's */
     s->value = ab_strndup(line, len);
     s->len = len;
     rc = 0;

@@ -43,6 +43,7 @@
 #define LINGER_MS 2000          /* read and drop after a closing answer, at most this long */
 #define BODY_CHUNK 65536        /* first allocation for a body of unknown or large size */
 #define ACCEPT_PAUSE_MS 100     /* after EMFILE and friends */
+#define OUTPUT_HIGH 65536       /* answers waiting to be sent before pipelined requests wait */
 #define FDS_PER_WORKER 8        /* event base, notify pipes, sink sockets and files */
 #define FDS_FIXED 32            /* stdio, listener, main loop, logs, librdkafka's own, spare */
 
@@ -703,7 +704,11 @@ static int read_body(struct ab_conn *c)
 static void conn_process(struct ab_conn *c)
 {
     c->busy = 1;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
     while (c->state == S_IDLE || c->state == S_HEAD || c->state == S_BODY) {
+        if (c->state == S_IDLE && evbuffer_get_length(out) > OUTPUT_HIGH) {
+            break; /* a client that does not read its answers: on_write resumes */
+        }
         if (c->state != S_BODY) {
             if (!read_head(c) || start_body(c) != 0) {
                 break;
@@ -720,7 +725,9 @@ static void conn_process(struct ab_conn *c)
         dispatch(c->w, r); /* may answer now: the state is then S_IDLE or S_CLOSING */
     }
     c->busy = 0;
-    if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+    if (c->state == S_IDLE && evbuffer_get_length(out) > OUTPUT_HIGH) {
+        timer_set(c, c->w->cfg->read_timeout_s * 1000);
+    } else if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
         if (c->eof || c->w->stopping) {
             conn_close_after_write(c);
         } else {
@@ -763,6 +770,8 @@ static void on_write(struct bufferevent *bev, void *arg)
     struct ab_conn *c = arg;
     if (c->state == S_CLOSING) {
         start_linger(c);
+    } else if (c->state == S_IDLE) {
+        conn_process(c); /* answers are out: go on with pipelined requests */
     }
 }
 

@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@
 #include <cjson/cJSON.h>
 #include <event2/event.h>
 
+#include "config.h"
 #include "event.h"
 #include "eventlog.h"
 #include "log.h"
@@ -902,6 +905,34 @@ static void spool_describe(struct ab_sink *base, char *buf, size_t len)
              ab_eventlog_ready(sh->log) ? sh->dir : log, atomic_load(&sh->events), bytes,
              sh->max_bytes);
 }
+
+
+/* The spool's options (struct ab_spool_opts), loaded with the backends' (registry.c). */
+#define OFF(field) offsetof(struct ab_spool_opts, field)
+/* clang-format off */
+static const struct ab_option spool_options[] = {
+    {.name = "spool", .type = AB_OPT_STRING, .off = OFF(dir), .group = "Spool", .metavar = "DIR",
+     .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
+             "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
+    {.name = "spool-after", .type = AB_OPT_LONG, .def = "1500", .min = 1, .max = 60000,
+     .off = OFF(after_ms), .group = "Spool", .metavar = "MS",
+     .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
+    {.name = "spool-max-bytes", .type = AB_OPT_LONG, .def = "1073741824", .min = 1,
+     .max = LONG_MAX, .off = OFF(max_bytes), .group = "Spool", .metavar = "BYTES",
+     .help = "the spool's size limit on disk; when full, 503 as without a spool"},
+    {.name = "spool-segment-bytes", .type = AB_OPT_LONG, .def = "16777216", .min = 1,
+     .max = LONG_MAX, .off = OFF(segment_bytes), .group = "Spool", .metavar = "BYTES",
+     .help = "start a new spool segment file after this many bytes (a segment is removed once "
+             "all its events were forwarded)"},
+};
+/* clang-format on */
+static const struct ab_optset spool_optset = AB_OPTSET(spool_options, struct ab_spool_opts);
+
+const struct ab_sink_ops ab_sink_spool = {
+    .name = "spool",
+    .options = &spool_optset,
+    .flags = AB_SINK_WRAPS,
+};
 
 /* Loop thread, after its loop stopped: the broker's instance first (its answers still in
  * flight are spooled when they are failures), then the spool client (bounded by what is

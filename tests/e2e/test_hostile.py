@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from daemon import BIN, SECRET, free_port, samples, sign, with_id
+from daemon import BIN, BUILD, SECRET, free_port, samples, sign, with_id
 
 LOAN = dict(samples())["loan_created"]
 
@@ -204,8 +204,10 @@ def test_memory_bounded_by_max_buffered(daemon_factory):
         s.close()
     assert 503 in statuses
     assert metric(m, "almabridge_buffered_bytes") <= budget
-    # documented overhead: 16 MiB for 1,000 connections (buffers, TLS-less state)
-    assert (peak_kb - base_kb) * 1024 < budget + (16 << 20), (peak_kb, base_kb)
+    # documented overhead: 16 MiB for 1,000 connections (buffers, connection state); a
+    # sanitizer build (build-address...) keeps freed memory in quarantine: not measured
+    if "-" not in os.path.basename(BUILD.rstrip("/")):
+        assert (peak_kb - base_kb) * 1024 < budget + (16 << 20), (peak_kb, base_kb)
     assert d.post(LOAN).status == 200  # and the daemon is fine afterwards
 
 

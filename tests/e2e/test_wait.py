@@ -262,3 +262,26 @@ def test_kafka_waiters_read_every_partition(kafka, tmp_path):
             assert str(json.loads(out)["data"]["job_instance"]["id"]) == i
     finally:
         assert d.stop() == 0
+
+
+def test_redis_password_is_used_and_hidden_from_ps(tmp_path):
+    with RedisServer(password="s3cret-pw") as redis:
+        d = Daemon(["--sink", "redis", "--redis", redis.url], tmpdir=str(tmp_path),
+                   threads=1).start()
+        try:
+            wait_ready(d)
+            inst = new_id()
+            p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink",
+                           "redis", "--redis", redis.url)
+            assert_running(p, 1.0)
+            with open("/proc/%d/cmdline" % p.pid, "rb") as f:
+                cmdline = f.read()
+            assert b"s3cret-pw" not in cmdline and b"redis://" in cmdline, cmdline
+            post_ok(d, job_end_json(inst))
+            rc, out, err = finish(p)
+            assert rc == 0, err
+            rc, _, err = run("wait", "--job-instance", inst, "--sink", "redis", "--redis",
+                             redis.url.replace("s3cret-pw", "wrong"), "--timeout", "5s")
+            assert rc == 2 and "authentication" in err and "wrong" not in err, err
+        finally:
+            assert d.stop() == 0
