@@ -57,22 +57,6 @@ static void die(const char *msg)
     exit(AB_CONFIG_ERROR);
 }
 
-/* Take ALMABRIDGE_SECRET and wipe it from the process's environment block, so that it is
- * neither inherited nor readable in /proc/<pid>/environ. */
-static char *take_env_secret(void)
-{
-    for (char **e = environ; e && *e; e++) {
-        if (strncmp(*e, "ALMABRIDGE_SECRET=", 18) == 0) {
-            char *v = *e + 18;
-            char *copy = ab_strdup(v);
-            memset(v, 0, strlen(v));
-            unsetenv("ALMABRIDGE_SECRET");
-            return copy;
-        }
-    }
-    return NULL;
-}
-
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
 {
     struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
@@ -388,7 +372,7 @@ int main(int argc, char **argv)
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
-    d.env_secret = take_env_secret();
+    d.env_secret = ab_cli_take_env("ALMABRIDGE_SECRET"); /* wiped from the environment */
     if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }

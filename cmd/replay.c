@@ -823,20 +823,17 @@ int ab_cmd_replay(int argc, char **argv)
         {"no-dedup", 0, &no_dedup, NULL, "do not read the ids already in the target"},
         {"all", 0, &all, NULL, "a spool directory: also the events already forwarded"},
     };
-    size_t nopts = sizeof(opts) / sizeof(opts[0]);
+    const struct ab_cli_cmd cmd = {
+        "almabridge replay --from FILE|DIR --sink kafka|redis [options]", REPLAY_ABOUT,
+        REPLAY_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
     static struct replay rp; /* big (the ring): not on the stack */
     char **rest = ab_calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0, help = 0, rc = AB_EXIT_USAGE;
+    int nrest = 0, rc = AB_EXIT_USAGE, started;
     char err[1024] = "", *end = NULL;
 
-    if (ab_cli_parse(argc, argv, opts, nopts, NULL, NULL, rest, &nrest, &help, err,
-                     sizeof(err)) != 0) {
-        goto done;
-    }
-    if (help) {
-        ab_cli_usage("almabridge replay --from FILE|DIR --sink kafka|redis [options]",
-                     REPLAY_ABOUT, opts, nopts, REPLAY_FOOTER);
-        rc = AB_EXIT_OK;
+    if ((started = ab_cli_start(&cmd, argc, argv, NULL, NULL, rest, &nrest, err,
+                                sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
     rp.rate = strtod(rate, &end);

@@ -144,6 +144,13 @@ static void list_touch(struct ab_conn *c)
 
 int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, size_t errlen)
 {
+    /* what this layer relies on: bufferevent watermarks and triggers, evconnlistener error
+     * callbacks, OpenSSL bufferevents with dirty shutdown (all in 2.1.1 and later) */
+    if (event_get_version_number() < 0x02010100) {
+        snprintf(errstr, errlen, "libevent %s is too old: 2.1.1 or later is needed",
+                 event_get_version());
+        return -1;
+    }
     struct rlimit rl;
     long want = app->cfg->max_connections;
     long own = FDS_FIXED + FDS_PER_WORKER * n_workers;
