@@ -236,7 +236,9 @@ def ratepost(url, rate, duration, conns, body, sig, warmup=1.0):
 def closed_loop(s, conns, duration, body, sig):
     """wrk at `conns` for `duration` s against system s: req/s, latency, errors, CPU."""
     cpu0 = benchrun.proc_cpu_s(s.pid) + children_cpu(s.pid)
+    busy0 = benchrun.machine_busy_s()
     w = benchrun.wrk(s.url, conns, duration, body, sig)
+    busy1 = benchrun.machine_busy_s()
     cpu1 = benchrun.proc_cpu_s(s.pid) + children_cpu(s.pid)
     secs = w["duration_us"] / 1e6
     bad = w.get("err_status", 0)
@@ -245,7 +247,11 @@ def closed_loop(s, conns, duration, body, sig):
             "non_2xx": bad, "errors": errs,
             "p50_ms": w["lat_p50_us"] / 1000, "p90_ms": w["lat_p90_us"] / 1000,
             "p99_ms": w["lat_p99_us"] / 1000, "cores": round((cpu1 - cpu0) / secs, 2),
-            "wrk_cores": round(w["wrk_cpu_s"] / secs, 2)}
+            "wrk_cores": round(w["wrk_cpu_s"] / secs, 2),
+            # what neither the system nor wrk used: the broker, and everything else on this
+            # shared machine (the noise indicator; tick-sampled, approximate)
+            "other_cores": round(max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - w["wrk_cpu_s"])
+                                 / secs, 2)}
 
 
 def children_cpu(pid):
@@ -333,6 +339,10 @@ def ratios(sink, row):
     return out
 
 
+def mean(xs):
+    return round(sum(xs) / len(xs), 2) if xs else None
+
+
 def markdown(res):
     L = []
     e = res["env"]
@@ -356,6 +366,10 @@ def markdown(res):
                  "socket errors over all runs: " +
                  ", ".join(f"{n} {sum(x['non_2xx'] for x in out['runs'] if x['system'] == n)}"
                            f"/{sum(x['errors'] for x in out['runs'] if x['system'] == n)}"
+                           for n in names) + ". Cores used during the runs, mean (the system "
+                 "itself / everything else but wrk: broker, other work on the machine): " +
+                 ", ".join(f"{n} {mean([x['cores'] for x in out['runs'] if x['system'] == n])}"
+                           f" / {mean([x['other_cores'] for x in out['runs'] if x['system'] == n])}"
                            for n in names) + ".")
         L.append("\nLatency at half of each system's peak (open loop, up to 50 connections):\n")
         L.append("| system | rate req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "

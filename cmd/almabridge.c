@@ -34,6 +34,7 @@
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
+#include "spool.h"
 #include "tls.h"
 
 extern char **environ;
@@ -42,6 +43,8 @@ struct daemon {
     struct ab_config cfg;
     struct ab_app app;
     struct ab_sink_setup sink; /* what the sink's global_init and open are given */
+    struct ab_spool_conf spool;     /* --spool: the spool wraps the sink ... */
+    struct ab_sink_conf spool_conf; /* ... and is given this instead */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -53,22 +56,6 @@ static void die(const char *msg)
 {
     fprintf(stderr, "almabridge: %s\n", msg);
     exit(AB_CONFIG_ERROR);
-}
-
-/* Take ALMABRIDGE_SECRET and wipe it from the process's environment block, so that it is
- * neither inherited nor readable in /proc/<pid>/environ. */
-static char *take_env_secret(void)
-{
-    for (char **e = environ; e && *e; e++) {
-        if (strncmp(*e, "ALMABRIDGE_SECRET=", 18) == 0) {
-            char *v = *e + 18;
-            char *copy = ab_strdup(v);
-            memset(v, 0, strlen(v));
-            unsetenv("ALMABRIDGE_SECRET");
-            return copy;
-        }
-    }
-    return NULL;
 }
 
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
@@ -228,6 +215,30 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     }
     ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
     d->app.sink_conf = &d->sink.conf;
+    const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
+    if (spool->dir) {
+        if (strcmp(d->app.sink_ops->name, "file") == 0) {
+            snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
+                                  "itself a local fsync'd log");
+            return -1;
+        }
+        if (spool->after_ms >= cfg->ack_timeout_ms) {
+            snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
+                     spool->after_ms, cfg->ack_timeout_ms);
+            return -1;
+        }
+        d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
+                                          .inner_conf = d->sink.conf,
+                                          .dir = spool->dir,
+                                          .after_ms = spool->after_ms,
+                                          .max_bytes = spool->max_bytes,
+                                          .segment_bytes = spool->segment_bytes,
+                                          .route = cfg->route};
+        d->spool_conf = d->sink.conf;
+        d->spool_conf.opts = &d->spool;
+        d->app.sink_ops = ab_spool_wrap(d->app.sink_ops);
+        d->app.sink_conf = &d->spool_conf;
+    }
     const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
@@ -260,7 +271,7 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         n = 1;
     }
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->sink.conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(d->app.sink_conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
@@ -300,7 +311,7 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     char err[1024];
     void *shared = NULL;
     if (d->app.sink_ops->global_init &&
-        d->app.sink_ops->global_init(&d->sink.conf, &shared, err, sizeof(err)) != 0) {
+        d->app.sink_ops->global_init(d->app.sink_conf, &shared, err, sizeof(err)) != 0) {
         die(err);
     }
     if (d->app.sink_ops->global_free) {
@@ -348,7 +359,7 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));
@@ -366,7 +377,7 @@ int main(int argc, char **argv)
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
-    d.env_secret = take_env_secret();
+    d.env_secret = ab_cli_take_env("ALMABRIDGE_SECRET"); /* wiped from the environment */
     if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }

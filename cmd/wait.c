@@ -754,22 +754,19 @@ int ab_cmd_wait(int argc, char **argv)
         {"success", 1, &success, "STATUS,...", "statuses meaning success (COMPLETED_SUCCESS)"},
         {"verbose", 0, &verbose, NULL, "report the outcome on stderr also on success"},
     };
-    size_t nopts = sizeof(opts) / sizeof(opts[0]);
+    const struct ab_cli_cmd cmd = {
+        "almabridge wait --job-instance ID | --job-id ID [options] [sink options]", WAIT_ABOUT,
+        WAIT_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
     char **rest = ab_calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0, help = 0, rc = AB_EXIT_USAGE;
+    int nrest = 0, rc = AB_EXIT_USAGE, started;
     char err[1024] = "";
     struct ab_cli_sinkcfg c = {0};
     char *route = NULL;
     int64_t since_ms = 0, timeout_ms = -1;
 
-    if (ab_cli_parse(argc, argv, opts, nopts, NULL, NULL, rest, &nrest, &help, err,
-                     sizeof(err)) != 0) {
-        goto done;
-    }
-    if (help) {
-        ab_cli_usage("almabridge wait --job-instance ID | --job-id ID [options] [sink options]",
-                     WAIT_ABOUT, opts, nopts, WAIT_FOOTER);
-        rc = AB_EXIT_OK;
+    if ((started = ab_cli_start(&cmd, argc, argv, NULL, NULL, rest, &nrest, err,
+                                sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
     if (instance == NULL && job == NULL) {

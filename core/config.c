@@ -184,7 +184,11 @@ static void view_init(struct optview *vw, const struct ab_sink_ops *const *sinks
     memset(vw, 0, sizeof(*vw));
     vw->sink_names = ab_strdup("");
     for (size_t i = 0; sinks && sinks[i]; i++) {
-        char *names = ab_asprintf("%s%s%s", vw->sink_names, i ? "|" : "", sinks[i]->name);
+        if (sinks[i]->flags & AB_SINK_WRAPS) {
+            continue;
+        }
+        char *names = ab_asprintf("%s%s%s", vw->sink_names, vw->sink_names[0] ? "|" : "",
+                                  sinks[i]->name);
         free(vw->sink_names);
         vw->sink_names = names;
     }
@@ -961,6 +965,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .ack_timeout_ms = cfg->ack_timeout_ms,
         .max_body = cfg->max_body,
         .check_only = cfg->check_config,
+        .route = cfg->route,
     };
 }
 

@@ -151,6 +151,13 @@ static int read_zone(const char *s, struct when *w)
     return *s == '\0' ? 0 : -1;
 }
 
+static char *put_2digits(char *o, int v)
+{
+    o[0] = (char)('0' + v / 10);
+    o[1] = (char)('0' + v % 10);
+    return o + 2;
+}
+
 int ab_event_rfc3339(const char *in, char *out, size_t outlen)
 {
     struct when w = {0};
@@ -172,15 +179,37 @@ int ab_event_rfc3339(const char *in, char *out, size_t outlen)
         w.zone_h > 23 || w.zone_m > 59) {
         return -1;
     }
-    char zone[8] = "Z";
-    if (w.zone_sign != 0) {
-        snprintf(zone, sizeof(zone), "%c%02d:%02d", w.zone_sign > 0 ? '+' : '-', w.zone_h,
-                 w.zone_m);
+    /* written by hand: snprintf cost more than the rest of the envelope together */
+    size_t need = 20 + (w.frac != NULL ? 1 + (size_t)w.frac_len : 0) + (w.zone_sign ? 6 : 1);
+    if (need + 1 > outlen) {
+        return -1;
     }
-    int n = snprintf(out, outlen, "%04d-%02d-%02dT%02d:%02d:%02d%s%.*s%s", w.year, w.month,
-                     w.day, w.hour, w.min, w.sec, w.frac != NULL ? "." : "", w.frac_len,
-                     w.frac != NULL ? w.frac : "", zone);
-    return n > 0 && (size_t)n < outlen ? 0 : -1;
+    char *o = put_2digits(put_2digits(out, w.year / 100), w.year % 100);
+    *o++ = '-';
+    o = put_2digits(o, w.month);
+    *o++ = '-';
+    o = put_2digits(o, w.day);
+    *o++ = 'T';
+    o = put_2digits(o, w.hour);
+    *o++ = ':';
+    o = put_2digits(o, w.min);
+    *o++ = ':';
+    o = put_2digits(o, w.sec);
+    if (w.frac != NULL) {
+        *o++ = '.';
+        memcpy(o, w.frac, (size_t)w.frac_len);
+        o += w.frac_len;
+    }
+    if (w.zone_sign == 0) {
+        *o++ = 'Z';
+    } else {
+        *o++ = w.zone_sign > 0 ? '+' : '-';
+        o = put_2digits(o, w.zone_h);
+        *o++ = ':';
+        o = put_2digits(o, w.zone_m);
+    }
+    *o = '\0';
+    return 0;
 }
 
 /* "urn:alma:" and the institution code with every byte outside RFC 3986's unreserved set

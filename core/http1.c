@@ -87,6 +87,23 @@ size_t ab_http_head_end(const char *buf, size_t len, size_t *scanned)
     return 0;
 }
 
+int ab_http_head_plausible(const char *buf, size_t len)
+{
+    long lead = leading_empty_lines(buf, len);
+    if (lead < 0) {
+        return 1;
+    }
+    for (size_t i = (size_t)lead; i < len; i++) {
+        if (buf[i] == ' ') {
+            return i > (size_t)lead;
+        }
+        if (!tchar[(unsigned char)buf[i]]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Cut the next line out of [*p, end): NUL-terminates it (dropping CR LF or LF) and advances
  * *p past it. Returns the line, or NULL at the end or for a bare CR inside the line. */
 static char *next_line(char **p, char *end, size_t *line_len, int *bad_cr)

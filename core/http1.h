@@ -45,6 +45,11 @@ struct ab_http_head {
  * (start at 0), so a head that arrives a byte at a time is scanned once. */
 size_t ab_http_head_end(const char *buf, size_t len, size_t *scanned);
 
+/* 0 when buf[0..len), the start of a head still arriving, can no longer be a request line
+ * (its method is not a token: a TLS handshake or other binary on the HTTP port), so the
+ * caller can answer 400 at once instead of waiting for the deadline; 1 otherwise. */
+int ab_http_head_plausible(const char *buf, size_t len);
+
 /* Parse the complete head buf[0..len) (as measured by ab_http_head_end) in place: NULs are
  * written into buf and h points into it. Returns 0, or the HTTP status to answer (400, 417,
  * 431, 501, 505) with a one-line reason in err (never content of the request). */

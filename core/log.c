@@ -31,15 +31,35 @@ static size_t json_escape(char *buf, size_t len, size_t cap, const char *s)
     return len;
 }
 
+/* "2026-01-02T03:04:05.678Z" into buf (cap >= 32). The part up to the seconds is
+ * formatted once a second per thread: a line is written for every request. */
 static size_t timestamp(char *buf, size_t cap)
 {
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[24];
+    static _Thread_local size_t cached_len;
     struct timeval tv;
-    struct tm tm;
     gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    size_t n = strftime(buf, cap, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += (size_t)snprintf(buf + n, cap - n, ".%03dZ", (int)(tv.tv_usec / 1000));
-    return n;
+    if (tv.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv.tv_sec, &tm);
+        cached_len = strftime(cached, sizeof(cached), "%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = tv.tv_sec;
+    }
+    if (cap < cached_len + 6) {
+        buf[0] = '\0';
+        return 0;
+    }
+    memcpy(buf, cached, cached_len);
+    int ms = (int)(tv.tv_usec / 1000);
+    char *p = buf + cached_len;
+    p[0] = '.';
+    p[1] = (char)('0' + ms / 100);
+    p[2] = (char)('0' + ms / 10 % 10);
+    p[3] = (char)('0' + ms % 10);
+    p[4] = 'Z';
+    p[5] = '\0';
+    return cached_len + 5;
 }
 
 /* Write one complete line with a single write(2), so lines from threads never mix. */

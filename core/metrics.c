@@ -271,6 +271,18 @@ static void gauge(struct sb *b, const char *name, const char *type, const char *
     sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n%s %ld\n", name, help, name, type, name, v);
 }
 
+static char *(*sources[4])(void);
+
+void ab_metrics_add_source(char *(*fn)(void))
+{
+    for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]); i++) {
+        if (sources[i] == NULL || sources[i] == fn) {
+            sources[i] = fn;
+            return;
+        }
+    }
+}
+
 /* The standard process_* metrics of Prometheus client libraries, from getrusage and /proc. */
 static void render_process(struct sb *b)
 {
@@ -360,5 +372,10 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
                   "# TYPE almabridge_build_info gauge\n"
                   "almabridge_build_info{version=\"%s\"} 1\n", AB_VERSION);
     render_process(&b);
+    for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]) && sources[i]; i++) {
+        char *text = sources[i]();
+        sb_printf(&b, "%s", text);
+        free(text);
+    }
     return b.s;
 }

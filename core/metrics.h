@@ -36,6 +36,10 @@ void ab_metrics_request(struct ab_metrics *m, int status, const char *action, co
 /* Observe one sink acknowledgement (ok or not) after `seconds`. */
 void ab_metrics_ack(struct ab_metrics *m, double seconds, int ok);
 
+/* Another module's metrics (the spool's): fn returns Prometheus text (HELP, TYPE and
+ * samples) in a new string that the render appends and frees. Start-up thread; at most 4. */
+void ab_metrics_add_source(char *(*fn)(void));
+
 /* Render all tables plus the globals in Prometheus text format 0.0.4. Returns a new
  * string owned by the caller. Any thread. */
 char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name);

@@ -43,6 +43,7 @@
 #define LINGER_MS 2000          /* read and drop after a closing answer, at most this long */
 #define BODY_CHUNK 65536        /* first allocation for a body of unknown or large size */
 #define ACCEPT_PAUSE_MS 100     /* after EMFILE and friends */
+#define OUTPUT_HIGH 65536       /* answers waiting to be sent before pipelined requests wait */
 #define FDS_PER_WORKER 8        /* event base, notify pipes, sink sockets and files */
 #define FDS_FIXED 32            /* stdio, listener, main loop, logs, librdkafka's own, spare */
 
@@ -143,6 +144,13 @@ static void list_touch(struct ab_conn *c)
 
 int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, size_t errlen)
 {
+    /* what this layer relies on: bufferevent watermarks and triggers, evconnlistener error
+     * callbacks, OpenSSL bufferevents with dirty shutdown (all in 2.1.1 and later) */
+    if (event_get_version_number() < 0x02010100) {
+        snprintf(errstr, errlen, "libevent %s is too old: 2.1.1 or later is needed",
+                 event_get_version());
+        return -1;
+    }
     struct rlimit rl;
     long want = app->cfg->max_connections;
     long own = FDS_FIXED + FDS_PER_WORKER * n_workers;
@@ -572,7 +580,9 @@ static int read_head(struct ab_conn *c)
     const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)look);
     size_t end = ab_http_head_end(data, look, &c->scanned);
     if (end == 0) {
-        if (look >= limit) {
+        if (!ab_http_head_plausible(data, look < 64 ? look : 64)) {
+            conn_fail(c, 400, "not an HTTP request (TLS to the plain HTTP port?)");
+        } else if (look >= limit) {
             char msg[160];
             snprintf(msg, sizeof(msg), "request line and headers larger than the limit of %ld "
                      "bytes (--max-headers-size)", w->cfg->max_headers_size);
@@ -701,7 +711,11 @@ static int read_body(struct ab_conn *c)
 static void conn_process(struct ab_conn *c)
 {
     c->busy = 1;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
     while (c->state == S_IDLE || c->state == S_HEAD || c->state == S_BODY) {
+        if (c->state == S_IDLE && evbuffer_get_length(out) > OUTPUT_HIGH) {
+            break; /* a client that does not read its answers: on_write resumes */
+        }
         if (c->state != S_BODY) {
             if (!read_head(c) || start_body(c) != 0) {
                 break;
@@ -718,7 +732,9 @@ static void conn_process(struct ab_conn *c)
         dispatch(c->w, r); /* may answer now: the state is then S_IDLE or S_CLOSING */
     }
     c->busy = 0;
-    if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+    if (c->state == S_IDLE && evbuffer_get_length(out) > OUTPUT_HIGH) {
+        timer_set(c, c->w->cfg->read_timeout_s * 1000);
+    } else if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
         if (c->eof || c->w->stopping) {
             conn_close_after_write(c);
         } else {
@@ -761,6 +777,8 @@ static void on_write(struct bufferevent *bev, void *arg)
     struct ab_conn *c = arg;
     if (c->state == S_CLOSING) {
         start_linger(c);
+    } else if (c->state == S_IDLE) {
+        conn_process(c); /* answers are out: go on with pipelined requests */
     }
 }
 

@@ -3,8 +3,11 @@
  * Secrets are kept as byte strings (a line of the secret file is used as is, inner and
  * leading blanks included; a UTF-8 byte order mark, CR line ends and trailing blanks are
  * stripped with a warning naming the line) and wiped with OPENSSL_cleanse() when freed.
- * Each secret also has an HMAC context keyed once at load; a verification duplicates it
- * (EVP_MAC_CTX_dup) instead of keying HMAC again for every request. Nothing here ever
+ * Each secret is keyed once at load: two SHA-256 contexts that have absorbed the key XOR
+ * ipad and XOR opad (RFC 2104); a verification copies them into per-thread scratch
+ * contexts (EVP_MD_CTX_copy_ex) instead of keying HMAC again for every request. Under
+ * callgrind, for a 1.5 kB body: one-shot HMAC() 63k instructions, EVP_MAC_CTX_dup of a
+ * keyed HMAC 53k, these copies 49k, which is what SHA-256 of the body alone costs. Nothing here ever
  * prints a secret. A set is reference-counted and immutable once loaded: workers share it
  * and a reload swaps in a new one; any thread may verify. */
 #include "signature.h"
@@ -13,6 +16,7 @@
 #include "mem.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,16 +24,15 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/core_names.h>
 #include <openssl/hmac.h>
-#include <openssl/params.h>
+#include <openssl/sha.h>
 
 #define SHA256_LEN 32
 
 struct ab_secret {
     unsigned char *p;
     size_t len;
-    EVP_MAC_CTX *keyed; /* HMAC-SHA256 keyed with p; NULL if OpenSSL refused */
+    EVP_MD_CTX *inner, *outer; /* SHA-256 after key^ipad, key^opad; NULL if OpenSSL refused */
 };
 
 struct ab_secrets {
@@ -38,23 +41,68 @@ struct ab_secrets {
     size_t n;
 };
 
-/* An HMAC-SHA256 context keyed with [p, p+len), or NULL. */
-static EVP_MAC_CTX *keyed_new(const unsigned char *p, size_t len)
+/* Pre-key the secret (RFC 2104): a key longer than the block is hashed first. */
+static void keyed_new(struct ab_secret *sec)
 {
-    static const unsigned char empty[1];
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {
-        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
-        OSSL_PARAM_construct_end(),
-    };
-    if (ctx && EVP_MAC_init(ctx, len ? p : empty, len, params) != 1) {
-        EVP_MAC_CTX_free(ctx);
-        ctx = NULL;
+    unsigned char key[64], pad[64];
+    memset(key, 0, sizeof(key));
+    if (sec->len > sizeof(key)) {
+        SHA256(sec->p, sec->len, key);
+    } else {
+        memcpy(key, sec->p, sec->len);
     }
-    EVP_MAC_free(mac);
-    return ctx;
+    EVP_MD_CTX *in = EVP_MD_CTX_new(), *out = EVP_MD_CTX_new();
+    int ok = in && out;
+    for (int i = 0; i < 64; i++) {
+        pad[i] = key[i] ^ 0x36;
+    }
+    ok = ok && EVP_DigestInit_ex(in, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(in, pad, 64);
+    for (int i = 0; i < 64; i++) {
+        pad[i] = key[i] ^ 0x5c;
+    }
+    ok = ok && EVP_DigestInit_ex(out, EVP_sha256(), NULL) == 1 && EVP_DigestUpdate(out, pad, 64);
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(pad, sizeof(pad));
+    if (!ok) {
+        EVP_MD_CTX_free(in);
+        EVP_MD_CTX_free(out);
+        in = out = NULL;
+    }
+    sec->inner = in;
+    sec->outer = out;
+}
+
+/* Two scratch digest contexts per thread, freed when the thread exits. */
+struct scratch {
+    EVP_MD_CTX *in, *out;
+};
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *arg)
+{
+    struct scratch *sc = arg;
+    EVP_MD_CTX_free(sc->in);
+    EVP_MD_CTX_free(sc->out);
+    free(sc);
+}
+
+static void scratch_init(void)
+{
+    pthread_key_create(&scratch_key, scratch_free);
+}
+
+static struct scratch *scratch_get(void)
+{
+    pthread_once(&scratch_once, scratch_init);
+    struct scratch *sc = pthread_getspecific(scratch_key);
+    if (sc == NULL) {
+        sc = ab_calloc(1, sizeof(*sc));
+        sc->in = EVP_MD_CTX_new();
+        sc->out = EVP_MD_CTX_new();
+        pthread_setspecific(scratch_key, sc);
+    }
+    return sc;
 }
 
 /* Append a copy of bytes [p, p+len) to the set. */
@@ -63,7 +111,7 @@ static void secrets_add(struct ab_secrets *s, const char *p, size_t len)
     s->v = ab_realloc(s->v, (s->n + 1) * sizeof(*s->v));
     s->v[s->n].p = (unsigned char *)ab_strndup(p, len);
     s->v[s->n].len = len;
-    s->v[s->n].keyed = keyed_new(s->v[s->n].p, len);
+    keyed_new(&s->v[s->n]);
     s->n++;
 }
 
@@ -229,7 +277,8 @@ void ab_secrets_free(struct ab_secrets *s)
     for (size_t i = 0; i < s->n; i++) {
         OPENSSL_cleanse(s->v[i].p, s->v[i].len);
         free(s->v[i].p);
-        EVP_MAC_CTX_free(s->v[i].keyed);
+        EVP_MD_CTX_free(s->v[i].inner);
+        EVP_MD_CTX_free(s->v[i].outer);
     }
     free(s->v);
     free(s);
@@ -253,25 +302,28 @@ void ab_signature_compute(const void *secret, size_t secret_len, const void *bod
     OPENSSL_cleanse(md, sizeof(md));
 }
 
-/* base64(HMAC-SHA256) of body from a copy of the pre-keyed context; falls back to the
- * one-shot computation when the set has no context for this secret. */
+/* base64(HMAC-SHA256) of body from copies of the pre-keyed contexts; falls back to the
+ * one-shot computation when the secret has none. */
 static void keyed_compute(const struct ab_secret *sec, const void *body, size_t len,
                           char out[AB_SIGNATURE_B64_LEN + 1])
 {
     static const unsigned char empty[1];
-    unsigned char md[EVP_MAX_MD_SIZE];
-    size_t md_len = 0;
-    EVP_MAC_CTX *ctx = sec->keyed ? EVP_MAC_CTX_dup(sec->keyed) : NULL;
-    if (ctx == NULL) {
+    unsigned char h[EVP_MAX_MD_SIZE], md[EVP_MAX_MD_SIZE];
+    unsigned int hl = 0, ml = 0;
+    struct scratch *sc = sec->inner ? scratch_get() : NULL;
+    if (sc == NULL || sc->in == NULL || sc->out == NULL) {
         ab_signature_compute(sec->p, sec->len, body, len, out);
         return;
     }
     memset(out, 0, AB_SIGNATURE_B64_LEN + 1);
-    if (EVP_MAC_update(ctx, len ? body : empty, len) == 1 &&
-        EVP_MAC_final(ctx, md, &md_len, sizeof(md)) == 1 && md_len == SHA256_LEN) {
+    if (EVP_MD_CTX_copy_ex(sc->in, sec->inner) == 1 &&
+        EVP_DigestUpdate(sc->in, len ? body : empty, len) == 1 &&
+        EVP_DigestFinal_ex(sc->in, h, &hl) == 1 && hl == SHA256_LEN &&
+        EVP_MD_CTX_copy_ex(sc->out, sec->outer) == 1 && EVP_DigestUpdate(sc->out, h, hl) == 1 &&
+        EVP_DigestFinal_ex(sc->out, md, &ml) == 1 && ml == SHA256_LEN) {
         EVP_EncodeBlock((unsigned char *)out, md, SHA256_LEN);
     }
-    EVP_MAC_CTX_free(ctx);
+    OPENSSL_cleanse(h, sizeof(h));
     OPENSSL_cleanse(md, sizeof(md));
 }
 

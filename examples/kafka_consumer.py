@@ -38,7 +38,8 @@ def main():
     ap.add_argument("--group", required=True, help="consumer group id")
     ap.add_argument("--max", type=int, default=0, help="stop after N new events (0: never)")
     ap.add_argument("--idle-exit", type=float, default=0,
-                    help="stop after this many seconds without a message (0: never)")
+                    help="stop after this many seconds without a message, counted once "
+                         "partitions are assigned (0: never)")
     args = ap.parse_args()
 
     consumer = Consumer({
@@ -47,7 +48,8 @@ def main():
         "enable.auto.commit": False,      # commit ourselves, after processing
         "auto.offset.reset": "earliest",  # a new group starts at the beginning
     })
-    consumer.subscribe(args.topics)
+    assigned = []   # --idle-exit counts only once the group gave us partitions
+    consumer.subscribe(args.topics, on_assign=lambda c, parts: assigned.append(parts))
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     seen, processed, idle = set(), 0, 0.0
@@ -55,7 +57,7 @@ def main():
         while not stop and (args.max == 0 or processed < args.max):
             msg = consumer.poll(0.5)
             if msg is None:
-                idle += 0.5
+                idle += 0.5 if assigned else 0
                 if args.idle_exit and idle >= args.idle_exit:
                     break
                 continue

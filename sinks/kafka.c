@@ -35,6 +35,7 @@
  * not created fails with a timeout (the message never gets a partition): log_failure names
  * the topic and says so.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -71,6 +72,7 @@ struct kafka_sink {
     struct event *io_ev;
     char *brokers;
     struct ab_route *key; /* --kafka-key, NULL for no key */
+    int ce_headers;       /* --kafka-ce-headers on: ce_* headers besides the JSON value */
     enum broker_state state;
     char reason[256];  /* why DOWN, or the fatal error */
     int fatal;
@@ -354,6 +356,64 @@ fail:
     return NULL;
 }
 
+/* ---- topic names ------------------------------------------------------------------ */
+
+/* 1 for the bytes Kafka allows in a topic name: [a-zA-Z0-9._-]. */
+static int topic_char_ok(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+}
+
+/* The legal Kafka topic name for an expanded route, into out (AB_KAFKA_TOPIC_MAX + 1
+ * bytes): every byte outside [a-zA-Z0-9._-] becomes '_', "." and ".." (and "") become
+ * "_", "__" (and "none"), and a name over 249 bytes keeps its first 240 and ends in '-'
+ * plus 8 hex digits of a hash (FNV-1a) of the whole route, so distinct long routes stay
+ * distinct topics. Pure. */
+void ab_kafka_topic_name(const char *route, char *out)
+{
+    size_t len = strlen(route);
+    if (len == 0) {
+        strcpy(out, "none");
+        return;
+    }
+    size_t keep = len <= AB_KAFKA_TOPIC_MAX ? len : AB_KAFKA_TOPIC_MAX - 9;
+    for (size_t i = 0; i < keep; i++) {
+        out[i] = topic_char_ok((unsigned char)route[i]) ? route[i] : '_';
+    }
+    out[keep] = '\0';
+    if (len > AB_KAFKA_TOPIC_MAX) {
+        uint32_t h = 2166136261u;
+        for (size_t i = 0; i < len; i++) {
+            h = (h ^ (unsigned char)route[i]) * 16777619u;
+        }
+        snprintf(out + keep, 10, "-%08x", h);
+    }
+    if (strcmp(out, ".") == 0 || strcmp(out, "..") == 0) {
+        memset(out, '_', strlen(out));
+    }
+}
+
+/* The text of a --route template outside its placeholders must be legal in a topic name:
+ * a template that can only make illegal names is refused at start-up (exit 2) rather than
+ * renamed behind the operator's back. Returns 0, or -1 with one line in errstr. */
+static int check_route(const char *tmpl, char *errstr, size_t errlen)
+{
+    int depth = 0;
+    for (const char *p = tmpl ? tmpl : ""; *p; p++) {
+        depth += *p == '{' ? 1 : *p == '}' ? -1 : 0;
+        if (depth == 0 && *p != '}' && !topic_char_ok((unsigned char)*p)) {
+            snprintf(errstr, errlen,
+                     "kafka sink: --route \"%s\": %s%c%s cannot be in a Kafka topic name "
+                     "(allowed: a-z A-Z 0-9 . _ -, at most 249 characters)",
+                     tmpl, isprint((unsigned char)*p) ? "'" : "byte ",
+                     isprint((unsigned char)*p) ? *p : '?', isprint((unsigned char)*p) ? "'" : "");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The compiled --kafka-key template into *key (NULL for ""). Returns 0, or -1 with one
  * line in errstr. */
 static int compile_key(const struct ab_kafka_conf *cfg, struct ab_route **key, char *errstr,
@@ -382,6 +442,11 @@ static const struct ab_option kafka_options[] = {
     {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{id}", .off = OFF(key),
      .group = "Kafka", .metavar = "TEMPLATE",
      .help = "message key template (placeholders as for --route); empty for no key"},
+    {.name = "kafka-ce-headers", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
+     .off = OFF(ce_headers), .group = "Kafka", .metavar = "on|off",
+     .help = "also carry the CloudEvent attributes as ce_* headers (binary-mode style) next "
+             "to the structured JSON value; off for consumers that need pure structured mode "
+             "(the CloudEvents SDK's from_kafka() misreads a message that has both)"},
     {.name = "kafka-conf", .type = AB_OPT_LIST, .off = OFF(conf), .check = ab_config_check_kv,
      .mask = AB_MASK_KV_SECRETS, .group = "Kafka", .metavar = "KEY=VALUE",
      .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; values of keys "
@@ -413,7 +478,7 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
         return -1;
     }
     struct ab_route *key = NULL;
-    if (compile_key(cfg, &key, errstr, errlen) != 0) {
+    if (compile_key(cfg, &key, errstr, errlen) != 0 || check_route(sc->route, errstr, errlen)) {
         return -1;
     }
     ab_route_free(key);
@@ -451,6 +516,7 @@ static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
     ks->base.ops = &ab_sink_kafka;
     ks->brokers = ab_strdup(cfg->brokers);
     ks->pending = ab_pending_new(base, sc->ack_timeout_ms);
+    ks->ce_headers = cfg->ce_headers == NULL || strcmp(cfg->ce_headers, "off") != 0;
     if (compile_key(cfg, &ks->key, errstr, errlen) != 0) {
         goto fail;
     }
@@ -483,6 +549,24 @@ fail:
     return NULL;
 }
 
+/* The headers of one message: content-type always (the protocol binding's structured
+ * mode), the ce_* attributes unless --kafka-ce-headers off. The caller owns them until
+ * rd_kafka_producev() succeeds. */
+static rd_kafka_headers_t *message_headers(const struct kafka_sink *ks,
+                                           const struct ab_sink_msg *msg)
+{
+    static const char ctype[] = "application/cloudevents+json";
+    rd_kafka_headers_t *h = rd_kafka_headers_new(5);
+    rd_kafka_header_add(h, "content-type", -1, ctype, (ssize_t)sizeof(ctype) - 1);
+    if (ks->ce_headers) {
+        rd_kafka_header_add(h, "ce_specversion", -1, "1.0", 3);
+        rd_kafka_header_add(h, "ce_id", -1, msg->id, -1);
+        rd_kafka_header_add(h, "ce_type", -1, msg->type, -1);
+        rd_kafka_header_add(h, "ce_source", -1, msg->source, -1);
+    }
+    return h;
+}
+
 /* Loop thread. Refuses (-1) when closing, failed, the local queue is full or the brokers
  * have been down for DOWN_GRACE_MS (one probe a second still goes through); otherwise
  * hands a copy to librdkafka and returns 0: on_delivery completes it later. */
@@ -502,24 +586,23 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         ks->last_probe_ms = now;
     }
     char *key = msg->key == NULL && ks->key && msg->event
-                    ? ab_route_expand(ks->key, msg->event)
+                    ? ab_route_expand_raw(ks->key, msg->event)
                     : NULL;
     const char *k = msg->key ? msg->key : key;
+    char topic[AB_KAFKA_TOPIC_MAX + 1];
+    ab_kafka_topic_name(msg->route ? msg->route : "", topic);
+    rd_kafka_headers_t *hdrs = message_headers(ks, msg);
     struct ab_pending_req *r = ab_pending_add(ks->pending, cb, opaque, 0);
-    static const char ctype[] = "application/cloudevents+json";
     rd_kafka_resp_err_t err = rd_kafka_producev(
-        ks->rk, RD_KAFKA_V_TOPIC(msg->route), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE((void *)msg->value, msg->value_len),
-        RD_KAFKA_V_KEY(k, k ? strlen(k) : 0),
-        RD_KAFKA_V_HEADER("content-type", ctype, (ssize_t)sizeof(ctype) - 1),
-        RD_KAFKA_V_HEADER("ce_specversion", "1.0", 3),
-        RD_KAFKA_V_HEADER("ce_id", msg->id, -1),
-        RD_KAFKA_V_HEADER("ce_type", msg->type, -1),
-        RD_KAFKA_V_HEADER("ce_source", msg->source, -1), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+        RD_KAFKA_V_KEY(k, k ? strlen(k) : 0), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(r),
+        RD_KAFKA_V_END);
     free(key);
     ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        log_failure(ks, "queueing a message for", msg->route, err, RD_KAFKA_PARTITION_UA);
+        rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
+        log_failure(ks, "queueing a message for", topic, err, RD_KAFKA_PARTITION_UA);
         ab_pending_cancel(r); /* a refusal: the callback never runs */
         return -1;
     }

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from daemon import BIN, SECRET, free_port, samples, sign, with_id
+from daemon import BIN, BUILD, SECRET, free_port, samples, sign, with_id
 
 LOAN = dict(samples())["loan_created"]
 
@@ -204,8 +204,10 @@ def test_memory_bounded_by_max_buffered(daemon_factory):
         s.close()
     assert 503 in statuses
     assert metric(m, "almabridge_buffered_bytes") <= budget
-    # documented overhead: 16 MiB for 1,000 connections (buffers, TLS-less state)
-    assert (peak_kb - base_kb) * 1024 < budget + (16 << 20), (peak_kb, base_kb)
+    # documented overhead: 16 MiB for 1,000 connections (buffers, connection state); a
+    # sanitizer build (build-address...) keeps freed memory in quarantine: not measured
+    if "-" not in os.path.basename(BUILD.rstrip("/")):
+        assert (peak_kb - base_kb) * 1024 < budget + (16 << 20), (peak_kb, base_kb)
     assert d.post(LOAN).status == 200  # and the daemon is fine afterwards
 
 
@@ -320,12 +322,21 @@ def test_malformed_requests_answered_logged_and_counted(daemon_factory):
         assert headers["content-type"] == "application/json"
         assert int(headers["content-length"]) == len(body)
         assert json.loads(body)["error"]
+    # a real TLS handshake to the plain port: 400 at once, not after --read-timeout
+    import ssl
+    s = dial(d)
+    ctx = ssl.create_default_context()
+    t0 = time.time()
+    with pytest.raises(ssl.SSLError):
+        ctx.wrap_socket(s, server_hostname="x")
+    assert time.time() - t0 < 2
+    s.close()
     m = d.metrics()
-    assert 'almabridge_requests_total{status="400",action="",event=""} 3' in m
+    assert 'almabridge_requests_total{status="400",action="",event=""} 4' in m
     assert 'almabridge_requests_total{status="505",action="",event=""} 1' in m
     d.stop()
     access = [json.loads(l) for l in d.stderr().splitlines() if '"msg":"access"' in l]
-    assert sum(1 for a in access if a["status"] == 400) == 3
+    assert sum(1 for a in access if a["status"] == 400) == 4
     assert any(a["status"] == 505 and a["method"] == "GET" for a in access)
 
 

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from daemon import BIN, Daemon, samples, xml_fixtures
-from jobs import almabridge, finish, new_id, run
-from services import KafkaBroker, RedisServer
+from jobs import almabridge, finish, kafka, new_id, redis, run  # noqa: F401
+from services import RedisServer
 
 N = 10000
 
@@ -66,13 +66,6 @@ def interrupt_and_resume(args, count_acked):
 
 
 # ---- Redis ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer().start()
-    yield server
-    server.close()
-
 
 def redis_entries(redis):
     import redis as redis_py
@@ -159,17 +152,6 @@ def test_replay_a_directory_of_segments(log, redis, tmp_path):
 
 # ---- Kafka ------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka: %s" % e)
-    yield broker
-    broker.close()
-
-
 def kafka_messages(kafka, topics):
     out = []
     for t in topics:
@@ -228,3 +210,31 @@ def test_replay_a_spool_continues_where_its_forwarder_stopped(log, redis, tmp_pa
                      "--route", "all:{action}", "--rate", "0", "--all")
     assert rc == 0, err
     assert ids("all") == sorted(ev["id"] for ev in events[10:30])
+
+
+def test_replay_a_real_spool_whose_broker_is_gone(redis, tmp_path):
+    """The daemon spools while its Redis is down, then stops for good; replay pushes what the
+    spool holds into another Redis."""
+    from daemon import with_id
+    loan = dict(samples())["loan_created"]
+    spool = tmp_path / "spool"
+    gone = RedisServer().start()
+    url = gone.url
+    gone.close()  # the daemon's broker is gone
+    d = Daemon(["--sink", "redis", "--redis", url, "--spool", str(spool), "--spool-after",
+                "500"], tmpdir=str(tmp_path), threads=1).start()
+    try:
+        ids = [new_id() for _ in range(25)]
+        for i in ids:
+            r = d.post(with_id(loan, i))
+            assert r.status == 200, (r, d.stderr()[-2000:])
+    finally:
+        assert d.stop() == 0, d.stderr()[-2000:]
+    assert any(n.endswith(".seg") for n in os.listdir(spool))
+    rc, _, err = run("replay", "--from", spool, "--sink", "redis", "--redis", redis.url,
+                     "--route", "rescued:{action}", "--rate", "0")
+    assert rc == 0, err
+    import redis as redis_py
+    r = redis_py.Redis.from_url(redis.url)
+    got = [f[b"id"].decode() for _, f in r.xrange("rescued:loan")]
+    assert sorted(got) == sorted(ids)

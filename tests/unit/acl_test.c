@@ -73,11 +73,49 @@ static void test_forwarded_for(void)
     ab_acl_free(t);
 }
 
+static void test_forwarded_rfc7239(void)
+{
+    const char *trusted[] = {"127.0.0.1", "10.0.0.0/8"};
+    char err[128], out[64];
+    struct ab_acl *t = ab_acl_new(trusted, 2, err, sizeof(err));
+    ab_acl_client_addr(t, "127.0.0.1", "for=1.1.1.1, for=2.2.2.2;proto=https, for=10.0.0.5", 1,
+                       out, sizeof(out));
+    CHECK_STR(out, "2.2.2.2");
+    ab_acl_client_addr(t, "127.0.0.1", "proto=http;For=\"[2001:db8::7]:4711\"", 1, out,
+                       sizeof(out));
+    CHECK_STR(out, "2001:db8::7");
+    ab_acl_client_addr(t, "127.0.0.1", "for=\"192.0.2.43:47011\";by=10.0.0.1", 1, out,
+                       sizeof(out));
+    CHECK_STR(out, "192.0.2.43");
+    /* quoted commas and semicolons stay inside their value */
+    ab_acl_client_addr(t, "127.0.0.1", "for=3.3.3.3;x=\"a,b;c\", for=10.0.0.1", 1, out,
+                       sizeof(out));
+    CHECK_STR(out, "3.3.3.3");
+    /* unknown, obfuscated, an element without for=, an unterminated quote: stop there */
+    ab_acl_client_addr(t, "127.0.0.1", "for=3.3.3.3, for=unknown", 1, out, sizeof(out));
+    CHECK_STR(out, "127.0.0.1");
+    ab_acl_client_addr(t, "127.0.0.1", "for=3.3.3.3, for=_hidden, for=10.0.0.2", 1, out,
+                       sizeof(out));
+    CHECK_STR(out, "10.0.0.2");
+    ab_acl_client_addr(t, "127.0.0.1", "for=3.3.3.3, proto=https", 1, out, sizeof(out));
+    CHECK_STR(out, "127.0.0.1");
+    ab_acl_client_addr(t, "127.0.0.1", "for=\"3.3.3.3", 1, out, sizeof(out));
+    CHECK_STR(out, "3.3.3.3");
+    /* X-Forwarded-For entries with a port */
+    ab_acl_client_addr(t, "127.0.0.1", "4.4.4.4:1234", 0, out, sizeof(out));
+    CHECK_STR(out, "4.4.4.4");
+    CHECK(ab_acl_is_loopback("127.0.0.1") && ab_acl_is_loopback("127.9.9.9"));
+    CHECK(ab_acl_is_loopback("::1") && ab_acl_is_loopback("::ffff:127.0.0.1"));
+    CHECK(!ab_acl_is_loopback("10.0.0.1") && !ab_acl_is_loopback("junk"));
+    ab_acl_free(t);
+}
+
 int main(void)
 {
     RUN(test_match);
     RUN(test_odd_prefixes);
     RUN(test_bad_entries);
     RUN(test_forwarded_for);
+    RUN(test_forwarded_rfc7239);
     return TEST_SUMMARY();
 }

@@ -125,6 +125,16 @@ static void test_head_end(void)
     CHECK(ab_http_head_end("GET / HTTP/1.0\n\n", 16, &scanned) == 16);
 }
 
+static void test_plausible(void)
+{
+    CHECK(ab_http_head_plausible("", 0));
+    CHECK(ab_http_head_plausible("\r\nPOS", 5));
+    CHECK(ab_http_head_plausible("GET /", 5));
+    CHECK(!ab_http_head_plausible("\x16\x03\x01\x02", 4));
+    CHECK(!ab_http_head_plausible(" GET", 4));
+    CHECK(!ab_http_head_plausible("GE(T", 4));
+}
+
 static void test_combined_fields(void)
 {
     struct ab_http_head h;
@@ -284,6 +294,7 @@ int main(void)
     RUN(test_good_heads);
     RUN(test_bad_heads);
     RUN(test_head_end);
+    RUN(test_plausible);
     RUN(test_combined_fields);
     RUN(test_chunked);
     RUN(test_text_helpers);

@@ -635,6 +635,46 @@ static void test_conf_errors(void)
     CHECK(strstr(err, "ssl.ca.location") != NULL || strstr(err, "/nonexistent/ca") != NULL);
 }
 
+/* Routes become legal topic names (issue 8 item 8): [a-zA-Z0-9._-], at most 249 bytes. */
+static void test_topic_names(void)
+{
+    char t[AB_KAFKA_TOPIC_MAX + 1];
+    ab_kafka_topic_name("alma.loan", t);
+    CHECK_STR(t, "alma.loan");
+    ab_kafka_topic_name("alma:01:x y/\xc3\xa4", t);
+    CHECK_STR(t, "alma_01_x_y___");
+    ab_kafka_topic_name(".", t);
+    CHECK_STR(t, "_");
+    ab_kafka_topic_name("..", t);
+    CHECK_STR(t, "__");
+    ab_kafka_topic_name("", t);
+    CHECK_STR(t, "none");
+    char long_route[400], other[400], t2[AB_KAFKA_TOPIC_MAX + 1];
+    memset(long_route, 'a', 399);
+    long_route[399] = '\0';
+    memcpy(other, long_route, sizeof(other));
+    other[398] = 'b';
+    ab_kafka_topic_name(long_route, t);
+    ab_kafka_topic_name(other, t2);
+    CHECK(strlen(t) == AB_KAFKA_TOPIC_MAX && strlen(t2) == AB_KAFKA_TOPIC_MAX);
+    CHECK(strncmp(t, long_route, 240) == 0 && t[240] == '-');
+    CHECK(strcmp(t, t2) != 0); /* distinct routes, distinct topics */
+    memset(long_route, 'x', AB_KAFKA_TOPIC_MAX);
+    long_route[AB_KAFKA_TOPIC_MAX] = '\0';
+    ab_kafka_topic_name(long_route, t);
+    CHECK_STR(t, long_route); /* exactly 249: kept */
+
+    /* a --route whose own text cannot be in a topic name is a start-up error */
+    struct ab_kafka_conf opts = {.brokers = (char *)"127.0.0.1:1"};
+    struct ab_sink_conf cfg = {.opts = &opts, .ack_timeout_ms = ACK_MS, .route = "alma {action}"};
+    void *shared = NULL;
+    char err[256] = "";
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "' ' cannot be in a Kafka topic name") != NULL);
+    cfg.route = "alma.{action}-{institution}_x";
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+}
+
 int main(void)
 {
     loop_thread = pthread_self();
@@ -644,6 +684,7 @@ int main(void)
     CHECK(strcmp(ab_sink_kafka.name, "kafka") == 0);
     CHECK(strcmp(ab_sink_kafka.default_route, "alma.{action}") == 0);
     RUN(test_conf_errors);
+    RUN(test_topic_names);
     RUN(test_success);
     RUN(test_retriable_errors);
     RUN(test_late_ack);

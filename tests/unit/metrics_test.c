@@ -1,3 +1,5 @@
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <stdlib.h>
 
 #include "metrics.h"
@@ -41,14 +43,47 @@ static void test_label_sets_bounded(void)
     char *t = ab_metrics_render(&m, 1, "file");
     CHECK(strstr(t, "action=\"other\"") != NULL);
     CHECK(strstr(t, "action=\"A4999\"") == NULL);
+    /* the overflow is one label set per status, counted, and visible */
+    CHECK(strstr(t, "almabridge_requests_total{status=\"200\",action=\"other\",event=\"other\"} "
+                    "2952\n") != NULL);
+    CHECK(strstr(t, "almabridge_metrics_label_overflow_total 2952\n") != NULL);
+    char *p = t;
+    int others = 0;
+    while ((p = strstr(p, "almabridge_requests_total{status=\"200\",action=\"other\"")) != NULL) {
+        others++;
+        p++;
+    }
+    CHECK(others == 1);
     free(t);
+    atomic_store(&ab_metrics_g.label_overflow, 0);
     ab_metrics_free(m);
     ab_metrics_free(NULL);
+}
+
+static void test_build_and_process_metrics(void)
+{
+    struct ab_metrics *m = ab_metrics_new();
+    ab_metrics_request(m, 404, NULL, NULL);
+    char *t = ab_metrics_render(&m, 1, "file");
+    CHECK(strstr(t, "almabridge_requests_total{status=\"404\",action=\"\",event=\"\"} 1\n"));
+    CHECK(strstr(t, "almabridge_build_info{version=\"" AB_VERSION "\"} 1\n"));
+    const char *names[] = {"\nprocess_cpu_seconds_total ", "\nprocess_resident_memory_bytes ",
+                           "\nprocess_virtual_memory_bytes ", "\nprocess_open_fds ",
+                           "\nprocess_max_fds ", "\nprocess_start_time_seconds "};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        const char *line = strstr(t, names[i]);
+        char *end = NULL;
+        double v = line ? strtod(line + strlen(names[i]), &end) : -1;
+        CHECK(line && end && *end == '\n' && (i == 0 ? v >= 0 : v > 0));
+    }
+    free(t);
+    ab_metrics_free(m);
 }
 
 int main(void)
 {
     RUN(test_render_sums_threads);
     RUN(test_label_sets_bounded);
+    RUN(test_build_and_process_metrics);
     return TEST_SUMMARY();
 }

@@ -194,15 +194,23 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int dial(struct server *s)
+static int dial_rcvbuf(struct server *s, int rcvbuf)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (rcvbuf) {
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)s->port),
                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
         perror("connect");
     }
     return fd;
+}
+
+static int dial(struct server *s)
+{
+    return dial_rcvbuf(s, 0);
 }
 
 static void send_all(int fd, const char *p, size_t n)
@@ -776,6 +784,62 @@ static void test_emfile_pauses_accepting(void)
     server_stop(s);
 }
 
+struct sender {
+    int fd;
+    const char *p;
+    size_t n;
+};
+
+static void *send_thread(void *arg)
+{
+    struct sender *snd = arg;
+    send_all(snd->fd, snd->p, snd->n);
+    return NULL;
+}
+
+/* Thousands of pipelined requests from a client that reads nothing for a while: the
+ * server stops taking requests while answers wait to be sent (nothing grows without
+ * bound), and every answer arrives, in order, once the client reads. */
+static void test_pipelining_backpressure(void)
+{
+    struct server *s = server_start(NULL);
+    int fd = dial_rcvbuf(s, 4096); /* small: the server's output really backs up */
+    int n = 3000;
+    size_t one = strlen("GET /webhook?challenge=00000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    char *req = malloc(one * (size_t)n + 128), *p = req;
+    for (int i = 0; i < n; i++) {
+        p += sprintf(p, "GET /webhook?challenge=%05d HTTP/1.1\r\nHost: x\r\n\r\n", i);
+    }
+    p += sprintf(p, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    struct sender snd = {fd, req, (size_t)(p - req)};
+    pthread_t t;
+    pthread_create(&t, NULL, send_thread, &snd);
+    usleep(500000); /* read nothing meanwhile */
+    int closed;
+    char *all = read_until_close(fd, 20, &closed);
+    int got = 0, in_order = 1;
+    const char *q = all;
+    for (int i = 0; i < n; i++) {
+        char want[40];
+        snprintf(want, sizeof(want), "{\"challenge\":\"%05d\"}", i);
+        const char *hit = strstr(q, want);
+        if (hit == NULL) {
+            in_order = 0;
+            break;
+        }
+        got++;
+        q = hit + 1;
+    }
+    CHECK(closed && strstr(q, "{\"status\":\"ok\"}") != NULL);
+    free(all);
+    pthread_join(t, NULL);
+    CHECK(got == n);
+    CHECK(in_order);
+    free(req);
+    close(fd);
+    server_stop(s);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -800,5 +864,6 @@ int main(void)
     RUN(test_oversize_and_header_limit);
     RUN(test_trickling_clients_do_not_starve_webhooks);
     RUN(test_emfile_pauses_accepting);
+    RUN(test_pipelining_backpressure);
     return TEST_SUMMARY();
 }

@@ -330,6 +330,48 @@ static void test_long_file(void)
     free(text);
 }
 
+static void test_editor_artifacts_stripped(void)
+{
+    /* a UTF-8 BOM, CRLF and trailing blanks: stripped (with a warning on stderr) */
+    struct ab_secrets *s = load_text("\xEF\xBB\xBFk2  \r\n# c\r\nextra\t\r\n", NULL);
+    CHECK(ab_secrets_count(s) == 2);
+    CHECK(ab_signature_verify(s, SIG_K2_HELLO, HELLO, strlen(HELLO)) == 1);
+    CHECK(ab_signature_verify(s, SIG_EXTRA_HELLO, HELLO, strlen(HELLO)) == 1);
+    ab_secrets_free(s);
+    s = load_extra("k2 \n");
+    CHECK(ab_signature_verify(s, SIG_K2_HELLO, HELLO, strlen(HELLO)) == 1);
+    ab_secrets_free(s);
+}
+
+static void test_shared_references(void)
+{
+    struct ab_secrets *s = load_extra("k2");
+    CHECK(ab_secrets_ref(s) == s);
+    ab_secrets_free(s); /* one reference left */
+    CHECK(ab_signature_verify(s, SIG_K2_HELLO, HELLO, strlen(HELLO)) == 1);
+    /* the pre-keyed context gives what the one-shot computation gives, body after body */
+    char want[AB_SIGNATURE_B64_LEN + 1];
+    for (int i = 0; i < 3; i++) {
+        ab_signature_compute("k2", 2, HELLO, strlen(HELLO), want);
+        CHECK(ab_signature_verify(s, want, HELLO, strlen(HELLO)) == 1);
+    }
+    ab_secrets_free(s);
+    CHECK(ab_secrets_ref(NULL) == NULL);
+    /* keys of a block and longer (hashed first, RFC 2104) */
+    const size_t lens[] = {63, 64, 65, 200};
+    for (size_t k = 0; k < 4; k++) {
+        char key[201];
+        memset(key, 'k', lens[k]);
+        key[lens[k]] = '\0';
+        s = load_extra(key);
+        ab_signature_compute(key, lens[k], HELLO, strlen(HELLO), want);
+        CHECK(ab_signature_verify(s, want, HELLO, strlen(HELLO)) == 1);
+        ab_signature_compute(key, lens[k], "", 0, want);
+        CHECK(ab_signature_verify(s, want, "", 0) == 1);
+        ab_secrets_free(s);
+    }
+}
+
 static void test_unreadable_file(void)
 {
     char err[256] = "";
@@ -358,6 +400,8 @@ int main(void)
     RUN(test_comments_and_blanks);
     RUN(test_spaces_kept);
     RUN(test_long_file);
+    RUN(test_editor_artifacts_stripped);
+    RUN(test_shared_references);
     RUN(test_unreadable_file);
     return TEST_SUMMARY();
 }
