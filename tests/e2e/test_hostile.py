@@ -252,8 +252,9 @@ def test_descriptor_limit_too_low_refuses_to_start(daemon_factory):
 def test_two_content_lengths_400_and_close(daemon):
     s = dial(daemon)
     body = b'{"id":"1"}'
-    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: %d\r\n\r\n"
-              % len(body) + body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body +
+              b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     got = answers(read_all(s))
     s.close()
     assert len(got) == 1 and got[0][0] == 400
