@@ -65,7 +65,8 @@ static const struct ab_sink_ops *inner_ops_g;
 static struct ab_sink_ops spool_ops;
 
 /* Counters for /metrics (process-wide; one spool per process). */
-static atomic_long m_spooled, m_forwarded, m_forward_errors, m_full, m_late_acks, m_resent;
+static atomic_long m_spooled, m_forwarded, m_forward_errors, m_full, m_late_acks, m_resent,
+    m_unconfirmed;
 static struct spool_shared *metrics_sh;
 
 static int64_t now_ms(void)
@@ -217,14 +218,17 @@ static char *render_metrics(void)
         "could not be written.\n"
         "# TYPE almabridge_spool_full_total counter\nalmabridge_spool_full_total %ld\n"
         "# HELP almabridge_spool_duplicates_total Events that may reach the broker twice: a "
-        "late broker acknowledgement after --spool-after, or a resend after a forwarding "
-        "failure.\n"
+        "late broker acknowledgement after --spool-after, a resend of events acknowledged "
+        "after a forwarding failure, or a failure after the event was sent (the broker may "
+        "have stored it).\n"
         "# TYPE almabridge_spool_duplicates_total counter\n"
         "almabridge_spool_duplicates_total{cause=\"late_ack\"} %ld\n"
-        "almabridge_spool_duplicates_total{cause=\"resent\"} %ld\n",
+        "almabridge_spool_duplicates_total{cause=\"resent\"} %ld\n"
+        "almabridge_spool_duplicates_total{cause=\"unconfirmed\"} %ld\n",
         atomic_load(&sh->events), (long long)atomic_load(&sh->disk_bytes), oldest_age(sh),
         atomic_load(&m_spooled), atomic_load(&m_forwarded), atomic_load(&m_forward_errors),
-        atomic_load(&m_full), atomic_load(&m_late_acks), atomic_load(&m_resent));
+        atomic_load(&m_full), atomic_load(&m_late_acks), atomic_load(&m_resent),
+        atomic_load(&m_unconfirmed));
 }
 
 /* Start-up: where forwarding starts, what the spool holds, leftovers of an earlier run. */
@@ -474,11 +478,15 @@ static void on_inner_done(int status, const char *errstr, void *opaque)
         if (!r->append_pending) {
             sreq_answer(r, AB_SINK_OK, NULL);
         }
-    } else if (!r->spooled && !r->answered) {
+    } else if (r->spooled) {
+        atomic_fetch_add(&m_unconfirmed, 1); /* spooled after --spool-after; stored too? */
+    } else if (!r->answered) {
         snprintf(r->why, sizeof(r->why), "broker: %s%s%s", ab_sink_status_str(status),
                  errstr ? ": " : "", errstr ? errstr : "");
         if (spool_now(r) != 0) {
             sreq_answer(r, status, errstr);
+        } else {
+            atomic_fetch_add(&m_unconfirmed, 1); /* sent, then failed: stored or not? */
         }
     }
     sreq_maybe_free(r);
@@ -610,6 +618,7 @@ static void on_forwarded(int status, const char *errstr, void *opaque)
     } else {
         e->state = FE_FAILED;
         atomic_fetch_add(&m_forward_errors, 1);
+        atomic_fetch_add(&m_unconfirmed, 1); /* it is sent again; the broker may have it */
         if (!f->failed) {
             ab_warn("spool: forwarding failed (%s%s%s); retrying", ab_sink_status_str(status),
                     errstr ? ": " : "", errstr ? errstr : "");
