@@ -117,13 +117,21 @@ def test_job_id_alone_waits_for_the_next_run(setup):
 
 
 def test_since_bounds_how_far_back(setup):
-    if setup.sink == "file":
-        pytest.skip("the file has no arrival time; --since applies to the event's time there")
     old = new_id()
-    post_ok(setup.d, job_end_json(old))
-    time.sleep(2.5)
-    rc, _, _ = run("wait", "--job-instance", old, "--since", "1s", "--timeout", "3s", *setup.args)
+    if setup.sink == "file":
+        # the file has no arrival time: --since applies to the event's own time there
+        post_ok(setup.d, job_end_json(old, end=time.time() - 7200))
+        short, long_ = "1h", "3h"
+    else:  # Kafka's message timestamp, Redis' stream id: when the daemon wrote it
+        post_ok(setup.d, job_end_json(old))
+        time.sleep(2.5)
+        short, long_ = "1s", "1h"
+    rc, _, _ = run("wait", "--job-instance", old, "--since", short, "--timeout", "3s",
+                   *setup.args)
     assert rc == 3
+    rc, _, err = run("wait", "--job-instance", old, "--since", long_, "--timeout", "30s",
+                     *setup.args)
+    assert rc == 0, err
 
 
 def test_usage_and_connection_errors(tmp_path, redis):
