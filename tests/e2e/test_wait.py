@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemon import Daemon
+from daemon import Daemon, samples, with_id
 from jobs import (almabridge, bridge, finish, job_end_json, job_end_xml, kafka, new_id, post_ok,  # noqa: F401
                   redis, run, wait_ready)
 from services import RedisServer
@@ -215,9 +215,10 @@ def test_kafka_waiters_read_every_partition(kafka, tmp_path):
     sink = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic]
     with bridge(tmp_path, *sink) as d:
         insts = [new_id() for _ in range(6)]
-        for i in insts:
+        for i in insts:  # with other events in the same topic (--route without {action})
+            post_ok(d, with_id(dict(samples())["loan_created"], i))
             post_ok(d, job_end_json(i))
-        parts = {m["partition"] for m in kafka.consume(topic, count=6)}
+        parts = {m["partition"] for m in kafka.consume(topic, count=12)}
         assert len(parts) > 1  # keyed by webhook id: spread over the partitions
         waiters = [almabridge("wait", "--job-instance", i, "--timeout", "60s", *sink)
                    for i in insts]
