@@ -27,6 +27,7 @@
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
+#include "notify.h"
 #include "probe.h"
 #include "route.h"
 #include "server.h"
@@ -140,6 +141,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
+    ab_notify("RELOADING=1");
     ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
@@ -150,6 +152,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         ab_error("reload failed, keeping the current configuration: %s", err);
         ab_secrets_free(s);
         atomic_fetch_add(&ab_metrics_g.reload_failures, 1);
+        ab_notify("READY=1");
         return;
     }
     for (size_t i = 0; i < d->app.n_workers; i++) {
@@ -159,6 +162,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     atomic_fetch_add(&ab_metrics_g.reloads, 1);
     ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
     ab_secrets_free(s);
+    ab_notify("READY=1");
 }
 
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
@@ -184,6 +188,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     atomic_store(&ab_metrics_g.draining, 1);
+    ab_notify("STOPPING=1");
     ab_info("%s: draining (readyz 503) for %ld s, then stopping",
             sig == SIGINT ? "SIGINT" : "SIGTERM", d->cfg.drain_grace_s);
     struct timeval tv = {d->cfg.drain_grace_s, 0};
@@ -415,8 +420,8 @@ int main(int argc, char **argv)
     d.app.listen_fd = d.fd;
     raise_fd_limit();
     d.base = event_base_new();
-    start_workers(&d, secrets, ctx);
-    SSL_CTX_free(ctx);
+    /* the handlers are in place before the first request is served: a SIGTERM right after
+     * the first answer drains instead of killing (the callbacks run in the loop below) */
     struct event *sigs[3] = {
         evsignal_new(d.base, SIGTERM, on_stop_signal, &d),
         evsignal_new(d.base, SIGINT, on_stop_signal, &d),
@@ -425,9 +430,12 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_add(sigs[i], NULL);
     }
+    start_workers(&d, secrets, ctx);
+    SSL_CTX_free(ctx);
     ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
             d.app.n_workers);
+    ab_notify("READY=1"); /* systemd Type=notify: listening */
     event_base_dispatch(d.base);
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);
