@@ -51,6 +51,13 @@ def redis_ids(redis, key="alma:loan"):
         return [f["id"] for _, f in stream(r, key)]
 
 
+def no_sanitizer_reports(d):
+    err = d.stderr()
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer"):
+        assert marker not in err, err[-4000:]
+
+
 def spool_bridge(daemon_factory, url, spool, *extra, **kw):
     return daemon_factory(["--sink", "redis", "--redis", url, "--spool", str(spool)]
                           + [str(a) for a in extra], **kw)
@@ -332,6 +339,7 @@ def test_kafka_outage_under_load(kafka, tmp_path):
     finally:
         rc = d.stop()
     assert rc == 0, d.stderr()[-3000:]
+    no_sanitizer_reports(d)
 
 
 def test_kafka_sigkill_while_draining_then_restart(kafka, tmp_path):
@@ -369,3 +377,4 @@ def test_kafka_sigkill_while_draining_then_restart(kafka, tmp_path):
     finally:
         if d.proc.poll() is None:
             d.stop()
+    no_sanitizer_reports(d)
