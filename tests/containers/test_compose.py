@@ -181,8 +181,8 @@ def test_healthcheck_follows_listen_given_as_container_arguments():
     try:
         run = subprocess.run(
             ["docker", "run", "-d", "--name", name, "-e", "ALMABRIDGE_SECRET=x",
-             "almabridge:local", "--config", "/etc/almabridge/almabridge.conf",
-             "--listen", "0.0.0.0:9099", "--file", "/var/lib/almabridge/e.jsonl"],
+             "almabridge:local", "--listen", "0.0.0.0:9099",
+             "--file", "/var/lib/almabridge/e.jsonl"],
             capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
 
