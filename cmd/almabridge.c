@@ -420,8 +420,8 @@ int main(int argc, char **argv)
     d.app.listen_fd = d.fd;
     raise_fd_limit();
     d.base = event_base_new();
-    start_workers(&d, secrets, ctx);
-    SSL_CTX_free(ctx);
+    /* the handlers are in place before the first request is served: a SIGTERM right after
+     * the first answer drains instead of killing (the callbacks run in the loop below) */
     struct event *sigs[3] = {
         evsignal_new(d.base, SIGTERM, on_stop_signal, &d),
         evsignal_new(d.base, SIGINT, on_stop_signal, &d),
@@ -430,6 +430,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_add(sigs[i], NULL);
     }
+    start_workers(&d, secrets, ctx);
+    SSL_CTX_free(ctx);
     ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
             d.app.n_workers);

@@ -36,6 +36,7 @@
 #include "mem.h"
 #include "route.h"
 #include "sink.h"
+#include "sinks/kafka.h"
 #include "sinks/registry.h"
 
 #define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
@@ -792,7 +793,9 @@ int ab_cmd_wait(int argc, char **argv)
     } else if ((route = job_end_route(&c, institution, err, sizeof(err))) == NULL) {
         goto done;
     } else if (strcmp(c.sink, "kafka") == 0) {
-        rc = wait_kafka(&w, &c, route);
+        char topic[AB_KAFKA_TOPIC_MAX + 1];
+        ab_kafka_topic_name(route, topic); /* the name the daemon writes to */
+        rc = wait_kafka(&w, &c, topic);
     } else {
         rc = wait_redis(&w, &c, route);
     }

@@ -808,6 +808,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_conn *c = arg;
+    if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        /* idle, but answers are still going out to a slow reader: the bufferevent's write
+         * timeout (--read-timeout without progress) bounds that, not the idle timeout */
+        timer_set(c, c->w->cfg->idle_timeout_s * 1000);
+        return;
+    }
     if (c->state == S_HEAD || c->state == S_BODY) {
         atomic_fetch_add(&ab_metrics_g.request_timeouts, 1);
         ab_log_limited(&rl_timeout, AB_LOG_INFO,

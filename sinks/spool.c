@@ -480,6 +480,8 @@ static void on_inner_done(int status, const char *errstr, void *opaque)
         }
     } else if (r->spooled) {
         atomic_fetch_add(&m_unconfirmed, 1); /* spooled after --spool-after; stored too? */
+    } else if (status == AB_SINK_TOO_BIG) {
+        sreq_answer(r, status, errstr); /* 413: the spool could never forward it either */
     } else if (!r->answered) {
         snprintf(r->why, sizeof(r->why), "broker: %s%s%s", ab_sink_status_str(status),
                  errstr ? ": " : "", errstr ? errstr : "");
@@ -614,6 +616,13 @@ static void on_forwarded(int status, const char *errstr, void *opaque)
     struct fwd *f = e->f;
     f->inflight--;
     if (status == AB_SINK_OK) {
+        e->state = FE_ACKED;
+    } else if (status == AB_SINK_TOO_BIG) {
+        /* It can never be written: retrying would block the spool behind it for ever. */
+        ab_error("spool: a spooled event can never be written to the broker (%s); skipped, "
+                 "it stays in %s until its segment is removed",
+                 errstr ? errstr : "too big", f->s->sh->dir);
+        atomic_fetch_add(&m_forward_errors, 1);
         e->state = FE_ACKED;
     } else {
         e->state = FE_FAILED;

@@ -469,3 +469,60 @@ def test_ce_headers_off_is_pure_structured_mode(kafka, tmp_path):
         assert check_kafka_structured(mine[0])["id"] == wid  # the SDK reads it
     finally:
         stop_bridge(d)
+
+
+# ---- issue 8 item 7: events larger than the cluster accepts ----------------------------
+
+def _big(wid, size, compressible):
+    """The loan sample with id wid and an extra field of about size bytes, random (does not
+    compress) or repetitive (compresses well)."""
+    import base64
+    import os as _os
+    body = json.loads(_loan())
+    body["id"] = wid
+    blob = (base64.b64encode(_os.urandom(size * 3 // 4)).decode() if not compressible
+            else ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size])
+    body["note"] = blob
+    return json.dumps(body).encode()
+
+
+def test_events_larger_than_the_cluster_accepts(kafka, tmp_path):
+    """Item 7, against the real broker with a topic whose max.message.bytes is lowered to
+    100000: an event that can never fit (300 kB that does not compress) gets 413 (not 503
+    for ever) and a log line naming the limit and how to raise it; one that fits once
+    compressed (300 kB of text) is stored (200); small events keep working (the refusal
+    does not break the idempotent producer). On a default topic, an event over 1,000,000
+    bytes (the old fixed producer limit) within --max-body is stored (200)."""
+    kafka.create_topic("big.loan", config={"max.message.bytes": "100000"})
+    d = start_bridge(kafka, tmp_path, "--route", "big.{action}", threads=1)
+    try:
+        assert d.post(with_id(_loan(), new_id())).status == 200  # the limit is read now
+        deadline = time.monotonic() + 10
+        while "topic big.loan accepts messages up to 100000 bytes" not in d.stderr():
+            assert time.monotonic() < deadline, d.stderr()[-3000:]
+            time.sleep(0.1)
+        wid = new_id()
+        r = d.post(_big(wid, 300000, compressible=False), timeout=ANSWER_BOUND + 5)
+        assert r.status == 413, (r, d.stderr()[-3000:])
+        assert "max.message.bytes" in r.json()["error"], r.json()
+        log = d.stderr()
+        assert "can never be written to topic big.loan" in log, log[-3000:]
+        assert "at most 100000 bytes" in log and "--add-config max.message.bytes=" in log
+        assert "brokers accept messages up to" in log  # discovered at start-up too
+        text_id = new_id()
+        r = d.post(_big(text_id, 300000, compressible=True))
+        assert r.status == 200, (r, d.stderr()[-3000:])
+        small = new_id()
+        assert d.post(with_id(_loan(), small)).status == 200, d.stderr()[-3000:]
+        got = {json.loads(m["value"])["id"] for m in kafka.consume("big.loan")}
+        assert text_id in got and small in got and wid not in got
+    finally:
+        stop_bridge(d)
+    d = start_bridge(kafka, tmp_path, "--route", "huge.{action}", threads=1)
+    try:
+        wid = new_id()
+        r = d.post(_big(wid, 1500000, compressible=True), timeout=ANSWER_BOUND + 5)
+        assert r.status == 200, (r, d.stderr()[-3000:])
+        assert len(_find(kafka, "huge.loan", wid)) == 1
+    finally:
+        stop_bridge(d)

@@ -51,6 +51,13 @@ def redis_ids(redis, key="alma:loan"):
         return [f["id"] for _, f in stream(r, key)]
 
 
+def no_sanitizer_reports(d):
+    err = d.stderr()
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "WARNING: ThreadSanitizer"):
+        assert marker not in err, err[-4000:]
+
+
 def spool_bridge(daemon_factory, url, spool, *extra, **kw):
     return daemon_factory(["--sink", "redis", "--redis", url, "--spool", str(spool)]
                           + [str(a) for a in extra], **kw)
@@ -332,3 +339,42 @@ def test_kafka_outage_under_load(kafka, tmp_path):
     finally:
         rc = d.stop()
     assert rc == 0, d.stderr()[-3000:]
+    no_sanitizer_reports(d)
+
+
+def test_kafka_sigkill_while_draining_then_restart(kafka, tmp_path):
+    """The broker down: 200 events spooled; the broker back: SIGKILL the daemon while it
+    forwards, start it again: every id answered 200 is in the topic."""
+    spool = str(tmp_path / "spool")
+    args = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--spool", spool,
+            "--route", "alma.spoolkill", "--spool-segment-bytes", "50000"]
+    d = Daemon(args, tmpdir=str(tmp_path))
+    d.start()
+    try:
+        wait_until(lambda: d.get("/readyz").status == 200, 20, "readyz")
+        assert d.post(with_id(LOAN, new_id())).status == 200  # the topic exists
+        kafka.kill()
+        load = Load(d, threads=4, pause=0)
+        wait_until(lambda: len(load.ok()) >= 200, 120, "200 events spooled")
+        ledger = load.stop()
+        assert {st for _, st, _ in ledger} == {200}
+        ok = load.ok()
+        kafka.start()
+        wait_until(lambda: (metric(d, "almabridge_spool_forwarded_total") or 0) > 0, 60,
+                   "forwarding to start")
+        d.proc.send_signal(signal.SIGKILL)
+        d.proc.wait(10)
+        d = Daemon(args, tmpdir=str(tmp_path))
+        d.stderr_path = str(tmp_path / "stderr2.log")
+        d.start()
+        deadline = time.time() + 60
+        while True:
+            keys = {m["key"] for m in kafka.consume("alma.spoolkill")}
+            if set(ok) <= keys or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        assert set(ok) <= keys, len(set(ok) - keys)
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+    no_sanitizer_reports(d)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from daemon import Daemon
+from daemon import Daemon, samples, with_id
 from jobs import (almabridge, bridge, finish, job_end_json, job_end_xml, kafka, new_id, post_ok,  # noqa: F401
                   redis, run, wait_ready)
 from services import RedisServer
@@ -117,13 +117,21 @@ def test_job_id_alone_waits_for_the_next_run(setup):
 
 
 def test_since_bounds_how_far_back(setup):
-    if setup.sink == "file":
-        pytest.skip("the file has no arrival time; --since applies to the event's time there")
     old = new_id()
-    post_ok(setup.d, job_end_json(old))
-    time.sleep(2.5)
-    rc, _, _ = run("wait", "--job-instance", old, "--since", "1s", "--timeout", "3s", *setup.args)
+    if setup.sink == "file":
+        # the file has no arrival time: --since applies to the event's own time there
+        post_ok(setup.d, job_end_json(old, end=time.time() - 7200))
+        short, long_ = "1h", "3h"
+    else:  # Kafka's message timestamp, Redis' stream id: when the daemon wrote it
+        post_ok(setup.d, job_end_json(old))
+        time.sleep(2.5)
+        short, long_ = "1s", "1h"
+    rc, _, _ = run("wait", "--job-instance", old, "--since", short, "--timeout", "3s",
+                   *setup.args)
     assert rc == 3
+    rc, _, err = run("wait", "--job-instance", old, "--since", long_, "--timeout", "30s",
+                     *setup.args)
+    assert rc == 0, err
 
 
 def test_usage_and_connection_errors(tmp_path, redis):
@@ -207,9 +215,10 @@ def test_kafka_waiters_read_every_partition(kafka, tmp_path):
     sink = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic]
     with bridge(tmp_path, *sink) as d:
         insts = [new_id() for _ in range(6)]
-        for i in insts:
+        for i in insts:  # with other events in the same topic (--route without {action})
+            post_ok(d, with_id(dict(samples())["loan_created"], i))
             post_ok(d, job_end_json(i))
-        parts = {m["partition"] for m in kafka.consume(topic, count=6)}
+        parts = {m["partition"] for m in kafka.consume(topic, count=12)}
         assert len(parts) > 1  # keyed by webhook id: spread over the partitions
         waiters = [almabridge("wait", "--job-instance", i, "--timeout", "60s", *sink)
                    for i in insts]

@@ -378,7 +378,7 @@ static void test_json_scan_matches_old_front_end(void)
                 continue;
             }
             check_same(paths[i], body, len);
-            char *m = malloc(len + 64);
+            char *m = malloc(len + 128);
             for (int r = 0; r < rounds; r++, mutants++) {
                 size_t ml = len;
                 memcpy(m, body, len);
@@ -386,7 +386,7 @@ static void test_json_scan_matches_old_front_end(void)
                     seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
                     size_t at = ml ? seed % ml : 0;
                     unsigned char c = (unsigned char)interesting[(seed >> 20) % (sizeof(interesting) - 1)];
-                    switch ((seed >> 40) % 3) {
+                    switch ((seed >> 40) % 4) {
                     case 0:
                         if (ml) {
                             m[at] = (char)c;
@@ -397,11 +397,19 @@ static void test_json_scan_matches_old_front_end(void)
                         m[at] = (char)c;
                         ml++;
                         break;
-                    default:
+                    case 2:
                         if (ml) {
                             memmove(m + at, m + at + 1, ml - at - 1);
                             ml--;
                         }
+                        break;
+                    default: { /* a copy of up to 32 bytes from elsewhere: repeated keys */
+                        size_t from = ml ? (seed >> 8) % ml : 0, cl = (seed >> 50) % 33;
+                        cl = cl < ml - from ? cl : ml - from;
+                        memmove(m + at + cl, m + at, ml - at);
+                        memmove(m + at, m + (from < at ? from : from + cl), cl);
+                        ml += cl;
+                    }
                     }
                 }
                 char what[512];

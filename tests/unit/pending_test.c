@@ -107,17 +107,19 @@ static void test_timeout_once_and_late_answer_ignored(void)
     struct ab_pending_req *ra = ab_pending_add(pl, on_done, &a, 0);
     struct ab_pending_req *rb = ab_pending_add(pl, on_done, &b, 0);
     run_for(base, 60);
+    int64_t tc = now_ms();
     struct ab_pending_req *rc = ab_pending_add(pl, on_done, &c, 0); /* deadline ~t0+160 */
     complete(rb, AB_SINK_OK, NULL); /* answered before its deadline */
     while (a.calls == 0 && now_ms() - t0 < 2000) {
         run_for(base, 5);
     }
     int64_t took = now_ms() - t0;
-    CHECK(took >= 95 && took < 1000);
+    CHECK(took >= 95 && took < 2000);
     CHECK(a.calls == 1 && a.status == AB_SINK_TIMEOUT);
     CHECK(strstr(a.err, "100 ms") != NULL);
     CHECK(b.calls == 1 && b.status == AB_SINK_OK);
-    CHECK(c.calls == 0); /* its own deadline is later */
+    /* its own deadline is later (unless a loaded machine paused this thread past it) */
+    CHECK(c.calls == 0 || now_ms() - tc >= 100);
     complete(ra, AB_SINK_OK, NULL); /* the late answer: ignored, entry freed */
     while (c.calls == 0 && now_ms() - t0 < 2000) {
         run_for(base, 5);

@@ -18,7 +18,7 @@
 
 /* ---- a scripted broker ---- */
 
-enum mode { REFUSE, ACK, FAIL, HOLD };
+enum mode { REFUSE, ACK, FAIL, HOLD, TOO_BIG };
 
 static enum mode mode;
 static int mock_ready;
@@ -58,7 +58,10 @@ static int mock_submit(struct ab_sink *s, const struct ab_sink_msg *m, ab_sink_d
         return 0;
     }
     struct held *h = malloc(sizeof(*h));
-    *h = (struct held){cb, opaque, mode == ACK ? AB_SINK_OK : AB_SINK_ERROR};
+    *h = (struct held){cb, opaque,
+                       mode == ACK       ? AB_SINK_OK
+                       : mode == TOO_BIG ? AB_SINK_TOO_BIG
+                                         : AB_SINK_ERROR};
     struct timeval tv = {0, 1000};
     event_base_once(mk->evbase, -1, EV_TIMEOUT, on_answer, h, &tv);
     return 0;
@@ -240,6 +243,25 @@ static void test_acknowledged_is_not_spooled(void)
     fixture_close(&f);
 }
 
+/* An event the broker can never take is answered 413 (TOO_BIG), not spooled: the
+ * forwarder could never deliver it either. */
+static void test_too_big_is_not_spooled(void)
+{
+    struct fixture f;
+    fixture_open(&f, 1 << 20);
+    mode = TOO_BIG;
+    mock_ready = 1;
+    struct answer a = {0};
+    CHECK(submit(&f, "big", &a) == 0);
+    wait_answers(f.base, &a, 1);
+    CHECK(a.calls == 1 && a.status == AB_SINK_TOO_BIG);
+    struct ab_spool_summary s;
+    char err[128];
+    CHECK(ab_spool_summarise(f.dir, &s, err, sizeof(err)) == 0);
+    CHECK(s.events == 0);
+    fixture_close(&f);
+}
+
 /* No answer within --spool-after: spooled and answered 200; the late broker ack that
  * follows is not a second answer. */
 static void test_no_ack_within_spool_after_is_spooled(void)
@@ -328,6 +350,7 @@ int main(void)
     ab_log_level_min = AB_LOG_ERROR;
     RUN(test_refused_is_spooled_and_answered_later);
     RUN(test_acknowledged_is_not_spooled);
+    RUN(test_too_big_is_not_spooled);
     RUN(test_no_ack_within_spool_after_is_spooled);
     RUN(test_forwarded_in_order_and_segments_removed);
     RUN(test_full_spool_refuses);
