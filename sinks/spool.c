@@ -29,6 +29,7 @@
 #include "eventlog.h"
 #include "log.h"
 #include "mem.h"
+#include "pending.h"
 #include "metrics.h"
 #include "route.h"
 
@@ -368,6 +369,7 @@ struct spool_sink {
     struct event_base *evbase;
     struct ab_eventlog_client *client;
     struct fwd *fwd; /* NULL unless this instance forwards */
+    struct ab_pending *pending; /* the outer answers and their --ack-timeout deadline */
     int closing;
 };
 
@@ -375,8 +377,7 @@ struct spool_sink {
  * in time. Freed once answered and neither the broker nor the spool holds it. */
 struct sreq {
     struct spool_sink *s;
-    ab_sink_done_cb cb;
-    void *opaque;
+    struct ab_pending_req *req; /* the answer (core/pending.h: exactly once, by the deadline) */
     struct event *timer;
     char *value;
     size_t len;
@@ -391,12 +392,13 @@ static void sreq_answer(struct sreq *r, int status, const char *err)
     }
     r->answered = 1;
     evtimer_del(r->timer);
-    r->cb(status, err, r->opaque);
+    ab_pending_complete(r->req, status, err); /* ignored if --ack-timeout passed already */
 }
 
 static void sreq_maybe_free(struct sreq *r)
 {
     if (r->answered && !r->inner_pending && !r->append_pending) {
+        ab_pending_release(r->req);
         event_free(r->timer);
         free(r->value);
         free(r);
@@ -516,8 +518,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     }
     struct sreq *r = ab_calloc(1, sizeof(*r));
     r->s = s;
-    r->cb = cb;
-    r->opaque = opaque;
+    r->req = ab_pending_add(s->pending, cb, opaque, 0);
     r->value = ab_strndup(msg->value, msg->value_len);
     r->len = msg->value_len;
     r->timer = evtimer_new(s->evbase, on_spool_after, r);
@@ -533,6 +534,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     }
     snprintf(r->why, sizeof(r->why), "broker refused: %s", d);
     if (spool_now(r) != 0) {
+        ab_pending_cancel(r->req);
         event_free(r->timer);
         free(r->value);
         free(r);
@@ -872,6 +874,7 @@ static struct ab_sink *spool_open(const struct ab_sink_conf *conf, void *shared,
     s->inner = inner;
     s->evbase = base;
     s->client = ab_eventlog_client_new(sh->log, base);
+    s->pending = ab_pending_new(base, conf->ack_timeout_ms);
     int expected = 0;
     if (atomic_compare_exchange_strong(&sh->forwarder, &expected, 1)) {
         s->fwd = fwd_new(s);
@@ -965,6 +968,7 @@ static void spool_close(struct ab_sink *base, int timeout_ms)
     if (s->fwd) {
         fwd_free(s->fwd);
     }
+    ab_pending_free(s->pending); /* runs what is still due, CLOSED for what is left */
     free(s);
 }
 

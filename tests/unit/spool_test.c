@@ -150,7 +150,15 @@ static void wait_answers(struct event_base *base, struct answer *a, int n)
     }
 }
 
+static void fixture_open_ack(struct fixture *f, long max_bytes, long ack_ms);
+
 static void fixture_open(struct fixture *f, long max_bytes)
+{
+    fixture_open_ack(f, max_bytes, 4000);
+}
+
+/* With an --ack-timeout of ack_ms for the spool's own answers. */
+static void fixture_open_ack(struct fixture *f, long max_bytes, long ack_ms)
 {
     char err[256] = "";
     snprintf(f->dir, sizeof(f->dir), "/tmp/ab_spool_XXXXXX");
@@ -162,7 +170,7 @@ static void fixture_open(struct fixture *f, long max_bytes)
                                    .after_ms = 200,
                                    .max_bytes = max_bytes,
                                    .segment_bytes = 100};
-    f->conf = (struct ab_sink_conf){.opts = &f->sc, .ack_timeout_ms = 4000};
+    f->conf = (struct ab_sink_conf){.opts = &f->sc, .ack_timeout_ms = ack_ms};
     f->ops = ab_spool_wrap(&mock_ops);
     f->shared = NULL;
     CHECK(f->ops->global_init(&f->conf, &f->shared, err, sizeof(err)) == 0);
@@ -262,6 +270,23 @@ static void test_too_big_is_not_spooled(void)
     fixture_close(&f);
 }
 
+/* The spool's answer has the --ack-timeout deadline of every sink (core/pending.h): here
+ * before --spool-after, so the webhook gets TIMEOUT at the deadline, exactly once. */
+static void test_answer_has_the_ack_deadline(void)
+{
+    struct fixture f;
+    fixture_open_ack(&f, 1 << 20, 100);
+    mode = HOLD;
+    mock_ready = 1;
+    struct answer a = {0};
+    CHECK(submit(&f, "late", &a) == 0);
+    wait_answers(f.base, &a, 1);
+    CHECK(a.calls == 1 && a.status == AB_SINK_TIMEOUT);
+    run_for(f.base, 300); /* --spool-after spools it: no second answer */
+    CHECK(a.calls == 1);
+    fixture_close(&f);
+}
+
 /* No answer within --spool-after: spooled and answered 200; the late broker ack that
  * follows is not a second answer. */
 static void test_no_ack_within_spool_after_is_spooled(void)
@@ -351,6 +376,7 @@ int main(void)
     RUN(test_refused_is_spooled_and_answered_later);
     RUN(test_acknowledged_is_not_spooled);
     RUN(test_too_big_is_not_spooled);
+    RUN(test_answer_has_the_ack_deadline);
     RUN(test_no_ack_within_spool_after_is_spooled);
     RUN(test_forwarded_in_order_and_segments_removed);
     RUN(test_full_spool_refuses);
