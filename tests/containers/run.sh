@@ -97,7 +97,7 @@ libs=$(tests/kafka/fetch.sh) || fail "could not fetch the Kafka jars (tests/kafk
 kafka_tag=apache/kafka:$(basename "$(dirname "$libs")")
 grep -q "image: $kafka_tag\$" docker/compose.yaml ||
     fail "docker/compose.yaml does not name $kafka_tag, the Kafka version the tests use"
-hash=$(standin_hash "$standins"/kafka/* <(ls -l "$libs"))
+hash=$(standin_hash "$standins"/kafka/* <(ls "$libs"))  # jar names carry the versions
 if needs_build "$kafka_tag" "$hash"; then
     say "building the stand-in $kafka_tag (Debian's JRE + the Kafka jars)"
     ctx=$state/kafka-context

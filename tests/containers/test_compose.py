@@ -10,6 +10,7 @@ listener (the ledger), and the `events` consumer service prints them.
 Redis (docker/compose.redis.yaml): two replicas write to the stream through the Redis sink;
 every webhook answered 200 is an entry of the stream, and `events` prints them."""
 import http.client
+import json
 import os
 import subprocess
 import sys
@@ -171,3 +172,25 @@ def test_redis_variant_writes_through_the_redis_sink(tmp_path):
                    "the events service to print every entry")
     finally:
         st.down()
+
+
+def test_healthcheck_follows_listen_given_as_container_arguments():
+    """The image alone: `almabridge --probe` (the HEALTHCHECK) reads PID 1's arguments."""
+    name = f"abtest-probe-{os.getpid()}"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    try:
+        run = subprocess.run(
+            ["docker", "run", "-d", "--name", name, "-e", "ALMABRIDGE_SECRET=x",
+             "almabridge:local", "--listen", "0.0.0.0:9099",
+             "--file", "/var/lib/almabridge/e.jsonl"],
+            capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+
+        def health():
+            p = subprocess.run(["docker", "inspect", "-f", "{{json .State.Health}}", name],
+                               capture_output=True, text=True, check=True)
+            return json.loads(p.stdout)
+        wait_until(lambda: health()["Status"] == "healthy", 90, "the container to be healthy")
+        assert "http://127.0.0.1:9099/readyz: 200" in health()["Log"][-1]["Output"]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
