@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import KeepAlive, check_cloudevent, samples, with_id, xml_fixtures
+from daemon import KeepAlive, check_cloudevent, samples, wait_until, with_id, xml_fixtures
 from services import RedisServer
 
 ACK_MS = 2000
@@ -117,15 +117,6 @@ def start_bridge(daemon_factory, url, *extra, ack_ms=ACK_MS, wait_ready=True, **
         wait_until(lambda: d.get("/readyz").status == 200, 10,
                    lambda: f"not ready: {d.get('/readyz')} {d.stderr()[-2000:]}")
     return d
-
-
-def wait_until(cond, timeout, msg=lambda: "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s: {msg()}")
 
 
 def local(tag):

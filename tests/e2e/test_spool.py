@@ -7,7 +7,6 @@ refused. The outage under load lasts OUTAGE_S (the issue's 60 s shortened to kee
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -15,7 +14,7 @@ import time
 
 import pytest
 
-from daemon import BIN, Daemon, samples, with_id
+from daemon import BIN, Daemon, samples, wait_until, with_id
 from services import KafkaBroker, RedisServer
 from test_redis import Resp, stream
 
@@ -29,16 +28,6 @@ def new_id():
     with _seq_lock:
         _seq[0] += 1
         return str(_seq[0])
-
-
-def wait_until(cond, timeout, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def metric(d, name):
