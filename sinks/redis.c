@@ -50,6 +50,7 @@
 #include <hiredis/hiredis.h>
 
 #include "config.h"
+#include "http1.h"
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
@@ -116,40 +117,16 @@ static void redis_connect(struct redis_sink *rs);
 
 /* ---- the URL ------------------------------------------------------------------------ */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
-/* Percent-decode s[0..n) into a new string; NULL on a bad escape or an encoded NUL. */
+/* Percent-decode s[0..n) into a new string (the HTTP layer's decoder); NULL on a bad escape
+ * or an encoded NUL. */
 static char *pct_decode(const char *s, size_t n)
 {
     char *out = ab_malloc(n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            out[o++] = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        out[o++] = (char)(hi * 16 + lo);
-        i += 2;
+    long len = ab_url_decode(s, n, out, 0);
+    if (len < 0 || strlen(out) != (size_t)len) {
+        free(out);
+        return NULL;
     }
-    out[o] = '\0';
     return out;
 }
 
