@@ -7,6 +7,7 @@
 #include "log.h"
 #include "sink.h"
 #include "sinks/kafka.h"
+#include "loop.h"
 #include "test.h"
 
 #include <pthread.h>
@@ -34,13 +35,6 @@ struct req {
     int during_submit;
     int64_t submitted_ms, done_ms;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void on_done(int status, const char *errstr, void *opaque)
 {
@@ -118,7 +112,7 @@ static int run_until_ready(struct fixture *f, int want, int timeout_ms)
 }
 
 /* Run the loop for ms milliseconds. */
-static void run_for(struct fixture *f, int ms)
+static void run_fixture_for(struct fixture *f, int ms)
 {
     int64_t end = now_ms() + ms;
     while (now_ms() < end) {
@@ -359,7 +353,7 @@ static void test_success(void)
     }
     CHECK(run_until_calls(&f, reqs, N, N, 5000) == N);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
-    run_for(&f, 100); /* nothing more arrives */
+    run_fixture_for(&f, 100); /* nothing more arrives */
     CHECK(total_calls(reqs, N) == N);
     close_fixture(&f);
 
@@ -392,7 +386,7 @@ static void test_retriable_errors(void)
         accepted[i] = submit_nth(&f, "alma.retry", "retry", i, &reqs[i]) == 0;
         CHECK(accepted[i]);
         if (i % 10 == 9) {
-            run_for(&f, 50); /* several Produce requests, so several injected errors */
+            run_fixture_for(&f, 50); /* several Produce requests, so several injected errors */
         }
     }
     run_until_calls(&f, reqs, N, N, 8000);
@@ -432,7 +426,7 @@ static void test_late_ack(void)
     }
     run_until_calls(&f, reqs, N, N, 8000);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
-    run_for(&f, 200);
+    run_fixture_for(&f, 200);
     CHECK(total_calls(reqs, N) == N);
     CHECK(ab_sink_ready(f.sink) == 1); /* the reconnect does not leave it down */
     close_fixture(&f);
@@ -459,7 +453,7 @@ static void test_no_broker(void)
         accepted[i] = submit_nth(&f, "alma.loan", "nob", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
         CHECK(ab_sink_ready(f.sink) == 0);
-        run_for(&f, 100);
+        run_fixture_for(&f, 100);
     }
     int64_t elapsed = now_ms() - t0;
     /* 3 s of submits: those while connecting and in the 500 ms grace, then about one
@@ -502,7 +496,7 @@ static void test_broker_down_and_back(void)
     for (int i = 0; i < N; i++) {
         accepted[i] = submit_nth(&f, "alma.updown", "down", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
-        run_for(&f, 100);
+        run_fixture_for(&f, 100);
     }
     /* the 500 ms grace, then only the probes */
     CHECK(n_accepted <= 7 + (int)((now_ms() - t0) / 1000));
@@ -539,7 +533,7 @@ static void test_close_completes_outstanding(void)
     for (int i = 0; i < N; i++) {
         CHECK(submit_nth(&f, "alma.close", "close", i, &reqs[i]) == 0);
     }
-    run_for(&f, 200);
+    run_fixture_for(&f, 200);
     CHECK(total_calls(reqs, N) == 0);
     int64_t t0 = now_ms();
     ab_sink_kafka.close(f.sink, 100);

@@ -3,6 +3,7 @@
  * TIMEOUT at the deadline and the late answer ignored, CLOSED on close, holds. */
 #include "pending.h"
 
+#include "loop.h"
 #include "test.h"
 
 #include <stdint.h>
@@ -30,23 +31,6 @@ static void on_done(int status, const char *errstr, void *opaque)
     d->status = status;
     d->order = ++order_counter;
     snprintf(d->err, sizeof(d->err), "%s", errstr ? errstr : "");
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void run_for(struct event_base *base, int ms)
-{
-    int64_t end = now_ms() + ms;
-    struct timeval tv = {0, 5000};
-    while (now_ms() < end) {
-        event_base_loopexit(base, &tv);
-        event_base_dispatch(base);
-    }
 }
 
 static void complete(struct ab_pending_req *r, int status, const char *err)
