@@ -30,7 +30,7 @@ FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 # ThreadSanitizer builds link the C11-threads shim into every binary (tests/shim).
 SAN_OBJ   := $(if $(filter thread,$(SANITIZER)),$(BUILD)/obj/tests/shim/tsan_c11threads.o)
 
-.PHONY: all setup setup-test setup-fuzz test unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs
+.PHONY: all setup setup-test setup-fuzz test test-containers unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs
 .SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
@@ -67,7 +67,7 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
              libcjson-dev libxml2-dev curl openssl ca-certificates
 TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
-             haproxy jq valgrind
+             haproxy jq valgrind systemd
 VENV      := .cache/venv
 PYTHON    := $(VENV)/bin/python3
 define apt_install
@@ -93,6 +93,14 @@ setup-test:
 
 test: setup-test all
 	ALMABRIDGE_BUILD=$(BUILD) $(PYTHON) tests/run.py
+
+# The compose stacks built and run in a real container engine (Debian's docker.io; dockerd
+# is started with the vfs driver when none runs), with locally built stand-ins for the
+# public images: tests/containers/run.sh. CI runs it after `make test`.
+CONTAINER_DEBS := docker.io docker-compose mmdebstrap
+test-containers: setup-test
+	$(call apt_install,$(CONTAINER_DEBS))
+	PYTHON=$(abspath $(PYTHON)) tests/containers/run.sh
 
 unit: all
 	ALMABRIDGE_BUILD=$(BUILD) python3 tests/run.py --unit-only

@@ -27,6 +27,7 @@
 #include "mem.h"
 #include "metrics.h"
 #include "normalise.h"
+#include "notify.h"
 #include "probe.h"
 #include "route.h"
 #include "server.h"
@@ -55,22 +56,6 @@ static void die(const char *msg)
 {
     fprintf(stderr, "almabridge: %s\n", msg);
     exit(AB_CONFIG_ERROR);
-}
-
-/* Take ALMABRIDGE_SECRET and wipe it from the process's environment block, so that it is
- * neither inherited nor readable in /proc/<pid>/environ. */
-static char *take_env_secret(void)
-{
-    for (char **e = environ; e && *e; e++) {
-        if (strncmp(*e, "ALMABRIDGE_SECRET=", 18) == 0) {
-            char *v = *e + 18;
-            char *copy = ab_strdup(v);
-            memset(v, 0, strlen(v));
-            unsetenv("ALMABRIDGE_SECRET");
-            return copy;
-        }
-    }
-    return NULL;
 }
 
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
@@ -156,6 +141,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
     char err[512];
+    ab_notify("RELOADING=1");
     ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
@@ -166,6 +152,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
         ab_error("reload failed, keeping the current configuration: %s", err);
         ab_secrets_free(s);
         atomic_fetch_add(&ab_metrics_g.reload_failures, 1);
+        ab_notify("READY=1");
         return;
     }
     for (size_t i = 0; i < d->app.n_workers; i++) {
@@ -175,6 +162,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     atomic_fetch_add(&ab_metrics_g.reloads, 1);
     ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
     ab_secrets_free(s);
+    ab_notify("READY=1");
 }
 
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
@@ -200,6 +188,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
         return;
     }
     atomic_store(&ab_metrics_g.draining, 1);
+    ab_notify("STOPPING=1");
     ab_info("%s: draining (readyz 503) for %ld s, then stopping",
             sig == SIGINT ? "SIGINT" : "SIGTERM", d->cfg.drain_grace_s);
     struct timeval tv = {d->cfg.drain_grace_s, 0};
@@ -226,23 +215,24 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     }
     ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
     d->app.sink_conf = &d->sink.conf;
-    if (cfg->spool) {
+    const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
+    if (spool->dir) {
         if (strcmp(d->app.sink_ops->name, "file") == 0) {
             snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
                                   "itself a local fsync'd log");
             return -1;
         }
-        if (cfg->spool_after_ms >= cfg->ack_timeout_ms) {
+        if (spool->after_ms >= cfg->ack_timeout_ms) {
             snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
-                     cfg->spool_after_ms, cfg->ack_timeout_ms);
+                     spool->after_ms, cfg->ack_timeout_ms);
             return -1;
         }
         d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
                                           .inner_conf = d->sink.conf,
-                                          .dir = cfg->spool,
-                                          .after_ms = cfg->spool_after_ms,
-                                          .max_bytes = cfg->spool_max_bytes,
-                                          .segment_bytes = cfg->spool_segment_bytes,
+                                          .dir = spool->dir,
+                                          .after_ms = spool->after_ms,
+                                          .max_bytes = spool->max_bytes,
+                                          .segment_bytes = spool->segment_bytes,
                                           .route = cfg->route};
         d->spool_conf = d->sink.conf;
         d->spool_conf.opts = &d->spool;
@@ -387,7 +377,7 @@ int main(int argc, char **argv)
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
     }
-    d.env_secret = take_env_secret();
+    d.env_secret = ab_cli_take_env("ALMABRIDGE_SECRET"); /* wiped from the environment */
     if (ab_config_load(&d.cfg, ab_sinks, argc, argv, environ, err, sizeof(err)) != AB_CONFIG_OK) {
         die(err);
     }
@@ -430,8 +420,8 @@ int main(int argc, char **argv)
     d.app.listen_fd = d.fd;
     raise_fd_limit();
     d.base = event_base_new();
-    start_workers(&d, secrets, ctx);
-    SSL_CTX_free(ctx);
+    /* the handlers are in place before the first request is served: a SIGTERM right after
+     * the first answer drains instead of killing (the callbacks run in the loop below) */
     struct event *sigs[3] = {
         evsignal_new(d.base, SIGTERM, on_stop_signal, &d),
         evsignal_new(d.base, SIGINT, on_stop_signal, &d),
@@ -440,9 +430,12 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_add(sigs[i], NULL);
     }
+    start_workers(&d, secrets, ctx);
+    SSL_CTX_free(ctx);
     ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
             d.app.n_workers);
+    ab_notify("READY=1"); /* systemd Type=notify: listening */
     event_base_dispatch(d.base);
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);

@@ -114,19 +114,34 @@ int ab_cli_parse(int argc, char **argv, const struct ab_cli_opt *opts, size_t no
     return 0;
 }
 
-void ab_cli_usage(const char *synopsis, const char *about, const struct ab_cli_opt *opts,
-                  size_t nopts, const char *footer)
+static void usage(const struct ab_cli_cmd *cmd)
 {
-    printf("usage: %s\n\n%s\n\n", synopsis, about);
-    for (size_t i = 0; i < nopts; i++) {
+    printf("usage: %s\n\n%s\n\n", cmd->synopsis, cmd->about);
+    for (size_t i = 0; i < cmd->nopts; i++) {
+        const struct ab_cli_opt *o = &cmd->opts[i];
         char syn[80];
-        snprintf(syn, sizeof(syn), "--%s%s%s", opts[i].name, opts[i].has_arg ? " " : "",
-                 opts[i].has_arg && opts[i].metavar ? opts[i].metavar : "");
-        printf("  %-28s %s\n", syn, opts[i].help);
+        snprintf(syn, sizeof(syn), "--%s%s%s", o->name, o->has_arg ? " " : "",
+                 o->has_arg && o->metavar ? o->metavar : "");
+        printf("  %-28s %s\n", syn, o->help);
     }
-    if (footer) {
-        printf("\n%s\n", footer);
+    if (cmd->footer) {
+        printf("\n%s\n", cmd->footer);
     }
+}
+
+int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char **pos,
+                 size_t *npos, char **rest, int *nrest, char *err, size_t errlen)
+{
+    int help = 0;
+    if (ab_cli_parse(argc, argv, cmd->opts, cmd->nopts, pos, npos, rest, nrest, &help, err,
+                     errlen) != 0) {
+        return -1;
+    }
+    if (help) {
+        usage(cmd);
+        return 1;
+    }
+    return 0;
 }
 
 /* The only function that knows where the server keeps its sink settings. */
@@ -244,24 +259,31 @@ static char *secret_from_file(const char *path, char *err, size_t errlen)
     return out;
 }
 
+char *ab_cli_take_env(const char *name)
+{
+    size_t n = strlen(name);
+    for (char **e = environ; e && *e; e++) {
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=') {
+            char *v = *e + n + 1;
+            char *copy = ab_strdup(v);
+            memset(v, 0, strlen(v));
+            unsetenv(name);
+            return copy;
+        }
+    }
+    return NULL;
+}
+
 char *ab_cli_secret(const char *file, char *err, size_t errlen)
 {
     if (file != NULL) {
         return secret_from_file(file, err, errlen);
     }
-    for (char **e = environ; e && *e; e++) {
-        if (strncmp(*e, "ALMABRIDGE_SECRET=", 18) == 0) {
-            char *v = *e + 18;
-            char *copy = ab_strdup(v);
-            memset(v, 0, strlen(v));
-            unsetenv("ALMABRIDGE_SECRET");
-            if (*copy) {
-                return copy;
-            }
-            free(copy);
-            break;
-        }
+    char *s = ab_cli_take_env("ALMABRIDGE_SECRET");
+    if (s && *s) {
+        return s;
     }
+    free(s);
     snprintf(err, errlen, "no secret to sign with: give --secret-file FILE or set "
                           "ALMABRIDGE_SECRET (or --unsigned to send without a signature)");
     return NULL;

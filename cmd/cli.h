@@ -39,9 +39,19 @@ int ab_cli_parse(int argc, char **argv, const struct ab_cli_opt *opts, size_t no
                  const char **pos, size_t *npos, char **rest, int *nrest, int *help, char *err,
                  size_t errlen);
 
-/* Print a subcommand's usage: a synopsis line, a paragraph and its option table. */
-void ab_cli_usage(const char *synopsis, const char *about, const struct ab_cli_opt *opts,
-                  size_t nopts, const char *footer);
+/* A subcommand: its options and its --help text. */
+struct ab_cli_cmd {
+    const char *synopsis; /* "almabridge wait --job-instance ID [options]" */
+    const char *about;    /* a paragraph */
+    const char *footer;   /* after the option table, or NULL */
+    const struct ab_cli_opt *opts;
+    size_t nopts;
+};
+
+/* ab_cli_parse() for cmd, and --help: returns 0 to go on, 1 when the help was printed (the
+ * command exits 0), -1 with one line in err. */
+int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char **pos,
+                 size_t *npos, char **rest, int *nrest, char *err, size_t errlen);
 
 /* What a consumer command needs from the server's configuration: the sink, its route and
  * key templates and the connection settings. Every string is owned by the struct. */
@@ -73,6 +83,11 @@ int ab_cli_duration_ms(const char *s, int64_t *ms);
 /* Milliseconds since the epoch / on the monotonic clock. */
 int64_t ab_cli_now_ms(void);
 int64_t ab_cli_mono_ms(void);
+
+/* The value of the environment variable `name`, copied, then wiped from the process's
+ * environment block (so neither children nor /proc/<pid>/environ see it); NULL when unset.
+ * Caller wipes and frees. */
+char *ab_cli_take_env(const char *name);
 
 /* The webhook secret for signing: the first secret line of `file` (blank lines and '#'
  * comments skipped, trailing CR/LF stripped, as the daemon reads it) or else

@@ -1,7 +1,9 @@
 /* almabridge --probe [URL]: ask a running almabridge whether it is ready, for a container's
  * HEALTHCHECK (the image has no curl). Without a URL it follows the daemon's own
  * configuration: GET /readyz on --listen (0.0.0.0 and [::] become the loopback address),
- * over TLS when --tls-cert is set. Exit 0 when the answer is 2xx, 1 otherwise. */
+ * over TLS when --tls-cert is set, with the options of the probe's command line, or of
+ * PID 1's when --probe comes alone and PID 1 is almabridge (a container), plus the
+ * environment and the config file. Exit 0 when the answer is 2xx, 1 otherwise. */
 #include "probe.h"
 
 #include <signal.h>
@@ -86,6 +88,38 @@ static int url_from_config(int argc, char **argv, char **envp, struct url *u)
     return 0;
 }
 
+/* In a container the daemon is PID 1: when --probe comes alone, take PID 1's command line
+ * (if PID 1 is almabridge), so that the image's HEALTHCHECK follows options given as the
+ * container's arguments as well as the environment. NULL otherwise; the caller frees it. */
+static char **pid1_argv(int *argc)
+{
+    char buf[16384];
+    char **v = NULL;
+    FILE *f = fopen("/proc/1/cmdline", "r");
+    size_t len = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f) {
+        fclose(f);
+    }
+    if (len == 0 || len == sizeof(buf) - 1) {
+        return NULL;
+    }
+    buf[len] = '\0';
+    const char *base = strrchr(buf, '/');
+    if (strcmp(base ? base + 1 : buf, "almabridge") != 0) {
+        return NULL;
+    }
+    int n = 0;
+    for (size_t i = 0; i < len; i++) {
+        n += buf[i] == '\0';
+    }
+    v = ab_calloc((size_t)n + 1, sizeof(*v));
+    *argc = 0;
+    for (const char *a = buf; a < buf + len; a += strlen(a) + 1) {
+        v[(*argc)++] = ab_strdup(a);
+    }
+    return v;
+}
+
 /* One GET with Connection: close; returns the HTTP status, or -1. The certificate is not
  * verified: the probe asks its own process, usually over the loopback interface. */
 static int http_get(const struct url *u)
@@ -163,8 +197,17 @@ int ab_probe_main(int argc, char **argv, char **envp)
         fprintf(stderr, "almabridge --probe: not an http:// or https:// URL: %s\n", given);
         goto done;
     }
-    if (!given && url_from_config(n, rest, envp, &u) != 0) {
-        goto done;
+    if (!given) {
+        int pn = 0;
+        char **pv = argc == 2 ? pid1_argv(&pn) : NULL;
+        int bad = pv ? url_from_config(pn, pv, envp, &u) : url_from_config(n, rest, envp, &u);
+        for (int i = 0; pv && i < pn; i++) {
+            free(pv[i]);
+        }
+        free(pv);
+        if (bad) {
+            goto done;
+        }
     }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);

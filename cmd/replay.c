@@ -576,7 +576,7 @@ static int slot_fill(struct replay *rp, struct slot *s, const char *line, size_t
     s->type = s->type ? s->type : ab_strdup("com.exlibrisgroup.alma");
     s->source = s->source ? s->source : ab_strdup("urn:alma:unknown");
     s->route = ab_route_expand(rp->route, &ev);
-    s->key = rp->key ? ab_route_expand(rp->key, &ev) : NULL;
+    s->key = rp->key ? ab_route_expand_raw(rp->key, &ev) : NULL; /* as the daemon's */
     s->value = ab_strndup(line, len);
     s->len = len;
     rc = 0;
@@ -823,20 +823,17 @@ int ab_cmd_replay(int argc, char **argv)
         {"no-dedup", 0, &no_dedup, NULL, "do not read the ids already in the target"},
         {"all", 0, &all, NULL, "a spool directory: also the events already forwarded"},
     };
-    size_t nopts = sizeof(opts) / sizeof(opts[0]);
+    const struct ab_cli_cmd cmd = {
+        "almabridge replay --from FILE|DIR --sink kafka|redis [options]", REPLAY_ABOUT,
+        REPLAY_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
     static struct replay rp; /* big (the ring): not on the stack */
     char **rest = ab_calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0, help = 0, rc = AB_EXIT_USAGE;
+    int nrest = 0, rc = AB_EXIT_USAGE, started;
     char err[1024] = "", *end = NULL;
 
-    if (ab_cli_parse(argc, argv, opts, nopts, NULL, NULL, rest, &nrest, &help, err,
-                     sizeof(err)) != 0) {
-        goto done;
-    }
-    if (help) {
-        ab_cli_usage("almabridge replay --from FILE|DIR --sink kafka|redis [options]",
-                     REPLAY_ABOUT, opts, nopts, REPLAY_FOOTER);
-        rc = AB_EXIT_OK;
+    if ((started = ab_cli_start(&cmd, argc, argv, NULL, NULL, rest, &nrest, err,
+                                sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
     rp.rate = strtod(rate, &end);

@@ -55,6 +55,20 @@ struct http_call {
     char err[512];
 };
 
+/* The TLS failure behind a failed request (certificate not verified, handshake refused)
+ * into call->err; 0 when there is none. */
+static int tls_error(struct http_call *call)
+{
+    unsigned long e = call->bev ? bufferevent_get_openssl_error(call->bev) : 0;
+    if (e == 0) {
+        return 0;
+    }
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof(buf));
+    snprintf(call->err, sizeof(call->err), "TLS: %s", buf);
+    return 1;
+}
+
 /* Loop thread: the answer, or NULL/0 when the request failed. */
 static void on_response(struct evhttp_request *req, void *arg)
 {
@@ -68,16 +82,8 @@ static void on_response(struct evhttp_request *req, void *arg)
         call->body = ab_malloc(call->body_len + 1);
         evbuffer_remove(in, call->body, call->body_len);
         call->body[call->body_len] = '\0';
-    } else if (call->err[0] == '\0') {
-        unsigned long ssl_err = call->bev ? bufferevent_get_openssl_error(call->bev) : 0;
-        if (ssl_err) {
-            char buf[256];
-            ERR_error_string_n(ssl_err, buf, sizeof(buf));
-            snprintf(call->err, sizeof(call->err), "TLS: %s", buf);
-        } else {
-            snprintf(call->err, sizeof(call->err),
-                     "no answer: connection refused, reset or closed");
-        }
+    } else if (call->err[0] == '\0' && !tls_error(call)) {
+        snprintf(call->err, sizeof(call->err), "no answer: connection refused, reset or closed");
     }
     event_base_loopbreak(call->base);
 }
@@ -85,15 +91,11 @@ static void on_response(struct evhttp_request *req, void *arg)
 static void on_request_error(enum evhttp_request_error e, void *arg)
 {
     struct http_call *call = arg;
-    static const char *const what[] = {"timed out", "connection refused or closed without an answer",
+    static const char *const what[] = {"timed out",
+                                       "connection refused or closed without an answer",
                                        "connection error", "request cancelled",
                                        "answer malformed or too large"};
-    unsigned long ssl_err = call->bev ? bufferevent_get_openssl_error(call->bev) : 0;
-    if (ssl_err) {
-        char buf[256];
-        ERR_error_string_n(ssl_err, buf, sizeof(buf));
-        snprintf(call->err, sizeof(call->err), "TLS: %s", buf);
-    } else {
+    if (!tls_error(call)) {
         snprintf(call->err, sizeof(call->err), "%s",
                  (int)e >= 0 && (size_t)e < sizeof(what) / sizeof(what[0]) ? what[e] : "error");
     }
@@ -256,6 +258,13 @@ done:
     return call->status > 0 ? 0 : -1;
 }
 
+/* The answer on stdout: "HTTP <status> <reason>", then the body. */
+static void print_answer(const struct http_call *call)
+{
+    printf("HTTP %d %s\n%s%s", call->status, call->reason, call->body,
+           call->body_len && call->body[call->body_len - 1] != '\n' ? "\n" : "");
+}
+
 static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
 {
     FILE *fp = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
@@ -314,20 +323,18 @@ int ab_cmd_send(int argc, char **argv)
         {"content-type", 1, &ctype, "TYPE", "default: application/xml or application/json"},
         {"unsigned", 0, &unsigned_, NULL, "send no X-Exl-Signature (to test the refusal)"},
     };
-    size_t nopts = sizeof(opts) / sizeof(opts[0]), npos = 1;
+    const struct ab_cli_cmd cmd = {"almabridge send FILE --url URL [options]", SEND_ABOUT, NULL,
+                                   opts, sizeof(opts) / sizeof(opts[0])};
+    size_t npos = 1;
     const char *file = NULL;
     char err[1024] = "", *body = NULL, *secret = NULL;
-    int help = 0, rc = AB_EXIT_USAGE;
+    int rc = AB_EXIT_USAGE, started;
     size_t len = 0;
     struct http_call call = {0};
 
-    if (ab_cli_parse(argc, argv, opts, nopts, &file, &npos, NULL, NULL, &help, err,
-                     sizeof(err)) != 0) {
-        goto done;
-    }
-    if (help) {
-        ab_cli_usage("almabridge send FILE --url URL [options]", SEND_ABOUT, opts, nopts, NULL);
-        rc = AB_EXIT_OK;
+    if ((started = ab_cli_start(&cmd, argc, argv, &file, &npos, NULL, NULL, err,
+                                sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
     if (npos != 1 || url == NULL) {
@@ -350,8 +357,7 @@ int ab_cmd_send(int argc, char **argv)
         snprintf(err, sizeof(err), "%s: %s", url, call.err);
         goto done;
     }
-    printf("HTTP %d %s\n%s%s", call.status, call.reason, call.body,
-           call.body_len && call.body[call.body_len - 1] != '\n' ? "\n" : "");
+    print_answer(&call);
     rc = call.status >= 200 && call.status < 300 ? AB_EXIT_OK : AB_EXIT_FAILED;
 done:
     if (rc == AB_EXIT_USAGE && err[0]) {
@@ -388,20 +394,18 @@ int ab_cmd_challenge(int argc, char **argv)
         {"cacert", 1, &cacert, "FILE", "PEM CA certificate(s) to verify the server with"},
         {"insecure", 0, &insecure, NULL, "do not verify the server's certificate"},
     };
-    size_t nopts = sizeof(opts) / sizeof(opts[0]), npos = 1;
+    const struct ab_cli_cmd cmd = {"almabridge challenge URL [options]", CHALLENGE_ABOUT, NULL,
+                                   opts, sizeof(opts) / sizeof(opts[0])};
+    size_t npos = 1;
     char err[1024] = "", *full = NULL;
-    int help = 0, rc = AB_EXIT_USAGE;
+    int rc = AB_EXIT_USAGE, started;
     struct http_call call = {0};
     unsigned char rnd[12];
     char token[32];
 
-    if (ab_cli_parse(argc, argv, opts, nopts, &url, &npos, NULL, NULL, &help, err,
-                     sizeof(err)) != 0) {
-        goto done;
-    }
-    if (help) {
-        ab_cli_usage("almabridge challenge URL [options]", CHALLENGE_ABOUT, opts, nopts, NULL);
-        rc = AB_EXIT_OK;
+    if ((started = ab_cli_start(&cmd, argc, argv, &url, &npos, NULL, NULL, err,
+                                sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
     if (npos != 1) {
@@ -419,8 +423,7 @@ int ab_cmd_challenge(int argc, char **argv)
         snprintf(err, sizeof(err), "%s: %s", url, call.err);
         goto done;
     }
-    printf("HTTP %d %s\n%s%s", call.status, call.reason, call.body,
-           call.body_len && call.body[call.body_len - 1] != '\n' ? "\n" : "");
+    print_answer(&call);
     if (call.status == 200 && echoes(call.body, token)) {
         printf("challenge %s echoed: OK\n", token);
         rc = AB_EXIT_OK;

@@ -36,6 +36,7 @@
 #include "mem.h"
 #include "route.h"
 #include "sink.h"
+#include "sinks/kafka.h"
 #include "sinks/registry.h"
 
 #define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
@@ -754,22 +755,19 @@ int ab_cmd_wait(int argc, char **argv)
         {"success", 1, &success, "STATUS,...", "statuses meaning success (COMPLETED_SUCCESS)"},
         {"verbose", 0, &verbose, NULL, "report the outcome on stderr also on success"},
     };
-    size_t nopts = sizeof(opts) / sizeof(opts[0]);
+    const struct ab_cli_cmd cmd = {
+        "almabridge wait --job-instance ID | --job-id ID [options] [sink options]", WAIT_ABOUT,
+        WAIT_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
     char **rest = ab_calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0, help = 0, rc = AB_EXIT_USAGE;
+    int nrest = 0, rc = AB_EXIT_USAGE, started;
     char err[1024] = "";
     struct ab_cli_sinkcfg c = {0};
     char *route = NULL;
     int64_t since_ms = 0, timeout_ms = -1;
 
-    if (ab_cli_parse(argc, argv, opts, nopts, NULL, NULL, rest, &nrest, &help, err,
-                     sizeof(err)) != 0) {
-        goto done;
-    }
-    if (help) {
-        ab_cli_usage("almabridge wait --job-instance ID | --job-id ID [options] [sink options]",
-                     WAIT_ABOUT, opts, nopts, WAIT_FOOTER);
-        rc = AB_EXIT_OK;
+    if ((started = ab_cli_start(&cmd, argc, argv, NULL, NULL, rest, &nrest, err,
+                                sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
     if (instance == NULL && job == NULL) {
@@ -795,7 +793,9 @@ int ab_cmd_wait(int argc, char **argv)
     } else if ((route = job_end_route(&c, institution, err, sizeof(err))) == NULL) {
         goto done;
     } else if (strcmp(c.sink, "kafka") == 0) {
-        rc = wait_kafka(&w, &c, route);
+        char topic[AB_KAFKA_TOPIC_MAX + 1];
+        ab_kafka_topic_name(route, topic); /* the name the daemon writes to */
+        rc = wait_kafka(&w, &c, topic);
     } else {
         rc = wait_redis(&w, &c, route);
     }

@@ -121,20 +121,6 @@ static const struct ab_option options[] = {
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
              "{id}, e.g. alma.{action}; default: the sink's own"},
-    /* Spool (sinks/spool.c) */
-    {.name = "spool", .type = AB_OPT_STRING, .off = OFF(spool), .group = "Spool", .metavar = "DIR",
-     .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
-             "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
-    {.name = "spool-after", .type = AB_OPT_LONG, .def = "1500", .min = 1, .max = 60000,
-     .off = OFF(spool_after_ms), .group = "Spool", .metavar = "MS",
-     .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
-    {.name = "spool-max-bytes", .type = AB_OPT_LONG, .def = "1073741824", .min = 1,
-     .max = LONG_MAX, .off = OFF(spool_max_bytes), .group = "Spool", .metavar = "BYTES",
-     .help = "the spool's size limit on disk; when full, 503 as without a spool"},
-    {.name = "spool-segment-bytes", .type = AB_OPT_LONG, .def = "16777216", .min = 1,
-     .max = LONG_MAX, .off = OFF(spool_segment_bytes), .group = "Spool", .metavar = "BYTES",
-     .help = "start a new spool segment file after this many bytes (a segment is removed once "
-             "all its events were forwarded)"},
     /* Logging */
     {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",
@@ -198,7 +184,11 @@ static void view_init(struct optview *vw, const struct ab_sink_ops *const *sinks
     memset(vw, 0, sizeof(*vw));
     vw->sink_names = ab_strdup("");
     for (size_t i = 0; sinks && sinks[i]; i++) {
-        char *names = ab_asprintf("%s%s%s", vw->sink_names, i ? "|" : "", sinks[i]->name);
+        if (sinks[i]->flags & AB_SINK_WRAPS) {
+            continue;
+        }
+        char *names = ab_asprintf("%s%s%s", vw->sink_names, vw->sink_names[0] ? "|" : "",
+                                  sinks[i]->name);
         free(vw->sink_names);
         vw->sink_names = names;
     }
@@ -975,6 +965,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .ack_timeout_ms = cfg->ack_timeout_ms,
         .max_body = cfg->max_body,
         .check_only = cfg->check_config,
+        .route = cfg->route,
     };
 }
 

@@ -95,10 +95,6 @@ struct ab_config {
     /* sinks */
     char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
-    char *spool; /* --spool DIR (sinks/spool.c), NULL = no spool */
-    long spool_after_ms;
-    long spool_max_bytes;
-    long spool_segment_bytes;
     /* process */
     char *config_file;
     char *log_level;

@@ -482,8 +482,13 @@ static int scan_close(struct scan *s)
 /* Index of the first byte from i on that is not JSON whitespace (or n). */
 static inline size_t skip_space(const unsigned char *p, size_t n, size_t i)
 {
+    uint32_t four;
     while (i < n && space[p[i]]) {
         i++;
+        /* indentation: four spaces at a time */
+        while (n - i >= 4 && (memcpy(&four, p + i, 4), four == 0x20202020u)) {
+            i += 4;
+        }
     }
     return i;
 }

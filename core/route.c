@@ -130,9 +130,10 @@ static char route_char(unsigned char c)
     return '_';
 }
 
-/* Append segment s expanded for ev at out (when out is not NULL); returns its length. */
+/* Append segment s expanded for ev at out (when out is not NULL); returns its length.
+ * raw: placeholder values as they are, else lower case and sanitised (route_char). */
 static size_t expand_seg(const struct ab_route *r, const struct seg *s,
-                         const struct ab_event *ev, char *out)
+                         const struct ab_event *ev, int raw, char *out)
 {
     if (s->kind == SEG_TEXT) {
         if (out != NULL) {
@@ -146,26 +147,36 @@ static size_t expand_seg(const struct ab_route *r, const struct seg *s,
     }
     size_t len = strlen(v);
     for (size_t i = 0; out != NULL && i < len; i++) {
-        out[i] = route_char((unsigned char)v[i]);
+        out[i] = raw ? v[i] : route_char((unsigned char)v[i]);
     }
     return len;
+}
+
+static char *expand(const struct ab_route *r, const struct ab_event *ev, int raw)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        len += expand_seg(r, &r->segs[i], ev, raw, NULL);
+    }
+    char *out = ab_malloc(len + 1);
+    size_t pos = 0;
+    for (size_t i = 0; i < r->n; i++) {
+        pos += expand_seg(r, &r->segs[i], ev, raw, out + pos);
+    }
+    out[pos] = '\0';
+    return out;
 }
 
 /* Expand r for ev (NULL: every placeholder is absent). Returns a new string owned by the
  * caller. Pure; callable from any thread. */
 char *ab_route_expand(const struct ab_route *r, const struct ab_event *ev)
 {
-    size_t len = 0;
-    for (size_t i = 0; i < r->n; i++) {
-        len += expand_seg(r, &r->segs[i], ev, NULL);
-    }
-    char *out = ab_malloc(len + 1);
-    size_t pos = 0;
-    for (size_t i = 0; i < r->n; i++) {
-        pos += expand_seg(r, &r->segs[i], ev, out + pos);
-    }
-    out[pos] = '\0';
-    return out;
+    return expand(r, ev, 0);
+}
+
+char *ab_route_expand_raw(const struct ab_route *r, const struct ab_event *ev)
+{
+    return expand(r, ev, 1);
 }
 
 void ab_route_free(struct ab_route *r)

@@ -144,6 +144,13 @@ static void list_touch(struct ab_conn *c)
 
 int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, size_t errlen)
 {
+    /* what this layer relies on: bufferevent watermarks and triggers, evconnlistener error
+     * callbacks, OpenSSL bufferevents with dirty shutdown (all in 2.1.1 and later) */
+    if (event_get_version_number() < 0x02010100) {
+        snprintf(errstr, errlen, "libevent %s is too old: 2.1.1 or later is needed",
+                 event_get_version());
+        return -1;
+    }
     struct rlimit rl;
     long want = app->cfg->max_connections;
     long own = FDS_FIXED + FDS_PER_WORKER * n_workers;
@@ -801,6 +808,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_conn *c = arg;
+    if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        /* idle, but answers are still going out to a slow reader: the bufferevent's write
+         * timeout (--read-timeout without progress) bounds that, not the idle timeout */
+        timer_set(c, c->w->cfg->idle_timeout_s * 1000);
+        return;
+    }
     if (c->state == S_HEAD || c->state == S_BODY) {
         atomic_fetch_add(&ab_metrics_g.request_timeouts, 1);
         ab_log_limited(&rl_timeout, AB_LOG_INFO,

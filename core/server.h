@@ -57,10 +57,11 @@ struct ab_app {
     long max_connections;        /* effective: --max-connections capped by RLIMIT_NOFILE */
 };
 
-/* Start-up, after the descriptor limit was raised and before workers start: cap
- * --max-connections at RLIMIT_NOFILE minus the descriptors the daemon needs itself for
- * n_workers threads and log the result. Returns 0, or -1 with one line in errstr when the
- * limit leaves no room for connections. */
+/* Start-up, after the descriptor limit was raised and before workers start: check that
+ * the limits above can hold (the libevent found at run time has what this layer uses; the
+ * open-file limit leaves room for connections), cap --max-connections at RLIMIT_NOFILE
+ * minus the descriptors the daemon needs itself for n_workers threads, and log the result.
+ * Returns 0, or -1 with one line in errstr (the daemon then exits 2). */
 int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, size_t errlen);
 
 /* Create worker `index` on the listening socket fd (shared by all workers). The worker

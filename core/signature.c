@@ -7,9 +7,9 @@
  * ipad and XOR opad (RFC 2104); a verification copies them into per-thread scratch
  * contexts (EVP_MD_CTX_copy_ex) instead of keying HMAC again for every request. Under
  * callgrind, for a 1.5 kB body: one-shot HMAC() 63k instructions, EVP_MAC_CTX_dup of a
- * keyed HMAC 53k, these copies 49k, which is what SHA-256 of the body alone costs. Nothing here ever
- * prints a secret. A set is reference-counted and immutable once loaded: workers share it
- * and a reload swaps in a new one; any thread may verify. */
+ * keyed HMAC 53k, these copies 49k, which is what SHA-256 of the body alone costs.
+ * Nothing here ever prints a secret. A set is reference-counted and immutable once
+ * loaded: workers share it and a reload swaps in a new one; any thread may verify. */
 #include "signature.h"
 
 #include "log.h"
@@ -202,7 +202,8 @@ static void secrets_add_lines(struct ab_secrets *s, const char *file, const char
         if (m > 0 && buf[start] != '#' && !is_blank(buf + start, m)) {
             if (bom || cr || blanks) {
                 ab_warn("secret file %s, line %d: stripped %s%s%s%s%s from the secret", file,
-                        line, bom ? "a UTF-8 byte order mark" : "", bom && (cr || blanks) ? ", " : "",
+                        line, bom ? "a UTF-8 byte order mark" : "",
+                        bom && (cr || blanks) ? ", " : "",
                         cr ? "a CR line end" : "", cr && blanks ? ", " : "",
                         blanks ? "trailing blanks" : "");
             }

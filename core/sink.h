@@ -59,7 +59,12 @@ struct ab_sink_conf {
     long ack_timeout_ms; /* every submission's deadline (--ack-timeout) */
     long max_body;       /* the largest request body the front end accepts (--max-body) */
     int check_only;      /* --check-config: validate and create nothing that lasts */
+    const char *route;   /* --route as given (NULL: the backend's default_route) */
 };
+
+/* ab_sink_ops.flags: a backend that wraps another (the spool). The configuration loader
+ * loads its options, but --sink does not offer it and the registry does not find it. */
+#define AB_SINK_WRAPS 0x1
 
 struct ab_sink {
     const struct ab_sink_ops *ops; /* first member of every backend's instance struct */
@@ -71,6 +76,7 @@ struct ab_sink_ops {
     /* The backend's options (name, type, default, env, help, offset into its own struct).
      * NULL for none. */
     const struct ab_optset *options;
+    unsigned flags; /* AB_SINK_WRAPS */
 
     /* Once per process, before threads. Validate the configuration and create what all
      * instances share (the file sink's writer thread). Returns 0 and sets *shared, or -1

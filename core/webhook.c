@@ -103,7 +103,8 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
 {
     const struct ab_config *cfg = wh->cfg;
     if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
-        snprintf(msg, msglen, "too many webhooks waiting on the sink (--max-inflight); retry later");
+        snprintf(msg, msglen,
+                 "too many webhooks waiting on the sink (--max-inflight); retry later");
         return 503;
     }
     char *route = ab_route_expand(wh->app->route, ev);

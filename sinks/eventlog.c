@@ -406,6 +406,20 @@ static void client_unref(struct ab_eventlog_client *c, long n)
     }
 }
 
+/* The CLOCK_REALTIME instant timeout_ms from now, for pthread_cond_timedwait(). */
+static struct timespec deadline_in(int timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    return until;
+}
+
 /* Writer thread: hand each record back to its client. A closed client's records are freed
  * here; an open client's loop is woken under its lock (close sets `closed` under the same
  * lock before it frees the event, so the event is never touched after that). */
@@ -541,14 +555,7 @@ void ab_eventlog_client_free(struct ab_eventlog_client *c, int timeout_ms)
     if (c == NULL) {
         return;
     }
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = deadline_in(timeout_ms);
     pthread_mutex_lock(&c->mu);
     while (c->outstanding && timeout_ms > 0 &&
            pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
@@ -762,14 +769,7 @@ int ab_eventlog_free(struct ab_eventlog *log, int timeout_ms)
         }
     }
     pthread_mutex_unlock(&registry_mu);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
+    struct timespec until = deadline_in(timeout_ms);
     pthread_mutex_lock(&log->mu);
     log->stop = 1;
     pthread_cond_broadcast(&log->cv);

@@ -35,6 +35,7 @@
  * not created fails with a timeout (the message never gets a partition): log_failure names
  * the topic and says so.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -60,8 +61,21 @@
 #define DOWN_GRACE_MS 500
 #define FAIL_LOG_INTERVAL_MS 1000
 #define POLL_ROUNDS 64 /* rd_kafka_poll rounds per wake-up before yielding to the loop */
+#define LIMIT_RETRY_MS 5000  /* ask again for a topic's limit that could not be read */
+#define MAX_TOPICS 1024      /* topics whose limit is remembered */
+#define RECORD_OVERHEAD 512  /* headers and record framing, bytes, added to value and key */
+#define LZ4_BEST_RATIO 255   /* no lz4 frame is smaller than this fraction of its input */
 
 enum broker_state { BROKERS_CONNECTING, BROKERS_UP, BROKERS_DOWN };
+
+/* The largest message the cluster accepts in one topic (its max.message.bytes, whose
+ * default is the brokers' message.max.bytes), as read with DescribeConfigs. */
+struct topic_limit {
+    char name[AB_KAFKA_TOPIC_MAX + 1];
+    long bytes;       /* -1 until known */
+    int asking;       /* a DescribeConfigs is out */
+    int64_t asked_ms; /* when it was last asked for (0: ask again on next use) */
+};
 
 struct kafka_sink {
     struct ab_sink base;
@@ -71,6 +85,16 @@ struct kafka_sink {
     struct event *io_ev;
     char *brokers;
     struct ab_route *key; /* --kafka-key, NULL for no key */
+    int ce_headers;       /* --kafka-ce-headers on: ce_* headers besides the JSON value */
+    /* message size limits (issue 8 item 7), all on the loop thread */
+    rd_kafka_queue_t *adminq;    /* DescribeConfigs results; shares the main queue's pipe */
+    struct topic_limit *limits;  /* topics used so far */
+    size_t n_limits;
+    long broker_limit;           /* message.max.bytes of a broker, -1 until known */
+    int32_t node_id;             /* a broker seen up in the statistics, -1 for none yet */
+    int broker_asking;
+    int compressed;              /* compression.type is not none */
+    long batch_size;             /* the producer's batch.size */
     enum broker_state state;
     char reason[256];  /* why DOWN, or the fatal error */
     int fatal;
@@ -95,12 +119,15 @@ static int64_t now_ms(void)
 
 /* ---- state ------------------------------------------------------------------------ */
 
+static void limits_refresh(struct kafka_sink *ks);
+
 static void mark_up(struct kafka_sink *ks, const char *why)
 {
     if (ks->state != BROKERS_UP) {
         ab_info("kafka: brokers %s up (%s)", ks->brokers, why);
+        ks->state = BROKERS_UP;
+        limits_refresh(ks); /* start-up and every reconnect: the limits may have changed */
     }
-    ks->state = BROKERS_UP;
     ks->reason[0] = '\0';
 }
 
@@ -162,8 +189,13 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     cJSON_ArrayForEach(b, brokers)
     {
         const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "state"));
+        cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "nodeid");
         if (st && strcmp(st, "UP") == 0) {
             snprintf(up, sizeof(up), "connected to %s", b->string);
+            if (cJSON_IsNumber(id) && id->valuedouble >= 0 && ks->node_id < 0) {
+                ks->node_id = (int32_t)id->valuedouble; /* a broker to ask for its limit */
+                limits_refresh(ks);
+            }
             break;
         }
     }
@@ -232,6 +264,180 @@ static void log_failure(struct kafka_sink *ks, const char *what, const char *top
     ks->fail_suppressed = 0;
 }
 
+/* ---- message size limits ------------------------------------------------------------ */
+
+static struct topic_limit *limit_entry(struct kafka_sink *ks, const char *topic)
+{
+    for (size_t i = 0; i < ks->n_limits; i++) {
+        if (strcmp(ks->limits[i].name, topic) == 0) {
+            return &ks->limits[i];
+        }
+    }
+    return NULL;
+}
+
+/* Send one DescribeConfigs for a topic or a broker; the answer comes to on_admin_result. */
+static int describe_configs(struct kafka_sink *ks, rd_kafka_ResourceType_t type,
+                            const char *name)
+{
+    char err[256];
+    rd_kafka_ConfigResource_t *res = rd_kafka_ConfigResource_new(type, name);
+    rd_kafka_AdminOptions_t *o =
+        rd_kafka_AdminOptions_new(ks->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+    int ok = res && o && rd_kafka_AdminOptions_set_request_timeout(o, 5000, err, sizeof(err)) ==
+                             RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (ok) {
+        rd_kafka_DescribeConfigs(ks->rk, &res, 1, o, ks->adminq);
+    }
+    rd_kafka_AdminOptions_destroy(o);
+    rd_kafka_ConfigResource_destroy(res);
+    return ok ? 0 : -1;
+}
+
+/* Loop thread: ask for the limit of topic unless it is known and fresh or being asked. */
+static void limit_ask(struct kafka_sink *ks, const char *topic)
+{
+    struct topic_limit *t = limit_entry(ks, topic);
+    int64_t now = now_ms();
+    if (t == NULL) {
+        if (ks->n_limits >= MAX_TOPICS || ks->adminq == NULL) {
+            return;
+        }
+        ks->limits = ab_realloc(ks->limits, (ks->n_limits + 1) * sizeof(*ks->limits));
+        t = &ks->limits[ks->n_limits++];
+        memset(t, 0, sizeof(*t));
+        snprintf(t->name, sizeof(t->name), "%s", topic);
+        t->bytes = -1;
+    }
+    if (t->asking || (t->asked_ms && (t->bytes >= 0 || now - t->asked_ms < LIMIT_RETRY_MS))) {
+        return;
+    }
+    t->asked_ms = now;
+    t->asking = describe_configs(ks, RD_KAFKA_RESOURCE_TOPIC, topic) == 0;
+}
+
+/* Loop thread, on (re)connecting: read the brokers' limit again and the topics' limits at
+ * their next use. */
+static void limits_refresh(struct kafka_sink *ks)
+{
+    for (size_t i = 0; i < ks->n_limits; i++) {
+        ks->limits[i].asked_ms = 0;
+    }
+    if (ks->node_id >= 0 && !ks->broker_asking && ks->adminq) {
+        char id[16];
+        snprintf(id, sizeof(id), "%d", (int)ks->node_id);
+        ks->broker_asking = describe_configs(ks, RD_KAFKA_RESOURCE_BROKER, id) == 0;
+    }
+}
+
+/* The value of config `name` in a described resource, -1 when absent. */
+static long config_long(const rd_kafka_ConfigResource_t *res, const char *name)
+{
+    size_t n = 0;
+    const rd_kafka_ConfigEntry_t **e = rd_kafka_ConfigResource_configs(res, &n);
+    for (size_t i = 0; i < n; i++) {
+        const char *v = rd_kafka_ConfigEntry_value(e[i]);
+        if (strcmp(rd_kafka_ConfigEntry_name(e[i]), name) == 0 && v) {
+            return atol(v);
+        }
+    }
+    return -1;
+}
+
+/* Loop thread (on_queue_io): a DescribeConfigs result. */
+static void on_admin_result(struct kafka_sink *ks, rd_kafka_event_t *ev)
+{
+    const rd_kafka_DescribeConfigs_result_t *r = rd_kafka_event_DescribeConfigs_result(ev);
+    size_t n = 0;
+    const rd_kafka_ConfigResource_t **res = r ? rd_kafka_DescribeConfigs_result_resources(r, &n)
+                                              : NULL;
+    if (r == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name = rd_kafka_ConfigResource_name(res[i]);
+        int err = rd_kafka_event_error(ev) || rd_kafka_ConfigResource_error(res[i]);
+        if (rd_kafka_ConfigResource_type(res[i]) == RD_KAFKA_RESOURCE_BROKER) {
+            ks->broker_asking = 0;
+            long v = err ? -1 : config_long(res[i], "message.max.bytes");
+            if (v > 0 && v != ks->broker_limit) {
+                ab_info("kafka: brokers accept messages up to %ld bytes (message.max.bytes)", v);
+                ks->broker_limit = v;
+            }
+            continue;
+        }
+        struct topic_limit *t = limit_entry(ks, name);
+        if (t == NULL) {
+            continue;
+        }
+        t->asking = 0;
+        long v = err ? -1 : config_long(res[i], "max.message.bytes");
+        if (v > 0) {
+            if (v != t->bytes && v < ks->batch_size) {
+                ab_warn("kafka: topic %s accepts batches up to %ld bytes (max.message.bytes), "
+                        "below the producer's batch.size %ld: set --kafka-conf batch.size=%ld "
+                        "or less, or batches of small events may be refused", name, v,
+                        ks->batch_size, v / 2);
+            }
+            if (v != t->bytes) {
+                ab_info("kafka: topic %s accepts messages up to %ld bytes (max.message.bytes)",
+                        name, v);
+            }
+            t->bytes = v;
+        }
+    }
+}
+
+/* The limit that applies to topic: its own when known, else the brokers', else -1. */
+static long limit_of(const struct kafka_sink *ks, const char *topic)
+{
+    for (size_t i = 0; i < ks->n_limits; i++) {
+        if (strcmp(ks->limits[i].name, topic) == 0 && ks->limits[i].bytes > 0) {
+            return ks->limits[i].bytes;
+        }
+    }
+    return ks->broker_limit;
+}
+
+/* Loop thread: the cluster refused a message of `size` bytes for being too large (or it is
+ * larger than any limit could let through). It can never be written when it alone is over
+ * the limit that applies: then log why and how to raise the limit, put the reason in
+ * ks->errbuf and return 1 (answer 413). A refusal of a batch of small messages is not that
+ * (0: an ordinary error, 503). */
+static int too_big(struct kafka_sink *ks, const char *topic, size_t size, const void *key,
+                   size_t key_len)
+{
+    long limit = limit_of(ks, topic);
+    if (limit <= 0 || size + RECORD_OVERHEAD <= (size_t)limit) {
+        return 0;
+    }
+    snprintf(ks->errbuf, sizeof(ks->errbuf),
+             "%zu bytes, and topic %s accepts at most %ld bytes per message "
+             "(max.message.bytes)", size, topic, limit);
+    ab_warn("kafka: event %.*s (%zu bytes) can never be written to topic %s: the cluster "
+            "accepts at most %ld bytes per message there (max.message.bytes of the topic, "
+            "whose default is the brokers' message.max.bytes); answered 413, so Alma will not "
+            "retry it. To take such events raise the limit, e.g. kafka-configs.sh "
+            "--bootstrap-server %s --alter --entity-type topics --entity-name %s "
+            "--add-config max.message.bytes=%zu (and the brokers' message.max.bytes and "
+            "replica.fetch.max.bytes)",
+            (int)(key_len < 64 ? key_len : 64), key ? (const char *)key : "", size, topic,
+            limit, ks->brokers, topic, (size + RECORD_OVERHEAD) * 2);
+    return 1;
+}
+
+/* Loop thread, before producing: 1 (with the reason in errbuf) when the message can never
+ * fit, whatever compression does, under what is known of the topic's limit. */
+static int never_fits(struct kafka_sink *ks, const char *topic, size_t size, const char *key)
+{
+    long limit = limit_of(ks, topic);
+    size_t best = ks->compressed ? size / LZ4_BEST_RATIO : size;
+    if (limit <= 0 || best + RECORD_OVERHEAD <= (size_t)limit) {
+        return 0;
+    }
+    return too_big(ks, topic, size, key, key ? strlen(key) : 0);
+}
+
 /* Loop thread (rd_kafka_poll, or rd_kafka_flush in close): the delivery report of one
  * message. Completes its request exactly once. */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
@@ -245,6 +451,11 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
         }
     } else {
         const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "?";
+        if (m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
+            too_big(ks, topic, m->len + m->key_len, m->key, m->key_len)) {
+            ab_pending_done(r, AB_SINK_TOO_BIG, ks->errbuf);
+            return;
+        }
         if (status_of(m->err) != AB_SINK_CLOSED) {
             log_failure(ks, "delivery to", topic, m->err, m->partition);
         }
@@ -262,6 +473,11 @@ static void on_queue_io(evutil_socket_t fd, short what, void *arg)
     struct kafka_sink *ks = arg;
     char buf[256];
     while (read(fd, buf, sizeof(buf)) > 0) {
+    }
+    rd_kafka_event_t *ev;
+    while (ks->adminq && (ev = rd_kafka_queue_poll(ks->adminq, 0)) != NULL) {
+        on_admin_result(ks, ev);
+        rd_kafka_event_destroy(ev);
     }
     for (int i = 0; i < POLL_ROUNDS; i++) {
         if (rd_kafka_poll(ks->rk, 0) == 0) {
@@ -295,6 +511,15 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, cha
     return -1;
 }
 
+/* The producer's own message size limit: what --max-body lets in, with room for the
+ * envelope (an XML body's JSON can be larger than the XML), never below librdkafka's
+ * default; the limit the cluster applies is discovered and decides (too_big). */
+static long producer_max_bytes(long max_body)
+{
+    long v = max_body > 0 && max_body < 400000000 ? max_body * 2 + 65536 : 1000000000;
+    return v < 1000000 ? 1000000 : v;
+}
+
 /* The producer's configuration: our defaults, then every --kafka-conf key=value on top.
  * Returns the conf (the caller owns it) or NULL with one line in errstr. */
 static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_sink *ks,
@@ -303,9 +528,10 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
     const struct ab_kafka_conf *cfg = sc->opts;
     long ack = sc->ack_timeout_ms;
     long setup = ack < 1000 ? 1000 : ack > 10000 ? 10000 : ack;
-    char ack_s[32], setup_s[32];
+    char ack_s[32], setup_s[32], max_s[32];
     snprintf(ack_s, sizeof(ack_s), "%ld", ack);
     snprintf(setup_s, sizeof(setup_s), "%ld", setup);
+    snprintf(max_s, sizeof(max_s), "%ld", producer_max_bytes(sc->max_body));
     const char *defaults[][2] = {
         {"bootstrap.servers", cfg->brokers},
         {"client.id", "almabridge"},
@@ -314,6 +540,7 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
         {"compression.type", "lz4"},
         {"linger.ms", "5"},
         {"message.timeout.ms", ack_s},  /* the delivery report comes within --ack-timeout */
+        {"message.max.bytes", max_s},   /* follows --max-body: the cluster's limit decides */
         {"socket.timeout.ms", setup_s}, /* metadata and PID requests fail fast too */
         {"socket.connection.setup.timeout.ms", setup_s},
         {"socket.keepalive.enable", "true"},
@@ -348,10 +575,78 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
     rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_conf_set_opaque(conf, ks);
+    if (ks) {
+        char v[64];
+        size_t vl = sizeof(v);
+        ks->batch_size = rd_kafka_conf_get(conf, "batch.size", v, &vl) == RD_KAFKA_CONF_OK
+                             ? atol(v)
+                             : 1000000;
+        vl = sizeof(v);
+        ks->compressed = rd_kafka_conf_get(conf, "compression.type", v, &vl) != RD_KAFKA_CONF_OK ||
+                         strcmp(v, "none") != 0;
+    }
     return conf;
 fail:
     rd_kafka_conf_destroy(conf);
     return NULL;
+}
+
+/* ---- topic names ------------------------------------------------------------------ */
+
+/* 1 for the bytes Kafka allows in a topic name: [a-zA-Z0-9._-]. */
+static int topic_char_ok(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           c == '.' || c == '_' || c == '-';
+}
+
+/* The legal Kafka topic name for an expanded route, into out (AB_KAFKA_TOPIC_MAX + 1
+ * bytes): every byte outside [a-zA-Z0-9._-] becomes '_', "." and ".." (and "") become
+ * "_", "__" (and "none"), and a name over 249 bytes keeps its first 240 and ends in '-'
+ * plus 8 hex digits of a hash (FNV-1a) of the whole route, so distinct long routes stay
+ * distinct topics. Pure. */
+void ab_kafka_topic_name(const char *route, char *out)
+{
+    size_t len = strlen(route);
+    if (len == 0) {
+        strcpy(out, "none");
+        return;
+    }
+    size_t keep = len <= AB_KAFKA_TOPIC_MAX ? len : AB_KAFKA_TOPIC_MAX - 9;
+    for (size_t i = 0; i < keep; i++) {
+        out[i] = topic_char_ok((unsigned char)route[i]) ? route[i] : '_';
+    }
+    out[keep] = '\0';
+    if (len > AB_KAFKA_TOPIC_MAX) {
+        uint32_t h = 2166136261u;
+        for (size_t i = 0; i < len; i++) {
+            h = (h ^ (unsigned char)route[i]) * 16777619u;
+        }
+        snprintf(out + keep, 10, "-%08x", h);
+    }
+    if (strcmp(out, ".") == 0 || strcmp(out, "..") == 0) {
+        memset(out, '_', strlen(out));
+    }
+}
+
+/* The text of a --route template outside its placeholders must be legal in a topic name:
+ * a template that can only make illegal names is refused at start-up (exit 2) rather than
+ * renamed behind the operator's back. Returns 0, or -1 with one line in errstr. */
+static int check_route(const char *tmpl, char *errstr, size_t errlen)
+{
+    int depth = 0;
+    for (const char *p = tmpl ? tmpl : ""; *p; p++) {
+        depth += *p == '{' ? 1 : *p == '}' ? -1 : 0;
+        if (depth == 0 && *p != '}' && !topic_char_ok((unsigned char)*p)) {
+            snprintf(errstr, errlen,
+                     "kafka sink: --route \"%s\": %s%c%s cannot be in a Kafka topic name "
+                     "(allowed: a-z A-Z 0-9 . _ -, at most 249 characters)",
+                     tmpl, isprint((unsigned char)*p) ? "'" : "byte ",
+                     isprint((unsigned char)*p) ? *p : '?', isprint((unsigned char)*p) ? "'" : "");
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* The compiled --kafka-key template into *key (NULL for ""). Returns 0, or -1 with one
@@ -382,6 +677,11 @@ static const struct ab_option kafka_options[] = {
     {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{id}", .off = OFF(key),
      .group = "Kafka", .metavar = "TEMPLATE",
      .help = "message key template (placeholders as for --route); empty for no key"},
+    {.name = "kafka-ce-headers", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
+     .off = OFF(ce_headers), .group = "Kafka", .metavar = "on|off",
+     .help = "also carry the CloudEvent attributes as ce_* headers (binary-mode style) next "
+             "to the structured JSON value; off for consumers that need pure structured mode "
+             "(the CloudEvents SDK's from_kafka() misreads a message that has both)"},
     {.name = "kafka-conf", .type = AB_OPT_LIST, .off = OFF(conf), .check = ab_config_check_kv,
      .mask = AB_MASK_KV_SECRETS, .group = "Kafka", .metavar = "KEY=VALUE",
      .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; values of keys "
@@ -413,7 +713,7 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
         return -1;
     }
     struct ab_route *key = NULL;
-    if (compile_key(cfg, &key, errstr, errlen) != 0) {
+    if (compile_key(cfg, &key, errstr, errlen) != 0 || check_route(sc->route, errstr, errlen)) {
         return -1;
     }
     ab_route_free(key);
@@ -451,6 +751,9 @@ static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
     ks->base.ops = &ab_sink_kafka;
     ks->brokers = ab_strdup(cfg->brokers);
     ks->pending = ab_pending_new(base, sc->ack_timeout_ms);
+    ks->broker_limit = -1;
+    ks->node_id = -1;
+    ks->ce_headers = cfg->ce_headers == NULL || strcmp(cfg->ce_headers, "off") != 0;
     if (compile_key(cfg, &ks->key, errstr, errlen) != 0) {
         goto fail;
     }
@@ -475,12 +778,32 @@ static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
     event_add(ks->io_ev, NULL);
     ks->mainq = rd_kafka_queue_get_main(ks->rk);
     rd_kafka_queue_io_event_enable(ks->mainq, ks->pipefd[1], "1", 1);
+    ks->adminq = rd_kafka_queue_new(ks->rk); /* DescribeConfigs answers, same pipe */
+    rd_kafka_queue_io_event_enable(ks->adminq, ks->pipefd[1], "1", 1);
     /* Anything queued before the io event was enabled would never wake us. */
     event_active(ks->io_ev, EV_READ, 0);
     return &ks->base;
 fail:
     kafka_close(&ks->base, 0);
     return NULL;
+}
+
+/* The headers of one message: content-type always (the protocol binding's structured
+ * mode), the ce_* attributes unless --kafka-ce-headers off. The caller owns them until
+ * rd_kafka_producev() succeeds. */
+static rd_kafka_headers_t *message_headers(const struct kafka_sink *ks,
+                                           const struct ab_sink_msg *msg)
+{
+    static const char ctype[] = "application/cloudevents+json";
+    rd_kafka_headers_t *h = rd_kafka_headers_new(5);
+    rd_kafka_header_add(h, "content-type", -1, ctype, (ssize_t)sizeof(ctype) - 1);
+    if (ks->ce_headers) {
+        rd_kafka_header_add(h, "ce_specversion", -1, "1.0", 3);
+        rd_kafka_header_add(h, "ce_id", -1, msg->id, -1);
+        rd_kafka_header_add(h, "ce_type", -1, msg->type, -1);
+        rd_kafka_header_add(h, "ce_source", -1, msg->source, -1);
+    }
+    return h;
 }
 
 /* Loop thread. Refuses (-1) when closing, failed, the local queue is full or the brokers
@@ -502,24 +825,43 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         ks->last_probe_ms = now;
     }
     char *key = msg->key == NULL && ks->key && msg->event
-                    ? ab_route_expand(ks->key, msg->event)
+                    ? ab_route_expand_raw(ks->key, msg->event)
                     : NULL;
     const char *k = msg->key ? msg->key : key;
+    char topic[AB_KAFKA_TOPIC_MAX + 1];
+    ab_kafka_topic_name(msg->route ? msg->route : "", topic);
+    limit_ask(ks, topic);
     struct ab_pending_req *r = ab_pending_add(ks->pending, cb, opaque, 0);
-    static const char ctype[] = "application/cloudevents+json";
+    size_t size = msg->value_len + (k ? strlen(k) : 0);
+    if (never_fits(ks, topic, size, k)) {
+        ab_pending_complete(r, AB_SINK_TOO_BIG, ks->errbuf); /* answered later: 413 */
+        ab_pending_release(r);
+        free(key);
+        return 0;
+    }
+    rd_kafka_headers_t *hdrs = message_headers(ks, msg);
     rd_kafka_resp_err_t err = rd_kafka_producev(
-        ks->rk, RD_KAFKA_V_TOPIC(msg->route), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE((void *)msg->value, msg->value_len),
-        RD_KAFKA_V_KEY(k, k ? strlen(k) : 0),
-        RD_KAFKA_V_HEADER("content-type", ctype, (ssize_t)sizeof(ctype) - 1),
-        RD_KAFKA_V_HEADER("ce_specversion", "1.0", 3),
-        RD_KAFKA_V_HEADER("ce_id", msg->id, -1),
-        RD_KAFKA_V_HEADER("ce_type", msg->type, -1),
-        RD_KAFKA_V_HEADER("ce_source", msg->source, -1), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+        RD_KAFKA_V_KEY(k, k ? strlen(k) : 0), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(r),
+        RD_KAFKA_V_END);
     free(key);
     ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
+    if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+        /* over the producer's own message.max.bytes, which follows --max-body */
+        rd_kafka_headers_destroy(hdrs);
+        snprintf(ks->errbuf, sizeof(ks->errbuf), "%zu bytes, more than the producer's "
+                 "message.max.bytes (set from --max-body)", size);
+        ab_warn("kafka: an event of %zu bytes for topic %s is larger than the producer's "
+                "message.max.bytes: answered 413; raise --max-body (or --kafka-conf "
+                "message.max.bytes) and the topic's max.message.bytes", size, topic);
+        ab_pending_complete(r, AB_SINK_TOO_BIG, ks->errbuf);
+        ab_pending_release(r);
+        return 0;
+    }
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        log_failure(ks, "queueing a message for", msg->route, err, RD_KAFKA_PARTITION_UA);
+        rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
+        log_failure(ks, "queueing a message for", topic, err, RD_KAFKA_PARTITION_UA);
         ab_pending_cancel(r); /* a refusal: the callback never runs */
         return -1;
     }
@@ -573,6 +915,10 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
             rd_kafka_queue_io_event_enable(ks->mainq, -1, NULL, 0);
             rd_kafka_queue_destroy(ks->mainq);
         }
+        if (ks->adminq) {
+            rd_kafka_queue_io_event_enable(ks->adminq, -1, NULL, 0);
+            rd_kafka_queue_destroy(ks->adminq);
+        }
         rd_kafka_destroy(ks->rk);
     }
     /* Whatever librdkafka did not report (it serves no callback after destroy). */
@@ -590,6 +936,7 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
         }
     }
     ab_route_free(ks->key);
+    free(ks->limits);
     free(ks->brokers);
     free(ks);
 }

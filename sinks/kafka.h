@@ -9,9 +9,15 @@
 struct ab_kafka_conf {
     char *brokers;          /* --kafka-brokers */
     char *key;              /* --kafka-key: template; "" = no key */
+    char *ce_headers;       /* --kafka-ce-headers: "on" (default) or "off" */
     struct ab_strlist conf; /* --kafka-conf key=value */
 };
 
 extern const struct ab_sink_ops ab_sink_kafka;
+
+/* Topic names: Kafka allows [a-zA-Z0-9._-], at most 249 characters. */
+#define AB_KAFKA_TOPIC_MAX 249
+/* The legal topic name for an expanded route into out (AB_KAFKA_TOPIC_MAX + 1 bytes). */
+void ab_kafka_topic_name(const char *route, char *out);
 
 #endif

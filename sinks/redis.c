@@ -14,7 +14,13 @@
  *          a command without reply within --ack-timeout (the connection is dropped)
  *
  * Only READY takes writes: submit() refuses at once otherwise, so while Redis is away the
- * webhook gets its 503 immediately instead of after the timeout. Reconnects back off from
+ * webhook gets its 503 immediately instead of after the timeout.
+ *
+ * Readiness also follows the outcome of the writes: an error reply that says the server
+ * cannot take writes now (OOM under maxmemory, READONLY on a replica, MISCONF after a failed
+ * save, ...) makes ready() 0 and is logged once; the next XADD that succeeds, or a probe
+ * (SET almabridge:readiness-probe with a 1 s expiry, every PROBE_MS while failing, since a
+ * load balancer stops sending when /readyz is 503), makes it 1 again. Reconnects back off from
  * 100 ms, doubling to 5 s, and reset once a handshake succeeds.
  *
  * Ownership: hiredis owns the redisAsyncContext and frees it itself after a connection
@@ -44,6 +50,7 @@
 #include <hiredis/hiredis.h>
 
 #include "config.h"
+#include "http1.h"
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
@@ -52,6 +59,8 @@
 #define DEFAULT_URL "redis://127.0.0.1:6379"
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+#define PROBE_MS 1000
+#define PROBE_KEY "almabridge:readiness-probe"
 
 /* What every instance shares: the parsed URL and the write options. Immutable after
  * global_init. */
@@ -92,6 +101,9 @@ struct redis_sink {
     int hs_failed;
     struct event *retry_ev;   /* DOWN -> CONNECTING */
     struct event *connect_ev; /* deadline for CONNECTING + HANDSHAKE */
+    struct event *probe_ev;   /* while writes fail: the next probe */
+    char write_error[200];    /* the last write failed with this, "" = writes succeed */
+    int probing;              /* a probe is on the wire */
     long backoff_ms;          /* the next retry's delay */
     struct timespec retry_at; /* CLOCK_MONOTONIC, while DOWN */
     char reason[200];         /* why the connection is (or was last) down */
@@ -105,40 +117,16 @@ static void redis_connect(struct redis_sink *rs);
 
 /* ---- the URL ------------------------------------------------------------------------ */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
-}
-
-/* Percent-decode s[0..n) into a new string; NULL on a bad escape or an encoded NUL. */
+/* Percent-decode s[0..n) into a new string (the HTTP layer's decoder); NULL on a bad escape
+ * or an encoded NUL. */
 static char *pct_decode(const char *s, size_t n)
 {
     char *out = ab_malloc(n + 1);
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            out[o++] = s[i];
-            continue;
-        }
-        int hi = i + 2 < n ? hexval((unsigned char)s[i + 1]) : -1;
-        int lo = i + 2 < n ? hexval((unsigned char)s[i + 2]) : -1;
-        if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-            free(out);
-            return NULL;
-        }
-        out[o++] = (char)(hi * 16 + lo);
-        i += 2;
+    long len = ab_url_decode(s, n, out, 0);
+    if (len < 0 || strlen(out) != (size_t)len) {
+        free(out);
+        return NULL;
     }
-    out[o] = '\0';
     return out;
 }
 
@@ -536,6 +524,73 @@ static void redis_connect(struct redis_sink *rs)
 
 /* ---- submissions -------------------------------------------------------------------- */
 
+/* 1 for an error reply that says the server cannot take writes now, whatever is written:
+ * the readiness matter (a WRONGTYPE, say, concerns one stream only). */
+static int refuses_writes(const char *err)
+{
+    static const char *const codes[] = {"OOM",     "READONLY", "MISCONF",   "NOREPLICAS",
+                                        "LOADING", "BUSY",     "MASTERDOWN"};
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        size_t n = strlen(codes[i]);
+        if (strncmp(err, codes[i], n) == 0 && (err[n] == ' ' || err[n] == '\0')) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Loop thread: a write (or probe) came back. err NULL: it succeeded. Tracks readiness,
+ * logs the changes and keeps probing while writes fail. */
+static void write_outcome(struct redis_sink *rs, const char *err)
+{
+    if (err && refuses_writes(err)) {
+        if (rs->write_error[0] == '\0') {
+            ab_error("redis: %s refuses writes (%s): /readyz reports not ready until a write "
+                     "or a probe (every %d ms) succeeds", rs->sh->addr, err, PROBE_MS);
+        }
+        snprintf(rs->write_error, sizeof(rs->write_error), "%s", err);
+        struct timeval tv = ms_tv(PROBE_MS);
+        if (!rs->closing && !evtimer_pending(rs->probe_ev, NULL)) {
+            evtimer_add(rs->probe_ev, &tv);
+        }
+    } else if (rs->write_error[0] != '\0') {
+        ab_info("redis: %s takes writes again", rs->sh->addr);
+        rs->write_error[0] = '\0';
+        evtimer_del(rs->probe_ev);
+    }
+}
+
+/* Loop thread, hiredis reply callback of a readiness probe. */
+static void on_probe_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct redis_sink *rs = ac->data;
+    redisReply *rp = reply;
+    rs->probing = 0;
+    if (rp == NULL) {
+        return; /* the connection is going away: its own state says not ready */
+    }
+    /* Any other error (NOPERM for an ACL user without SET, say) says nothing about writes
+     * to the streams: only the write-refusing ones keep it failing. */
+    write_outcome(rs, rp->type == REDIS_REPLY_ERROR ? rp->str : NULL);
+}
+
+/* Loop thread, while writes fail: send one probe on a READY connection. */
+static void on_probe(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis_sink *rs = arg;
+    if (rs->write_error[0] == '\0' || rs->closing) {
+        return;
+    }
+    if (rs->state == RS_READY && rs->ac && !rs->probing) {
+        const char *argv[5] = {"SET", PROBE_KEY, "1", "PX", "1000"};
+        if (redisAsyncCommandArgv(rs->ac, on_probe_reply, NULL, 5, argv, NULL) == REDIS_OK) {
+            rs->probing = 1;
+        }
+    }
+    struct timeval tv = ms_tv(PROBE_MS);
+    evtimer_add(rs->probe_ev, &tv);
+}
+
 static int lost_status(const struct redis_sink *rs)
 {
     return rs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR;
@@ -551,10 +606,11 @@ static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (rp == NULL) {
         ab_pending_complete(r, lost_status(rs), "connection to redis lost before the XADD reply");
     } else if (rp->type == REDIS_REPLY_ERROR) {
+        write_outcome(rs, rp->str);
         ab_pending_complete(r, AB_SINK_ERROR, rp->str);
     } else if (rp->type != REDIS_REPLY_STRING) {
         ab_pending_complete(r, AB_SINK_ERROR, "unexpected reply to XADD");
-    } else if (q->wait_sent) {
+    } else if ((write_outcome(rs, NULL), q->wait_sent)) {
         q->xadd_ok = 1; /* the answer comes with WAIT's reply */
     } else if (rs->sh->wait > 0) {
         ab_pending_complete(r, AB_SINK_ERROR, "could not send WAIT");
@@ -668,6 +724,7 @@ static struct ab_sink *redis_open(const struct ab_sink_conf *sc, void *shared,
     rs->backoff_ms = BACKOFF_MIN_MS;
     rs->retry_ev = evtimer_new(base, on_retry, rs);
     rs->connect_ev = evtimer_new(base, on_connect_timeout, rs);
+    rs->probe_ev = evtimer_new(base, on_probe, rs);
     rs->pending = ab_pending_new(base, sc->ack_timeout_ms);
     ab_pending_on_expire(rs->pending, on_expire, rs);
     redis_connect(rs);
@@ -677,7 +734,7 @@ static struct ab_sink *redis_open(const struct ab_sink_conf *sc, void *shared,
 static int redis_ready(struct ab_sink *s)
 {
     struct redis_sink *rs = (struct redis_sink *)s;
-    return !rs->closing && rs->state == RS_READY;
+    return !rs->closing && rs->state == RS_READY && rs->write_error[0] == '\0';
 }
 
 static void redis_describe(struct ab_sink *s, char *buf, size_t len)
@@ -686,6 +743,8 @@ static void redis_describe(struct ab_sink *s, char *buf, size_t len)
     const char *addr = rs->sh->addr;
     if (rs->closing) {
         snprintf(buf, len, "redis %s: closed", addr);
+    } else if (rs->state == RS_READY && rs->write_error[0]) {
+        snprintf(buf, len, "redis %s: connected, but writes fail (%s)", addr, rs->write_error);
     } else if (rs->state == RS_READY) {
         snprintf(buf, len, "redis %s: connected", addr);
     } else if (rs->state == RS_DOWN) {
@@ -717,6 +776,7 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
     rs->closing = 1;
     evtimer_del(rs->retry_ev);
     evtimer_del(rs->connect_ev);
+    evtimer_del(rs->probe_ev);
     long bound = timeout_ms < rs->sh->timeout_ms ? timeout_ms : rs->sh->timeout_ms;
     if (bound > 0 && rs->ac && ab_pending_count(rs->pending) > 0) {
         struct event *deadline = evtimer_new(rs->evbase, on_close_deadline, rs);
@@ -734,6 +794,7 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
     ab_pending_free(rs->pending);
     event_free(rs->retry_ev);
     event_free(rs->connect_ev);
+    event_free(rs->probe_ev);
     free(rs);
 }
 

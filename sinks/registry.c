@@ -7,9 +7,11 @@
 #include "file.h"
 #include "kafka.h"
 #include "redis.h"
+#include "spool.h"
 
 const struct ab_sink_ops *const ab_sinks[] = {
     &ab_sink_file,
+    &ab_sink_spool, /* wraps kafka or redis: only its options are found here */
     &ab_sink_kafka,
     &ab_sink_redis,
     NULL,
@@ -18,7 +20,7 @@ const struct ab_sink_ops *const ab_sinks[] = {
 const struct ab_sink_ops *ab_sink_find(const char *name)
 {
     for (size_t i = 0; name && ab_sinks[i]; i++) {
-        if (strcmp(ab_sinks[i]->name, name) == 0) {
+        if (!(ab_sinks[i]->flags & AB_SINK_WRAPS) && strcmp(ab_sinks[i]->name, name) == 0) {
             return ab_sinks[i];
         }
     }

@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,10 +24,12 @@
 #include <cjson/cJSON.h>
 #include <event2/event.h>
 
+#include "config.h"
 #include "event.h"
 #include "eventlog.h"
 #include "log.h"
 #include "mem.h"
+#include "pending.h"
 #include "metrics.h"
 #include "route.h"
 
@@ -62,7 +66,8 @@ static const struct ab_sink_ops *inner_ops_g;
 static struct ab_sink_ops spool_ops;
 
 /* Counters for /metrics (process-wide; one spool per process). */
-static atomic_long m_spooled, m_forwarded, m_forward_errors, m_full, m_late_acks, m_resent;
+static atomic_long m_spooled, m_forwarded, m_forward_errors, m_full, m_late_acks, m_resent,
+    m_unconfirmed;
 static struct spool_shared *metrics_sh;
 
 static int64_t now_ms(void)
@@ -214,14 +219,17 @@ static char *render_metrics(void)
         "could not be written.\n"
         "# TYPE almabridge_spool_full_total counter\nalmabridge_spool_full_total %ld\n"
         "# HELP almabridge_spool_duplicates_total Events that may reach the broker twice: a "
-        "late broker acknowledgement after --spool-after, or a resend after a forwarding "
-        "failure.\n"
+        "late broker acknowledgement after --spool-after, a resend of events acknowledged "
+        "after a forwarding failure, or a failure after the event was sent (the broker may "
+        "have stored it).\n"
         "# TYPE almabridge_spool_duplicates_total counter\n"
         "almabridge_spool_duplicates_total{cause=\"late_ack\"} %ld\n"
-        "almabridge_spool_duplicates_total{cause=\"resent\"} %ld\n",
+        "almabridge_spool_duplicates_total{cause=\"resent\"} %ld\n"
+        "almabridge_spool_duplicates_total{cause=\"unconfirmed\"} %ld\n",
         atomic_load(&sh->events), (long long)atomic_load(&sh->disk_bytes), oldest_age(sh),
         atomic_load(&m_spooled), atomic_load(&m_forwarded), atomic_load(&m_forward_errors),
-        atomic_load(&m_full), atomic_load(&m_late_acks), atomic_load(&m_resent));
+        atomic_load(&m_full), atomic_load(&m_late_acks), atomic_load(&m_resent),
+        atomic_load(&m_unconfirmed));
 }
 
 /* Start-up: where forwarding starts, what the spool holds, leftovers of an earlier run. */
@@ -361,6 +369,7 @@ struct spool_sink {
     struct event_base *evbase;
     struct ab_eventlog_client *client;
     struct fwd *fwd; /* NULL unless this instance forwards */
+    struct ab_pending *pending; /* the outer answers and their --ack-timeout deadline */
     int closing;
 };
 
@@ -368,8 +377,7 @@ struct spool_sink {
  * in time. Freed once answered and neither the broker nor the spool holds it. */
 struct sreq {
     struct spool_sink *s;
-    ab_sink_done_cb cb;
-    void *opaque;
+    struct ab_pending_req *req; /* the answer (core/pending.h: exactly once, by the deadline) */
     struct event *timer;
     char *value;
     size_t len;
@@ -384,12 +392,13 @@ static void sreq_answer(struct sreq *r, int status, const char *err)
     }
     r->answered = 1;
     evtimer_del(r->timer);
-    r->cb(status, err, r->opaque);
+    ab_pending_complete(r->req, status, err); /* ignored if --ack-timeout passed already */
 }
 
 static void sreq_maybe_free(struct sreq *r)
 {
     if (r->answered && !r->inner_pending && !r->append_pending) {
+        ab_pending_release(r->req);
         event_free(r->timer);
         free(r->value);
         free(r);
@@ -471,11 +480,17 @@ static void on_inner_done(int status, const char *errstr, void *opaque)
         if (!r->append_pending) {
             sreq_answer(r, AB_SINK_OK, NULL);
         }
-    } else if (!r->spooled && !r->answered) {
+    } else if (r->spooled) {
+        atomic_fetch_add(&m_unconfirmed, 1); /* spooled after --spool-after; stored too? */
+    } else if (status == AB_SINK_TOO_BIG) {
+        sreq_answer(r, status, errstr); /* 413: the spool could never forward it either */
+    } else if (!r->answered) {
         snprintf(r->why, sizeof(r->why), "broker: %s%s%s", ab_sink_status_str(status),
                  errstr ? ": " : "", errstr ? errstr : "");
         if (spool_now(r) != 0) {
             sreq_answer(r, status, errstr);
+        } else {
+            atomic_fetch_add(&m_unconfirmed, 1); /* sent, then failed: stored or not? */
         }
     }
     sreq_maybe_free(r);
@@ -503,8 +518,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     }
     struct sreq *r = ab_calloc(1, sizeof(*r));
     r->s = s;
-    r->cb = cb;
-    r->opaque = opaque;
+    r->req = ab_pending_add(s->pending, cb, opaque, 0);
     r->value = ab_strndup(msg->value, msg->value_len);
     r->len = msg->value_len;
     r->timer = evtimer_new(s->evbase, on_spool_after, r);
@@ -520,6 +534,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     }
     snprintf(r->why, sizeof(r->why), "broker refused: %s", d);
     if (spool_now(r) != 0) {
+        ab_pending_cancel(r->req);
         event_free(r->timer);
         free(r->value);
         free(r);
@@ -604,9 +619,17 @@ static void on_forwarded(int status, const char *errstr, void *opaque)
     f->inflight--;
     if (status == AB_SINK_OK) {
         e->state = FE_ACKED;
+    } else if (status == AB_SINK_TOO_BIG) {
+        /* It can never be written: retrying would block the spool behind it for ever. */
+        ab_error("spool: a spooled event can never be written to the broker (%s); skipped, "
+                 "it stays in %s until its segment is removed",
+                 errstr ? errstr : "too big", f->s->sh->dir);
+        atomic_fetch_add(&m_forward_errors, 1);
+        e->state = FE_ACKED;
     } else {
         e->state = FE_FAILED;
         atomic_fetch_add(&m_forward_errors, 1);
+        atomic_fetch_add(&m_unconfirmed, 1); /* it is sent again; the broker may have it */
         if (!f->failed) {
             ab_warn("spool: forwarding failed (%s%s%s); retrying", ab_sink_status_str(status),
                     errstr ? ": " : "", errstr ? errstr : "");
@@ -851,6 +874,7 @@ static struct ab_sink *spool_open(const struct ab_sink_conf *conf, void *shared,
     s->inner = inner;
     s->evbase = base;
     s->client = ab_eventlog_client_new(sh->log, base);
+    s->pending = ab_pending_new(base, conf->ack_timeout_ms);
     int expected = 0;
     if (atomic_compare_exchange_strong(&sh->forwarder, &expected, 1)) {
         s->fwd = fwd_new(s);
@@ -894,6 +918,34 @@ static void spool_describe(struct ab_sink *base, char *buf, size_t len)
              sh->max_bytes);
 }
 
+
+/* The spool's options (struct ab_spool_opts), loaded with the backends' (registry.c). */
+#define OFF(field) offsetof(struct ab_spool_opts, field)
+/* clang-format off */
+static const struct ab_option spool_options[] = {
+    {.name = "spool", .type = AB_OPT_STRING, .off = OFF(dir), .group = "Spool", .metavar = "DIR",
+     .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
+             "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
+    {.name = "spool-after", .type = AB_OPT_LONG, .def = "1500", .min = 1, .max = 60000,
+     .off = OFF(after_ms), .group = "Spool", .metavar = "MS",
+     .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
+    {.name = "spool-max-bytes", .type = AB_OPT_LONG, .def = "1073741824", .min = 1,
+     .max = LONG_MAX, .off = OFF(max_bytes), .group = "Spool", .metavar = "BYTES",
+     .help = "the spool's size limit on disk; when full, 503 as without a spool"},
+    {.name = "spool-segment-bytes", .type = AB_OPT_LONG, .def = "16777216", .min = 1,
+     .max = LONG_MAX, .off = OFF(segment_bytes), .group = "Spool", .metavar = "BYTES",
+     .help = "start a new spool segment file after this many bytes (a segment is removed once "
+             "all its events were forwarded)"},
+};
+/* clang-format on */
+static const struct ab_optset spool_optset = AB_OPTSET(spool_options, struct ab_spool_opts);
+
+const struct ab_sink_ops ab_sink_spool = {
+    .name = "spool",
+    .options = &spool_optset,
+    .flags = AB_SINK_WRAPS,
+};
+
 /* Loop thread, after its loop stopped: the broker's instance first (its answers still in
  * flight are spooled when they are failures), then the spool client (bounded by what is
  * left of timeout_ms), then the forwarder records where it stopped. */
@@ -916,6 +968,7 @@ static void spool_close(struct ab_sink *base, int timeout_ms)
     if (s->fwd) {
         fwd_free(s->fwd);
     }
+    ab_pending_free(s->pending); /* runs what is still due, CLOSED for what is left */
     free(s);
 }
 

@@ -37,6 +37,17 @@ struct ab_spool_conf {
     const char *route;   /* --route, NULL = the inner backend's default */
 };
 
+/* The spool's own options (its option table fills this; ab_sink_spool carries the table). */
+struct ab_spool_opts {
+    char *dir;          /* --spool DIR, NULL = no spool */
+    long after_ms;      /* --spool-after */
+    long max_bytes;     /* --spool-max-bytes */
+    long segment_bytes; /* --spool-segment-bytes */
+};
+
+/* The spool's entry in the registry: its options (AB_SINK_WRAPS: not a --sink choice). */
+extern const struct ab_sink_ops ab_sink_spool;
+
 /* The operations of a spool in front of inner (kafka or redis); its name and default route
  * are inner's, its global_init and open take an ab_sink_conf whose opts is an
  * ab_spool_conf. Start-up thread, once. */

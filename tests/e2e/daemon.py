@@ -32,6 +32,20 @@ XML_FIXTURES = os.path.join(ROOT, "tests", "fixtures", "xml")
 SECRET = "test-secret-ünïcødé"
 
 
+def wait_until(cond, timeout=10, what="condition"):
+    """Poll cond() until it returns something true (returned), or fail after timeout
+    seconds; `what` (a string, or a callable giving one, e.g. the daemon's stderr) says
+    what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for "
+                         f"{what() if callable(what) else what}")
+
+
 def sign(body: bytes, secret: str = SECRET) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 

@@ -1,6 +1,7 @@
 """JOB_END webhooks for the tests of `almabridge wait`, `replay` and the examples: the
 fixtures tests/fixtures/alma/job_end.json and tests/fixtures/xml/job_end.xml with the job
 instance, job, status and end time of our choosing, and helpers to run the subcommands."""
+import contextlib
 import copy
 import datetime
 import itertools
@@ -11,7 +12,10 @@ import subprocess
 import threading
 import time
 
-from daemon import BIN, ROOT
+import pytest
+
+from daemon import BIN, ROOT, Daemon
+from services import KafkaBroker, RedisServer
 
 with open(os.path.join(ROOT, "tests", "fixtures", "alma", "job_end.json"), "rb") as _f:
     JOB_END = json.load(_f)
@@ -88,3 +92,44 @@ def finish(p, timeout=60):
 
 def run(*args, timeout=60, env=None):
     return finish(almabridge(*args, env=env), timeout)
+
+
+# ---- the brokers, one per test module (import the fixture: `from jobs import kafka`) ----
+
+@pytest.fixture(scope="module")
+def kafka():
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except RuntimeError as e:  # never skipped: fail saying why
+        pytest.fail("cannot start Apache Kafka: %s" % e)
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(scope="module")
+def redis():
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+def wait_ready(d, timeout=20):
+    """Poll the daemon's /readyz until 200."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if d.get("/readyz").status == 200:
+            return
+        time.sleep(0.1)
+    raise AssertionError("daemon not ready: " + d.stderr()[-2000:])
+
+
+@contextlib.contextmanager
+def bridge(tmp_path, *args):
+    """The daemon with args (one worker), ready; it must stop cleanly (exit 0)."""
+    d = Daemon([str(a) for a in args], tmpdir=str(tmp_path), threads=1).start()
+    try:
+        wait_ready(d)
+        yield d
+    finally:
+        assert d.stop() == 0, d.stderr()[-2000:]

@@ -20,3 +20,13 @@ def test_quick_start_is_two_commands():
     assert [c.split("#")[0].strip() for c in cmds] == ["make setup run", "make test"]
     ci = open(os.path.join(ROOT, ".ci", "run")).read()
     assert "make setup" in ci and "make test" in ci
+
+
+def test_readme_links_point_into_the_repository():
+    import re
+    text = open(os.path.join(ROOT, "README.md")).read()
+    links = re.findall(r"\]\(([^)#]+)\)", text)
+    local = [l for l in links if "://" not in l]
+    assert local, "no relative links found"
+    for link in local:
+        assert os.path.exists(os.path.join(ROOT, link)), f"README links to a missing {link}"

@@ -10,12 +10,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
-from daemon import BIN, ROOT, Daemon, samples, with_id
-from jobs import job_end_json, new_id
+from daemon import BIN, ROOT, samples, with_id
+from jobs import bridge, job_end_json, new_id
 from services import KafkaBroker, RedisServer
 
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -29,13 +28,6 @@ def example(name, *args, timeout=90, env=None):
     e.update(env or {})
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e)
     return p.returncode, p.stdout, p.stderr
-
-
-def wait_ready(d, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline and d.get("/readyz").status != 200:
-        time.sleep(0.1)
-    assert d.get("/readyz").status == 200, d.stderr()[-2000:]
 
 
 def post_loans(d, n, duplicate=True):
@@ -52,46 +44,34 @@ def printed_ids(out):
 
 
 def test_kafka_consumer_group_dedups_and_commits(tmp_path):
-    with KafkaBroker() as kafka:
-        d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap],
-                   tmpdir=str(tmp_path), threads=1).start()
-        try:
-            wait_ready(d)
-            ids = post_loans(d, 10)
-            args = ["alma.loan", "--brokers", kafka.bootstrap, "--group", "loan-sync"]
-            rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
-            assert rc == 0, err
-            assert sorted(printed_ids(out)) == sorted(ids)  # the duplicate handled once
-            more = post_loans(d, 2, duplicate=False)
-            rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
-            assert rc == 0, err
-            # committed offsets: the group resumes after what it processed (the duplicate
-            # message was committed too, so it does not come back either)
-            assert sorted(printed_ids(out)) == sorted(more)
-        finally:
-            assert d.stop() == 0
+    with KafkaBroker() as kafka, \
+            bridge(tmp_path, "--sink", "kafka", "--kafka-brokers", kafka.bootstrap) as d:
+        ids = post_loans(d, 10)
+        args = ["alma.loan", "--brokers", kafka.bootstrap, "--group", "loan-sync"]
+        rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
+        assert rc == 0, err
+        assert sorted(printed_ids(out)) == sorted(ids)  # the duplicate handled once
+        more = post_loans(d, 2, duplicate=False)
+        rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
+        assert rc == 0, err
+        # committed offsets: the group resumes after what it processed (the duplicate
+        # message was committed too, so it does not come back either)
+        assert sorted(printed_ids(out)) == sorted(more)
 
 
 def test_redis_consumer_group_claims_a_dead_workers_entries(tmp_path):
-    with RedisServer() as redis:
-        redis.start()
-        d = Daemon(["--sink", "redis", "--redis", redis.url], tmpdir=str(tmp_path),
-                   threads=1).start()
-        try:
-            wait_ready(d)
-            ids = post_loans(d, 20)
-            args = ["alma:loan", "--redis", redis.url, "--group", "loan-sync"]
-            rc, out, _ = example("redis_consumer.py", *args, "--consumer", "w1",
-                                 "--die-after-reading", 5)
-            assert rc == 1 and out == ""  # read 5, acknowledged none
-            assert "5" in redis.cli("XPENDING", "alma:loan", "loan-sync").split("\n")[0]
-            rc, out, err = example("redis_consumer.py", *args, "--consumer", "w2",
-                                   "--claim-idle-ms", 200, "--idle-exit", 3)
-            assert rc == 0, err
-            assert sorted(printed_ids(out)) == sorted(ids)  # 21 entries, 20 ids, each once
-            assert redis.cli("XPENDING", "alma:loan", "loan-sync").split("\n")[0] == "0"
-        finally:
-            assert d.stop() == 0
+    with RedisServer() as redis, bridge(tmp_path, "--sink", "redis", "--redis", redis.url) as d:
+        ids = post_loans(d, 20)
+        args = ["alma:loan", "--redis", redis.url, "--group", "loan-sync"]
+        rc, out, _ = example("redis_consumer.py", *args, "--consumer", "w1",
+                             "--die-after-reading", 5)
+        assert rc == 1 and out == ""  # read 5, acknowledged none
+        assert "5" in redis.cli("XPENDING", "alma:loan", "loan-sync").split("\n")[0]
+        rc, out, err = example("redis_consumer.py", *args, "--consumer", "w2",
+                               "--claim-idle-ms", 200, "--idle-exit", 3)
+        assert rc == 0, err
+        assert sorted(printed_ids(out)) == sorted(ids)  # 21 entries, 20 ids, each once
+        assert redis.cli("XPENDING", "alma:loan", "loan-sync").split("\n")[0] == "0"
 
 
 class StubAlma:

@@ -3,24 +3,13 @@ items 1-6): every 200 stays true."""
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
-from daemon import BIN, Daemon, samples, with_id
+from daemon import Daemon, samples, wait_until, with_id
 
 SAMPLE = dict(samples())
 LOAN = SAMPLE["loan_created"]
-
-
-def wait_for(cond, timeout=10, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def lines(path):
@@ -78,7 +67,7 @@ def test_unreopenable_path_503_and_readyz(daemon_factory):
     r = d.get("/readyz")
     assert r.status == 503 and "cannot open" in r.body.decode()
     os.rmdir(d.file)
-    wait_for(lambda: d.get("/readyz").status == 200, what="readyz 200 again")
+    wait_until(lambda: d.get("/readyz").status == 200, what="readyz 200 again")
     assert d.post(with_id(LOAN, "u3")).status == 200
     assert [e["id"] for e in d.events()] == ["u3"]
 
@@ -88,7 +77,7 @@ def test_sighup_reopens(daemon_factory):
     assert d.post(with_id(LOAN, "h1")).status == 200
     os.rename(d.file, d.file + ".1")
     d.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reopen requested" in d.stderr(), what="the reopen log line")
+    wait_until(lambda: "reopen requested" in d.stderr(), what="the reopen log line")
     assert os.path.exists(d.file)  # created at once, before the next event
     assert d.post(with_id(LOAN, "h2")).status == 200
     assert [e["id"] for e in d.events()] == ["h2"]

@@ -148,7 +148,7 @@ def test_allowlist_behind_trusted_proxy(daemon_factory):
 # ---- limits ----------------------------------------------------------------------------------
 
 def test_slowloris_does_not_block_normal_requests(daemon_factory):
-    d = daemon_factory(["--read-timeout", "30"], threads=2)
+    d = daemon_factory(["--read-timeout", "30", "--idle-timeout", "60"], threads=2)
     idle = []
     for i in range(1000):
         s = socket.create_connection(("127.0.0.1", d.port))

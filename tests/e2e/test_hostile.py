@@ -247,13 +247,45 @@ def test_descriptor_limit_too_low_refuses_to_start(daemon_factory):
     assert err.count("\n") == 1 and "open-file limit" in err, err
 
 
+def test_connection_count_goes_back_down(daemon_factory):
+    """Connections that end every which way (closed at once, reset, mid-head, mid-body,
+    after an answer, evicted, timed out) are all counted out: the gauge returns to the
+    scrape's own connection, and accepting never stops at the limit."""
+    import struct
+    d = daemon_factory(["--max-connections", "30", "--read-timeout", "1", "--idle-timeout", "1"])
+    for i in range(300):
+        s = dial(d)
+        kind = i % 6
+        if kind == 1:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        elif kind == 2:
+            s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Le")
+        elif kind == 3:
+            s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        elif kind == 4:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(1000)
+        if kind != 5:  # kind 5 stays open until evicted or timed out
+            s.close()
+    deadline = time.time() + 10
+    conns = None
+    while time.time() < deadline:
+        conns = metric(d.metrics(), "almabridge_connections")
+        if conns == 1:
+            break
+        time.sleep(0.2)
+    assert conns == 1
+    assert d.post(LOAN).status == 200
+
+
 # ---- HTTP correctness (RFC 9112) -------------------------------------------------------------
 
 def test_two_content_lengths_400_and_close(daemon):
     s = dial(daemon)
     body = b'{"id":"1"}'
-    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: %d\r\n\r\n"
-              % len(body) + body + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body +
+              b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     got = answers(read_all(s))
     s.close()
     assert len(got) == 1 and got[0][0] == 400

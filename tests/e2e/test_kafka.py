@@ -13,11 +13,12 @@ import json
 import re
 import threading
 import time
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import Daemon, check_kafka_structured, samples, with_id, xml_fixtures
+from daemon import BIN, Daemon, check_kafka_structured, samples, with_id, xml_fixtures
 from services import KafkaBroker
 
 ACK_MS = 4000  # the default; a new topic's first message takes up to ~2 s (auto-create)
@@ -386,3 +387,142 @@ def _under_load_kill(kafka, d):
         len(missing), missing[:5])
     dups = [i for i in acked if counts.get(i, 0) > 1]
     assert not dups, "%d ids more than once, e.g. %s" % (len(dups), dups[:5])
+
+
+# ---- issue 8 items 8, 9, 13 --------------------------------------------------------------
+
+def _loan():
+    return next(s for s in samples() if s[0] == "loan_created")[1]
+
+
+def _find(kafka, topic, wid, timeout=20):
+    """The messages of topic whose CloudEvent id is wid (waits until there is one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mine = [m for m in kafka.consume(topic) if json.loads(m["value"])["id"] == wid]
+        if mine or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.2)
+
+
+def test_key_is_the_id_unchanged(kafka, bridge):
+    """The default key is the webhook id as sent (README: key = ce_id = id): an id with
+    upper-case letters keeps them (item 9; it used to be lower-cased and sanitised)."""
+    wid = "KS1-Ab" + new_id()
+    r = bridge.post(with_id(_loan(), wid))
+    assert r.status == 200, r
+    mine = _find(kafka, "alma.loan", wid)
+    assert len(mine) == 1
+    assert mine[0]["key"] == wid
+    assert mine[0]["headers"]["ce_id"] == wid
+
+
+def test_routes_become_legal_topic_names(kafka, tmp_path):
+    """A route whose expansion Kafka would refuse as a topic name (':' from an institution
+    code, more than 249 characters from an action) becomes a legal one, so the event is
+    stored (200) instead of failing forever (item 8); a --route whose own text is illegal is
+    refused at start-up."""
+    d = start_bridge(kafka, tmp_path, "--route", "r8.{institution}.{action}", threads=1)
+    try:
+        body = json.loads(_loan())
+        wid = new_id()
+        body["id"] = wid
+        body["institution"]["value"] = "01:AB"
+        r = d.post(json.dumps(body).encode())
+        assert r.status == 200, (r, d.stderr()[-2000:])
+        mine = _find(kafka, "r8.01_ab.loan", wid)
+        assert len(mine) == 1, kafka.topics()
+
+        wid2 = new_id()
+        body["id"] = wid2
+        body["institution"]["value"] = "X"
+        body["action"] = "A" * 300
+        r = d.post(json.dumps(body).encode())
+        assert r.status == 200, (r, d.stderr()[-2000:])
+        long = [t for t in kafka.topics() if t.startswith("r8.x.aaaa")]
+        assert len(long) == 1 and len(long[0]) == 249, long
+        assert re.fullmatch(r"[a-z0-9._-]+-[0-9a-f]{8}", long[0])
+        assert len(_find(kafka, long[0], wid2)) == 1
+    finally:
+        stop_bridge(d)
+    p = subprocess.run([BIN, "--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route",
+                        "alma/{action}", "--insecure-skip-signature", "--check-config"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, p
+    assert "'/' cannot be in a Kafka topic name" in p.stderr, p.stderr
+
+
+def test_ce_headers_off_is_pure_structured_mode(kafka, tmp_path):
+    """--kafka-ce-headers off: the message carries content-type and the JSON value only, no
+    ce_* headers (item 13: the SDK's from_kafka() misreads messages that have both)."""
+    d = start_bridge(kafka, tmp_path, "--kafka-ce-headers", "off", "--route", "r13.{action}",
+                     threads=1)
+    try:
+        wid = new_id()
+        r = d.post(with_id(_loan(), wid))
+        assert r.status == 200, r
+        mine = _find(kafka, "r13.loan", wid)
+        assert len(mine) == 1
+        h = mine[0]["headers"]
+        assert h == {"content-type": "application/cloudevents+json"}, h
+        assert mine[0]["key"] == wid
+        assert check_kafka_structured(mine[0])["id"] == wid  # the SDK reads it
+    finally:
+        stop_bridge(d)
+
+
+# ---- issue 8 item 7: events larger than the cluster accepts ----------------------------
+
+def _big(wid, size, compressible):
+    """The loan sample with id wid and an extra field of about size bytes, random (does not
+    compress) or repetitive (compresses well)."""
+    import base64
+    import os as _os
+    body = json.loads(_loan())
+    body["id"] = wid
+    blob = (base64.b64encode(_os.urandom(size * 3 // 4)).decode() if not compressible
+            else ("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size])
+    body["note"] = blob
+    return json.dumps(body).encode()
+
+
+def test_events_larger_than_the_cluster_accepts(kafka, tmp_path):
+    """Item 7, against the real broker with a topic whose max.message.bytes is lowered to
+    100000: an event that can never fit (300 kB that does not compress) gets 413 (not 503
+    for ever) and a log line naming the limit and how to raise it; one that fits once
+    compressed (300 kB of text) is stored (200); small events keep working (the refusal
+    does not break the idempotent producer). On a default topic, an event over 1,000,000
+    bytes (the old fixed producer limit) within --max-body is stored (200)."""
+    kafka.create_topic("big.loan", config={"max.message.bytes": "100000"})
+    d = start_bridge(kafka, tmp_path, "--route", "big.{action}", threads=1)
+    try:
+        assert d.post(with_id(_loan(), new_id())).status == 200  # the limit is read now
+        deadline = time.monotonic() + 10
+        while "topic big.loan accepts messages up to 100000 bytes" not in d.stderr():
+            assert time.monotonic() < deadline, d.stderr()[-3000:]
+            time.sleep(0.1)
+        wid = new_id()
+        r = d.post(_big(wid, 300000, compressible=False), timeout=ANSWER_BOUND + 5)
+        assert r.status == 413, (r, d.stderr()[-3000:])
+        assert "max.message.bytes" in r.json()["error"], r.json()
+        log = d.stderr()
+        assert "can never be written to topic big.loan" in log, log[-3000:]
+        assert "at most 100000 bytes" in log and "--add-config max.message.bytes=" in log
+        assert "brokers accept messages up to" in log  # discovered at start-up too
+        text_id = new_id()
+        r = d.post(_big(text_id, 300000, compressible=True))
+        assert r.status == 200, (r, d.stderr()[-3000:])
+        small = new_id()
+        assert d.post(with_id(_loan(), small)).status == 200, d.stderr()[-3000:]
+        got = {json.loads(m["value"])["id"] for m in kafka.consume("big.loan")}
+        assert text_id in got and small in got and wid not in got
+    finally:
+        stop_bridge(d)
+    d = start_bridge(kafka, tmp_path, "--route", "huge.{action}", threads=1)
+    try:
+        wid = new_id()
+        r = d.post(_big(wid, 1500000, compressible=True), timeout=ANSWER_BOUND + 5)
+        assert r.status == 200, (r, d.stderr()[-3000:])
+        assert len(_find(kafka, "huge.loan", wid)) == 1
+    finally:
+        stop_bridge(d)

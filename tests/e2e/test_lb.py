@@ -90,6 +90,19 @@ def events_acked(d):
                                                    d.metrics(), re.M))
 
 
+def usage(d):
+    """Peak resident memory and CPU time per 1000 acknowledged webhooks of a replica (the
+    figures deploy/kubernetes's resource requests come from)."""
+    with open(f"/proc/{d.proc.pid}/status") as f:
+        status = dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+    with open(f"/proc/{d.proc.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    acked = events_acked(d)
+    return (f"replica on the Kafka sink: peak RSS {status['VmHWM'].strip()}, "
+            f"CPU {cpu:.2f} s for {acked} webhooks ({1000 * cpu / max(acked, 1):.2f} s/1000)")
+
+
 class Load:
     """CLIENTS threads, each POSTing signed webhooks with fresh ids over one keep-alive
     connection to the load balancer (a new one after a network error). The ledger holds
@@ -224,6 +237,7 @@ def test_replicas_behind_haproxy_lose_nothing_when_one_drains_and_one_dies(kafka
         assert not missing, f"{len(missing)} of {len(ok_ids)} webhooks answered 200 are not in " \
                             f"Kafka, e.g. {sorted(missing)[:5]}"
         assert len(ok_ids) >= 400
+        print(usage(replicas[2]))
         assert replicas[2].stop() == 0
     finally:
         if load:

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import KeepAlive, check_cloudevent, samples, with_id, xml_fixtures
+from daemon import KeepAlive, check_cloudevent, samples, wait_until, with_id, xml_fixtures
 from services import RedisServer
 
 ACK_MS = 2000
@@ -117,15 +117,6 @@ def start_bridge(daemon_factory, url, *extra, ack_ms=ACK_MS, wait_ready=True, **
         wait_until(lambda: d.get("/readyz").status == 200, 10,
                    lambda: f"not ready: {d.get('/readyz')} {d.stderr()[-2000:]}")
     return d
-
-
-def wait_until(cond, timeout, msg=lambda: "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s: {msg()}")
 
 
 def local(tag):
@@ -506,3 +497,40 @@ def test_bad_redis_urls_are_start_up_errors(daemon_factory, url, message):
     err = d.stderr()
     assert message in err, err
     assert "Hunter2" not in err and "pw%zz" not in err
+
+
+def test_readiness_follows_write_outcomes_oom_and_readonly(daemon_factory):
+    """Issue 8 item 10: a Redis that answers every write with an error (OOM under a tiny
+    maxmemory, READONLY as a replica) makes /readyz 503 and the log says why; it turns 200
+    again by itself (a probe) once writes work, without any webhook."""
+    with RedisServer() as redis, Resp(redis.port) as r:
+        d = start_bridge(daemon_factory, redis.url, threads=1)
+        body = dict(samples())["loan_created"]
+        assert d.post(with_id(body, "w-ok-1")).status == 200
+        r.call("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        r.call("CONFIG", "SET", "maxmemory", "1")
+        resp = d.post(with_id(body, "w-oom-1"))
+        assert resp.status == 503, resp
+        wait_until(lambda: d.get("/readyz").status == 503, 5, lambda: d.stderr()[-2000:])
+        assert "writes fail (OOM" in d.get("/readyz").json()["sink"]
+        assert "refuses writes (OOM" in d.stderr()
+        r.call("CONFIG", "SET", "maxmemory", "0")
+        wait_until(lambda: d.get("/readyz").status == 200, 5, lambda: d.stderr()[-2000:])
+        assert "takes writes again" in d.stderr()
+        assert d.post(with_id(body, "w-ok-2")).status == 200
+
+        # a replica (of a primary that is not there) refuses writes with READONLY
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            nobody = s.getsockname()[1]
+        r.call("REPLICAOF", "127.0.0.1", nobody)
+        try:
+            assert d.post(with_id(body, "w-ro-1")).status == 503
+            wait_until(lambda: d.get("/readyz").status == 503, 5, lambda: d.stderr()[-2000:])
+            assert "READONLY" in d.get("/readyz").json()["sink"]
+        finally:
+            r.call("REPLICAOF", "NO", "ONE")
+        wait_until(lambda: d.get("/readyz").status == 200, 5, lambda: d.stderr()[-2000:])
+        assert d.post(with_id(body, "w-ok-3")).status == 200
+        ids = [f["id"] for _, f in stream(r, "alma:loan")]
+        assert ids == ["w-ok-1", "w-ok-2", "w-ok-3"], ids

@@ -15,8 +15,8 @@ import time
 import pytest
 
 from daemon import BIN, Daemon, samples, xml_fixtures
-from jobs import almabridge, finish, new_id, run
-from services import KafkaBroker, RedisServer
+from jobs import almabridge, finish, kafka, new_id, redis, run  # noqa: F401
+from services import RedisServer
 
 N = 10000
 
@@ -66,13 +66,6 @@ def interrupt_and_resume(args, count_acked):
 
 
 # ---- Redis ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer().start()
-    yield server
-    server.close()
-
 
 def redis_entries(redis):
     import redis as redis_py
@@ -158,17 +151,6 @@ def test_replay_a_directory_of_segments(log, redis, tmp_path):
 
 
 # ---- Kafka ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka: %s" % e)
-    yield broker
-    broker.close()
-
 
 def kafka_messages(kafka, topics):
     out = []

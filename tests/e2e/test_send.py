@@ -2,34 +2,15 @@
 and over TLS (the daemon's own --tls-cert, a CA of the test's making)."""
 import http.server
 import json
-import subprocess
 import threading
 
 import pytest
 
 from daemon import SECRET, free_port, samples
 from jobs import run
+from test_frontend import pki  # noqa: F401 (the fixture: a CA, certificates one and two)
 
 LOAN = dict(samples())["loan_created"]
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture
-def pki(tmp_path):
-    """A CA and a server certificate for 127.0.0.1 and localhost signed by it."""
-    d = tmp_path / "pki"
-    d.mkdir()
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA", cwd=d)
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server", cwd=d)
-    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext", cwd=d)
-    return d
 
 
 @pytest.fixture
@@ -109,8 +90,8 @@ def test_challenge_a_server_that_does_not_echo():
 
 
 def test_send_and_challenge_over_tls(daemon_factory, pki, secret_file, tmp_path):
-    d = daemon_factory(["--tls-cert", str(pki / "server.pem"), "--tls-key",
-                        str(pki / "server.key")], start=False)
+    d = daemon_factory(["--tls-cert", str(pki / "one.pem"), "--tls-key", str(pki / "one.key")],
+                       start=False)
     d.scheme, d.cafile = "https", str(pki / "ca.pem")
     d.start()
     body = tmp_path / "loan.json"

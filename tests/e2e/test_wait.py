@@ -11,38 +11,12 @@ import time
 
 import pytest
 
-from daemon import Daemon
-from jobs import almabridge, finish, job_end_json, job_end_xml, new_id, post_ok, run
-from services import KafkaBroker, RedisServer
+from daemon import Daemon, samples, with_id
+from jobs import (almabridge, bridge, finish, job_end_json, job_end_xml, kafka, new_id, post_ok,  # noqa: F401
+                  redis, run, wait_ready)
+from services import RedisServer
 
 SINKS = ["file", "kafka", "redis"]
-
-
-@pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:  # never skipped: fail saying why
-        pytest.fail("cannot start Apache Kafka: %s" % e)
-    yield broker
-    broker.close()
-
-
-@pytest.fixture(scope="module")
-def redis():
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-def wait_ready(d, timeout=20):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if d.get("/readyz").status == 200:
-            return
-        time.sleep(0.1)
-    raise AssertionError("daemon not ready: " + d.stderr()[-2000:])
 
 
 class Setup:
@@ -143,13 +117,21 @@ def test_job_id_alone_waits_for_the_next_run(setup):
 
 
 def test_since_bounds_how_far_back(setup):
-    if setup.sink == "file":
-        pytest.skip("the file has no arrival time; --since applies to the event's time there")
     old = new_id()
-    post_ok(setup.d, job_end_json(old))
-    time.sleep(2.5)
-    rc, _, _ = run("wait", "--job-instance", old, "--since", "1s", "--timeout", "3s", *setup.args)
+    if setup.sink == "file":
+        # the file has no arrival time: --since applies to the event's own time there
+        post_ok(setup.d, job_end_json(old, end=time.time() - 7200))
+        short, long_ = "1h", "3h"
+    else:  # Kafka's message timestamp, Redis' stream id: when the daemon wrote it
+        post_ok(setup.d, job_end_json(old))
+        time.sleep(2.5)
+        short, long_ = "1s", "1h"
+    rc, _, _ = run("wait", "--job-instance", old, "--since", short, "--timeout", "3s",
+                   *setup.args)
     assert rc == 3
+    rc, _, err = run("wait", "--job-instance", old, "--since", long_, "--timeout", "30s",
+                     *setup.args)
+    assert rc == 0, err
 
 
 def test_usage_and_connection_errors(tmp_path, redis):
@@ -177,8 +159,7 @@ def test_usage_and_connection_errors(tmp_path, redis):
 
 def test_file_waiter_follows_rotation(tmp_path):
     import os
-    d = Daemon([], tmpdir=str(tmp_path), threads=1).start()
-    try:
+    with bridge(tmp_path) as d:
         post_ok(d, job_end_json(new_id()))
         inst = new_id()
         p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--file", d.file)
@@ -198,90 +179,68 @@ def test_file_waiter_follows_rotation(tmp_path):
         post_ok(d, job_end_json(inst2))
         rc, out, err = finish(p)
         assert rc == 0, err
-    finally:
-        assert d.stop() == 0
 
 
 def test_kafka_waiter_started_before_the_topic_exists(kafka, tmp_path):
     route = "fresh%s.{action}" % new_id()[-8:]
-    d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", route],
-               tmpdir=str(tmp_path), threads=1).start()
-    try:
-        wait_ready(d)
+    sink = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", route]
+    with bridge(tmp_path, *sink) as d:
         inst = new_id()
-        p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink", "kafka",
-                       "--kafka-brokers", kafka.bootstrap, "--route", route)
+        p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", *sink)
         assert_running(p, 2.0)
         post_ok(d, job_end_json(inst))  # the daemon's first JOB_END creates the topic
         rc, out, err = finish(p)
         assert rc == 0, err
-    finally:
-        assert d.stop() == 0
 
 
 def test_redis_waiter_survives_a_redis_restart(tmp_path):
-    with RedisServer() as redis:
-        d = Daemon(["--sink", "redis", "--redis", redis.url], tmpdir=str(tmp_path),
-                   threads=1).start()
-        try:
-            wait_ready(d)
-            inst = new_id()
-            p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink",
-                           "redis", "--redis", redis.url)
-            assert_running(p, 1.0)
-            redis.restart()
-            body, deadline = job_end_json(inst), time.time() + 30
-            while d.post(body).status != 200:  # 503 until the daemon has reconnected
-                assert time.time() < deadline, d.stderr()[-2000:]
-                time.sleep(0.2)
-            rc, out, err = finish(p)
-            assert rc == 0, err
-            assert "reconnecting" in err
-        finally:
-            assert d.stop() == 0
+    with RedisServer() as redis, bridge(tmp_path, "--sink", "redis", "--redis", redis.url) as d:
+        inst = new_id()
+        p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink", "redis",
+                       "--redis", redis.url)
+        assert_running(p, 1.0)
+        redis.restart()
+        body, deadline = job_end_json(inst), time.time() + 30
+        while d.post(body).status != 200:  # 503 until the daemon has reconnected
+            assert time.time() < deadline, d.stderr()[-2000:]
+            time.sleep(0.2)
+        rc, out, err = finish(p)
+        assert rc == 0, err
+        assert "reconnecting" in err
 
 
 def test_kafka_waiters_read_every_partition(kafka, tmp_path):
     topic = "parts%s.job_end" % new_id()[-8:]
     kafka.create_topic(topic, partitions=3)
-    d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic],
-               tmpdir=str(tmp_path), threads=1).start()
-    try:
-        wait_ready(d)
+    sink = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic]
+    with bridge(tmp_path, *sink) as d:
         insts = [new_id() for _ in range(6)]
-        for i in insts:
+        for i in insts:  # with other events in the same topic (--route without {action})
+            post_ok(d, with_id(dict(samples())["loan_created"], i))
             post_ok(d, job_end_json(i))
-        parts = {m["partition"] for m in kafka.consume(topic, count=6)}
+        parts = {m["partition"] for m in kafka.consume(topic, count=12)}
         assert len(parts) > 1  # keyed by webhook id: spread over the partitions
-        waiters = [almabridge("wait", "--job-instance", i, "--timeout", "60s", "--sink", "kafka",
-                              "--kafka-brokers", kafka.bootstrap, "--route", topic)
+        waiters = [almabridge("wait", "--job-instance", i, "--timeout", "60s", *sink)
                    for i in insts]
         for i, p in zip(insts, waiters):
             rc, out, err = finish(p)
             assert rc == 0, err
             assert str(json.loads(out)["data"]["job_instance"]["id"]) == i
-    finally:
-        assert d.stop() == 0
 
 
 def test_redis_password_is_used_and_hidden_from_ps(tmp_path):
-    with RedisServer(password="s3cret-pw") as redis:
-        d = Daemon(["--sink", "redis", "--redis", redis.url], tmpdir=str(tmp_path),
-                   threads=1).start()
-        try:
-            wait_ready(d)
-            inst = new_id()
-            p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink",
-                           "redis", "--redis", redis.url)
-            assert_running(p, 1.0)
-            with open("/proc/%d/cmdline" % p.pid, "rb") as f:
-                cmdline = f.read()
-            assert b"s3cret-pw" not in cmdline and b"redis://" in cmdline, cmdline
-            post_ok(d, job_end_json(inst))
-            rc, out, err = finish(p)
-            assert rc == 0, err
-            rc, _, err = run("wait", "--job-instance", inst, "--sink", "redis", "--redis",
-                             redis.url.replace("s3cret-pw", "wrong"), "--timeout", "5s")
-            assert rc == 2 and "authentication" in err and "wrong" not in err, err
-        finally:
-            assert d.stop() == 0
+    with RedisServer(password="s3cret-pw") as redis, \
+            bridge(tmp_path, "--sink", "redis", "--redis", redis.url) as d:
+        inst = new_id()
+        p = almabridge("wait", "--job-instance", inst, "--timeout", "60s", "--sink", "redis",
+                       "--redis", redis.url)
+        assert_running(p, 1.0)
+        with open("/proc/%d/cmdline" % p.pid, "rb") as f:
+            cmdline = f.read()
+        assert b"s3cret-pw" not in cmdline and b"redis://" in cmdline, cmdline
+        post_ok(d, job_end_json(inst))
+        rc, out, err = finish(p)
+        assert rc == 0, err
+        rc, _, err = run("wait", "--job-instance", inst, "--sink", "redis", "--redis",
+                         redis.url.replace("s3cret-pw", "wrong"), "--timeout", "5s")
+        assert rc == 2 and "authentication" in err and "wrong" not in err, err

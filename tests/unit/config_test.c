@@ -125,7 +125,7 @@ static const char *const all_options[] = {
     "read-timeout",  "allow",         "trusted-proxy",    "drain-grace",
     "shutdown-timeout", "sink",       "route",            "file",
     "file-fsync",    "spool",         "spool-after",      "spool-max-bytes",
-    "spool-segment-bytes", "kafka-brokers", "kafka-key",  "kafka-conf",
+    "spool-segment-bytes", "kafka-brokers", "kafka-key",  "kafka-conf", "kafka-ce-headers",
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
     "version",       "check-config",  "print-config",     "idle-timeout",

@@ -7,6 +7,7 @@
 #include "sink.h"
 #include "sinks/example.h"
 #include "sinks/registry.h"
+#include "loop.h"
 #include "test.h"
 
 #include <stdint.h>
@@ -110,23 +111,6 @@ static void on_done(int status, const char *errstr, void *opaque)
     d->calls++;
     d->status = status;
     d->inside |= submitting;
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void run_for(struct event_base *base, int ms)
-{
-    int64_t end = now_ms() + ms;
-    struct timeval tv = {0, 5000};
-    while (now_ms() < end) {
-        event_base_loopexit(base, &tv);
-        event_base_dispatch(base);
-    }
 }
 
 static struct ab_sink *open_example(struct event_base *base, struct ab_example_conf *ec,

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "sink.h"
 #include "sinks/kafka.h"
+#include "loop.h"
 #include "test.h"
 
 #include <pthread.h>
@@ -34,13 +35,6 @@ struct req {
     int during_submit;
     int64_t submitted_ms, done_ms;
 };
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void on_done(int status, const char *errstr, void *opaque)
 {
@@ -118,7 +112,7 @@ static int run_until_ready(struct fixture *f, int want, int timeout_ms)
 }
 
 /* Run the loop for ms milliseconds. */
-static void run_for(struct fixture *f, int ms)
+static void run_fixture_for(struct fixture *f, int ms)
 {
     int64_t end = now_ms() + ms;
     while (now_ms() < end) {
@@ -359,7 +353,7 @@ static void test_success(void)
     }
     CHECK(run_until_calls(&f, reqs, N, N, 5000) == N);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
-    run_for(&f, 100); /* nothing more arrives */
+    run_fixture_for(&f, 100); /* nothing more arrives */
     CHECK(total_calls(reqs, N) == N);
     close_fixture(&f);
 
@@ -392,7 +386,7 @@ static void test_retriable_errors(void)
         accepted[i] = submit_nth(&f, "alma.retry", "retry", i, &reqs[i]) == 0;
         CHECK(accepted[i]);
         if (i % 10 == 9) {
-            run_for(&f, 50); /* several Produce requests, so several injected errors */
+            run_fixture_for(&f, 50); /* several Produce requests, so several injected errors */
         }
     }
     run_until_calls(&f, reqs, N, N, 8000);
@@ -432,7 +426,7 @@ static void test_late_ack(void)
     }
     run_until_calls(&f, reqs, N, N, 8000);
     CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
-    run_for(&f, 200);
+    run_fixture_for(&f, 200);
     CHECK(total_calls(reqs, N) == N);
     CHECK(ab_sink_ready(f.sink) == 1); /* the reconnect does not leave it down */
     close_fixture(&f);
@@ -459,7 +453,7 @@ static void test_no_broker(void)
         accepted[i] = submit_nth(&f, "alma.loan", "nob", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
         CHECK(ab_sink_ready(f.sink) == 0);
-        run_for(&f, 100);
+        run_fixture_for(&f, 100);
     }
     int64_t elapsed = now_ms() - t0;
     /* 3 s of submits: those while connecting and in the 500 ms grace, then about one
@@ -502,7 +496,7 @@ static void test_broker_down_and_back(void)
     for (int i = 0; i < N; i++) {
         accepted[i] = submit_nth(&f, "alma.updown", "down", i, &reqs[i]) == 0;
         n_accepted += accepted[i];
-        run_for(&f, 100);
+        run_fixture_for(&f, 100);
     }
     /* the 500 ms grace, then only the probes */
     CHECK(n_accepted <= 7 + (int)((now_ms() - t0) / 1000));
@@ -539,7 +533,7 @@ static void test_close_completes_outstanding(void)
     for (int i = 0; i < N; i++) {
         CHECK(submit_nth(&f, "alma.close", "close", i, &reqs[i]) == 0);
     }
-    run_for(&f, 200);
+    run_fixture_for(&f, 200);
     CHECK(total_calls(reqs, N) == 0);
     int64_t t0 = now_ms();
     ab_sink_kafka.close(f.sink, 100);
@@ -635,6 +629,46 @@ static void test_conf_errors(void)
     CHECK(strstr(err, "ssl.ca.location") != NULL || strstr(err, "/nonexistent/ca") != NULL);
 }
 
+/* Routes become legal topic names (issue 8 item 8): [a-zA-Z0-9._-], at most 249 bytes. */
+static void test_topic_names(void)
+{
+    char t[AB_KAFKA_TOPIC_MAX + 1];
+    ab_kafka_topic_name("alma.loan", t);
+    CHECK_STR(t, "alma.loan");
+    ab_kafka_topic_name("alma:01:x y/\xc3\xa4", t);
+    CHECK_STR(t, "alma_01_x_y___");
+    ab_kafka_topic_name(".", t);
+    CHECK_STR(t, "_");
+    ab_kafka_topic_name("..", t);
+    CHECK_STR(t, "__");
+    ab_kafka_topic_name("", t);
+    CHECK_STR(t, "none");
+    char long_route[400], other[400], t2[AB_KAFKA_TOPIC_MAX + 1];
+    memset(long_route, 'a', 399);
+    long_route[399] = '\0';
+    memcpy(other, long_route, sizeof(other));
+    other[398] = 'b';
+    ab_kafka_topic_name(long_route, t);
+    ab_kafka_topic_name(other, t2);
+    CHECK(strlen(t) == AB_KAFKA_TOPIC_MAX && strlen(t2) == AB_KAFKA_TOPIC_MAX);
+    CHECK(strncmp(t, long_route, 240) == 0 && t[240] == '-');
+    CHECK(strcmp(t, t2) != 0); /* distinct routes, distinct topics */
+    memset(long_route, 'x', AB_KAFKA_TOPIC_MAX);
+    long_route[AB_KAFKA_TOPIC_MAX] = '\0';
+    ab_kafka_topic_name(long_route, t);
+    CHECK_STR(t, long_route); /* exactly 249: kept */
+
+    /* a --route whose own text cannot be in a topic name is a start-up error */
+    struct ab_kafka_conf opts = {.brokers = (char *)"127.0.0.1:1"};
+    struct ab_sink_conf cfg = {.opts = &opts, .ack_timeout_ms = ACK_MS, .route = "alma {action}"};
+    void *shared = NULL;
+    char err[256] = "";
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) != 0);
+    CHECK(strstr(err, "' ' cannot be in a Kafka topic name") != NULL);
+    cfg.route = "alma.{action}-{institution}_x";
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+}
+
 int main(void)
 {
     loop_thread = pthread_self();
@@ -644,6 +678,7 @@ int main(void)
     CHECK(strcmp(ab_sink_kafka.name, "kafka") == 0);
     CHECK(strcmp(ab_sink_kafka.default_route, "alma.{action}") == 0);
     RUN(test_conf_errors);
+    RUN(test_topic_names);
     RUN(test_success);
     RUN(test_retriable_errors);
     RUN(test_late_ack);

@@ -351,7 +351,8 @@ static const char *const diff_inline[] = {
     "{\"s\":\"\\ud83d\\udcda\\u00e9\\\"\\\\\\/\\b\\f\\n\\r\\t\"}",
     "{\"s\":\"\\ud83d\"}", "{\"s\":\"\\udcda\"}", "{\"s\":\"\\ud83d\\u0041\"}",
     "[1,-0,0.5,1e5,1E+5,-1.5e-5,123456789012345678901234567890]",
-    "  {  \"a\" : [ ] , \"b\" : { } }  ", "[]", "{}", "\"x\"", "1", "true", "null", "",
+    "  {  \"a\" : [ ] , \"b\" : { } }  ", "[]",
+    "{\r\n\t\t\"a\" :\n        [\n            1 ,     2\n        ]\n    ,\"b\":\"    \"}        ", "{}", "\"x\"", "1", "true", "null", "",
     "\xef\xbb\xbf{}", "{\"a\":1,}", "[1,]", "{\"a\"}", "{\"a\":}", "{,}", "[,1]", "{\"a\":1 \"b\":2}",
     "{\"a\":[1}", "{\"a\":{]}", "[1]]", "}", "{\"a\":truex}", "{\"a\":nul}", "[01]", "[1.]", "[-]",
     "[\"a\\x\"]", "[\"\\u12G4\"]", "[\"\xc3\"]", "[\"\xed\xa0\x80\"]", "{\"time\":\"x\",\"time\":1}",
@@ -377,7 +378,7 @@ static void test_json_scan_matches_old_front_end(void)
                 continue;
             }
             check_same(paths[i], body, len);
-            char *m = malloc(len + 64);
+            char *m = malloc(len + 128);
             for (int r = 0; r < rounds; r++, mutants++) {
                 size_t ml = len;
                 memcpy(m, body, len);
@@ -385,7 +386,7 @@ static void test_json_scan_matches_old_front_end(void)
                     seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
                     size_t at = ml ? seed % ml : 0;
                     unsigned char c = (unsigned char)interesting[(seed >> 20) % (sizeof(interesting) - 1)];
-                    switch ((seed >> 40) % 3) {
+                    switch ((seed >> 40) % 4) {
                     case 0:
                         if (ml) {
                             m[at] = (char)c;
@@ -396,11 +397,19 @@ static void test_json_scan_matches_old_front_end(void)
                         m[at] = (char)c;
                         ml++;
                         break;
-                    default:
+                    case 2:
                         if (ml) {
                             memmove(m + at, m + at + 1, ml - at - 1);
                             ml--;
                         }
+                        break;
+                    default: { /* a copy of up to 32 bytes from elsewhere: repeated keys */
+                        size_t from = ml ? (seed >> 8) % ml : 0, cl = (seed >> 50) % 33;
+                        cl = cl < ml - from ? cl : ml - from;
+                        memmove(m + at + cl, m + at, ml - at);
+                        memmove(m + at, m + (from < at ? from : from + cl), cl);
+                        ml += cl;
+                    }
                     }
                 }
                 char what[512];

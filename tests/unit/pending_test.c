@@ -3,6 +3,7 @@
  * TIMEOUT at the deadline and the late answer ignored, CLOSED on close, holds. */
 #include "pending.h"
 
+#include "loop.h"
 #include "test.h"
 
 #include <stdint.h>
@@ -30,23 +31,6 @@ static void on_done(int status, const char *errstr, void *opaque)
     d->status = status;
     d->order = ++order_counter;
     snprintf(d->err, sizeof(d->err), "%s", errstr ? errstr : "");
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void run_for(struct event_base *base, int ms)
-{
-    int64_t end = now_ms() + ms;
-    struct timeval tv = {0, 5000};
-    while (now_ms() < end) {
-        event_base_loopexit(base, &tv);
-        event_base_dispatch(base);
-    }
 }
 
 static void complete(struct ab_pending_req *r, int status, const char *err)
@@ -107,17 +91,19 @@ static void test_timeout_once_and_late_answer_ignored(void)
     struct ab_pending_req *ra = ab_pending_add(pl, on_done, &a, 0);
     struct ab_pending_req *rb = ab_pending_add(pl, on_done, &b, 0);
     run_for(base, 60);
+    int64_t tc = now_ms();
     struct ab_pending_req *rc = ab_pending_add(pl, on_done, &c, 0); /* deadline ~t0+160 */
     complete(rb, AB_SINK_OK, NULL); /* answered before its deadline */
     while (a.calls == 0 && now_ms() - t0 < 2000) {
         run_for(base, 5);
     }
     int64_t took = now_ms() - t0;
-    CHECK(took >= 95 && took < 1000);
+    CHECK(took >= 95 && took < 2000);
     CHECK(a.calls == 1 && a.status == AB_SINK_TIMEOUT);
     CHECK(strstr(a.err, "100 ms") != NULL);
     CHECK(b.calls == 1 && b.status == AB_SINK_OK);
-    CHECK(c.calls == 0); /* its own deadline is later */
+    /* its own deadline is later (unless a loaded machine paused this thread past it) */
+    CHECK(c.calls == 0 || now_ms() - tc >= 100);
     complete(ra, AB_SINK_OK, NULL); /* the late answer: ignored, entry freed */
     while (c.calls == 0 && now_ms() - t0 < 2000) {
         run_for(base, 5);

@@ -135,6 +135,25 @@ static void test_small_errbuf(void)
     CHECK(strlen(err) == sizeof(err) - 1);
 }
 
+/* Keys keep the values as they are: "{id}" is the webhook id unchanged (issue 8 item 9). */
+static void test_raw_for_keys(void)
+{
+    struct ab_event ev = {.id = S("KS1 Ä:x"), .action = S("LOAN")};
+    char err[64];
+    struct ab_route *r = ab_route_compile("{id}", err, sizeof(err));
+    char *raw = ab_route_expand_raw(r, &ev), *topic = ab_route_expand(r, &ev);
+    CHECK_STR(raw, "KS1 Ä:x");
+    CHECK_STR(topic, "ks1___:x");
+    free(raw);
+    free(topic);
+    ab_route_free(r);
+    r = ab_route_compile("{institution}-{action}", err, sizeof(err));
+    raw = ab_route_expand_raw(r, &ev);
+    CHECK_STR(raw, "none-LOAN");
+    free(raw);
+    ab_route_free(r);
+}
+
 int main(void)
 {
     RUN(test_placeholders);
@@ -145,5 +164,6 @@ int main(void)
     RUN(test_unbalanced);
     RUN(test_reuse);
     RUN(test_small_errbuf);
+    RUN(test_raw_for_keys);
     return TEST_SUMMARY();
 }

@@ -307,7 +307,8 @@ static int status_of(const char *answer)
     return answer && strncmp(answer, "HTTP/1.1 ", 9) == 0 ? atoi(answer + 9) : -1;
 }
 
-static const char *BODY = "{\"id\":\"1\",\"action\":\"LOAN\",\"event\":{\"value\":\"LOAN_CREATED\"}}";
+static const char *BODY =
+    "{\"id\":\"1\",\"action\":\"LOAN\",\"event\":{\"value\":\"LOAN_CREATED\"}}";
 
 /* A signed webhook POST head for body (Content-Length framing). */
 static void post_head(char *out, size_t cap, const char *body, const char *extra)
@@ -617,7 +618,8 @@ static void test_forwarded_lines_combined(void)
     CHECK(status_of(a) == 403 && strstr(a, "8.8.8.8"));
     free(a);
     close(fd);
-    post_head(head, sizeof(head), BODY, "X-Forwarded-For: 8.8.8.8\r\nX-Forwarded-For: 10.1.2.3\r\n");
+    post_head(head, sizeof(head), BODY,
+              "X-Forwarded-For: 8.8.8.8\r\nX-Forwarded-For: 10.1.2.3\r\n");
     fd = dial(s);
     send_str(fd, head);
     send_str(fd, BODY);

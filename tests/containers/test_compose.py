@@ -1,0 +1,196 @@
+"""The compose stacks as a user runs them (run by tests/containers/run.sh, `make
+test-containers`, which provides the engine and the images).
+
+Kafka (docker/compose.yaml): three almabridge replicas (`--scale`) behind HAProxy; the
+replicas' HEALTHCHECK (`almabridge --probe`) turns healthy; signed webhooks go through the
+load balancer under load while one replica is stopped (SIGTERM: drain) and another killed
+(SIGKILL); every webhook answered 200 is read back from the HOST through Kafka's second
+listener (the ledger), and the `events` consumer service prints them.
+
+Redis (docker/compose.redis.yaml): two replicas write to the stream through the Redis sink;
+every webhook answered 200 is an entry of the stream, and `events` prints them."""
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+
+from daemon import free_port, samples, sign, with_id  # noqa: E402
+from test_lb import CLIENTS, Load, server_states, wait_until  # noqa: E402
+
+COMPOSE = os.environ.get("ALMABRIDGE_COMPOSE", "docker compose").split()
+SECRET = "container-test-secret"
+LOAN = dict(samples())["loan_created"]
+
+
+class Stack:
+    """One compose project, on free host ports, taken down (volumes too) at the end."""
+
+    def __init__(self, tmp, project, compose_file):
+        self.project, self.file = project, os.path.join(ROOT, "docker", compose_file)
+        self.port, self.stats, self.kafka_port = free_port(), free_port(), free_port()
+        secrets = tmp / "secrets.txt"
+        secrets.write_text("# one secret per line\n" + SECRET + "\n")
+        secrets.chmod(0o644)  # read by the image's unprivileged user
+        self.env = dict(os.environ, ALMABRIDGE_PORT=str(self.port),
+                        ALMABRIDGE_STATS_PORT=str(self.stats),
+                        KAFKA_HOST_PORT=str(self.kafka_port),
+                        ALMABRIDGE_SECRETS_FILE=str(secrets))
+
+    def compose(self, *args, timeout=900, check=True):
+        p = subprocess.run(COMPOSE + ["-p", self.project, "-f", self.file, *args], cwd=ROOT,
+                           env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            pytest.fail(f"{' '.join(COMPOSE)} {' '.join(args)} failed ({p.returncode}):\n"
+                        f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        return p
+
+    def up(self, replicas):
+        self.compose("down", "-v", "--remove-orphans", check=False)
+        self.compose("up", "-d", "--build", "--scale", f"almabridge={replicas}")
+        wait_until(lambda: sum(s == "UP" for s in server_states(self.stats).values())
+                   == replicas, 240, f"HAProxy to see {replicas} replicas UP\n{self.logs()}")
+
+    def replicas(self):
+        """{container id: docker's status line} of the almabridge service."""
+        out = subprocess.run(
+            ["docker", "ps", "--filter", f"label=com.docker.compose.project={self.project}",
+             "--filter", "label=com.docker.compose.service=almabridge",
+             "--format", "{{.ID}} {{.Status}}"], capture_output=True, text=True, check=True)
+        return dict(line.split(" ", 1) for line in out.stdout.splitlines())
+
+    def logs(self, service=None, whole=False):
+        """The service's (or every service's) log; the last lines unless whole."""
+        args = ["logs", "--no-color"] + ([service] if service else [])
+        p = self.compose(*args, check=False, timeout=120)
+        return p.stdout + p.stderr if whole else p.stdout[-6000:] + p.stderr[-2000:]
+
+    def down(self):
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "30", check=False)
+
+    def post(self, body):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            c.request("POST", "/webhook", body=body, headers={
+                "Content-Type": "application/json", "X-Exl-Signature": sign(body, SECRET)})
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
+
+
+def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_path):
+    st = Stack(tmp_path, "abtest-kafka", "compose.yaml")
+    load = None
+    try:
+        st.up(3)
+        # the image's HEALTHCHECK is `almabridge --probe` (GET /readyz on --listen)
+        wait_until(lambda: all("(healthy)" in s for s in st.replicas().values())
+                   and len(st.replicas()) == 3, 120, f"healthy replicas: {st.replicas()}")
+        # the first event creates the topic (auto-create): 503 until it exists, retried as
+        # Alma would (sooner)
+        deadline = time.monotonic() + 60
+        while (r := st.post(with_id(LOAN, "9000000000000000001")))[0] != 200:
+            assert r[0] == 503 and time.monotonic() < deadline, r
+            time.sleep(1)
+
+        load = Load(st.port, SECRET).start()
+        load.wait_more_ok(150, timeout=120)
+        ids = sorted(st.replicas())
+        # SIGTERM (docker stop): /readyz 503, HAProxy takes it out, it drains and exits
+        stopper = threading.Thread(target=subprocess.run,
+                                   args=(["docker", "stop", "-t", "30", ids[0]],),
+                                   kwargs={"capture_output": True})
+        stopper.start()
+        stopper.join(60)
+        load.wait_more_ok(100, timeout=120)
+        t_kill = time.monotonic()
+        subprocess.run(["docker", "kill", ids[1]], check=True, capture_output=True)
+        load.wait_more_ok(150, timeout=120)
+        ledger = load.finish()
+        load = None
+
+        before = [e for e in ledger if e[3] < t_kill]
+        bad = [e for e in before if e[1] != 200]
+        assert not bad, f"{len(bad)} of {len(before)} answers before the kill were not 200: " \
+                        f"{bad[:5]}\n{st.logs('lb')}"
+        after_bad = [e for e in ledger if e[3] >= t_kill and e[1] != 200]
+        assert len(after_bad) <= CLIENTS, after_bad[:10]
+
+        # the ledger, read from the host through Kafka's EXTERNAL listener
+        ok = {e[0] for e in ledger if e[1] == 200} | {"9000000000000000001"}
+        deadline = time.monotonic() + 90
+        while True:
+            p = subprocess.run(["kcat", "-C", "-b", f"127.0.0.1:{st.kafka_port}", "-t", "alma.loan",
+                                "-o", "beginning", "-e", "-q", "-f", "%k\n"],
+                               capture_output=True, text=True, timeout=60)
+            missing = ok - set(p.stdout.split())
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert not missing, f"{len(missing)} of {len(ok)} webhooks answered 200 are not in " \
+                            f"Kafka: {sorted(missing)[:5]}\n{p.stderr[-2000:]}"
+        print(f"compose/Kafka: {len(ledger)} requests through HAProxy, {len(ok)} answered 200, "
+              f"all in Kafka; {len(after_bad)} failed after the kill")
+
+        # the consumer service shows them: every one, keys first on each line
+        def printed():
+            lines = st.logs("events", whole=True).splitlines()
+            return ok <= {l.split("|", 1)[-1].split()[0] for l in lines if "|" in l and
+                          l.split("|", 1)[-1].strip()}
+        wait_until(printed, 90, "the events service to print every webhook answered 200")
+    finally:
+        if load:
+            load.finish()
+        st.down()
+
+
+def test_redis_variant_writes_through_the_redis_sink(tmp_path):
+    st = Stack(tmp_path, "abtest-redis", "compose.redis.yaml")
+    try:
+        st.up(2)
+        ok = set()
+        for n in range(40):
+            wid = f"91000000000000{n:05d}"
+            status, body = st.post(with_id(LOAN, wid))
+            assert status == 200, body
+            ok.add(wid)
+        # entries: id <webhook id> type <ce type> event <CloudEvent>, one value per line
+        p = st.compose("exec", "-T", "redis", "redis-cli", "--raw", "XRANGE", "alma:events",
+                       "-", "+", timeout=60)
+        ids = {line.strip() for line in p.stdout.splitlines()}
+        assert ok <= ids, f"not in the stream: {sorted(ok - ids)[:5]}\n{p.stdout[-2000:]}"
+        wait_until(lambda: all(i in st.logs("events", whole=True) for i in ok), 60,
+                   "the events service to print every entry")
+    finally:
+        st.down()
+
+
+def test_healthcheck_follows_listen_given_as_container_arguments():
+    """The image alone: `almabridge --probe` (the HEALTHCHECK) reads PID 1's arguments."""
+    name = f"abtest-probe-{os.getpid()}"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+    try:
+        run = subprocess.run(
+            ["docker", "run", "-d", "--name", name, "-e", "ALMABRIDGE_SECRET=x",
+             "almabridge:local", "--listen", "0.0.0.0:9099",
+             "--file", "/var/lib/almabridge/e.jsonl"],
+            capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+
+        def health():
+            p = subprocess.run(["docker", "inspect", "-f", "{{json .State.Health}}", name],
+                               capture_output=True, text=True, check=True)
+            return json.loads(p.stdout)
+        wait_until(lambda: health()["Status"] == "healthy", 90, "the container to be healthy")
+        assert "http://127.0.0.1:9099/readyz: 200" in health()["Log"][-1]["Output"]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
