@@ -1,7 +1,8 @@
-# almabridge — make | make setup | make test | make run | make SANITIZER=address|undefined|thread
+# almabridge — make | make setup | make test | make run | make SANITIZER=address|undefined|address,undefined|thread
 CC      ?= cc
 SANITIZER ?=
-BUILD   := build$(if $(SANITIZER),-$(SANITIZER))
+comma   := ,
+BUILD   := build$(if $(SANITIZER),-$(subst $(comma),+,$(SANITIZER)))
 PKGS    := libevent libevent_openssl libevent_pthreads openssl rdkafka hiredis libcjson libxml-2.0
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
@@ -16,7 +17,7 @@ endif
 ifneq ($(SANITIZER),)
 CFLAGS  += -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -O1
 # UBSan only prints by default: make every report fatal so that the tests see it
-CFLAGS  += $(if $(filter undefined,$(SANITIZER)),-fno-sanitize-recover=undefined)
+CFLAGS  += $(if $(findstring undefined,$(SANITIZER)),-fno-sanitize-recover=undefined)
 LDFLAGS += -fsanitize=$(SANITIZER)
 endif
 

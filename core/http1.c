@@ -1,5 +1,6 @@
 /* HTTP/1.1 request syntax and the chunked coding. See http1.h. */
 #include "http1.h"
+#include "utf8.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -630,35 +631,11 @@ int ab_utf8_valid(const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s, *end = p + len;
     while (p < end) {
-        unsigned c = *p;
-        if (c < 0x80) {
-            p++;
-            continue;
-        }
-        size_t n;
-        unsigned cp, min;
-        if ((c & 0xe0) == 0xc0) {
-            n = 1, cp = c & 0x1f, min = 0x80;
-        } else if ((c & 0xf0) == 0xe0) {
-            n = 2, cp = c & 0x0f, min = 0x800;
-        } else if ((c & 0xf8) == 0xf0) {
-            n = 3, cp = c & 0x07, min = 0x10000;
-        } else {
+        size_t n = ab_utf8_len(p, (size_t)(end - p));
+        if (n == 0) {
             return 0;
         }
-        if ((size_t)(end - p) <= n) {
-            return 0;
-        }
-        for (size_t k = 1; k <= n; k++) {
-            if ((p[k] & 0xc0) != 0x80) {
-                return 0;
-            }
-            cp = (cp << 6) | (p[k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-            return 0;
-        }
-        p += n + 1;
+        p += n;
     }
     return 1;
 }

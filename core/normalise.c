@@ -35,6 +35,7 @@
  * fields (id, action, event, institution, time) are strings in both forms and come out
  * identical. */
 #include "normalise.h"
+#include "utf8.h"
 
 #include "mem.h"
 
@@ -78,39 +79,6 @@ void ab_normalise_init(void)
 
 const char *const ab_envelope_names[AB_ENV_COUNT] = {"id", "action", "event", "institution",
                                                      "time"};
-
-/* Length of the valid UTF-8 sequence starting at p (at most avail bytes), or 0 when it is
- * not one: overlong forms, surrogates and code points above U+10FFFF are refused. */
-static size_t utf8_len(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    size_t n;
-    uint32_t cp, min;
-    if (c < 0x80) {
-        return 1;
-    } else if ((c & 0xe0) == 0xc0) {
-        n = 2, cp = c & 0x1f, min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        n = 3, cp = c & 0x0f, min = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-        n = 4, cp = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (avail < n) {
-        return 0;
-    }
-    for (size_t k = 1; k < n; k++) {
-        if ((p[k] & 0xc0) != 0x80) {
-            return 0;
-        }
-        cp = (cp << 6) | (p[k] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-        return 0;
-    }
-    return n;
-}
 
 static int is_digit(unsigned char c)
 {
@@ -261,7 +229,7 @@ static int copy_string(struct scan *s, int *escaped)
         case 3:
             return scan_fail(s, i, "JSON string holds a raw control character");
         default: {
-            size_t l = utf8_len(p + i, n - i);
+            size_t l = ab_utf8_len(p + i, n - i);
             if (l == 0) {
                 return scan_fail(s, i, "JSON string is not valid UTF-8");
             }

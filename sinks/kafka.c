@@ -713,10 +713,12 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
         return -1;
     }
     struct ab_route *key = NULL;
-    if (compile_key(cfg, &key, errstr, errlen) != 0 || check_route(sc->route, errstr, errlen)) {
+    int bad = compile_key(cfg, &key, errstr, errlen) != 0 ||
+              check_route(sc->route, errstr, errlen) != 0;
+    ab_route_free(key);
+    if (bad) {
         return -1;
     }
-    ab_route_free(key);
     rd_kafka_conf_t *conf = build_conf(sc, NULL, errstr, errlen);
     if (conf == NULL) {
         return -1;

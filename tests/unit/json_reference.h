@@ -6,6 +6,7 @@
 #define AB_TEST_JSON_REFERENCE_H
 
 #include "normalise.h"
+#include "utf8.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -27,39 +28,6 @@ static void ref_set_err(char *errstr, size_t errlen, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(errstr, errlen, fmt, ap);
     va_end(ap);
-}
-
-/* Length of the valid UTF-8 sequence starting at p (at most avail bytes), or 0 when it is
- * not one: overlong forms, surrogates and code points above U+10FFFF are refused. */
-static size_t ref_utf8_len(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    size_t n;
-    uint32_t cp, min;
-    if (c < 0x80) {
-        return 1;
-    } else if ((c & 0xe0) == 0xc0) {
-        n = 2, cp = c & 0x1f, min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
-        n = 3, cp = c & 0x0f, min = 0x800;
-    } else if ((c & 0xf8) == 0xf0) {
-        n = 4, cp = c & 0x07, min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (avail < n) {
-        return 0;
-    }
-    for (size_t k = 1; k < n; k++) {
-        if ((p[k] & 0xc0) != 0x80) {
-            return 0;
-        }
-        cp = (cp << 6) | (p[k] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-        return 0;
-    }
-    return n;
 }
 
 static int ref_is_hex(unsigned char c)
@@ -93,7 +61,7 @@ static const char *ref_scan_string(const unsigned char *p, size_t n, size_t *i)
             *i = k;
             return "JSON string holds a raw control character";
         } else {
-            size_t l = ref_utf8_len(p + k, n - k);
+            size_t l = ab_utf8_len(p + k, n - k);
             if (l == 0) {
                 *i = k;
                 return "JSON string is not valid UTF-8";
