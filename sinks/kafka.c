@@ -538,7 +538,9 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
         {"enable.idempotence", "true"},
         {"acks", "all"},
         {"compression.type", "lz4"},
-        {"linger.ms", "5"},
+        /* send at once: sub-millisecond acks at Alma-like concurrency, and under load the
+         * requests in flight batch what queues meanwhile (bench/kafka_linger.py) */
+        {"linger.ms", "0"},
         {"message.timeout.ms", ack_s},  /* the delivery report comes within --ack-timeout */
         {"message.max.bytes", max_s},   /* follows --max-body: the cluster's limit decides */
         {"socket.timeout.ms", setup_s}, /* metadata and PID requests fail fast too */
