@@ -14,6 +14,7 @@
 
 #include "eventlog.h"
 #include "log.h"
+#include "fixtures.h"
 #include "test.h"
 
 struct probe {
@@ -26,22 +27,6 @@ static void on_done(int status, void *opaque)
     struct probe *p = opaque;
     p->calls++;
     p->status = status;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL) {
-        *len = 0;
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = calloc(1, (size_t)n + 1);
-    *len = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    return buf;
 }
 
 static void spew(const char *path, const char *text)
@@ -136,12 +121,12 @@ static void test_torn_tail_cut_and_moved_aside(void)
     CHECK(fixture_open(&f, 0) == 0);
     CHECK(append_wait(&f, "{\"id\":\"b\"}") == AB_EVENTLOG_OK);
     size_t len;
-    char *text = slurp(f.path, &len);
+    char *text = read_file(f.path, &len);
     CHECK_STR(text, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n");
     free(text);
     char torn[128];
     snprintf(torn, sizeof(torn), "%s.torn", f.path);
-    text = slurp(torn, &len);
+    text = read_file(torn, &len);
     CHECK_STR(text, "{\"id\":\"torn\n");
     free(text);
     fixture_done(&f);
@@ -161,7 +146,7 @@ static void test_torn_tail_without_any_newline(void)
     CHECK(fixture_open(&f, 0) == 0);
     CHECK(append_wait(&f, "{}") == AB_EVENTLOG_OK);
     size_t len;
-    char *text = slurp(f.path, &len);
+    char *text = read_file(f.path, &len);
     CHECK_STR(text, "{}\n");
     free(text);
     fixture_done(&f);
@@ -179,15 +164,15 @@ static void test_renamed_and_removed_file_reopened(void)
     CHECK(rename(f.path, moved) == 0);
     CHECK(append_wait(&f, "2") == AB_EVENTLOG_OK);
     size_t len;
-    char *text = slurp(f.path, &len);
+    char *text = read_file(f.path, &len);
     CHECK_STR(text, "2\n");
     free(text);
-    text = slurp(moved, &len);
+    text = read_file(moved, &len);
     CHECK_STR(text, "1\n");
     free(text);
     CHECK(unlink(f.path) == 0);
     CHECK(append_wait(&f, "3") == AB_EVENTLOG_OK);
-    text = slurp(f.path, &len);
+    text = read_file(f.path, &len);
     CHECK_STR(text, "3\n");
     free(text);
     fixture_done(&f);
@@ -212,7 +197,7 @@ static void test_unreopenable_path_fails_until_fixed(void)
     CHECK(append_wait(&f, "3") == AB_EVENTLOG_OK);
     CHECK(ab_eventlog_ready(f.log));
     size_t len;
-    char *text = slurp(f.path, &len);
+    char *text = read_file(f.path, &len);
     CHECK_STR(text, "3\n");
     free(text);
     fixture_done(&f);
@@ -228,7 +213,7 @@ static void test_reopen_request(void)
     ab_eventlog_reopen_all();
     CHECK(append_wait(&f, "2") == AB_EVENTLOG_OK);
     size_t len;
-    char *text = slurp(f.path, &len);
+    char *text = read_file(f.path, &len);
     CHECK_STR(text, "1\n2\n");
     free(text);
     fixture_done(&f);
@@ -271,7 +256,7 @@ static void test_segments_roll(void)
     ab_eventlog_segment_name(1, name, sizeof(name));
     snprintf(path, sizeof(path), "%s/%s", f.dir, name);
     size_t len;
-    char *text = slurp(path, &len);
+    char *text = read_file(path, &len);
     CHECK_STR(text, "0123456789\n");
     free(text);
     fixture_done(&f);

@@ -1,5 +1,5 @@
 /* Helpers shared by the unit tests that read fixture files or build nested bodies
- * (event_test.c, normalise_test.c). Static inline: a test that uses only some of them
+ * (event_test.c, normalise_test.c, eventlog_test.c). Static inline: a test that uses only some of them
  * builds without unused-function warnings. */
 #ifndef AB_TEST_FIXTURES_H
 #define AB_TEST_FIXTURES_H
@@ -15,6 +15,7 @@ static inline char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");
     if (f == NULL) {
+        *len = 0;
         return NULL;
     }
     size_t cap = 4096, n = 0, r;
