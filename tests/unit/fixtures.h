@@ -1,6 +1,6 @@
 /* Helpers shared by the unit tests that read fixture files or build nested bodies
- * (event_test.c, normalise_test.c, eventlog_test.c). Static inline: a test that uses only some of them
- * builds without unused-function warnings. */
+ * (event_test.c, normalise_test.c, eventlog_test.c). Static inline: a test that uses only
+ * some of them builds without unused-function warnings. */
 #ifndef AB_TEST_FIXTURES_H
 #define AB_TEST_FIXTURES_H
 
