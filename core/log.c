@@ -6,7 +6,11 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/time.h>
+
+#include <event2/event.h>
 
 int ab_log_level_min = AB_LOG_INFO;
 static int log_json;
@@ -62,15 +66,88 @@ static size_t timestamp(char *buf, size_t cap)
     return cached_len + 5;
 }
 
-/* Write one complete line with a single write(2), so lines from threads never mix. */
+struct ab_log_batch {
+    struct event *flush_ev;
+    size_t len;
+    char buf[PIPE_BUF];
+};
+
+static _Thread_local struct ab_log_batch *thread_batch;
+
+static void batch_flush(struct ab_log_batch *b)
+{
+    if (b->len) {
+        ssize_t w = write(STDERR_FILENO, b->buf, b->len);
+        (void)w;
+        b->len = 0;
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    batch_flush(arg);
+}
+
+struct ab_log_batch *ab_log_batch_new(struct event_base *base)
+{
+    struct ab_log_batch *b = calloc(1, sizeof(*b));
+    if (b == NULL || (b->flush_ev = event_new(base, -1, 0, on_flush, b)) == NULL) {
+        free(b);
+        return NULL;
+    }
+    thread_batch = b;
+    return b;
+}
+
+void ab_log_batch_free(struct ab_log_batch *b)
+{
+    if (b == NULL) {
+        return;
+    }
+    batch_flush(b);
+    if (thread_batch == b) {
+        thread_batch = NULL;
+    }
+    event_free(b->flush_ev);
+    free(b);
+}
+
+/* Write one complete line (a newline is added) with a single write(2), so lines from
+ * threads never mix; after this thread's gathered access lines, if any. */
 static void emit(char *line, size_t len, size_t cap)
 {
     if (len >= cap - 1) {
         len = cap - 2;
     }
     line[len++] = '\n';
+    if (thread_batch) {
+        batch_flush(thread_batch);
+    }
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
+}
+
+/* An access line: gathered when the thread has a batch (the first line of an iteration
+ * schedules the flush at the end of the loop's active callbacks), else written at once. */
+static void emit_access(char *line, size_t len, size_t cap)
+{
+    struct ab_log_batch *b = thread_batch;
+    if (b == NULL) {
+        emit(line, len, cap);
+        return;
+    }
+    if (len >= cap - 1) {
+        len = cap - 2;
+    }
+    line[len++] = '\n';
+    if (b->len + len > sizeof(b->buf)) {
+        batch_flush(b);
+    }
+    if (b->len == 0) {
+        event_active(b->flush_ev, EV_TIMEOUT, 0);
+    }
+    memcpy(b->buf + b->len, line, len);
+    b->len += len;
 }
 
 void ab_log_write(int level, const char *fmt, ...)
@@ -228,7 +305,7 @@ void ab_log_access(const struct ab_access *a)
     if (log_json) {
         buf[l.n++] = '}';
     }
-    emit(buf, l.n, sizeof(buf));
+    emit_access(buf, l.n, sizeof(buf));
 }
 
 int ab_log_configure(const char *level, const char *format, char *errstr, size_t errlen)
