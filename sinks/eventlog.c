@@ -420,18 +420,17 @@ static struct timespec deadline_in(int timeout_ms)
     return until;
 }
 
-/* Writer thread: hand each record back to its client. A closed client's records are freed
- * here; an open client's loop is woken under its lock (close sets `closed` under the same
- * lock before it frees the event, so the event is never touched after that). */
-static void complete_batch(struct job *batch, int status)
+/* Writer thread: hand a client its records (a list in order), under one lock and with at
+ * most one wake-up of its loop. A closed client's records are freed here; an open client's
+ * loop is woken under its lock (close sets `closed` under the same lock before it frees
+ * the event, so the event is never touched after that). */
+static void hand_back(struct ab_eventlog_client *c, struct job *list, int status)
 {
-    while (batch) {
-        struct job *j = batch;
-        batch = j->next;
-        struct ab_eventlog_client *c = j->client;
+    struct job *last = NULL;
+    int n = 0;
+    pthread_mutex_lock(&c->mu);
+    for (struct job *j = list; j; j = j->next) {
         j->status = status;
-        j->next = NULL;
-        pthread_mutex_lock(&c->mu);
         if (j->prev_o) {
             j->prev_o->next_o = j->next_o;
         } else {
@@ -440,25 +439,53 @@ static void complete_batch(struct job *batch, int status)
         if (j->next_o) {
             j->next_o->prev_o = j->prev_o;
         }
-        if (c->outstanding == NULL) {
-            pthread_cond_broadcast(&c->cv);
-        }
-        if (c->closed) {
-            int last = --c->refs == 0;
-            pthread_mutex_unlock(&c->mu);
-            free(j);
-            if (last) {
-                client_destroy(c);
-            }
-            continue;
-        }
-        int wake = c->done == NULL;
-        *c->done_tail = j;
-        c->done_tail = &j->next;
-        if (wake) {
-            event_active(c->done_ev, EV_READ, 0);
-        }
+        last = j;
+        n++;
+    }
+    if (c->outstanding == NULL) {
+        pthread_cond_broadcast(&c->cv);
+    }
+    if (c->closed) {
+        int gone = (c->refs -= n) == 0;
         pthread_mutex_unlock(&c->mu);
+        while (list) {
+            struct job *j = list;
+            list = j->next;
+            free(j);
+        }
+        if (gone) {
+            client_destroy(c);
+        }
+        return;
+    }
+    int wake = c->done == NULL;
+    *c->done_tail = list;
+    c->done_tail = &last->next;
+    if (wake) {
+        event_active(c->done_ev, EV_READ, 0);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Writer thread: hand each record of a written batch back to its client, client by client
+ * (a batch holds the records of a few loops, interleaved; each keeps its order). */
+static void complete_batch(struct job *batch, int status)
+{
+    while (batch) {
+        struct ab_eventlog_client *c = batch->client;
+        struct job *mine = NULL, **mine_tail = &mine, **pp = &batch;
+        while (*pp) {
+            struct job *j = *pp;
+            if (j->client == c) {
+                *pp = j->next;
+                j->next = NULL;
+                *mine_tail = j;
+                mine_tail = &j->next;
+            } else {
+                pp = &j->next;
+            }
+        }
+        hand_back(c, mine, status);
     }
 }
 

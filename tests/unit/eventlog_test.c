@@ -321,6 +321,68 @@ static void test_close_while_in_flight_stress(void)
     ab_log_level_min = level;
 }
 
+
+struct order {
+    int *seen;
+    int n;
+    int bad;
+};
+
+struct order_rec {
+    struct order *o;
+    int index;
+};
+
+static void on_ordered(int status, void *opaque)
+{
+    struct order_rec *r = opaque;
+    struct order *o = r->o;
+    if (status != AB_EVENTLOG_OK || r->index != o->n) {
+        o->bad++;
+    }
+    o->seen[o->n++] = r->index;
+}
+
+/* Two clients whose records share batches (interleaved appends): the writer hands each
+ * client its own records, every one exactly once and in the order they were appended. */
+static void test_interleaved_clients_keep_order(void)
+{
+    enum { N = 400 };
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    struct ab_eventlog_client *c2 = ab_eventlog_client_new(f.log, f.base);
+    static int seen[2][N];
+    static struct order_rec recs[2][N];
+    struct order o[2] = {{seen[0], 0, 0}, {seen[1], 0, 0}};
+    for (int i = 0; i < N; i++) {
+        for (int k = 0; k < 2; k++) {
+            char line[32];
+            snprintf(line, sizeof(line), "{\"c\":%d,\"i\":%d}", k, i);
+            struct iovec part = {line, strlen(line)};
+            recs[k][i] = (struct order_rec){&o[k], i};
+            CHECK(ab_eventlog_append(k ? c2 : f.c, &part, 1, on_ordered, &recs[k][i]) == 0);
+        }
+    }
+    for (int round = 0; round < 1000 && (o[0].n < N || o[1].n < N); round++) {
+        struct timeval tv = {0, 5000};
+        event_base_once(f.base, -1, EV_TIMEOUT, on_tick, f.base, &tv);
+        event_base_dispatch(f.base);
+    }
+    CHECK(o[0].n == N && o[1].n == N);
+    CHECK(o[0].bad == 0 && o[1].bad == 0);
+    size_t len = 0;
+    char *text = read_file(f.path, &len);
+    int lines = 0;
+    for (size_t i = 0; text && i < len; i++) {
+        lines += text[i] == '\n';
+    }
+    CHECK(lines == 2 * N);
+    free(text);
+    ab_eventlog_client_free(c2, 2000);
+    fixture_done(&f);
+}
+
 int main(void)
 {
     evthread_use_pthreads();
@@ -332,5 +394,6 @@ int main(void)
     RUN(test_second_writer_refused);
     RUN(test_segments_roll);
     RUN(test_close_while_in_flight_stress);
+    RUN(test_interleaved_clients_keep_order);
     return TEST_SUMMARY();
 }
