@@ -24,8 +24,12 @@ Systems (each answers the same signed requests; configurations in bench/peers/):
   node            bench/peers/node/listener.js (Express, raw-body HMAC, kafkajs / ioredis,
                   answers after the ack), npm ci into .cache/bench/node
 
-Kafka is a real single-node broker (tests/kafka/broker.py), Redis a real redis-server
-(tests/redis/server.py), both started here and stopped at the end.
+Kafka is a real single-node broker (tests/kafka/broker.py) run with the JVM options of
+Kafka's own start scripts (1 GB heap, G1 with a 20 ms pause goal; the test suite's broker
+trades those for a fast start: serial GC, C1 only), its GC log kept to attribute latency
+tails; Redis a real redis-server (tests/redis/server.py). Both are started here and
+stopped at the end. Each system first gets --warmup s of load (the broker's and peers'
+JITs, connections, topic metadata).
 
 Writes to --out (default bench/results/): peers-<date>.json (everything), peers-<date>.md
 (tables of req/s and ratios), and PNG charts: peers-<date>-rps.png (req/s by concurrency,
@@ -38,6 +42,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -271,13 +276,35 @@ def children_cpu(pid):
     return total
 
 
+# The JVM options of Kafka's bin/kafka-server-start.sh and kafka-run-class.sh
+# (KAFKA_HEAP_OPTS, KAFKA_JVM_PERFORMANCE_OPTS), which is how a broker is run for real.
+KAFKA_JVM_OPTS = ["-Xmx1G", "-Xms1G", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                  "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+                  "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true"]
+
+
+def gc_pauses(path, offset):
+    """Stop-the-world pauses the broker's GC log records after byte offset: (count,
+    total ms, longest ms, new offset)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+            end = f.tell()
+    except OSError:
+        return 0, 0.0, 0.0, offset
+    ms = [float(m.group(1)) for m in re.finditer(r"\] GC\(\d+\) Pause .* ([0-9.]+)ms$", text, re.M)]
+    return len(ms), round(sum(ms), 1), round(max(ms, default=0.0), 1), end
+
+
 def bench_sink(sink, a, tmpdir, body, sig, services):
     systems = start_systems(sink, a, tmpdir, body, sig, services)
     names = list(systems)
     out = {"systems": names, "runs": [], "latency": {}}
+    gc_log = services.get("gc_log") if sink == "kafka" else None
     try:
-        for name in names:  # warm-up: connections, JIT, topic metadata
-            benchrun.wrk(systems[name].url, 8, 1, body, sig)
+        for name in names:  # warm-up: connections, JITs, topic metadata
+            benchrun.wrk(systems[name].url, 8, a.warmup, body, sig)
         for r in range(a.rounds):
             order = names if r % 2 == 0 else names[::-1]
             for c in a.conns:
@@ -288,18 +315,32 @@ def bench_sink(sink, a, tmpdir, body, sig, services):
                     log(f"{sink} round {r} c={c} {name}: {res['rps']:.0f} req/s "
                         f"p50 {res['p50_ms']:.2f} ms p99 {res['p99_ms']:.2f} ms, "
                         f"{res['cores']} cores, non-2xx {res['non_2xx']}, errors {res['errors']}")
+        jobs = []
         for name in names:
             # peak: the best concurrency's mean over the rounds (one lucky run is not a peak)
             peak = max(mean([x["rps"] for x in out["runs"]
                              if x["system"] == name and x["conns"] == c]) for c in a.conns)
-            rate = max(1.0, peak / 2)
+            jobs.append((name, name, max(1.0, peak / 2), peak))
+        for name in names:
+            # the machine's own floor at almabridge's rate: the bare server that does nothing,
+            # driven the same way (this VM's scheduling stalls show in every system's p99)
+            bare = "bare" if "bare" in systems else name.replace("almabridge", "bare")
+            if name.startswith("almabridge") and bare in systems:
+                jobs.append((f"{bare} at {name}'s rate", bare, jobs[names.index(name)][2], None))
+        for label, name, rate, peak in jobs:
+            gc0 = gc_pauses(gc_log, 0)[3] if gc_log else 0
             lat = ratepost(systems[name].url, rate, a.latency_duration, 50, body, sig,
                            warmup=min(1.0, a.latency_duration / 4))
-            lat["peak_rps"] = peak
-            out["latency"][name] = lat
-            log(f"{sink} {name} at {rate:.0f} req/s (half peak): p50 {lat['lat_p50_us']} µs "
+            if peak is not None:
+                lat["peak_rps"] = peak
+            if gc_log:
+                n, total, longest, _ = gc_pauses(gc_log, gc0)
+                lat["broker_gc"] = {"pauses": n, "total_ms": total, "max_ms": longest}
+            out["latency"][label] = lat
+            log(f"{sink} {label} at {rate:.0f} req/s: p50 {lat['lat_p50_us']} µs "
                 f"p99 {lat['lat_p99_us']} µs p99.9 {lat['lat_p999_us']} µs, "
-                f"2xx {lat['s2xx']}/{lat['counted']}")
+                f"2xx {lat['s2xx']}/{lat['counted']}"
+                + (f", broker GC {lat['broker_gc']}" if gc_log else ""))
         for name, s in systems.items():
             try:
                 out.setdefault("rss_kb", {})[name] = s.mem().get("VmRSS")
@@ -374,18 +415,23 @@ def markdown(res):
                  ", ".join(f"{n} {mean([x['cores'] for x in out['runs'] if x['system'] == n])}"
                            f" / {mean([x['other_cores'] for x in out['runs'] if x['system'] == n])}"
                            for n in names) + ".")
-        L.append("\nLatency at half of each system's peak (open loop, up to 50 connections):\n")
+        L.append("\nLatency at half of each system's peak (open loop, up to 50 connections; "
+                 "the \"bare at ...'s rate\" rows are the server that does nothing at "
+                 "almabridge's rate, the machine's floor):\n")
+        gc = any("broker_gc" in x for x in out["latency"].values())
         L.append("| system | rate req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-                 "| 2xx / counted | RSS kB |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for n in names:
-            lat = out["latency"].get(n)
+                 "| 2xx / counted | RSS kB |" + (" broker GC pauses: n, total, longest ms |"
+                                                   if gc else ""))
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if gc else ""))
+        for n, lat in out["latency"].items():
             if lat:
                 L.append(f"| {n} | {lat['rate']:.0f} | {lat['lat_p50_us'] / 1000:.2f} "
                          f"| {lat['lat_p90_us'] / 1000:.2f} | {lat['lat_p99_us'] / 1000:.2f} "
                          f"| {lat['lat_p999_us'] / 1000:.2f} | {lat['lat_max_us'] / 1000:.1f} "
                          f"| {lat['s2xx']} / {lat['counted']} | "
-                         f"{out.get('rss_kb', {}).get(n, '-')} |")
+                         f"{out.get('rss_kb', {}).get(n, '-')} |" +
+                         (" {pauses}, {total_ms}, {max_ms} |".format(**lat["broker_gc"])
+                          if "broker_gc" in lat else ""))
     if res.get("smoke"):
         s = res["smoke"]
         L.append(f"\n### instructions per webhook (callgrind, file sink, {s['requests']} "
@@ -433,12 +479,12 @@ def charts(res, base):
             ("lat_p999_us", "p99.9")]
     for ax, sink in zip(axes[0], sinks):
         lat = res["sinks"][sink]["latency"]
-        names = [n for n in res["sinks"][sink]["systems"] if n in lat]
+        names = list(lat)
         width = 0.8 / max(1, len(names))
         for i, n in enumerate(names):
             xs = [j + i * width for j in range(len(pcts))]
             ax.bar(xs, [max(lat[n][k] / 1000, 0.001) for k, _ in pcts], width,
-                   label=f"{n} @ {lat[n]['rate']:.0f}/s", color=COLORS.get(n))
+                   label=f"{n} @ {lat[n]['rate']:.0f}/s", color=COLORS.get(n, "#c7c7c7"))
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(pcts))])
         ax.set_xticklabels([p for _, p in pcts])
         ax.set_yscale("log")
@@ -494,6 +540,7 @@ def main():
     p.add_argument("--duration", type=int, default=5, help="s per closed-loop run (5)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (2)")
     p.add_argument("--latency-duration", type=int, default=6, help="s at half peak (6)")
+    p.add_argument("--warmup", type=int, default=5, help="s of load per system first (5)")
     p.add_argument("--no-smoke", action="store_true", help="skip instructions per webhook")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -530,7 +577,10 @@ def main():
             sys.path.insert(0, os.path.join(ROOT, "tests", "kafka"))
             from broker import KafkaBroker
             log("starting a Kafka broker")
-            services["kafka"] = KafkaBroker(log_level="WARN").start()
+            services["gc_log"] = os.path.join(tmpdir, "kafka-gc.log")
+            services["kafka"] = KafkaBroker(
+                log_level="WARN",
+                jvm_opts=KAFKA_JVM_OPTS + [f"-Xlog:gc:file={services['gc_log']}"]).start()
             services["kafka"].create_topic(TOPIC)
         if "redis" in sinks:
             sys.path.insert(0, os.path.join(ROOT, "tests", "redis"))
@@ -541,7 +591,8 @@ def main():
             res["sinks"][sink] = bench_sink(sink, a, tmpdir, body, sig, services)
     finally:
         for s in services.values():
-            s.close()
+            if hasattr(s, "close"):
+                s.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     if not a.no_smoke and shutil.which("valgrind"):
         sj = os.path.join(tempfile.gettempdir(), f"smoke-{os.getpid()}.json")
