@@ -32,6 +32,7 @@ struct ab_metrics {
     size_t n_reqs, cap_reqs;
     unsigned long long ack_bucket[2][N_BUCKETS + 1]; /* [ok][bucket], last = +Inf */
     double ack_sum[2];
+    atomic_long connections; /* this worker's open client connections */
 };
 
 static double start_time;
@@ -144,6 +145,11 @@ void ab_metrics_request(struct ab_metrics *m, int status, const char *action, co
     if (other) {
         atomic_fetch_add(&ab_metrics_g.label_overflow, 1);
     }
+}
+
+long ab_metrics_connections(struct ab_metrics *m, long delta)
+{
+    return atomic_fetch_add(&m->connections, delta) + delta;
 }
 
 void ab_metrics_ack(struct ab_metrics *m, double seconds, int ok)
@@ -338,6 +344,12 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
           atomic_load(&g->inflight));
     gauge(&b, "almabridge_connections", "gauge", "Open client connections.",
           atomic_load(&g->connections));
+    sb_printf(&b, "# HELP almabridge_worker_connections Open client connections per worker "
+                  "thread.\n# TYPE almabridge_worker_connections gauge\n");
+    for (size_t i = 0; i < n; i++) {
+        sb_printf(&b, "almabridge_worker_connections{worker=\"%zu\"} %ld\n", i,
+                  atomic_load(&tables[i]->connections));
+    }
     gauge(&b, "almabridge_tls_handshake_failures_total", "counter", "Failed TLS handshakes.",
           atomic_load(&g->tls_handshake_failures));
     gauge(&b, "almabridge_reloads_total", "counter", "Successful SIGHUP reloads.",

@@ -33,6 +33,9 @@ void ab_metrics_free(struct ab_metrics *m);
 
 /* Count one answered request. action/event may be NULL (not a webhook, or no event). */
 void ab_metrics_request(struct ab_metrics *m, int status, const char *action, const char *event);
+/* A connection of this worker opened (+1) or closed (-1); returns how many are open
+ * (delta 0: just that). */
+long ab_metrics_connections(struct ab_metrics *m, long delta);
 /* Observe one sink acknowledgement (ok or not) after `seconds`. */
 void ab_metrics_ack(struct ab_metrics *m, double seconds, int ok);
 

@@ -46,6 +46,7 @@
 #define ACCEPT_PAUSE_MS 100     /* after EMFILE and friends */
 #define OUTPUT_HIGH 65536       /* answers waiting to be sent before pipelined requests wait */
 #define FDS_PER_WORKER 8        /* event base, notify pipes, sink sockets and files */
+#define ACCEPT_YIELD_MS 2       /* see on_accept_again() */
 #define FDS_FIXED 32            /* stdio, listener, main loop, logs, librdkafka's own, spare */
 
 enum conn_state { S_IDLE, S_HEAD, S_BODY, S_WAIT, S_CLOSING, S_LINGER };
@@ -84,6 +85,7 @@ struct ab_worker {
     struct event *ctl_ev;
     struct event *drain_ev; /* polls until in-flight webhooks are answered */
     struct event *pause_ev; /* resumes accepting after a pause */
+    struct event *accept_again_ev; /* re-enables the listener after one accept */
     struct event *ready_ev; /* samples the sink's readiness */
     int stopping;
     time_t stop_deadline;
@@ -857,9 +859,10 @@ static void conn_free(struct ab_conn *c)
     list_unlink(c);
     event_free(c->timer);
     bufferevent_free(c->bev);
-    free(c);
     /* the one place where a connection stops counting */
     atomic_fetch_sub(&ab_metrics_g.connections, 1);
+    ab_metrics_connections(c->w->metrics, -1);
+    free(c);
 }
 
 /* ---- accepting -------------------------------------------------------------------- */
@@ -881,6 +884,26 @@ static void on_pause_tick(evutil_socket_t fd, short what, void *arg)
         evconnlistener_enable(w->listener);
         event_del(w->pause_ev);
     }
+}
+
+/* Loop thread, after a connection was accepted (EV_READ), or a moment later (EV_TIMEOUT):
+ * take the next one, unless accepting is paused. A worker holding more than its share of
+ * the connections (one over the mean) first leaves the waiting ones to the others for
+ * ACCEPT_YIELD_MS, then takes them if nobody did (nginx's accept_disabled, by count). */
+static void on_accept_again(evutil_socket_t fd, short what, void *arg)
+{
+    struct ab_worker *w = arg;
+    if (w->listener == NULL || event_pending(w->pause_ev, EV_TIMEOUT, NULL)) {
+        return;
+    }
+    long n = (long)w->app->n_workers;
+    long mine = ab_metrics_connections(w->metrics, 0);
+    if (!(what & EV_TIMEOUT) && mine * n > atomic_load(&ab_metrics_g.connections) + n) {
+        struct timeval tv = {0, ACCEPT_YIELD_MS * 1000};
+        event_add(w->accept_again_ev, &tv);
+        return;
+    }
+    evconnlistener_enable(w->listener);
 }
 
 static void format_peer(const struct sockaddr *sa, char *out, size_t len)
@@ -939,6 +962,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     struct ab_conn *c = ab_calloc(1, sizeof(*c));
     c->w = w;
+    ab_metrics_connections(w->metrics, 1);
     format_peer(sa, c->peer, sizeof(c->peer));
     if (w->ssl_ctx) {
         c->bev = bufferevent_openssl_socket_new(w->base, fd, SSL_new(w->ssl_ctx),
@@ -956,6 +980,16 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     bufferevent_set_timeouts(c->bev, NULL, &wt);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     timer_set(c, w->cfg->idle_timeout_s * 1000);
+    /* One connection per wake-up. The workers share the listening socket, and libevent's
+     * listener accepts every waiting connection on the first worker to wake: with
+     * --threads 2 all 50 of wrk's connections landed on one worker, the other idle. Here
+     * the listener is disabled, and enabled again by on_accept_again() once this loop has
+     * run the callbacks it woke for, while the other workers, woken by the same
+     * readiness, take their turn. */
+    if (w->app->n_workers > 1) {
+        evconnlistener_disable(l);
+        event_active(w->accept_again_ev, EV_READ, 0);
+    }
 }
 
 /* Loop thread: accept() failed with something other than a retriable error. Out of
@@ -1103,6 +1137,7 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
     }
     w->ctl_ev = event_new(w->base, -1, 0, on_control, w);
     w->pause_ev = event_new(w->base, -1, EV_PERSIST, on_pause_tick, w);
+    w->accept_again_ev = event_new(w->base, -1, 0, on_accept_again, w);
     w->ready_ev = event_new(w->base, -1, EV_PERSIST, on_ready_tick, w);
     if (ssl_ctx) {
         SSL_CTX_up_ref(ssl_ctx);
@@ -1174,6 +1209,9 @@ void ab_worker_free(struct ab_worker *w)
     ab_webhook_free(w->webhook);
     if (w->drain_ev) {
         event_free(w->drain_ev);
+    }
+    if (w->accept_again_ev) {
+        event_free(w->accept_again_ev);
     }
     if (w->pause_ev) {
         event_free(w->pause_ev);

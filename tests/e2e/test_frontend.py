@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from daemon import BIN, Daemon, Posters, samples, sign, with_id
+from daemon import BIN, Daemon, Posters, samples, sign, wait_until, with_id
 
 LOAN = dict(samples())["loan_created"]
 
@@ -193,6 +193,44 @@ def test_max_connections(daemon_factory):
     for s in held[30:]:
         s.close()
     assert d.post(LOAN).status == 200
+
+
+def worker_connections(text):
+    """{worker index: open connections} from /metrics."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("almabridge_worker_connections{"):
+            out[int(line.split('"')[1])] = int(line.split()[1])
+    return out
+
+
+def test_connections_spread_over_workers(daemon_factory):
+    """Connections that arrive together are shared by the workers: they wait in the backlog
+    while the daemon is stopped, then every worker wakes for them. libevent's listener
+    accepted all of them on the first worker to run (the others stayed idle under load)."""
+    d = daemon_factory(threads=2)
+    d.proc.send_signal(signal.SIGSTOP)
+    try:
+        held = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(24)]
+    finally:
+        d.proc.send_signal(signal.SIGCONT)
+    try:
+        wait_until(lambda: sum(worker_connections(d.metrics()).values()) >= 25, timeout=10,
+                   what="all connections accepted")
+        per = worker_connections(d.metrics())  # the metrics request holds one more
+        assert sorted(per) == [0, 1]
+        assert min(per.values()) >= 6, per
+        req = (b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"X-Exl-Signature: " + sign(LOAN).encode() + b"\r\nContent-Length: " +
+               str(len(LOAN)).encode() + b"\r\n\r\n" + LOAN)
+        for s in held:  # every one of them is served
+            s.settimeout(10)
+            s.sendall(req)
+        for s in held:
+            assert s.recv(64).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for s in held:
+            s.close()
 
 
 def test_max_inflight_503_at_once(daemon_factory, tmp_path):
