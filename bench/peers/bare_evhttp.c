@@ -5,8 +5,9 @@
  *
  * Every POST gets 200 with the same small JSON body and headers almabridge sends
  * (Content-Type, Cache-Control); GET /healthz gets 200. With --threads N, N event loops each
- * accept on their own SO_REUSEPORT socket, as almabridge's workers do. Runs until SIGTERM or
- * SIGINT. Built by `make bench-tools` into build/bench/bare_evhttp. */
+ * accept on their own SO_REUSEPORT socket (the kernel spreads the connections; almabridge's
+ * workers share one socket and take turns, see on_accept_again() in core/server.c). Runs
+ * until SIGTERM or SIGINT. Built by `make bench-tools` into build/bench/bare_evhttp. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
