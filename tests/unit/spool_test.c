@@ -180,6 +180,16 @@ static void fixture_open_ack(struct fixture *f, long max_bytes, long ack_ms)
     n_submitted = n_held = 0;
 }
 
+/* What the spool directory holds now (ab_spool_summarise, checked to succeed). */
+static struct ab_spool_summary summary(const struct fixture *f)
+{
+    struct ab_spool_summary s;
+    char err[128];
+    memset(&s, 0, sizeof(s));
+    CHECK(ab_spool_summarise(f->dir, &s, err, sizeof(err)) == 0);
+    return s;
+}
+
 static void fixture_close(struct fixture *f)
 {
     f->ops->close(f->s, 1000);
@@ -197,6 +207,16 @@ static int submit(struct fixture *f, const char *id, struct answer *a)
                      "{\"specversion\":\"1.0\",\"id\":\"%s\",\"almaaction\":\"LOAN\"}", id);
     struct ab_sink_msg m = {.id = id, .value = value, .value_len = (size_t)n};
     return ab_sink_submit(f->s, &m, on_done, a);
+}
+
+/* With the broker ready and answering in mode m: submit the event id and wait for its
+ * answer in *a (which stays the callback's: later answers land there too). */
+static void submit_ready(struct fixture *f, enum mode m, const char *id, struct answer *a)
+{
+    mode = m;
+    mock_ready = 1;
+    CHECK(submit(f, id, a) == 0);
+    wait_answers(f->base, a, 1);
 }
 
 static int segments(const char *dir)
@@ -226,9 +246,7 @@ static void test_refused_is_spooled_and_answered_later(void)
     CHECK(a.calls == 0); /* never from inside submit */
     wait_answers(f.base, &a, 1);
     CHECK(a.calls == 1 && a.status == AB_SINK_OK);
-    struct ab_spool_summary s;
-    char err[128];
-    CHECK(ab_spool_summarise(f.dir, &s, err, sizeof(err)) == 0);
+    struct ab_spool_summary s = summary(&f);
     CHECK(s.events == 1);
     CHECK_STR(s.oldest_id, "1");
     fixture_close(&f);
@@ -238,15 +256,10 @@ static void test_acknowledged_is_not_spooled(void)
 {
     struct fixture f;
     fixture_open(&f, 1 << 20);
-    mode = ACK;
-    mock_ready = 1;
     struct answer a = {0};
-    CHECK(submit(&f, "2", &a) == 0);
-    wait_answers(f.base, &a, 1);
+    submit_ready(&f, ACK, "2", &a);
     CHECK(a.calls == 1 && a.status == AB_SINK_OK);
-    struct ab_spool_summary s;
-    char err[128];
-    CHECK(ab_spool_summarise(f.dir, &s, err, sizeof(err)) == 0);
+    struct ab_spool_summary s = summary(&f);
     CHECK(s.events == 0);
     fixture_close(&f);
 }
@@ -257,15 +270,10 @@ static void test_too_big_is_not_spooled(void)
 {
     struct fixture f;
     fixture_open(&f, 1 << 20);
-    mode = TOO_BIG;
-    mock_ready = 1;
     struct answer a = {0};
-    CHECK(submit(&f, "big", &a) == 0);
-    wait_answers(f.base, &a, 1);
+    submit_ready(&f, TOO_BIG, "big", &a);
     CHECK(a.calls == 1 && a.status == AB_SINK_TOO_BIG);
-    struct ab_spool_summary s;
-    char err[128];
-    CHECK(ab_spool_summarise(f.dir, &s, err, sizeof(err)) == 0);
+    struct ab_spool_summary s = summary(&f);
     CHECK(s.events == 0);
     fixture_close(&f);
 }
@@ -276,11 +284,8 @@ static void test_answer_has_the_ack_deadline(void)
 {
     struct fixture f;
     fixture_open_ack(&f, 1 << 20, 100);
-    mode = HOLD;
-    mock_ready = 1;
     struct answer a = {0};
-    CHECK(submit(&f, "late", &a) == 0);
-    wait_answers(f.base, &a, 1);
+    submit_ready(&f, HOLD, "late", &a);
     CHECK(a.calls == 1 && a.status == AB_SINK_TIMEOUT);
     run_for(f.base, 300); /* --spool-after spools it: no second answer */
     CHECK(a.calls == 1);
@@ -304,9 +309,7 @@ static void test_no_ack_within_spool_after_is_spooled(void)
     held[0].cb(AB_SINK_OK, NULL, held[0].opaque); /* the late ack */
     n_held = 0;
     CHECK(a.calls == 1);
-    struct ab_spool_summary s;
-    char err[128];
-    CHECK(ab_spool_summarise(f.dir, &s, err, sizeof(err)) == 0);
+    struct ab_spool_summary s = summary(&f);
     CHECK(s.events == 1);
     fixture_close(&f);
 }
@@ -341,9 +344,7 @@ static void test_forwarded_in_order_and_segments_removed(void)
         CHECK_STR(submitted[i], id);
     }
     CHECK(segments(f.dir) == 1); /* only the one being written */
-    struct ab_spool_summary s;
-    char err[128];
-    CHECK(ab_spool_summarise(f.dir, &s, err, sizeof(err)) == 0);
+    struct ab_spool_summary s = summary(&f);
     CHECK(s.events == 0);
     fixture_close(&f);
 }
