@@ -1,16 +1,18 @@
 #include "log.h"
 
+#include <limits.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <limits.h>
-#include <stdlib.h>
 #include <sys/time.h>
 
 #include <event2/event.h>
+
+#include "mem.h"
 
 int ab_log_level_min = AB_LOG_INFO;
 static int log_json;
@@ -74,11 +76,16 @@ struct ab_log_batch {
 
 static _Thread_local struct ab_log_batch *thread_batch;
 
+static void write_err(const char *p, size_t len)
+{
+    ssize_t w = write(STDERR_FILENO, p, len);
+    (void)w;
+}
+
 static void batch_flush(struct ab_log_batch *b)
 {
     if (b->len) {
-        ssize_t w = write(STDERR_FILENO, b->buf, b->len);
-        (void)w;
+        write_err(b->buf, b->len);
         b->len = 0;
     }
 }
@@ -90,8 +97,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 
 struct ab_log_batch *ab_log_batch_new(struct event_base *base)
 {
-    struct ab_log_batch *b = calloc(1, sizeof(*b));
-    if (b == NULL || (b->flush_ev = event_new(base, -1, 0, on_flush, b)) == NULL) {
+    struct ab_log_batch *b = ab_calloc(1, sizeof(*b));
+    if ((b->flush_ev = event_new(base, -1, 0, on_flush, b)) == NULL) {
         free(b);
         return NULL;
     }
@@ -112,19 +119,25 @@ void ab_log_batch_free(struct ab_log_batch *b)
     free(b);
 }
 
-/* Write one complete line (a newline is added) with a single write(2), so lines from
- * threads never mix; after this thread's gathered access lines, if any. */
-static void emit(char *line, size_t len, size_t cap)
+/* End the line in line[0..len) with a newline, cut to fit cap; returns its new length. */
+static size_t end_line(char *line, size_t len, size_t cap)
 {
     if (len >= cap - 1) {
         len = cap - 2;
     }
     line[len++] = '\n';
+    return len;
+}
+
+/* Write one complete line (a newline is added) with a single write(2), so lines from
+ * threads never mix; after this thread's gathered access lines, if any. */
+static void emit(char *line, size_t len, size_t cap)
+{
+    len = end_line(line, len, cap);
     if (thread_batch) {
         batch_flush(thread_batch);
     }
-    ssize_t w = write(STDERR_FILENO, line, len);
-    (void)w;
+    write_err(line, len);
 }
 
 /* An access line: gathered when the thread has a batch (the first line of an iteration
@@ -132,14 +145,11 @@ static void emit(char *line, size_t len, size_t cap)
 static void emit_access(char *line, size_t len, size_t cap)
 {
     struct ab_log_batch *b = thread_batch;
+    len = end_line(line, len, cap);
     if (b == NULL) {
-        emit(line, len, cap);
+        write_err(line, len);
         return;
     }
-    if (len >= cap - 1) {
-        len = cap - 2;
-    }
-    line[len++] = '\n';
     if (b->len + len > sizeof(b->buf)) {
         batch_flush(b);
     }
