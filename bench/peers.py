@@ -301,7 +301,7 @@ def bench_sink(sink, a, tmpdir, body, sig, services):
     systems = start_systems(sink, a, tmpdir, body, sig, services)
     names = list(systems)
     out = {"systems": names, "runs": [], "latency": {}}
-    gc_log = services.get("gc_log") if sink == "kafka" else None
+    gc_log = a.kafka_gc_log if sink == "kafka" else None
     try:
         for name in names:  # warm-up: connections, JITs, topic metadata
             benchrun.wrk(systems[name].url, 8, a.warmup, body, sig)
@@ -577,10 +577,10 @@ def main():
             sys.path.insert(0, os.path.join(ROOT, "tests", "kafka"))
             from broker import KafkaBroker
             log("starting a Kafka broker")
-            services["gc_log"] = os.path.join(tmpdir, "kafka-gc.log")
+            a.kafka_gc_log = os.path.join(tmpdir, "kafka-gc.log")
             services["kafka"] = KafkaBroker(
                 log_level="WARN",
-                jvm_opts=KAFKA_JVM_OPTS + [f"-Xlog:gc:file={services['gc_log']}"]).start()
+                jvm_opts=KAFKA_JVM_OPTS + [f"-Xlog:gc:file={a.kafka_gc_log}"]).start()
             services["kafka"].create_topic(TOPIC)
         if "redis" in sinks:
             sys.path.insert(0, os.path.join(ROOT, "tests", "redis"))
@@ -591,8 +591,7 @@ def main():
             res["sinks"][sink] = bench_sink(sink, a, tmpdir, body, sig, services)
     finally:
         for s in services.values():
-            if hasattr(s, "close"):
-                s.close()
+            s.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     if not a.no_smoke and shutil.which("valgrind"):
         sj = os.path.join(tempfile.gettempdir(), f"smoke-{os.getpid()}.json")
