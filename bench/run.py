@@ -392,12 +392,16 @@ def post_n(port, body_bytes, sig, total, conns):
 
     def worker(i, n):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        for _ in range(n):
-            c.request("POST", "/webhook", body=body_bytes, headers=headers)
-            r = c.getresponse()
-            r.read()
-            ok[i] += r.status == 200
-        c.close()
+        try:
+            for _ in range(n):
+                c.request("POST", "/webhook", body=body_bytes, headers=headers)
+                r = c.getresponse()
+                r.read()
+                ok[i] += r.status == 200
+        except OSError:
+            pass  # not listening yet, or gone: what was not answered 200 does not count
+        finally:
+            c.close()
 
     per = [total // conns + (1 if i < total % conns else 0) for i in range(conns)]
     ts = [threading.Thread(target=worker, args=(i, per[i])) for i in range(conns)]
