@@ -23,6 +23,7 @@
 #include "cli.h"
 #include "config.h"
 #include "eventlog.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -60,6 +61,14 @@ static void die(const char *msg)
 
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
 {
+    if (d->cfg.institutions && d->env_secret) {
+        snprintf(err, errlen, "--institutions gives every institution its own secrets: unset "
+                              "ALMABRIDGE_SECRET");
+        return NULL;
+    }
+    if (d->cfg.institutions) { /* the profiles' secrets only (load_institutions) */
+        return ab_secrets_load(NULL, NULL, err, errlen);
+    }
     struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
     if (s && ab_secrets_count(s) == 0 && !d->cfg.insecure_skip_signature) {
         snprintf(err, errlen,
@@ -69,6 +78,13 @@ static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errle
         return NULL;
     }
     return s;
+}
+
+/* --institutions: the consortium profiles (NULL with err filled in when they are wrong). */
+static struct ab_institutions *load_institutions(struct daemon *d, char *err, size_t errlen)
+{
+    int line = d->cfg.institutions_line > 0 ? d->cfg.institutions_line : 1;
+    return ab_institutions_load(d->cfg.institutions, line, err, errlen);
 }
 
 /* Bind the listening socket (shared by every worker). */
@@ -145,12 +161,18 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
+    struct ab_institutions *insts = NULL;
+    if (s && d->cfg.institutions && !(insts = load_institutions(d, err, sizeof(err)))) {
+        ab_secrets_free(s);
+        s = NULL;
+    }
     if (s && d->cfg.tls_cert) {
         ctx = ab_tls_ctx_new(d->cfg.tls_cert, d->cfg.tls_key, err, sizeof(err));
     }
     if (s == NULL || (d->cfg.tls_cert && ctx == NULL)) {
         ab_error("reload failed, keeping the current configuration: %s", err);
         ab_secrets_free(s);
+        ab_institutions_free(insts);
         atomic_fetch_add(&ab_metrics_g.reload_failures, 1);
         ab_notify("READY=1");
         return;
@@ -160,7 +182,13 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     }
     SSL_CTX_free(ctx);
     atomic_fetch_add(&ab_metrics_g.reloads, 1);
-    ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+    if (insts) {
+        ab_info("reloaded: %zu institution profile(s)%s", ab_institutions_count(insts),
+                ctx ? ", TLS certificate" : "");
+        ab_institutions_publish(insts); /* the workers move to it on their next webhook */
+    } else {
+        ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+    }
     ab_secrets_free(s);
     ab_notify("READY=1");
 }
@@ -206,6 +234,16 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     *secrets = load_secrets(d, err, errlen);
     if (*secrets == NULL) {
         return -1;
+    }
+    if (cfg->institutions) {
+        struct ab_institutions *insts = load_institutions(d, err, errlen);
+        if (insts == NULL) {
+            return -1;
+        }
+        ab_info("consortium mode: %zu institution profile(s) from %s",
+                ab_institutions_count(insts), cfg->institutions);
+        ab_institutions_publish(insts);
+        ab_metrics_add_source(ab_institutions_metrics);
     }
     d->app.cfg = cfg;
     d->app.sink_ops = ab_sink_find(cfg->sink);
@@ -337,6 +375,7 @@ static void shutdown_all(struct daemon *d)
         d->app.sink_ops->global_free(d->app.sink_shared);
     }
     app_free(&d->app);
+    ab_institutions_publish(NULL);
     free(d->app.workers);
     free(d->app.metrics);
     free(d->threads);
@@ -406,7 +445,7 @@ int main(int argc, char **argv)
     if (d.cfg.check_config) {
         check_config(&d, secrets, ctx);
     }
-    if (ab_secrets_count(secrets) == 0) {
+    if (ab_secrets_count(secrets) == 0 && !d.cfg.institutions) {
         ab_warn("--insecure-skip-signature: webhooks are NOT authenticated; anyone who can "
                 "reach this port can inject events");
     }

@@ -53,6 +53,17 @@ static const struct ab_option options[] = {
      .metavar = "FILE",
      .help = "file with the webhook secret(s), one per line ('#' comments); several allow "
              "rotation. The secret can also come from ALMABRIDGE_SECRET"},
+    {.name = "institutions", .type = AB_OPT_STRING, .off = OFF(institutions), .group = "HTTP",
+     .metavar = "FILE",
+     .help = "consortium mode: one [INSTITUTION_CODE] section per institution, each with its "
+             "own secret-file/secret, route and allow (docs/CONSORTIUM.md); a webhook is "
+             "verified only with the secrets of the institution it names. The sections may "
+             "also end the --config file. Replaces --secret-file and ALMABRIDGE_SECRET"},
+    {.name = "unknown-institution", .type = AB_OPT_STRING, .def = "retry",
+     .off = OFF(unknown_institution), .choices = "retry|refuse", .group = "HTTP",
+     .metavar = "retry|refuse",
+     .help = "with --institutions, a webhook of an institution without a profile gets 503 and "
+             "Retry-After (retry: Alma sends it again later) or 401 (refuse)"},
     {.name = "insecure-skip-signature", .type = AB_OPT_BOOL, .def = "false",
      .off = OFF(insecure_skip_signature), .group = "HTTP",
      .help = "accept events without checking X-Exl-Signature (testing only)"},
@@ -160,6 +171,7 @@ struct loader {
     struct optview vw;
     enum layer layer;
     enum layer *list_layer; /* per option of vw: the layer that last set it (lists) */
+    char *sections_in;      /* the config file whose [sections] are the profiles */
     char *errstr;
     size_t errlen;
 };
@@ -852,6 +864,20 @@ static int load_file(struct loader *ld, const char *path)
         if (line[0] == '\0' || line[0] == '#') {
             continue;
         }
+        if (line[0] == '[') { /* consortium profiles from here on (institutions.h) */
+            if (ld->cfg->institutions != NULL) {
+                snprintf(ld->errstr, ld->errlen,
+                         "config file %s line %d: institution sections, but \"institutions\" "
+                         "already names a file: give the profiles in one place", path, lineno);
+                goto done;
+            }
+            ld->cfg->institutions_line = lineno;
+            ld->sections_in = ab_strdup(path);
+            free(ld->cfg->institutions);
+            ld->cfg->institutions = ab_strdup(path);
+            rc = 0;
+            goto done;
+        }
         if (file_line(ld, path, lineno, line) != 0) {
             goto done;
         }
@@ -897,6 +923,17 @@ static int validate(struct loader *ld)
         snprintf(ld->errstr, ld->errlen, "--tls-cert and --tls-key must be given together");
         return -1;
     }
+    if (ld->sections_in && strcmp(cfg->institutions, ld->sections_in) != 0) {
+        snprintf(ld->errstr, ld->errlen, "--institutions %s, but the config file %s holds "
+                 "institution sections too: give the profiles in one place", cfg->institutions,
+                 ld->sections_in);
+        return -1;
+    }
+    if (cfg->institutions && (cfg->secret_file || cfg->insecure_skip_signature)) {
+        snprintf(ld->errstr, ld->errlen, "--institutions gives every institution its own "
+                 "secrets: remove %s", cfg->secret_file ? "--secret-file" : "--insecure-skip-signature");
+        return -1;
+    }
     return 0;
 }
 
@@ -940,6 +977,7 @@ int ab_config_load(struct ab_config *cfg, const struct ab_sink_ops *const *sinks
 done:
     free(args);
     free(ld.list_layer);
+    free(ld.sections_in);
     view_free(&ld.vw);
     if (rc != AB_CONFIG_OK) {
         ab_config_free(cfg);

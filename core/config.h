@@ -75,6 +75,10 @@ struct ab_config {
     char *listen; /* HOST:PORT */
     char *path;
     char *secret_file;
+    char *institutions;        /* consortium profiles (institutions.h), NULL = one secret */
+    int institutions_line;     /* > 0: the profiles are the sections of the config file,
+                                  from this line on (institutions = that file) */
+    char *unknown_institution; /* retry (503) | refuse (401) */
     int insecure_skip_signature;
     long max_body;
     long ack_timeout_ms;

@@ -33,6 +33,7 @@
 
 #include "acl.h"
 #include "config.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -507,8 +508,8 @@ static void handle_metrics(struct ab_worker *w, struct ab_req *r)
 static void dispatch(struct ab_worker *w, struct ab_req *r)
 {
     const char *path = r->head.path, *m = r->head.method;
-    if (strcmp(path, w->cfg->path) == 0) {
-        ab_webhook_handle(w->webhook, r);
+    if (strcmp(path, w->cfg->path) == 0 || ab_institutions_path_match(w->cfg->path, path)) {
+        ab_webhook_handle(w->webhook, r); /* {path}/{code}: consortium mode only */
         return;
     }
     int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");

@@ -13,6 +13,7 @@
 #include "config.h"
 #include "event.h"
 #include "http1.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -27,6 +28,8 @@ struct ab_webhook {
     struct ab_metrics *metrics;
     struct ab_sink *sink;
     struct ab_secrets *secrets;
+    struct ab_inst_view insts;    /* consortium mode: this worker's hold on the profiles */
+    struct ab_inst_budget budget; /* for telling forgeries from bad signatures */
     int stopping;
     long inflight; /* webhooks of this worker waiting on the sink */
 };
@@ -38,6 +41,7 @@ struct pending {
     struct ab_webhook *wh;
     struct ab_req *req;
     struct ab_event *ev;
+    struct ab_inst_stats *stats; /* consortium mode: the institution's counters, or NULL */
     struct timespec start;
 };
 
@@ -76,6 +80,9 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     struct pending *p = opaque;
     struct ab_webhook *wh = p->wh;
     ab_metrics_ack(wh->metrics, elapsed_s(&p->start), status == AB_SINK_OK);
+    ab_inst_stats_answer(p->stats, status == AB_SINK_OK         ? 200
+                                   : status == AB_SINK_TOO_BIG ? 413
+                                                               : 503);
     if (status == AB_SINK_OK) {
         answer(wh, p->req, p->ev, 200, NULL);
     } else if (status == AB_SINK_TOO_BIG) {
@@ -97,9 +104,10 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
 }
 
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
- * on_sink_done. Returns 0, or 503 with msg filled in (ev not taken). */
-static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, char *msg,
-                  size_t msglen)
+ * on_sink_done. inst: the institution's profile in consortium mode (its route, if it has
+ * one, replaces --route), else NULL. Returns 0, or 503 with msg filled in (ev not taken). */
+static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
+                  const struct ab_institution *inst, char *msg, size_t msglen)
 {
     const struct ab_config *cfg = wh->cfg;
     if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
@@ -107,10 +115,12 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
                  "too many webhooks waiting on the sink (--max-inflight); retry later");
         return 503;
     }
-    char *route = ab_route_expand(wh->app->route, ev);
+    const struct ab_route *rt = inst ? ab_institution_route(inst) : NULL;
+    char *route = ab_route_expand(rt ? rt : wh->app->route, ev);
     struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, NULL, ev->json, ev->json_len, ev};
     struct pending *p = ab_calloc(1, sizeof(*p));
     *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start};
+    p->stats = ab_institution_stats(inst);
     int rc = ab_sink_submit(wh->sink, &m, on_sink_done, p);
     free(route);
     if (rc != 0) {
@@ -187,9 +197,11 @@ static int body_format(const char *ctype, const char *body, size_t len)
     return -1;
 }
 
-/* Before parsing: shutting down, allowlist, signature over the raw bytes, media type.
+/* Before parsing: shutting down, allowlist, signature over the raw bytes (not in
+ * consortium mode: bind_institution() checks it after parsing), media type.
  * Returns 0 and the body format, or the status to answer with msg filled in. */
-static int admit(struct ab_webhook *wh, struct ab_req *r, int *fmt, char *msg, size_t msglen)
+static int admit(struct ab_webhook *wh, struct ab_req *r, int consortium, int *fmt, char *msg,
+                 size_t msglen)
 {
     if (atomic_load(&ab_metrics_g.draining) && wh->stopping) {
         snprintf(msg, msglen, "almabridge is shutting down; retry later");
@@ -200,7 +212,7 @@ static int admit(struct ab_webhook *wh, struct ab_req *r, int *fmt, char *msg, s
         return 403;
     }
     const char *sig = ab_http_field(&r->head, "X-Exl-Signature");
-    if (!wh->cfg->insecure_skip_signature &&
+    if (!wh->cfg->insecure_skip_signature && !consortium &&
         !ab_signature_verify(wh->secrets, sig, r->body, r->body_len)) {
         snprintf(msg, msglen, "%s",
                  sig ? "X-Exl-Signature does not match the body under any configured secret"
@@ -216,30 +228,111 @@ static int admit(struct ab_webhook *wh, struct ab_req *r, int *fmt, char *msg, s
     return 0;
 }
 
+/* Consortium mode, after parsing: the institution the body names must have a profile
+ * (else 503, or 401 with --unknown-institution refuse), be the one the URL names (if it
+ * names one), allow the client, and have signed the raw body with one of its own secrets.
+ * Returns 0 with *out set, or the status with msg filled in (*out set when the profile is
+ * known, for its counters). */
+static int bind_institution(struct ab_webhook *wh, const struct ab_institutions *set,
+                            struct ab_req *r, const struct ab_event *ev,
+                            const struct ab_institution **out, char *msg, size_t msglen)
+{
+    static struct ab_ratelimit forgery_rl;
+    char url[AB_INST_CODE_MAX + 1];
+    const char *code = ev->institution;
+    int named = ab_institutions_url_code(wh->cfg->path, r->head.path, r->head.query, url);
+    const struct ab_institution *inst = *out = ab_institutions_find(set, code);
+    struct ab_inst_stats *stats = ab_institution_stats(inst);
+    const char *shown = ab_institutions_code_valid(code) ? code : "(not a valid code)";
+    if (named < 0 || (named && (code == NULL || strcmp(url, code) != 0))) {
+        ab_inst_stats_refused(stats, AB_INST_R_URL);
+        if (named < 0) {
+            snprintf(msg, msglen, "the URL names no valid institution code, or two different "
+                                  "ones (path and ?institution=)");
+        } else {
+            snprintf(msg, msglen, "the URL names institution %s but the webhook names %s", url,
+                     code ? shown : "no institution");
+        }
+        return 401;
+    }
+    if (code == NULL) {
+        snprintf(msg, msglen, "the webhook names no institution (institution.value), which "
+                              "every webhook must in consortium mode (--institutions)");
+        return 401;
+    }
+    if (inst == NULL) {
+        int refuse = strcmp(wh->cfg->unknown_institution, "refuse") == 0;
+        ab_institutions_unknown(code, r->client, refuse);
+        snprintf(msg, msglen, "institution %s has no profile here%s", shown,
+                 refuse ? "" : " yet; retry later");
+        return refuse ? 401 : 503;
+    }
+    const struct ab_acl *allow = ab_institution_allow(inst);
+    if (allow && !ab_acl_match(allow, r->client)) {
+        ab_inst_stats_refused(stats, AB_INST_R_ALLOW);
+        snprintf(msg, msglen, "webhooks of institution %s from %s are not allowed (see its "
+                              "allow in --institutions)", code, r->client);
+        return 403;
+    }
+    const struct ab_institution *signer = NULL;
+    const char *sig = ab_http_field(&r->head, "X-Exl-Signature");
+    switch (ab_institutions_verify(set, inst, sig, r->body, r->body_len, &wh->budget, &signer)) {
+    case AB_INST_VALID:
+        return 0;
+    case AB_INST_FORGERY:
+        ab_inst_stats_refused(stats, AB_INST_R_FORGERY);
+        ab_log_limited(&forgery_rl, AB_LOG_WARN,
+                       "forgery refused: a webhook from %s names institution %s but is signed "
+                       "with the secret of institution %s", r->client, code,
+                       ab_institution_code(signer));
+        break;
+    default:
+        ab_inst_stats_refused(stats, AB_INST_R_SIGNATURE);
+        break;
+    }
+    if (sig == NULL) {
+        snprintf(msg, msglen, "missing X-Exl-Signature header");
+    } else {
+        snprintf(msg, msglen,
+                 "X-Exl-Signature does not match the body under the secrets of institution %s",
+                 code);
+    }
+    return 401;
+}
+
 /* Loop thread: a webhook. Every path ends in exactly one answer. */
 static void handle_post(struct ab_webhook *wh, struct ab_req *r)
 {
     char msg[256];
     int fmt = AB_FORMAT_JSON;
+    const struct ab_institutions *insts = ab_inst_view_get(&wh->insts);
+    const struct ab_institution *inst = NULL;
     if (wh->cfg->log_bodies) {
         /* --log-bodies, for debugging an integration only: bodies hold personal data */
         ab_debug("body from %s (%zu bytes): %.*s", r->client, r->body_len,
                  (int)(r->body_len < 1800 ? r->body_len : 1800), r->body);
     }
-    int code = admit(wh, r, &fmt, msg, sizeof(msg));
+    int code = admit(wh, r, insts != NULL, &fmt, msg, sizeof(msg));
     if (code != 0) {
         answer(wh, r, NULL, code, msg);
         return;
     }
     struct ab_event *ev = NULL;
     int rc = ab_event_from_body(fmt, r->body, r->body_len, &ev, msg, sizeof(msg));
-    ab_req_drop_body(r);
     if (rc != AB_EVENT_OK) {
         answer(wh, r, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, msg);
         return;
     }
-    code = submit(wh, r, ev, msg, sizeof(msg));
+    if (insts && (code = bind_institution(wh, insts, r, ev, &inst, msg, sizeof(msg))) != 0) {
+        ab_inst_stats_answer(ab_institution_stats(inst), code);
+        answer(wh, r, ev, code, msg);
+        ab_event_free(ev);
+        return;
+    }
+    ab_req_drop_body(r);
+    code = submit(wh, r, ev, inst, msg, sizeof(msg));
     if (code != 0) {
+        ab_inst_stats_answer(ab_institution_stats(inst), code);
         answer(wh, r, ev, code, msg);
         ab_event_free(ev);
     }
@@ -348,5 +441,6 @@ void ab_webhook_free(struct ab_webhook *wh)
     }
     ab_webhook_close_sink(wh, (int)(wh->cfg->shutdown_timeout_s * 1000));
     ab_secrets_free(wh->secrets);
+    ab_inst_view_release(&wh->insts);
     free(wh);
 }

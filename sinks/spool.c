@@ -27,6 +27,7 @@
 #include "config.h"
 #include "event.h"
 #include "eventlog.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
@@ -701,7 +702,8 @@ static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
     ev.source = ev.source ? ev.source : ab_strdup("urn:alma:unknown");
     ev.json = f->buf;
     ev.json_len = len;
-    route = ab_route_expand(sh->route, &ev);
+    route = ab_institutions_route_for(&ev); /* consortium mode: its profile's route */
+    route = route ? route : ab_route_expand(sh->route, &ev);
     struct ab_sink_msg m = {.id = ev.id,
                             .type = ev.type,
                             .source = ev.source,
