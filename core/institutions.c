@@ -314,7 +314,7 @@ static int add_secret_file(struct parser *p, const char *v)
 static int add_allow(struct parser *p, char *v)
 {
     char err[256];
-    for (char *item = strtok(v, ","); item; item = strtok(NULL, ",")) {
+    for (char *rest = v, *item; (item = strsep(&rest, ",")) != NULL;) {
         item = strip_comment(item);
         const char *one[1] = {item};
         struct ab_acl *acl = *item ? ab_acl_new(one, 1, err, sizeof(err)) : NULL;
