@@ -61,7 +61,7 @@ static void die(const char *msg)
 
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
 {
-    if (d->cfg.institutions && d->env_secret) {
+    if (d->cfg.institutions && d->env_secret && d->env_secret[0]) { /* "" is unset */
         snprintf(err, errlen, "--institutions gives every institution its own secrets: unset "
                               "ALMABRIDGE_SECRET");
         return NULL;
