@@ -167,7 +167,7 @@ static void test_binding(void)
     const char *body = "{\"id\":\"7\",\"action\":\"LOAN\"}";
     char sig[AB_SIGNATURE_B64_LEN + 1];
     for (int i = 0; i < 60; i++) {
-        char code[16], secret[16], other[16];
+        char code[32], secret[32], other[32];
         snprintf(code, sizeof(code), "INST_%02d", i);
         snprintf(secret, sizeof(secret), "secret-%02d", i);
         snprintf(other, sizeof(other), "secret-%02d", (i + 7) % 60);
