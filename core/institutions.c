@@ -18,6 +18,7 @@
 #include "signature.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -188,11 +189,23 @@ struct parser {
     size_t errlen;
 };
 
-static void p_error(struct parser *p, const char *fmt, const char *a, const char *b)
+static void p_error(struct parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void p_error(struct parser *p, const char *fmt, ...)
 {
     char msg[512];
-    snprintf(msg, sizeof(msg), fmt, a ? a : "", b ? b : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
     snprintf(p->errstr, p->errlen, "%s line %d: %s", p->path, p->line, msg);
+}
+
+/* 1 when s may be shown in an error: it looks like a key (a few lower-case letters, '-' or
+ * '_'), not like a secret pasted on a line of its own. */
+static int looks_like_key(const char *s)
+{
+    size_t n = strspn(s, "abcdefghijklmnopqrstuvwxyz-_");
+    return n > 0 && n <= 24 && s[n] == '\0';
 }
 
 /* Cut a comment (a '#' at the start or after a blank, outside double quotes) and the
@@ -272,21 +285,19 @@ static int section_start(struct parser *p, char *s)
         return -1;
     }
     if (n < 2 || s[n - 1] != ']') {
-        p_error(p, "malformed section header %s%s: write [INSTITUTION_CODE]", s, NULL);
+        p_error(p, "malformed section header: write [INSTITUTION_CODE]");
         return -1;
     }
     s[n - 1] = '\0';
     s++;
     if (!ab_institutions_code_valid(s)) {
         p_error(p, "\"%s\" is not an institution code (letters, digits, '_', '-', '.'; "
-                   "at most 64)%s", s, NULL);
+                   "at most 64)", s);
         return -1;
     }
     for (size_t i = 0; i < p->set->n; i++) {
         if (strcmp(p->set->v[i].code, s) == 0) {
-            char prev[32];
-            snprintf(prev, sizeof(prev), "%d", p->set->v[i].line);
-            p_error(p, "institution %s is already defined on line %s", s, prev);
+            p_error(p, "institution %s is already defined on line %d", s, p->set->v[i].line);
             return -1;
         }
     }
@@ -304,7 +315,7 @@ static int add_secret_file(struct parser *p, const char *v)
     char *file = v[0] == '/' || p->dir == NULL ? ab_strdup(v) : ab_asprintf("%s/%s", p->dir, v);
     int rc = ab_secrets_add_file(p->cur->secrets, file, err, sizeof(err));
     if (rc != 0) {
-        p_error(p, "%s%s", err, NULL);
+        p_error(p, "%s", err);
     }
     free(file);
     return rc;
@@ -319,7 +330,7 @@ static int add_allow(struct parser *p, char *v)
         const char *one[1] = {item};
         struct ab_acl *acl = *item ? ab_acl_new(one, 1, err, sizeof(err)) : NULL;
         if (acl == NULL) {
-            p_error(p, "allow: %s%s", *item ? err : "empty address", NULL);
+            p_error(p, "allow: %s", *item ? err : "empty address");
             return -1;
         }
         ab_acl_free(acl);
@@ -334,7 +345,8 @@ static int key_value(struct parser *p, char *s)
 {
     char *eq = strchr(s, '=');
     if (eq == NULL) {
-        p_error(p, "expected \"key = value\" or [INSTITUTION_CODE], not \"%s\"%s", s, NULL);
+        p_error(p, "expected \"key = value\" or [INSTITUTION_CODE] (the line is not shown: "
+                   "it may hold a secret)");
         return -1;
     }
     *eq = '\0';
@@ -343,11 +355,13 @@ static int key_value(struct parser *p, char *s)
         *k = *k == '_' ? '-' : *k;
     }
     if (p->cur == NULL) {
-        p_error(p, "\"%s\" outside a section: start one with [INSTITUTION_CODE]%s", key, NULL);
+        p_error(p, "\"%s\" outside a section: start one with [INSTITUTION_CODE]",
+                looks_like_key(key) ? key : "a key");
         return -1;
     }
     if (unquote(v) != 0 || *v == '\0') {
-        p_error(p, "%s needs a value%s", key, *v ? " (unterminated quote)" : "");
+        p_error(p, "%s needs a value%s", looks_like_key(key) ? key : "the key",
+                *v ? " (unterminated quote)" : "");
         return -1;
     }
     struct ab_institution *c = p->cur;
@@ -359,17 +373,19 @@ static int key_value(struct parser *p, char *s)
         p->inline_secrets = 1;
     } else if (strcmp(key, "route") == 0) {
         if (c->route != NULL) {
-            p_error(p, "route given twice for institution %s%s", c->code, NULL);
+            p_error(p, "route given twice for institution %s", c->code);
             return -1;
         }
         if ((c->route = ab_route_compile(v, err, sizeof(err))) == NULL) {
-            p_error(p, "route: %s%s", err, NULL);
+            p_error(p, "route: %s", err);
             return -1;
         }
     } else if (strcmp(key, "allow") == 0) {
         return add_allow(p, v);
     } else {
-        p_error(p, "unknown key \"%s\" (known: secret-file, secret, route, allow)%s", key, NULL);
+        p_error(p, "unknown key %s%s%s (known: secret-file, secret, route, allow)",
+                looks_like_key(key) ? "\"" : "", looks_like_key(key) ? key : "(not shown)",
+                looks_like_key(key) ? "\"" : "");
         return -1;
     }
     return 0;

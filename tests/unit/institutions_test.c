@@ -143,9 +143,21 @@ static void test_errors_name_file_and_line(void)
 static void test_errors_hold_no_secret(void)
 {
     char err[512];
-    struct ab_institutions *set = load("[A]\nsecret = hunter2\nallow = x\n", err, sizeof(err));
-    CHECK(set == NULL);
-    CHECK(strstr(err, "hunter2") == NULL);
+    const char *texts[] = {
+        "[A]\nsecret = hunter2\nallow = x\n",
+        "[A]\nhunter2\n",                /* a secret pasted without "secret =" */
+        "[A]\nSuperHunter2=\n",          /* ... that ends in '=' (base64) */
+        "[A]\nhunter2 = x\n",            /* ... on the left of an '=' */
+        "hunter2 = x\n",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        struct ab_institutions *set = load(texts[i], err, sizeof(err));
+        CHECK(set == NULL && strstr(err, "inst.conf line ") != NULL);
+        CHECK(strstr(err, "unter2") == NULL);
+        if (strstr(err, "unter2") != NULL) {
+            fprintf(stderr, "  %s\n", err);
+        }
+    }
 }
 
 /* Many profiles: each found by its code, each verified with its own secret only; a
