@@ -274,6 +274,35 @@ def test_unknown_institution_refuse(daemon_factory, tmp_path):
     assert metric(d, "almabridge_unknown_institution_total") == 1
 
 
+# ---- the spool forwards with the institution's route --------------------------------------
+
+def test_spool_forwards_to_the_institutions_stream(daemon_factory, tmp_path):
+    """Redis away: webhooks of two institutions are spooled (200); when it is back, the
+    forwarder writes each into its own institution's stream, as the front end would have."""
+    with RedisServer(appendonly=True, appendfsync="always") as redis:
+        d, _ = start_consortium(daemon_factory, tmp_path,
+                                ["--sink", "redis", "--redis", redis.url,
+                                 "--spool", str(tmp_path / "spool")], insts=[(0, 0), (1, 0)])
+        wait_until(lambda: d.get("/readyz").status == 200, 10, d.stderr)
+        redis.stop()
+        cl = Client(d.port)
+        src = samples()[0][1]
+        for i in (0, 1):
+            for n in range(3):
+                body = json_body(src, code(i), new_id=f"spooled-{i}-{n}")
+                assert cl.post(body, sign(body, secret(i)))[0] == 200
+        wait_until(lambda: metric(d, "almabridge_spooled_total") >= 6, 10, d.stderr)
+        redis.start()
+        action = json.loads(src)["action"].lower()
+        with Resp(redis.port) as r:
+            def ids(i):
+                return sorted(f["id"] for _, f in stream(r, f"cons{i:02d}:{action}"))
+            for i in (0, 1):
+                wait_until(lambda i=i: ids(i) == [f"spooled-{i}-{n}" for n in range(3)], 30,
+                           lambda: f"{ids(0)} {ids(1)} {d.stderr()[-2000:]}")
+            assert r.call("KEYS", "alma:*") == []
+
+
 # ---- reload under load ------------------------------------------------------------------------
 
 def test_reload_add_remove_rotate_under_load(daemon_factory, tmp_path):
