@@ -225,6 +225,33 @@ def test_fifty_institutions_bound_routed_and_forgeries_refused(daemon_factory, t
         assert_no_secret_logged(d, [secret(i) for i in range(N)])
 
 
+def test_fifty_institutions_file_sink_records_each(daemon_factory, tmp_path):
+    """The same 50 profiles with the file sink: a JSON and an XML webhook of each, every
+    one stored with its own institution (routes do not apply to the file sink)."""
+    d, _ = start_consortium(daemon_factory, tmp_path, [])
+    cl = Client(d.port)
+    jsrc, xsrc = samples()[0][1], xml_fixtures()[0][1]
+
+    def send(i):
+        c = code(i)
+        body = json_body(jsrc, c, new_id=f"file-{i}")
+        xml = xml_body(xsrc, c)
+        return (cl.post(body, sign(body, secret(i)), f"/webhook/{c}")[0],
+                cl.post(xml, sign(xml, secret(i)), ctype="application/xml")[0])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        assert set(ex.map(send, range(N))) == {(200, 200)}
+    wait_until(lambda: len(d.events()) == 2 * N, 10, d.stderr)
+    by_inst = {}
+    for e in d.events():
+        by_inst.setdefault(e["almainstitution"], []).append(e)
+    assert sorted(by_inst) == sorted(code(i) for i in range(N))
+    for i in range(N):
+        evs = by_inst[code(i)]
+        assert len(evs) == 2 and {e["source"] for e in evs} == {f"urn:alma:{code(i)}"}
+        assert f"file-{i}" in {e["id"] for e in evs}
+
+
 # ---- the file sink, --config sections, allowlists, unknown institutions ----------------------
 
 def test_file_sink_config_sections_allow_and_unknown(daemon_factory, tmp_path):
