@@ -228,6 +228,25 @@ static int admit(struct ab_webhook *wh, struct ab_req *r, int consortium, int *f
     return 0;
 }
 
+/* 1 (msg filled in) when the URL names an institution ({path}/{code}, ?institution=)
+ * other than code, the one the body names (NULL: none), or names no valid code. */
+static int url_names_another(struct ab_webhook *wh, struct ab_req *r, const char *code,
+                             char *msg, size_t msglen)
+{
+    char url[AB_INST_CODE_MAX + 1];
+    int named = ab_institutions_url_code(wh->cfg->path, r->head.path, r->head.query, url);
+    if (named < 0) {
+        snprintf(msg, msglen, "the URL names no valid institution code, or two different ones "
+                              "(path and ?institution=)");
+    } else if (named && (code == NULL || strcmp(url, code) != 0)) {
+        snprintf(msg, msglen, "the URL names institution %s but the webhook names %s", url,
+                 code == NULL                       ? "no institution"
+                 : ab_institutions_code_valid(code) ? code
+                                                    : "an invalid code");
+    }
+    return named < 0 || (named && (code == NULL || strcmp(url, code) != 0));
+}
+
 /* Consortium mode, after parsing: the institution the body names must have a profile
  * (else 503, or 401 with --unknown-institution refuse), be the one the URL names (if it
  * names one), allow the client, and have signed the raw body with one of its own secrets.
@@ -238,21 +257,12 @@ static int bind_institution(struct ab_webhook *wh, const struct ab_institutions 
                             const struct ab_institution **out, char *msg, size_t msglen)
 {
     static struct ab_ratelimit forgery_rl;
-    char url[AB_INST_CODE_MAX + 1];
     const char *code = ev->institution;
-    int named = ab_institutions_url_code(wh->cfg->path, r->head.path, r->head.query, url);
     const struct ab_institution *inst = *out = ab_institutions_find(set, code);
     struct ab_inst_stats *stats = ab_institution_stats(inst);
     const char *shown = ab_institutions_code_valid(code) ? code : "(not a valid code)";
-    if (named < 0 || (named && (code == NULL || strcmp(url, code) != 0))) {
+    if (url_names_another(wh, r, code, msg, msglen)) {
         ab_inst_stats_refused(stats, AB_INST_R_URL);
-        if (named < 0) {
-            snprintf(msg, msglen, "the URL names no valid institution code, or two different "
-                                  "ones (path and ?institution=)");
-        } else {
-            snprintf(msg, msglen, "the URL names institution %s but the webhook names %s", url,
-                     code ? shown : "no institution");
-        }
         return 401;
     }
     if (code == NULL) {
