@@ -134,6 +134,12 @@ def start_consortium(daemon_factory, tmp_path, args, insts=None, **kw):
     return d, prof
 
 
+def wait_all_ready(d, workers=2):
+    """Every worker's sink connected (/readyz answers for the worker that serves it)."""
+    wait_until(lambda: metric(d, "almabridge_sink_ready", sink="redis") == workers, 15,
+               d.stderr)
+
+
 def assert_no_secret_logged(d, secrets):
     err = d.stderr()
     for s in secrets:
@@ -146,7 +152,7 @@ def test_fifty_institutions_bound_routed_and_forgeries_refused(daemon_factory, t
     with RedisServer() as redis, Resp(redis.port) as r:
         d, _ = start_consortium(daemon_factory, tmp_path,
                                 ["--sink", "redis", "--redis", redis.url, "--ack-timeout", "3000"])
-        wait_until(lambda: d.get("/readyz").status == 200, 10, d.stderr)
+        wait_all_ready(d)
         cl = Client(d.port)
         forms = ["/webhook", "/webhook/{c}", "/webhook?institution={c}"]
 
@@ -310,7 +316,7 @@ def test_spool_forwards_to_the_institutions_stream(daemon_factory, tmp_path):
         d, _ = start_consortium(daemon_factory, tmp_path,
                                 ["--sink", "redis", "--redis", redis.url,
                                  "--spool", str(tmp_path / "spool")], insts=[(0, 0), (1, 0)])
-        wait_until(lambda: d.get("/readyz").status == 200, 10, d.stderr)
+        wait_all_ready(d)
         redis.stop()
         cl = Client(d.port)
         src = samples()[0][1]
@@ -339,7 +345,7 @@ def test_reload_add_remove_rotate_under_load(daemon_factory, tmp_path):
         insts = [(i, 0) for i in [removed, rotated] + keep]
         d, prof = start_consortium(daemon_factory, tmp_path,
                                    ["--sink", "redis", "--redis", redis.url], insts=insts)
-        wait_until(lambda: d.get("/readyz").status == 200, 10, d.stderr)
+        wait_all_ready(d)
         cl = Client(d.port)
         src = samples()[0][1]
         stop = threading.Event()
