@@ -80,13 +80,6 @@ static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errle
     return s;
 }
 
-/* --institutions: the consortium profiles (NULL with err filled in when they are wrong). */
-static struct ab_institutions *load_institutions(struct daemon *d, char *err, size_t errlen)
-{
-    int line = d->cfg.institutions_line > 0 ? d->cfg.institutions_line : 1;
-    return ab_institutions_load(d->cfg.institutions, line, err, errlen);
-}
-
 /* Bind the listening socket (shared by every worker). */
 static evutil_socket_t listen_on(const char *hostport, char *err, size_t errlen)
 {
@@ -162,7 +155,9 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     struct ab_institutions *insts = NULL;
-    if (s && d->cfg.institutions && !(insts = load_institutions(d, err, sizeof(err)))) {
+    if (s && d->cfg.institutions &&
+        !(insts = ab_institutions_load(d->cfg.institutions, d->cfg.institutions_line, err,
+                                       sizeof(err)))) {
         ab_secrets_free(s);
         s = NULL;
     }
@@ -235,15 +230,9 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (*secrets == NULL) {
         return -1;
     }
-    if (cfg->institutions) {
-        struct ab_institutions *insts = load_institutions(d, err, errlen);
-        if (insts == NULL) {
-            return -1;
-        }
-        ab_info("consortium mode: %zu institution profile(s) from %s",
-                ab_institutions_count(insts), cfg->institutions);
-        ab_institutions_publish(insts);
-        ab_metrics_add_source(ab_institutions_metrics);
+    if (cfg->institutions && ab_institutions_start(cfg->institutions, cfg->institutions_line,
+                                                   err, errlen) != 0) {
+        return -1;
     }
     d->app.cfg = cfg;
     d->app.sink_ops = ab_sink_find(cfg->sink);

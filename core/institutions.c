@@ -14,6 +14,7 @@
 #include "http1.h"
 #include "log.h"
 #include "mem.h"
+#include "metrics.h"
 #include "route.h"
 #include "signature.h"
 
@@ -428,7 +429,7 @@ static int read_profiles(struct parser *p, FILE *fp, int first_line)
     int rc = 0;
     while (rc == 0 && getline(&buf, &cap, fp) >= 0) {
         p->line++;
-        if (p->line < first_line) {
+        if (p->line < first_line) { /* the options of a --config file before its sections */
             continue;
         }
         rc = parse_line(p, buf);
@@ -442,6 +443,18 @@ static int read_profiles(struct parser *p, FILE *fp, int first_line)
         rc = -1;
     }
     return rc;
+}
+
+int ab_institutions_start(const char *path, int first_line, char *errstr, size_t errlen)
+{
+    struct ab_institutions *set = ab_institutions_load(path, first_line, errstr, errlen);
+    if (set == NULL) {
+        return -1;
+    }
+    ab_info("consortium mode: %zu institution profile(s) from %s", set->n, path);
+    ab_institutions_publish(set);
+    ab_metrics_add_source(ab_institutions_metrics);
+    return 0;
 }
 
 struct ab_institutions *ab_institutions_load(const char *path, int first_line, char *errstr,

@@ -40,6 +40,9 @@ struct ab_inst_stats;    /* one institution's counters; live as long as the proc
  * NULL with "PATH line N: ..." in errstr. Start-up or reload thread. */
 struct ab_institutions *ab_institutions_load(const char *path, int first_line, char *errstr,
                                              size_t errlen);
+/* Start-up: load path (first_line 0 or 1: the whole file), publish the set, log it and add
+ * its metrics to /metrics. Returns 0, or -1 with the error in errstr. */
+int ab_institutions_start(const char *path, int first_line, char *errstr, size_t errlen);
 struct ab_institutions *ab_institutions_ref(struct ab_institutions *set);
 void ab_institutions_free(struct ab_institutions *set); /* drops one reference; NULL ok */
 size_t ab_institutions_count(const struct ab_institutions *set);
