@@ -66,7 +66,7 @@ static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errle
                               "ALMABRIDGE_SECRET");
         return NULL;
     }
-    if (d->cfg.institutions) { /* the profiles' secrets only (load_institutions) */
+    if (d->cfg.institutions) { /* the profiles hold the secrets (ab_institutions_start) */
         return ab_secrets_load(NULL, NULL, err, errlen);
     }
     struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
@@ -144,8 +144,8 @@ static void *worker_main(void *arg)
 }
 
 /* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
- * reload the secret file and the TLS certificate; a failed reload keeps everything as it
- * was. */
+ * reload the secret file (or the --institutions profiles) and the TLS certificate; a failed
+ * reload keeps everything as it was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
