@@ -31,6 +31,7 @@
 #include "probe.h"
 #include "route.h"
 #include "server.h"
+#include "share.h"
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
@@ -302,6 +303,7 @@ static void app_free(struct ab_app *app)
     ab_route_free(app->route);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
+    ab_share_free(app->share);
 }
 
 /* --check-config: also run the sink's own start-up checks (the file sink opens, creating,

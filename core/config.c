@@ -106,6 +106,12 @@ static const struct ab_option options[] = {
      .off = OFF(max_buffered), .group = "Limits", .metavar = "BYTES",
      .help = "request bodies held in memory, over all connections; a request that would "
              "exceed it gets 503 with Retry-After"},
+    {.name = "max-buffered-per-client", .type = AB_OPT_LONG, .def = "16777216", .min = 0,
+     .max = LONG_MAX, .off = OFF(max_buffered_per_client), .group = "Limits",
+     .metavar = "BYTES",
+     .help = "request bodies being received (not yet authenticated) from one client "
+             "address (IPv6: one /64), so that a few clients cannot fill --max-buffered; "
+             "more get 503 with Retry-After; 0 = no bound"},
     {.name = "drain-grace", .type = AB_OPT_LONG, .def = "5", .min = 0, .max = 3600,
      .off = OFF(drain_grace_s), .group = "Limits", .metavar = "SECONDS",
      .help = "on SIGTERM, keep serving while /readyz reports not ready, so the load "

@@ -87,6 +87,7 @@ struct ab_config {
     long read_timeout_s; /* deadline for a whole request, from its first byte */
     long idle_timeout_s; /* deadline for a connection with no request in progress */
     long max_buffered;   /* bytes of request bodies held, over all connections */
+    long max_buffered_per_client; /* of those, being received from one address; 0 = no bound */
     char *proxy_header;  /* x-forwarded-for | forwarded */
     struct ab_strlist allow;
     struct ab_strlist trusted_proxy;

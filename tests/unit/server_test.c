@@ -27,6 +27,7 @@
 #include "metrics.h"
 #include "route.h"
 #include "server.h"
+#include "share.h"
 #include "signature.h"
 #include "sink.h"
 #include "test.h"
@@ -179,6 +180,7 @@ static void server_stop(struct server *s)
     ab_route_free(s->app.route);
     ab_acl_free(s->app.allow);
     ab_acl_free(s->app.trusted);
+    ab_share_free(s->app.share);
     ab_config_free(&s->cfg);
     CHECK(atomic_load(&ab_metrics_g.connections) == 0);
     CHECK(atomic_load(&ab_metrics_g.buffered) == 0);
