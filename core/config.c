@@ -320,10 +320,37 @@ static char *mask_kv(const char *v)
     return eq ? ab_asprintf("%.*s=****", (int)klen, v) : ab_strdup("****");
 }
 
+int ab_config_key_harmless(const char *const *harmless, const char *key, size_t len)
+{
+    for (size_t i = 0; harmless && harmless[i]; i++) {
+        if (strlen(harmless[i]) == len && strncmp(harmless[i], key, len) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* "sasl.jaas.config=****" for any key but the harmless ones; an item without '=' is
+ * masked whole unless it is a harmless key. */
+static char *mask_kv_values(const struct ab_option *o, const char *v)
+{
+    const char *eq = strchr(v, '=');
+    if (eq == NULL) {
+        return ab_strdup(ab_config_key_harmless(o->harmless, v, strlen(v)) ? v : "****");
+    }
+    size_t klen = (size_t)(eq - v);
+    if (ab_config_key_harmless(o->harmless, v, klen)) {
+        return ab_strdup(v);
+    }
+    return ab_asprintf("%.*s=****", (int)klen, v);
+}
+
 /* A copy of value (of option o, a list item for lists) safe to print. */
 static char *masked(const struct ab_option *o, const char *v)
 {
     switch (o->mask) {
+    case AB_MASK_KV_VALUES:
+        return mask_kv_values(o, v);
     case AB_MASK_URL_PASSWORD:
         return mask_url(v);
     case AB_MASK_KV_SECRETS:
