@@ -65,6 +65,9 @@ struct ab_spool_summary {
     time_t oldest_mtime;     /* the first segment's last write */
     long holder_pid;         /* a daemon holding DIR's lock, or 0 */
     long torn;               /* *.torn files (fragments cut off after a crash) */
+    long damaged;            /* records not yet forwarded that fail their checksum, are
+                              * cut short or not covered by one (eventlog.h) */
+    long damaged_files;      /* *.damaged files (records the forwarder set aside) */
 };
 
 /* Fill s from dir. Returns 0, or -1 with one line in errstr. */
