@@ -1,5 +1,5 @@
 /* CRC32C (Castagnoli), the checksum of Kafka's record batches, iSCSI and ext4: every record
- * of the event log and the spool carries one (sinks/eventlog.h). */
+ * of the event log and the spool carries one (see the event log's checksum index). */
 #ifndef AB_CRC32C_H
 #define AB_CRC32C_H
 

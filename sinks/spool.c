@@ -158,25 +158,6 @@ static void write_marker(int fd, uint64_t seq, int64_t off)
     }
 }
 
-/* Count the lines of a file from offset off. */
-static long count_lines(const char *path, int64_t off)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    long n = 0;
-    char buf[65536];
-    ssize_t got;
-    while (fd >= 0 && (got = pread(fd, buf, sizeof(buf), off)) > 0) {
-        for (ssize_t i = 0; i < got; i++) {
-            n += buf[i] == '\n';
-        }
-        off += got;
-    }
-    if (fd >= 0) {
-        close(fd);
-    }
-    return n;
-}
-
 static void birth_note(struct spool_shared *sh, uint64_t seq, int64_t ms)
 {
     pthread_mutex_lock(&sh->mu);
@@ -255,6 +236,8 @@ static char *render_metrics(void)
         atomic_load(&m_unconfirmed), atomic_load(&m_damaged));
 }
 
+static long count_records(const char *path, int64_t from, int complete, long *damaged);
+
 /* Start-up: where forwarding starts, what the spool holds, leftovers of an earlier run. */
 static void recover(struct spool_shared *sh)
 {
@@ -287,7 +270,12 @@ static void recover(struct spool_shared *sh)
             removed = 1;
         } else {
             bytes += st.st_size;
-            events += count_lines(p, seq == sh->start_seq ? sh->start_off : 0);
+            /* every record the checksums know of, damaged ones included: the forwarder
+             * takes those off the count when it skips them */
+            long damaged = 0;
+            events += count_records(p, seq == sh->start_seq ? sh->start_off : 0, seq < hi,
+                                    &damaged);
+            events += damaged;
             birth_note(sh, seq, (int64_t)st.st_mtime * 1000);
         }
         free(p);

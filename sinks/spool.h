@@ -13,7 +13,12 @@
  *
  * The segments hold plain CloudEvent lines, exactly as the file sink writes them, so
  * `almabridge replay --from DIR` can push them elsewhere; the forwarder derives each
- * event's topic/stream and key from the line with the configured --route and --kafka-key. */
+ * event's topic/stream and key from the line with the configured --route and --kafka-key.
+ * Each segment has its checksum index "<segment>.crc" (eventlog.h). The forwarder reads
+ * through it: a damaged record (checksum mismatch, a segment cut short, bytes no checksum
+ * covers) is logged at error level with segment and offset, counted
+ * (almabridge_damaged_records_total, /readyz detail), copied to "<segment>.damaged" and
+ * skipped; forwarding goes on with the next good record, never stalls. */
 #ifndef AB_SPOOL_H
 #define AB_SPOOL_H
 
