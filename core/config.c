@@ -127,6 +127,15 @@ static const struct ab_option options[] = {
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
              "{id}, e.g. alma.{action}; default: the sink's own"},
+    {.name = "dead-letter", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
+     .off = OFF(dead_letter), .group = "Sink", .metavar = "on|off",
+     .help = "a signed request whose body cannot become an event (not JSON or XML, an "
+             "unexpected shape) is stored raw in the dead letter and answered 200 (503 if "
+             "that fails); off: answered 4xx as before, and Alma drops it"},
+    {.name = "dead-letter-route", .type = AB_OPT_STRING, .def = "alma.deadletter",
+     .off = OFF(dead_letter_route), .group = "Sink", .metavar = "NAME",
+     .help = "Kafka topic or Redis stream of the dead letter (the file sink writes "
+             "FILE.deadletter instead)"},
     /* Logging */
     {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",
@@ -999,6 +1008,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .max_body = cfg->max_body,
         .check_only = cfg->check_config,
         .route = cfg->route,
+        .dead_letter = cfg->dead_letter && strcmp(cfg->dead_letter, "on") == 0,
     };
 }
 

@@ -103,6 +103,8 @@ struct ab_config {
     /* sinks */
     char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
+    char *dead_letter;       /* on|off: store signed bodies that cannot become events */
+    char *dead_letter_route; /* the dead letter's topic / stream */
     /* process */
     char *config_file;
     char *log_level;

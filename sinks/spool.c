@@ -527,6 +527,11 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     if (s->closing) {
         return -1;
     }
+    if (msg->dead_letter) {
+        /* never spooled: the forwarder would route it as an event; if the broker cannot
+         * take it now (within --spool-after), 503 and Alma retries */
+        return ab_sink_submit(s->inner, msg, cb, opaque);
+    }
     struct sreq *r = ab_calloc(1, sizeof(*r));
     r->s = s;
     r->req = ab_pending_add(s->pending, cb, opaque, 0);

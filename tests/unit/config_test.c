@@ -129,7 +129,8 @@ static const char *const all_options[] = {
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
     "version",       "check-config",  "print-config",     "idle-timeout",
-    "max-buffered",  "proxy-header",  "max-buffered-per-client",
+    "max-buffered",  "proxy-header",  "max-buffered-per-client", "dead-letter",
+    "dead-letter-route",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
