@@ -5,12 +5,12 @@ and with real Redis (the alma.deadletter stream)."""
 import base64
 import json
 import os
-import re
 import subprocess
 
 from daemon import BIN, samples, sign, wait_until
 from services import RedisServer
 from test_redis import Resp
+from test_spool import metric
 
 LOAN = dict(samples())["loan_created"]
 NOT_JSON = b"hello, this is no webhook \x00\xff"
@@ -19,11 +19,6 @@ DOCTYPE = (b'<?xml version="1.0"?><!DOCTYPE w [<!ENTITY x SYSTEM "file:///etc/pa
 UNKNOWN_SHAPE = b'{"format": "changed on Alma\'s side", "items": [1, 2, 3]}'
 CASES = [(NOT_JSON, "text/plain", 415), (DOCTYPE, "application/xml", 400),
          (UNKNOWN_SHAPE, "application/json", 422)]
-
-
-def metric(d, name):
-    m = re.search(r"^%s (\S+)$" % re.escape(name), d.metrics(), re.M)
-    return float(m.group(1)) if m else None
 
 
 def check_record(rec, body, ctype, status):

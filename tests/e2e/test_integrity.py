@@ -10,19 +10,9 @@ import subprocess
 
 from daemon import BIN, samples, wait_until, with_id
 from services import RedisServer
-from test_redis import Resp, stream
+from test_spool import metric, redis_ids
 
 LOAN = dict(samples())["loan_created"]
-
-
-def metric(d, name):
-    m = re.search(r"^%s (\S+)$" % re.escape(name), d.metrics(), re.M)
-    return float(m.group(1)) if m else None
-
-
-def redis_ids(redis, key="alma:loan"):
-    with Resp(redis.port) as r:
-        return [f["id"] for _, f in stream(r, key)]
 
 
 def verify(path):

@@ -384,6 +384,15 @@ static void test_interleaved_clients_keep_order(void)
 }
 
 
+/* Close the log (keeping its files) so that it can be read or opened again. */
+static void fixture_close(struct fixture *f)
+{
+    ab_eventlog_client_free(f->c, 2000);
+    CHECK(ab_eventlog_free(f->log, 2000) == 0);
+    f->c = NULL;
+    f->log = NULL;
+}
+
 /* Read every record of path; returns "O" per intact record, "D<count>" per damage. */
 static void read_all(const char *path, int complete, char *out, size_t len)
 {
@@ -421,10 +430,7 @@ static void test_checksums_detect_and_isolate_damage(void)
     for (int i = 0; i < 5; i++) {
         CHECK(append_wait(&f, "{\"id\":\"abcdefgh\"}") == AB_EVENTLOG_OK); /* 19 bytes */
     }
-    ab_eventlog_client_free(f.c, 2000);
-    CHECK(ab_eventlog_free(f.log, 2000) == 0);
-    f.c = NULL;
-    f.log = NULL;
+    fixture_close(&f);
     char got[128];
     read_all(f.path, 1, got, sizeof(got));
     CHECK_STR(got, "OOOOO");
@@ -463,10 +469,7 @@ static void test_index_reconciled_at_open(void)
     fclose(fp);
     CHECK(fixture_open(&f, 0) == 0);
     CHECK(append_wait(&f, "{\"id\":\"new\"}") == AB_EVENTLOG_OK);
-    ab_eventlog_client_free(f.c, 2000);
-    CHECK(ab_eventlog_free(f.log, 2000) == 0);
-    f.c = NULL;
-    f.log = NULL;
+    fixture_close(&f);
     char got[64];
     read_all(f.path, 1, got, sizeof(got));
     CHECK_STR(got, "UO");
@@ -478,10 +481,7 @@ static void test_index_reconciled_at_open(void)
     read_all(f.path, 1, got, sizeof(got));
     CHECK_STR(got, "UOD1");
     CHECK(fixture_open(&f, 0) == 0);
-    ab_eventlog_client_free(f.c, 2000);
-    CHECK(ab_eventlog_free(f.log, 2000) == 0);
-    f.c = NULL;
-    f.log = NULL;
+    fixture_close(&f);
     read_all(f.path, 1, got, sizeof(got));
     CHECK_STR(got, "UO");
     char tp[128];
@@ -493,16 +493,12 @@ static void test_index_reconciled_at_open(void)
     CHECK(rename(f.path, moved) == 0);
     CHECK(fixture_open(&f, 0) == 0);
     CHECK(append_wait(&f, "{\"id\":\"rotated\"}") == AB_EVENTLOG_OK);
-    ab_eventlog_client_free(f.c, 2000);
-    CHECK(ab_eventlog_free(f.log, 2000) == 0);
-    f.c = NULL;
-    f.log = NULL;
+    fixture_close(&f);
     read_all(f.path, 1, got, sizeof(got));
     CHECK_STR(got, "O");
     char stale[128];
     snprintf(stale, sizeof(stale), "%s.crc.stale", f.path);
     CHECK(access(stale, F_OK) == 0);
-    f.log = NULL;
     fixture_done(&f);
 }
 
