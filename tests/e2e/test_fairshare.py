@@ -81,13 +81,16 @@ def test_sixteen_slow_bodies_from_one_address_do_not_starve_others(daemon_factor
 def test_without_the_share_the_same_attack_starves_others(daemon_factory):
     """The contrast that shows the test above measures something: with the per-client
     bound off, the same sixteen bodies fill --max-buffered and signed webhooks get 503."""
-    d = daemon_factory(["--read-timeout", "120", "--max-buffered-per-client", "0"])
+    full = 16 * BODY  # each body but its last byte: 4 MiB held each, exactly full
+    d = daemon_factory(["--read-timeout", "120", "--max-buffered-per-client", "0",
+                        "--max-buffered", str(full)])
     socks, statuses = slow_bodies(d, 16)
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while (time.time() < deadline and
-               metric(d.metrics(), "almabridge_buffered_bytes") < 60 * (1 << 20)):
+               metric(d.metrics(), "almabridge_buffered_bytes") < full):
             time.sleep(0.1)
+        assert metric(d.metrics(), "almabridge_buffered_bytes") == full
         assert set(signed_posts(d, 5, "starved")) == {503}
     finally:
         for s in socks:
