@@ -1,14 +1,14 @@
 """The dead letter (issue 23): a request whose signature is valid but whose body cannot
 become an event is stored raw and answered 200, so Alma does not drop it; unsigned requests
 are never stored; --dead-letter off refuses as before. With the file sink (FILE.deadletter)
-and with real Redis (the alma.deadletter stream)."""
+with real Redis (the alma.deadletter stream) and real Kafka (the alma.deadletter topic)."""
 import base64
 import json
 import os
 import subprocess
 
 from daemon import BIN, samples, sign, wait_until
-from services import RedisServer
+from services import KafkaBroker, RedisServer
 from test_redis import Resp
 from test_spool import metric
 
@@ -105,3 +105,22 @@ def test_redis_dead_letter_stream(daemon_factory):
         wait_until(lambda: d.get("/readyz").status == 503, 10, "not ready")
         assert d.post(UNKNOWN_SHAPE + b" ").status == 503
         assert metric(d, "almabridge_dead_letter_failures_total") >= 1
+
+
+def test_kafka_dead_letter_topic(daemon_factory):
+    broker = KafkaBroker()
+    try:
+        broker.start()
+        broker.create_topic("alma.deadletter")
+        d = daemon_factory(["--sink", "kafka", "--kafka-brokers", broker.bootstrap])
+        wait_until(lambda: d.get("/readyz").status == 200, 30, "ready")
+        ids = post_cases(d)
+        msgs = broker.consume("alma.deadletter", count=3, timeout=20)
+        assert [m["key"] for m in msgs] == ids
+        for m, (body, ctype, status) in zip(msgs, CASES):
+            check_record(json.loads(m["value"]), body, ctype, status)
+            assert m["headers"].get("ce_type") in (None, "com.exlibrisgroup.alma.deadletter")
+        # nothing in any event topic
+        assert [t for t in broker.topics() if t.startswith("alma.")] == ["alma.deadletter"]
+    finally:
+        broker.close()
