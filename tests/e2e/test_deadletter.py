@@ -1,6 +1,6 @@
 """The dead letter (issue 23): a request whose signature is valid but whose body cannot
 become an event is stored raw and answered 200, so Alma does not drop it; unsigned requests
-are never stored; --dead-letter off refuses as before. With the file sink (FILE.deadletter)
+are never stored; --dead-letter off refuses as before. With the file sink (FILE.deadletter),
 with real Redis (the alma.deadletter stream) and real Kafka (the alma.deadletter topic)."""
 import base64
 import json
