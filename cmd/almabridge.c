@@ -32,11 +32,13 @@
 #include "probe.h"
 #include "route.h"
 #include "server.h"
+#include "share.h"
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
 #include "spool.h"
 #include "tls.h"
+#include "verify.h"
 
 extern char **environ;
 
@@ -329,6 +331,7 @@ static void app_free(struct ab_app *app)
     ab_route_free(app->route);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
+    ab_share_free(app->share);
 }
 
 /* --check-config: also run the sink's own start-up checks (the file sink opens, creating,
@@ -387,7 +390,7 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}, {"verify", ab_cmd_verify}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));

@@ -117,6 +117,12 @@ static const struct ab_option options[] = {
      .off = OFF(max_buffered), .group = "Limits", .metavar = "BYTES",
      .help = "request bodies held in memory, over all connections; a request that would "
              "exceed it gets 503 with Retry-After"},
+    {.name = "max-buffered-per-client", .type = AB_OPT_LONG, .def = "16777216", .min = 0,
+     .max = LONG_MAX, .off = OFF(max_buffered_per_client), .group = "Limits",
+     .metavar = "BYTES",
+     .help = "request bodies being received (not yet authenticated) from one client "
+             "address (IPv6: one /64), so that a few clients cannot fill --max-buffered; "
+             "more get 503 with Retry-After; 0 = no bound"},
     {.name = "drain-grace", .type = AB_OPT_LONG, .def = "5", .min = 0, .max = 3600,
      .off = OFF(drain_grace_s), .group = "Limits", .metavar = "SECONDS",
      .help = "on SIGTERM, keep serving while /readyz reports not ready, so the load "
@@ -132,6 +138,15 @@ static const struct ab_option options[] = {
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
              "{id}, e.g. alma.{action}; default: the sink's own"},
+    {.name = "dead-letter", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
+     .off = OFF(dead_letter), .group = "Sink", .metavar = "on|off",
+     .help = "a signed request whose body cannot become an event (not JSON or XML, an "
+             "unexpected shape) is stored raw in the dead letter and answered 200 (503 if "
+             "that fails); off: answered 4xx as before, and Alma drops it"},
+    {.name = "dead-letter-route", .type = AB_OPT_STRING, .def = "alma.deadletter",
+     .off = OFF(dead_letter_route), .group = "Sink", .metavar = "NAME",
+     .help = "Kafka topic or Redis stream of the dead letter (the file sink writes "
+             "FILE.deadletter instead)"},
     /* Logging */
     {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",
@@ -326,10 +341,37 @@ static char *mask_kv(const char *v)
     return eq ? ab_asprintf("%.*s=****", (int)klen, v) : ab_strdup("****");
 }
 
+int ab_config_key_harmless(const char *const *harmless, const char *key, size_t len)
+{
+    for (size_t i = 0; harmless && harmless[i]; i++) {
+        if (strlen(harmless[i]) == len && strncmp(harmless[i], key, len) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* "sasl.jaas.config=****" for any key but the harmless ones; an item without '=' is
+ * masked whole unless it is a harmless key. */
+static char *mask_kv_values(const struct ab_option *o, const char *v)
+{
+    const char *eq = strchr(v, '=');
+    if (eq == NULL) {
+        return ab_strdup(ab_config_key_harmless(o->harmless, v, strlen(v)) ? v : "****");
+    }
+    size_t klen = (size_t)(eq - v);
+    if (ab_config_key_harmless(o->harmless, v, klen)) {
+        return ab_strdup(v);
+    }
+    return ab_asprintf("%.*s=****", (int)klen, v);
+}
+
 /* A copy of value (of option o, a list item for lists) safe to print. */
 static char *masked(const struct ab_option *o, const char *v)
 {
     switch (o->mask) {
+    case AB_MASK_KV_VALUES:
+        return mask_kv_values(o, v);
     case AB_MASK_URL_PASSWORD:
         return mask_url(v);
     case AB_MASK_KV_SECRETS:
@@ -1004,6 +1046,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .max_body = cfg->max_body,
         .check_only = cfg->check_config,
         .route = cfg->route,
+        .dead_letter = cfg->dead_letter && strcmp(cfg->dead_letter, "on") == 0,
     };
 }
 

@@ -33,6 +33,8 @@ enum ab_opt_mask {
     AB_MASK_NONE,
     AB_MASK_URL_PASSWORD, /* the password in scheme://user:password@host */
     AB_MASK_KV_SECRETS,   /* the value of key=value items whose key looks secret */
+    AB_MASK_KV_VALUES,    /* the value of every key=value item whose key is not in the
+                           * option's .harmless list (masking by default) */
 };
 
 #define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */
@@ -54,6 +56,7 @@ struct ab_option {
     const char *choices;   /* "a|b|c": the only values accepted */
     ab_opt_check_fn check; /* further validation of a value (each item of a list) */
     enum ab_opt_mask mask;
+    const char *const *harmless; /* AB_MASK_KV_VALUES: keys shown in clear, NULL-ended */
     unsigned flags;
     char short_name; /* -h, -V */
     const char *help;
@@ -66,6 +69,10 @@ struct ab_optset {
     size_t size;
 };
 #define AB_OPTSET(table, type) {(table), sizeof(table) / sizeof((table)[0]), sizeof(type)}
+
+/* 1 when key[0..len) is in the NULL-terminated list harmless (exact match): its value may
+ * be shown; 0 otherwise. The rule of AB_MASK_KV_VALUES, for a backend's own messages. */
+int ab_config_key_harmless(const char *const *harmless, const char *key, size_t len);
 
 /* A validator for KEY=VALUE items (e.g. --kafka-conf). */
 int ab_config_check_kv(const char *value, char *why, size_t whylen);
@@ -91,6 +98,7 @@ struct ab_config {
     long read_timeout_s; /* deadline for a whole request, from its first byte */
     long idle_timeout_s; /* deadline for a connection with no request in progress */
     long max_buffered;   /* bytes of request bodies held, over all connections */
+    long max_buffered_per_client; /* of those, being received from one address; 0 = no bound */
     char *proxy_header;  /* x-forwarded-for | forwarded */
     struct ab_strlist allow;
     struct ab_strlist trusted_proxy;
@@ -99,6 +107,8 @@ struct ab_config {
     /* sinks */
     char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
+    char *dead_letter;       /* on|off: store signed bodies that cannot become events */
+    char *dead_letter_route; /* the dead letter's topic / stream */
     /* process */
     char *config_file;
     char *log_level;
