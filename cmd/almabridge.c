@@ -359,7 +359,8 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool},
+                {"reconcile", ab_cmd_reconcile}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));
@@ -386,7 +387,7 @@ int main(int argc, char **argv)
         ab_config_usage(ab_sinks, stdout);
         printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
                "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
-               "broker).\n");
+               "broker),\nreconcile (JOB_END events from Alma's Jobs API, docs/MISSED_EVENTS.md).\n");
         return 0;
     }
     if (d.cfg.version) {

@@ -118,6 +118,8 @@ int ab_cmd_wait(int argc, char **argv);
 int ab_cmd_send(int argc, char **argv);
 int ab_cmd_challenge(int argc, char **argv);
 int ab_cmd_replay(int argc, char **argv);
+/* `almabridge reconcile` (cmd/reconcile.c): JOB_END events from Alma's Jobs API. */
+int ab_cmd_reconcile(int argc, char **argv);
 /* `almabridge spool inspect DIR` (cmd/spool.c). */
 int ab_cmd_spool(int argc, char **argv);
 

@@ -132,6 +132,25 @@ static const struct ab_option options[] = {
      .group = "Logging",
      .help = "log request bodies at debug level. Debugging only: bodies hold personal data "
              "(names, addresses, PINs)"},
+    /* Alma API */
+    {.name = "alma-api", .type = AB_OPT_STRING, .off = OFF(alma_api), .group = "Alma API",
+     .metavar = "na|eu|ap|ca|cn|URL",
+     .help = "Alma's API gateway (a region, or a base URL such as https://api-eu.hosted."
+             "exlibrisgroup.com), for `almabridge reconcile` and `wait --fallback-after`"},
+    {.name = "alma-api-key-file", .type = AB_OPT_STRING, .off = OFF(alma_api_key_file),
+     .group = "Alma API", .metavar = "FILE",
+     .help = "file holding the Alma API key (read access to Configuration: jobs); the key is "
+             "sent as `Authorization: apikey ...` and never logged or printed"},
+    {.name = "alma-api-ca", .type = AB_OPT_STRING, .off = OFF(alma_api_ca), .group = "Alma API",
+     .metavar = "FILE",
+     .help = "PEM CA bundle to verify the API's TLS certificate with; default: the system's"},
+    {.name = "api-budget", .type = AB_OPT_LONG, .def = "1000", .min = 1, .max = 100000000,
+     .off = OFF(api_budget), .group = "Alma API", .metavar = "N",
+     .help = "Alma API calls per day (UTC) at most, counted in a state file under --state-dir "
+             "and shared by every almabridge command using it"},
+    {.name = "state-dir", .type = AB_OPT_STRING, .off = OFF(state_dir), .group = "Alma API",
+     .metavar = "DIR",
+     .help = "where the API call count is kept; default: the directory of --file"},
 };
 /* clang-format on */
 

@@ -1,0 +1,228 @@
+/* almabridge reconcile: write the JOB_END events the sink is missing, from Alma's Jobs API.
+ *
+ *   almabridge reconcile --job ID [--job ID ...] --institution CODE [--since 48h]
+ *                        --alma-api na|eu|ap|ca|cn|URL --alma-api-key-file FILE
+ *                        [--api-budget N] [--state-dir DIR]
+ *                        [the daemon's sink options, --route, or --config FILE]
+ *
+ * One shot, for cron, a systemd timer or a Kubernetes CronJob (docs/MISSED_EVENTS.md). The
+ * logic is core/reconcile.c; this file parses options, opens the sink through the registry
+ * and hands core the two sink functions it needs. Alma's API has no list of every job's
+ * instances, only each job's: --job is required (repeatable or comma-separated).
+ * Exit: 0 the sink holds a JOB_END for every instance that ended in the window, 1 an API
+ * or sink error, 2 usage or configuration errors (and a daemon holding the file sink). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/thread.h>
+
+#include "alma_api.h"
+#include "cli.h"
+#include "event.h"
+#include "log.h"
+#include "mem.h"
+#include "reconcile.h"
+#include "route.h"
+#include "sinks/jobends.h"
+#include "sinks/registry.h"
+
+struct target {
+    const struct ab_sink_ops *ops;
+    struct ab_sink_setup setup;
+    void *shared;
+    struct ab_route *route;
+    char *stream; /* where a JOB_END of --institution goes (Redis) */
+    struct ab_reconcile_writer *writer;
+};
+
+static int job_ends(void *ctx, int64_t since_ms, struct ab_reconcile_ids *ids, char *err,
+                    size_t errlen)
+{
+    struct target *t = ctx;
+    return ab_jobends_collect(t->ops, &t->setup.conf, t->stream, since_ms, ids, err, errlen);
+}
+
+static int write_events(void *ctx, struct ab_event *const *evs, size_t n, char *err,
+                        size_t errlen)
+{
+    struct target *t = ctx;
+    return ab_reconcile_writer_put(t->writer, evs, n, err, errlen);
+}
+
+/* --job ID / --job=ID (repeatable, comma-separated too) taken out of argv into jobs;
+ * returns the new argc. */
+static int take_jobs(int argc, char **argv, char ***jobs, size_t *njobs)
+{
+    int out = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *v = NULL;
+        if (strcmp(argv[i], "--job") == 0 && i + 1 < argc) {
+            v = argv[++i];
+        } else if (strncmp(argv[i], "--job=", 6) == 0) {
+            v = argv[i] + 6;
+        } else {
+            argv[out++] = argv[i];
+            continue;
+        }
+        for (const char *p = v; *p;) {
+            size_t l = strcspn(p, ",");
+            if (l > 0) {
+                *jobs = ab_realloc(*jobs, (*njobs + 1) * sizeof(**jobs));
+                (*jobs)[(*njobs)++] = ab_strndup(p, l);
+            }
+            p += l + (p[l] == ',');
+        }
+    }
+    argv[out] = NULL;
+    return out;
+}
+
+/* The Redis stream (or Kafka topic) a JOB_END from institution goes to; NULL with err when
+ * the route holds {id}. */
+static char *job_end_stream(const struct ab_route *r, const char *institution, char *err,
+                            size_t errlen)
+{
+    static char one[] = "1", two[] = "2", job_end[] = "JOB_END";
+    struct ab_event a = {.id = one, .action = job_end, .institution = (char *)institution};
+    struct ab_event b = a;
+    b.id = two;
+    char *ra = ab_route_expand(r, &a), *rb = ab_route_expand(r, &b);
+    if (strcmp(ra, rb) != 0) {
+        snprintf(err, errlen, "--route holds {id}: reconcile cannot find the JOB_END events");
+        free(ra);
+        ra = NULL;
+    }
+    free(rb);
+    return ra;
+}
+
+/* Open the sink for writing. Returns 0, or the exit code with err. */
+static int open_target(struct target *t, const struct ab_config *cfg, const char *institution,
+                       char *err, size_t errlen)
+{
+    char rerr[256];
+    if ((t->ops = ab_sink_find(cfg->sink)) == NULL) {
+        snprintf(err, errlen, "--sink: unknown sink \"%s\"", cfg->sink);
+        return AB_EXIT_USAGE;
+    }
+    ab_sink_setup_init(&t->setup, cfg, t->ops);
+    const char *tmpl = cfg->route ? cfg->route : t->ops->default_route;
+    if ((t->route = ab_route_compile(tmpl, rerr, sizeof(rerr))) == NULL) {
+        snprintf(err, errlen, "--route: %s", rerr);
+        return AB_EXIT_USAGE;
+    }
+    if ((t->stream = job_end_stream(t->route, institution, err, errlen)) == NULL) {
+        return AB_EXIT_USAGE;
+    }
+    long holder = strcmp(t->ops->name, "file") == 0 ? ab_jobends_file_holder(&t->setup.conf) : 0;
+    if (holder != 0) {
+        snprintf(err, errlen, "the file sink's log has one writer and a running almabridge "
+                              "(pid %ld) holds it: run reconcile inside the daemon "
+                              "(--reconcile-every) or while no daemon runs on that file",
+                 holder);
+        return AB_EXIT_USAGE;
+    }
+    if (t->ops->global_init &&
+        t->ops->global_init(&t->setup.conf, &t->shared, err, errlen) != 0) {
+        return AB_EXIT_FAILED;
+    }
+    t->writer = ab_reconcile_writer_open(t->ops, &t->setup.conf, t->shared, t->route, err,
+                                         errlen);
+    return t->writer ? 0 : AB_EXIT_FAILED;
+}
+
+static void close_target(struct target *t)
+{
+    ab_reconcile_writer_close(t->writer);
+    if (t->ops && t->ops->global_free && t->shared) {
+        t->ops->global_free(t->shared);
+    }
+    ab_route_free(t->route);
+    free(t->stream);
+}
+
+static const char RECONCILE_ABOUT[] =
+    "Write the JOB_END events the sink is missing: list each job's instances submitted in\n"
+    "the window with Alma's Jobs API and, for each one that ended without a JOB_END in the\n"
+    "sink, write the event Alma's webhook would have given (id = the job instance id,\n"
+    "almaorigin: api) through the sink's own writer. Prints what it found and wrote and the\n"
+    "API calls used. Exit status: 0 the sink is complete, 1 an API or sink error, 2 usage or\n"
+    "configuration error (also: a daemon holds the file sink's log).";
+static const char RECONCILE_FOOTER[] =
+    "Alma API options (almabridge --help): --alma-api, --alma-api-key-file, --alma-api-ca,\n"
+    "--api-budget, --state-dir. Sink options are the daemon's: --sink, --route, --file,\n"
+    "--redis, or --config FILE and ALMABRIDGE_* variables. See docs/MISSED_EVENTS.md.";
+
+int ab_cmd_reconcile(int argc, char **argv)
+{
+    const char *since = "48h", *institution = NULL, *dummy = NULL;
+    const struct ab_cli_opt opts[] = {
+        {"job", 1, &dummy, "ID", "a job (job_info.id, e.g. M53); repeatable, or ID,ID,..."},
+        {"since", 1, &since, "DURATION", "the window: instances submitted since (default 48h)"},
+        {"institution", 1, &institution, "CODE", "the institution the API key belongs to"},
+    };
+    const struct ab_cli_cmd cmd = {
+        "almabridge reconcile --job ID [--job ID ...] --institution CODE [options]",
+        RECONCILE_ABOUT, RECONCILE_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
+    char **rest = ab_calloc((size_t)argc + 1, sizeof(char *)), **jobs = NULL;
+    size_t njobs = 0;
+    int nrest = 0, rc = AB_EXIT_USAGE, started, n = take_jobs(argc, argv, &jobs, &njobs);
+    char err[1024] = "";
+    struct ab_cli_sinkcfg sc = {0};
+    struct ab_config cfg = {0};
+    struct target t = {0};
+    struct ab_alma_api *api = NULL;
+    int64_t since_ms = 0;
+
+    if ((started = ab_cli_start(&cmd, n, argv, NULL, NULL, rest, &nrest, err, sizeof(err))) != 0) {
+        rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
+        goto done;
+    }
+    if (njobs == 0 || institution == NULL || ab_cli_duration_ms(since, &since_ms) != 0) {
+        snprintf(err, sizeof(err), "give --job ID (at least one), --institution CODE and a "
+                                   "--since such as 48h (see --help)");
+        goto done;
+    }
+    if (ab_cli_load_config(nrest, rest, &sc, &cfg, err, sizeof(err)) != 0) {
+        goto done;
+    }
+    ab_config_scrub_argv(ab_sinks, n, argv);
+    ab_log_configure(strcmp(cfg.log_level, "info") == 0 ? "warn" : cfg.log_level,
+                     cfg.log_format, err, sizeof(err));
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads(); /* the file sink answers from its writer thread */
+    if ((api = ab_alma_api_from_config(&cfg, sc.file, err, sizeof(err))) == NULL ||
+        (rc = open_target(&t, &cfg, institution, err, sizeof(err))) != 0) {
+        rc = api ? rc : AB_EXIT_USAGE;
+        goto done;
+    }
+    struct ab_reconcile_sink sink = {job_ends, write_events, &t};
+    struct ab_reconcile_opts o = {.jobs = (const char *const *)jobs, .njobs = njobs,
+                                  .now_ms = ab_cli_now_ms(), .since_ms = since_ms,
+                                  .institution = institution, .out = stdout};
+    struct ab_reconcile_report rep;
+    rc = ab_reconcile_run(api, &o, &sink, &rep, err, sizeof(err)) == 0 ? AB_EXIT_OK
+                                                                        : AB_EXIT_FAILED;
+    printf("reconcile: %ld instance(s) in the window, %ld ended, %ld already had a JOB_END, "
+           "%ld written%s\n", rep.listed, rep.ended, rep.present, rep.written,
+           rc == AB_EXIT_OK ? "; the sink is complete" : "; stopped by an error");
+    printf("API calls: %ld this run, %ld of --api-budget %ld today (UTC)\n",
+           ab_alma_api_calls(api), ab_alma_api_calls_today(api), ab_alma_api_budget(api));
+    fflush(stdout);
+done:
+    if (rc != AB_EXIT_OK && err[0]) {
+        fprintf(stderr, "almabridge reconcile: %s\n", err);
+    }
+    close_target(&t);
+    ab_alma_api_free(api);
+    for (size_t i = 0; i < njobs; i++) {
+        free(jobs[i]);
+    }
+    free(jobs);
+    ab_cli_sinkcfg_free(&sc);
+    ab_config_free(&cfg);
+    free(rest);
+    return rc;
+}
