@@ -331,7 +331,8 @@ static void error_of(const struct answer *a, char *code, size_t codelen, char *o
     cJSON_Delete(j);
 }
 
-/* Perform GET url once. Returns the HTTP status (0 when no answer came: err filled); the
+/* Perform GET url once. Returns the HTTP status (0 when no answer came, -1 when the server's
+ * TLS certificate failed verification: err filled); the
  * body in *a, Retry-After in *retry_after (seconds, -1 when none). */
 static long perform(struct ab_alma_api *api, const char *url, struct answer *a,
                     long *retry_after, char *err, size_t errlen)
@@ -360,7 +361,7 @@ static long perform(struct ab_alma_api *api, const char *url, struct answer *a,
     if (rc != CURLE_OK) {
         snprintf(err, errlen, "%s", a->too_big ? "answer over 16 MiB" : cerr[0] ? cerr
                                                                      : curl_easy_strerror(rc));
-        return 0;
+        return rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ? -1 : 0;
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
     curl_off_t ra = -1;
@@ -388,6 +389,9 @@ static int classify(long code, const char *ecode, int tries, long retry_after, l
         }
         *retry_s = retry_after > 0 ? retry_after : 1L << (tries - 1);
         return AB_ALMA_THRESHOLD;
+    }
+    if (code < 0) {
+        return AB_ALMA_ERROR; /* TLS verification: retrying changes nothing */
     }
     if (code == 0 || code >= 500) {
         *retry_s = tries <= DOWN_RETRIES ? tries : 0;
@@ -423,13 +427,13 @@ int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char
             free(a.buf);
             break;
         }
-        if (code != 0) {
+        if (code > 0) {
             error_of(&a, ecode, sizeof(ecode), why, sizeof(why));
         }
         free(a.buf);
         rc = classify(code, ecode, tries, retry_after, &retry_s);
         char http[32] = "";
-        if (code != 0) {
+        if (code > 0) {
             snprintf(http, sizeof(http), "HTTP %ld%s", code, why[0] ? " " : "");
         }
         snprintf(err, errlen, "Alma API %s%s: %s%s (%s, %d tr%s)", api->base, path, http, why,

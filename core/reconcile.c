@@ -368,6 +368,68 @@ done:
     return rc;
 }
 
+/* ---- one instance, polled (wait --fallback-after) ---- */
+
+struct ab_reconcile_poll {
+    struct ab_alma_api *api;
+    char *job, *instance, *institution;
+    int64_t next_ms, every_ms;
+    int stopped;
+};
+
+struct ab_reconcile_poll *ab_reconcile_poll_new(struct ab_alma_api *api, const char *job,
+                                                const char *instance, const char *institution,
+                                                int64_t first_ms, int64_t every_ms)
+{
+    struct ab_reconcile_poll *p = ab_calloc(1, sizeof(*p));
+    p->api = api;
+    p->job = ab_strdup(job);
+    p->instance = ab_strdup(instance);
+    p->institution = ab_strdup(institution ? institution : "unknown");
+    p->next_ms = first_ms;
+    p->every_ms = every_ms;
+    return p;
+}
+
+int ab_reconcile_poll_step(struct ab_reconcile_poll *p, int64_t now_ms, struct ab_event **ev,
+                           char *err, size_t errlen)
+{
+    cJSON *inst = NULL;
+    *ev = NULL;
+    if (p->stopped || now_ms < p->next_ms) {
+        return 0;
+    }
+    p->next_ms = now_ms + p->every_ms;
+    int rc = ab_alma_job_instance(p->api, p->job, p->instance, &inst, err, errlen);
+    if (rc != AB_ALMA_OK) {
+        p->stopped = rc != AB_ALMA_DOWN && rc != AB_ALMA_THRESHOLD;
+        return -1;
+    }
+    int ended = ab_alma_instance_ended(inst);
+    if (ended && (*ev = ab_reconcile_event(inst, p->institution, err, errlen)) == NULL) {
+        p->stopped = 1;
+        ended = -1;
+    }
+    cJSON_Delete(inst);
+    return ended;
+}
+
+int ab_reconcile_poll_stopped(const struct ab_reconcile_poll *p)
+{
+    return p->stopped;
+}
+
+void ab_reconcile_poll_free(struct ab_reconcile_poll *p)
+{
+    if (p == NULL) {
+        return;
+    }
+    free(p->job);
+    free(p->instance);
+    free(p->institution);
+    free(p);
+}
+
 /* ---- a blocking writer over the sink contract ---- */
 
 struct slot {

@@ -88,6 +88,22 @@ char *ab_reconcile_job_end_instance(const char *line, size_t len, int64_t *time_
 /* "2020-01-26T16:28:05.731Z" (or with +hh:mm) into ms since the epoch; -1 when unreadable. */
 int64_t ab_reconcile_time_ms(const char *t);
 
+/* `wait --fallback-after`: one job instance's status asked of the API at a gentle
+ * interval, starting after a delay. ab_reconcile_poll_step() is cheap when nothing is due;
+ * when due it makes one call (blocking, bounded by the client's timeout). Returns 1 when
+ * the instance has ended (*ev: its JOB_END event, as reconcile would write it; caller
+ * frees), 0 when not (yet), -1 with err when the call failed: temporarily (no answer, a
+ * threshold: asked again at the next interval) or for good (key refused, no such
+ * instance, budget used up: ab_reconcile_poll_stopped() is then 1). */
+struct ab_reconcile_poll;
+struct ab_reconcile_poll *ab_reconcile_poll_new(struct ab_alma_api *api, const char *job,
+                                                const char *instance, const char *institution,
+                                                int64_t first_ms, int64_t every_ms);
+int ab_reconcile_poll_step(struct ab_reconcile_poll *p, int64_t now_ms, struct ab_event **ev,
+                           char *err, size_t errlen);
+int ab_reconcile_poll_stopped(const struct ab_reconcile_poll *p);
+void ab_reconcile_poll_free(struct ab_reconcile_poll *p);
+
 /* A blocking writer over any backend (what reconcile's write() needs): opens an instance of
  * ops on an event base of its own (the program must have called evthread_use_pthreads():
  * the file sink answers from its writer thread); put() submits the n events and runs the
