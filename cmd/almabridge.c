@@ -433,6 +433,11 @@ int main(int argc, char **argv)
     }
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);
+    struct ab_reconcile_daemon *rec = ab_reconcile_daemon_start(
+        &d.cfg, d.app.sink_ops, d.app.sink_conf, d.app.sink_shared, err, sizeof(err));
+    if (rec == NULL && d.cfg.reconcile_every) {
+        die(err);
+    }
     ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
             d.app.n_workers);
@@ -441,6 +446,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);
     }
+    ab_reconcile_daemon_stop(rec); /* before the sink's global_free */
     shutdown_all(&d);
     ab_info("stopped");
     return 0;

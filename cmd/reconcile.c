@@ -11,10 +11,12 @@
  * instances, only each job's: --job is required (repeatable or comma-separated).
  * Exit: 0 the sink holds a JOB_END for every instance that ended in the window, 1 an API
  * or sink error, 2 usage or configuration errors (and a daemon holding the file sink). */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <event2/thread.h>
 
@@ -25,6 +27,7 @@
 #include "mem.h"
 #include "reconcile.h"
 #include "route.h"
+#include "sinks/file.h"
 #include "sinks/jobends.h"
 #include "sinks/registry.h"
 
@@ -141,6 +144,139 @@ static void close_target(struct target *t)
     }
     ab_route_free(t->route);
     free(t->stream);
+}
+
+/* ---- inside the daemon: --reconcile-every ------------------------------------------- */
+
+struct ab_reconcile_daemon {
+    struct target t;            /* the daemon's sink (its shared state), opened on our base */
+    struct ab_sink_setup read;  /* the backend itself (not the spool wrapping it), to read */
+    struct ab_alma_api *api;
+    const struct ab_config *cfg;
+    int64_t every_ms, since_ms;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stop;
+};
+
+static int daemon_job_ends(void *ctx, int64_t since_ms, struct ab_reconcile_ids *ids, char *err,
+                           size_t errlen)
+{
+    struct ab_reconcile_daemon *rd = ctx;
+    return ab_jobends_collect(ab_sink_find(rd->cfg->sink), &rd->read.conf, rd->t.stream,
+                              since_ms, ids, err, errlen);
+}
+
+static int daemon_write(void *ctx, struct ab_event *const *evs, size_t n, char *err,
+                        size_t errlen)
+{
+    struct ab_reconcile_daemon *rd = ctx;
+    return ab_reconcile_writer_put(rd->t.writer, evs, n, err, errlen);
+}
+
+/* Its own thread: one run every --reconcile-every (the first one period after start-up,
+ * which leaves Alma's retries of webhooks refused while the daemon was down time to come)
+ * until stopped. */
+static void *daemon_main(void *arg)
+{
+    struct ab_reconcile_daemon *rd = arg;
+    const struct ab_config *cfg = rd->cfg;
+    struct ab_reconcile_sink sink = {daemon_job_ends, daemon_write, rd};
+    char err[1024] = "";
+    rd->t.writer = ab_reconcile_writer_open(rd->t.ops, &rd->t.setup.conf, rd->t.shared,
+                                            rd->t.route, err, sizeof(err));
+    if (rd->t.writer == NULL) {
+        ab_error("reconcile: cannot open the sink: %s", err);
+        return NULL;
+    }
+    pthread_mutex_lock(&rd->mu);
+    for (;;) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += (time_t)(rd->every_ms / 1000);
+        while (!rd->stop && pthread_cond_timedwait(&rd->cv, &rd->mu, &until) == 0) {
+        }
+        if (rd->stop) {
+            break;
+        }
+        pthread_mutex_unlock(&rd->mu);
+        struct ab_reconcile_opts o = {.jobs = (const char *const *)cfg->reconcile_job.v,
+                                      .njobs = cfg->reconcile_job.n, .now_ms = ab_cli_now_ms(),
+                                      .since_ms = rd->since_ms,
+                                      .institution = cfg->reconcile_institution};
+        struct ab_reconcile_report rep;
+        int rc = ab_reconcile_run(rd->api, &o, &sink, &rep, err, sizeof(err));
+        ab_log(rc == 0 ? (rep.written ? AB_LOG_WARN : AB_LOG_INFO) : AB_LOG_ERROR,
+               "reconcile: %ld instance(s), %ld ended, %ld had a JOB_END, %ld written (missed "
+               "by the webhooks); API calls %ld of %ld today%s%s",
+               rep.listed, rep.ended, rep.present, rep.written,
+               ab_alma_api_calls_today(rd->api), ab_alma_api_budget(rd->api),
+               rc ? "; stopped: " : "", rc ? err : "");
+        pthread_mutex_lock(&rd->mu);
+    }
+    pthread_mutex_unlock(&rd->mu);
+    return NULL;
+}
+
+struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cfg,
+                                                      const struct ab_sink_ops *ops,
+                                                      const struct ab_sink_conf *conf,
+                                                      void *shared, char *err, size_t errlen)
+{
+    if (cfg->reconcile_every == NULL) {
+        return NULL;
+    }
+    struct ab_reconcile_daemon *rd = ab_calloc(1, sizeof(*rd));
+    const struct ab_sink_ops *backend = ab_sink_find(cfg->sink);
+    char rerr[256];
+    rd->cfg = cfg;
+    if (ab_cli_duration_ms(cfg->reconcile_every, &rd->every_ms) != 0 || rd->every_ms < 1000 ||
+        ab_cli_duration_ms(cfg->reconcile_since, &rd->since_ms) != 0 ||
+        cfg->reconcile_job.n == 0 || cfg->reconcile_institution == NULL) {
+        snprintf(err, errlen, "--reconcile-every DURATION (1s or more) needs --reconcile-job ID, "
+                              "--reconcile-institution CODE and a --reconcile-since DURATION");
+        goto fail;
+    }
+    ab_sink_setup_init(&rd->read, cfg, backend);
+    const struct ab_file_conf *file = ab_config_sink_opts(cfg, &ab_sink_file);
+    rd->t.ops = ops;
+    rd->t.setup.conf = *conf;
+    rd->t.shared = shared;
+    if (!(rd->t.route = ab_route_compile(cfg->route ? cfg->route : backend->default_route, rerr,
+                                         sizeof(rerr))) ||
+        !(rd->t.stream = job_end_stream(rd->t.route, cfg->reconcile_institution, err, errlen)) ||
+        !(rd->api = ab_alma_api_from_config(cfg, file->path, err, errlen))) {
+        goto fail;
+    }
+    pthread_mutex_init(&rd->mu, NULL);
+    pthread_cond_init(&rd->cv, NULL);
+    pthread_create(&rd->thread, NULL, daemon_main, rd);
+    return rd;
+fail:
+    ab_route_free(rd->t.route);
+    free(rd->t.stream);
+    free(rd);
+    return NULL;
+}
+
+void ab_reconcile_daemon_stop(struct ab_reconcile_daemon *rd)
+{
+    if (rd == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&rd->mu);
+    rd->stop = 1;
+    pthread_cond_signal(&rd->cv);
+    pthread_mutex_unlock(&rd->mu);
+    pthread_join(rd->thread, NULL);
+    ab_reconcile_writer_close(rd->t.writer);
+    ab_route_free(rd->t.route);
+    free(rd->t.stream);
+    ab_alma_api_free(rd->api);
+    pthread_mutex_destroy(&rd->mu);
+    pthread_cond_destroy(&rd->cv);
+    free(rd);
 }
 
 static const char RECONCILE_ABOUT[] =

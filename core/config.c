@@ -151,6 +151,21 @@ static const struct ab_option options[] = {
     {.name = "state-dir", .type = AB_OPT_STRING, .off = OFF(state_dir), .group = "Alma API",
      .metavar = "DIR",
      .help = "where the API call count is kept; default: the directory of --file"},
+    {.name = "reconcile-every", .type = AB_OPT_STRING, .off = OFF(reconcile_every),
+     .group = "Alma API", .metavar = "DURATION",
+     .help = "the daemon runs reconcile this often (e.g. 30m; the first run one period after "
+             "start-up): "
+             "JOB_END events the webhooks missed, written through the daemon's own sink "
+             "(the way for the file sink); needs --reconcile-job and --reconcile-institution"},
+    {.name = "reconcile-job", .type = AB_OPT_LIST, .off = OFF(reconcile_job),
+     .group = "Alma API", .metavar = "ID",
+     .help = "a job whose instances --reconcile-every checks (job_info.id, e.g. M53)"},
+    {.name = "reconcile-since", .type = AB_OPT_STRING, .def = "48h", .off = OFF(reconcile_since),
+     .group = "Alma API", .metavar = "DURATION",
+     .help = "--reconcile-every's window: instances submitted this long ago or later"},
+    {.name = "reconcile-institution", .type = AB_OPT_STRING, .off = OFF(reconcile_institution),
+     .group = "Alma API", .metavar = "CODE",
+     .help = "the institution of the API key, for --reconcile-every's events"},
 };
 /* clang-format on */
 

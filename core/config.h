@@ -106,6 +106,10 @@ struct ab_config {
     char *alma_api_ca;       /* CA bundle for the API's TLS certificate; NULL = the system's */
     long api_budget;         /* API calls per day (UTC), counted in state_dir */
     char *state_dir;         /* NULL = the directory of the file sink's --file */
+    char *reconcile_every;   /* daemon: run reconcile this often (a duration); NULL = never */
+    struct ab_strlist reconcile_job;
+    char *reconcile_since;   /* a duration */
+    char *reconcile_institution;
     /* actions (not options of the daemon's state) */
     int help, version, check_config, print_config;
     /* the sinks whose options were loaded (NULL-terminated, not owned), and for each its

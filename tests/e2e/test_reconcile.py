@@ -329,3 +329,36 @@ def test_wait_fallback_times_out_while_running(api, tmp_path):
     rc, out, err = run("wait", "--job-instance", inst, "--fallback-after", "1s",
                        *api_args(api, tmp_path))
     assert rc == 2 and "--job-id" in err, err
+
+
+def test_reconcile_every_inside_the_daemon_file_sink(api, tmp_path):
+    """The file sink's one writer: the daemon itself fills the gaps, on its own thread."""
+    ended, sent, dropped, dup, delayed = scenario(api, "M70", 40)
+    log = tmp_path / "events.jsonl"
+    missing = {e["id"] for e in dropped + delayed}
+    with bridge(tmp_path, "--file", log, "--reconcile-every", "3s", "--reconcile-job", "M70",
+                "--reconcile-institution", INST, *api_args(api, tmp_path)) as d:
+        post_all(d, [webhook(e) for e in sent + dup])
+        wait_until(lambda: set(job_ends(file_events(log))) >= {e["id"] for e in ended}, 60,
+                   lambda: d.stderr()[-2000:])
+        wait_until(lambda: "reconcile: 43 instance(s), 40 ended, 40 had a JOB_END, 0 written"
+                   in d.stderr(), 30, lambda: d.stderr()[-2000:])
+    ends = job_ends(file_events(log))
+    # a webhook still on its way when a run read the sink may have been filled too (on a slow
+    # machine); never one an instance already had
+    assert all(v.count(ORIGIN) <= 1 for v in ends.values())
+    assert {i for i, v in ends.items() if ORIGIN in v} >= missing
+    assert KEY not in d.stderr()
+
+
+def test_systemd_timer_and_unit_verify(tmp_path):
+    from daemon import BIN, ROOT
+    names = []
+    for name in ("almabridge-reconcile.service", "almabridge-reconcile.timer"):
+        text = open(os.path.join(ROOT, "deploy", "systemd", name)).read()
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/almabridge", BIN))
+        names.append(str(tmp_path / name))
+    p = subprocess.run(["systemd-analyze", "verify"] + names, capture_output=True, text=True,
+                       cwd=tmp_path)
+    out = [l for l in (p.stdout + p.stderr).splitlines() if "almabridge-reconcile" in l]
+    assert p.returncode == 0 and not out, p.stdout + p.stderr
