@@ -10,7 +10,8 @@
  * The sink is reached through two functions only (struct ab_reconcile_sink), so that the
  * logic knows no backend: "which job instances already have a JOB_END since T" and "write
  * this event through the sink's own writer and wait for its acknowledgement". The program
- * provides them (cmd/reconcile.c with sinks/jobends.c and ab_reconcile_writer below).
+ * provides them (cmd/reconcile.c with the interim readers of the sinks, and
+ * ab_reconcile_writer below).
  *
  * Blocking, single-threaded: a command-line program, or a thread of its own. */
 #ifndef AB_RECONCILE_H
