@@ -110,6 +110,9 @@ static int open_target(struct target *t, const struct ab_config *cfg, const char
         snprintf(err, errlen, "--sink: unknown sink \"%s\"", cfg->sink);
         return AB_EXIT_USAGE;
     }
+    if (!ab_jobends_supported(t->ops, err, errlen)) {
+        return AB_EXIT_USAGE;
+    }
     ab_sink_setup_init(&t->setup, cfg, t->ops);
     const char *tmpl = cfg->route ? cfg->route : t->ops->default_route;
     if ((t->route = ab_route_compile(tmpl, rerr, sizeof(rerr))) == NULL) {
@@ -236,6 +239,9 @@ struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cf
         cfg->reconcile_job.n == 0 || cfg->reconcile_institution == NULL) {
         snprintf(err, errlen, "--reconcile-every DURATION (1s or more) needs --reconcile-job ID, "
                               "--reconcile-institution CODE and a --reconcile-since DURATION");
+        goto fail;
+    }
+    if (!ab_jobends_supported(backend, err, errlen)) {
         goto fail;
     }
     ab_sink_setup_init(&rd->read, cfg, backend);

@@ -50,6 +50,16 @@ static int scan_file(const char *path, struct collect *c, char *err, size_t errl
     return 0;
 }
 
+int ab_jobends_supported(const struct ab_sink_ops *ops, char *err, size_t errlen)
+{
+    if (ops == &ab_sink_file || ops == &ab_sink_redis) {
+        return 1;
+    }
+    snprintf(err, errlen, "reconcile reads the file and redis sinks; the %s sink's reader comes "
+                          "with the sink read side (issue 18)", ops->name);
+    return 0;
+}
+
 int ab_jobends_collect(const struct ab_sink_ops *ops, const struct ab_sink_conf *conf,
                        const char *stream, int64_t since_ms, struct ab_reconcile_ids *ids,
                        char *err, size_t errlen)
@@ -61,8 +71,7 @@ int ab_jobends_collect(const struct ab_sink_ops *ops, const struct ab_sink_conf 
     if (ops == &ab_sink_redis) {
         return ab_redis_scan(conf->opts, stream, since_ms, on_event, &c, err, errlen);
     }
-    snprintf(err, errlen, "reconcile reads the file and redis sinks (the %s sink's reader "
-                          "comes with the sink read side)", ops->name);
+    ab_jobends_supported(ops, err, errlen);
     return -1;
 }
 

@@ -19,6 +19,9 @@ int ab_jobends_collect(const struct ab_sink_ops *ops, const struct ab_sink_conf 
                        const char *stream, int64_t since_ms, struct ab_reconcile_ids *ids,
                        char *err, size_t errlen);
 
+/* 1 when ab_jobends_collect can read backend ops (file, redis), else 0 with err. */
+int ab_jobends_supported(const struct ab_sink_ops *ops, char *err, size_t errlen);
+
 /* The pid of the process holding the file sink's log (its lock), 0 when none holds it, -1
  * when one does but its pid is unknown. */
 long ab_jobends_file_holder(const struct ab_sink_conf *conf);
