@@ -129,7 +129,9 @@ static const char *const all_options[] = {
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
     "version",       "check-config",  "print-config",     "idle-timeout",
-    "max-buffered",  "proxy-header",
+    "max-buffered",  "proxy-header",  "alma-api",         "alma-api-key-file",
+    "alma-api-ca",   "api-budget",    "state-dir",        "reconcile-every",
+    "reconcile-job", "reconcile-since", "reconcile-institution",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
