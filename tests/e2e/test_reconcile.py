@@ -178,24 +178,30 @@ def test_redis_sink_alongside_the_daemon(api, redis, tmp_path):
     ended, sent, dropped, dup, delayed = scenario(api, "M54", 1000)
     stream = "alma.jobs"
     common = ["--sink", "redis", "--redis", redis.url, "--route", stream]
+    args = ["reconcile", "--job", "M54", "--institution", INST, "--since", "24h"] + common + \
+        api_args(api, tmp_path, "--api-budget", "5000")
     with bridge(tmp_path, *common) as d:
         post_all(d, [webhook(e) for e in sent + dup + dup])
         calls = api.calls()
-        rc, out, err = run("reconcile", "--job", "M54", "--institution", INST, "--since", "24h",
-                           *(common + api_args(api, tmp_path, "--api-budget", "5000")),
-                           timeout=120)
+        rc, out, err = run(*args, timeout=120)
         assert rc == 0, err
         missing = {e["id"] for e in dropped + delayed}
         assert " %d written" % len(missing) in summary(out)[0]
         assert api.calls() - calls == 11 + len(missing)
         check_after(job_ends(redis_events(redis, stream)), ended, missing)
         post_all(d, [webhook(e) for e in delayed])  # late: after the reconcile
-    rc, out, err = run("reconcile", "--job", "M54", "--institution", INST,
-                       *(common + api_args(api, tmp_path, "--api-budget", "5000")))
+        # new gaps: the next run fills them, and only them
+        ended2, sent2, dropped2, dup2, delayed2 = scenario(api, "M54", 100)
+        post_all(d, [webhook(e) for e in sent2 + dup2 + delayed2])
+        rc, out, err = run(*args)
+        assert rc == 0 and " %d written" % len(dropped2) in summary(out)[0], out + err
+        missing |= {e["id"] for e in dropped2}
+    rc, out, err = run(*args)
     assert rc == 0 and " 0 written" in summary(out)[0], err
     events = redis_events(redis, stream)
-    check_after(job_ends(events), ended, missing)
+    check_after(job_ends(events), ended + ended2, missing)
     made = [e for e in events if e.get("almaorigin") == ORIGIN]
+    assert len(made) == len(missing)
     # the same event a webhook gives: id = instance id, source and routing of the institution
     assert all(e["id"] == e["data"]["job_instance"]["id"] == e["data"]["id"] for e in made)
     assert {e["source"] for e in made} == {"urn:alma:" + INST}
