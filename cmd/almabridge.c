@@ -259,7 +259,7 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (cfg->tls_cert && !(*ctx = ab_tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, errlen))) {
         return -1;
     }
-    return 0;
+    return ab_reconcile_daemon_check(cfg, err, errlen); /* --reconcile-every */
 }
 
 static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *ctx)

@@ -131,6 +131,8 @@ struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cf
                                                       const struct ab_sink_conf *conf,
                                                       void *shared, char *err, size_t errlen);
 void ab_reconcile_daemon_stop(struct ab_reconcile_daemon *rd);
+/* The --reconcile-* settings checked (for prepare() and --check-config): 0, or -1 with err. */
+int ab_reconcile_daemon_check(const struct ab_config *cfg, char *err, size_t errlen);
 /* `almabridge spool inspect DIR` (cmd/spool.c). */
 int ab_cmd_spool(int argc, char **argv);
 

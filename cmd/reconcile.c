@@ -13,6 +13,7 @@
  * or sink error, 2 usage or configuration errors (and a daemon holding the file sink). */
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +162,7 @@ struct ab_reconcile_daemon {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int stop;
+    atomic_int cancel; /* stop now: aborts an API call in progress */
 };
 
 static int daemon_job_ends(void *ctx, int64_t since_ms, struct ab_reconcile_ids *ids, char *err,
@@ -222,6 +224,23 @@ static void *daemon_main(void *arg)
     return NULL;
 }
 
+int ab_reconcile_daemon_check(const struct ab_config *cfg, char *err, size_t errlen)
+{
+    int64_t every = 0, since = 0;
+    if (cfg->reconcile_every == NULL) {
+        return 0;
+    }
+    if (ab_cli_duration_ms(cfg->reconcile_every, &every) != 0 || every < 1000 ||
+        ab_cli_duration_ms(cfg->reconcile_since, &since) != 0 || cfg->reconcile_job.n == 0 ||
+        cfg->reconcile_institution == NULL || cfg->alma_api == NULL) {
+        snprintf(err, errlen, "--reconcile-every DURATION (1s or more) needs --reconcile-job ID, "
+                              "--reconcile-institution CODE, --alma-api and a "
+                              "--reconcile-since DURATION");
+        return -1;
+    }
+    return ab_jobends_supported(ab_sink_find(cfg->sink), err, errlen) ? 0 : -1;
+}
+
 struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cfg,
                                                       const struct ab_sink_ops *ops,
                                                       const struct ab_sink_conf *conf,
@@ -234,16 +253,11 @@ struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cf
     const struct ab_sink_ops *backend = ab_sink_find(cfg->sink);
     char rerr[256];
     rd->cfg = cfg;
-    if (ab_cli_duration_ms(cfg->reconcile_every, &rd->every_ms) != 0 || rd->every_ms < 1000 ||
-        ab_cli_duration_ms(cfg->reconcile_since, &rd->since_ms) != 0 ||
-        cfg->reconcile_job.n == 0 || cfg->reconcile_institution == NULL) {
-        snprintf(err, errlen, "--reconcile-every DURATION (1s or more) needs --reconcile-job ID, "
-                              "--reconcile-institution CODE and a --reconcile-since DURATION");
+    if (ab_reconcile_daemon_check(cfg, err, errlen) != 0) {
         goto fail;
     }
-    if (!ab_jobends_supported(backend, err, errlen)) {
-        goto fail;
-    }
+    ab_cli_duration_ms(cfg->reconcile_every, &rd->every_ms);
+    ab_cli_duration_ms(cfg->reconcile_since, &rd->since_ms);
     ab_sink_setup_init(&rd->read, cfg, backend);
     const struct ab_file_conf *file = ab_config_sink_opts(cfg, &ab_sink_file);
     rd->t.ops = ops;
@@ -257,6 +271,7 @@ struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cf
     }
     pthread_mutex_init(&rd->mu, NULL);
     pthread_cond_init(&rd->cv, NULL);
+    ab_alma_api_cancel_on(rd->api, &rd->cancel);
     pthread_create(&rd->thread, NULL, daemon_main, rd);
     return rd;
 fail:
@@ -271,6 +286,7 @@ void ab_reconcile_daemon_stop(struct ab_reconcile_daemon *rd)
     if (rd == NULL) {
         return;
     }
+    atomic_store(&rd->cancel, 1);
     pthread_mutex_lock(&rd->mu);
     rd->stop = 1;
     pthread_cond_signal(&rd->cv);

@@ -31,6 +31,7 @@ struct ab_alma_api {
     char *ca_file;
     char *state_path;
     long budget, timeout_ms, calls;
+    const atomic_int *cancel; /* NULL, or set by another thread to abort */
 };
 
 struct answer {
@@ -331,6 +332,31 @@ static void error_of(const struct answer *a, char *code, size_t codelen, char *o
     cJSON_Delete(j);
 }
 
+static int cancelled(const struct ab_alma_api *api)
+{
+    return api->cancel && atomic_load(api->cancel);
+}
+
+void ab_alma_api_cancel_on(struct ab_alma_api *api, const atomic_int *flag)
+{
+    api->cancel = flag;
+}
+
+/* libcurl's progress callback: non-zero aborts the transfer. */
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    return cancelled(arg);
+}
+
+/* s seconds, in tenths, until cancelled. */
+static void sleep_s(const struct ab_alma_api *api, long s)
+{
+    for (long i = 0; i < s * 10 && !cancelled(api); i++) {
+        struct timespec ts = {0, 100000000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
 /* Perform GET url once. Returns the HTTP status (0 when no answer came, -1 when the server's
  * TLS certificate failed verification: err filled); the
  * body in *a, Retry-After in *retry_after (seconds, -1 when none). */
@@ -356,6 +382,9 @@ static long perform(struct ab_alma_api *api, const char *url, struct answer *a,
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, a);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, api);
     CURLcode rc = curl_easy_perform(c);
     long code = 0;
     if (rc != CURLE_OK) {
@@ -369,13 +398,6 @@ static long perform(struct ab_alma_api *api, const char *url, struct answer *a,
                        ? (long)(ra < 60 ? ra : 60)
                        : -1;
     return code;
-}
-
-static void sleep_s(long s)
-{
-    struct timespec ts = {s, 0};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
 }
 
 /* What an answer that is not 200 means; *retry_s > 0 asks for another try after that
@@ -414,6 +436,11 @@ int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char
     for (int tries = 1;; tries++) {
         struct answer a = {0};
         long retry_after = -1, retry_s = 0;
+        if (cancelled(api)) {
+            snprintf(err, errlen, "Alma API %s%s: cancelled", api->base, path);
+            rc = AB_ALMA_ERROR;
+            break;
+        }
         if ((rc = count_call(api, err, errlen)) != AB_ALMA_OK) {
             break;
         }
@@ -442,7 +469,7 @@ int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char
             break;
         }
         ab_warn("%s; trying again in %ld s", err, retry_s);
-        sleep_s(retry_s);
+        sleep_s(api, retry_s);
     }
     free(url);
     return rc;

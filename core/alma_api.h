@@ -19,6 +19,7 @@
 #ifndef AB_ALMA_API_H
 #define AB_ALMA_API_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -93,6 +94,11 @@ int ab_alma_instance_ended(const cJSON *instance);
 /* A string member of an instance ("id", "end_time"), or the "value" of an object member
  * ("status"); NULL when absent. Borrowed from the tree. */
 const char *ab_alma_str(const cJSON *obj, const char *name);
+
+/* From now on, a non-zero *flag (set by another thread) aborts the request in progress and
+ * any further one (AB_ALMA_ERROR, "cancelled"), and cuts the waits between retries short:
+ * a daemon that stops does not wait for the API. */
+void ab_alma_api_cancel_on(struct ab_alma_api *api, const atomic_int *flag);
 
 /* Calls made by this client, and those counted for today in the state file (all processes;
  * -1 when unreadable), and the budget. */

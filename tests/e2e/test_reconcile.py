@@ -372,3 +372,23 @@ def test_systemd_timer_and_unit_verify(tmp_path):
                        cwd=tmp_path)
     out = [l for l in (p.stdout + p.stderr).splitlines() if "almabridge-reconcile" in l]
     assert p.returncode == 0 and not out, p.stdout + p.stderr
+
+
+def test_daemon_stops_promptly_during_a_reconcile_call(api, tmp_path):
+    """An API that accepts and never answers: SIGTERM does not wait for its 30 s timeout."""
+    import socket
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(16)  # never accepted: the request sits in the backlog, unanswered
+        url = "http://127.0.0.1:%d" % hole.getsockname()[1]
+        d = Daemon(["--reconcile-every", "1s", "--reconcile-job", "M71",
+                    "--reconcile-institution", INST, "--alma-api", url,
+                    "--alma-api-key-file", key_file(tmp_path), "--state-dir", str(tmp_path)],
+                   tmpdir=str(tmp_path), threads=1).start()
+        wait_until(lambda: (tmp_path / "alma-api-calls").exists(), 20, "a call under way")
+        t0 = time.monotonic()
+        assert d.stop(timeout=30) == 0, d.stderr()[-2000:]
+        assert time.monotonic() - t0 < 5, d.stderr()[-2000:]
+    rc, out, err = run("--check-config", "--reconcile-every", "30m", "--insecure-skip-signature",
+                       "--file", str(tmp_path / "c.jsonl"))
+    assert rc == 2 and "--reconcile-every DURATION (1s or more) needs" in err, err
