@@ -288,7 +288,7 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (cfg->tls_cert && !(*ctx = ab_tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, errlen))) {
         return -1;
     }
-    return 0;
+    return ab_reconcile_daemon_check(cfg, err, errlen); /* --reconcile-every */
 }
 
 static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *ctx)
@@ -390,7 +390,8 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}, {"verify", ab_cmd_verify}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}, {"verify", ab_cmd_verify},
+                {"reconcile", ab_cmd_reconcile}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));
@@ -417,7 +418,7 @@ int main(int argc, char **argv)
         ab_config_usage(ab_sinks, stdout);
         printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
                "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
-               "broker).\n");
+               "broker),\nreconcile (JOB_END events from Alma's Jobs API, docs/MISSED_EVENTS.md).\n");
         return 0;
     }
     if (d.cfg.version) {
@@ -463,6 +464,11 @@ int main(int argc, char **argv)
     }
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);
+    struct ab_reconcile_daemon *rec = ab_reconcile_daemon_start(
+        &d.cfg, d.app.sink_ops, d.app.sink_conf, d.app.sink_shared, err, sizeof(err));
+    if (rec == NULL && d.cfg.reconcile_every) {
+        die(err);
+    }
     ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
             d.app.n_workers);
@@ -471,6 +477,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);
     }
+    ab_reconcile_daemon_stop(rec); /* before the sink's global_free */
     shutdown_all(&d);
     ab_info("stopped");
     return 0;

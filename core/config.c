@@ -158,6 +158,40 @@ static const struct ab_option options[] = {
      .group = "Logging",
      .help = "log request bodies at debug level. Debugging only: bodies hold personal data "
              "(names, addresses, PINs)"},
+    /* Alma API */
+    {.name = "alma-api", .type = AB_OPT_STRING, .off = OFF(alma_api), .group = "Alma API",
+     .metavar = "na|eu|ap|ca|cn|URL",
+     .help = "Alma's API gateway (a region, or a base URL such as https://api-eu.hosted."
+             "exlibrisgroup.com), for `almabridge reconcile` and `wait --fallback-after`"},
+    {.name = "alma-api-key-file", .type = AB_OPT_STRING, .off = OFF(alma_api_key_file),
+     .group = "Alma API", .metavar = "FILE",
+     .help = "file holding the Alma API key (read access to Configuration: jobs); the key is "
+             "sent as `Authorization: apikey ...` and never logged or printed"},
+    {.name = "alma-api-ca", .type = AB_OPT_STRING, .off = OFF(alma_api_ca), .group = "Alma API",
+     .metavar = "FILE",
+     .help = "PEM CA bundle to verify the API's TLS certificate with; default: the system's"},
+    {.name = "api-budget", .type = AB_OPT_LONG, .def = "1000", .min = 1, .max = 100000000,
+     .off = OFF(api_budget), .group = "Alma API", .metavar = "N",
+     .help = "Alma API calls per day (UTC) at most, counted in a state file under --state-dir "
+             "and shared by every almabridge command using it"},
+    {.name = "state-dir", .type = AB_OPT_STRING, .off = OFF(state_dir), .group = "Alma API",
+     .metavar = "DIR",
+     .help = "where the API call count is kept; default: the directory of --file"},
+    {.name = "reconcile-every", .type = AB_OPT_STRING, .off = OFF(reconcile_every),
+     .group = "Alma API", .metavar = "DURATION",
+     .help = "the daemon runs reconcile this often (e.g. 30m; the first run one period after "
+             "start-up): "
+             "JOB_END events the webhooks missed, written through the daemon's own sink "
+             "(the way for the file sink); needs --reconcile-job and --reconcile-institution"},
+    {.name = "reconcile-job", .type = AB_OPT_LIST, .off = OFF(reconcile_job),
+     .group = "Alma API", .metavar = "ID",
+     .help = "a job whose instances --reconcile-every checks (job_info.id, e.g. M53)"},
+    {.name = "reconcile-since", .type = AB_OPT_STRING, .def = "48h", .off = OFF(reconcile_since),
+     .group = "Alma API", .metavar = "DURATION",
+     .help = "--reconcile-every's window: instances submitted this long ago or later"},
+    {.name = "reconcile-institution", .type = AB_OPT_STRING, .off = OFF(reconcile_institution),
+     .group = "Alma API", .metavar = "CODE",
+     .help = "the institution of the API key, for --reconcile-every's events"},
 };
 /* clang-format on */
 

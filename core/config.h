@@ -114,6 +114,16 @@ struct ab_config {
     char *log_level;
     char *log_format;
     int log_bodies; /* debugging only: log bodies at debug level */
+    /* Alma API (reconcile, wait --fallback-after): core/alma_api.h */
+    char *alma_api;          /* na|eu|ap|ca|cn or a base URL; NULL = not used */
+    char *alma_api_key_file; /* the API key is read from this file, never given itself */
+    char *alma_api_ca;       /* CA bundle for the API's TLS certificate; NULL = the system's */
+    long api_budget;         /* API calls per day (UTC), counted in state_dir */
+    char *state_dir;         /* NULL = the directory of the file sink's --file */
+    char *reconcile_every;   /* daemon: run reconcile this often (a duration); NULL = never */
+    struct ab_strlist reconcile_job;
+    char *reconcile_since;   /* a duration */
+    char *reconcile_institution;
     /* actions (not options of the daemon's state) */
     int help, version, check_config, print_config;
     /* the sinks whose options were loaded (NULL-terminated, not owned), and for each its

@@ -131,6 +131,9 @@ static const char *const all_options[] = {
     "version",       "check-config",  "print-config",     "idle-timeout",
     "max-buffered",  "proxy-header",  "institutions",     "unknown-institution",
     "max-buffered-per-client", "dead-letter", "dead-letter-route",
+    "alma-api",         "alma-api-key-file",
+    "alma-api-ca",   "api-budget",    "state-dir",        "reconcile-every",
+    "reconcile-job", "reconcile-since", "reconcile-institution",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
