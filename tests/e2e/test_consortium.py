@@ -465,3 +465,26 @@ def test_one_source_of_secrets(tmp_path, extra, env, want):
     p = subprocess.run([BIN, "--institutions", str(prof), "--check-config"] + extra, env=e,
                        capture_output=True, timeout=30)
     assert p.returncode == 2 and want in p.stderr.decode(), p.stderr
+
+
+# ---- dead letters in consortium mode --------------------------------------------------------
+
+def test_dead_letter_needs_the_urls_institution(daemon_factory, tmp_path):
+    """A body that cannot become an event names no institution: only a URL that names one
+    ({path}/{code}) binds it, and then only that institution's own secret stores it as a
+    dead letter (200). Without the URL's code, or signed by another member, it is refused
+    as before and nothing is stored."""
+    d, _ = start_consortium(daemon_factory, tmp_path, [], insts=[(0, 0), (1, 0)])
+    cl = Client(d.port)
+    junk = b"no webhook at all \x00\xff"
+    status, _, data = cl.post(junk, sign(junk, secret(0)), f"/webhook/{code(0)}", "text/plain")
+    assert status == 200 and json.loads(data)["status"] == "dead-lettered", data
+    # signed by member 1 but sent to member 0's URL: not stored
+    assert cl.post(junk, sign(junk, secret(1)), f"/webhook/{code(0)}", "text/plain")[0] == 415
+    # no institution in the URL: nothing can bind the signature
+    assert cl.post(junk, sign(junk, secret(0)), "/webhook", "text/plain")[0] == 415
+    dl = d.file + ".deadletter"
+    wait_until(lambda: os.path.exists(dl), 5, d.stderr)
+    recs = [json.loads(l) for l in open(dl, "rb").read().splitlines()]
+    assert len(recs) == 1 and recs[0]["almasignature"] == sign(junk, secret(0))
+    assert d.events() == []
