@@ -37,6 +37,7 @@
 #include "route.h"
 #include "sink.h"
 #include "sinks/kafka.h"
+#include "sinks/redis.h"
 #include "sinks/registry.h"
 
 #define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
@@ -416,7 +417,10 @@ static int kafka_loop(const struct waiter *w, rd_kafka_t *rk, const char *topic,
         }
         int rc = NO_MATCH;
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rc = consider(w, m->payload, m->len, rd_kafka_message_timestamp(m, NULL));
+            size_t len = 0;
+            char *line = ab_kafka_message_event(m, &len); /* either content mode */
+            rc = line ? consider(w, line, len, rd_kafka_message_timestamp(m, NULL)) : NO_MATCH;
+            free(line);
         } else if (w->verbose) {
             fprintf(stderr, "almabridge wait: kafka: %s\n", rd_kafka_message_errstr(m));
         }
@@ -459,14 +463,12 @@ static int redis_entries(const struct waiter *w, const redisReply *entries, char
         }
         snprintf(last, lastlen, "%s", e->element[0]->str);
         const redisReply *f = e->element[1];
-        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
-            if (strcmp(f->element[k]->str, "event") == 0) {
-                int rc = consider(w, f->element[k + 1]->str, f->element[k + 1]->len,
-                                  strtoll(last, NULL, 10));
-                if (rc != NO_MATCH) {
-                    return rc;
-                }
-            }
+        size_t len = 0;
+        char *line = ab_redis_entry_event(f, &len); /* either content mode */
+        int rc = line ? consider(w, line, len, strtoll(last, NULL, 10)) : NO_MATCH;
+        free(line);
+        if (rc != NO_MATCH) {
+            return rc;
         }
     }
     return NO_MATCH;

@@ -95,6 +95,9 @@ struct ab_config {
     /* sinks */
     char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
+    char *content_mode;          /* binary | structured (Kafka, Redis) */
+    struct ab_strlist redact;    /* --redact paths; empty: the default set; "none": off */
+    char *dataschema_base;       /* "" = no dataschema attribute */
     /* process */
     char *config_file;
     char *log_level;

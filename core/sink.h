@@ -60,6 +60,8 @@ struct ab_sink_conf {
     long max_body;       /* the largest request body the front end accepts (--max-body) */
     int check_only;      /* --check-config: validate and create nothing that lasts */
     const char *route;   /* --route as given (NULL: the backend's default_route) */
+    int structured;      /* --content-mode structured: the JSON event as one value; else
+                          * binary: attributes beside the data (msg->event has them) */
 };
 
 /* ab_sink_ops.flags: a backend that wraps another (the spool). The configuration loader

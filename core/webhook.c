@@ -15,6 +15,7 @@
 #include "http1.h"
 #include "log.h"
 #include "mem.h"
+#include "redact.h"
 #include "metrics.h"
 #include "route.h"
 #include "server.h"
@@ -52,9 +53,18 @@ static double elapsed_s(const struct timespec *start)
 
 /* A webhook's answer, with the event's fields in the access log and the metrics. */
 static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_event *ev,
-                   int status, const char *err)
+                   int status, const char *err, const char *traceparent)
 {
+    char trace_id[33] = "";
     struct ab_answer a = {.status = status, .error = err};
+    if (ev && ev->traceparent) {
+        traceparent = ev->traceparent;
+    }
+    if (traceparent) {
+        memcpy(trace_id, traceparent + 3, 32); /* 00-<trace id>-<span id>-<flags> */
+        trace_id[32] = '\0';
+        a.trace_id = trace_id;
+    }
     if (status == 200) {
         a.k1 = "id", a.v1 = ev->id, a.k2 = "status", a.v2 = "accepted";
     } else {
@@ -77,18 +87,18 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     struct ab_webhook *wh = p->wh;
     ab_metrics_ack(wh->metrics, elapsed_s(&p->start), status == AB_SINK_OK);
     if (status == AB_SINK_OK) {
-        answer(wh, p->req, p->ev, 200, NULL);
+        answer(wh, p->req, p->ev, 200, NULL, NULL);
     } else if (status == AB_SINK_TOO_BIG) {
         char msg[512];
         snprintf(msg, sizeof(msg), "the event can never be stored by the %s sink: %s",
                  wh->app->sink_ops->name, errstr ? errstr : "too big");
-        answer(wh, p->req, p->ev, 413, msg);
+        answer(wh, p->req, p->ev, 413, msg, NULL);
     } else {
         char msg[256];
         snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
                  wh->app->sink_ops->name, ab_sink_status_str(status), errstr ? ": " : "",
                  errstr ? errstr : "");
-        answer(wh, p->req, p->ev, 503, msg);
+        answer(wh, p->req, p->ev, 503, msg, NULL);
     }
     ab_event_free(p->ev);
     free(p);
@@ -216,31 +226,53 @@ static int admit(struct ab_webhook *wh, struct ab_req *r, int *fmt, char *msg, s
     return 0;
 }
 
+/* --log-bodies (debugging an integration only): the body as it will be written, after
+ * --redact, when it parsed; a body that did not parse is logged only without --redact. */
+static void log_body(const struct ab_webhook *wh, const struct ab_req *r,
+                     const struct ab_event *ev)
+{
+    const char *b = ev ? ev->json + ev->data_off : r->body;
+    size_t n = ev ? ev->data_len : r->body_len;
+    if (ev == NULL && wh->app->redact != NULL) {
+        ab_debug("body from %s (%zu bytes) not logged: it did not parse, so --redact could "
+                 "not be applied", r->client, r->body_len);
+        return;
+    }
+    ab_debug("body from %s (%zu bytes): %.*s", r->client, r->body_len,
+             (int)(n < 1800 ? n : 1800), b);
+}
+
 /* Loop thread: a webhook. Every path ends in exactly one answer. */
 static void handle_post(struct ab_webhook *wh, struct ab_req *r)
 {
-    char msg[256];
+    char msg[256], tp[56];
     int fmt = AB_FORMAT_JSON;
-    if (wh->cfg->log_bodies) {
-        /* --log-bodies, for debugging an integration only: bodies hold personal data */
-        ab_debug("body from %s (%zu bytes): %.*s", r->client, r->body_len,
-                 (int)(r->body_len < 1800 ? r->body_len : 1800), r->body);
-    }
+    ab_event_trace(ab_http_field(&r->head, "traceparent"), tp);
     int code = admit(wh, r, &fmt, msg, sizeof(msg));
     if (code != 0) {
-        answer(wh, r, NULL, code, msg);
+        answer(wh, r, NULL, code, msg, tp);
         return;
     }
     struct ab_event *ev = NULL;
-    int rc = ab_event_from_body(fmt, r->body, r->body_len, &ev, msg, sizeof(msg));
+    const char *base = wh->cfg->dataschema_base;
+    struct ab_event_opts o = {
+        .redact = wh->app->redact,
+        .schema_base = base && *base ? base : NULL,
+        .traceparent = tp,
+        .tracestate = ab_event_tracestate(ab_http_field(&r->head, "tracestate")),
+    };
+    int rc = ab_event_build(fmt, r->body, r->body_len, &o, &ev, msg, sizeof(msg));
+    if (wh->cfg->log_bodies) {
+        log_body(wh, r, ev);
+    }
     ab_req_drop_body(r);
     if (rc != AB_EVENT_OK) {
-        answer(wh, r, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, msg);
+        answer(wh, r, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, msg, tp);
         return;
     }
     code = submit(wh, r, ev, msg, sizeof(msg));
     if (code != 0) {
-        answer(wh, r, ev, code, msg);
+        answer(wh, r, ev, code, msg, NULL);
         ab_event_free(ev);
     }
 }

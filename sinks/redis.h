@@ -13,4 +13,10 @@ struct ab_redis_conf {
 
 extern const struct ab_sink_ops ab_sink_redis;
 
+/* The CloudEvent JSON line of a stream entry's field/value array ([f1, v1, f2, v2, ...]) in
+ * either content mode (binary: one field per attribute plus "data"; structured: "event").
+ * A new string, its length in *len; NULL when the entry holds no event. Any thread. */
+struct redisReply;
+char *ab_redis_entry_event(const struct redisReply *fields, size_t *len);
+
 #endif
