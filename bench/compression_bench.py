@@ -19,25 +19,16 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "tests", "kafka"), os.path.join(ROOT, "tests")]
+sys.path[:0] = [os.path.join(ROOT, "tests", "kafka"), os.path.join(ROOT, "tests"),
+                os.path.dirname(os.path.abspath(__file__))]
 from broker import KafkaBroker  # noqa: E402
+from kafka_linger import ready  # noqa: E402
 
 BODY = os.path.join(ROOT, "tests", "fixtures", "alma", "user_update.json")
 CODECS = ["none", "gzip", "lz4", "zstd", "snappy"]
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def ready(port):
-    for _ in range(100):
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("daemon not ready")
 
 
 def cpu_s(pid):

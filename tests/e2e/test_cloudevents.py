@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from daemon import BIN, Daemon, samples, wait_until, xml_fixtures
-from services import KafkaBroker, RedisServer
+from services import RedisServer
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 ALL = [(n + ".json", b, "application/json") for n, b in samples()] + \
@@ -17,14 +17,8 @@ WITH_PIN = [n for n, b, _ in ALL if b"pin_number" in b]
 
 
 @pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka: %s" % e)
-    yield broker
-    broker.close()
+def kafka(kafka_broker):
+    return kafka_broker
 
 
 @pytest.fixture(scope="module")

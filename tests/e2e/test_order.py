@@ -13,7 +13,6 @@ import pytest
 
 from daemon import Daemon, samples, wait_until
 from jobs import new_id
-from services import KafkaBroker
 
 RECORDS = 36
 UPDATES = 12
@@ -23,14 +22,8 @@ LOAN = json.loads(dict(samples())["loan_created"])
 
 
 @pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka for the order tests: %s" % e)
-    yield broker
-    broker.close()
+def kafka(kafka_broker):
+    return kafka_broker
 
 
 def metric(d, name):

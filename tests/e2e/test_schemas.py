@@ -2,7 +2,6 @@
 as almabridge normalises an XML body, validates against the schema its event's dataschema
 names, with the standard validator (python jsonschema, draft 2020-12); malformed instances
 are rejected; the files are what schemas/generate.py writes."""
-import copy
 import json
 import os
 import subprocess

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from daemon import BIN, Daemon, samples, wait_until, with_id
-from services import KafkaBroker, RedisServer
+from services import RedisServer
 from test_redis import Resp, stream
 
 LOAN = dict(samples())["loan_created"]
@@ -283,14 +283,8 @@ def test_spool_inspect(daemon_factory, tmp_path):
 # ---- Kafka ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka for the spool tests: %s" % e)
-    yield broker
-    broker.close()
+def kafka(kafka_broker):
+    return kafka_broker
 
 
 def test_kafka_outage_under_load(kafka, tmp_path):
