@@ -147,8 +147,9 @@ static const struct ab_option options[] = {
      .help = "log lines as text or as JSON objects"},
     {.name = "log-bodies", .type = AB_OPT_BOOL, .def = "false", .off = OFF(log_bodies),
      .group = "Logging",
-     .help = "log request bodies at debug level. Debugging only: bodies hold personal data "
-             "(names, addresses, PINs)"},
+     .help = "log request bodies at debug level, after --redact (a body that does not parse "
+             "only with --redact none). Debugging only: bodies hold personal data (names, "
+             "addresses)"},
 };
 /* clang-format on */
 
