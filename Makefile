@@ -67,7 +67,7 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # service is enabled or started (policy-rc.d refuses service starts during the install).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
              libcjson-dev libxml2-dev curl openssl ca-certificates
-TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
+TEST_DEBS := redis-server kcat maven default-jdk-headless python3 python3-venv python3-pytest \
              haproxy jq valgrind systemd
 VENV      := .cache/venv
 PYTHON    := $(VENV)/bin/python3
