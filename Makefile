@@ -67,10 +67,11 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # service is enabled or started (policy-rc.d refuses service starts during the install).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
              libcjson-dev libxml2-dev curl openssl ca-certificates libcurl4-openssl-dev
-TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
+TEST_DEBS := redis-server kcat maven default-jdk-headless python3 python3-venv python3-pytest \
              haproxy jq valgrind systemd
 VENV      := .cache/venv
 PYTHON    := $(VENV)/bin/python3
+EXAMPLES_VENV := .cache/venv-examples
 define apt_install
 	@if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
 	missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | \
@@ -91,6 +92,8 @@ setup-test:
 	$(call apt_install,$(DEBS) $(TEST_DEBS))
 	@[ -x $(PYTHON) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	@$(PYTHON) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@[ -x $(EXAMPLES_VENV)/bin/python3 ] || /usr/bin/python3 -m venv $(EXAMPLES_VENV)
+	@$(EXAMPLES_VENV)/bin/python3 -m pip install -q --disable-pip-version-check -r examples/requirements.txt
 
 test: setup-test all
 	ALMABRIDGE_BUILD=$(BUILD) $(PYTHON) tests/run.py

@@ -39,7 +39,7 @@ TOLERANCE = 0.10
 # outermost function of its part, under its old and new names); the groups of a part are
 # added up (they must not call each other). What no part claims is "HTTP + libevent + rest".
 PARTS = [
-    ("JSON/XML normalise", [r"^(ab_event_from_body|ab_event_new\w*|ab_normalise_\w+)$"]),
+    ("JSON/XML normalise", [r"^(ab_event_from_body|ab_event_build|ab_event_new\w*|ab_normalise_\w+)$"]),
     ("HMAC signature", [r"^(ab_signature_verify|ab_secrets_verify|ab_signature_check\w*)$"]),
     ("answer + access log", [r"^(on_sink_done|pending_answer|ab_webhook_answer\w*)$"]),
     ("sink", [r"^(file_submit)$", r"^(write_batch)$", r"^(complete_batch)$"]),

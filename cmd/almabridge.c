@@ -19,6 +19,7 @@
 #include <event2/util.h>
 #include <openssl/ssl.h>
 
+#include "redact.h"
 #include "acl.h"
 #include "cli.h"
 #include "config.h"
@@ -275,6 +276,13 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
     }
+    const char *const *rp = cfg->redact.n ? (const char *const *)cfg->redact.v : ab_redact_default;
+    size_t rn = cfg->redact.n ? cfg->redact.n : 2;
+    d->app.redact = ab_redact_compile(rp, rn, rerr, sizeof(rerr));
+    if (d->app.redact == NULL && !(rn == 1 && strcmp(rp[0], "none") == 0)) {
+        snprintf(err, errlen, "--redact: %s", rerr);
+        return -1;
+    }
     if (cfg->allow.n && !(d->app.allow = ab_acl_new((const char *const *)cfg->allow.v, cfg->allow.n, rerr, sizeof(rerr)))) {
         snprintf(err, errlen, "--allow: %s", rerr);
         return -1;
@@ -329,6 +337,7 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
 static void app_free(struct ab_app *app)
 {
     ab_route_free(app->route);
+    ab_redact_free(app->redact);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
     ab_share_free(app->share);

@@ -13,7 +13,7 @@
  * directory, in name order). On SIGINT/SIGTERM the replay stops reading, waits for what is
  * in flight and prints the first line not acknowledged: `--start-line N` continues from
  * there. Idempotent by id: before the first event for a stream or topic, the ids already
- * in it are read (Redis: the `id` field of every entry; Kafka: the `ce_id` header or key of
+ * in it are read (Redis: the id of every entry; Kafka: the id of
  * every message), and events with an id already there, or already sent, are skipped.
  * --no-dedup skips that reading. Exit: 0 done, 1 a write failed for good, 2 usage or
  * connection errors, 130 interrupted. */
@@ -38,6 +38,8 @@
 #include "mem.h"
 #include "route.h"
 #include "sink.h"
+#include "sinks/kafka.h"
+#include "sinks/redis.h"
 #include "sinks/registry.h"
 
 #define WINDOW 1000          /* events in flight at most */
@@ -411,6 +413,18 @@ static int submit(struct replay *rp, struct slot *s)
 
 /* ---- dedup: the ids already in a stream or topic ---- */
 
+/* The CloudEvent id of an event line (either content mode decoded by the backend), added to
+ * the ids seen; line is freed. */
+static void add_line_id(struct replay *rp, char *line, size_t len)
+{
+    struct ab_event *ev = line ? ab_event_from_line(line, len) : NULL;
+    if (ev) {
+        idset_add(&rp->seen, ev->id);
+    }
+    ab_event_free(ev);
+    free(line);
+}
+
 static int load_redis_ids(struct replay *rp, const char *stream)
 {
     struct ab_cli_redis t;
@@ -435,11 +449,9 @@ static int load_redis_ids(struct replay *rp, const char *stream)
         for (size_t i = 0; i < n; i++) {
             const redisReply *e = r->element[i], *f = e->element[1];
             snprintf(last, sizeof(last), "(%s", e->element[0]->str);
-            for (size_t k = 0; k + 1 < f->elements; k += 2) {
-                if (strcmp(f->element[k]->str, "id") == 0) {
-                    idset_add(&rp->seen, f->element[k + 1]->str);
-                }
-            }
+            size_t len = 0;
+            char *line = ab_redis_entry_event(f, &len);
+            add_line_id(rp, line, len);
         }
         freeReplyObject(r);
         if (n < 1000) {
@@ -453,23 +465,12 @@ done:
     return rc;
 }
 
-/* The id of a Kafka message: its ce_id header, else its key. */
+/* The id of a Kafka message in either content mode. */
 static void add_kafka_id(struct replay *rp, const rd_kafka_message_t *m)
 {
-    rd_kafka_headers_t *hdrs = NULL;
-    const void *v = NULL;
-    size_t vlen = 0;
-    char *id = NULL;
-    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-        rd_kafka_header_get_last(hdrs, "ce_id", &v, &vlen) == RD_KAFKA_RESP_ERR_NO_ERROR && v) {
-        id = ab_strndup(v, vlen);
-    } else if (m->key) {
-        id = ab_strndup(m->key, m->key_len);
-    }
-    if (id) {
-        idset_add(&rp->seen, id);
-        free(id);
-    }
+    size_t len = 0;
+    char *line = ab_kafka_message_event(m, &len);
+    add_line_id(rp, line, len);
 }
 
 /* Read topic from its start to its end offsets as they are now. */
@@ -552,41 +553,23 @@ static int learn_route(struct replay *rp, const char *route)
 
 /* ---- reading lines into slots ---- */
 
-static char *member_str(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
-}
-
 /* Fill s from one log line; -1 when it is not a CloudEvent with an id. */
 static int slot_fill(struct replay *rp, struct slot *s, const char *line, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(line, len);
-    struct ab_event ev = {0};
-    int rc = -1;
-    if (!cJSON_IsObject(j) || (ev.id = member_str(j, "id")) == NULL) {
-        goto done;
+    struct ab_event *ev = ab_event_from_line(line, len);
+    if (ev == NULL || ev->id[0] == '\0') {
+        ab_event_free(ev);
+        return -1;
     }
-    ev.action = member_str(j, "almaaction");
-    ev.event = member_str(j, "almaevent");
-    ev.institution = member_str(j, "almainstitution");
-    s->id = ab_strdup(ev.id);
-    s->type = member_str(j, "type");
-    s->source = member_str(j, "source");
-    s->type = s->type ? s->type : ab_strdup("com.exlibrisgroup.alma");
-    s->source = s->source ? s->source : ab_strdup("urn:alma:unknown");
-    s->route = ab_route_expand(rp->route, &ev);
-    s->key = rp->key ? ab_route_expand_raw(rp->key, &ev) : NULL; /* as the daemon's */
+    s->id = ab_strdup(ev->id);
+    s->type = ab_strdup(ev->type);
+    s->source = ab_strdup(ev->source);
+    s->route = ab_route_expand(rp->route, ev);
+    s->key = rp->key ? ab_route_expand_raw(rp->key, ev) : NULL; /* as the daemon's */
     s->value = ab_strndup(line, len);
     s->len = len;
-    rc = 0;
-done:
-    free(ev.id);
-    free(ev.action);
-    free(ev.event);
-    free(ev.institution);
-    cJSON_Delete(j);
-    return rc;
+    ab_event_free(ev);
+    return 0;
 }
 
 /* Read the next line into a new slot at the ring's tail. Returns 1 when a slot was added,

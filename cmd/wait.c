@@ -36,9 +36,11 @@
 #include "event.h"
 #include "mem.h"
 #include "reconcile.h"
+#include "redact.h"
 #include "route.h"
 #include "sink.h"
 #include "sinks/kafka.h"
+#include "sinks/redis.h"
 #include "sinks/registry.h"
 
 #define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
@@ -71,32 +73,6 @@ static size_t skip_ws(const char *s, size_t n, size_t i)
     return i;
 }
 
-/* Index just past the JSON value that starts at s[i]. */
-static size_t skip_value(const char *s, size_t n, size_t i)
-{
-    int depth = 0;
-    for (; i < n; i++) {
-        char c = s[i];
-        if (c == '"') {
-            for (i++; i < n && s[i] != '"'; i++) {
-                i += s[i] == '\\';
-            }
-            if (depth == 0) {
-                return i + 1;
-            }
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (--depth <= 0) {
-                return depth == 0 ? i + 1 : i;
-            }
-        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n')) {
-            return i;
-        }
-    }
-    return n;
-}
-
 /* The index of the value of member `key` of the object at s[i], or n when absent. */
 static size_t member(const char *s, size_t n, size_t i, const char *key)
 {
@@ -107,7 +83,7 @@ static size_t member(const char *s, size_t n, size_t i, const char *key)
     }
     i = skip_ws(s, n, i + 1);
     while (i < n && s[i] == '"') {
-        size_t kend = skip_value(s, n, i);
+        size_t kend = ab_json_skip(s, n, i);
         int hit = kend - i == klen + 2 && memcmp(s + i + 1, key, klen) == 0;
         i = skip_ws(s, n, kend);
         if (i >= n || s[i] != ':') {
@@ -117,7 +93,7 @@ static size_t member(const char *s, size_t n, size_t i, const char *key)
         if (hit) {
             return i;
         }
-        i = skip_ws(s, n, skip_value(s, n, i));
+        i = skip_ws(s, n, ab_json_skip(s, n, i));
         if (i >= n || s[i] != ',') {
             return n;
         }
@@ -140,10 +116,10 @@ static char *text_at(const char *s, size_t n, const char *const *path, size_t de
     }
     if (s[i] == '{') {
         static const char *const value[] = {"value"};
-        size_t end = skip_value(s, n, i);
+        size_t end = ab_json_skip(s, n, i);
         return text_at(s + i, end - i, value, 1);
     }
-    size_t end = skip_value(s, n, i);
+    size_t end = ab_json_skip(s, n, i);
     if (s[i] == '"') {
         cJSON *str = cJSON_ParseWithLength(s + i, end - i);
         char *out = cJSON_IsString(str) ? ab_strdup(str->valuestring) : NULL;
@@ -456,7 +432,10 @@ static int kafka_loop(const struct waiter *w, rd_kafka_t *rk, const char *topic,
         }
         int rc = NO_MATCH;
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rc = consider(w, m->payload, m->len, rd_kafka_message_timestamp(m, NULL));
+            size_t len = 0;
+            char *line = ab_kafka_message_event(m, &len); /* either content mode */
+            rc = line ? consider(w, line, len, rd_kafka_message_timestamp(m, NULL)) : NO_MATCH;
+            free(line);
         } else if (w->verbose) {
             fprintf(stderr, "almabridge wait: kafka: %s\n", rd_kafka_message_errstr(m));
         }
@@ -499,14 +478,12 @@ static int redis_entries(const struct waiter *w, const redisReply *entries, char
         }
         snprintf(last, lastlen, "%s", e->element[0]->str);
         const redisReply *f = e->element[1];
-        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
-            if (strcmp(f->element[k]->str, "event") == 0) {
-                int rc = consider(w, f->element[k + 1]->str, f->element[k + 1]->len,
-                                  strtoll(last, NULL, 10));
-                if (rc != NO_MATCH) {
-                    return rc;
-                }
-            }
+        size_t len = 0;
+        char *line = ab_redis_entry_event(f, &len); /* either content mode */
+        int rc = line ? consider(w, line, len, strtoll(last, NULL, 10)) : NO_MATCH;
+        free(line);
+        if (rc != NO_MATCH) {
+            return rc;
         }
     }
     return NO_MATCH;

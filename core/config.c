@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include "acl.h"
+#include "redact.h"
 #include "mem.h"
 #include "sink.h"
 
@@ -24,6 +25,7 @@
 static int check_listen(const char *v, char *why, size_t whylen);
 static int check_path(const char *v, char *why, size_t whylen);
 static int check_cidr(const char *v, char *why, size_t whylen);
+static int check_redact(const char *v, char *why, size_t whylen);
 
 #define OFF(field) offsetof(struct ab_config, field)
 
@@ -137,7 +139,7 @@ static const struct ab_option options[] = {
      .group = "Sink",
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
-             "{id}, e.g. alma.{action}; default: the sink's own"},
+             "{id} {record}, e.g. alma.{action}; default: the sink's own"},
     {.name = "dead-letter", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
      .off = OFF(dead_letter), .group = "Sink", .metavar = "on|off",
      .help = "a signed request whose body cannot become an event (not JSON or XML, an "
@@ -147,6 +149,21 @@ static const struct ab_option options[] = {
      .off = OFF(dead_letter_route), .group = "Sink", .metavar = "NAME",
      .help = "Kafka topic or Redis stream of the dead letter (the file sink writes "
              "FILE.deadletter instead)"},
+    {.name = "content-mode", .type = AB_OPT_STRING, .def = "binary", .off = OFF(content_mode),
+     .choices = "binary|structured", .group = "Sink", .metavar = "binary|structured",
+     .help = "CloudEvents content mode of Kafka messages and Redis entries: binary (attributes "
+             "as ce_ headers / fields, the data as value) or structured (the JSON event as "
+             "value); the file sink always writes structured JSON lines"},
+    {.name = "redact", .type = AB_OPT_LIST, .off = OFF(redact), .check = check_redact,
+     .group = "Sink",
+     .metavar = "PATH",
+     .help = "remove this member of the webhook (a JSON path rooted at the data, e.g. "
+             "$.webhook_user.user.pin_number or $..pin_number) before any sink sees it; "
+             "default: $..pin_number and $..password; none: remove nothing"},
+    {.name = "dataschema-base", .type = AB_OPT_STRING, .def = "urn:almabridge:schemas:1:",
+     .off = OFF(dataschema_base), .group = "Sink", .metavar = "URI",
+     .help = "dataschema attribute = URI + the schema's file name in schemas/ (e.g. "
+             "loan.json); empty for no dataschema"},
     /* Logging */
     {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",
@@ -156,8 +173,9 @@ static const struct ab_option options[] = {
      .help = "log lines as text or as JSON objects"},
     {.name = "log-bodies", .type = AB_OPT_BOOL, .def = "false", .off = OFF(log_bodies),
      .group = "Logging",
-     .help = "log request bodies at debug level. Debugging only: bodies hold personal data "
-             "(names, addresses, PINs)"},
+     .help = "log request bodies at debug level, after --redact (a body that does not parse "
+             "only with --redact none). Debugging only: bodies hold personal data (names, "
+             "addresses)"},
     /* Alma API */
     {.name = "alma-api", .type = AB_OPT_STRING, .off = OFF(alma_api), .group = "Alma API",
      .metavar = "na|eu|ap|ca|cn|URL",
@@ -519,6 +537,20 @@ static int check_cidr(const char *v, char *why, size_t whylen)
         return -1;
     }
     ab_acl_free(acl);
+    return 0;
+}
+
+/* One --redact path ("none" is checked with the others at start-up). */
+static int check_redact(const char *v, char *why, size_t whylen)
+{
+    char err[256];
+    struct ab_redact *r = ab_redact_compile(&v, 1, err, sizeof(err));
+    if (r == NULL && strcmp(v, "none") != 0) {
+        snprintf(why, whylen, "is not a JSON path rooted at the data (e.g. "
+                              "$.webhook_user.user.pin_number or $..pin_number)");
+        return -1;
+    }
+    ab_redact_free(r);
     return 0;
 }
 
@@ -1081,6 +1113,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .check_only = cfg->check_config,
         .route = cfg->route,
         .dead_letter = cfg->dead_letter && strcmp(cfg->dead_letter, "on") == 0,
+        .structured = cfg->content_mode != NULL && strcmp(cfg->content_mode, "structured") == 0,
     };
 }
 

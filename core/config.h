@@ -109,6 +109,9 @@ struct ab_config {
     char *route; /* NULL = the sink's default */
     char *dead_letter;       /* on|off: store signed bodies that cannot become events */
     char *dead_letter_route; /* the dead letter's topic / stream */
+    char *content_mode;          /* binary | structured (Kafka, Redis) */
+    struct ab_strlist redact;    /* --redact paths; empty: the default set; "none": off */
+    char *dataschema_base;       /* "" = no dataschema attribute */
     /* process */
     char *config_file;
     char *log_level;

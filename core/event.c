@@ -16,13 +16,18 @@
 
 #include "mem.h"
 #include "normalise.h"
+#include "redact.h"
 
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/rand.h>
 
 #define TYPE_PREFIX "com.exlibrisgroup.alma."
 #define MAX_EXACT_DOUBLE 9007199254740992.0 /* 2^53 */
@@ -527,38 +532,258 @@ static char *put_member(char *w, const char *key, const char *value, int first)
     return w;
 }
 
+size_t ab_event_attrs(const struct ab_event *ev, struct ab_attr *out)
+{
+    const struct ab_attr all[] = {
+        {"specversion", "1.0"},
+        {"id", ev->id},
+        {"source", ev->source},
+        {"type", ev->type},
+        {"subject", ev->subject},
+        {"time", ev->time},
+        {"datacontenttype", "application/json"},
+        {"dataschema", ev->dataschema},
+        {"partitionkey", ev->partitionkey},
+        {"traceparent", ev->traceparent},
+        {"tracestate", ev->tracestate},
+        {"almaaction", ev->action},
+        {"almaevent", ev->event},
+        {"almainstitution", ev->institution},
+        {"almatime", ev->almatime},
+    };
+    size_t n = 0;
+    for (size_t k = 0; k < sizeof(all) / sizeof(all[0]); k++) {
+        if (all[k].value != NULL) {
+            out[n++] = all[k];
+        }
+    }
+    return n;
+}
+
+/* The line for attrs and data: {attributes..., "data": data}; *data_off gets where the
+ * data starts in it. */
+static char *line_of(const struct ab_attr *attrs, size_t n, const char *data, size_t data_len,
+                     size_t *len, size_t *data_off)
+{
+    size_t room = sizeof(",\"data\":}");
+    for (size_t k = 0; k < n; k++) {
+        room += strlen(attrs[k].name) + 6 + 6 * strlen(attrs[k].value);
+    }
+    char *line = ab_malloc(room + data_len + 2), *w = line;
+    *w++ = '{';
+    for (size_t k = 0; k < n; k++) {
+        w = put_member(w, attrs[k].name, attrs[k].value, k == 0);
+    }
+    if (data_len > 0) {
+        memcpy(w, n > 0 ? ",\"data\":" : "\"data\":", n > 0 ? 8 : 7);
+        w += n > 0 ? 8 : 7;
+    }
+    *data_off = (size_t)(w - line);
+    if (data_len > 0) {
+        memcpy(w, data, data_len);
+        w += data_len;
+    }
+    *w++ = '}';
+    *w = '\0';
+    *len = (size_t)(w - line);
+    return line;
+}
+
+char *ab_event_line_from_attrs(const struct ab_attr *attrs, size_t n, const char *data,
+                               size_t data_len, size_t *len)
+{
+    size_t off;
+    return line_of(attrs, n, data, data_len, len, &off);
+}
+
 /* The CloudEvent line: the attributes in the documented order, then "data" with data
  * (data_len bytes of JSON) spliced in. */
 static void build_line(struct ab_event *ev, const char *data, size_t data_len)
 {
-    static const char *const names[] = {"specversion", "id", "source", "type", "time",
-                                        "datacontenttype", "almaaction", "almaevent",
-                                        "almainstitution", "almatime"};
-    const char *values[] = {"1.0", ev->id, ev->source, ev->type, ev->time, "application/json",
-                            ev->action, ev->event, ev->institution, ev->almatime};
-    size_t room = sizeof(",\"data\":}");
-    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
-        room += values[k] != NULL ? strlen(names[k]) + 6 + 6 * strlen(values[k]) : 0;
+    struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
+    size_t n = ab_event_attrs(ev, attrs);
+    ev->json = line_of(attrs, n, data, data_len, &ev->json_len, &ev->data_off);
+    ev->data_len = data_len;
+}
+
+/* ---- identity, schema, trace --------------------------------------------------------- */
+
+/* The record each event type is about: the member of data that holds its id (see
+ * docs/CLOUDEVENTS.md, derived from tests/fixtures/alma). */
+static const struct record_rule {
+    const char *action, *kind, *schema;
+    const char *path[3];
+    int depth;
+} record_rules[] = {
+    {"JOB_END", "job", "job_end.json", {"job_instance", "id"}, 2},
+    {"BIB", "bib", "bib.json", {"bib", "mms_id"}, 2},
+    {"HOLDING", "holding", "holding.json", {"holding", "holding_id"}, 2},
+    {"ITEM", "item", "item.json", {"item", "item_data", "pid"}, 3},
+    {"LOAN", "loan", "loan.json", {"item_loan", "loan_id"}, 2},
+    {"REQUEST", "request", "request.json", {"user_request", "request_id"}, 2},
+    {"USER", "user", "user.json", {"webhook_user", "user", "primary_id"}, 3},
+    {"NOTIFICATION", NULL, "notification.json", {NULL}, 0},
+};
+
+static const struct record_rule *rule_of(const char *action)
+{
+    for (size_t i = 0; action && i < sizeof(record_rules) / sizeof(record_rules[0]); i++) {
+        if (strcasecmp(record_rules[i].action, action) == 0) {
+            return &record_rules[i];
+        }
     }
-    char *line = ab_malloc(room + data_len + 2), *w = line;
-    *w++ = '{';
-    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
-        w = put_member(w, names[k], values[k], k == 0);
+    return NULL;
+}
+
+const char *ab_event_schema_name(const char *action)
+{
+    const struct record_rule *r = rule_of(action);
+    return r ? r->schema : "webhook.json";
+}
+
+/* The record's id in data by rule r: a non-empty string without control characters, or
+ * an integer as written; NULL otherwise. */
+static char *record_id(const struct record_rule *r, const char *data, size_t n)
+{
+    size_t off, len;
+    if (r == NULL || r->depth == 0 || ab_json_find(data, n, r->path, r->depth, &off, &len) != 0) {
+        return NULL;
     }
-    memcpy(w, ",\"data\":", 8);
-    w += 8;
-    memcpy(w, data, data_len);
-    w += data_len;
-    *w++ = '}';
-    *w = '\0';
-    ev->json = line;
-    ev->json_len = (size_t)(w - line);
+    char *id = NULL;
+    size_t idlen = 0;
+    if (data[off] == '"') {
+        id = ab_json_string_decode(data + off, len, &idlen);
+    } else if (data[off] == '-' || (data[off] >= '0' && data[off] <= '9')) {
+        id = ab_strndup(data + off, len);
+        idlen = len;
+    }
+    if (id != NULL && (idlen == 0 || idlen > 200 || has_control(id, idlen))) {
+        free(id);
+        id = NULL;
+    }
+    return id;
+}
+
+/* ev->subject and ev->partitionkey from data (after redaction). */
+static void set_identity(struct ab_event *ev, const char *data, size_t n)
+{
+    const struct record_rule *r = rule_of(ev->action);
+    char *id = record_id(r, data, n);
+    const char *kind = id != NULL ? r->kind : "webhook";
+    ev->subject = id != NULL ? id : ab_strdup(ev->id);
+    size_t kl = strlen(kind), il = strlen(ev->subject);
+    ev->partitionkey = ab_malloc(kl + il + 2);
+    memcpy(ev->partitionkey, kind, kl);
+    ev->partitionkey[kl] = '/';
+    memcpy(ev->partitionkey + kl + 1, ev->subject, il + 1);
+}
+
+static int hex_run(const char *s, size_t n)
+{
+    int nonzero = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) {
+            return -1;
+        }
+        nonzero |= s[i] != '0';
+    }
+    return nonzero;
+}
+
+/* 64 random bits for trace and span ids: splitmix64 over a per-thread state seeded from
+ * the kernel's random pool once (ids must be unique and unpredictable enough to never
+ * collide, not secret; RAND_bytes cost 7,000 instructions a webhook). */
+static uint64_t trace_random(void)
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local int seeded;
+    if (!seeded) {
+        if (RAND_bytes((unsigned char *)&state, sizeof(state)) != 1) {
+            state = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)&state;
+        }
+        seeded = 1;
+    }
+    uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+int ab_event_trace(const char *tp, char out[56])
+{
+    size_t len = tp ? strlen(tp) : 0;
+    if (len >= 55 && hex_run(tp, 2) >= 0 && strncmp(tp, "ff", 2) != 0 && tp[2] == '-' &&
+        hex_run(tp + 3, 32) == 1 && tp[35] == '-' && hex_run(tp + 36, 16) == 1 &&
+        tp[52] == '-' && hex_run(tp + 53, 2) >= 0 &&
+        (len == 55 || (strncmp(tp, "00", 2) != 0 && tp[55] == '-'))) {
+        memcpy(out, "00", 2);
+        memcpy(out + 2, tp + 2, 53);
+        out[55] = '\0';
+        return 1;
+    }
+    static const char hex[] = "0123456789abcdef";
+    unsigned char rnd[24];
+    for (size_t i = 0; i < sizeof(rnd); i += 8) {
+        uint64_t v = trace_random();
+        memcpy(rnd + i, &v, 8);
+    }
+    rnd[0] |= 1; /* never all zero */
+    rnd[16] |= 1;
+    char *w = out;
+    memcpy(w, "00-", 3);
+    w += 3;
+    for (int i = 0; i < 24; i++) {
+        *w++ = hex[rnd[i] >> 4];
+        *w++ = hex[rnd[i] & 15];
+        if (i == 15) {
+            *w++ = '-';
+        }
+    }
+    memcpy(w, "-01", 4);
+    return 0;
+}
+
+const char *ab_event_tracestate(const char *ts)
+{
+    size_t len = ts ? strlen(ts) : 0;
+    if (len == 0 || len > 512) {
+        return NULL;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (ts[i] < 0x20 || ts[i] > 0x7e) {
+            return NULL;
+        }
+    }
+    return ts;
+}
+
+/* Everything after the envelope: redaction of data (min: its minified text, n bytes; the
+ * result replaces it in *buf), identity, schema and trace, then the line. */
+static void finish(struct ab_event *ev, const struct ab_event_opts *o, const char *data,
+                   size_t n)
+{
+    char *red = NULL;
+    if (o && o->redact && ab_redact_may_apply(o->redact, data, n)) {
+        red = ab_malloc(n + 1);
+        n = ab_redact_apply(o->redact, data, n, red, NULL);
+        data = red;
+    }
+    set_identity(ev, data, n);
+    if (o && o->schema_base) {
+        ev->dataschema = ab_asprintf("%s%s", o->schema_base, ab_event_schema_name(ev->action));
+    }
+    if (o && o->traceparent) {
+        ev->traceparent = ab_strdup(o->traceparent);
+        ev->tracestate = o->tracestate ? ab_strdup(o->tracestate) : NULL;
+    }
+    build_line(ev, data, n);
+    free(red);
 }
 
 /* A JSON body: one scan validates it, writes it minified (the "data") and finds the
  * envelope; no tree is built. */
-static int from_json(const char *body, size_t len, struct ab_event *ev, char *errstr,
-                     size_t errlen)
+static int from_json(const char *body, size_t len, const struct ab_event_opts *o,
+                     struct ab_event *ev, char *errstr, size_t errlen)
 {
     struct ab_json_envelope scan;
     struct envelope e = {0};
@@ -570,7 +795,7 @@ static int from_json(const char *body, size_t len, struct ab_event *ev, char *er
         rc = read_envelope(&e, ev, errstr, errlen);
     }
     if (rc == AB_EVENT_OK) {
-        build_line(ev, data, (size_t)n);
+        finish(ev, o, data, (size_t)n);
     }
     envelope_clear(&e);
     free(data);
@@ -578,8 +803,8 @@ static int from_json(const char *body, size_t len, struct ab_event *ev, char *er
 }
 
 /* An XML body: converted to a tree, printed as "data". */
-static int from_xml(const char *body, size_t len, struct ab_event *ev, char *errstr,
-                    size_t errlen)
+static int from_xml(const char *body, size_t len, const struct ab_event_opts *o,
+                    struct ab_event *ev, char *errstr, size_t errlen)
 {
     struct envelope e = {0};
     char *data = NULL;
@@ -595,7 +820,7 @@ static int from_xml(const char *body, size_t len, struct ab_event *ev, char *err
             fprintf(stderr, "almabridge: out of memory printing JSON\n");
             abort();
         }
-        build_line(ev, data, strlen(data));
+        finish(ev, o, data, strlen(data));
     }
     cJSON_free(data);
     cJSON_Delete(root);
@@ -606,9 +831,16 @@ static int from_xml(const char *body, size_t len, struct ab_event *ev, char *err
 int ab_event_from_body(enum ab_body_format fmt, const char *body, size_t len,
                        struct ab_event **out, char *errstr, size_t errlen)
 {
+    return ab_event_build(fmt, body, len, NULL, out, errstr, errlen);
+}
+
+int ab_event_build(enum ab_body_format fmt, const char *body, size_t len,
+                   const struct ab_event_opts *opts, struct ab_event **out, char *errstr,
+                   size_t errlen)
+{
     struct ab_event *ev = ab_calloc(1, sizeof(*ev));
-    int rc = fmt == AB_FORMAT_XML ? from_xml(body, len, ev, errstr, errlen)
-                                  : from_json(body, len, ev, errstr, errlen);
+    int rc = fmt == AB_FORMAT_XML ? from_xml(body, len, opts, ev, errstr, errlen)
+                                  : from_json(body, len, opts, ev, errstr, errlen);
     *out = NULL;
     if (rc == AB_EVENT_OK) {
         *out = ev;
@@ -631,6 +863,83 @@ void ab_event_free(struct ab_event *ev)
     free(ev->almatime);
     free(ev->type);
     free(ev->source);
+    free(ev->subject);
+    free(ev->partitionkey);
+    free(ev->dataschema);
+    free(ev->traceparent);
+    free(ev->tracestate);
     free(ev->json);
     free(ev);
+}
+
+static char *line_member(const cJSON *o, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+    return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
+}
+
+static size_t skip_ws(const char *s, size_t n, size_t i)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) {
+        i++;
+    }
+    return i;
+}
+
+/* Where the value of the top-level member "data" is in line (valid JSON, any whitespace),
+ * as the text it was sent as (numbers keep their digits). */
+static void data_span(const char *s, size_t n, size_t *off, size_t *len)
+{
+    size_t i = skip_ws(s, n, 0) + 1; /* past '{' */
+    while ((i = skip_ws(s, n, i)) < n && s[i] == '"') {
+        size_t kend = ab_json_skip(s, n, i);
+        int hit = kend - i == 6 && memcmp(s + i, "\"data\"", 6) == 0;
+        i = skip_ws(s, n, skip_ws(s, n, kend) + 1); /* past ':' */
+        size_t vend = ab_json_skip(s, n, i);
+        if (hit) {
+            *off = i;
+            *len = vend - i;
+            return;
+        }
+        i = skip_ws(s, n, vend);
+        i += i < n && s[i] == ',';
+    }
+}
+
+struct ab_event *ab_event_from_line(const char *line, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(line, len);
+    struct ab_event *ev = NULL;
+    if (!cJSON_IsObject(j) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "id"))) {
+        goto done;
+    }
+    ev = ab_calloc(1, sizeof(*ev));
+    ev->id = line_member(j, "id");
+    ev->id = ev->id ? ev->id : ab_strdup("");
+    ev->action = line_member(j, "almaaction");
+    ev->event = line_member(j, "almaevent");
+    ev->institution = line_member(j, "almainstitution");
+    ev->time = line_member(j, "time");
+    ev->almatime = line_member(j, "almatime");
+    ev->type = line_member(j, "type");
+    ev->source = line_member(j, "source");
+    ev->type = ev->type ? ev->type : ab_strdup("com.exlibrisgroup.alma");
+    ev->source = ev->source ? ev->source : ab_strdup("urn:alma:unknown");
+    ev->subject = line_member(j, "subject");
+    ev->partitionkey = line_member(j, "partitionkey");
+    ev->dataschema = line_member(j, "dataschema");
+    ev->traceparent = line_member(j, "traceparent");
+    ev->tracestate = line_member(j, "tracestate");
+    ev->json = ab_strndup(line, len);
+    ev->json_len = len;
+    ev->data_off = len; /* no data */
+    if (cJSON_HasObjectItem(j, "data")) {
+        data_span(line, len, &ev->data_off, &ev->data_len);
+    }
+    if (ev->partitionkey == NULL) {
+        set_identity(ev, line + ev->data_off, ev->data_len);
+    }
+done:
+    cJSON_Delete(j);
+    return ev;
 }

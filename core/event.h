@@ -1,9 +1,18 @@
 /* The normalised webhook: one CloudEvents 1.0 event in structured JSON mode.
  *
  *   {"specversion":"1.0","id":"<webhook id>","source":"urn:alma:<institution>",
- *    "type":"com.exlibrisgroup.alma.<action>[.<event>]","time":"<webhook time>",
- *    "datacontenttype":"application/json","almaaction":"LOAN","almaevent":"LOAN_CREATED",
- *    "almainstitution":"01ABC_INST","data":{...the webhook as JSON...}}
+ *    "type":"com.exlibrisgroup.alma.<action>[.<event>]","subject":"<record id>",
+ *    "time":"<webhook time>","datacontenttype":"application/json",
+ *    "dataschema":"<base>loan.json","partitionkey":"loan/<loan id>",
+ *    "traceparent":"00-<trace id>-<span id>-01","tracestate":"...",
+ *    "almaaction":"LOAN","almaevent":"LOAN_CREATED","almainstitution":"01ABC_INST",
+ *    "data":{...the webhook as JSON, redacted...}}
+ *
+ * The record's identity (docs/CLOUDEVENTS.md has the table): `subject` is the id of the
+ * record the event is about (MMS id, item PID, loan id, ...) and `partitionkey` is
+ * "<kind>/<that id>", or "webhook/<webhook id>" for events about no single record. Both
+ * are read from the data after redaction. dataschema, traceparent and tracestate are
+ * present when the options ask for them (struct ab_event_opts).
  *
  * Every attribute is valid for the CloudEvents spec whatever the webhook holds: `time` is
  * RFC 3339 (converted from the forms Alma writes; a time that cannot be converted is left
@@ -38,8 +47,32 @@ struct ab_event {
     char *almatime;    /* webhook time as sent when it could not be converted, else NULL */
     char *type;        /* com.exlibrisgroup.alma.<action>[.<event>], lower case [a-z0-9._-] */
     char *source;      /* urn:alma:<institution percent-encoded> ("urn:alma:unknown") */
-    char *json;        /* the CloudEvent, one line of JSON, NUL-terminated */
+    char *subject;      /* the record's id, or the webhook id (see above) */
+    char *partitionkey; /* "<kind>/<record id>": the record's identity, {record} */
+    char *dataschema;   /* <schema base><action>.json; NULL without a base */
+    char *traceparent;  /* W3C trace context of the request, or a new one; NULL: none */
+    char *tracestate;   /* the request's tracestate, carried with its traceparent */
+    char *json;         /* the CloudEvent, one line of JSON, NUL-terminated */
     size_t json_len;
+    size_t data_off, data_len; /* the bytes of "data" in json */
+};
+
+/* One CloudEvents attribute (context attribute or extension), for the binary content
+ * modes: every attribute of an event except data, in the order of the JSON line. */
+struct ab_attr {
+    const char *name;
+    const char *value;
+};
+#define AB_EVENT_MAX_ATTRS 16
+
+struct ab_redact;
+
+/* How ab_event_build() makes the event. All may be NULL. */
+struct ab_event_opts {
+    const struct ab_redact *redact; /* members removed from data (core/redact.h) */
+    const char *schema_base;        /* dataschema = schema_base + <schema name> */
+    const char *traceparent;        /* the request's, already checked (ab_event_trace) */
+    const char *tracestate;
 };
 
 /* Parse a body (JSON or XML), check it is a webhook and build its CloudEvent.
@@ -48,7 +81,38 @@ struct ab_event {
 int ab_event_from_body(enum ab_body_format fmt, const char *body, size_t len,
                        struct ab_event **out, char *errstr, size_t errlen);
 
+/* The same with options; ab_event_from_body() is this with opts NULL. */
+int ab_event_build(enum ab_body_format fmt, const char *body, size_t len,
+                   const struct ab_event_opts *opts, struct ab_event **out, char *errstr,
+                   size_t errlen);
+
 void ab_event_free(struct ab_event *ev);
+
+/* The event's attributes (all but data) into out (AB_EVENT_MAX_ATTRS); returns how many. */
+size_t ab_event_attrs(const struct ab_event *ev, struct ab_attr *out);
+
+/* An event rebuilt from a CloudEvent JSON line written by almabridge (the file sink, the
+ * spool, a structured Kafka/Redis message), with the attributes it holds; the record's
+ * identity is derived from data when the line has none (written by an older version).
+ * NULL when the line is no CloudEvent object with an id. */
+struct ab_event *ab_event_from_line(const char *line, size_t len);
+
+/* The CloudEvent JSON line for attributes and data (JSON text, data_len bytes), as a
+ * binary-mode message carries them (Kafka ce_ headers, Redis fields): the inverse of the
+ * binary modes, for readers. Attribute names are taken as given (lower case). Returns a
+ * new NUL-terminated string and its length in *len. */
+char *ab_event_line_from_attrs(const struct ab_attr *attrs, size_t n, const char *data,
+                               size_t data_len, size_t *len);
+
+/* The schema name (without base) of an action: "loan.json", ... "webhook.json". */
+const char *ab_event_schema_name(const char *action);
+
+/* The W3C traceparent for a request into out (56 bytes): the request's header tp when it
+ * is valid (a version above 00 is written as 00), else a new random one (sampled).
+ * Returns 1 when carried, 0 when generated. */
+int ab_event_trace(const char *tp, char out[56]);
+/* A tracestate header worth carrying (at most 512 printable ASCII characters), or NULL. */
+const char *ab_event_tracestate(const char *ts);
 
 /* Convert a webhook time to RFC 3339 into out (at most outlen bytes with the NUL).
  * Accepted: YYYY-MM-DD, then optionally 'T' or ' ' and HH:MM[:SS[.fraction]], then

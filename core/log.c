@@ -311,6 +311,7 @@ void ab_log_access(const struct ab_access *a)
     add_field(&l, "action", a->action, 1);
     add_field(&l, "event", a->event, 1);
     add_field(&l, "sink", a->sink, 1);
+    add_field(&l, "trace_id", a->trace_id, 1);
     add_field(&l, "error", a->error, 1);
     if (log_json) {
         buf[l.n++] = '}';

@@ -54,6 +54,7 @@ struct ab_access {
     const char *event;
     const char *sink;
     const char *error;
+    const char *trace_id;
 };
 void ab_log_access(const struct ab_access *a);
 

@@ -1,5 +1,5 @@
 /* Routing templates. A template is compiled once into a list of segments, each either
- * literal text (copied as written) or one of the four placeholders; expansion walks the
+ * literal text (copied as written) or one of the placeholders; expansion walks the
  * list. A compiled route is immutable, so one can be shared by all threads. */
 #include "route.h"
 
@@ -10,16 +10,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum seg_kind { SEG_TEXT, SEG_ACTION, SEG_EVENT, SEG_INSTITUTION, SEG_ID };
+enum seg_kind { SEG_TEXT, SEG_ACTION, SEG_EVENT, SEG_INSTITUTION, SEG_ID, SEG_RECORD };
 
 static const char *const placeholder_names[] = {
     [SEG_ACTION] = "action",
     [SEG_EVENT] = "event",
     [SEG_INSTITUTION] = "institution",
     [SEG_ID] = "id",
+    [SEG_RECORD] = "record",
 };
 
-#define KNOWN_PLACEHOLDERS "{action} {event} {institution} {id}"
+#define KNOWN_PLACEHOLDERS "{action} {event} {institution} {id} {record}"
 
 struct seg {
     enum seg_kind kind;
@@ -42,7 +43,7 @@ static void add_seg(struct ab_route *r, enum seg_kind kind, size_t off, size_t l
 /* The placeholder named by [name, name+len), or SEG_TEXT when there is none. */
 static enum seg_kind lookup_placeholder(const char *name, size_t len)
 {
-    for (int k = SEG_ACTION; k <= SEG_ID; k++) {
+    for (int k = SEG_ACTION; k <= SEG_RECORD; k++) {
         if (strlen(placeholder_names[k]) == len && memcmp(placeholder_names[k], name, len) == 0) {
             return (enum seg_kind)k;
         }
@@ -111,6 +112,8 @@ static const char *placeholder_value(enum seg_kind kind, const struct ab_event *
         return ev->institution;
     case SEG_ID:
         return ev->id;
+    case SEG_RECORD:
+        return ev->partitionkey; /* "<kind>/<record id>" (event.h) */
     default:
         return NULL;
     }

@@ -1,5 +1,6 @@
 /* Routing templates: "alma.{action}" -> "alma.loan". Placeholders {action} {event}
- * {institution} {id} expand in lower case; an absent value expands to "none". Characters
+ * {institution} {id} {record} ({record}: the event's partitionkey, "loan/<loan id>", see
+ * core/event.h) expand in lower case; an absent value expands to "none". Characters
  * outside [a-z0-9._:-] in an expansion become '_', so a topic or stream name is always
  * legal. An unknown placeholder or an unbalanced brace is a compile error. */
 #ifndef AB_ROUTE_H

@@ -465,6 +465,7 @@ void ab_req_answer(struct ab_req *r, const struct ab_answer *a)
             .event = a->event,
             .sink = a->sink,
             .error = a->error,
+            .trace_id = a->trace_id,
         };
         ab_log_access(&acc);
     }

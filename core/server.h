@@ -48,6 +48,7 @@ struct ab_app {
     const struct ab_sink_conf *sink_conf; /* what the sink's open() is given */
     void *sink_shared;
     struct ab_route *route;   /* topic / stream template */
+    struct ab_redact *redact; /* --redact, NULL: nothing */
     struct ab_acl *allow;     /* NULL = everyone may POST */
     struct ab_acl *trusted;   /* peers whose X-Forwarded-For / Forwarded is believed */
     struct ab_worker **workers;
@@ -114,6 +115,7 @@ struct ab_answer {
     int quiet;                  /* a metrics scrape: neither counted nor logged */
     /* for the access log and the metrics labels; NULL when not applicable */
     const char *error, *id, *action, *event, *sink;
+    const char *trace_id; /* the W3C trace id (32 hex digits) of the webhook, or NULL */
 };
 
 /* Answer r and free it. Loop thread. */

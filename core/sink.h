@@ -64,6 +64,8 @@ struct ab_sink_conf {
     int check_only;      /* --check-config: validate and create nothing that lasts */
     const char *route;   /* --route as given (NULL: the backend's default_route) */
     int dead_letter;     /* --dead-letter on: messages with dead_letter set will come */
+    int structured;      /* --content-mode structured: the JSON event as one value; else
+                          * binary: attributes beside the data (msg->event has them) */
 };
 
 /* ab_sink_ops.flags: a backend that wraps another (the spool). The configuration loader

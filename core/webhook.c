@@ -20,6 +20,7 @@
 #include "institutions.h"
 #include "log.h"
 #include "mem.h"
+#include "redact.h"
 #include "metrics.h"
 #include "route.h"
 #include "server.h"
@@ -60,9 +61,18 @@ static double elapsed_s(const struct timespec *start)
 
 /* A webhook's answer, with the event's fields in the access log and the metrics. */
 static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_event *ev,
-                   int status, const char *err)
+                   int status, const char *err, const char *traceparent)
 {
+    char trace_id[33] = "";
     struct ab_answer a = {.status = status, .error = err};
+    if (ev && ev->traceparent) {
+        traceparent = ev->traceparent;
+    }
+    if (traceparent) {
+        memcpy(trace_id, traceparent + 3, 32); /* 00-<trace id>-<span id>-<flags> */
+        trace_id[32] = '\0';
+        a.trace_id = trace_id;
+    }
     if (status == 200) {
         a.k1 = "id", a.v1 = ev->id, a.k2 = "status", a.v2 = "accepted";
     } else {
@@ -88,18 +98,18 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
                                    : status == AB_SINK_TOO_BIG ? 413
                                                                : 503);
     if (status == AB_SINK_OK) {
-        answer(wh, p->req, p->ev, 200, NULL);
+        answer(wh, p->req, p->ev, 200, NULL, NULL);
     } else if (status == AB_SINK_TOO_BIG) {
         char msg[512];
         snprintf(msg, sizeof(msg), "the event can never be stored by the %s sink: %s",
                  wh->app->sink_ops->name, errstr ? errstr : "too big");
-        answer(wh, p->req, p->ev, 413, msg);
+        answer(wh, p->req, p->ev, 413, msg, NULL);
     } else {
         char msg[256];
         snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
                  wh->app->sink_ops->name, ab_sink_status_str(status), errstr ? ": " : "",
                  errstr ? errstr : "");
-        answer(wh, p->req, p->ev, 503, msg);
+        answer(wh, p->req, p->ev, 503, msg, NULL);
     }
     ab_event_free(p->ev);
     free(p);
@@ -313,7 +323,7 @@ static int dead_letter(struct ab_webhook *wh, const struct ab_institutions *inst
         snprintf(msg, sizeof(msg), "the %s sink cannot take the dead letter now (%s); retry "
                  "later", wh->app->sink_ops->name, desc);
         atomic_fetch_add(&ab_metrics_g.dead_letter_failures, 1);
-        answer(wh, r, NULL, 503, msg);
+        answer(wh, r, NULL, 503, msg, NULL);
         free(d);
         return 0;
     }
@@ -476,39 +486,61 @@ static int bind_institution(struct ab_webhook *wh, const struct ab_institutions 
     return 401;
 }
 
+/* --log-bodies (debugging an integration only): the body as it will be written, after
+ * --redact, when it parsed; a body that did not parse is logged only without --redact. */
+static void log_body(const struct ab_webhook *wh, const struct ab_req *r,
+                     const struct ab_event *ev)
+{
+    const char *b = ev ? ev->json + ev->data_off : r->body;
+    size_t n = ev ? ev->data_len : r->body_len;
+    if (ev == NULL && wh->app->redact != NULL) {
+        ab_debug("body from %s (%zu bytes) not logged: it did not parse, so --redact could "
+                 "not be applied", r->client, r->body_len);
+        return;
+    }
+    ab_debug("body from %s (%zu bytes): %.*s", r->client, r->body_len,
+             (int)(n < 1800 ? n : 1800), b);
+}
+
 /* Loop thread: a webhook. Every path ends in exactly one answer. */
 static void handle_post(struct ab_webhook *wh, struct ab_req *r)
 {
-    char msg[256];
+    char msg[256], tp[56];
     int fmt = AB_FORMAT_JSON;
     const struct ab_institutions *insts = ab_inst_view_get(&wh->insts);
     const struct ab_institution *inst = NULL;
-    if (wh->cfg->log_bodies) {
-        /* --log-bodies, for debugging an integration only: bodies hold personal data */
-        ab_debug("body from %s (%zu bytes): %.*s", r->client, r->body_len,
-                 (int)(r->body_len < 1800 ? r->body_len : 1800), r->body);
-    }
+    ab_event_trace(ab_http_field(&r->head, "traceparent"), tp);
     int code = admit(wh, r, insts != NULL, &fmt, msg, sizeof(msg));
     if (code == 415 && dead_letter(wh, insts, r, code, msg) == 0) {
         return; /* signed, but not JSON or XML */
     }
     if (code != 0) {
-        answer(wh, r, NULL, code, msg);
+        answer(wh, r, NULL, code, msg, tp);
         return;
     }
     struct ab_event *ev = NULL;
-    int rc = ab_event_from_body(fmt, r->body, r->body_len, &ev, msg, sizeof(msg));
+    const char *base = wh->cfg->dataschema_base;
+    struct ab_event_opts o = {
+        .redact = wh->app->redact,
+        .schema_base = base && *base ? base : NULL,
+        .traceparent = tp,
+        .tracestate = ab_event_tracestate(ab_http_field(&r->head, "tracestate")),
+    };
+    int rc = ab_event_build(fmt, r->body, r->body_len, &o, &ev, msg, sizeof(msg));
+    if (wh->cfg->log_bodies) {
+        log_body(wh, r, ev);
+    }
     code = rc == AB_EVENT_MALFORMED ? 400 : 422;
     if (rc != AB_EVENT_OK && dead_letter(wh, insts, r, code, msg) == 0) {
         return; /* signed, but no event can be made of it */
     }
     if (rc != AB_EVENT_OK) {
-        answer(wh, r, NULL, code, msg);
+        answer(wh, r, NULL, code, msg, tp);
         return;
     }
     if (insts && (code = bind_institution(wh, insts, r, ev, &inst, msg, sizeof(msg))) != 0) {
         ab_inst_stats_answer(ab_institution_stats(inst), code);
-        answer(wh, r, ev, code, msg);
+        answer(wh, r, ev, code, msg, NULL);
         ab_event_free(ev);
         return;
     }
@@ -516,7 +548,7 @@ static void handle_post(struct ab_webhook *wh, struct ab_req *r)
     code = submit(wh, r, ev, inst, msg, sizeof(msg));
     if (code != 0) {
         ab_inst_stats_answer(ab_institution_stats(inst), code);
-        answer(wh, r, ev, code, msg);
+        answer(wh, r, ev, code, msg, NULL);
         ab_event_free(ev);
     }
 }

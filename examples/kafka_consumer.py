@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""A Kafka consumer group for almabridge's events: confluent-kafka + the CloudEvents SDK.
+"""A Kafka consumer group for almabridge's events: confluent-kafka + the CloudEvents SDK 2.x.
 
-    pip install confluent-kafka cloudevents
+    pip install -r examples/requirements.txt   # confluent-kafka==2.6.1 cloudevents==2.2.0
     python3 kafka_consumer.py --brokers k1:9092 --group loan-sync alma.loan alma.job_end
 
 What it shows:
   * a consumer group (run several copies with the same --group to share the partitions);
-  * each message parsed as a structured CloudEvent (content-type application/cloudevents+json);
+  * each message parsed by the SDK's from_kafka_event(), which detects the content mode
+    (binary, almabridge's default: ce_ headers; structured: the JSON event as value), so it
+    works with either --content-mode; the key is the record (partitionkey): one record's
+    events arrive in order;
+  * gzip-compressed batches (almabridge's default) need no extra package;
   * deduplication by the CloudEvent id: almabridge delivers at least once (Alma retries a
     webhook whose answer was lost, with the same id);
   * offsets committed only AFTER an event was processed (enable.auto.commit=false), so a
@@ -20,14 +24,16 @@ import json
 import signal
 import sys
 
-from cloudevents.kafka import KafkaMessage, from_structured
+from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka_event
 from confluent_kafka import Consumer, KafkaError
 
 
 def handle(event):
     """The application's work. Here: one JSON line per event on stdout."""
-    data = event.data or {}
-    print(json.dumps({"id": event["id"], "type": event["type"], "source": event["source"],
+    data = event.get_data() or {}
+    print(json.dumps({"id": event.get_id(), "type": event.get_type(),
+                      "source": event.get_source(), "subject": event.get_subject(),
+                      "record": event.get_extension("partitionkey"),
                       "action": data.get("action")}), flush=True)
 
 
@@ -67,11 +73,11 @@ def main():
                     print("kafka: %s" % msg.error(), file=sys.stderr)
                 continue
             headers = {k: v for k, v in (msg.headers() or [])}
-            event = from_structured(KafkaMessage(headers=headers, key=msg.key(),
-                                                 value=msg.value()))
-            if event["id"] not in seen:   # a redelivery of an event already handled
+            event = from_kafka_event(KafkaMessage(headers=headers, key=msg.key(),
+                                                  value=msg.value()))
+            if event.get_id() not in seen:   # a redelivery of an event already handled
                 handle(event)
-                seen.add(event["id"])
+                seen.add(event.get_id())
                 processed += 1
             consumer.commit(message=msg, asynchronous=False)  # after processing
     finally:

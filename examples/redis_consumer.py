@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A Redis Streams consumer group for almabridge's events: XREADGROUP, XACK, XAUTOCLAIM.
 
-    pip install redis cloudevents
+    pip install -r examples/requirements.txt   # redis==5.2.1
     python3 redis_consumer.py --redis redis://127.0.0.1:6379 --group loan-sync \
         --consumer worker-1 alma:loan
 
@@ -14,7 +14,9 @@ What it shows:
     once they have been idle for --claim-idle-ms;
   * deduplication by the CloudEvent id (almabridge delivers at least once), with a
     "seen" key per id that expires after a week;
-  * XACK only after the event was processed.
+  * XACK only after the event was processed;
+  * both content modes (--content-mode): binary entries hold one field per CloudEvents
+    attribute plus "data" (the default), structured ones a single "event" field.
 """
 import argparse
 import json
@@ -23,14 +25,22 @@ import sys
 import time
 
 import redis
-from cloudevents.http import from_json
 
 SEEN_TTL = 7 * 24 * 3600
 
 
+def event_of(fields):
+    """The CloudEvent of an entry as a dict (attributes and "data"), in either mode."""
+    if "event" in fields:                       # structured: the JSON event
+        return json.loads(fields["event"])
+    event = {k: v for k, v in fields.items() if k != "data"}   # binary
+    event["data"] = json.loads(fields["data"]) if "data" in fields else None
+    return event
+
+
 def handle(event):
     """The application's work. Here: one JSON line per event on stdout."""
-    data = event.data or {}
+    data = event.get("data") or {}
     print(json.dumps({"id": event["id"], "type": event["type"], "action": data.get("action")}),
           flush=True)
 
@@ -41,7 +51,7 @@ def process(r, stream, group, entries):
         if fields is None:   # trimmed away (XTRIM/MAXLEN) while pending: just acknowledge
             r.xack(stream, group, entry_id)
             continue
-        event = from_json(fields["event"])
+        event = event_of(fields)
         seen = "alma:seen:%s:%s" % (group, event["id"])
         if not r.exists(seen):
             handle(event)    # make this idempotent too: a crash right here repeats it

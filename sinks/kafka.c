@@ -43,6 +43,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
@@ -52,6 +53,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "kafka.h"
+#include "event.h"
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
@@ -64,7 +66,8 @@
 #define LIMIT_RETRY_MS 5000  /* ask again for a topic's limit that could not be read */
 #define MAX_TOPICS 1024      /* topics whose limit is remembered */
 #define RECORD_OVERHEAD 512  /* headers and record framing, bytes, added to value and key */
-#define LZ4_BEST_RATIO 255   /* no lz4 frame is smaller than this fraction of its input */
+#define BEST_RATIO 1032      /* no gzip (deflate) or lz4 frame is smaller than this fraction
+                              * of its input */
 
 enum broker_state { BROKERS_CONNECTING, BROKERS_UP, BROKERS_DOWN };
 
@@ -85,7 +88,7 @@ struct kafka_sink {
     struct event *io_ev;
     char *brokers;
     struct ab_route *key; /* --kafka-key, NULL for no key */
-    int ce_headers;       /* --kafka-ce-headers on: ce_* headers besides the JSON value */
+    int structured;       /* --content-mode structured: the JSON event as value */
     /* message size limits (issue 8 item 7), all on the loop thread */
     rd_kafka_queue_t *adminq;    /* DescribeConfigs results; shares the main queue's pipe */
     struct topic_limit *limits;  /* topics used so far */
@@ -431,7 +434,7 @@ static int too_big(struct kafka_sink *ks, const char *topic, size_t size, const 
 static int never_fits(struct kafka_sink *ks, const char *topic, size_t size, const char *key)
 {
     long limit = limit_of(ks, topic);
-    size_t best = ks->compressed ? size / LZ4_BEST_RATIO : size;
+    size_t best = ks->compressed ? size / BEST_RATIO : size;
     if (limit <= 0 || best + RECORD_OVERHEAD <= (size_t)limit) {
         return 0;
     }
@@ -558,7 +561,9 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
         {"client.id", "almabridge"},
         {"enable.idempotence", "true"},
         {"acks", "all"},
-        {"compression.type", "lz4"},
+        /* gzip: every client reads it without extras (kafka-python needs a package for
+         * lz4, snappy and zstd); bench/RESULTS.md has its cost */
+        {"compression.type", "gzip"},
         /* send at once: sub-millisecond acks at Alma-like concurrency, and under load the
          * requests in flight batch what queues meanwhile (bench/kafka_linger.py) */
         {"linger.ms", "0"},
@@ -697,14 +702,10 @@ static const struct ab_option kafka_options[] = {
     {.name = "kafka-brokers", .type = AB_OPT_STRING, .def = "localhost:9092",
      .off = OFF(brokers), .group = "Kafka", .metavar = "HOST:PORT,...",
      .help = "bootstrap brokers (librdkafka bootstrap.servers)"},
-    {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{id}", .off = OFF(key),
+    {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{record}", .off = OFF(key),
      .group = "Kafka", .metavar = "TEMPLATE",
-     .help = "message key template (placeholders as for --route); empty for no key"},
-    {.name = "kafka-ce-headers", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
-     .off = OFF(ce_headers), .group = "Kafka", .metavar = "on|off",
-     .help = "also carry the CloudEvent attributes as ce_* headers (binary-mode style) next "
-             "to the structured JSON value; off for consumers that need pure structured mode "
-             "(the CloudEvents SDK's from_kafka() misreads a message that has both)"},
+     .help = "message key template (placeholders as for --route); the default, the record's "
+             "identity, keeps each record's events in order in one partition; empty for no key"},
     {.name = "kafka-conf", .type = AB_OPT_LIST, .off = OFF(conf), .check = ab_config_check_kv,
      .mask = AB_MASK_KV_VALUES, .harmless = harmless_keys, .group = "Kafka",
      .metavar = "KEY=VALUE",
@@ -780,7 +781,7 @@ static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
     ks->pending = ab_pending_new(base, sc->ack_timeout_ms);
     ks->broker_limit = -1;
     ks->node_id = -1;
-    ks->ce_headers = cfg->ce_headers == NULL || strcmp(cfg->ce_headers, "off") != 0;
+    ks->structured = sc->structured;
     if (compile_key(cfg, &ks->key, errstr, errlen) != 0) {
         goto fail;
     }
@@ -815,22 +816,69 @@ fail:
     return NULL;
 }
 
-/* The headers of one message: content-type always (the protocol binding's structured
- * mode), the ce_* attributes unless --kafka-ce-headers off. The caller owns them until
+/* The headers of one message, by the CloudEvents Kafka protocol binding 1.0. Structured:
+ * content-type application/cloudevents+json and nothing else (no ce_ header, so that
+ * auto-detecting readers take it for structured). Binary: content-type = datacontenttype
+ * and every other attribute as a ce_<name> header. The caller owns them until
  * rd_kafka_producev() succeeds. */
-static rd_kafka_headers_t *message_headers(const struct kafka_sink *ks,
-                                           const struct ab_sink_msg *msg)
+static rd_kafka_headers_t *message_headers(const struct kafka_sink *ks, const struct ab_event *ev)
 {
     static const char ctype[] = "application/cloudevents+json";
-    rd_kafka_headers_t *h = rd_kafka_headers_new(5);
-    rd_kafka_header_add(h, "content-type", -1, ctype, (ssize_t)sizeof(ctype) - 1);
-    if (ks->ce_headers) {
-        rd_kafka_header_add(h, "ce_specversion", -1, "1.0", 3);
-        rd_kafka_header_add(h, "ce_id", -1, msg->id, -1);
-        rd_kafka_header_add(h, "ce_type", -1, msg->type, -1);
-        rd_kafka_header_add(h, "ce_source", -1, msg->source, -1);
+    struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
+    size_t n = ks->structured ? 0 : ab_event_attrs(ev, attrs);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(n > 0 ? n : 1);
+    if (ks->structured) {
+        rd_kafka_header_add(h, "content-type", -1, ctype, (ssize_t)sizeof(ctype) - 1);
+    }
+    for (size_t i = 0; i < n; i++) {
+        char name[64];
+        if (strcmp(attrs[i].name, "datacontenttype") == 0) {
+            rd_kafka_header_add(h, "content-type", -1, attrs[i].value, -1);
+        } else {
+            snprintf(name, sizeof(name), "ce_%s", attrs[i].name);
+            rd_kafka_header_add(h, name, -1, attrs[i].value, -1);
+        }
     }
     return h;
+}
+
+/* The event of a consumed message, in either content mode (the inverse of the above), as
+ * one CloudEvent JSON line: a new string with its length in *len, or NULL when the message
+ * is no CloudEvent. Binary mode is recognised by its ce_specversion header, as the SDKs
+ * do. Any thread. */
+char *ab_kafka_message_event(const rd_kafka_message_t *m, size_t *len)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t vl;
+    if (rd_kafka_message_headers(m, &h) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(h, "ce_specversion", &v, &vl) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (m->payload == NULL) {
+            return NULL;
+        }
+        *len = m->len;
+        return ab_strndup(m->payload, m->len);
+    }
+    struct ab_attr attrs[AB_EVENT_MAX_ATTRS * 2];
+    char *vals[AB_EVENT_MAX_ATTRS * 2];
+    size_t n = 0;
+    const char *name;
+    for (size_t i = 0; n < AB_EVENT_MAX_ATTRS * 2 &&
+                       rd_kafka_header_get_all(h, i, &name, &v, &vl) == RD_KAFKA_RESP_ERR_NO_ERROR;
+         i++) {
+        int ct = strcasecmp(name, "content-type") == 0;
+        if (v == NULL || (!ct && strncasecmp(name, "ce_", 3) != 0)) {
+            continue;
+        }
+        vals[n] = ab_strndup(v, vl);
+        attrs[n] = (struct ab_attr){ct ? "datacontenttype" : name + 3, vals[n]};
+        n++;
+    }
+    char *line = ab_event_line_from_attrs(attrs, n, m->payload, m->payload ? m->len : 0, len);
+    for (size_t i = 0; i < n; i++) {
+        free(vals[i]);
+    }
+    return line;
 }
 
 /* Loop thread. Refuses (-1) when closing, failed, the local queue is full or the brokers
@@ -851,9 +899,14 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
         ks->last_probe_ms = now;
     }
-    char *key = msg->key == NULL && ks->key && msg->event
-                    ? ab_route_expand_raw(ks->key, msg->event)
-                    : NULL;
+    struct ab_event *own = msg->event ? NULL : ab_event_from_line(msg->value, msg->value_len);
+    const struct ab_event *ev = msg->event ? msg->event : own;
+    if (ev == NULL) {
+        return -1; /* not a CloudEvent line (replay checks its input first) */
+    }
+    char *key = msg->key == NULL && ks->key ? ab_route_expand_raw(ks->key, ev) : NULL;
+    const void *value = ks->structured ? msg->value : ev->json + ev->data_off;
+    size_t value_len = ks->structured ? msg->value_len : ev->data_len;
     const char *k = msg->key ? msg->key : key;
     char topic[AB_KAFKA_TOPIC_MAX + 1];
     ab_kafka_topic_name(msg->route ? msg->route : "", topic);
@@ -864,15 +917,17 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         ab_pending_complete(r, AB_SINK_TOO_BIG, ks->errbuf); /* answered later: 413 */
         ab_pending_release(r);
         free(key);
+        ab_event_free(own);
         return 0;
     }
-    rd_kafka_headers_t *hdrs = message_headers(ks, msg);
+    rd_kafka_headers_t *hdrs = message_headers(ks, ev);
     rd_kafka_resp_err_t err = rd_kafka_producev(
         ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_VALUE((void *)msg->value, msg->value_len),
+        RD_KAFKA_V_VALUE((void *)value, value_len),
         RD_KAFKA_V_KEY(k, k ? strlen(k) : 0), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(r),
         RD_KAFKA_V_END);
     free(key);
+    ab_event_free(own);
     ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
     if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
         /* over the producer's own message.max.bytes, which follows --max-body */

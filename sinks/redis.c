@@ -1,8 +1,15 @@
 /* The Redis Streams sink: each event is one XADD entry, acknowledged (200) only after Redis
  * replied with the entry id, and, with --redis-wait N, after WAIT reported N replicas.
  *
- *   XADD <stream> [MAXLEN ~ N] * id <webhook id> type <ce type> event <CloudEvent JSON>
+ *   binary (--content-mode, the default):
+ *   XADD <stream> [MAXLEN ~ N] * specversion 1.0 id <webhook id> source ... type ...
+ *        <every other attribute> ... data <the webhook as JSON>
+ *   structured:
+ *   XADD <stream> [MAXLEN ~ N] * event <CloudEvent JSON>
  *   [WAIT N <3/4 of --ack-timeout>]
+ *
+ * (There is no CloudEvents binding for Redis Streams; binary mode follows the Kafka
+ * binding's idea: one field per attribute, named as the attribute, plus "data".)
  *
  * One hiredis async connection per worker loop, attached with the libevent adapter, so
  * replies arrive on the loop thread that submitted (webdis pool.c, h2o lib/common/redis.c).
@@ -55,6 +62,7 @@
 #include "mem.h"
 #include "pending.h"
 #include "redis.h"
+#include "event.h"
 
 #define DEFAULT_URL "redis://127.0.0.1:6379"
 #define BACKOFF_MIN_MS 100
@@ -77,6 +85,7 @@ struct redis_shared {
     char maxlen_str[24];
     char wait_str[24];
     char wait_ms_str[24];
+    int structured; /* --content-mode structured */
     char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
 };
 
@@ -287,6 +296,7 @@ static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char 
     sh->maxlen = cfg->maxlen > 0 ? cfg->maxlen : 0;
     sh->wait = cfg->wait > 0 ? cfg->wait : 0;
     sh->timeout_ms = sc->ack_timeout_ms;
+    sh->structured = sc->structured;
     /* WAIT answers with the count it has when its own timeout ends; keep that well inside
      * ours so the caller hears "only k of N replicas" rather than a bare timeout. */
     sh->wait_ms = sh->timeout_ms * 3 / 4 > 0 ? sh->timeout_ms * 3 / 4 : 1;
@@ -673,8 +683,12 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     if (rs->closing || rs->state != RS_READY || rs->ac == NULL) {
         return -1;
     }
-    const char *argv[13];
-    size_t len[13];
+    struct ab_event *own = msg->event ? NULL : ab_event_from_line(msg->value, msg->value_len);
+    const struct ab_event *ev = msg->event ? msg->event : own;
+    struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
+    size_t na = ev && !sh->structured ? ab_event_attrs(ev, attrs) : 0;
+    const char *argv[8 + 2 * AB_EVENT_MAX_ATTRS];
+    size_t len[8 + 2 * AB_EVENT_MAX_ATTRS];
     int n = 0;
 #define ARG(str, l) (argv[n] = (str), len[n] = (l), n++)
 #define ARGS(str) ARG(str, strlen(str))
@@ -686,17 +700,26 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         ARGS(sh->maxlen_str);
     }
     ARGS("*");
-    ARGS("id");
-    ARGS(msg->id);
-    ARGS("type");
-    ARGS(msg->type);
-    ARGS("event");
-    ARG(msg->value, msg->value_len);
+    if (na > 0) {
+        for (size_t i = 0; i < na; i++) {
+            ARGS(attrs[i].name);
+            ARGS(attrs[i].value);
+        }
+        if (ev->data_len > 0) {
+            ARGS("data");
+            ARG(ev->json + ev->data_off, ev->data_len);
+        }
+    } else {
+        ARGS("event");
+        ARG(msg->value, msg->value_len);
+    }
 #undef ARG
 #undef ARGS
     struct ab_pending_req *r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
     struct redis_req *q = ab_pending_extra(r);
-    if (redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, n, argv, len) != REDIS_OK) {
+    int rc = redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, n, argv, len);
+    ab_event_free(own); /* hiredis copied the arguments */
+    if (rc != REDIS_OK) {
         ab_pending_cancel(r);
         return -1;
     }
@@ -708,6 +731,36 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
     }
     return 0;
+}
+
+char *ab_redis_entry_event(const redisReply *fields, size_t *len)
+{
+    if (fields == NULL || fields->type != REDIS_REPLY_ARRAY) {
+        return NULL;
+    }
+    struct ab_attr attrs[AB_EVENT_MAX_ATTRS * 2];
+    size_t n = 0;
+    const redisReply *data = NULL;
+    for (size_t k = 0; k + 1 < fields->elements; k += 2) {
+        const redisReply *f = fields->element[k], *v = fields->element[k + 1];
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        if (strcmp(f->str, "event") == 0) {
+            *len = v->len;
+            return ab_strndup(v->str, v->len); /* structured */
+        }
+        if (strcmp(f->str, "data") == 0) {
+            data = v;
+        } else if (n < AB_EVENT_MAX_ATTRS * 2) {
+            attrs[n++] = (struct ab_attr){f->str, v->str};
+        }
+    }
+    if (n == 0) {
+        return NULL;
+    }
+    return ab_event_line_from_attrs(attrs, n, data ? data->str : NULL, data ? data->len : 0,
+                                    len);
 }
 
 /* ---- instance life cycle ------------------------------------------------------------ */
@@ -854,12 +907,12 @@ int ab_redis_scan(const struct ab_redis_conf *cfg, const char *stream, int64_t f
             if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) {
                 continue;
             }
-            const redisReply *f = e->element[1];
             snprintf(start, sizeof(start), "(%s", e->element[0]->str);
-            for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
-                if (strcmp(f->element[k]->str, "event") == 0) {
-                    on_event(f->element[k + 1]->str, f->element[k + 1]->len, arg);
-                }
+            size_t len = 0;
+            char *line = ab_redis_entry_event(e->element[1], &len); /* either content mode */
+            if (line) {
+                on_event(line, len, arg);
+                free(line);
             }
         }
     }

@@ -21,5 +21,10 @@ extern const struct ab_sink_ops ab_sink_redis;
 int ab_redis_scan(const struct ab_redis_conf *cfg, const char *stream, int64_t from_ms,
                   void (*on_event)(const char *line, size_t len, void *arg), void *arg,
                   char *err, size_t errlen);
+/* The CloudEvent JSON line of a stream entry's field/value array ([f1, v1, f2, v2, ...]) in
+ * either content mode (binary: one field per attribute plus "data"; structured: "event").
+ * A new string, its length in *len; NULL when the entry holds no event. Any thread. */
+struct redisReply;
+char *ab_redis_entry_event(const struct redisReply *fields, size_t *len);
 
 #endif

@@ -539,17 +539,24 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     r->value = ab_strndup(msg->value, msg->value_len);
     r->len = msg->value_len;
     r->timer = evtimer_new(s->evbase, on_spool_after, r);
-    if (ab_sink_submit(s->inner, msg, on_inner_done, r) == 0) {
+    /* While anything is spooled, a new event queues behind it (per-record order): it is
+     * appended and forwarded in turn, never sent past the events before it. */
+    long queued = atomic_load(&s->sh->events);
+    if (queued > 0) {
+        snprintf(r->why, sizeof(r->why), "%ld event(s) spooled before it", queued);
+    } else if (ab_sink_submit(s->inner, msg, on_inner_done, r) == 0) {
         r->inner_pending = 1;
         struct timeval tv = {s->sh->after_ms / 1000, (s->sh->after_ms % 1000) * 1000};
         evtimer_add(r->timer, &tv);
         return 0;
     }
     char d[120] = "refused";
-    if (s->inner->ops->describe) {
+    if (queued == 0 && s->inner->ops->describe) {
         s->inner->ops->describe(s->inner, d, sizeof(d));
     }
-    snprintf(r->why, sizeof(r->why), "broker refused: %s", d);
+    if (queued == 0) {
+        snprintf(r->why, sizeof(r->why), "broker refused: %s", d);
+    }
     if (spool_now(r) != 0) {
         ab_pending_cancel(r->req);
         event_free(r->timer);
@@ -693,57 +700,31 @@ static void fwd_damaged(struct fwd *f, const struct ab_eventlog_rec *rec)
     free(p);
 }
 
-static char *member_str(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
-}
-
 /* Submit the CloudEvent line (len bytes at line) to the broker for entry e, with the
- * topic/stream of --route and the backend's own key, as the front end would. Returns the
- * inner submit's result, or 1 for a line that is no CloudEvent (skipped). */
+ * topic/stream of --route (consortium mode: the institution's own route) and the backend's
+ * own key, as the front end would, and every attribute the line holds (for the binary
+ * content mode). Returns the inner submit's result, or 1 for a line that is no CloudEvent
+ * (skipped). */
 static int fwd_submit(struct fwd *f, const char *line, size_t len, struct fentry *e)
 {
     struct spool_shared *sh = f->s->sh;
-    cJSON *j = cJSON_ParseWithLength(line, len);
-    struct ab_event ev = {0};
-    char *route = NULL;
-    int rc = 1;
-    if (!cJSON_IsObject(j) || (ev.id = member_str(j, "id")) == NULL) {
-        goto done;
+    struct ab_event *ev = ab_event_from_line(line, len);
+    if (ev == NULL) {
+        return 1;
     }
-    ev.action = member_str(j, "almaaction");
-    ev.event = member_str(j, "almaevent");
-    ev.institution = member_str(j, "almainstitution");
-    ev.time = member_str(j, "time");
-    ev.type = member_str(j, "type");
-    ev.source = member_str(j, "source");
-    ev.type = ev.type ? ev.type : ab_strdup("com.exlibrisgroup.alma");
-    ev.source = ev.source ? ev.source : ab_strdup("urn:alma:unknown");
-    ev.json = (char *)line;
-    ev.json_len = len;
-    route = ab_institutions_route_for(&ev); /* consortium mode: its profile's route */
-    route = route ? route : ab_route_expand(sh->route, &ev);
-    struct ab_sink_msg m = {.id = ev.id,
-                            .type = ev.type,
-                            .source = ev.source,
+    char *route = ab_institutions_route_for(ev); /* consortium mode: its profile's route */
+    route = route ? route : ab_route_expand(sh->route, ev);
+    struct ab_sink_msg m = {.id = ev->id,
+                            .type = ev->type,
+                            .source = ev->source,
                             .route = route,
                             .key = NULL,
-                            .value = line,
-                            .value_len = len,
-                            .event = &ev};
-    rc = ab_sink_submit(f->s->inner, &m, on_forwarded, e);
-done:
-    ev.json = NULL;
-    free(ev.id);
-    free(ev.action);
-    free(ev.event);
-    free(ev.institution);
-    free(ev.time);
-    free(ev.type);
-    free(ev.source);
+                            .value = ev->json,
+                            .value_len = ev->json_len,
+                            .event = ev};
+    int rc = ab_sink_submit(f->s->inner, &m, on_forwarded, e);
     free(route);
-    cJSON_Delete(j);
+    ab_event_free(ev);
     return rc;
 }
 

@@ -38,3 +38,16 @@ def daemon_factory(tmp_path):
 @pytest.fixture
 def daemon(daemon_factory):
     return daemon_factory()
+
+
+@pytest.fixture(scope="module")
+def kafka_broker():
+    """One Apache Kafka broker (tests/kafka) for the tests of a module."""
+    from services import KafkaBroker
+    broker = KafkaBroker()
+    try:
+        broker.start()
+    except RuntimeError as e:
+        pytest.fail("cannot start Apache Kafka: %s" % e)
+    yield broker
+    broker.close()

@@ -8,7 +8,6 @@ import http.server
 import json
 import os
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -18,11 +17,15 @@ from jobs import bridge, job_end_json, new_id
 from services import KafkaBroker, RedisServer
 
 EXAMPLES = os.path.join(ROOT, "examples")
+# The examples run with their own pinned packages (examples/requirements.txt, CloudEvents
+# SDK 2.x), installed by `make setup-test`.
+EXAMPLES_PYTHON = os.path.join(ROOT, ".cache", "venv-examples", "bin", "python3")
 LOAN = dict(samples())["loan_created"]
 
 
 def example(name, *args, timeout=90, env=None):
-    cmd = ([sys.executable] if name.endswith(".py") else ["sh"]) + \
+    assert os.access(EXAMPLES_PYTHON, os.X_OK), "run make setup-test (examples/requirements.txt)"
+    cmd = ([EXAMPLES_PYTHON] if name.endswith(".py") else ["sh"]) + \
         [os.path.join(EXAMPLES, name)] + [str(a) for a in args]
     e = dict(os.environ)
     e.update(env or {})
@@ -43,9 +46,11 @@ def printed_ids(out):
     return [json.loads(l)["id"] for l in out.splitlines() if l.strip()]
 
 
-def test_kafka_consumer_group_dedups_and_commits(tmp_path):
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_kafka_consumer_group_dedups_and_commits(tmp_path, mode):
     with KafkaBroker() as kafka, \
-            bridge(tmp_path, "--sink", "kafka", "--kafka-brokers", kafka.bootstrap) as d:
+            bridge(tmp_path, "--sink", "kafka", "--kafka-brokers", kafka.bootstrap,
+                   "--content-mode", mode) as d:
         ids = post_loans(d, 10)
         args = ["alma.loan", "--brokers", kafka.bootstrap, "--group", "loan-sync"]
         rc, out, err = example("kafka_consumer.py", *args, "--idle-exit", 4)
@@ -59,8 +64,10 @@ def test_kafka_consumer_group_dedups_and_commits(tmp_path):
         assert sorted(printed_ids(out)) == sorted(more)
 
 
-def test_redis_consumer_group_claims_a_dead_workers_entries(tmp_path):
-    with RedisServer() as redis, bridge(tmp_path, "--sink", "redis", "--redis", redis.url) as d:
+@pytest.mark.parametrize("mode", ["binary", "structured"])
+def test_redis_consumer_group_claims_a_dead_workers_entries(tmp_path, mode):
+    with RedisServer() as redis, bridge(tmp_path, "--sink", "redis", "--redis", redis.url,
+                                        "--content-mode", mode) as d:
         ids = post_loans(d, 20)
         args = ["alma:loan", "--redis", redis.url, "--group", "loan-sync"]
         rc, out, _ = example("redis_consumer.py", *args, "--consumer", "w1",

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from daemon import BIN, Daemon, check_kafka_structured, samples, with_id, xml_fixtures
+from daemon import BIN, Daemon, check_kafka_event, samples, with_id, xml_fixtures
 from services import KafkaBroker
 
 ACK_MS = 4000  # the default; a new topic's first message takes up to ~2 s (auto-create)
@@ -99,15 +99,15 @@ def wait_status(d, path, status, timeout):
 
 
 def wait_for_ids(kafka, topic, ids, timeout=20):
-    """Read topic until every id in ids is a key there; returns all its messages, each
-    checked by check_kafka_structured() (a valid CloudEvent in structured mode)."""
+    """Read topic until every id in ids is there; returns all its messages, each checked
+    by check_kafka_event() (a valid CloudEvent as the Kafka binding has it)."""
     deadline = time.monotonic() + timeout
     want = set(ids)
     while True:
         msgs = kafka.consume(topic)
-        if want <= {m["key"] for m in msgs} or time.monotonic() > deadline:
+        if want <= {m["id"] for m in msgs} or time.monotonic() > deadline:
             for m in msgs:
-                check_kafka_structured(m)
+                check_kafka_event(m)
             return msgs
         time.sleep(0.3)
 
@@ -151,8 +151,9 @@ def expected_from_xml(body):
 
 def check_message(msg, exp):
     """msg (from KafkaBroker.consume) carries the CloudEvent of the webhook exp describes."""
-    assert msg["key"] == exp["id"]
-    ce = check_kafka_structured(msg)
+    assert msg["id"] == exp["id"]
+    ce = check_kafka_event(msg)
+    assert msg["key"] == ce["partitionkey"] and ce["subject"]
     ce_type = "com.exlibrisgroup.alma." + exp["action"].lower()
     if exp["event"]:
         ce_type += "." + exp["event"].lower()
@@ -168,7 +169,8 @@ def check_message(msg, exp):
     assert str(ce["data"]["id"]) == exp["id"]
     assert ce["data"]["action"] == exp["action"]
     h = msg["headers"]
-    assert h.get("content-type") == "application/cloudevents+json"
+    assert h.get("content-type") == "application/json"  # binary: = datacontenttype
+    assert "ce_datacontenttype" not in h
     assert h.get("ce_specversion") == "1.0"
     assert h.get("ce_id") == exp["id"]
     assert h.get("ce_type") == ce_type
@@ -204,8 +206,8 @@ class Client:
 # ---- tests --------------------------------------------------------------------------------
 
 def test_samples_land_on_their_topics(kafka, bridge):
-    """Every JSON sample and XML fixture, signed: 200, then on alma.<action> with key = id,
-    the CloudEvent as value and the ce_* headers."""
+    """Every JSON sample and XML fixture, signed: 200, then on alma.<action> in binary mode
+    (the default): ce_ headers, the data as value, key = partitionkey (the record)."""
     posted = []  # (name, expected)
     for name, body in samples():
         wid = new_id()
@@ -229,8 +231,8 @@ def test_samples_land_on_their_topics(kafka, bridge):
     for topic, items in by_topic.items():
         msgs = wait_for_ids(kafka, topic, [e["id"] for _, e in items])
         for name, exp in items:
-            mine = [m for m in msgs if m["key"] == exp["id"]]
-            assert len(mine) == 1, "%s: %d messages with key %s in %s" % (
+            mine = [m for m in msgs if m["id"] == exp["id"]]
+            assert len(mine) == 1, "%s: %d messages with id %s in %s" % (
                 name, len(mine), exp["id"], topic)
             check_message(mine[0], exp)
 
@@ -255,7 +257,7 @@ def test_load_1000_webhooks_over_50_connections(kafka, bridge):
     msgs = wait_for_ids(kafka, "alma.loan", ids, timeout=30)
     counts = {}
     for m in msgs:
-        counts[m["key"]] = counts.get(m["key"], 0) + 1
+        counts[m["id"]] = counts.get(m["id"], 0) + 1
     missing = [i for i in ids if counts.get(i, 0) == 0]
     dups = [i for i in ids if counts.get(i, 0) > 1]
     assert not missing, "%d acknowledged ids missing, e.g. %s" % (len(missing), missing[:5])
@@ -278,10 +280,10 @@ def test_route_template_and_no_key(kafka, tmp_path):
         deadline = time.monotonic() + 20
         mine = []
         while not mine and time.monotonic() < deadline:
-            mine = [m for m in kafka.consume(topic) if json.loads(m["value"])["id"] == wid]
+            mine = [m for m in kafka.consume(topic) if m["id"] == wid]
             time.sleep(0.2)
         assert len(mine) == 1
-        check_kafka_structured(mine[0])
+        check_kafka_event(mine[0])
         assert mine[0]["key"] is None
         assert mine[0]["headers"]["ce_id"] == wid
     finally:
@@ -381,7 +383,7 @@ def _under_load_kill(kafka, d):
     msgs = wait_for_ids(kafka, "alma.loan", acked, timeout=30)
     counts = {}
     for m in msgs:
-        counts[m["key"]] = counts.get(m["key"], 0) + 1
+        counts[m["id"]] = counts.get(m["id"], 0) + 1
     missing = [i for i in acked if counts.get(i, 0) == 0]
     assert not missing, "%d ids answered 200 are not in the topic, e.g. %s" % (
         len(missing), missing[:5])
@@ -399,21 +401,26 @@ def _find(kafka, topic, wid, timeout=20):
     """The messages of topic whose CloudEvent id is wid (waits until there is one)."""
     deadline = time.monotonic() + timeout
     while True:
-        mine = [m for m in kafka.consume(topic) if json.loads(m["value"])["id"] == wid]
+        mine = [m for m in kafka.consume(topic) if m["id"] == wid]
         if mine or time.monotonic() > deadline:
             return mine
         time.sleep(0.2)
 
 
-def test_key_is_the_id_unchanged(kafka, bridge):
-    """The default key is the webhook id as sent (README: key = ce_id = id): an id with
-    upper-case letters keeps them (item 9; it used to be lower-cased and sanitised)."""
-    wid = "KS1-Ab" + new_id()
-    r = bridge.post(with_id(_loan(), wid))
+def test_key_is_the_record_unchanged(kafka, bridge):
+    """The default key is the record's identity, the partitionkey "loan/<loan id>", with the
+    id as sent (upper-case letters kept), so that one record's events share a partition."""
+    wid = new_id()
+    loan_id = "KS1-Ab" + new_id()
+    body = json.loads(_loan())
+    body["id"], body["item_loan"]["loan_id"] = wid, loan_id
+    r = bridge.post(json.dumps(body).encode())
     assert r.status == 200, r
     mine = _find(kafka, "alma.loan", wid)
     assert len(mine) == 1
-    assert mine[0]["key"] == wid
+    assert mine[0]["key"] == "loan/" + loan_id
+    assert mine[0]["headers"]["ce_partitionkey"] == "loan/" + loan_id
+    assert mine[0]["headers"]["ce_subject"] == loan_id
     assert mine[0]["headers"]["ce_id"] == wid
 
 
@@ -452,10 +459,11 @@ def test_routes_become_legal_topic_names(kafka, tmp_path):
     assert "'/' cannot be in a Kafka topic name" in p.stderr, p.stderr
 
 
-def test_ce_headers_off_is_pure_structured_mode(kafka, tmp_path):
-    """--kafka-ce-headers off: the message carries content-type and the JSON value only, no
-    ce_* headers (item 13: the SDK's from_kafka() misreads messages that have both)."""
-    d = start_bridge(kafka, tmp_path, "--kafka-ce-headers", "off", "--route", "r13.{action}",
+def test_structured_mode_is_pure(kafka, tmp_path):
+    """--content-mode structured: content-type application/cloudevents+json, the JSON event
+    as value and no ce_ header at all (a hybrid is taken for binary mode by auto-detecting
+    readers, issue 22); the key is still the partitionkey."""
+    d = start_bridge(kafka, tmp_path, "--content-mode", "structured", "--route", "r13.{action}",
                      threads=1)
     try:
         wid = new_id()
@@ -465,8 +473,8 @@ def test_ce_headers_off_is_pure_structured_mode(kafka, tmp_path):
         assert len(mine) == 1
         h = mine[0]["headers"]
         assert h == {"content-type": "application/cloudevents+json"}, h
-        assert mine[0]["key"] == wid
-        assert check_kafka_structured(mine[0])["id"] == wid  # the SDK reads it
+        ev = check_kafka_event(mine[0])  # the SDK reads it
+        assert ev["id"] == wid and mine[0]["key"] == ev["partitionkey"] == "loan/6959825320004102"
     finally:
         stop_bridge(d)
 
@@ -514,7 +522,7 @@ def test_events_larger_than_the_cluster_accepts(kafka, tmp_path):
         assert r.status == 200, (r, d.stderr()[-3000:])
         small = new_id()
         assert d.post(with_id(_loan(), small)).status == 200, d.stderr()[-3000:]
-        got = {json.loads(m["value"])["id"] for m in kafka.consume("big.loan")}
+        got = {m["id"] for m in kafka.consume("big.loan")}
         assert text_id in got and small in got and wid not in got
     finally:
         stop_bridge(d)

@@ -229,7 +229,7 @@ def test_replicas_behind_haproxy_lose_nothing_when_one_drains_and_one_dies(kafka
               f"{len(after_bad)} failed after the SIGKILL")
         deadline = time.monotonic() + 60
         while True:
-            keys = {m["key"] for m in kafka.consume(TOPIC)}
+            keys = {m["id"] for m in kafka.consume(TOPIC)}
             missing = ok_ids - keys
             if not missing or time.monotonic() > deadline:
                 break

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from daemon import BIN, Daemon, samples, wait_until, with_id
-from services import KafkaBroker, RedisServer
+from services import RedisServer
 from test_redis import Resp, stream
 
 LOAN = dict(samples())["loan_created"]
@@ -283,14 +283,8 @@ def test_spool_inspect(daemon_factory, tmp_path):
 # ---- Kafka ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka for the spool tests: %s" % e)
-    yield broker
-    broker.close()
+def kafka(kafka_broker):
+    return kafka_broker
 
 
 def test_kafka_outage_under_load(kafka, tmp_path):
@@ -314,13 +308,13 @@ def test_kafka_outage_under_load(kafka, tmp_path):
         ok = load.ok()
         deadline = time.time() + 30
         while True:
-            keys = {m["key"] for m in kafka.consume("alma.loan")}
+            keys = {m["id"] for m in kafka.consume("alma.loan")}
             if set(ok) <= keys or time.time() > deadline:
                 break
             time.sleep(0.5)
         assert set(ok) <= keys, len(set(ok) - keys)
         assert metric(d, "almabridge_spooled_total") > 0
-        msgs = [m["key"] for m in kafka.consume("alma.loan")]
+        msgs = [m["id"] for m in kafka.consume("alma.loan")]
         late = metric(d, 'almabridge_spool_duplicates_total{cause="late_ack"}')
         print(f"\n{len(ok)} answered 200, {metric(d, 'almabridge_spooled_total'):.0f} spooled, "
               f"{len(msgs) - len(set(msgs))} duplicates in the topic, "
@@ -358,7 +352,7 @@ def test_kafka_sigkill_while_draining_then_restart(kafka, tmp_path):
         d.start()
         deadline = time.time() + 60
         while True:
-            keys = {m["key"] for m in kafka.consume("alma.spoolkill")}
+            keys = {m["id"] for m in kafka.consume("alma.spoolkill")}
             if set(ok) <= keys or time.time() > deadline:
                 break
             time.sleep(0.5)

@@ -39,7 +39,8 @@ static void fuzz_check_data(enum ab_body_format fmt, const char *body, size_t le
     cJSON_Delete(tree);
 }
 
-static int fuzz_one(enum ab_body_format fmt, const uint8_t *data, size_t size)
+static __attribute__((unused)) int fuzz_one(enum ab_body_format fmt, const uint8_t *data,
+                                            size_t size)
 {
     static int initialised;
     if (!initialised) {

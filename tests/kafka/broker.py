@@ -439,15 +439,36 @@ class KafkaBroker(ServerProcess):
         return sorted(t["topic"] for t in json.loads(proc.stdout)["topics"])
 
 
+def event_of(headers, value):
+    """The CloudEvent (a dict, data parsed) of a message in either content mode of the
+    Kafka protocol binding: binary when a ce_specversion header is there (as the SDKs
+    decide), else structured. None when the value is no JSON."""
+    try:
+        if "ce_specversion" in headers:
+            ev = {k[3:]: v for k, v in headers.items() if k.startswith("ce_")}
+            if "content-type" in headers:
+                ev["datacontenttype"] = headers["content-type"]
+            if value is not None:
+                ev["data"] = json.loads(value)
+            return ev
+        return json.loads(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def _parse_kcat_json(j):
     # kcat -J writes payload bytes as they are (non-UTF-8 included) and
     # escapes only control characters, so surrogateescape gets the bytes back.
     payload = j.get("payload")
     hdr = j.get("headers") or []
     pairs = list(zip(hdr[0::2], hdr[1::2]))
+    value = None if payload is None else payload.encode("utf-8", "surrogateescape")
+    event = event_of(dict(pairs), value)
     return {
         "key": j.get("key"),
-        "value": None if payload is None else payload.encode("utf-8", "surrogateescape"),
+        "value": value,
+        "event": event,
+        "id": event.get("id") if event else None,
         "headers": dict(pairs),
         "header_list": pairs,
         "topic": j.get("topic"),

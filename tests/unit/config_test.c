@@ -125,7 +125,7 @@ static const char *const all_options[] = {
     "read-timeout",  "allow",         "trusted-proxy",    "drain-grace",
     "shutdown-timeout", "sink",       "route",            "file",
     "file-fsync",    "spool",         "spool-after",      "spool-max-bytes",
-    "spool-segment-bytes", "kafka-brokers", "kafka-key",  "kafka-conf", "kafka-ce-headers",
+    "spool-segment-bytes", "kafka-brokers", "kafka-key",  "kafka-conf", "content-mode", "redact", "dataschema-base",
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
     "version",       "check-config",  "print-config",     "idle-timeout",
@@ -168,7 +168,7 @@ static void test_defaults(void)
     CHECK_STR(FILEC(c)->path, "./almabridge-events.jsonl");
     CHECK(FILEC(c)->fsync == 1);
     CHECK_STR(KAFKA(c)->brokers, "localhost:9092");
-    CHECK_STR(KAFKA(c)->key, "{id}");
+    CHECK_STR(KAFKA(c)->key, "{record}");
     CHECK(KAFKA(c)->conf.n == 0);
     CHECK_STR(REDIS(c)->url, "redis://127.0.0.1:6379");
     CHECK(REDIS(c)->maxlen == 0);

@@ -159,13 +159,25 @@ static cJSON *check_line(const struct ab_event *ev)
     if (line == NULL) {
         return NULL;
     }
-    const char *want[12];
+    const char *want[16];
     size_t n = 0;
     want[n++] = "specversion", want[n++] = "id", want[n++] = "source", want[n++] = "type";
+    want[n++] = "subject";
     if (ev->time != NULL) {
         want[n++] = "time";
     }
-    want[n++] = "datacontenttype", want[n++] = "almaaction";
+    want[n++] = "datacontenttype";
+    if (ev->dataschema != NULL) {
+        want[n++] = "dataschema";
+    }
+    want[n++] = "partitionkey";
+    if (ev->traceparent != NULL) {
+        want[n++] = "traceparent";
+    }
+    if (ev->tracestate != NULL) {
+        want[n++] = "tracestate";
+    }
+    want[n++] = "almaaction";
     if (ev->event != NULL) {
         want[n++] = "almaevent";
     }
@@ -725,7 +737,9 @@ static void test_optional_fields(void)
         CHECK_STR(ev->source, "urn:alma:unknown");
         CHECK(ev->institution == NULL && ev->time == NULL && ev->event == NULL);
         CHECK_STR(ev->json, "{\"specversion\":\"1.0\",\"id\":\"1\",\"source\":\"urn:alma:unknown\","
-                            "\"type\":\"" PREFIX "item\",\"datacontenttype\":\"application/json\","
+                            "\"type\":\"" PREFIX "item\",\"subject\":\"1\","
+                            "\"datacontenttype\":\"application/json\","
+                            "\"partitionkey\":\"webhook/1\","
                             "\"almaaction\":\"ITEM\",\"data\":{\"id\":\"1\",\"action\":\"ITEM\"}}");
         cJSON_Delete(check_line(ev));
     }

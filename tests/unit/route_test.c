@@ -91,14 +91,14 @@ static void test_sanitising(void)
 static void test_unknown_placeholder(void)
 {
     expect_error("alma.{foo}", "unknown placeholder {foo} in route \"alma.{foo}\" (known: "
-                               "{action} {event} {institution} {id})");
+                               "{action} {event} {institution} {id} {record})");
     expect_error("{}", "unknown placeholder {} in route \"{}\" (known: {action} {event} "
-                       "{institution} {id})");
+                       "{institution} {id} {record})");
     /* placeholders are case-sensitive */
     expect_error("{ACTION}", "unknown placeholder {ACTION} in route \"{ACTION}\" (known: "
-                             "{action} {event} {institution} {id})");
+                             "{action} {event} {institution} {id} {record})");
     expect_error("{ action }", "unknown placeholder { action } in route \"{ action }\" (known: "
-                               "{action} {event} {institution} {id})");
+                               "{action} {event} {institution} {id} {record})");
 }
 
 static void test_unbalanced(void)
