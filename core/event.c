@@ -557,6 +557,9 @@ size_t ab_event_attrs(const struct ab_event *ev, struct ab_attr *out)
             out[n++] = all[k];
         }
     }
+    for (unsigned k = 0; k < ev->n_ext; k++) {
+        out[n++] = (struct ab_attr){ev->ext_name[k], ev->ext_value[k]};
+    }
     return n;
 }
 
@@ -868,6 +871,10 @@ void ab_event_free(struct ab_event *ev)
     free(ev->dataschema);
     free(ev->traceparent);
     free(ev->tracestate);
+    for (unsigned k = 0; k < ev->n_ext; k++) {
+        free(ev->ext_name[k]);
+        free(ev->ext_value[k]);
+    }
     free(ev->json);
     free(ev);
 }
@@ -906,6 +913,38 @@ static void data_span(const char *s, size_t n, size_t *off, size_t *len)
     }
 }
 
+/* 1 for the members of a line that ab_event_from_line() reads into fields of its own (or
+ * that are not attributes: data), 0 for another extension attribute. */
+static int known_member(const char *name)
+{
+    static const char *const known[] = {
+        "specversion", "id",          "source",       "type",        "subject",
+        "time",        "datacontenttype", "dataschema", "partitionkey", "traceparent",
+        "tracestate",  "almaaction",  "almaevent",    "almainstitution", "almatime",
+        "data",        "data_base64",
+    };
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        if (strcmp(name, known[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The other string attributes of the line (CloudEvents extension names: [a-z0-9]), so that
+ * a re-encoding in binary mode loses none of them. */
+static void read_extensions(struct ab_event *ev, const cJSON *j)
+{
+    for (const cJSON *m = j->child; m && ev->n_ext < AB_EVENT_MAX_EXT; m = m->next) {
+        if (!cJSON_IsString(m) || m->string == NULL || known_member(m->string) ||
+            strspn(m->string, "abcdefghijklmnopqrstuvwxyz0123456789") != strlen(m->string)) {
+            continue;
+        }
+        ev->ext_name[ev->n_ext] = ab_strdup(m->string);
+        ev->ext_value[ev->n_ext++] = ab_strdup(m->valuestring);
+    }
+}
+
 struct ab_event *ab_event_from_line(const char *line, size_t len)
 {
     cJSON *j = cJSON_ParseWithLength(line, len);
@@ -930,6 +969,7 @@ struct ab_event *ab_event_from_line(const char *line, size_t len)
     ev->dataschema = line_member(j, "dataschema");
     ev->traceparent = line_member(j, "traceparent");
     ev->tracestate = line_member(j, "tracestate");
+    read_extensions(ev, j);
     ev->json = ab_strndup(line, len);
     ev->json_len = len;
     ev->data_off = len; /* no data */

@@ -38,6 +38,8 @@ enum ab_event_err {
     AB_EVENT_NOT_WEBHOOK = 2, /* well-formed but not an object with id and action: 422 */
 };
 
+#define AB_EVENT_MAX_EXT 8 /* extension attributes kept beyond the known ones */
+
 struct ab_event {
     char *id;          /* the webhook id, digits as sent (a JSON number is printed as integer) */
     char *action;      /* as sent, e.g. "LOAN" */
@@ -55,6 +57,10 @@ struct ab_event {
     char *json;         /* the CloudEvent, one line of JSON, NUL-terminated */
     size_t json_len;
     size_t data_off, data_len; /* the bytes of "data" in json */
+    /* extension attributes of a line read back (ab_event_from_line) that the fields above
+     * do not hold, e.g. almaorigin of a reconciled JOB_END: carried into binary mode */
+    char *ext_name[AB_EVENT_MAX_EXT], *ext_value[AB_EVENT_MAX_EXT];
+    unsigned n_ext;
 };
 
 /* One CloudEvents attribute (context attribute or extension), for the binary content
@@ -63,7 +69,7 @@ struct ab_attr {
     const char *name;
     const char *value;
 };
-#define AB_EVENT_MAX_ATTRS 16
+#define AB_EVENT_MAX_ATTRS 24
 
 struct ab_redact;
 

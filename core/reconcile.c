@@ -227,6 +227,10 @@ struct ab_event *ab_reconcile_event(const cJSON *instance, const char *instituti
     memmove(ev->json + at + add, ev->json + at, ev->json_len - at + 1);
     memcpy(ev->json + at, ORIGIN, add);
     ev->json_len += add;
+    ev->data_off += add;
+    /* and among the event's attributes, for the binary content mode */
+    ev->ext_name[ev->n_ext] = ab_strdup("almaorigin");
+    ev->ext_value[ev->n_ext++] = ab_strdup("api");
     return ev;
 }
 

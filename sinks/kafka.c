@@ -821,13 +821,13 @@ fail:
  * auto-detecting readers take it for structured). Binary: content-type = datacontenttype
  * and every other attribute as a ce_<name> header. The caller owns them until
  * rd_kafka_producev() succeeds. */
-static rd_kafka_headers_t *message_headers(const struct kafka_sink *ks, const struct ab_event *ev)
+static rd_kafka_headers_t *message_headers(int structured, const struct ab_event *ev)
 {
     static const char ctype[] = "application/cloudevents+json";
     struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
-    size_t n = ks->structured ? 0 : ab_event_attrs(ev, attrs);
+    size_t n = structured ? 0 : ab_event_attrs(ev, attrs);
     rd_kafka_headers_t *h = rd_kafka_headers_new(n > 0 ? n : 1);
-    if (ks->structured) {
+    if (structured) {
         rd_kafka_header_add(h, "content-type", -1, ctype, (ssize_t)sizeof(ctype) - 1);
     }
     for (size_t i = 0; i < n; i++) {
@@ -905,8 +905,10 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         return -1; /* not a CloudEvent line (replay checks its input first) */
     }
     char *key = msg->key == NULL && ks->key ? ab_route_expand_raw(ks->key, ev) : NULL;
-    const void *value = ks->structured ? msg->value : ev->json + ev->data_off;
-    size_t value_len = ks->structured ? msg->value_len : ev->data_len;
+    /* a dead letter (data_base64, extension attributes of its own) always goes structured */
+    int structured = ks->structured || msg->dead_letter;
+    const void *value = structured ? msg->value : ev->json + ev->data_off;
+    size_t value_len = structured ? msg->value_len : ev->data_len;
     const char *k = msg->key ? msg->key : key;
     char topic[AB_KAFKA_TOPIC_MAX + 1];
     ab_kafka_topic_name(msg->route ? msg->route : "", topic);
@@ -920,7 +922,7 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         ab_event_free(own);
         return 0;
     }
-    rd_kafka_headers_t *hdrs = message_headers(ks, ev);
+    rd_kafka_headers_t *hdrs = message_headers(structured, ev);
     rd_kafka_resp_err_t err = rd_kafka_producev(
         ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE((void *)value, value_len),

@@ -686,7 +686,8 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     struct ab_event *own = msg->event ? NULL : ab_event_from_line(msg->value, msg->value_len);
     const struct ab_event *ev = msg->event ? msg->event : own;
     struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
-    size_t na = ev && !sh->structured ? ab_event_attrs(ev, attrs) : 0;
+    /* a dead letter (data_base64, extension attributes of its own) always goes structured */
+    size_t na = ev && !sh->structured && !msg->dead_letter ? ab_event_attrs(ev, attrs) : 0;
     const char *argv[8 + 2 * AB_EVENT_MAX_ATTRS];
     size_t len[8 + 2 * AB_EVENT_MAX_ATTRS];
     int n = 0;

@@ -20,7 +20,8 @@ import time
 
 import pytest
 
-from daemon import BIN, check_cloudevent, free_port, samples, sign, wait_until, xml_fixtures
+from daemon import (BIN, check_cloudevent, free_port, redis_event, samples, sign, wait_until,
+                    xml_fixtures)
 from services import RedisServer
 from test_redis import Resp, stream
 
@@ -174,7 +175,8 @@ def test_fifty_institutions_bound_routed_and_forgeries_refused(daemon_factory, t
         assert all(re.fullmatch(r"cons\d\d:[a-z_]+", k) for k in keys), keys
         for i in range(N):
             mine = [k for k in keys if k.startswith(f"cons{i:02d}:")]
-            events = [check_cloudevent(f["event"]) for k in mine for _, f in stream(r, k)]
+            events = [check_cloudevent(json.dumps(redis_event(f))) for k in mine
+                      for _, f in stream(r, k)]
             assert len(events) == per_inst, (i, len(events))
             assert {e["almainstitution"] for e in events} == {code(i)}
             assert {e["source"] for e in events} == {f"urn:alma:{code(i)}"}

@@ -92,8 +92,10 @@ def test_redis_dead_letter_stream(daemon_factory):
         d = daemon_factory(["--sink", "redis", "--redis", redis.url])
         wait_until(lambda: d.get("/readyz").status == 200, 10, "ready")
         ids = post_cases(d)
+        # a dead letter is always one structured "event" field (its data is data_base64)
         entries = xrange(r, "alma.deadletter")
-        assert [e["id"] for e in entries] == ids
+        assert [set(e) for e in entries] == [{"event"}] * len(ids)
+        assert [json.loads(e["event"])["id"] for e in entries] == ids
         for e, (body, ctype, status) in zip(entries, CASES):
             check_record(json.loads(e["event"]), body, ctype, status)
         # nothing in any event stream

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from daemon import Daemon, KeepAlive, wait_until
+from daemon import Daemon, KeepAlive, redis_event, wait_until
+from test_redis import Resp
 from jobs import JOB_END, almabridge, bridge, finish, redis, run  # noqa: F401 (fixture)
 from services import AlmaApiStub, alma_instance
 
@@ -89,9 +90,11 @@ def file_events(path):
 
 
 def redis_events(server, stream):
-    out = server.cli("--raw", "XRANGE", stream, "-", "+")
-    lines = [l for l in out.splitlines() if l.startswith("{")]
-    return [json.loads(l) for l in lines]
+    """The stream's CloudEvents, in either content mode (daemon.redis_event)."""
+    with Resp(server.port) as r:
+        return [redis_event(kv) for _, kv in (
+            (eid, {kv[i]: kv[i + 1] for i in range(0, len(kv), 2)})
+            for eid, kv in r.call("XRANGE", stream, "-", "+") or [])]
 
 
 def scenario(api, job, n):
