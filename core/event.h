@@ -19,6 +19,7 @@
 #define AB_EVENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum ab_body_format { AB_FORMAT_JSON, AB_FORMAT_XML };
 
@@ -57,5 +58,29 @@ void ab_event_free(struct ab_event *ev);
  * means UTC; no time means midnight. Returns 0, or -1 when in is none of these or names no
  * real date/time (month 13, 30 February, 24:00, a leap second). */
 int ab_event_rfc3339(const char *in, char *out, size_t outlen);
+
+/* ---- The reader of the line the writer above produces (one codec, both directions) ---- */
+
+/* Read a CloudEvent line (the file sink's and the spool's lines, the brokers' values) back
+ * into a new event: id, type, source, time, almatime, and the Alma extensions almaaction,
+ * almaevent, almainstitution as action, event, institution; json is a copy of the line.
+ * A missing type or source gets the writer's generic value. Returns AB_EVENT_OK and *out,
+ * AB_EVENT_MALFORMED (not strict JSON: damaged or foreign bytes) or AB_EVENT_NOT_WEBHOOK
+ * (not an object with a non-empty string id), with a reason in errstr (never content). */
+int ab_event_from_line(const char *line, size_t len, struct ab_event **out, char *errstr,
+                       size_t errlen);
+
+/* The text of the value at path (depth member names) in a well-formed CloudEvent line: a
+ * string unescaped, a number as written (every digit of a 17-digit id), an object's
+ * "value" member (Alma's {"value":..,"desc":..} codes); NULL when absent or of another
+ * kind. Caller frees. */
+char *ab_event_line_text(const char *line, size_t len, const char *const *path, size_t depth);
+#define AB_EVENT_LINE_TEXT(line, len, ...)                                                    \
+    ab_event_line_text((line), (len), (const char *const[]){__VA_ARGS__},                    \
+                       sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
+/* A time in any form ab_event_rfc3339() accepts (an RFC 3339 time in particular) as
+ * milliseconds since the epoch; -1 when it is none. */
+int64_t ab_event_time_ms(const char *in);
 
 #endif
