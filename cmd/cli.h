@@ -53,28 +53,12 @@ struct ab_cli_cmd {
 int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char **pos,
                  size_t *npos, char **rest, int *nrest, char *err, size_t errlen);
 
-/* What a consumer command needs from the server's configuration: the sink, its route and
- * key templates and the connection settings. Every string is owned by the struct. */
-struct ab_cli_sinkcfg {
-    char *sink;        /* file | kafka | redis */
-    char *route;       /* template, NULL = the sink's default */
-    char *key;         /* Kafka key template, "" = no key */
-    char *file;        /* file sink path */
-    char *kafka_brokers;
-    char **kafka_conf; /* "key=value" items */
-    size_t n_kafka_conf;
-    char *redis_url;
-};
-
 /* THE place where a subcommand reads the server's configuration: --config FILE, the
  * ALMABRIDGE_* environment and the server options in args (as split off by ab_cli_parse),
- * through the server's own option table and loader, so that the sink connection options
- * and --route mean exactly what they mean to the daemon. Fills *out (and, when full is not
- * NULL, the whole configuration, for commands that open a sink). Returns 0, or -1 with one
- * line in err. */
-int ab_cli_load_config(int nargs, char **args, struct ab_cli_sinkcfg *out, struct ab_config *full,
-                       char *err, size_t errlen);
-void ab_cli_sinkcfg_free(struct ab_cli_sinkcfg *c);
+ * through the server's own option table and loader, so that the sink options and --route
+ * mean exactly what they mean to the daemon. Fills *cfg (ab_config_free it). Returns 0, or
+ * -1 with one line in err. */
+int ab_cli_load_config(int nargs, char **args, struct ab_config *cfg, char *err, size_t errlen);
 
 /* "90s", "15m", "24h", "7d", "500ms", or plain seconds, into milliseconds. Returns 0, or
  * -1 for anything else. */
@@ -94,24 +78,6 @@ char *ab_cli_take_env(const char *name);
  * ALMABRIDGE_SECRET, which is then wiped from the environment. Returns a new string (wipe
  * and free it) or NULL with one line in err. */
 char *ab_cli_secret(const char *file, char *err, size_t errlen);
-
-/* A Kafka consumer for reading by assignment: its own throw-away group id (nothing is
- * committed: enable.auto.commit and offset store off), librdkafka's connection chatter
- * silenced, the daemon's --kafka-brokers and --kafka-conf. NULL with err. */
-typedef struct rd_kafka_s rd_kafka_t;
-rd_kafka_t *ab_cli_kafka_consumer(const struct ab_cli_sinkcfg *c, const char *client_id, char *err,
-                                  size_t errlen);
-
-/* The daemon's --redis URL, parsed (redis://[[user]:password@]host[:port][/db]), and a
- * blocking hiredis connection to it, authenticated and on its database. */
-struct ab_cli_redis {
-    char *host, *user, *password;
-    int port, db;
-};
-typedef struct redisContext redisContext;
-int ab_cli_redis_parse(const char *url, struct ab_cli_redis *t, char *err, size_t errlen);
-redisContext *ab_cli_redis_dial(const struct ab_cli_redis *t, char *err, size_t errlen);
-void ab_cli_redis_free(struct ab_cli_redis *t);
 
 /* The subcommands; argv[0] is the subcommand's name. Each returns the process exit code. */
 int ab_cmd_wait(int argc, char **argv);

@@ -4,33 +4,32 @@
  *   almabridge replay --from FILE_OR_DIR --sink kafka|redis [--rate N] [--start-line N]
  *                     [--no-dedup] [the daemon's sink options, --route, --kafka-key, --config]
  *
- * Each line goes through the daemon's own sink backend (sinks/kafka.c, sinks/redis.c) with
- * the daemon's route and key templates, so topics, streams, keys, headers and fields are
- * exactly what the daemon produces. At most --rate events a second are sent, with a bounded
+ * The input is read through the read side of the file sink (a file) or of the spool (a
+ * directory of segments); each line is decoded with the event codec (ab_event_from_line)
+ * and goes through the daemon's own sink backend with the daemon's route, the backend
+ * choosing its key as it does for the daemon, so topics, streams, keys, headers and fields
+ * are exactly what the daemon produces. Only the contract (sink.h) is used: any backend
+ * with a read side can be the target. At most --rate events a second are sent, with a bounded
  * number in flight. Progress goes to stderr (one self-rewriting line on a terminal).
  *
  * Resuming: lines are numbered from 1 over the whole input (over the segments of a
  * directory, in name order). On SIGINT/SIGTERM the replay stops reading, waits for what is
  * in flight and prints the first line not acknowledged: `--start-line N` continues from
  * there. Idempotent by id: before the first event for a stream or topic, the ids already
- * in it are read (Redis: the `id` field of every entry; Kafka: the `ce_id` header or key of
- * every message), and events with an id already there, or already sent, are skipped.
- * --no-dedup skips that reading. Exit: 0 done, 1 a write failed for good, 2 usage or
- * connection errors, 130 interrupted. */
-#include <dirent.h>
+ * in it are read through the target's read side (the id it stores beside the event, else
+ * the event's own), and events with an id already there, or already sent, are skipped.
+ * --no-dedup skips that reading. Exit: 0 done, 1 a write failed for good or nothing was
+ * delivered of an input that held only lines that are no CloudEvents, 2 usage or
+ * connection errors (the target cannot be reached), 130 interrupted. */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 #include <event2/event.h>
-#include <hiredis/hiredis.h>
-#include <librdkafka/rdkafka.h>
 
 #include "cli.h"
 #include "event.h"
@@ -112,160 +111,6 @@ static void idset_free(struct idset *set)
     memset(set, 0, sizeof(*set));
 }
 
-/* ---- the input: one file, or the segment files of a directory in name order ---- */
-
-struct input {
-    char **paths;
-    size_t n, cur;
-    long first_offset; /* where to start in paths[0] (a spool's forwarding position) */
-    FILE *fp;
-    char *line;
-    size_t cap;
-};
-
-static int cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static int ends_with(const char *s, const char *suffix)
-{
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* Files of a log directory that may hold events: not hidden, not the writer's lock file,
- * not a torn tail moved aside (sinks/eventlog.c). */
-static int is_segment_name(const char *name)
-{
-    return name[0] != '.' && strcmp(name, "lock") != 0 && !ends_with(name, ".lock") &&
-           !ends_with(name, ".torn");
-}
-
-/* When the directory holds eventlog segments ("<20 digits>.seg"), only those. */
-static void only_seg_files(struct input *in)
-{
-    size_t w = 0, segs = 0;
-    for (size_t i = 0; i < in->n; i++) {
-        segs += ends_with(in->paths[i], ".seg");
-    }
-    for (size_t i = 0; i < in->n; i++) {
-        if (segs == 0 || ends_with(in->paths[i], ".seg")) {
-            in->paths[w++] = in->paths[i];
-        } else {
-            free(in->paths[i]);
-        }
-    }
-    in->n = w;
-}
-
-/* A spool directory (sinks/spool.c) records how far its forwarder got in DIR/forwarded,
- * "SEGMENT OFFSET": drop the segments before SEGMENT and start that one at OFFSET. Returns
- * 1 when it did, 0 when there is no such file. */
-static int skip_forwarded(struct input *in, const char *dir)
-{
-    char *path = ab_asprintf("%s/forwarded", dir);
-    FILE *fp = fopen(path, "r");
-    unsigned long long seq = 0;
-    long long off = 0;
-    int found = fp && fscanf(fp, "%llu %lld", &seq, &off) == 2 && off >= 0;
-    size_t w = 0;
-    for (size_t i = 0; found && i < in->n; i++) {
-        const char *base = strrchr(in->paths[i], '/') + 1;
-        unsigned long long s = strtoull(base, NULL, 10);
-        if (s < seq) {
-            free(in->paths[i]);
-            continue;
-        }
-        if (s == seq) {
-            in->first_offset = (long)off;
-        }
-        in->paths[w++] = in->paths[i];
-    }
-    in->n = found ? w : in->n;
-    if (fp) {
-        fclose(fp);
-    }
-    free(path);
-    return found;
-}
-
-static int input_open(struct input *in, const char *from, int all, char *err, size_t errlen)
-{
-    struct stat st;
-    memset(in, 0, sizeof(*in));
-    if (stat(from, &st) != 0) {
-        snprintf(err, errlen, "--from %s: %s", from, strerror(errno));
-        return -1;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        in->paths = ab_calloc(1, sizeof(char *));
-        in->paths[in->n++] = ab_strdup(from);
-        return 0;
-    }
-    DIR *d = opendir(from);
-    if (d == NULL) {
-        snprintf(err, errlen, "--from %s: %s", from, strerror(errno));
-        return -1;
-    }
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        char *p = ab_asprintf("%s/%s", from, e->d_name);
-        if (is_segment_name(e->d_name) && stat(p, &st) == 0 && S_ISREG(st.st_mode)) {
-            in->paths = ab_realloc(in->paths, (in->n + 1) * sizeof(char *));
-            in->paths[in->n++] = p;
-        } else {
-            free(p);
-        }
-    }
-    closedir(d);
-    only_seg_files(in);
-    qsort(in->paths, in->n, sizeof(char *), cmp_str);
-    if (!all && skip_forwarded(in, from)) {
-        fprintf(stderr, "replay: %s is a spool: starting where its forwarder stopped (line 1 "
-                        "= the first event not forwarded; --all for every event)\n", from);
-    }
-    return 0;
-}
-
-/* The next line (without its newline), or NULL at the end of the input. */
-static char *input_next(struct input *in, size_t *len, char *err, size_t errlen)
-{
-    while (in->cur < in->n) {
-        if (in->fp == NULL && (in->fp = fopen(in->paths[in->cur], "r")) == NULL) {
-            snprintf(err, errlen, "cannot read %s: %s", in->paths[in->cur], strerror(errno));
-            return NULL;
-        }
-        if (in->cur == 0 && in->first_offset > 0) {
-            fseek(in->fp, in->first_offset, SEEK_SET);
-            in->first_offset = 0;
-        }
-        ssize_t n = getline(&in->line, &in->cap, in->fp);
-        if (n >= 0) {
-            while (n > 0 && (in->line[n - 1] == '\n' || in->line[n - 1] == '\r')) {
-                in->line[--n] = '\0';
-            }
-            *len = (size_t)n;
-            return in->line;
-        }
-        fclose(in->fp);
-        in->fp = NULL;
-        in->cur++;
-    }
-    return NULL;
-}
-
-static void input_close(struct input *in)
-{
-    if (in->fp) {
-        fclose(in->fp);
-    }
-    for (size_t i = 0; i < in->n; i++) {
-        free(in->paths[i]);
-    }
-    free(in->paths);
-    free(in->line);
-}
-
 /* ---- the replay ---- */
 
 enum slot_state { SLOT_WAITING, SLOT_INFLIGHT, SLOT_DONE };
@@ -278,8 +123,8 @@ struct slot {
     long line;
     enum slot_state state;
     int tries;
-    char *id, *type, *source, *route, *key, *value;
-    size_t len;
+    struct ab_event *ev; /* decoded from the line (the codec), owns the line */
+    char *route;
 };
 
 struct replay {
@@ -288,10 +133,10 @@ struct replay {
     struct ab_sink *sink;
     void *shared;
     struct ab_config cfg;
+    int have_cfg;               /* cfg holds a configuration */
     struct ab_sink_setup setup; /* the sink's configuration, out of cfg */
-    struct ab_cli_sinkcfg sc;
-    struct ab_route *route, *key;
-    struct input in;
+    struct ab_route *route;
+    struct ab_sink_reader *in;  /* the input: a file's or a spool's read side */
     struct idset seen;      /* ids sent, or already in a stream/topic */
     struct idset loaded;    /* streams/topics whose ids have been read */
     int dedup;
@@ -311,12 +156,8 @@ struct replay {
 
 static void slot_clear(struct slot *s)
 {
-    free(s->id);
-    free(s->type);
-    free(s->source);
+    ab_event_free(s->ev);
     free(s->route);
-    free(s->key);
-    free(s->value);
     memset(s, 0, sizeof(*s));
 }
 
@@ -385,7 +226,7 @@ static void on_done(int status, const char *errstr, void *opaque)
         s->state = SLOT_WAITING;
         if (++s->tries >= MAX_TRIES && !rp->stopping) {
             snprintf(rp->err, sizeof(rp->err), "line %ld (id %s) failed %d times: %s", s->line,
-                     s->id, s->tries, errstr ? errstr : ab_sink_status_str(status));
+                     s->ev->id, s->tries, errstr ? errstr : ab_sink_status_str(status));
             rp->failed = rp->stopping = 1;
         }
     }
@@ -397,9 +238,9 @@ static void on_done(int status, const char *errstr, void *opaque)
 
 static int submit(struct replay *rp, struct slot *s)
 {
-    struct ab_sink_msg m = {.id = s->id, .type = s->type, .source = s->source,
-                            .route = s->route, .key = s->key, .value = s->value,
-                            .value_len = s->len};
+    struct ab_sink_msg m = {.id = s->ev->id, .type = s->ev->type, .source = s->ev->source,
+                            .route = s->route, .key = NULL, .value = s->ev->json,
+                            .value_len = s->ev->json_len, .event = s->ev};
     if (rp->ops->submit(rp->sink, &m, on_done, s) != 0) {
         return -1;
     }
@@ -411,129 +252,27 @@ static int submit(struct replay *rp, struct slot *s)
 
 /* ---- dedup: the ids already in a stream or topic ---- */
 
-static int load_redis_ids(struct replay *rp, const char *stream)
+/* Read route from its oldest event to its end through the target's read side, adding
+ * every id to the ids seen. -1 (rp->err) when the target cannot be read. */
+static int load_ids(struct replay *rp, const char *route)
 {
-    struct ab_cli_redis t;
-    redisContext *c = NULL;
-    char last[80] = "-";
-    int rc = -1;
-    if (ab_cli_redis_parse(rp->sc.redis_url, &t, rp->err, sizeof(rp->err)) != 0 ||
-        (c = ab_cli_redis_dial(&t, rp->err, sizeof(rp->err))) == NULL) {
-        goto done;
-    }
-    for (;;) {
-        redisReply *r = redisCommand(c, "XRANGE %s %s + COUNT 1000", stream, last);
-        if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-            snprintf(rp->err, sizeof(rp->err), "XRANGE %s: %s", stream,
-                     r && r->str ? r->str : c->errstr);
-            if (r) {
-                freeReplyObject(r);
-            }
-            goto done;
+    struct ab_read_from from = {.route = route};
+    struct ab_sink_reader *r = rp->ops->reader_open(&rp->setup.conf, &from, rp->err,
+                                                    sizeof(rp->err));
+    struct ab_read_event ev;
+    int got = AB_READ_IDLE;
+    while (r && (got = ab_reader_next(r, &ev, 0, rp->err, sizeof(rp->err))) == AB_READ_EVENT) {
+        struct ab_event *e = NULL;
+        char why[128];
+        if (ev.id) {
+            idset_add(&rp->seen, ev.id);
+        } else if (ab_event_from_line(ev.value, ev.len, &e, why, sizeof(why)) == AB_EVENT_OK) {
+            idset_add(&rp->seen, e->id);
         }
-        size_t n = r->elements;
-        for (size_t i = 0; i < n; i++) {
-            const redisReply *e = r->element[i], *f = e->element[1];
-            snprintf(last, sizeof(last), "(%s", e->element[0]->str);
-            for (size_t k = 0; k + 1 < f->elements; k += 2) {
-                if (strcmp(f->element[k]->str, "id") == 0) {
-                    idset_add(&rp->seen, f->element[k + 1]->str);
-                }
-            }
-        }
-        freeReplyObject(r);
-        if (n < 1000) {
-            break;
-        }
+        ab_event_free(e);
     }
-    rc = 0;
-done:
-    redisFree(c);
-    ab_cli_redis_free(&t);
-    return rc;
-}
-
-/* The id of a Kafka message: its ce_id header, else its key. */
-static void add_kafka_id(struct replay *rp, const rd_kafka_message_t *m)
-{
-    rd_kafka_headers_t *hdrs = NULL;
-    const void *v = NULL;
-    size_t vlen = 0;
-    char *id = NULL;
-    if (rd_kafka_message_headers(m, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-        rd_kafka_header_get_last(hdrs, "ce_id", &v, &vlen) == RD_KAFKA_RESP_ERR_NO_ERROR && v) {
-        id = ab_strndup(v, vlen);
-    } else if (m->key) {
-        id = ab_strndup(m->key, m->key_len);
-    }
-    if (id) {
-        idset_add(&rp->seen, id);
-        free(id);
-    }
-}
-
-/* Read topic from its start to its end offsets as they are now. */
-static int load_kafka_ids(struct replay *rp, const char *topic)
-{
-    rd_kafka_t *rk = ab_cli_kafka_consumer(&rp->sc, "almabridge-replay", rp->err, sizeof(rp->err));
-    const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_partition_list_t *l = NULL;
-    int rc = -1;
-    if (rk == NULL) {
-        return -1;
-    }
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
-    rd_kafka_topic_destroy(rkt);
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        snprintf(rp->err, sizeof(rp->err), "kafka %s: %s", rp->sc.kafka_brokers,
-                 rd_kafka_err2str(e));
-        goto done;
-    }
-    int nparts = md->topic_cnt > 0 && md->topics[0].err == 0 ? md->topics[0].partition_cnt : 0;
-    int64_t *high = ab_calloc((size_t)nparts + 1, sizeof(int64_t));
-    int left = 0;
-    l = rd_kafka_topic_partition_list_new(nparts > 0 ? nparts : 1);
-    for (int p = 0; p < nparts; p++) {
-        int64_t lo = 0;
-        if (rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &high[p], 10000) != 0) {
-            high[p] = 0;
-        }
-        rd_kafka_topic_partition_list_add(l, topic, p)->offset = lo;
-        left += high[p] > lo;
-        high[p] = high[p] > lo ? high[p] : -1; /* -1: nothing to read */
-    }
-    rd_kafka_assign(rk, l);
-    int64_t deadline = ab_cli_mono_ms() + 120000;
-    while (left > 0 && ab_cli_mono_ms() < deadline) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
-        if (m == NULL) {
-            continue;
-        }
-        if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            add_kafka_id(rp, m);
-            if (m->offset + 1 == high[m->partition]) {
-                left--;
-            }
-        }
-        rd_kafka_message_destroy(m);
-    }
-    free(high);
-    if (left > 0) {
-        snprintf(rp->err, sizeof(rp->err), "reading the ids in topic %s took too long", topic);
-        goto done;
-    }
-    rc = 0;
-done:
-    if (md) {
-        rd_kafka_metadata_destroy(md);
-    }
-    if (l) {
-        rd_kafka_topic_partition_list_destroy(l);
-    }
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
-    return rc;
+    ab_reader_close(r);
+    return r && got == AB_READ_IDLE ? 0 : -1;
 }
 
 /* Before the first event for route: learn the ids it holds. -1 stops the replay. */
@@ -542,8 +281,7 @@ static int learn_route(struct replay *rp, const char *route)
     if (!rp->dedup || !idset_add(&rp->loaded, route)) {
         return 0;
     }
-    int rc = strcmp(rp->sc.sink, "redis") == 0 ? load_redis_ids(rp, route)
-                                               : load_kafka_ids(rp, route);
+    int rc = load_ids(rp, route);
     if (rc != 0) {
         rp->unreachable = rp->stopping = 1;
     }
@@ -552,41 +290,15 @@ static int learn_route(struct replay *rp, const char *route)
 
 /* ---- reading lines into slots ---- */
 
-static char *member_str(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
-}
-
-/* Fill s from one log line; -1 when it is not a CloudEvent with an id. */
+/* Fill s from one input line; -1 when it is not a CloudEvent with an id. */
 static int slot_fill(struct replay *rp, struct slot *s, const char *line, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(line, len);
-    struct ab_event ev = {0};
-    int rc = -1;
-    if (!cJSON_IsObject(j) || (ev.id = member_str(j, "id")) == NULL) {
-        goto done;
+    char why[256];
+    if (ab_event_from_line(line, len, &s->ev, why, sizeof(why)) != AB_EVENT_OK) {
+        return -1;
     }
-    ev.action = member_str(j, "almaaction");
-    ev.event = member_str(j, "almaevent");
-    ev.institution = member_str(j, "almainstitution");
-    s->id = ab_strdup(ev.id);
-    s->type = member_str(j, "type");
-    s->source = member_str(j, "source");
-    s->type = s->type ? s->type : ab_strdup("com.exlibrisgroup.alma");
-    s->source = s->source ? s->source : ab_strdup("urn:alma:unknown");
-    s->route = ab_route_expand(rp->route, &ev);
-    s->key = rp->key ? ab_route_expand_raw(rp->key, &ev) : NULL; /* as the daemon's */
-    s->value = ab_strndup(line, len);
-    s->len = len;
-    rc = 0;
-done:
-    free(ev.id);
-    free(ev.action);
-    free(ev.event);
-    free(ev.institution);
-    cJSON_Delete(j);
-    return rc;
+    s->route = ab_route_expand(rp->route, s->ev);
+    return 0;
 }
 
 /* Read the next line into a new slot at the ring's tail. Returns 1 when a slot was added,
@@ -594,15 +306,17 @@ done:
  * of the input or on a stop. */
 static int read_one(struct replay *rp)
 {
-    size_t len = 0;
-    char *line = input_next(&rp->in, &len, rp->err, sizeof(rp->err));
-    if (line == NULL) {
+    struct ab_read_event in;
+    int got = ab_reader_next(rp->in, &in, 0, rp->err, sizeof(rp->err));
+    if (got != AB_READ_EVENT) {
         rp->eof = 1;
-        if (rp->err[0]) {
+        if (got == AB_READ_ERROR) {
             rp->failed = rp->stopping = 1;
         }
         return -1;
     }
+    const char *line = in.value;
+    size_t len = in.len;
     long no = rp->next_line++;
     if (no < rp->start_line || len == 0) {
         return 0;
@@ -622,13 +336,13 @@ static int read_one(struct replay *rp)
         slot_clear(s);
         return -1;
     }
-    if (rp->dedup && idset_has(&rp->seen, s->id)) {
+    if (rp->dedup && idset_has(&rp->seen, s->ev->id)) {
         slot_clear(s);
         rp->dupes++;
         return 0;
     }
     if (rp->dedup) {
-        idset_add(&rp->seen, s->id);
+        idset_add(&rp->seen, s->ev->id);
     }
     s->state = SLOT_WAITING;
     rp->count++;
@@ -669,7 +383,7 @@ static void on_pump(evutil_socket_t fd, short what, void *arg)
         rp->refused_since = rp->refused_since ? rp->refused_since : now;
         if (now - rp->refused_since > UNREACHABLE_MS) {
             snprintf(rp->err, sizeof(rp->err), "the %s sink refuses every write",
-                     rp->sc.sink);
+                     rp->ops->name);
             if (rp->ops->describe) {
                 rp->ops->describe(rp->sink, rp->err, sizeof(rp->err));
             }
@@ -712,25 +426,44 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 /* ---- the command ---- */
 
+/* The input's read side: a directory is a spool (its segments), a file the file sink's. */
+static int open_input(struct replay *rp, const char *from, char *err, size_t errlen)
+{
+    int spool = 0;
+    const struct ab_sink_ops *ops = ab_sink_log_reader(from, &spool, err, errlen);
+    struct ab_sink_setup in_setup;
+    if (ops == NULL) {
+        return -1;
+    }
+    ab_sink_setup_init(&in_setup, &rp->cfg, ops);
+    struct ab_read_from in = {.path = from, .all = rp->all};
+    if ((rp->in = ops->reader_open(&in_setup.conf, &in, err, errlen)) == NULL) {
+        return -1;
+    }
+    if (spool && !rp->all) {
+        fprintf(stderr, "replay: %s is a spool: starting where its forwarder stopped (line 1 "
+                        "= the first event not forwarded; --all for every event)\n", from);
+    }
+    return 0;
+}
+
 static int replay_setup(struct replay *rp, const char *from, char *err, size_t errlen)
 {
     char rerr[256];
-    rp->ops = ab_sink_find(rp->sc.sink);
-    if (rp->ops == NULL || strcmp(rp->sc.sink, "file") == 0) {
+    rp->ops = ab_sink_find(rp->cfg.sink);
+    if (rp->ops == NULL || rp->ops->default_route == NULL || !*rp->ops->default_route) {
         snprintf(err, errlen, "--sink kafka or --sink redis: replay writes to a broker");
         return -1;
     }
-    const char *tmpl = rp->sc.route ? rp->sc.route : rp->ops->default_route;
+    if (rp->dedup && ab_sink_reader_find(rp->cfg.sink, "replay (reading the ids already there)", err, errlen) == NULL) {
+        return -1;
+    }
+    const char *tmpl = rp->cfg.route ? rp->cfg.route : rp->ops->default_route;
     if ((rp->route = ab_route_compile(tmpl, rerr, sizeof(rerr))) == NULL) {
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
     }
-    if (strcmp(rp->sc.sink, "kafka") == 0 && rp->sc.key[0] &&
-        (rp->key = ab_route_compile(rp->sc.key, rerr, sizeof(rerr))) == NULL) {
-        snprintf(err, errlen, "--kafka-key: %s", rerr);
-        return -1;
-    }
-    if (input_open(&rp->in, from, rp->all, err, errlen) != 0) {
+    if (open_input(rp, from, err, errlen) != 0) {
         return -1;
     }
     ab_sink_setup_init(&rp->setup, &rp->cfg, rp->ops);
@@ -765,6 +498,12 @@ static int replay_run(struct replay *rp)
     report(rp, 1);
     long resume = resume_line(rp);
     int done = rp->eof && rp->count == 0 && !rp->failed && !rp->unreachable;
+    if (done && rp->acked == 0 && rp->dupes == 0 && rp->skipped > 0) {
+        snprintf(rp->err, sizeof(rp->err), "nothing delivered: no line of the input was a "
+                                           "CloudEvent with an id");
+        rp->failed = 1;
+        done = 0;
+    }
     if (!done) {
         fprintf(stderr, "replay: stopped%s%s; resume with --start-line %ld\n",
                 rp->err[0] ? ": " : "", rp->err, resume);
@@ -793,13 +532,13 @@ static void replay_free(struct replay *rp)
     if (rp->base) {
         event_base_free(rp->base);
     }
-    input_close(&rp->in);
+    ab_reader_close(rp->in);
     idset_free(&rp->seen);
     idset_free(&rp->loaded);
     ab_route_free(rp->route);
-    ab_route_free(rp->key);
-    ab_cli_sinkcfg_free(&rp->sc);
-    ab_config_free(&rp->cfg);
+    if (rp->have_cfg) {
+        ab_config_free(&rp->cfg);
+    }
 }
 
 static const char REPLAY_ABOUT[] =
@@ -807,8 +546,8 @@ static const char REPLAY_ABOUT[] =
     "order) into Kafka or Redis with the daemon's routing and keys. Progress on stderr;\n"
     "on SIGINT it stops cleanly and prints the --start-line to resume from. Events whose\n"
     "id is already in the target stream/topic are skipped (--no-dedup: not checked).\n"
-    "Exit status: 0 done, 1 a write failed for good, 2 usage or connection error,\n"
-    "130 interrupted.";
+    "Exit status: 0 done, 1 a write failed for good (or no line was a CloudEvent), 2\n"
+    "usage or connection error (the target cannot be reached), 130 interrupted.";
 static const char REPLAY_FOOTER[] =
     "Sink options are the daemon's (almabridge --help): --sink, --route, --kafka-brokers,\n"
     "--kafka-key, --kafka-conf, --redis, --redis-maxlen, --ack-timeout, or --config FILE.";
@@ -842,9 +581,10 @@ int ab_cmd_replay(int argc, char **argv)
         snprintf(err, sizeof(err), "give --from FILE|DIR; --rate N >= 0; --start-line N >= 1");
         goto done;
     }
-    if (ab_cli_load_config(nrest, rest, &rp.sc, &rp.cfg, err, sizeof(err)) != 0) {
+    if (ab_cli_load_config(nrest, rest, &rp.cfg, err, sizeof(err)) != 0) {
         goto done;
     }
+    rp.have_cfg = 1;
     ab_config_scrub_argv(ab_sinks, argc, argv);
     ab_log_configure(strcmp(rp.cfg.log_level, "info") == 0 ? "warn" : rp.cfg.log_level,
                      rp.cfg.log_format, err, sizeof(err));

@@ -278,6 +278,11 @@ static int key_is_secret(const char *key, size_t len)
     return 0;
 }
 
+int ab_config_key_is_secret(const char *key)
+{
+    return key_is_secret(key, strlen(key));
+}
+
 /* "redis://user:****@host" for "redis://user:pw@host"; a lone user-info part is taken
  * to be a password and masked whole. */
 static char *mask_url(const char *v)

@@ -129,6 +129,10 @@ const void *ab_config_sink_opts(const struct ab_config *cfg, const struct ab_sin
 void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *ops,
                          struct ab_sink_conf *out);
 
+/* 1 when a key=value key names a secret (the one list of secret-bearing words: password,
+ * secret, .pem, oauthbearer.config; case-insensitive), so its value is never shown. */
+int ab_config_key_is_secret(const char *key);
+
 /* Mask, in place, the secrets given on the command line (a Redis URL's password, secret
  * --kafka-conf values), so that ps and /proc/<pid>/cmdline do not show them. Call after
  * ab_config_load, which has copied the values. */

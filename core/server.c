@@ -38,7 +38,6 @@
 #include "metrics.h"
 #include "signature.h"
 #include "sink.h"
-#include "webhook.h"
 
 #define RETRY_AFTER "30"
 #define LINGER_MS 2000          /* read and drop after a closing answer, at most this long */
@@ -74,7 +73,7 @@ struct ab_worker {
     int index;
     struct event_base *base;
     struct evconnlistener *listener;
-    struct ab_webhook *webhook;
+    void *hctx; /* the handler's context for this worker (app->handler) */
     struct ab_metrics *metrics;
     SSL_CTX *ssl_ctx; /* this thread's reference, NULL = plain HTTP */
     /* cross-thread hand-over (reload, stop): guarded by mu, picked up by ctl_ev */
@@ -480,7 +479,7 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     int code = 200;
     if (atomic_load(&ab_metrics_g.draining)) {
         st = "draining", code = 503;
-    } else if (!ab_webhook_sink_ready(w->webhook)) {
+    } else if (!w->app->handler->ready(w->hctx)) {
         st = "sink not ready", code = 503;
     }
     /* the sink's state names files, brokers and errors: for loopback and --allow only */
@@ -488,7 +487,7 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
                   (w->app->allow && ab_acl_match(w->app->allow, r->client));
     struct ab_answer a = {.status = code, .k1 = "status", .v1 = st};
     if (details) {
-        ab_webhook_sink_describe(w->webhook, d, sizeof(d));
+        w->app->handler->describe(w->hctx, d, sizeof(d));
         a.k2 = "sink", a.v2 = d;
     }
     ab_req_answer(r, &a);
@@ -496,7 +495,7 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
 
 static void handle_metrics(struct ab_worker *w, struct ab_req *r)
 {
-    char *text = ab_metrics_render(w->app->metrics, w->app->n_workers, w->app->sink_ops->name);
+    char *text = ab_metrics_render(w->app->metrics, w->app->n_workers, w->app->sink_name);
     struct ab_answer a = {.status = 200, .ctype = "text/plain; version=0.0.4; charset=utf-8",
                           .body = text, .len = strlen(text), .quiet = 1};
     ab_req_answer(r, &a);
@@ -508,7 +507,7 @@ static void dispatch(struct ab_worker *w, struct ab_req *r)
 {
     const char *path = r->head.path, *m = r->head.method;
     if (strcmp(path, w->cfg->path) == 0) {
-        ab_webhook_handle(w->webhook, r);
+        w->app->handler->on_req(w->hctx, r);
         return;
     }
     int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
@@ -1010,12 +1009,12 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
 static void on_ready_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_worker *w = arg;
-    int r = w->webhook ? ab_webhook_sink_ready(w->webhook) : 0;
+    int r = w->hctx ? w->app->handler->ready(w->hctx) : 0;
     if (r != w->ready) {
         atomic_fetch_add(&ab_metrics_g.sink_ready, r - w->ready);
         if (w->ready_known || !r) {
             char d[256] = "";
-            ab_webhook_sink_describe(w->webhook, d, sizeof(d));
+            w->app->handler->describe(w->hctx, d, sizeof(d));
             ab_log(r ? AB_LOG_INFO : AB_LOG_WARN, "worker %d: sink %s%s%s", w->index,
                    r ? "ready again" : "not ready", d[0] ? ": " : "", d);
         }
@@ -1029,7 +1028,7 @@ static void on_ready_tick(evutil_socket_t fd, short what, void *arg)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_worker *w = arg;
-    long inflight = ab_webhook_inflight(w->webhook);
+    long inflight = w->app->handler->inflight(w->hctx);
     if (inflight == 0 || time(NULL) >= w->stop_deadline) {
         if (inflight) {
             ab_warn("worker %d: %ld webhooks still waiting on the sink at the deadline",
@@ -1044,7 +1043,7 @@ static void begin_stop(struct ab_worker *w)
 {
     w->stopping = 1;
     w->stop_deadline = time(NULL) + w->stop_timeout_s;
-    ab_webhook_set_stopping(w->webhook);
+    w->app->handler->on_stopping(w->hctx);
     if (w->listener) {
         evconnlistener_free(w->listener);
         w->listener = NULL;
@@ -1078,7 +1077,7 @@ static void on_control(evutil_socket_t fd, short what, void *arg)
     w->new_ssl_ctx = NULL;
     pthread_mutex_unlock(&w->mu);
     if (ns) {
-        ab_webhook_set_secrets(w->webhook, ns);
+        w->app->handler->on_secrets(w->hctx, ns);
         ab_secrets_free(ns);
     }
     if (nctx) {
@@ -1149,11 +1148,11 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
         goto fail;
     }
     evconnlistener_set_error_cb(w->listener, on_accept_error);
-    w->webhook = ab_webhook_new(app, w->base, w->metrics, errstr, errlen);
-    if (w->webhook == NULL) {
+    w->hctx = app->handler->on_context_init(app, w->base, w->metrics, errstr, errlen);
+    if (w->hctx == NULL) {
         goto fail;
     }
-    ab_webhook_set_secrets(w->webhook, secrets);
+    app->handler->on_secrets(w->hctx, secrets);
     return w;
 fail:
     ab_worker_free(w);
@@ -1179,7 +1178,7 @@ void ab_worker_run(struct ab_worker *w)
         ms = ((long)(w->stop_deadline - time(NULL))) * 1000;
         ms = ms < 0 ? 0 : ms;
     }
-    ab_webhook_close_sink(w->webhook, (int)ms);
+    w->app->handler->on_close(w->hctx, (int)ms);
     struct timeval tv = {0, 300000};
     event_base_loopexit(w->base, &tv);
     event_base_dispatch(w->base);
@@ -1193,8 +1192,8 @@ void ab_worker_free(struct ab_worker *w)
     }
     /* The sink first: its close() completes every outstanding submission, whose callbacks
      * answer their requests while the connections still exist. */
-    if (w->webhook) {
-        ab_webhook_close_sink(w->webhook, (int)(w->cfg->shutdown_timeout_s * 1000));
+    if (w->hctx) {
+        w->app->handler->on_close(w->hctx, (int)(w->cfg->shutdown_timeout_s * 1000));
     }
     while (w->conns) {
         struct ab_conn *c = w->conns;
@@ -1206,7 +1205,9 @@ void ab_worker_free(struct ab_worker *w)
     if (w->listener) {
         evconnlistener_free(w->listener);
     }
-    ab_webhook_free(w->webhook);
+    if (w->hctx) {
+        w->app->handler->on_context_dispose(w->hctx);
+    }
     if (w->drain_ev) {
         event_free(w->drain_ev);
     }

@@ -63,7 +63,7 @@ static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_even
     }
     if (ev) {
         a.id = ev->id, a.action = ev->action, a.event = ev->event;
-        a.sink = wh->app->sink_ops->name;
+        a.sink = wh->app->sink_name;
     }
     ab_req_answer(r, &a);
 }
@@ -81,12 +81,12 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     } else if (status == AB_SINK_TOO_BIG) {
         char msg[512];
         snprintf(msg, sizeof(msg), "the event can never be stored by the %s sink: %s",
-                 wh->app->sink_ops->name, errstr ? errstr : "too big");
+                 wh->app->sink_name, errstr ? errstr : "too big");
         answer(wh, p->req, p->ev, 413, msg);
     } else {
         char msg[256];
         snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
-                 wh->app->sink_ops->name, ab_sink_status_str(status), errstr ? ": " : "",
+                 wh->app->sink_name, ab_sink_status_str(status), errstr ? ": " : "",
                  errstr ? errstr : "");
         answer(wh, p->req, p->ev, 503, msg);
     }
@@ -117,7 +117,7 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
         char d[128] = "not ready";
         ab_webhook_sink_describe(wh, d, sizeof(d));
         snprintf(msg, msglen, "the %s sink cannot take writes now (%s); retry later",
-                 wh->app->sink_ops->name, d);
+                 wh->app->sink_name, d);
         free(p);
         return 503;
     }
@@ -350,3 +350,63 @@ void ab_webhook_free(struct ab_webhook *wh)
     ab_secrets_free(wh->secrets);
     free(wh);
 }
+
+/* ---- the server's handler interface ------------------------------------------------ */
+
+static void *on_context_init(struct ab_app *app, struct event_base *base,
+                             struct ab_metrics *metrics, char *errstr, size_t errlen)
+{
+    return ab_webhook_new(app, base, metrics, errstr, errlen);
+}
+
+static void on_req(void *ctx, struct ab_req *r)
+{
+    ab_webhook_handle(ctx, r);
+}
+
+static void on_secrets(void *ctx, struct ab_secrets *secrets)
+{
+    ab_webhook_set_secrets(ctx, secrets);
+}
+
+static void on_stopping(void *ctx)
+{
+    ab_webhook_set_stopping(ctx);
+}
+
+static int ready(void *ctx)
+{
+    return ab_webhook_sink_ready(ctx);
+}
+
+static void describe(void *ctx, char *buf, size_t len)
+{
+    ab_webhook_sink_describe(ctx, buf, len);
+}
+
+static long inflight(void *ctx)
+{
+    return ab_webhook_inflight(ctx);
+}
+
+static void on_close(void *ctx, int timeout_ms)
+{
+    ab_webhook_close_sink(ctx, timeout_ms);
+}
+
+static void on_context_dispose(void *ctx)
+{
+    ab_webhook_free(ctx);
+}
+
+const struct ab_handler ab_webhook_handler = {
+    .on_context_init = on_context_init,
+    .on_req = on_req,
+    .on_secrets = on_secrets,
+    .on_stopping = on_stopping,
+    .ready = ready,
+    .describe = describe,
+    .inflight = inflight,
+    .on_close = on_close,
+    .on_context_dispose = on_context_dispose,
+};

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 struct ab_app;
+struct ab_handler;
 struct ab_req;
 struct ab_metrics;
 struct ab_secrets;
@@ -38,5 +39,9 @@ long ab_webhook_inflight(const struct ab_webhook *wh);
 /* Close the sink (completing what it holds: those requests are answered 503) and free. */
 void ab_webhook_close_sink(struct ab_webhook *wh, int timeout_ms);
 void ab_webhook_free(struct ab_webhook *wh);
+
+/* The pipeline as the server's handler (server.h): the program registers it as
+ * ab_app.handler; each worker's context is an ab_webhook. */
+extern const struct ab_handler ab_webhook_handler;
 
 #endif

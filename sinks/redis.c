@@ -798,6 +798,204 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
     free(rs);
 }
 
+/* ---- the read side: XRANGE, then XREAD BLOCK, on a blocking connection ---------------- */
+
+#define READ_PAGE 500
+
+struct redis_reader {
+    struct ab_sink_reader base;
+    struct redis_shared *sh; /* the URL, parsed by the writer's parser */
+    redisContext *c;         /* NULL while disconnected: the next call dials */
+    char *stream;
+    char last[64];  /* the last entry id returned, or where to start */
+    int phase;      /* 0: XRANGE from last inclusive, 1: XRANGE after last, 2: XREAD */
+    redisReply *page;
+    size_t idx;
+};
+
+/* A blocking connection, authenticated and on its database; 0, or -1 with errstr (never
+ * the password). */
+static int reader_dial(struct redis_reader *r, char *errstr, size_t errlen)
+{
+    const struct redis_shared *sh = r->sh;
+    struct timeval tv = {5, 0};
+    redisReply *rep = NULL;
+    r->c = redisConnectWithTimeout(sh->host, sh->port, tv);
+    if (r->c == NULL || r->c->err) {
+        snprintf(errstr, errlen, "redis %s: cannot connect: %s", sh->addr,
+                 r->c ? r->c->errstr : "out of memory");
+        goto fail;
+    }
+    redisSetTimeout(r->c, tv);
+    if (sh->password) {
+        rep = sh->user ? redisCommand(r->c, "AUTH %s %s", sh->user, sh->password)
+                       : redisCommand(r->c, "AUTH %s", sh->password);
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+            snprintf(errstr, errlen, "redis %s: authentication failed: %s", sh->addr,
+                     rep ? rep->str : r->c->errstr);
+            goto fail;
+        }
+        freeReplyObject(rep);
+    }
+    rep = redisCommand(r->c, "SELECT %ld", sh->db);
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+        snprintf(errstr, errlen, "redis %s: SELECT: %s", sh->addr, rep ? rep->str : r->c->errstr);
+        goto fail;
+    }
+    freeReplyObject(rep);
+    return 0;
+fail:
+    if (rep) {
+        freeReplyObject(rep);
+    }
+    redisFree(r->c);
+    r->c = NULL;
+    return -1;
+}
+
+static void redis_reader_close(struct ab_sink_reader *base);
+
+static struct ab_sink_reader *redis_reader_open(const struct ab_sink_conf *sc,
+                                                const struct ab_read_from *from, char *errstr,
+                                                size_t errlen)
+{
+    const struct ab_redis_conf *cfg = sc->opts;
+    struct redis_reader *r = ab_calloc(1, sizeof(*r));
+    r->base.ops = &ab_sink_redis;
+    r->sh = ab_calloc(1, sizeof(*r->sh));
+    if (from->route == NULL) {
+        snprintf(errstr, errlen, "redis: no stream to read");
+        goto fail;
+    }
+    r->stream = ab_strdup(from->route);
+    if (from->position) {
+        snprintf(r->last, sizeof(r->last), "%s", from->position);
+        r->phase = 1;
+    } else {
+        snprintf(r->last, sizeof(r->last), "%lld-0",
+                 (long long)(from->since_ms > 0 ? from->since_ms : 0));
+    }
+    if (parse_url(cfg->url && *cfg->url ? cfg->url : DEFAULT_URL, r->sh, errstr, errlen) != 0 ||
+        reader_dial(r, errstr, errlen) != 0) {
+        goto fail;
+    }
+    return &r->base;
+fail:
+    redis_reader_close(&r->base);
+    return NULL;
+}
+
+/* The next entry of the page with an "event" field into *ev; 0 when the page is done. */
+static int reader_take(struct redis_reader *r, struct ab_read_event *ev)
+{
+    while (r->page && r->idx < r->page->elements) {
+        const redisReply *e = r->page->element[r->idx++];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        snprintf(r->last, sizeof(r->last), "%s", e->element[0]->str);
+        const redisReply *f = e->element[1];
+        *ev = (struct ab_read_event){.position = r->last, .stored_ms = strtoll(r->last, NULL, 10)};
+        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+            const redisReply *name = f->element[k], *val = f->element[k + 1];
+            if (name->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            if (strcmp(name->str, "event") == 0) {
+                ev->value = val->str;
+                ev->len = val->len;
+            } else if (strcmp(name->str, "id") == 0) {
+                ev->id = val->str;
+            }
+        }
+        if (ev->value) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Blocking (see sink.h): pages of XRANGE up to the end, then XREAD BLOCK. A failed command
+ * drops the connection; the next call dials again and continues after the last entry. */
+static int redis_reader_next(struct ab_sink_reader *base, struct ab_read_event *ev,
+                             int timeout_ms, char *errstr, size_t errlen)
+{
+    struct redis_reader *r = (struct redis_reader *)base;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    int64_t deadline = (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000 + timeout_ms;
+    for (;;) {
+        if (reader_take(r, ev)) {
+            return AB_READ_EVENT;
+        }
+        if (r->page) {
+            freeReplyObject(r->page);
+            r->page = NULL;
+        }
+        if (r->c == NULL && reader_dial(r, errstr, errlen) != 0) {
+            return AB_READ_ERROR;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t left = deadline - ((int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000);
+        if (r->phase == 2 && left <= 0) {
+            return AB_READ_IDLE;
+        }
+        long block = left < 1000 ? (long)left : 1000;
+        struct timeval tv = {5 + block / 1000, 0};
+        redisSetTimeout(r->c, tv);
+        redisReply *rep;
+        if (r->phase < 2) {
+            char start[80];
+            snprintf(start, sizeof(start), "%s%s", r->phase ? "(" : "", r->last);
+            rep = redisCommand(r->c, "XRANGE %s %s + COUNT %d", r->stream, start, READ_PAGE);
+        } else {
+            rep = redisCommand(r->c, "XREAD COUNT %d BLOCK %ld STREAMS %s %s", READ_PAGE,
+                               block > 0 ? block : 1, r->stream, r->last);
+        }
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+            snprintf(errstr, errlen, "redis %s, stream %s: %s", r->sh->addr, r->stream,
+                     rep ? rep->str : r->c->errstr);
+            if (rep) {
+                freeReplyObject(rep);
+            }
+            redisFree(r->c);
+            r->c = NULL;
+            return AB_READ_ERROR;
+        }
+        if (r->phase < 2 && rep->type == REDIS_REPLY_ARRAY) {
+            r->phase = rep->elements == READ_PAGE ? 1 : 2; /* a full page: more to range */
+            r->page = rep;
+        } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                   rep->element[0]->elements > 1) {
+            /* [[stream, [entries]]]: keep the reply, read its entries */
+            redisReply *entries = rep->element[0]->element[1];
+            rep->element[0]->element[1] = NULL;
+            r->page = entries;
+            freeReplyObject(rep);
+        } else {
+            freeReplyObject(rep);
+            r->phase = r->phase < 2 ? 2 : r->phase;
+        }
+        r->idx = 0;
+    }
+}
+
+static void redis_reader_close(struct ab_sink_reader *base)
+{
+    struct redis_reader *r = (struct redis_reader *)base;
+    if (r == NULL) {
+        return;
+    }
+    if (r->page) {
+        freeReplyObject(r->page);
+    }
+    redisFree(r->c);
+    shared_free(r->sh);
+    free(r->stream);
+    free(r);
+}
+
 const struct ab_sink_ops ab_sink_redis = {
     .name = "redis",
     .default_route = "alma:{action}",
@@ -809,4 +1007,7 @@ const struct ab_sink_ops ab_sink_redis = {
     .ready = redis_ready,
     .describe = redis_describe,
     .close = redis_close,
+    .reader_open = redis_reader_open,
+    .reader_next = redis_reader_next,
+    .reader_close = redis_reader_close,
 };
