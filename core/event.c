@@ -526,7 +526,6 @@ static int read_envelope(struct envelope *e, struct ab_event *ev, char *errstr, 
  * the key and 6 bytes per byte of value. Returns the new end. */
 static char *put_member(char *w, const char *key, const char *value, int first)
 {
-    static const char hex[] = "0123456789abcdef";
     if (value == NULL) {
         return w;
     }
@@ -539,28 +538,7 @@ static char *put_member(char *w, const char *key, const char *value, int first)
     w += kl;
     memcpy(w, "\":\"", 3);
     w += 3;
-    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-        unsigned char c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *w++ = (char)c;
-            continue;
-        }
-        *w++ = '\\';
-        switch (c) {
-        case '"': *w++ = '"'; break;
-        case '\\': *w++ = '\\'; break;
-        case '\b': *w++ = 'b'; break;
-        case '\f': *w++ = 'f'; break;
-        case '\n': *w++ = 'n'; break;
-        case '\r': *w++ = 'r'; break;
-        case '\t': *w++ = 't'; break;
-        default:
-            memcpy(w, "u00", 3);
-            w[3] = hex[c >> 4];
-            w[4] = hex[c & 15];
-            w += 5;
-        }
-    }
+    w += ab_json_escape(w, value, strlen(value));
     *w++ = '"';
     return w;
 }

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/queue.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -36,6 +37,7 @@
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
+#include "normalise.h"
 #include "signature.h"
 #include "sink.h"
 
@@ -54,7 +56,7 @@ struct ab_conn {
     struct ab_worker *w;
     struct bufferevent *bev;
     struct event *timer;
-    struct ab_conn *prev, *next;
+    TAILQ_ENTRY(ab_conn) link; /* in the worker's conns */
     enum conn_state state;
     int eof;                /* the client sends no more */
     int busy;               /* inside conn_process: an answer does not recurse into it */
@@ -89,8 +91,7 @@ struct ab_worker {
     int stopping;
     time_t stop_deadline;
     int ready, ready_known; /* this worker's share of ab_metrics_g.sink_ready */
-    struct ab_conn *conns;  /* every open connection, the least recently active first */
-    struct ab_conn *conns_tail;
+    TAILQ_HEAD(conn_list, ab_conn) conns; /* every open connection, the least recently active first */
     time_t date_at;
     char date[40];          /* the Date header value for date_at */
 };
@@ -107,37 +108,18 @@ static void conn_free(struct ab_conn *c);
 
 static void list_unlink(struct ab_conn *c)
 {
-    struct ab_worker *w = c->w;
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        w->conns = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    } else {
-        w->conns_tail = c->prev;
-    }
-    c->prev = c->next = NULL;
+    TAILQ_REMOVE(&c->w->conns, c, link);
 }
 
 static void list_append(struct ab_conn *c)
 {
-    struct ab_worker *w = c->w;
-    c->prev = w->conns_tail;
-    c->next = NULL;
-    if (w->conns_tail) {
-        w->conns_tail->next = c;
-    } else {
-        w->conns = c;
-    }
-    w->conns_tail = c;
+    TAILQ_INSERT_TAIL(&c->w->conns, c, link);
 }
 
 /* c starts a request or goes idle: it is now the most recently active. */
 static void list_touch(struct ab_conn *c)
 {
-    if (c->w->conns_tail != c) {
+    if (TAILQ_LAST(&c->w->conns, conn_list) != c) {
         list_unlink(c);
         list_append(c);
     }
@@ -276,28 +258,6 @@ static size_t put_ulong(char *p, unsigned long v)
     return n;
 }
 
-/* s[0..n) as the inside of a JSON string into p (room for 6 n bytes). */
-static size_t put_json(char *p, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    char *o = p;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            *o++ = '\\';
-            *o++ = (char)ch;
-        } else if (ch < 0x20 || ch == 0x7f) {
-            memcpy(o, "\\u00", 4);
-            o[4] = hex[ch >> 4];
-            o[5] = hex[ch & 15];
-            o += 6;
-        } else {
-            *o++ = (char)ch;
-        }
-    }
-    return (size_t)(o - p);
-}
-
 /* The JSON body {"k1":"v1"[,"k2":"v2"]} into a new buffer, its length in *len. */
 static char *json_body(const struct ab_answer *a, size_t *len)
 {
@@ -308,12 +268,12 @@ static char *json_body(const struct ab_answer *a, size_t *len)
     p += put(p, "{\"");
     p += put(p, a->k1);
     p += put(p, "\":\"");
-    p += put_json(p, v1, n1);
+    p += ab_json_escape(p, v1, n1);
     if (a->k2) {
         p += put(p, "\",\"");
         p += put(p, a->k2);
         p += put(p, "\":\"");
-        p += put_json(p, v2, n2);
+        p += ab_json_escape(p, v2, n2);
     }
     p += put(p, "\"}");
     *len = (size_t)(p - b);
@@ -925,7 +885,8 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t len)
  * its handler, or that is closing, is never taken). NULL if there is none. */
 static struct ab_conn *eviction_victim(struct ab_worker *w)
 {
-    for (struct ab_conn *c = w->conns; c; c = c->next) {
+    struct ab_conn *c;
+    TAILQ_FOREACH(c, &w->conns, link) {
         if (c->state == S_IDLE || c->state == S_HEAD || c->state == S_BODY) {
             return c;
         }
@@ -1055,8 +1016,8 @@ static void begin_stop(struct ab_worker *w)
             w->app->listen_fd = -1;
         }
     }
-    for (struct ab_conn *c = w->conns, *next; c; c = next) {
-        next = c->next;
+    for (struct ab_conn *c = TAILQ_FIRST(&w->conns), *next; c; c = next) {
+        next = TAILQ_NEXT(c, link);
         if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
             conn_free(c);
         }
@@ -1124,6 +1085,7 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
     w->app = app;
     w->cfg = app->cfg;
     w->index = index;
+    TAILQ_INIT(&w->conns);
     w->metrics = app->metrics[index];
     pthread_mutex_init(&w->mu, NULL);
     if (app->max_connections <= 0) {
@@ -1195,8 +1157,8 @@ void ab_worker_free(struct ab_worker *w)
     if (w->hctx) {
         w->app->handler->on_close(w->hctx, (int)(w->cfg->shutdown_timeout_s * 1000));
     }
-    while (w->conns) {
-        struct ab_conn *c = w->conns;
+    while (!TAILQ_EMPTY(&w->conns)) {
+        struct ab_conn *c = TAILQ_FIRST(&w->conns);
         if (c->state == S_WAIT && c->req) {
             c->state = S_HEAD; /* nobody will answer it any more: free it with c */
         }
