@@ -100,7 +100,9 @@ static int lr_line(struct lr_file *f, const char **line, size_t *len, int64_t *e
         if (f->fd < 0) {
             return 0;
         }
-        memmove(f->buf, f->buf + f->start, f->len - f->start);
+        if (f->len > f->start) {
+            memmove(f->buf, f->buf + f->start, f->len - f->start);
+        }
         f->len -= f->start;
         f->base += (int64_t)f->start;
         f->start = 0;
