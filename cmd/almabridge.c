@@ -22,7 +22,6 @@
 #include "acl.h"
 #include "cli.h"
 #include "config.h"
-#include "eventlog.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -140,7 +139,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     struct daemon *d = arg;
     char err[512];
     ab_notify("RELOADING=1");
-    ab_eventlog_reopen_all();
+    ab_sink_reopen_files(); /* log rotation */
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     if (s && d->cfg.tls_cert) {

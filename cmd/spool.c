@@ -13,7 +13,6 @@
 #include "cli.h"
 #include "event.h"
 #include "sink.h"
-#include "sinks/eventlog.h"
 #include "sinks/registry.h"
 #include "sinks/spool.h"
 
@@ -84,9 +83,7 @@ done:
 static void print_summary(const char *dir, const struct ab_spool_summary *s,
                           const struct tally *t)
 {
-    char first[64], last[64], when[64] = "";
-    ab_eventlog_segment_name(s->first_seq, first, sizeof(first));
-    ab_eventlog_segment_name(s->last_seq, last, sizeof(last));
+    char when[64] = "";
     if (s->oldest_mtime) {
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", gmtime(&s->oldest_mtime));
     }
@@ -94,7 +91,8 @@ static void print_summary(const char *dir, const struct ab_spool_summary *s,
     printf("events    %ld not yet forwarded\n", t->events);
     printf("bytes     %lld in %ld segment(s)", s->bytes, s->segments);
     if (s->segments) {
-        printf(" (%s .. %s, forwarding continues at byte %lld of the first)", first, last,
+        printf(" (%s .. %s, forwarding continues at byte %lld of the first)", s->first_name,
+               s->last_name,
                (long long)s->start_offset);
     }
     printf("\n");

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "config.h"
+#include "eventlog.h"
 #include "file.h"
 #include "kafka.h"
 #include "redis.h"
@@ -107,4 +108,9 @@ const struct ab_sink_ops *ab_sink_reader_find(const char *name, const char *comm
                                               char *errstr, size_t errlen)
 {
     return ab_sink_reader_check(ab_sink_find(name), name, command, errstr, errlen);
+}
+
+void ab_sink_reopen_files(void)
+{
+    ab_eventlog_reopen_all(); /* the file sink's log and the spool's */
 }

@@ -17,6 +17,10 @@ extern const struct ab_sink_ops *const ab_sinks[];
 /* The backend called name, or NULL. */
 const struct ab_sink_ops *ab_sink_find(const char *name);
 
+/* From any thread (the SIGHUP hook): every backend that writes a file reopens it before
+ * its next write (log rotation). */
+void ab_sink_reopen_files(void);
+
 /* The backend called name when it has a read side (sink.h); else NULL with one line in
  * errstr saying that `command` cannot read it and naming the backends it can read. */
 const struct ab_sink_ops *ab_sink_reader_find(const char *name, const char *command,

@@ -1042,6 +1042,8 @@ int ab_spool_summarise(const char *dir, struct ab_spool_summary *s, char *errstr
         close(mfd);
     }
     s->last_seq = hi;
+    ab_eventlog_segment_name(s->first_seq, s->first_name, sizeof(s->first_name));
+    ab_eventlog_segment_name(s->last_seq, s->last_name, sizeof(s->last_name));
     for (uint64_t seq = s->first_seq; lo && seq <= hi; seq++) {
         char *p = segment_path(dir, seq);
         struct stat st;

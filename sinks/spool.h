@@ -63,6 +63,7 @@ struct ab_spool_summary {
     long segments;
     long long bytes;         /* of the segment files */
     uint64_t first_seq, last_seq;
+    char first_name[32], last_name[32]; /* their file names */
     int64_t start_offset;    /* where forwarding continues in first_seq */
     time_t oldest_mtime;     /* the first segment's last write */
     long holder_pid;         /* a daemon holding DIR's lock, or 0 */
