@@ -166,7 +166,7 @@ static void on_grace_over(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
     ab_info("no longer accepting connections; waiting for %ld webhook(s) in flight",
-            atomic_load(&ab_metrics_g.inflight));
+            ab_webhook_inflight_total());
     for (size_t i = 0; i < d->app.n_workers; i++) {
         ab_worker_stop(d->app.workers[i], (int)d->cfg.shutdown_timeout_s);
     }
@@ -184,7 +184,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
         on_grace_over(-1, 0, d);
         return;
     }
-    atomic_store(&ab_metrics_g.draining, 1);
+    ab_app_drain(&d->app);
     ab_notify("STOPPING=1");
     ab_info("%s: draining (readyz 503) for %ld s, then stopping",
             sig == SIGINT ? "SIGINT" : "SIGTERM", d->cfg.drain_grace_s);

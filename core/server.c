@@ -125,6 +125,16 @@ static void list_touch(struct ab_conn *c)
     }
 }
 
+void ab_app_drain(struct ab_app *app)
+{
+    atomic_store(&app->draining, 1);
+}
+
+int ab_app_draining(const struct ab_app *app)
+{
+    return atomic_load(&app->draining);
+}
+
 /* ---- limits ----------------------------------------------------------------------- */
 
 int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, size_t errlen)
@@ -169,8 +179,8 @@ static int body_grow(struct ab_req *r, size_t cap)
 {
     long delta = (long)(cap - r->body_cap);
     long max = r->w->cfg->max_buffered;
-    if (atomic_fetch_add(&ab_metrics_g.buffered, delta) + delta > max) {
-        atomic_fetch_sub(&ab_metrics_g.buffered, delta);
+    if (atomic_fetch_add(&r->w->app->buffered, delta) + delta > max) {
+        atomic_fetch_sub(&r->w->app->buffered, delta);
         return -1;
     }
     r->body = ab_realloc(r->body_cap ? r->body : NULL, cap);
@@ -197,7 +207,7 @@ static int body_reserve(struct ab_req *r, size_t need, size_t limit)
 void ab_req_drop_body(struct ab_req *r)
 {
     if (r->body_cap) {
-        atomic_fetch_sub(&ab_metrics_g.buffered, (long)r->body_cap);
+        atomic_fetch_sub(&r->w->app->buffered, (long)r->body_cap);
         free(r->body);
         r->body_cap = 0;
     }
@@ -437,7 +447,7 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     char d[256] = "";
     const char *st = "ready";
     int code = 200;
-    if (atomic_load(&ab_metrics_g.draining)) {
+    if (ab_app_draining(w->app)) {
         st = "draining", code = 503;
     } else if (!w->app->handler->ready(w->hctx)) {
         st = "sink not ready", code = 503;
@@ -455,7 +465,12 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
 
 static void handle_metrics(struct ab_worker *w, struct ab_req *r)
 {
-    char *text = ab_metrics_render(w->app->metrics, w->app->n_workers, w->app->sink_name);
+    const struct ab_app *app = w->app;
+    struct ab_metrics_gauges g = {.inflight = app->handler->inflight_total(),
+                                  .connections = atomic_load(&app->connections),
+                                  .buffered = atomic_load(&app->buffered),
+                                  .draining = ab_app_draining(app)};
+    char *text = ab_metrics_render(app->metrics, app->n_workers, app->sink_name, &g);
     struct ab_answer a = {.status = 200, .ctype = "text/plain; version=0.0.4; charset=utf-8",
                           .body = text, .len = strlen(text), .quiet = 1};
     ab_req_answer(r, &a);
@@ -600,7 +615,7 @@ static int start_body(struct ab_conn *c)
         conn_fail(c, 413, msg);
         return -1;
     }
-    if (cl > 0 && atomic_load(&ab_metrics_g.buffered) + cl > w->cfg->max_buffered) {
+    if (cl > 0 && atomic_load(&w->app->buffered) + cl > w->cfg->max_buffered) {
         ab_log_limited(&rl_buffered, AB_LOG_WARN,
                        "--max-buffered (%ld bytes) is full: answering 503 to new bodies",
                        w->cfg->max_buffered);
@@ -819,7 +834,7 @@ static void conn_free(struct ab_conn *c)
     event_free(c->timer);
     bufferevent_free(c->bev);
     /* the one place where a connection stops counting */
-    atomic_fetch_sub(&ab_metrics_g.connections, 1);
+    atomic_fetch_sub(&c->w->app->connections, 1);
     ab_metrics_connections(c->w->metrics, -1);
     free(c);
 }
@@ -839,7 +854,7 @@ static void pause_accepting(struct ab_worker *w, long ms)
 static void on_pause_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_worker *w = arg;
-    if (w->listener && atomic_load(&ab_metrics_g.connections) < w->app->max_connections) {
+    if (w->listener && atomic_load(&w->app->connections) < w->app->max_connections) {
         evconnlistener_enable(w->listener);
         event_del(w->pause_ev);
     }
@@ -857,7 +872,7 @@ static void on_accept_again(evutil_socket_t fd, short what, void *arg)
     }
     long n = (long)w->app->n_workers;
     long mine = ab_metrics_connections(w->metrics, 0);
-    if (!(what & EV_TIMEOUT) && mine * n > atomic_load(&ab_metrics_g.connections) + n) {
+    if (!(what & EV_TIMEOUT) && mine * n > atomic_load(&w->app->connections) + n) {
         struct timeval tv = {0, ACCEPT_YIELD_MS * 1000};
         event_add(w->accept_again_ev, &tv);
         return;
@@ -904,11 +919,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       int socklen, void *arg)
 {
     struct ab_worker *w = arg;
-    long n = atomic_fetch_add(&ab_metrics_g.connections, 1) + 1;
+    long n = atomic_fetch_add(&w->app->connections, 1) + 1;
     if (n > w->app->max_connections) {
         struct ab_conn *victim = eviction_victim(w);
         if (victim == NULL) {
-            atomic_fetch_sub(&ab_metrics_g.connections, 1);
+            atomic_fetch_sub(&w->app->connections, 1);
             evutil_closesocket(fd);
             pause_accepting(w, 50);
             return;

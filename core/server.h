@@ -58,6 +58,7 @@ struct ab_handler {
     int (*ready)(void *ctx);             /* for /readyz */
     void (*describe)(void *ctx, char *buf, size_t len);
     long (*inflight)(void *ctx);         /* requests it still has to answer */
+    long (*inflight_total)(void);        /* the same over every worker, for metrics */
     void (*on_close)(void *ctx, int timeout_ms); /* answer what it holds, let go of the sink */
     void (*on_context_dispose)(void *ctx);
 };
@@ -80,7 +81,18 @@ struct ab_app {
     evutil_socket_t listen_fd;   /* shared; closed by the last worker to stop accepting */
     atomic_long stopped_accepting;
     long max_connections;        /* effective: --max-connections capped by RLIMIT_NOFILE */
+    /* The state the server's limits decide on, owned and enforced here (metrics read it):
+     * open connections (--max-connections), bytes of bodies held (--max-buffered), and
+     * draining (/readyz 503; the handler refuses new work), set by ab_app_drain(). */
+    atomic_long connections;
+    atomic_long buffered;
+    atomic_int draining;
 };
+
+/* From any thread: the process is shutting down (/readyz answers 503 from now on). */
+void ab_app_drain(struct ab_app *app);
+/* 1 once ab_app_drain() was called. Any thread. */
+int ab_app_draining(const struct ab_app *app);
 
 /* Start-up, after the descriptor limit was raised and before workers start: check that
  * the limits above can hold (the libevent found at run time has what this layer uses; the

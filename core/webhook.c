@@ -8,7 +8,6 @@
 #include <strings.h>
 #include <time.h>
 
-
 #include "acl.h"
 #include "config.h"
 #include "event.h"
@@ -20,6 +19,10 @@
 #include "server.h"
 #include "signature.h"
 #include "sink.h"
+
+/* Webhooks of every worker waiting on a sink: what --max-inflight decides on, enforced in
+ * submit(); metrics read it through the handler's inflight_total. */
+static atomic_long inflight_all;
 
 struct ab_webhook {
     struct ab_app *app;
@@ -93,7 +96,7 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     ab_event_free(p->ev);
     free(p);
     wh->inflight--;
-    atomic_fetch_sub(&ab_metrics_g.inflight, 1);
+    atomic_fetch_sub(&inflight_all, 1);
 }
 
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
@@ -102,7 +105,7 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
                   size_t msglen)
 {
     const struct ab_config *cfg = wh->cfg;
-    if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
+    if (cfg->max_inflight > 0 && atomic_load(&inflight_all) >= cfg->max_inflight) {
         snprintf(msg, msglen,
                  "too many webhooks waiting on the sink (--max-inflight); retry later");
         return 503;
@@ -122,7 +125,7 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
         return 503;
     }
     wh->inflight++;
-    atomic_fetch_add(&ab_metrics_g.inflight, 1);
+    atomic_fetch_add(&inflight_all, 1);
     return 0;
 }
 
@@ -191,7 +194,7 @@ static int body_format(const char *ctype, const char *body, size_t len)
  * Returns 0 and the body format, or the status to answer with msg filled in. */
 static int admit(struct ab_webhook *wh, struct ab_req *r, int *fmt, char *msg, size_t msglen)
 {
-    if (atomic_load(&ab_metrics_g.draining) && wh->stopping) {
+    if (ab_app_draining(wh->app) && wh->stopping) {
         snprintf(msg, msglen, "almabridge is shutting down; retry later");
         return 503;
     }
@@ -389,6 +392,11 @@ static long inflight(void *ctx)
     return ab_webhook_inflight(ctx);
 }
 
+long ab_webhook_inflight_total(void)
+{
+    return atomic_load(&inflight_all);
+}
+
 static void on_close(void *ctx, int timeout_ms)
 {
     ab_webhook_close_sink(ctx, timeout_ms);
@@ -407,6 +415,7 @@ const struct ab_handler ab_webhook_handler = {
     .ready = ready,
     .describe = describe,
     .inflight = inflight,
+    .inflight_total = ab_webhook_inflight_total,
     .on_close = on_close,
     .on_context_dispose = on_context_dispose,
 };

@@ -35,6 +35,8 @@ int ab_webhook_sink_ready(struct ab_webhook *wh);
 void ab_webhook_sink_describe(struct ab_webhook *wh, char *buf, size_t len);
 /* Webhooks of this worker waiting on the sink. */
 long ab_webhook_inflight(const struct ab_webhook *wh);
+/* Webhooks of every worker waiting on a sink (what --max-inflight limits). Any thread. */
+long ab_webhook_inflight_total(void);
 
 /* Close the sink (completing what it holds: those requests are answered 503) and free. */
 void ab_webhook_close_sink(struct ab_webhook *wh, int timeout_ms);

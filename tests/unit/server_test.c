@@ -183,8 +183,8 @@ static void server_stop(struct server *s)
     ab_acl_free(s->app.allow);
     ab_acl_free(s->app.trusted);
     ab_config_free(&s->cfg);
-    CHECK(atomic_load(&ab_metrics_g.connections) == 0);
-    CHECK(atomic_load(&ab_metrics_g.buffered) == 0);
+    CHECK(atomic_load(&s->app.connections) == 0);
+    CHECK(atomic_load(&s->app.buffered) == 0);
     free(s);
 }
 
@@ -577,7 +577,7 @@ static void test_max_buffered(void)
     a = read_answer(f2, 5);
     CHECK(status_of(a) == 503);
     free(a);
-    CHECK(atomic_load(&ab_metrics_g.buffered) <= 100000);
+    CHECK(atomic_load(&s->app.buffered) <= 100000);
     close(f1);
     close(f2);
     server_stop(s);
@@ -594,7 +594,7 @@ static void test_max_connections_exact(void)
      * clients see their connection closed (refused or evicted at the limit) */
     int closed = 0;
     double end = now_s() + 10;
-    while (now_s() < end && (closed != 7 || atomic_load(&ab_metrics_g.connections) != 5)) {
+    while (now_s() < end && (closed != 7 || atomic_load(&s->app.connections) != 5)) {
         closed = 0;
         for (int i = 0; i < 12; i++) {
             struct pollfd p = {.fd = fds[i], .events = POLLIN};
@@ -603,7 +603,7 @@ static void test_max_connections_exact(void)
         }
         usleep(20000);
     }
-    CHECK(atomic_load(&ab_metrics_g.connections) == 5);
+    CHECK(atomic_load(&s->app.connections) == 5);
     CHECK(closed == 7);
     for (int i = 0; i < 12; i++) {
         close(fds[i]);
@@ -735,7 +735,7 @@ static void test_trickling_clients_do_not_starve_webhooks(void)
         }
         usleep(100000);
     }
-    CHECK(atomic_load(&ab_metrics_g.connections) <= 50);
+    CHECK(atomic_load(&s->app.connections) <= 50);
     double t0 = now_s();
     char head[512];
     post_head(head, sizeof(head), BODY, NULL);
