@@ -137,6 +137,35 @@ int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char
     return 0;
 }
 
+/* Every backend, then the subcommand's own options: what its configuration is loaded with
+ * (it must outlive the configuration: one subcommand runs per process). */
+static const struct ab_sink_ops *cmd_tables[16];
+
+int ab_cli_load(const struct ab_cli_table *cmd, int argc, char **argv, struct ab_config *cfg,
+                char *err, size_t errlen)
+{
+    size_t n = 0;
+    while (ab_sinks[n] && n + 2 < sizeof(cmd_tables) / sizeof(cmd_tables[0])) {
+        cmd_tables[n] = ab_sinks[n];
+        n++;
+    }
+    cmd_tables[n++] = cmd->options;
+    cmd_tables[n] = NULL;
+    if (ab_config_load(cfg, cmd_tables, argc, argv, environ, err, errlen) != AB_CONFIG_OK) {
+        return -1;
+    }
+    if (!cfg->help) {
+        return 0;
+    }
+    printf("usage: %s\n\n%s\n", cmd->synopsis, cmd->about);
+    ab_config_usage_group(cmd_tables, cmd->options->options->opts[0].group, stdout);
+    if (cmd->footer) {
+        printf("\n%s\n", cmd->footer);
+    }
+    ab_config_free(cfg);
+    return 1;
+}
+
 int ab_cli_load_config(int nargs, char **args, struct ab_config *cfg, char *err, size_t errlen)
 {
     return ab_config_load(cfg, ab_sinks, nargs, args, environ, err, errlen) == AB_CONFIG_OK ? 0

@@ -53,6 +53,24 @@ struct ab_cli_cmd {
 int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char **pos,
                  size_t *npos, char **rest, int *nrest, char *err, size_t errlen);
 
+/* A subcommand whose options are a table (struct ab_option) loaded by the daemon's own
+ * loader together with the daemon's tables: the same parser, environment variables
+ * (ALMABRIDGE_<NAME>), config file and --help formatting. `options` is an options-only
+ * entry (AB_SINK_WRAPS, like the spool's); all its options share one group. */
+struct ab_cli_table {
+    const char *synopsis; /* "almabridge wait --job-instance ID [options]" */
+    const char *about;    /* a paragraph */
+    const char *footer;   /* after the option lines, or NULL */
+    const struct ab_sink_ops *options;
+};
+
+/* Load the daemon's configuration and cmd's options from argv (argv[0] is the subcommand's
+ * name), the environment and the config file into *cfg; the command's own struct is then
+ * ab_config_sink_opts(cfg, cmd->options). Returns 0 to go on (ab_config_free cfg), 1 when
+ * --help was printed (the command exits 0; nothing to free), -1 with one line in err. */
+int ab_cli_load(const struct ab_cli_table *cmd, int argc, char **argv, struct ab_config *cfg,
+                char *err, size_t errlen);
+
 /* THE place where a subcommand reads the server's configuration: --config FILE, the
  * ALMABRIDGE_* environment and the server options in args (as split off by ab_cli_parse),
  * through the server's own option table and loader, so that the sink options and --route

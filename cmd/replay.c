@@ -23,6 +23,8 @@
  * connection errors (the target cannot be reached), 130 interrupted. */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,48 +199,63 @@ static const char REPLAY_FOOTER[] =
     "Sink options are the daemon's (almabridge --help): --sink, --route, --kafka-brokers,\n"
     "--kafka-key, --kafka-conf, --redis, --redis-maxlen, --ack-timeout, or --config FILE.";
 
+/* replay's own options (loaded with the daemon's, see ab_cli_load). */
+struct replay_opts {
+    char *from, *rate;
+    long start_line;
+    int no_dedup, all;
+};
+
+#define OFF(field) offsetof(struct replay_opts, field)
+/* clang-format off */
+static const struct ab_option replay_options[] = {
+    {.name = "from", .type = AB_OPT_STRING, .off = OFF(from), .group = "Replay",
+     .metavar = "FILE|DIR", .help = "the file sink's log, or a directory of segments"},
+    {.name = "rate", .type = AB_OPT_STRING, .def = "1000", .off = OFF(rate), .group = "Replay",
+     .metavar = "N", .help = "events per second at most (0 = no limit)"},
+    {.name = "start-line", .type = AB_OPT_LONG, .def = "1", .min = 1, .max = LONG_MAX,
+     .off = OFF(start_line), .group = "Replay", .metavar = "N",
+     .help = "begin at line N (1 = the first), to resume"},
+    {.name = "no-dedup", .type = AB_OPT_BOOL, .def = "false", .off = OFF(no_dedup),
+     .group = "Replay", .help = "do not read the ids already in the target"},
+    {.name = "all", .type = AB_OPT_BOOL, .def = "false", .off = OFF(all), .group = "Replay",
+     .help = "a spool directory: also the events already forwarded"},
+};
+/* clang-format on */
+static const struct ab_optset replay_optset = AB_OPTSET(replay_options, struct replay_opts);
+static const struct ab_sink_ops replay_table = {
+    .name = "replay", .options = &replay_optset, .flags = AB_SINK_WRAPS};
+
 int ab_cmd_replay(int argc, char **argv)
 {
-    const char *from = NULL, *rate = "1000", *start = "1", *no_dedup = NULL, *all = NULL;
-    const struct ab_cli_opt opts[] = {
-        {"from", 1, &from, "FILE|DIR", "the file sink's log, or a directory of segments"},
-        {"rate", 1, &rate, "N", "events per second at most (default 1000; 0 = no limit)"},
-        {"start-line", 1, &start, "N", "begin at line N (1 = the first), to resume"},
-        {"no-dedup", 0, &no_dedup, NULL, "do not read the ids already in the target"},
-        {"all", 0, &all, NULL, "a spool directory: also the events already forwarded"},
-    };
-    const struct ab_cli_cmd cmd = {
+    const struct ab_cli_table cmd = {
         "almabridge replay --from FILE|DIR --sink kafka|redis [options]", REPLAY_ABOUT,
-        REPLAY_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
+        REPLAY_FOOTER, &replay_table};
     static struct replay rp; /* big (the ring): not on the stack */
-    char **rest = ab_calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0, rc = AB_EXIT_USAGE, started;
+    int rc = AB_EXIT_USAGE, started;
     char err[1024] = "", *end = NULL;
 
-    if ((started = ab_cli_start(&cmd, argc, argv, NULL, NULL, rest, &nrest, err,
-                                sizeof(err))) != 0) {
+    if ((started = ab_cli_load(&cmd, argc, argv, &rp.cfg, err, sizeof(err))) != 0) {
         rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
-        goto done;
-    }
-    rp.rate = strtod(rate, &end);
-    rp.start_line = strtol(start, NULL, 10);
-    if (from == NULL || *end != '\0' || rp.rate < 0 || rp.start_line < 1) {
-        snprintf(err, sizeof(err), "give --from FILE|DIR; --rate N >= 0; --start-line N >= 1");
-        goto done;
-    }
-    if (ab_cli_load_config(nrest, rest, &rp.cfg, err, sizeof(err)) != 0) {
         goto done;
     }
     rp.have_cfg = 1;
     ab_config_scrub_argv(ab_sinks, argc, argv);
+    const struct replay_opts *o = ab_config_sink_opts(&rp.cfg, &replay_table);
+    rp.rate = strtod(o->rate, &end);
+    rp.start_line = o->start_line;
+    if (o->from == NULL || *end != '\0' || rp.rate < 0) {
+        snprintf(err, sizeof(err), "give --from FILE|DIR; --rate N >= 0; --start-line N >= 1");
+        goto done;
+    }
     ab_log_configure(strcmp(rp.cfg.log_level, "info") == 0 ? "warn" : rp.cfg.log_level,
                      rp.cfg.log_format, err, sizeof(err));
     rp.next_line = 1;
-    rp.dedup = no_dedup == NULL;
-    rp.all = all != NULL;
+    rp.dedup = !o->no_dedup;
+    rp.all = o->all;
     rp.tty = isatty(2);
     signal(SIGPIPE, SIG_IGN);
-    if (replay_setup(&rp, from, err, sizeof(err)) != 0) {
+    if (replay_setup(&rp, o->from, err, sizeof(err)) != 0) {
         goto done;
     }
     err[0] = '\0';
@@ -248,6 +265,5 @@ done:
         fprintf(stderr, "almabridge replay: %s\n", err);
     }
     replay_free(&rp);
-    free(rest);
     return rc;
 }

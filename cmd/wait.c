@@ -15,6 +15,7 @@
  * 1 it ended otherwise (status on stderr), 3 --timeout, 2 usage or connection errors.
  * The matching CloudEvent is printed on stdout. */
 #include <inttypes.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -237,6 +238,35 @@ static char *job_end_route(const struct ab_config *c, const struct ab_sink_ops *
     return out;
 }
 
+/* wait's own options (loaded with the daemon's, see ab_cli_load). */
+struct wait_opts {
+    char *instance, *job, *since, *timeout, *institution, *success;
+    int verbose;
+};
+
+#define OFF(field) offsetof(struct wait_opts, field)
+/* clang-format off */
+static const struct ab_option wait_options[] = {
+    {.name = "job-instance", .type = AB_OPT_STRING, .off = OFF(instance), .group = "Wait",
+     .metavar = "ID", .help = "the job instance to wait for (data.job_instance.id)"},
+    {.name = "job-id", .type = AB_OPT_STRING, .off = OFF(job), .group = "Wait", .metavar = "ID",
+     .help = "the job (job_info.id, e.g. M53); alone: its next run to end"},
+    {.name = "since", .type = AB_OPT_STRING, .def = "24h", .off = OFF(since), .group = "Wait",
+     .metavar = "DURATION", .help = "look back this far for events"},
+    {.name = "timeout", .type = AB_OPT_STRING, .off = OFF(timeout), .group = "Wait",
+     .metavar = "DURATION", .help = "give up after this long, exit 3 (default: never)"},
+    {.name = "institution", .type = AB_OPT_STRING, .off = OFF(institution), .group = "Wait",
+     .metavar = "CODE", .help = "for a --route with {institution}"},
+    {.name = "success", .type = AB_OPT_STRING, .def = "COMPLETED_SUCCESS", .off = OFF(success),
+     .group = "Wait", .metavar = "STATUS,...", .help = "statuses meaning success"},
+    {.name = "verbose", .type = AB_OPT_BOOL, .def = "false", .off = OFF(verbose),
+     .group = "Wait", .help = "report the outcome on stderr also on success"},
+};
+/* clang-format on */
+static const struct ab_optset wait_optset = AB_OPTSET(wait_options, struct wait_opts);
+static const struct ab_sink_ops wait_table = {
+    .name = "wait", .options = &wait_optset, .flags = AB_SINK_WRAPS};
+
 static const char WAIT_ABOUT[] =
     "Wait until an Alma job has ended, reading the JOB_END events almabridge wrote to its\n"
     "sink. Prints the CloudEvent on stdout. Exit status: 0 the job completed successfully,\n"
@@ -247,22 +277,10 @@ static const char WAIT_FOOTER[] =
 
 int ab_cmd_wait(int argc, char **argv)
 {
-    const char *instance = NULL, *job = NULL, *since = "24h", *timeout = NULL,
-               *institution = NULL, *success = "COMPLETED_SUCCESS", *verbose = NULL;
-    const struct ab_cli_opt opts[] = {
-        {"job-instance", 1, &instance, "ID", "the job instance to wait for (data.job_instance.id)"},
-        {"job-id", 1, &job, "ID", "the job (job_info.id, e.g. M53); alone: its next run to end"},
-        {"since", 1, &since, "DURATION", "look back this far for events (default 24h)"},
-        {"timeout", 1, &timeout, "DURATION", "give up after this long, exit 3 (default: never)"},
-        {"institution", 1, &institution, "CODE", "for a --route with {institution}"},
-        {"success", 1, &success, "STATUS,...", "statuses meaning success (COMPLETED_SUCCESS)"},
-        {"verbose", 0, &verbose, NULL, "report the outcome on stderr also on success"},
-    };
-    const struct ab_cli_cmd cmd = {
+    const struct ab_cli_table cmd = {
         "almabridge wait --job-instance ID | --job-id ID [options] [sink options]", WAIT_ABOUT,
-        WAIT_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
-    char **rest = ab_calloc((size_t)argc + 1, sizeof(char *));
-    int nrest = 0, rc = AB_EXIT_USAGE, started, loaded = 0;
+        WAIT_FOOTER, &wait_table};
+    int rc = AB_EXIT_USAGE, started, loaded = 0;
     char err[1024] = "";
     struct ab_config cfg;
     struct ab_sink_setup setup;
@@ -271,34 +289,31 @@ int ab_cmd_wait(int argc, char **argv)
     char *route = NULL;
     int64_t since_ms = 0, timeout_ms = -1;
 
-    if ((started = ab_cli_start(&cmd, argc, argv, NULL, NULL, rest, &nrest, err,
-                                sizeof(err))) != 0) {
+    if ((started = ab_cli_load(&cmd, argc, argv, &cfg, err, sizeof(err))) != 0) {
         rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
-        goto done;
-    }
-    if (instance == NULL && job == NULL) {
-        snprintf(err, sizeof(err), "give --job-instance ID or --job-id ID (see --help)");
-        goto done;
-    }
-    if (ab_cli_duration_ms(since, &since_ms) != 0 ||
-        (timeout && ab_cli_duration_ms(timeout, &timeout_ms) != 0)) {
-        snprintf(err, sizeof(err), "--since/--timeout: a duration such as 90s, 15m, 24h, 2d");
-        goto done;
-    }
-    if (ab_cli_load_config(nrest, rest, &cfg, err, sizeof(err)) != 0) {
         goto done;
     }
     loaded = 1;
     ab_config_scrub_argv(ab_sinks, argc, argv);
+    const struct wait_opts *o = ab_config_sink_opts(&cfg, &wait_table);
+    if (o->instance == NULL && o->job == NULL) {
+        snprintf(err, sizeof(err), "give --job-instance ID or --job-id ID (see --help)");
+        goto done;
+    }
+    if (ab_cli_duration_ms(o->since, &since_ms) != 0 ||
+        (o->timeout && ab_cli_duration_ms(o->timeout, &timeout_ms) != 0)) {
+        snprintf(err, sizeof(err), "--since/--timeout: a duration such as 90s, 15m, 24h, 2d");
+        goto done;
+    }
     if ((ops = ab_sink_reader_find(cfg.sink, "wait", err, sizeof(err))) == NULL) {
         goto done;
     }
     if (ops->default_route && *ops->default_route &&
-        (route = job_end_route(&cfg, ops, institution, err, sizeof(err))) == NULL) {
+        (route = job_end_route(&cfg, ops, o->institution, err, sizeof(err))) == NULL) {
         goto done;
     }
-    struct waiter w = {.instance = instance, .job = job, .success = success,
-                       .start_ms = ab_cli_now_ms(), .verbose = verbose != NULL};
+    struct waiter w = {.instance = o->instance, .job = o->job, .success = o->success,
+                       .start_ms = ab_cli_now_ms(), .verbose = o->verbose};
     w.from_ms = w.start_ms - since_ms;
     w.deadline = timeout_ms >= 0 ? ab_cli_mono_ms() + timeout_ms : INT64_MAX;
     signal(SIGPIPE, SIG_IGN);
@@ -317,6 +332,5 @@ done:
     if (loaded) {
         ab_config_free(&cfg);
     }
-    free(rest);
     return rc;
 }

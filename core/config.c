@@ -1082,20 +1082,18 @@ static void print_wrapped(FILE *out, const char *text, int col, int indent, int 
 #define USAGE_COL 36
 #define USAGE_WIDTH 100
 
-void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
+/* The option lines of --help (only those of group `only`, when not NULL), grouped. */
+static void print_options(const struct ab_sink_ops *const *sinks, const char *only, FILE *out)
 {
     const char *group = NULL;
     struct optview vw;
     view_init(&vw, sinks);
-    fprintf(out, "usage: almabridge [options]\n\n"
-                 "Receives Ex Libris Alma webhooks, verifies X-Exl-Signature and writes each "
-                 "event as a\nCloudEvent to a file, Kafka or Redis.\n\n"
-                 "Every option can also be set in the environment (ALMABRIDGE_NAME) or in the "
-                 "config file\n(name = value); the command line overrides the environment, "
-                 "which overrides the file.\n");
     for (size_t i = 0; i < vw.n; i++) {
         const struct ab_option *o = vw.v[i].o;
         char syn[96];
+        if (only != NULL && strcmp(only, o->group) != 0) {
+            continue;
+        }
         if (group == NULL || strcmp(group, o->group) != 0) {
             group = o->group;
             fprintf(out, "\n%s:\n", group);
@@ -1114,6 +1112,22 @@ void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
         free(notes);
     }
     view_free(&vw);
+}
+
+void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
+{
+    fprintf(out, "usage: almabridge [options]\n\n"
+                 "Receives Ex Libris Alma webhooks, verifies X-Exl-Signature and writes each "
+                 "event as a\nCloudEvent to a file, Kafka or Redis.\n\n"
+                 "Every option can also be set in the environment (ALMABRIDGE_NAME) or in the "
+                 "config file\n(name = value); the command line overrides the environment, "
+                 "which overrides the file.\n");
+    print_options(sinks, NULL, out);
+}
+
+void ab_config_usage_group(const struct ab_sink_ops *const *sinks, const char *group, FILE *out)
+{
+    print_options(sinks, group, out);
 }
 
 /* Print s as the content of a Markdown table cell ('|' escaped), as code if asked. */

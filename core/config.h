@@ -140,6 +140,9 @@ void ab_config_scrub_argv(const struct ab_sink_ops *const *sinks, int argc, char
 
 /* --help text, generated from the option tables (the core's and those of sinks). */
 void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out);
+/* The --help lines of the options of one group only (a subcommand's own), formatted as
+ * ab_config_usage() formats them. */
+void ab_config_usage_group(const struct ab_sink_ops *const *sinks, const char *group, FILE *out);
 /* The option reference as a Markdown table (for the README), from the same tables. */
 void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out);
 /* The effective configuration, one "key = value" per line, secrets masked. */
