@@ -1,7 +1,10 @@
-/* The sink contract: where normalised events are written durably.
+/* The sink contract, both directions: where normalised events are written durably, and
+ * (optionally) how they are read back.
  *
  * A sink backend is a table of operations (Redis CT_Socket, Fluent Bit out_* plugins) plus
- * the option table that fills its own configuration struct. The core (this header,
+ * the option table that fills its own configuration struct. The write side is below; the
+ * read side (reader_open/reader_next/reader_close, Fluent Bit's in_kafka beside out_kafka)
+ * follows it, and its types come after the table. The core (this header,
  * core/pending.h, the HTTP front end) knows no backend; the registry of backends sits
  * next to them (registry.c), where the program is assembled. See docs/ARCHITECTURE.md.
  *
@@ -10,7 +13,8 @@
  * thread that opened it. close() runs on that thread after its loop has stopped;
  * global_free() runs once after every instance has been closed.
  *
- * Threads: every function except global_init/global_free runs on the owning loop thread.
+ * Threads: every write-side function except global_init/global_free runs on the owning loop
+ * thread; a reader runs on the thread that uses it, never a loop thread.
  */
 #ifndef AB_SINK_H
 #define AB_SINK_H
