@@ -1,6 +1,6 @@
-/* What the operator and consumer subcommands (wait, send, challenge, replay) share: their
- * own small option parser, the server's configuration read through one function, durations,
- * the webhook secret and the entry points that cmd/almabridge.c's main() dispatches to.
+/* What the operator and consumer subcommands (wait, send, challenge, replay, spool) share:
+ * their options loaded with the daemon's by the daemon's loader, durations, the webhook
+ * secret and the entry points that cmd/almabridge.c's main() dispatches to.
  * Start-up code of a command-line program: single-threaded, may print and exit. */
 #ifndef AB_CLI_H
 #define AB_CLI_H
@@ -18,40 +18,6 @@ enum ab_cli_exit {
     AB_EXIT_TIMEOUT = 3, /* wait: --timeout passed */
     AB_EXIT_INTERRUPTED = 130,
 };
-
-/* One option of a subcommand. `value` receives a pointer into argv (the text after '=' or
- * the next argument); a flag (has_arg 0) gets "1". */
-struct ab_cli_opt {
-    const char *name; /* without the dashes */
-    int has_arg;
-    const char **value;
-    const char *metavar;
-    const char *help;
-};
-
-/* Split argv[1..] (argv[0] is the subcommand's name): the subcommand's own options go to
- * their `value`; arguments not starting with '-' go to pos (up to *npos, the count is
- * returned there); other options are copied, with the arguments that follow them up to the
- * next option, to rest (rest[0] = argv[0], *nrest counts them) for the server's
- * configuration loader, or are an error when rest is NULL. Returns 0, or -1 with one line
- * in err. "-h"/"--help" sets *help. */
-int ab_cli_parse(int argc, char **argv, const struct ab_cli_opt *opts, size_t nopts,
-                 const char **pos, size_t *npos, char **rest, int *nrest, int *help, char *err,
-                 size_t errlen);
-
-/* A subcommand: its options and its --help text. */
-struct ab_cli_cmd {
-    const char *synopsis; /* "almabridge wait --job-instance ID [options]" */
-    const char *about;    /* a paragraph */
-    const char *footer;   /* after the option table, or NULL */
-    const struct ab_cli_opt *opts;
-    size_t nopts;
-};
-
-/* ab_cli_parse() for cmd, and --help: returns 0 to go on, 1 when the help was printed (the
- * command exits 0), -1 with one line in err. */
-int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char **pos,
-                 size_t *npos, char **rest, int *nrest, char *err, size_t errlen);
 
 /* A subcommand whose options are a table (struct ab_option) loaded by the daemon's own
  * loader together with the daemon's tables: the same parser, environment variables

@@ -14,6 +14,7 @@
  * the peer certificate is verified against the system's CAs (or --cacert) and the URL's
  * host name or IP address, unless --insecure. */
 #include <errno.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,7 @@
 #include "http_client.h"
 #include "mem.h"
 #include "signature.h"
+#include "sink.h"
 
 /* The answer on stdout: "HTTP <status> <reason>", then the body. */
 static void print_answer(const struct ab_http_call *call)
@@ -81,50 +83,71 @@ static const char SEND_ABOUT[] =
     "(its first secret line) or ALMABRIDGE_SECRET; never from the command line.\n"
     "Exit status: 0 a 2xx answer, 1 another answer, 2 no answer or a usage error.";
 
+/* send's own options (loaded with the daemon's, see ab_cli_load; --secret-file is the
+ * daemon's own). */
+struct send_opts {
+    char *body, *url, *cacert, *ctype;
+    int insecure, unsigned_;
+};
+
+#define OFF(field) offsetof(struct send_opts, field)
+/* clang-format off */
+static const struct ab_option send_options[] = {
+    {.name = "body", .type = AB_OPT_STRING, .off = OFF(body), .group = "Send", .metavar = "FILE",
+     .flags = AB_OPT_POSITIONAL, .help = "the webhook body to send (JSON or XML)"},
+    {.name = "url", .type = AB_OPT_STRING, .off = OFF(url), .group = "Send", .metavar = "URL",
+     .help = "the webhook endpoint, http:// or https://"},
+    {.name = "cacert", .type = AB_OPT_STRING, .off = OFF(cacert), .group = "Send",
+     .metavar = "FILE", .help = "PEM CA certificate(s) to verify the server with"},
+    {.name = "insecure", .type = AB_OPT_BOOL, .def = "false", .off = OFF(insecure),
+     .group = "Send", .help = "do not verify the server's certificate"},
+    {.name = "content-type", .type = AB_OPT_STRING, .off = OFF(ctype), .group = "Send",
+     .metavar = "TYPE", .help = "default: application/xml or application/json by the body"},
+    {.name = "unsigned", .type = AB_OPT_BOOL, .def = "false", .off = OFF(unsigned_),
+     .group = "Send", .help = "send no X-Exl-Signature (to test the refusal)"},
+};
+/* clang-format on */
+#undef OFF
+static const struct ab_optset send_optset = AB_OPTSET(send_options, struct send_opts);
+static const struct ab_sink_ops send_table = {
+    .name = "send", .options = &send_optset, .flags = AB_SINK_WRAPS};
+
 int ab_cmd_send(int argc, char **argv)
 {
-    const char *url = NULL, *secret_file = NULL, *cacert = NULL, *insecure = NULL,
-               *ctype = NULL, *unsigned_ = NULL;
-    const struct ab_cli_opt opts[] = {
-        {"url", 1, &url, "URL", "the webhook endpoint, http:// or https://"},
-        {"secret-file", 1, &secret_file, "FILE", "the webhook secret (else ALMABRIDGE_SECRET)"},
-        {"cacert", 1, &cacert, "FILE", "PEM CA certificate(s) to verify the server with"},
-        {"insecure", 0, &insecure, NULL, "do not verify the server's certificate"},
-        {"content-type", 1, &ctype, "TYPE", "default: application/xml or application/json"},
-        {"unsigned", 0, &unsigned_, NULL, "send no X-Exl-Signature (to test the refusal)"},
-    };
-    const struct ab_cli_cmd cmd = {"almabridge send FILE --url URL [options]", SEND_ABOUT, NULL,
-                                   opts, sizeof(opts) / sizeof(opts[0])};
-    size_t npos = 1;
-    const char *file = NULL;
+    const struct ab_cli_table cmd = {"almabridge send FILE --url URL [options]", SEND_ABOUT,
+                                     "The secret: --secret-file FILE (the daemon's option) or "
+                                     "ALMABRIDGE_SECRET.",
+                                     &send_table};
     char err[1024] = "", *body = NULL, *secret = NULL;
-    int rc = AB_EXIT_USAGE, started;
+    int rc = AB_EXIT_USAGE, started, loaded = 0;
     size_t len = 0;
     struct ab_http_call call = {0};
+    struct ab_config cfg;
 
-    if ((started = ab_cli_start(&cmd, argc, argv, &file, &npos, NULL, NULL, err,
-                                sizeof(err))) != 0) {
+    if ((started = ab_cli_load(&cmd, argc, argv, &cfg, err, sizeof(err))) != 0) {
         rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
-    if (npos != 1 || url == NULL) {
+    loaded = 1;
+    const struct send_opts *o = ab_config_sink_opts(&cfg, &send_table);
+    if (o->body == NULL || o->url == NULL) {
         snprintf(err, sizeof(err), "usage: almabridge send FILE --url URL (see --help)");
         goto done;
     }
-    if ((body = read_all(file, &len, err, sizeof(err))) == NULL ||
-        (!unsigned_ && (secret = ab_cli_secret(secret_file, err, sizeof(err))) == NULL)) {
+    if ((body = read_all(o->body, &len, err, sizeof(err))) == NULL ||
+        (!o->unsigned_ && (secret = ab_cli_secret(cfg.secret_file, err, sizeof(err))) == NULL)) {
         goto done;
     }
     char sig[AB_SIGNATURE_B64_LEN + 1] = "";
     if (secret) {
         ab_signature_compute(secret, strlen(secret), body, len, sig);
     }
-    const char *headers[] = {"Content-Type", ctype ? ctype : guess_type(body, len),
+    const char *headers[] = {"Content-Type", o->ctype ? o->ctype : guess_type(body, len),
                              secret ? "X-Exl-Signature" : NULL, sig, NULL};
-    struct ab_http_opts t = {.cacert = cacert, .insecure = insecure != NULL};
+    struct ab_http_opts t = {.cacert = o->cacert, .insecure = o->insecure};
     signal(SIGPIPE, SIG_IGN);
-    if (ab_http_call(url, EVHTTP_REQ_POST, headers, body, len, &t, &call) != 0) {
-        snprintf(err, sizeof(err), "%s: %s", url, call.err);
+    if (ab_http_call(o->url, EVHTTP_REQ_POST, headers, body, len, &t, &call) != 0) {
+        snprintf(err, sizeof(err), "%s: %s", o->url, call.err);
         goto done;
     }
     print_answer(&call);
@@ -139,6 +162,9 @@ done:
     free(secret);
     free(body);
     free(call.body);
+    if (loaded) {
+        ab_config_free(&cfg);
+    }
     return rc;
 }
 
@@ -157,28 +183,48 @@ static int echoes(const char *body, const char *token)
     return ok;
 }
 
+/* challenge's own options. */
+struct challenge_opts {
+    char *url, *cacert;
+    int insecure;
+};
+
+#define OFF(field) offsetof(struct challenge_opts, field)
+/* clang-format off */
+static const struct ab_option challenge_options[] = {
+    {.name = "url", .type = AB_OPT_STRING, .off = OFF(url), .group = "Challenge",
+     .metavar = "URL", .flags = AB_OPT_POSITIONAL,
+     .help = "the webhook endpoint, http:// or https://"},
+    {.name = "cacert", .type = AB_OPT_STRING, .off = OFF(cacert), .group = "Challenge",
+     .metavar = "FILE", .help = "PEM CA certificate(s) to verify the server with"},
+    {.name = "insecure", .type = AB_OPT_BOOL, .def = "false", .off = OFF(insecure),
+     .group = "Challenge", .help = "do not verify the server's certificate"},
+};
+/* clang-format on */
+#undef OFF
+static const struct ab_optset challenge_optset =
+    AB_OPTSET(challenge_options, struct challenge_opts);
+static const struct ab_sink_ops challenge_table = {
+    .name = "challenge", .options = &challenge_optset, .flags = AB_SINK_WRAPS};
+
 int ab_cmd_challenge(int argc, char **argv)
 {
-    const char *cacert = NULL, *insecure = NULL, *url = NULL;
-    const struct ab_cli_opt opts[] = {
-        {"cacert", 1, &cacert, "FILE", "PEM CA certificate(s) to verify the server with"},
-        {"insecure", 0, &insecure, NULL, "do not verify the server's certificate"},
-    };
-    const struct ab_cli_cmd cmd = {"almabridge challenge URL [options]", CHALLENGE_ABOUT, NULL,
-                                   opts, sizeof(opts) / sizeof(opts[0])};
-    size_t npos = 1;
+    const struct ab_cli_table cmd = {"almabridge challenge URL [options]", CHALLENGE_ABOUT, NULL,
+                                     &challenge_table};
     char err[1024] = "", *full = NULL;
-    int rc = AB_EXIT_USAGE, started;
+    int rc = AB_EXIT_USAGE, started, loaded = 0;
     struct ab_http_call call = {0};
+    struct ab_config cfg;
     unsigned char rnd[12];
     char token[32];
 
-    if ((started = ab_cli_start(&cmd, argc, argv, &url, &npos, NULL, NULL, err,
-                                sizeof(err))) != 0) {
+    if ((started = ab_cli_load(&cmd, argc, argv, &cfg, err, sizeof(err))) != 0) {
         rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
-    if (npos != 1) {
+    loaded = 1;
+    const struct challenge_opts *o = ab_config_sink_opts(&cfg, &challenge_table);
+    if (o->url == NULL) {
         snprintf(err, sizeof(err), "usage: almabridge challenge URL (see --help)");
         goto done;
     }
@@ -186,11 +232,11 @@ int ab_cmd_challenge(int argc, char **argv)
     for (size_t i = 0; i < sizeof(rnd); i++) {
         snprintf(token + 2 * i, 3, "%02x", rnd[i]);
     }
-    full = ab_asprintf("%s%schallenge=%s", url, strchr(url, '?') ? "&" : "?", token);
-    struct ab_http_opts t = {.cacert = cacert, .insecure = insecure != NULL};
+    full = ab_asprintf("%s%schallenge=%s", o->url, strchr(o->url, '?') ? "&" : "?", token);
+    struct ab_http_opts t = {.cacert = o->cacert, .insecure = o->insecure};
     signal(SIGPIPE, SIG_IGN);
     if (ab_http_call(full, EVHTTP_REQ_GET, NULL, NULL, 0, &t, &call) != 0) {
-        snprintf(err, sizeof(err), "%s: %s", url, call.err);
+        snprintf(err, sizeof(err), "%s: %s", o->url, call.err);
         goto done;
     }
     print_answer(&call);
@@ -207,5 +253,8 @@ done:
     }
     free(full);
     free(call.body);
+    if (loaded) {
+        ab_config_free(&cfg);
+    }
     return rc;
 }

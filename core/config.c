@@ -168,6 +168,7 @@ struct loader {
 struct arg {
     const struct ab_option *opt;
     const char *value;
+    int positional; /* given as a bare argument (AB_OPT_POSITIONAL) */
 };
 
 /* ---- the tables ---- */
@@ -640,8 +641,19 @@ static int scan_argv(struct loader *ld, int argc, char **argv, struct arg *args,
         const struct ab_option *o = NULL;
         const char *eq = NULL;
         if (a[0] != '-' || a[1] == '\0') {
-            positional_error(ld, argv, i, args, *nargs);
-            return -1;
+            for (size_t k = 0; k < ld->vw.n && !o; k++) {
+                o = ld->vw.v[k].o->flags & AB_OPT_POSITIONAL ? ld->vw.v[k].o : NULL;
+                for (size_t j = 0; o && j < *nargs; j++) {
+                    o = args[j].opt == o && args[j].positional ? NULL : o;
+                }
+            }
+            if (o == NULL) {
+                positional_error(ld, argv, i, args, *nargs);
+                return -1;
+            }
+            args[*nargs] = (struct arg){.opt = o, .value = a, .positional = 1};
+            (*nargs)++;
+            continue;
         }
         if (a[1] != '-') {
             for (size_t k = 0; k < ld->vw.n && !o && a[2] == '\0'; k++) {
@@ -1045,6 +1057,9 @@ static char *option_notes(const struct ab_option *o)
     }
     if (o->type == AB_OPT_LIST) {
         append_note(&notes, "repeatable");
+    }
+    if (o->flags & AB_OPT_POSITIONAL) {
+        append_note(&notes, "or as an argument");
     }
     if (o->type != AB_OPT_ACTION) {
         char env[96], note[160];

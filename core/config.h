@@ -38,6 +38,8 @@ enum ab_opt_mask {
 #define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */
 #define AB_OPT_SINK_NAME 0x2    /* its choices are the names of the sinks loaded */
 #define AB_OPT_SINKS_FOLLOW 0x4 /* the sinks' options are listed right after this one */
+#define AB_OPT_POSITIONAL 0x8   /* a bare command-line argument sets it (the first such option
+                                 * not yet set that way; a subcommand's FILE or URL) */
 
 /* Validates a value (each item of a list): 0, or -1 with the reason in why ("is not ..."). */
 typedef int (*ab_opt_check_fn)(const char *value, char *why, size_t whylen);
