@@ -23,7 +23,6 @@
 #include "acl.h"
 #include "cli.h"
 #include "config.h"
-#include "eventlog.h"
 #include "institutions.h"
 #include "log.h"
 #include "mem.h"
@@ -37,9 +36,9 @@
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
-#include "spool.h"
 #include "tls.h"
 #include "verify.h"
+#include "webhook.h"
 
 extern char **environ;
 
@@ -47,8 +46,6 @@ struct daemon {
     struct ab_config cfg;
     struct ab_app app;
     struct ab_sink_setup sink; /* what the sink's global_init and open are given */
-    struct ab_spool_conf spool;     /* --spool: the spool wraps the sink ... */
-    struct ab_sink_conf spool_conf; /* ... and is given this instead */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -154,7 +151,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     struct daemon *d = arg;
     char err[512];
     ab_notify("RELOADING=1");
-    ab_eventlog_reopen_all();
+    ab_sink_reopen_files(); /* log rotation */
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     struct ab_institutions *insts = NULL;
@@ -195,7 +192,7 @@ static void on_grace_over(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
     ab_info("no longer accepting connections; waiting for %ld webhook(s) in flight",
-            atomic_load(&ab_metrics_g.inflight));
+            ab_webhook_inflight_total());
     for (size_t i = 0; i < d->app.n_workers; i++) {
         ab_worker_stop(d->app.workers[i], (int)d->cfg.shutdown_timeout_s);
     }
@@ -213,7 +210,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
         on_grace_over(-1, 0, d);
         return;
     }
-    atomic_store(&ab_metrics_g.draining, 1);
+    ab_app_drain(&d->app);
     ab_notify("STOPPING=1");
     ab_info("%s: draining (readyz 503) for %ld s, then stopping",
             sig == SIGINT ? "SIGINT" : "SIGTERM", d->cfg.drain_grace_s);
@@ -238,38 +235,14 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         return -1;
     }
     d->app.cfg = cfg;
-    d->app.sink_ops = ab_sink_find(cfg->sink);
-    if (d->app.sink_ops == NULL) {
-        snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
+    if (ab_sink_setup_build(&d->sink, cfg, err, errlen) != 0) {
         return -1;
     }
-    ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
+    d->app.handler = &ab_webhook_handler; /* the pipeline the server hands --path to */
+    d->app.sink_ops = d->sink.ops;
+    d->app.sink_name = d->sink.backend->name;
     d->app.sink_conf = &d->sink.conf;
-    const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
-    if (spool->dir) {
-        if (strcmp(d->app.sink_ops->name, "file") == 0) {
-            snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
-                                  "itself a local fsync'd log");
-            return -1;
-        }
-        if (spool->after_ms >= cfg->ack_timeout_ms) {
-            snprintf(err, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
-                     spool->after_ms, cfg->ack_timeout_ms);
-            return -1;
-        }
-        d->spool = (struct ab_spool_conf){.inner = d->app.sink_ops,
-                                          .inner_conf = d->sink.conf,
-                                          .dir = spool->dir,
-                                          .after_ms = spool->after_ms,
-                                          .max_bytes = spool->max_bytes,
-                                          .segment_bytes = spool->segment_bytes,
-                                          .route = cfg->route};
-        d->spool_conf = d->sink.conf;
-        d->spool_conf.opts = &d->spool;
-        d->app.sink_ops = ab_spool_wrap(d->app.sink_ops);
-        d->app.sink_conf = &d->spool_conf;
-    }
-    const char *route = cfg->route ? cfg->route : d->app.sink_ops->default_route;
+    const char *route = cfg->route ? cfg->route : d->sink.backend->default_route;
     char rerr[256];
     d->app.route = ab_route_compile(route, rerr, sizeof(rerr));
     if (d->app.route == NULL) {

@@ -1,6 +1,6 @@
-/* What the operator and consumer subcommands (wait, send, challenge, replay) share: their
- * own small option parser, the server's configuration read through one function, durations,
- * the webhook secret and the entry points that cmd/almabridge.c's main() dispatches to.
+/* What the operator and consumer subcommands (wait, send, challenge, replay, spool) share:
+ * their options loaded with the daemon's by the daemon's loader, durations, the webhook
+ * secret and the entry points that cmd/almabridge.c's main() dispatches to.
  * Start-up code of a command-line program: single-threaded, may print and exit. */
 #ifndef AB_CLI_H
 #define AB_CLI_H
@@ -19,62 +19,30 @@ enum ab_cli_exit {
     AB_EXIT_INTERRUPTED = 130,
 };
 
-/* One option of a subcommand. `value` receives a pointer into argv (the text after '=' or
- * the next argument); a flag (has_arg 0) gets "1". */
-struct ab_cli_opt {
-    const char *name; /* without the dashes */
-    int has_arg;
-    const char **value;
-    const char *metavar;
-    const char *help;
-};
-
-/* Split argv[1..] (argv[0] is the subcommand's name): the subcommand's own options go to
- * their `value`; arguments not starting with '-' go to pos (up to *npos, the count is
- * returned there); other options are copied, with the arguments that follow them up to the
- * next option, to rest (rest[0] = argv[0], *nrest counts them) for the server's
- * configuration loader, or are an error when rest is NULL. Returns 0, or -1 with one line
- * in err. "-h"/"--help" sets *help. */
-int ab_cli_parse(int argc, char **argv, const struct ab_cli_opt *opts, size_t nopts,
-                 const char **pos, size_t *npos, char **rest, int *nrest, int *help, char *err,
-                 size_t errlen);
-
-/* A subcommand: its options and its --help text. */
-struct ab_cli_cmd {
+/* A subcommand whose options are a table (struct ab_option) loaded by the daemon's own
+ * loader together with the daemon's tables: the same parser, environment variables
+ * (ALMABRIDGE_<NAME>), config file and --help formatting. `options` is an options-only
+ * entry (AB_SINK_WRAPS, like the spool's); all its options share one group. */
+struct ab_cli_table {
     const char *synopsis; /* "almabridge wait --job-instance ID [options]" */
     const char *about;    /* a paragraph */
-    const char *footer;   /* after the option table, or NULL */
-    const struct ab_cli_opt *opts;
-    size_t nopts;
+    const char *footer;   /* after the option lines, or NULL */
+    const struct ab_sink_ops *options;
 };
 
-/* ab_cli_parse() for cmd, and --help: returns 0 to go on, 1 when the help was printed (the
- * command exits 0), -1 with one line in err. */
-int ab_cli_start(const struct ab_cli_cmd *cmd, int argc, char **argv, const char **pos,
-                 size_t *npos, char **rest, int *nrest, char *err, size_t errlen);
-
-/* What a consumer command needs from the server's configuration: the sink, its route and
- * key templates and the connection settings. Every string is owned by the struct. */
-struct ab_cli_sinkcfg {
-    char *sink;        /* file | kafka | redis */
-    char *route;       /* template, NULL = the sink's default */
-    char *key;         /* Kafka key template, "" = no key */
-    char *file;        /* file sink path */
-    char *kafka_brokers;
-    char **kafka_conf; /* "key=value" items */
-    size_t n_kafka_conf;
-    char *redis_url;
-};
+/* Load the daemon's configuration and cmd's options from argv (argv[0] is the subcommand's
+ * name), the environment and the config file into *cfg; the command's own struct is then
+ * ab_config_sink_opts(cfg, cmd->options). Returns 0 to go on (ab_config_free cfg), 1 when
+ * --help was printed (the command exits 0; nothing to free), -1 with one line in err. */
+int ab_cli_load(const struct ab_cli_table *cmd, int argc, char **argv, struct ab_config *cfg,
+                char *err, size_t errlen);
 
 /* THE place where a subcommand reads the server's configuration: --config FILE, the
  * ALMABRIDGE_* environment and the server options in args (as split off by ab_cli_parse),
- * through the server's own option table and loader, so that the sink connection options
- * and --route mean exactly what they mean to the daemon. Fills *out (and, when full is not
- * NULL, the whole configuration, for commands that open a sink). Returns 0, or -1 with one
- * line in err. */
-int ab_cli_load_config(int nargs, char **args, struct ab_cli_sinkcfg *out, struct ab_config *full,
-                       char *err, size_t errlen);
-void ab_cli_sinkcfg_free(struct ab_cli_sinkcfg *c);
+ * through the server's own option table and loader, so that the sink options and --route
+ * mean exactly what they mean to the daemon. Fills *cfg (ab_config_free it). Returns 0, or
+ * -1 with one line in err. */
+int ab_cli_load_config(int nargs, char **args, struct ab_config *cfg, char *err, size_t errlen);
 
 /* "90s", "15m", "24h", "7d", "500ms", or plain seconds, into milliseconds. Returns 0, or
  * -1 for anything else. */
@@ -94,24 +62,6 @@ char *ab_cli_take_env(const char *name);
  * ALMABRIDGE_SECRET, which is then wiped from the environment. Returns a new string (wipe
  * and free it) or NULL with one line in err. */
 char *ab_cli_secret(const char *file, char *err, size_t errlen);
-
-/* A Kafka consumer for reading by assignment: its own throw-away group id (nothing is
- * committed: enable.auto.commit and offset store off), librdkafka's connection chatter
- * silenced, the daemon's --kafka-brokers and --kafka-conf. NULL with err. */
-typedef struct rd_kafka_s rd_kafka_t;
-rd_kafka_t *ab_cli_kafka_consumer(const struct ab_cli_sinkcfg *c, const char *client_id, char *err,
-                                  size_t errlen);
-
-/* The daemon's --redis URL, parsed (redis://[[user]:password@]host[:port][/db]), and a
- * blocking hiredis connection to it, authenticated and on its database. */
-struct ab_cli_redis {
-    char *host, *user, *password;
-    int port, db;
-};
-typedef struct redisContext redisContext;
-int ab_cli_redis_parse(const char *url, struct ab_cli_redis *t, char *err, size_t errlen);
-redisContext *ab_cli_redis_dial(const struct ab_cli_redis *t, char *err, size_t errlen);
-void ab_cli_redis_free(struct ab_cli_redis *t);
 
 /* The subcommands; argv[0] is the subcommand's name. Each returns the process exit code. */
 int ab_cmd_wait(int argc, char **argv);

@@ -12,18 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <openssl/bio.h>
-#include <openssl/ssl.h>
-
 #include "config.h"
+#include "http_client.h"
 #include "mem.h"
 #include "sinks/registry.h"
-
-struct url {
-    int tls;
-    char hostport[300]; /* for BIO_new_connect: host:port, [v6]:port */
-    char path[512];
-};
 
 static void on_alarm(int sig)
 {
@@ -34,41 +26,28 @@ static void on_alarm(int sig)
     _exit(1);
 }
 
-/* http[s]://HOST[:PORT][/PATH] into u; the path defaults to /readyz. */
-static int parse_url(const char *s, struct url *u)
+/* url with /readyz added when it names no path (http[s]://HOST[:PORT]); NULL when it is
+ * not an http:// or https:// URL. */
+static char *probe_url(const char *url)
 {
-    const char *rest = NULL;
-    if (strncmp(s, "http://", 7) == 0) {
-        rest = s + 7;
-        u->tls = 0;
-    } else if (strncmp(s, "https://", 8) == 0) {
-        rest = s + 8;
-        u->tls = 1;
-    } else {
-        return -1;
+    const char *rest = strncmp(url, "http://", 7) == 0    ? url + 7
+                       : strncmp(url, "https://", 8) == 0 ? url + 8
+                                                          : NULL;
+    if (rest == NULL || *rest == '\0' || *rest == '/') {
+        return NULL;
     }
-    size_t hlen = strcspn(rest, "/");
-    if (hlen == 0 || hlen >= sizeof(u->hostport) - 6) {
-        return -1;
-    }
-    const char *colon = memrchr(rest, ':', hlen);
-    const char *bracket = memrchr(rest, ']', hlen);
-    int has_port = colon && (!bracket || colon > bracket);
-    snprintf(u->hostport, sizeof(u->hostport), "%.*s%s", (int)hlen, rest,
-             has_port ? "" : (u->tls ? ":443" : ":80"));
-    snprintf(u->path, sizeof(u->path), "%s", rest[hlen] ? rest + hlen : "/readyz");
-    return 0;
+    return ab_asprintf("%s%s", url, strchr(rest, '/') ? "" : "/readyz");
 }
 
 /* The URL of /readyz from the daemon's configuration (argv without --probe, environment,
  * config file). */
-static int url_from_config(int argc, char **argv, char **envp, struct url *u)
+static char *url_from_config(int argc, char **argv, char **envp)
 {
     struct ab_config cfg;
     char err[512];
     if (ab_config_load(&cfg, ab_sinks, argc, argv, envp, err, sizeof(err)) != AB_CONFIG_OK) {
         fprintf(stderr, "almabridge --probe: %s\n", err);
-        return -1;
+        return NULL;
     }
     const char *colon = strrchr(cfg.listen, ':');
     const char *port = colon ? colon + 1 : "8080";
@@ -81,11 +60,10 @@ static int url_from_config(int argc, char **argv, char **envp, struct url *u)
         host = "[::1]";
         hlen = 5;
     }
-    u->tls = cfg.tls_cert != NULL;
-    snprintf(u->hostport, sizeof(u->hostport), "%.*s:%s", hlen, host, port);
-    snprintf(u->path, sizeof(u->path), "/readyz");
+    char *url = ab_asprintf("%s://%.*s:%s/readyz", cfg.tls_cert ? "https" : "http", hlen,
+                            host, port);
     ab_config_free(&cfg);
-    return 0;
+    return url;
 }
 
 /* In a container the daemon is PID 1: when --probe comes alone, take PID 1's command line
@@ -120,58 +98,25 @@ static char **pid1_argv(int *argc)
     return v;
 }
 
-/* One GET with Connection: close; returns the HTTP status, or -1. The certificate is not
- * verified: the probe asks its own process, usually over the loopback interface. */
-static int http_get(const struct url *u)
+/* One GET through the subcommands' HTTP client; returns the HTTP status, or -1. The
+ * certificate is not verified: the probe asks its own process, usually over the loopback
+ * interface. */
+static int http_get(const char *url)
 {
-    int status = -1;
-    SSL_CTX *ctx = NULL;
-    BIO *bio = BIO_new_connect(u->hostport);
-    if (bio == NULL) {
-        goto done;
+    struct ab_http_opts o = {.insecure = 1, .timeout_s = AB_PROBE_TIMEOUT_S};
+    struct ab_http_call call;
+    int rc = ab_http_call(url, EVHTTP_REQ_GET, NULL, NULL, 0, &o, &call);
+    if (rc != 0) {
+        fprintf(stderr, "almabridge --probe: cannot connect to %s: %s\n", url, call.err);
     }
-    if (u->tls) {
-        ctx = SSL_CTX_new(TLS_client_method());
-        BIO *ssl = ctx ? BIO_new_ssl(ctx, 1) : NULL;
-        if (ssl == NULL) {
-            goto done;
-        }
-        bio = BIO_push(ssl, bio);
-    }
-    if (BIO_do_connect(bio) <= 0) {
-        fprintf(stderr, "almabridge --probe: cannot connect to %s\n", u->hostport);
-        goto done;
-    }
-    char req[1024];
-    int n = snprintf(req, sizeof(req),
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: almabridge-probe\r\n"
-                     "Connection: close\r\n\r\n",
-                     u->path, u->hostport);
-    if (BIO_write(bio, req, n) != n || BIO_flush(bio) <= 0) {
-        goto done;
-    }
-    char head[256];
-    int got = 0, r;
-    while (got < (int)sizeof(head) - 1 && (r = BIO_read(bio, head + got, (int)sizeof(head) - 1 - got)) > 0) {
-        got += r;
-        if (memchr(head, '\n', (size_t)got)) {
-            break;
-        }
-    }
-    head[got] = '\0';
-    if (sscanf(head, "HTTP/1.%*d %d", &status) != 1) {
-        fprintf(stderr, "almabridge --probe: no HTTP answer from %s\n", u->hostport);
-        status = -1;
-    }
-done:
-    BIO_free_all(bio);
-    SSL_CTX_free(ctx);
-    return status;
+    free(call.body);
+    return rc == 0 ? call.status : -1;
 }
 
 int ab_probe_main(int argc, char **argv, char **envp)
 {
     const char *given = NULL;
+    char *url = NULL;
     int found = 0, n = 0;
     char **rest = ab_calloc((size_t)argc + 1, sizeof(*rest));
     for (int i = 0; i < argc; i++) {
@@ -192,33 +137,33 @@ int ab_probe_main(int argc, char **argv, char **envp)
         goto done;
     }
     rc = 1;
-    struct url u;
-    if (given && parse_url(given, &u) != 0) {
+    if (given && (url = probe_url(given)) == NULL) {
         fprintf(stderr, "almabridge --probe: not an http:// or https:// URL: %s\n", given);
         goto done;
     }
     if (!given) {
         int pn = 0;
         char **pv = argc == 2 ? pid1_argv(&pn) : NULL;
-        int bad = pv ? url_from_config(pn, pv, envp, &u) : url_from_config(n, rest, envp, &u);
+        url = pv ? url_from_config(pn, pv, envp) : url_from_config(n, rest, envp);
         for (int i = 0; pv && i < pn; i++) {
             free(pv[i]);
         }
         free(pv);
-        if (bad) {
+        if (url == NULL) {
             goto done;
         }
     }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
-    alarm(AB_PROBE_TIMEOUT_S);
-    int status = http_get(&u);
+    alarm(AB_PROBE_TIMEOUT_S + 1);
+    int status = http_get(url);
     alarm(0);
     if (status > 0) {
-        printf("%s%s%s: %d\n", u.tls ? "https://" : "http://", u.hostport, u.path, status);
+        printf("%s: %d\n", url, status);
     }
     rc = status >= 200 && status < 300 ? 0 : 1;
 done:
+    free(url);
     free(rest);
     return rc;
 }

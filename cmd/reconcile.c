@@ -12,6 +12,7 @@
  * Exit: 0 the sink holds a JOB_END for every instance that ended in the window, 1 an API
  * or sink error, 2 usage or configuration errors (and a daemon holding the file sink). */
 #include <pthread.h>
+#include <stddef.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -53,34 +54,6 @@ static int write_events(void *ctx, struct ab_event *const *evs, size_t n, char *
 {
     struct target *t = ctx;
     return ab_reconcile_writer_put(t->writer, evs, n, err, errlen);
-}
-
-/* --job ID / --job=ID (repeatable, comma-separated too) taken out of argv into jobs;
- * returns the new argc. */
-static int take_jobs(int argc, char **argv, char ***jobs, size_t *njobs)
-{
-    int out = 1;
-    for (int i = 1; i < argc; i++) {
-        const char *v = NULL;
-        if (strcmp(argv[i], "--job") == 0 && i + 1 < argc) {
-            v = argv[++i];
-        } else if (strncmp(argv[i], "--job=", 6) == 0) {
-            v = argv[i] + 6;
-        } else {
-            argv[out++] = argv[i];
-            continue;
-        }
-        for (const char *p = v; *p;) {
-            size_t l = strcspn(p, ",");
-            if (l > 0) {
-                *jobs = ab_realloc(*jobs, (*njobs + 1) * sizeof(**jobs));
-                (*jobs)[(*njobs)++] = ab_strndup(p, l);
-            }
-            p += l + (p[l] == ',');
-        }
-    }
-    argv[out] = NULL;
-    return out;
 }
 
 /* The Redis stream (or Kafka topic) a JOB_END from institution goes to; NULL with err when
@@ -313,45 +286,78 @@ static const char RECONCILE_FOOTER[] =
     "--api-budget, --state-dir. Sink options are the daemon's: --sink, --route, --file,\n"
     "--redis, or --config FILE and ALMABRIDGE_* variables. See docs/MISSED_EVENTS.md.";
 
+/* reconcile's own options (loaded with the daemon's, see ab_cli_load). */
+struct reconcile_opts {
+    struct ab_strlist job;
+    char *since, *institution;
+};
+
+#define ROFF(field) offsetof(struct reconcile_opts, field)
+/* clang-format off */
+static const struct ab_option reconcile_options[] = {
+    {.name = "job", .type = AB_OPT_LIST, .off = ROFF(job), .group = "Reconcile",
+     .metavar = "ID", .help = "a job (job_info.id, e.g. M53); repeatable, or ID,ID,..."},
+    {.name = "since", .type = AB_OPT_STRING, .def = "48h", .off = ROFF(since),
+     .group = "Reconcile", .metavar = "DURATION",
+     .help = "the window: instances submitted this long ago or later"},
+    {.name = "institution", .type = AB_OPT_STRING, .off = ROFF(institution),
+     .group = "Reconcile", .metavar = "CODE", .help = "the institution the API key belongs to"},
+};
+/* clang-format on */
+static const struct ab_optset reconcile_optset =
+    AB_OPTSET(reconcile_options, struct reconcile_opts);
+static const struct ab_sink_ops reconcile_table = {
+    .name = "reconcile", .options = &reconcile_optset, .flags = AB_SINK_WRAPS};
+
+/* The --job values split at commas into jobs. */
+static void split_jobs(const struct ab_strlist *in, char ***jobs, size_t *njobs)
+{
+    for (size_t i = 0; i < in->n; i++) {
+        for (const char *p = in->v[i]; *p;) {
+            size_t l = strcspn(p, ",");
+            if (l > 0) {
+                *jobs = ab_realloc(*jobs, (*njobs + 1) * sizeof(**jobs));
+                (*jobs)[(*njobs)++] = ab_strndup(p, l);
+            }
+            p += l + (p[l] == ',');
+        }
+    }
+}
+
 int ab_cmd_reconcile(int argc, char **argv)
 {
-    const char *since = "48h", *institution = NULL, *dummy = NULL;
-    const struct ab_cli_opt opts[] = {
-        {"job", 1, &dummy, "ID", "a job (job_info.id, e.g. M53); repeatable, or ID,ID,..."},
-        {"since", 1, &since, "DURATION", "the window: instances submitted since (default 48h)"},
-        {"institution", 1, &institution, "CODE", "the institution the API key belongs to"},
-    };
-    const struct ab_cli_cmd cmd = {
+    const struct ab_cli_table cmd = {
         "almabridge reconcile --job ID [--job ID ...] --institution CODE [options]",
-        RECONCILE_ABOUT, RECONCILE_FOOTER, opts, sizeof(opts) / sizeof(opts[0])};
-    char **rest = ab_calloc((size_t)argc + 1, sizeof(char *)), **jobs = NULL;
+        RECONCILE_ABOUT, RECONCILE_FOOTER, &reconcile_table};
+    char **jobs = NULL;
     size_t njobs = 0;
-    int nrest = 0, rc = AB_EXIT_USAGE, started, n = take_jobs(argc, argv, &jobs, &njobs);
+    int rc = AB_EXIT_USAGE, started, loaded = 0;
     char err[1024] = "";
-    struct ab_cli_sinkcfg sc = {0};
-    struct ab_config cfg = {0};
+    struct ab_config cfg;
     struct target t = {0};
     struct ab_alma_api *api = NULL;
     int64_t since_ms = 0;
 
-    if ((started = ab_cli_start(&cmd, n, argv, NULL, NULL, rest, &nrest, err, sizeof(err))) != 0) {
+    if ((started = ab_cli_load(&cmd, argc, argv, &cfg, err, sizeof(err))) != 0) {
         rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
         goto done;
     }
-    if (njobs == 0 || institution == NULL || ab_cli_duration_ms(since, &since_ms) != 0) {
+    loaded = 1;
+    ab_config_scrub_argv(ab_sinks, argc, argv);
+    const struct reconcile_opts *ro = ab_config_sink_opts(&cfg, &reconcile_table);
+    const char *institution = ro->institution;
+    split_jobs(&ro->job, &jobs, &njobs);
+    if (njobs == 0 || institution == NULL || ab_cli_duration_ms(ro->since, &since_ms) != 0) {
         snprintf(err, sizeof(err), "give --job ID (at least one), --institution CODE and a "
                                    "--since such as 48h (see --help)");
         goto done;
     }
-    if (ab_cli_load_config(nrest, rest, &sc, &cfg, err, sizeof(err)) != 0) {
-        goto done;
-    }
-    ab_config_scrub_argv(ab_sinks, n, argv);
     ab_log_configure(strcmp(cfg.log_level, "info") == 0 ? "warn" : cfg.log_level,
                      cfg.log_format, err, sizeof(err));
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads(); /* the file sink answers from its writer thread */
-    if ((api = ab_alma_api_from_config(&cfg, sc.file, err, sizeof(err))) == NULL ||
+    const struct ab_file_conf *file = ab_config_sink_opts(&cfg, &ab_sink_file);
+    if ((api = ab_alma_api_from_config(&cfg, file->path, err, sizeof(err))) == NULL ||
         (rc = open_target(&t, &cfg, institution, err, sizeof(err))) != 0) {
         rc = api ? rc : AB_EXIT_USAGE;
         goto done;
@@ -379,8 +385,8 @@ done:
         free(jobs[i]);
     }
     free(jobs);
-    ab_cli_sinkcfg_free(&sc);
-    ab_config_free(&cfg);
-    free(rest);
+    if (loaded) {
+        ab_config_free(&cfg);
+    }
     return rc;
 }

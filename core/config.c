@@ -247,6 +247,7 @@ struct loader {
 struct arg {
     const struct ab_option *opt;
     const char *value;
+    int positional; /* given as a bare argument (AB_OPT_POSITIONAL) */
 };
 
 /* ---- the tables ---- */
@@ -355,6 +356,11 @@ static int key_is_secret(const char *key, size_t len)
         }
     }
     return 0;
+}
+
+int ab_config_key_is_secret(const char *key)
+{
+    return key_is_secret(key, strlen(key));
 }
 
 /* "redis://user:****@host" for "redis://user:pw@host"; a lone user-info part is taken
@@ -755,8 +761,19 @@ static int scan_argv(struct loader *ld, int argc, char **argv, struct arg *args,
         const struct ab_option *o = NULL;
         const char *eq = NULL;
         if (a[0] != '-' || a[1] == '\0') {
-            positional_error(ld, argv, i, args, *nargs);
-            return -1;
+            for (size_t k = 0; k < ld->vw.n && !o; k++) {
+                o = ld->vw.v[k].o->flags & AB_OPT_POSITIONAL ? ld->vw.v[k].o : NULL;
+                for (size_t j = 0; o && j < *nargs; j++) {
+                    o = args[j].opt == o && args[j].positional ? NULL : o;
+                }
+            }
+            if (o == NULL) {
+                positional_error(ld, argv, i, args, *nargs);
+                return -1;
+            }
+            args[*nargs] = (struct arg){.opt = o, .value = a, .positional = 1};
+            (*nargs)++;
+            continue;
         }
         if (a[1] != '-') {
             for (size_t k = 0; k < ld->vw.n && !o && a[2] == '\0'; k++) {
@@ -1189,6 +1206,9 @@ static char *option_notes(const struct ab_option *o)
     if (o->type == AB_OPT_LIST) {
         append_note(&notes, "repeatable");
     }
+    if (o->flags & AB_OPT_POSITIONAL) {
+        append_note(&notes, "or as an argument");
+    }
     if (o->type != AB_OPT_ACTION) {
         char env[96], note[160];
         env_name(o, env, sizeof(env));
@@ -1225,20 +1245,18 @@ static void print_wrapped(FILE *out, const char *text, int col, int indent, int 
 #define USAGE_COL 36
 #define USAGE_WIDTH 100
 
-void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
+/* The option lines of --help (only those of group `only`, when not NULL), grouped. */
+static void print_options(const struct ab_sink_ops *const *sinks, const char *only, FILE *out)
 {
     const char *group = NULL;
     struct optview vw;
     view_init(&vw, sinks);
-    fprintf(out, "usage: almabridge [options]\n\n"
-                 "Receives Ex Libris Alma webhooks, verifies X-Exl-Signature and writes each "
-                 "event as a\nCloudEvent to a file, Kafka or Redis.\n\n"
-                 "Every option can also be set in the environment (ALMABRIDGE_NAME) or in the "
-                 "config file\n(name = value); the command line overrides the environment, "
-                 "which overrides the file.\n");
     for (size_t i = 0; i < vw.n; i++) {
         const struct ab_option *o = vw.v[i].o;
         char syn[96];
+        if (only != NULL && strcmp(only, o->group) != 0) {
+            continue;
+        }
         if (group == NULL || strcmp(group, o->group) != 0) {
             group = o->group;
             fprintf(out, "\n%s:\n", group);
@@ -1257,6 +1275,22 @@ void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
         free(notes);
     }
     view_free(&vw);
+}
+
+void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out)
+{
+    fprintf(out, "usage: almabridge [options]\n\n"
+                 "Receives Ex Libris Alma webhooks, verifies X-Exl-Signature and writes each "
+                 "event as a\nCloudEvent to a file, Kafka or Redis.\n\n"
+                 "Every option can also be set in the environment (ALMABRIDGE_NAME) or in the "
+                 "config file\n(name = value); the command line overrides the environment, "
+                 "which overrides the file.\n");
+    print_options(sinks, NULL, out);
+}
+
+void ab_config_usage_group(const struct ab_sink_ops *const *sinks, const char *group, FILE *out)
+{
+    print_options(sinks, group, out);
 }
 
 /* Print s as the content of a Markdown table cell ('|' escaped), as code if asked. */

@@ -40,6 +40,8 @@ enum ab_opt_mask {
 #define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */
 #define AB_OPT_SINK_NAME 0x2    /* its choices are the names of the sinks loaded */
 #define AB_OPT_SINKS_FOLLOW 0x4 /* the sinks' options are listed right after this one */
+#define AB_OPT_POSITIONAL 0x8   /* a bare command-line argument sets it (the first such option
+                                 * not yet set that way; a subcommand's FILE or URL) */
 
 /* Validates a value (each item of a list): 0, or -1 with the reason in why ("is not ..."). */
 typedef int (*ab_opt_check_fn)(const char *value, char *why, size_t whylen);
@@ -156,6 +158,10 @@ const void *ab_config_sink_opts(const struct ab_config *cfg, const struct ab_sin
 void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *ops,
                          struct ab_sink_conf *out);
 
+/* 1 when a key=value key names a secret (the one list of secret-bearing words: password,
+ * secret, .pem, oauthbearer.config; case-insensitive), so its value is never shown. */
+int ab_config_key_is_secret(const char *key);
+
 /* Mask, in place, the secrets given on the command line (a Redis URL's password, secret
  * --kafka-conf values), so that ps and /proc/<pid>/cmdline do not show them. Call after
  * ab_config_load, which has copied the values. */
@@ -163,6 +169,9 @@ void ab_config_scrub_argv(const struct ab_sink_ops *const *sinks, int argc, char
 
 /* --help text, generated from the option tables (the core's and those of sinks). */
 void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out);
+/* The --help lines of the options of one group only (a subcommand's own), formatted as
+ * ab_config_usage() formats them. */
+void ab_config_usage_group(const struct ab_sink_ops *const *sinks, const char *group, FILE *out);
 /* The option reference as a Markdown table (for the README), from the same tables. */
 void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out);
 /* The effective configuration, one "key = value" per line, secrets masked. */

@@ -163,25 +163,63 @@ static char *put_2digits(char *o, int v)
     return o + 2;
 }
 
-int ab_event_rfc3339(const char *in, char *out, size_t outlen)
+/* The one parser of times: any form ab_event_rfc3339() accepts into *w. 0 or -1. */
+static int read_when(const char *in, struct when *w)
 {
-    struct when w = {0};
     const char *s = in;
-    if (read_date(&s, &w) != 0) {
+    memset(w, 0, sizeof(*w));
+    if (read_date(&s, w) != 0) {
         return -1;
     }
     if ((*s == 'T' || *s == 't' || *s == ' ') && s[1] >= '0' && s[1] <= '9') {
         s++;
-        if (read_clock(&s, &w) != 0) {
+        if (read_clock(&s, w) != 0) {
             return -1;
         }
     }
-    if (*s != '\0' && read_zone(s, &w) != 0) {
+    if (*s != '\0' && read_zone(s, w) != 0) {
         return -1;
     }
-    if (w.year < 1 || w.month < 1 || w.month > 12 || w.day < 1 ||
-        w.day > days_in_month(w.year, w.month) || w.hour > 23 || w.min > 59 || w.sec > 59 ||
-        w.zone_h > 23 || w.zone_m > 59) {
+    if (w->year < 1 || w->month < 1 || w->month > 12 || w->day < 1 ||
+        w->day > days_in_month(w->year, w->month) || w->hour > 23 || w->min > 59 ||
+        w->sec > 59 || w->zone_h > 23 || w->zone_m > 59) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (Howard Hinnant's
+ * days_from_civil), so that no time zone state (timegm) is involved. */
+static int64_t days_from_civil(int y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+int64_t ab_event_time_ms(const char *in)
+{
+    struct when w;
+    if (in == NULL || read_when(in, &w) != 0) {
+        return -1;
+    }
+    int64_t s = days_from_civil(w.year, w.month, w.day) * 86400 + w.hour * 3600 +
+                w.min * 60 + w.sec;
+    s -= w.zone_sign * (w.zone_h * 3600 + w.zone_m * 60);
+    int64_t ms = 0;
+    for (int i = 0; i < 3; i++) {
+        ms = ms * 10 + (w.frac != NULL && i < w.frac_len ? w.frac[i] - '0' : 0);
+    }
+    return s * 1000 + ms;
+}
+
+int ab_event_rfc3339(const char *in, char *out, size_t outlen)
+{
+    struct when w;
+    if (read_when(in, &w) != 0) {
         return -1;
     }
     /* written by hand: snprintf cost more than the rest of the envelope together */
@@ -493,7 +531,6 @@ static int read_envelope(struct envelope *e, struct ab_event *ev, char *errstr, 
  * the key and 6 bytes per byte of value. Returns the new end. */
 static char *put_member(char *w, const char *key, const char *value, int first)
 {
-    static const char hex[] = "0123456789abcdef";
     if (value == NULL) {
         return w;
     }
@@ -506,28 +543,7 @@ static char *put_member(char *w, const char *key, const char *value, int first)
     w += kl;
     memcpy(w, "\":\"", 3);
     w += 3;
-    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
-        unsigned char c = *p;
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *w++ = (char)c;
-            continue;
-        }
-        *w++ = '\\';
-        switch (c) {
-        case '"': *w++ = '"'; break;
-        case '\\': *w++ = '\\'; break;
-        case '\b': *w++ = 'b'; break;
-        case '\f': *w++ = 'f'; break;
-        case '\n': *w++ = 'n'; break;
-        case '\r': *w++ = 'r'; break;
-        case '\t': *w++ = 't'; break;
-        default:
-            memcpy(w, "u00", 3);
-            w[3] = hex[c >> 4];
-            w[4] = hex[c & 15];
-            w += 5;
-        }
-    }
+    w += ab_json_escape(w, value, strlen(value));
     *w++ = '"';
     return w;
 }
@@ -879,38 +895,111 @@ void ab_event_free(struct ab_event *ev)
     free(ev);
 }
 
-static char *line_member(const cJSON *o, const char *name)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-    return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
-}
+/* ---- Reading the event line back ---------------------------------------------------------- */
 
+/* The line is our own format, written above; it is read without a tree so that a number
+ * such as a 17-digit job instance id keeps every digit. ab_normalise_json_scan() checks it
+ * is strict JSON first, so the walkers below only ever see well-formed text. Each returns
+ * an index into s, n when the text ends early. */
 static size_t skip_ws(const char *s, size_t n, size_t i)
 {
-    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) {
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\r' || s[i] == '\n')) {
         i++;
     }
     return i;
 }
 
-/* Where the value of the top-level member "data" is in line (valid JSON, any whitespace),
- * as the text it was sent as (numbers keep their digits). */
-static void data_span(const char *s, size_t n, size_t *off, size_t *len)
+/* Index just past the JSON value that starts at s[i]. */
+static size_t skip_value(const char *s, size_t n, size_t i)
 {
-    size_t i = skip_ws(s, n, 0) + 1; /* past '{' */
-    while ((i = skip_ws(s, n, i)) < n && s[i] == '"') {
-        size_t kend = ab_json_skip(s, n, i);
-        int hit = kend - i == 6 && memcmp(s + i, "\"data\"", 6) == 0;
-        i = skip_ws(s, n, skip_ws(s, n, kend) + 1); /* past ':' */
-        size_t vend = ab_json_skip(s, n, i);
-        if (hit) {
-            *off = i;
-            *len = vend - i;
-            return;
+    int depth = 0;
+    for (; i < n; i++) {
+        char c = s[i];
+        if (c == '"') {
+            for (i++; i < n && s[i] != '"'; i++) {
+                i += s[i] == '\\';
+            }
+            if (depth == 0) {
+                return i + 1;
+            }
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (--depth <= 0) {
+                return depth == 0 ? i + 1 : i;
+            }
+        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n')) {
+            return i;
         }
-        i = skip_ws(s, n, vend);
-        i += i < n && s[i] == ',';
     }
+    return n;
+}
+
+/* The index of the value of member `key` of the object at s[i], or n when absent. */
+static size_t member_at(const char *s, size_t n, size_t i, const char *key)
+{
+    size_t klen = strlen(key);
+    i = skip_ws(s, n, i);
+    if (i >= n || s[i] != '{') {
+        return n;
+    }
+    i = skip_ws(s, n, i + 1);
+    while (i < n && s[i] == '"') {
+        size_t kend = skip_value(s, n, i);
+        int hit = kend - i == klen + 2 && memcmp(s + i + 1, key, klen) == 0;
+        i = skip_ws(s, n, kend);
+        if (i >= n || s[i] != ':') {
+            return n;
+        }
+        i = skip_ws(s, n, i + 1);
+        if (hit) {
+            return i;
+        }
+        i = skip_ws(s, n, skip_value(s, n, i));
+        if (i >= n || s[i] != ',') {
+            return n;
+        }
+        i = skip_ws(s, n, i + 1);
+    }
+    return n;
+}
+
+char *ab_event_line_text(const char *line, size_t len, const char *const *path, size_t depth)
+{
+    size_t i = 0;
+    for (size_t d = 0; d < depth && i < len; d++) {
+        i = member_at(line, len, i, path[d]);
+    }
+    if (i >= len) {
+        return NULL;
+    }
+    size_t end = skip_value(line, len, i);
+    if (line[i] == '{') {
+        static const char *const value[] = {"value"};
+        return ab_event_line_text(line + i, end - i, value, 1);
+    }
+    if (line[i] == '"') {
+        return ab_json_string_decode(line + i, end - i, NULL);
+    }
+    if (line[i] == '-' || (line[i] >= '0' && line[i] <= '9')) {
+        return ab_strndup(line + i, end - i);
+    }
+    return NULL;
+}
+
+/* A top-level string member, NULL when absent, empty or not a string. */
+static char *line_str(const char *line, size_t len, const char *key)
+{
+    size_t i = member_at(line, len, 0, key);
+    if (i >= len || line[i] != '"') {
+        return NULL;
+    }
+    char *v = ab_json_string_decode(line + i, skip_value(line, len, i) - i, NULL);
+    if (v != NULL && v[0] == '\0') {
+        free(v);
+        v = NULL;
+    }
+    return v;
 }
 
 /* 1 for the members of a line that ab_event_from_line() reads into fields of its own (or
@@ -933,53 +1022,87 @@ static int known_member(const char *name)
 
 /* The other string attributes of the line (CloudEvents extension names: [a-z0-9]), so that
  * a re-encoding in binary mode loses none of them. */
-static void read_extensions(struct ab_event *ev, const cJSON *j)
+static void read_extensions(struct ab_event *ev, const char *s, size_t n)
 {
-    for (const cJSON *m = j->child; m && ev->n_ext < AB_EVENT_MAX_EXT; m = m->next) {
-        if (!cJSON_IsString(m) || m->string == NULL || known_member(m->string) ||
-            strspn(m->string, "abcdefghijklmnopqrstuvwxyz0123456789") != strlen(m->string)) {
-            continue;
+    size_t i = skip_ws(s, n, 0);
+    if (i >= n || s[i] != '{') {
+        return;
+    }
+    i = skip_ws(s, n, i + 1);
+    while (i < n && s[i] == '"' && ev->n_ext < AB_EVENT_MAX_EXT) {
+        size_t kend = skip_value(s, n, i);
+        char *name = ab_json_string_decode(s + i, kend - i, NULL);
+        i = skip_ws(s, n, kend);
+        if (i >= n || s[i] != ':') {
+            free(name);
+            return;
         }
-        ev->ext_name[ev->n_ext] = ab_strdup(m->string);
-        ev->ext_value[ev->n_ext++] = ab_strdup(m->valuestring);
+        i = skip_ws(s, n, i + 1);
+        size_t vend = skip_value(s, n, i);
+        if (name && s[i] == '"' && !known_member(name) &&
+            strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(name)) {
+            char *v = ab_json_string_decode(s + i, vend - i, NULL);
+            if (v) {
+                ev->ext_name[ev->n_ext] = name;
+                ev->ext_value[ev->n_ext++] = v;
+                name = NULL;
+            }
+        }
+        free(name);
+        i = skip_ws(s, n, vend);
+        if (i >= n || s[i] != ',') {
+            return;
+        }
+        i = skip_ws(s, n, i + 1);
     }
 }
 
-struct ab_event *ab_event_from_line(const char *line, size_t len)
+int ab_event_from_line(const char *line, size_t len, struct ab_event **out, char *errstr,
+                       size_t errlen)
 {
-    cJSON *j = cJSON_ParseWithLength(line, len);
-    struct ab_event *ev = NULL;
-    if (!cJSON_IsObject(j) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "id"))) {
-        goto done;
+    struct ab_json_envelope scan;
+    char *min = ab_malloc(len + 1);
+    long n = ab_normalise_json_scan(line, len, min, &scan, errstr, errlen);
+    free(min);
+    *out = NULL;
+    if (n < 0) {
+        return AB_EVENT_MALFORMED;
     }
-    ev = ab_calloc(1, sizeof(*ev));
-    ev->id = line_member(j, "id");
-    ev->id = ev->id ? ev->id : ab_strdup("");
-    ev->action = line_member(j, "almaaction");
-    ev->event = line_member(j, "almaevent");
-    ev->institution = line_member(j, "almainstitution");
-    ev->time = line_member(j, "time");
-    ev->almatime = line_member(j, "almatime");
-    ev->type = line_member(j, "type");
-    ev->source = line_member(j, "source");
+    if (scan.root != AB_JSON_OBJECT || scan.field[AB_ENV_ID].kind != AB_JSON_STRING) {
+        return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "not a CloudEvent with a string id");
+    }
+    struct ab_event *ev = ab_calloc(1, sizeof(*ev));
+    ev->id = line_str(line, len, "id");
+    ev->action = line_str(line, len, "almaaction");
+    ev->event = line_str(line, len, "almaevent");
+    ev->institution = line_str(line, len, "almainstitution");
+    ev->time = line_str(line, len, "time");
+    ev->almatime = line_str(line, len, "almatime");
+    ev->type = line_str(line, len, "type");
+    ev->source = line_str(line, len, "source");
+    if (ev->id == NULL) {
+        ab_event_free(ev);
+        return fail(AB_EVENT_NOT_WEBHOOK, errstr, errlen, "a CloudEvent with an empty id");
+    }
     ev->type = ev->type ? ev->type : ab_strdup("com.exlibrisgroup.alma");
     ev->source = ev->source ? ev->source : ab_strdup("urn:alma:unknown");
-    ev->subject = line_member(j, "subject");
-    ev->partitionkey = line_member(j, "partitionkey");
-    ev->dataschema = line_member(j, "dataschema");
-    ev->traceparent = line_member(j, "traceparent");
-    ev->tracestate = line_member(j, "tracestate");
-    read_extensions(ev, j);
+    ev->subject = line_str(line, len, "subject");
+    ev->partitionkey = line_str(line, len, "partitionkey");
+    ev->dataschema = line_str(line, len, "dataschema");
+    ev->traceparent = line_str(line, len, "traceparent");
+    ev->tracestate = line_str(line, len, "tracestate");
+    read_extensions(ev, line, len);
     ev->json = ab_strndup(line, len);
     ev->json_len = len;
     ev->data_off = len; /* no data */
-    if (cJSON_HasObjectItem(j, "data")) {
-        data_span(line, len, &ev->data_off, &ev->data_len);
+    size_t d = member_at(line, len, 0, "data");
+    if (d < len) {
+        ev->data_off = d;
+        ev->data_len = skip_value(line, len, d) - d;
     }
     if (ev->partitionkey == NULL) {
         set_identity(ev, line + ev->data_off, ev->data_len);
     }
-done:
-    cJSON_Delete(j);
-    return ev;
+    *out = ev;
+    return AB_EVENT_OK;
 }

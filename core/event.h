@@ -28,6 +28,7 @@
 #define AB_EVENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 enum ab_body_format { AB_FORMAT_JSON, AB_FORMAT_XML };
 
@@ -97,12 +98,6 @@ void ab_event_free(struct ab_event *ev);
 /* The event's attributes (all but data) into out (AB_EVENT_MAX_ATTRS); returns how many. */
 size_t ab_event_attrs(const struct ab_event *ev, struct ab_attr *out);
 
-/* An event rebuilt from a CloudEvent JSON line written by almabridge (the file sink, the
- * spool, a structured Kafka/Redis message), with the attributes it holds; the record's
- * identity is derived from data when the line has none (written by an older version).
- * NULL when the line is no CloudEvent object with an id. */
-struct ab_event *ab_event_from_line(const char *line, size_t len);
-
 /* The CloudEvent JSON line for attributes and data (JSON text, data_len bytes), as a
  * binary-mode message carries them (Kafka ce_ headers, Redis fields): the inverse of the
  * binary modes, for readers. Attribute names are taken as given (lower case). Returns a
@@ -127,5 +122,32 @@ const char *ab_event_tracestate(const char *ts);
  * means UTC; no time means midnight. Returns 0, or -1 when in is none of these or names no
  * real date/time (month 13, 30 February, 24:00, a leap second). */
 int ab_event_rfc3339(const char *in, char *out, size_t outlen);
+
+/* ---- The reader of the line the writer above produces (one codec, both directions) ---- */
+
+/* Read a CloudEvent line (the file sink's and the spool's lines, the brokers' values) back
+ * into a new event: every attribute it holds (id, type, source, subject, time, almatime,
+ * dataschema, partitionkey, traceparent, tracestate, the Alma extensions almaaction,
+ * almaevent, almainstitution as action, event, institution, and up to AB_EVENT_MAX_EXT
+ * other extension attributes), data's place in the line; json is a copy of the line. A
+ * missing type or source gets the writer's generic value; the record's identity is derived
+ * from data when the line has none (written by an older version). Returns AB_EVENT_OK and *out,
+ * AB_EVENT_MALFORMED (not strict JSON: damaged or foreign bytes) or AB_EVENT_NOT_WEBHOOK
+ * (not an object with a non-empty string id), with a reason in errstr (never content). */
+int ab_event_from_line(const char *line, size_t len, struct ab_event **out, char *errstr,
+                       size_t errlen);
+
+/* The text of the value at path (depth member names) in a well-formed CloudEvent line: a
+ * string unescaped, a number as written (every digit of a 17-digit id), an object's
+ * "value" member (Alma's {"value":..,"desc":..} codes); NULL when absent or of another
+ * kind. Caller frees. */
+char *ab_event_line_text(const char *line, size_t len, const char *const *path, size_t depth);
+#define AB_EVENT_LINE_TEXT(line, len, ...)                                                    \
+    ab_event_line_text((line), (len), (const char *const[]){__VA_ARGS__},                    \
+                       sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *))
+
+/* A time in any form ab_event_rfc3339() accepts (an RFC 3339 time in particular) as
+ * milliseconds since the epoch; -1 when it is none. */
+int64_t ab_event_time_ms(const char *in);
 
 #endif

@@ -13,26 +13,23 @@
 #include <event2/event.h>
 
 #include "mem.h"
+#include "normalise.h"
 
 int ab_log_level_min = AB_LOG_INFO;
 static int log_json;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
-/* Append s JSON-escaped to buf (bounded); returns the new length. */
+/* Append s JSON-escaped (ab_json_escape) to buf, as much of it as fits below cap; returns
+ * the new length. */
 static size_t json_escape(char *buf, size_t len, size_t cap, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
+    size_t n = strlen(s);
+    if (len + 6 * n < cap) {
+        return len + ab_json_escape(buf + len, s, n);
+    }
     for (; *s && len + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            buf[len++] = '\\';
-            buf[len++] = (char)c;
-        } else if (c < 0x20) {
-            len += (size_t)snprintf(buf + len, cap - len, "\\u00%c%c", hex[c >> 4], hex[c & 15]);
-        } else {
-            buf[len++] = (char)c;
-        }
+        len += ab_json_escape(buf + len, s, 1);
     }
     return len;
 }

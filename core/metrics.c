@@ -334,16 +334,17 @@ static void render_process(struct sb *b)
                  "process_start_time_seconds %.2f\n", start_time);
 }
 
-char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name)
+char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name,
+                        const struct ab_metrics_gauges *gauges)
 {
     struct sb b = {ab_malloc(4096), 0, 4096};
     render_requests(&b, tables, n);
     render_histogram(&b, tables, n);
     struct ab_metrics_global *g = &ab_metrics_g;
     gauge(&b, "almabridge_requests_in_flight", "gauge", "Webhooks waiting on the sink.",
-          atomic_load(&g->inflight));
+          gauges->inflight);
     gauge(&b, "almabridge_connections", "gauge", "Open client connections.",
-          atomic_load(&g->connections));
+          gauges->connections);
     sb_printf(&b, "# HELP almabridge_worker_connections Open client connections per worker "
                   "thread.\n# TYPE almabridge_worker_connections gauge\n");
     for (size_t i = 0; i < n; i++) {
@@ -356,7 +357,7 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
           atomic_load(&g->reloads));
     gauge(&b, "almabridge_reload_failures_total", "counter", "Failed SIGHUP reloads.",
           atomic_load(&g->reload_failures));
-    gauge(&b, "almabridge_draining", "gauge", "1 while shutting down.", atomic_load(&g->draining));
+    gauge(&b, "almabridge_draining", "gauge", "1 while shutting down.", gauges->draining);
     sb_printf(&b, "# HELP almabridge_sink_ready Worker sink instances that can take writes.\n"
                   "# TYPE almabridge_sink_ready gauge\n");
     sb_printf(&b, "almabridge_sink_ready{sink=\"%s\"} %ld\n", sink_name,
@@ -377,7 +378,7 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
           atomic_load(&g->dead_letter_failures));
     gauge(&b, "almabridge_buffered_bytes", "gauge",
           "Bytes of request bodies held in memory (limit: --max-buffered).",
-          atomic_load(&g->buffered));
+          gauges->buffered);
     gauge(&b, "almabridge_request_timeouts_total", "counter",
           "Connections closed because a request was not complete within --read-timeout.",
           atomic_load(&g->request_timeouts));

@@ -11,15 +11,11 @@ struct ab_metrics;
 
 /* Process-wide gauges and counters. */
 struct ab_metrics_global {
-    atomic_long inflight;       /* webhooks waiting on the sink */
-    atomic_long connections;    /* open client connections */
     atomic_long tls_handshake_failures;
     atomic_long reloads;        /* successful SIGHUP reloads */
     atomic_long reload_failures;
     atomic_long sink_ready;     /* workers whose sink instance can take writes */
     atomic_long workers;
-    atomic_int draining;
-    atomic_long buffered;         /* bytes of request bodies held (--max-buffered) */
     atomic_long request_timeouts; /* requests cut at --read-timeout */
     atomic_long accept_pauses;    /* accept() failures (EMFILE...) that paused accepting */
     atomic_long label_overflow;   /* requests counted under action="other" at the cap */
@@ -45,8 +41,19 @@ void ab_metrics_ack(struct ab_metrics *m, double seconds, int ok);
  * samples) in a new string that the render appends and frees. Start-up thread; at most 4. */
 void ab_metrics_add_source(char *(*fn)(void));
 
-/* Render all tables plus the globals in Prometheus text format 0.0.4. Returns a new
- * string owned by the caller. Any thread. */
-char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name);
+/* The state that limits decide on, read from the code that owns and enforces it (the
+ * server: connections, buffered bytes, draining; the --path handler: webhooks in flight)
+ * by the caller of ab_metrics_render(). Metrics only show it. */
+struct ab_metrics_gauges {
+    long inflight;    /* webhooks waiting on the sink (--max-inflight) */
+    long connections; /* open client connections (--max-connections) */
+    long buffered;    /* bytes of request bodies held (--max-buffered) */
+    int draining;     /* 1 while shutting down */
+};
+
+/* Render all tables, the gauges and the globals in Prometheus text format 0.0.4. Returns a
+ * new string owned by the caller. Any thread. */
+char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *sink_name,
+                        const struct ab_metrics_gauges *gauges);
 
 #endif

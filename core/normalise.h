@@ -66,6 +66,12 @@ long ab_normalise_json_scan(const char *body, size_t len, char *out,
  * counts any NUL written for \u0000. */
 char *ab_json_string_decode(const char *s, size_t n, size_t *outlen);
 
+/* The one JSON string encoder: s[0..n) as the inside of a JSON string (no quotes) into out,
+ * which has room for 6 * n bytes, escaped as cJSON escapes strings (", \, \b \f \n \r \t,
+ * other control characters as \u00XX, every other byte as is). Returns the bytes written.
+ * Used for the event line, the HTTP answers and the log lines alike. */
+size_t ab_json_escape(char *out, const char *s, size_t n);
+
 /* Parse a JSON body into a tree (the scan above, then cJSON on its output), for callers
  * that need one (tests, fuzz checks). Returns a new tree owned by the caller, or NULL for
  * malformed input or nesting deeper than AB_MAX_DEPTH (reason in errstr). */

@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/queue.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -38,9 +39,9 @@
 #include "mem.h"
 #include "metrics.h"
 #include "share.h"
+#include "normalise.h"
 #include "signature.h"
 #include "sink.h"
-#include "webhook.h"
 
 #define RETRY_AFTER "30"
 #define LINGER_MS 2000          /* read and drop after a closing answer, at most this long */
@@ -57,7 +58,7 @@ struct ab_conn {
     struct ab_worker *w;
     struct bufferevent *bev;
     struct event *timer;
-    struct ab_conn *prev, *next;
+    TAILQ_ENTRY(ab_conn) link; /* in the worker's conns */
     enum conn_state state;
     int eof;                /* the client sends no more */
     int busy;               /* inside conn_process: an answer does not recurse into it */
@@ -76,7 +77,7 @@ struct ab_worker {
     int index;
     struct event_base *base;
     struct evconnlistener *listener;
-    struct ab_webhook *webhook;
+    void *hctx; /* the handler's context for this worker (app->handler) */
     struct ab_metrics *metrics;
     SSL_CTX *ssl_ctx; /* this thread's reference, NULL = plain HTTP */
     /* cross-thread hand-over (reload, stop): guarded by mu, picked up by ctl_ev */
@@ -92,8 +93,7 @@ struct ab_worker {
     int stopping;
     time_t stop_deadline;
     int ready, ready_known; /* this worker's share of ab_metrics_g.sink_ready */
-    struct ab_conn *conns;  /* every open connection, the least recently active first */
-    struct ab_conn *conns_tail;
+    TAILQ_HEAD(conn_list, ab_conn) conns; /* every open connection, the least recently active first */
     time_t date_at;
     char date[40];          /* the Date header value for date_at */
 };
@@ -111,40 +111,31 @@ static void conn_free(struct ab_conn *c);
 
 static void list_unlink(struct ab_conn *c)
 {
-    struct ab_worker *w = c->w;
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else {
-        w->conns = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    } else {
-        w->conns_tail = c->prev;
-    }
-    c->prev = c->next = NULL;
+    TAILQ_REMOVE(&c->w->conns, c, link);
 }
 
 static void list_append(struct ab_conn *c)
 {
-    struct ab_worker *w = c->w;
-    c->prev = w->conns_tail;
-    c->next = NULL;
-    if (w->conns_tail) {
-        w->conns_tail->next = c;
-    } else {
-        w->conns = c;
-    }
-    w->conns_tail = c;
+    TAILQ_INSERT_TAIL(&c->w->conns, c, link);
 }
 
 /* c starts a request or goes idle: it is now the most recently active. */
 static void list_touch(struct ab_conn *c)
 {
-    if (c->w->conns_tail != c) {
+    if (TAILQ_LAST(&c->w->conns, conn_list) != c) {
         list_unlink(c);
         list_append(c);
     }
+}
+
+void ab_app_drain(struct ab_app *app)
+{
+    atomic_store(&app->draining, 1);
+}
+
+int ab_app_draining(const struct ab_app *app)
+{
+    return atomic_load(&app->draining);
 }
 
 /* ---- limits ----------------------------------------------------------------------- */
@@ -198,8 +189,8 @@ static int body_grow(struct ab_req *r, size_t cap)
     if (ab_share_charge(r->w->app->share, r->client, delta) != 0) {
         return -2;
     }
-    if (atomic_fetch_add(&ab_metrics_g.buffered, delta) + delta > max) {
-        atomic_fetch_sub(&ab_metrics_g.buffered, delta);
+    if (atomic_fetch_add(&r->w->app->buffered, delta) + delta > max) {
+        atomic_fetch_sub(&r->w->app->buffered, delta);
         ab_share_release(r->w->app->share, r->client, delta);
         return -1;
     }
@@ -228,7 +219,7 @@ static int body_reserve(struct ab_req *r, size_t need, size_t limit)
 void ab_req_drop_body(struct ab_req *r)
 {
     if (r->body_cap) {
-        atomic_fetch_sub(&ab_metrics_g.buffered, (long)r->body_cap);
+        atomic_fetch_sub(&r->w->app->buffered, (long)r->body_cap);
         free(r->body);
         r->body_cap = 0;
     }
@@ -298,28 +289,6 @@ static size_t put_ulong(char *p, unsigned long v)
     return n;
 }
 
-/* s[0..n) as the inside of a JSON string into p (room for 6 n bytes). */
-static size_t put_json(char *p, const char *s, size_t n)
-{
-    static const char hex[] = "0123456789abcdef";
-    char *o = p;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            *o++ = '\\';
-            *o++ = (char)ch;
-        } else if (ch < 0x20 || ch == 0x7f) {
-            memcpy(o, "\\u00", 4);
-            o[4] = hex[ch >> 4];
-            o[5] = hex[ch & 15];
-            o += 6;
-        } else {
-            *o++ = (char)ch;
-        }
-    }
-    return (size_t)(o - p);
-}
-
 /* The JSON body {"k1":"v1"[,"k2":"v2"]} into a new buffer, its length in *len. */
 static char *json_body(const struct ab_answer *a, size_t *len)
 {
@@ -330,12 +299,12 @@ static char *json_body(const struct ab_answer *a, size_t *len)
     p += put(p, "{\"");
     p += put(p, a->k1);
     p += put(p, "\":\"");
-    p += put_json(p, v1, n1);
+    p += ab_json_escape(p, v1, n1);
     if (a->k2) {
         p += put(p, "\",\"");
         p += put(p, a->k2);
         p += put(p, "\":\"");
-        p += put_json(p, v2, n2);
+        p += ab_json_escape(p, v2, n2);
     }
     p += put(p, "\"}");
     *len = (size_t)(p - b);
@@ -500,9 +469,9 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     char d[256] = "";
     const char *st = "ready";
     int code = 200;
-    if (atomic_load(&ab_metrics_g.draining)) {
+    if (ab_app_draining(w->app)) {
         st = "draining", code = 503;
-    } else if (!ab_webhook_sink_ready(w->webhook)) {
+    } else if (!w->app->handler->ready(w->hctx)) {
         st = "sink not ready", code = 503;
     }
     /* the sink's state names files, brokers and errors: for loopback and --allow only */
@@ -510,7 +479,7 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
                   (w->app->allow && ab_acl_match(w->app->allow, r->client));
     struct ab_answer a = {.status = code, .k1 = "status", .v1 = st};
     if (details) {
-        ab_webhook_sink_describe(w->webhook, d, sizeof(d));
+        w->app->handler->describe(w->hctx, d, sizeof(d));
         a.k2 = "sink", a.v2 = d;
     }
     ab_req_answer(r, &a);
@@ -518,7 +487,12 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
 
 static void handle_metrics(struct ab_worker *w, struct ab_req *r)
 {
-    char *text = ab_metrics_render(w->app->metrics, w->app->n_workers, w->app->sink_ops->name);
+    const struct ab_app *app = w->app;
+    struct ab_metrics_gauges g = {.inflight = app->handler->inflight_total(),
+                                  .connections = atomic_load(&app->connections),
+                                  .buffered = atomic_load(&app->buffered),
+                                  .draining = ab_app_draining(app)};
+    char *text = ab_metrics_render(app->metrics, app->n_workers, app->sink_name, &g);
     struct ab_answer a = {.status = 200, .ctype = "text/plain; version=0.0.4; charset=utf-8",
                           .body = text, .len = strlen(text), .quiet = 1};
     ab_req_answer(r, &a);
@@ -530,7 +504,7 @@ static void dispatch(struct ab_worker *w, struct ab_req *r)
 {
     const char *path = r->head.path, *m = r->head.method;
     if (strcmp(path, w->cfg->path) == 0 || ab_institutions_path_match(w->cfg->path, path)) {
-        ab_webhook_handle(w->webhook, r); /* {path}/{code}: consortium mode only */
+        w->app->handler->on_req(w->hctx, r); /* {path}/{code}: consortium mode only */
         return;
     }
     int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
@@ -669,7 +643,7 @@ static int start_body(struct ab_conn *c)
         share_full(c);
         return -1;
     }
-    if (cl > 0 && atomic_load(&ab_metrics_g.buffered) + cl > w->cfg->max_buffered) {
+    if (cl > 0 && atomic_load(&w->app->buffered) + cl > w->cfg->max_buffered) {
         ab_log_limited(&rl_buffered, AB_LOG_WARN,
                        "--max-buffered (%ld bytes) is full: answering 503 to new bodies",
                        w->cfg->max_buffered);
@@ -905,7 +879,7 @@ static void conn_free(struct ab_conn *c)
     event_free(c->timer);
     bufferevent_free(c->bev);
     /* the one place where a connection stops counting */
-    atomic_fetch_sub(&ab_metrics_g.connections, 1);
+    atomic_fetch_sub(&c->w->app->connections, 1);
     ab_metrics_connections(c->w->metrics, -1);
     free(c);
 }
@@ -925,7 +899,7 @@ static void pause_accepting(struct ab_worker *w, long ms)
 static void on_pause_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_worker *w = arg;
-    if (w->listener && atomic_load(&ab_metrics_g.connections) < w->app->max_connections) {
+    if (w->listener && atomic_load(&w->app->connections) < w->app->max_connections) {
         evconnlistener_enable(w->listener);
         event_del(w->pause_ev);
     }
@@ -943,7 +917,7 @@ static void on_accept_again(evutil_socket_t fd, short what, void *arg)
     }
     long n = (long)w->app->n_workers;
     long mine = ab_metrics_connections(w->metrics, 0);
-    if (!(what & EV_TIMEOUT) && mine * n > atomic_load(&ab_metrics_g.connections) + n) {
+    if (!(what & EV_TIMEOUT) && mine * n > atomic_load(&w->app->connections) + n) {
         struct timeval tv = {0, ACCEPT_YIELD_MS * 1000};
         event_add(w->accept_again_ev, &tv);
         return;
@@ -971,7 +945,8 @@ static void format_peer(const struct sockaddr *sa, char *out, size_t len)
  * its handler, or that is closing, is never taken). NULL if there is none. */
 static struct ab_conn *eviction_victim(struct ab_worker *w)
 {
-    for (struct ab_conn *c = w->conns; c; c = c->next) {
+    struct ab_conn *c;
+    TAILQ_FOREACH(c, &w->conns, link) {
         if (c->state == S_IDLE || c->state == S_HEAD || c->state == S_BODY) {
             return c;
         }
@@ -989,11 +964,11 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
                       int socklen, void *arg)
 {
     struct ab_worker *w = arg;
-    long n = atomic_fetch_add(&ab_metrics_g.connections, 1) + 1;
+    long n = atomic_fetch_add(&w->app->connections, 1) + 1;
     if (n > w->app->max_connections) {
         struct ab_conn *victim = eviction_victim(w);
         if (victim == NULL) {
-            atomic_fetch_sub(&ab_metrics_g.connections, 1);
+            atomic_fetch_sub(&w->app->connections, 1);
             evutil_closesocket(fd);
             pause_accepting(w, 50);
             return;
@@ -1055,12 +1030,12 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
 static void on_ready_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_worker *w = arg;
-    int r = w->webhook ? ab_webhook_sink_ready(w->webhook) : 0;
+    int r = w->hctx ? w->app->handler->ready(w->hctx) : 0;
     if (r != w->ready) {
         atomic_fetch_add(&ab_metrics_g.sink_ready, r - w->ready);
         if (w->ready_known || !r) {
             char d[256] = "";
-            ab_webhook_sink_describe(w->webhook, d, sizeof(d));
+            w->app->handler->describe(w->hctx, d, sizeof(d));
             ab_log(r ? AB_LOG_INFO : AB_LOG_WARN, "worker %d: sink %s%s%s", w->index,
                    r ? "ready again" : "not ready", d[0] ? ": " : "", d);
         }
@@ -1074,7 +1049,7 @@ static void on_ready_tick(evutil_socket_t fd, short what, void *arg)
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct ab_worker *w = arg;
-    long inflight = ab_webhook_inflight(w->webhook);
+    long inflight = w->app->handler->inflight(w->hctx);
     if (inflight == 0 || time(NULL) >= w->stop_deadline) {
         if (inflight) {
             ab_warn("worker %d: %ld webhooks still waiting on the sink at the deadline",
@@ -1089,7 +1064,7 @@ static void begin_stop(struct ab_worker *w)
 {
     w->stopping = 1;
     w->stop_deadline = time(NULL) + w->stop_timeout_s;
-    ab_webhook_set_stopping(w->webhook);
+    w->app->handler->on_stopping(w->hctx);
     if (w->listener) {
         evconnlistener_free(w->listener);
         w->listener = NULL;
@@ -1101,8 +1076,8 @@ static void begin_stop(struct ab_worker *w)
             w->app->listen_fd = -1;
         }
     }
-    for (struct ab_conn *c = w->conns, *next; c; c = next) {
-        next = c->next;
+    for (struct ab_conn *c = TAILQ_FIRST(&w->conns), *next; c; c = next) {
+        next = TAILQ_NEXT(c, link);
         if (c->state == S_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
             conn_free(c);
         }
@@ -1123,7 +1098,7 @@ static void on_control(evutil_socket_t fd, short what, void *arg)
     w->new_ssl_ctx = NULL;
     pthread_mutex_unlock(&w->mu);
     if (ns) {
-        ab_webhook_set_secrets(w->webhook, ns);
+        w->app->handler->on_secrets(w->hctx, ns);
         ab_secrets_free(ns);
     }
     if (nctx) {
@@ -1170,6 +1145,7 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
     w->app = app;
     w->cfg = app->cfg;
     w->index = index;
+    TAILQ_INIT(&w->conns);
     w->metrics = app->metrics[index];
     pthread_mutex_init(&w->mu, NULL);
     if (app->max_connections <= 0) {
@@ -1194,11 +1170,11 @@ struct ab_worker *ab_worker_new(struct ab_app *app, int index, evutil_socket_t f
         goto fail;
     }
     evconnlistener_set_error_cb(w->listener, on_accept_error);
-    w->webhook = ab_webhook_new(app, w->base, w->metrics, errstr, errlen);
-    if (w->webhook == NULL) {
+    w->hctx = app->handler->on_context_init(app, w->base, w->metrics, errstr, errlen);
+    if (w->hctx == NULL) {
         goto fail;
     }
-    ab_webhook_set_secrets(w->webhook, secrets);
+    app->handler->on_secrets(w->hctx, secrets);
     return w;
 fail:
     ab_worker_free(w);
@@ -1224,7 +1200,7 @@ void ab_worker_run(struct ab_worker *w)
         ms = ((long)(w->stop_deadline - time(NULL))) * 1000;
         ms = ms < 0 ? 0 : ms;
     }
-    ab_webhook_close_sink(w->webhook, (int)ms);
+    w->app->handler->on_close(w->hctx, (int)ms);
     struct timeval tv = {0, 300000};
     event_base_loopexit(w->base, &tv);
     event_base_dispatch(w->base);
@@ -1238,11 +1214,11 @@ void ab_worker_free(struct ab_worker *w)
     }
     /* The sink first: its close() completes every outstanding submission, whose callbacks
      * answer their requests while the connections still exist. */
-    if (w->webhook) {
-        ab_webhook_close_sink(w->webhook, (int)(w->cfg->shutdown_timeout_s * 1000));
+    if (w->hctx) {
+        w->app->handler->on_close(w->hctx, (int)(w->cfg->shutdown_timeout_s * 1000));
     }
-    while (w->conns) {
-        struct ab_conn *c = w->conns;
+    while (!TAILQ_EMPTY(&w->conns)) {
+        struct ab_conn *c = TAILQ_FIRST(&w->conns);
         if (c->state == S_WAIT && c->req) {
             c->state = S_HEAD; /* nobody will answer it any more: free it with c */
         }
@@ -1251,7 +1227,9 @@ void ab_worker_free(struct ab_worker *w)
     if (w->listener) {
         evconnlistener_free(w->listener);
     }
-    ab_webhook_free(w->webhook);
+    if (w->hctx) {
+        w->app->handler->on_context_dispose(w->hctx);
+    }
     if (w->drain_ev) {
         event_free(w->drain_ev);
     }

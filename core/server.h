@@ -38,13 +38,39 @@ struct ab_share;
 struct ab_metrics;
 struct ab_worker;
 struct ab_conn;
+struct ab_app;
+struct ab_req;
+struct event_base;
 typedef struct ssl_ctx_st SSL_CTX;
+
+/* The handler of the configured --path, registered by the program (h2o's h2o_handler_t:
+ * on_context_init, on_context_dispose, on_req): the server calls it through this table and
+ * knows nothing of what it does (the webhook pipeline, core/webhook.h, is one). Each worker
+ * has its own context: on_context_init creates it on the worker's loop at start-up (the
+ * webhook pipeline opens its sink instance there); every other callback runs on that
+ * worker's loop thread. */
+struct ab_handler {
+    void *(*on_context_init)(struct ab_app *app, struct event_base *base,
+                             struct ab_metrics *metrics, char *errstr, size_t errlen);
+    /* A request for the path: end it with exactly one ab_req_answer(), now or later. */
+    void (*on_req)(void *ctx, struct ab_req *r);
+    void (*on_secrets)(void *ctx, struct ab_secrets *secrets); /* takes a reference */
+    void (*on_stopping)(void *ctx);      /* the worker drains: refuse new work */
+    int (*ready)(void *ctx);             /* for /readyz */
+    void (*describe)(void *ctx, char *buf, size_t len);
+    long (*inflight)(void *ctx);         /* requests it still has to answer */
+    long (*inflight_total)(void);        /* the same over every worker, for metrics */
+    void (*on_close)(void *ctx, int timeout_ms); /* answer what it holds, let go of the sink */
+    void (*on_context_dispose)(void *ctx);
+};
 
 /* Process-wide state, filled by cmd/ before workers start. Read-only afterwards, except
  * for the atomics and what the workers pick up through ab_worker_reload(). */
 struct ab_app {
     const struct ab_config *cfg;
-    const struct ab_sink_ops *sink_ops;
+    const struct ab_handler *handler;     /* of --path (the program registers it) */
+    const struct ab_sink_ops *sink_ops;   /* the backend, or a decorator (spool) in front */
+    const char *sink_name;                /* the backend's name, for metrics and logs */
     const struct ab_sink_conf *sink_conf; /* what the sink's open() is given */
     void *sink_shared;
     struct ab_route *route;   /* topic / stream template */
@@ -59,7 +85,18 @@ struct ab_app {
     long max_connections;        /* effective: --max-connections capped by RLIMIT_NOFILE */
     struct ab_share *share;      /* --max-buffered-per-client (share.h), NULL = unbounded;
                                   * made by ab_server_check_limits(), freed by its owner */
+    /* The state the server's limits decide on, owned and enforced here (metrics read it):
+     * open connections (--max-connections), bytes of bodies held (--max-buffered), and
+     * draining (/readyz 503; the handler refuses new work), set by ab_app_drain(). */
+    atomic_long connections;
+    atomic_long buffered;
+    atomic_int draining;
 };
+
+/* From any thread: the process is shutting down (/readyz answers 503 from now on). */
+void ab_app_drain(struct ab_app *app);
+/* 1 once ab_app_drain() was called. Any thread. */
+int ab_app_draining(const struct ab_app *app);
 
 /* Start-up, after the descriptor limit was raised and before workers start: check that
  * the limits above can hold (the libevent found at run time has what this layer uses; the

@@ -1,7 +1,10 @@
-/* The sink contract: where normalised events are written durably.
+/* The sink contract, both directions: where normalised events are written durably, and
+ * (optionally) how they are read back.
  *
  * A sink backend is a table of operations (Redis CT_Socket, Fluent Bit out_* plugins) plus
- * the option table that fills its own configuration struct. The core (this header,
+ * the option table that fills its own configuration struct. The write side is below; the
+ * read side (reader_open/reader_next/reader_close, Fluent Bit's in_kafka beside out_kafka)
+ * follows it, and its types come after the table. The core (this header,
  * core/pending.h, the HTTP front end) knows no backend; the registry of backends sits
  * next to them (registry.c), where the program is assembled. See docs/ARCHITECTURE.md.
  *
@@ -10,14 +13,19 @@
  * thread that opened it. close() runs on that thread after its loop has stopped;
  * global_free() runs once after every instance has been closed.
  *
- * Threads: every function except global_init/global_free runs on the owning loop thread.
+ * Threads: every write-side function except global_init/global_free runs on the owning loop
+ * thread; a reader runs on the thread that uses it, never a loop thread.
  */
 #ifndef AB_SINK_H
 #define AB_SINK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct event_base;
+struct ab_read_from;
+struct ab_read_event;
+struct ab_sink_reader;
 struct ab_event;
 struct ab_optset;
 
@@ -118,7 +126,90 @@ struct ab_sink_ops {
      * (callbacks run before close returns, with AB_SINK_CLOSED for those not acknowledged)
      * and free the instance. NULL is a no-op. */
     void (*close)(struct ab_sink *s, int timeout_ms);
+
+    /* ---- The read side: optional (NULL reader_open = this backend cannot be read back;
+     * `wait`, `replay` and `spool inspect` then refuse it, exit 2). ---- */
+
+    /* Open a reader of what this backend wrote under conf, at *from. It connects at once:
+     * NULL with one line in errstr when the backend cannot be reached or read. A topic or
+     * stream that does not exist yet is no error: next() reports AB_READ_IDLE until it
+     * does. */
+    struct ab_sink_reader *(*reader_open)(const struct ab_sink_conf *conf,
+                                          const struct ab_read_from *from, char *errstr,
+                                          size_t errlen);
+
+    /* The next event, in the backend's order (per partition for Kafka), waiting at most
+     * timeout_ms for one once the reader has reached the end of what was stored:
+     *  - AB_READ_EVENT: *ev is filled; its pointers are valid until the next call or close;
+     *  - AB_READ_IDLE: the reader is at the end of what the backend holds and nothing came
+     *    within timeout_ms (0: do not wait); calling again continues;
+     *  - AB_READ_ERROR: errstr says why (a broken connection); calling again reconnects
+     *    and continues after the last event returned. */
+    int (*reader_next)(struct ab_sink_reader *r, struct ab_read_event *ev, int timeout_ms,
+                       char *errstr, size_t errlen);
+
+    /* Free the reader. NULL is a no-op. */
+    void (*reader_close)(struct ab_sink_reader *r);
 };
+
+/* ---- The read side's types ----
+ *
+ * A reader is a blocking, single-threaded handle for programs (wait, replay, spool inspect)
+ * and for helper threads; it never runs on a loop thread and shares nothing with the
+ * write side's instances. It commits nothing anywhere: where to continue is the caller's
+ * to keep, as a position. */
+
+/* Where a reader starts. */
+struct ab_read_from {
+    const char *route;    /* the expanded topic (a Kafka topic name as written) or stream;
+                             NULL for a backend that has one place (file, spool) */
+    const char *position; /* continue just after this position (as returned in
+                             ab_read_event.position), or NULL */
+    int64_t since_ms;     /* no position: the first event stored at or after this time (ms
+                             since the epoch; a file has no store time, so its events' own
+                             "time"); 0 = the oldest event kept */
+    const char *path;     /* file and spool: read this file or directory instead of the
+                             configured one (replay --from), or NULL */
+    int all;              /* the spool: also the events already forwarded (by default a
+                             spool is read from where its forwarder continues) */
+};
+
+/* One event read back. */
+struct ab_read_event {
+    const char *value;    /* the CloudEvent line, len bytes (not NUL-terminated) */
+    size_t len;
+    const char *id;       /* the event id when the backend has it apart from the value
+                             (Redis field, Kafka ce_id header), else NULL */
+    const char *position; /* printable, opaque: a reader opened with it continues after
+                             this event (Kafka "p:offset,...", the next offset of every
+                             partition; Redis the entry id; file "inode:offset"; spool
+                             "segment:offset") */
+    int64_t stored_ms;    /* when the backend stored it (Kafka timestamp, Redis id time;
+                             a file: the time it was read when it came while following),
+                             -1 when unknown */
+};
+
+enum ab_read_status { AB_READ_ERROR = -1, AB_READ_IDLE = 0, AB_READ_EVENT = 1 };
+
+struct ab_sink_reader {
+    const struct ab_sink_ops *ops; /* first member of every backend's reader struct */
+};
+
+static inline int ab_sink_readable(const struct ab_sink_ops *ops)
+{
+    return ops != NULL && ops->reader_open != NULL;
+}
+static inline int ab_reader_next(struct ab_sink_reader *r, struct ab_read_event *ev,
+                                 int timeout_ms, char *errstr, size_t errlen)
+{
+    return r->ops->reader_next(r, ev, timeout_ms, errstr, errlen);
+}
+static inline void ab_reader_close(struct ab_sink_reader *r)
+{
+    if (r != NULL) {
+        r->ops->reader_close(r);
+    }
+}
 
 /* Dispatch helpers. */
 static inline int ab_sink_submit(struct ab_sink *s, const struct ab_sink_msg *m,

@@ -27,6 +27,10 @@
 #include "signature.h"
 #include "sink.h"
 
+/* Webhooks of every worker waiting on a sink: what --max-inflight decides on, enforced in
+ * submit(); metrics read it through the handler's inflight_total. */
+static atomic_long inflight_all;
+
 struct ab_webhook {
     struct ab_app *app;
     const struct ab_config *cfg;
@@ -81,7 +85,7 @@ static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_even
     }
     if (ev) {
         a.id = ev->id, a.action = ev->action, a.event = ev->event;
-        a.sink = wh->app->sink_ops->name;
+        a.sink = wh->app->sink_name;
     }
     ab_req_answer(r, &a);
 }
@@ -102,19 +106,19 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
     } else if (status == AB_SINK_TOO_BIG) {
         char msg[512];
         snprintf(msg, sizeof(msg), "the event can never be stored by the %s sink: %s",
-                 wh->app->sink_ops->name, errstr ? errstr : "too big");
+                 wh->app->sink_name, errstr ? errstr : "too big");
         answer(wh, p->req, p->ev, 413, msg, NULL);
     } else {
         char msg[256];
         snprintf(msg, sizeof(msg), "the %s sink could not store the event (%s%s%s); retry later",
-                 wh->app->sink_ops->name, ab_sink_status_str(status), errstr ? ": " : "",
+                 wh->app->sink_name, ab_sink_status_str(status), errstr ? ": " : "",
                  errstr ? errstr : "");
         answer(wh, p->req, p->ev, 503, msg, NULL);
     }
     ab_event_free(p->ev);
     free(p);
     wh->inflight--;
-    atomic_fetch_sub(&ab_metrics_g.inflight, 1);
+    atomic_fetch_sub(&inflight_all, 1);
 }
 
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
@@ -124,7 +128,7 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
                   const struct ab_institution *inst, char *msg, size_t msglen)
 {
     const struct ab_config *cfg = wh->cfg;
-    if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
+    if (cfg->max_inflight > 0 && atomic_load(&inflight_all) >= cfg->max_inflight) {
         snprintf(msg, msglen,
                  "too many webhooks waiting on the sink (--max-inflight); retry later");
         return 503;
@@ -147,12 +151,12 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
         char d[128] = "not ready";
         ab_webhook_sink_describe(wh, d, sizeof(d));
         snprintf(msg, msglen, "the %s sink cannot take writes now (%s); retry later",
-                 wh->app->sink_ops->name, d);
+                 wh->app->sink_name, d);
         free(p);
         return 503;
     }
     wh->inflight++;
-    atomic_fetch_add(&ab_metrics_g.inflight, 1);
+    atomic_fetch_add(&inflight_all, 1);
     return 0;
 }
 
@@ -193,7 +197,7 @@ static void on_dead_letter_done(int status, const char *errstr, void *opaque)
     struct dead *d = opaque;
     struct ab_webhook *wh = d->wh;
     struct ab_answer a = {.status = 200, .k1 = "id", .v1 = d->id, .k2 = "status",
-                          .v2 = "dead-lettered", .id = d->id, .sink = wh->app->sink_ops->name};
+                          .v2 = "dead-lettered", .id = d->id, .sink = wh->app->sink_name};
     char msg[256];
     if (status == AB_SINK_OK) {
         atomic_fetch_add(&ab_metrics_g.dead_letters, 1);
@@ -204,7 +208,7 @@ static void on_dead_letter_done(int status, const char *errstr, void *opaque)
     } else {
         atomic_fetch_add(&ab_metrics_g.dead_letter_failures, 1);
         snprintf(msg, sizeof(msg), "the %s sink could not store the dead letter (%s%s%s); "
-                 "retry later", wh->app->sink_ops->name, ab_sink_status_str(status),
+                 "retry later", wh->app->sink_name, ab_sink_status_str(status),
                  errstr ? ": " : "", errstr ? errstr : "");
         ab_error("dead letter: could not store a signed request from %s that could not become "
                  "an event (%s): %s; answered 503",
@@ -215,7 +219,7 @@ static void on_dead_letter_done(int status, const char *errstr, void *opaque)
     ab_req_answer(d->req, &a);
     free(d);
     wh->inflight--;
-    atomic_fetch_sub(&ab_metrics_g.inflight, 1);
+    atomic_fetch_sub(&inflight_all, 1);
 }
 
 /* The dead-letter record of r: a CloudEvent of type com.exlibrisgroup.alma.deadletter whose
@@ -313,7 +317,7 @@ static int dead_letter(struct ab_webhook *wh, const struct ab_institutions *inst
                             .value = json,
                             .value_len = strlen(json),
                             .dead_letter = 1};
-    int rc = cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight
+    int rc = cfg->max_inflight > 0 && atomic_load(&inflight_all) >= cfg->max_inflight
                  ? -1
                  : ab_sink_submit(wh->sink, &m, on_dead_letter_done, d);
     cJSON_free(json);
@@ -321,14 +325,14 @@ static int dead_letter(struct ab_webhook *wh, const struct ab_institutions *inst
         char msg[256], desc[128] = "not ready";
         ab_webhook_sink_describe(wh, desc, sizeof(desc));
         snprintf(msg, sizeof(msg), "the %s sink cannot take the dead letter now (%s); retry "
-                 "later", wh->app->sink_ops->name, desc);
+                 "later", wh->app->sink_name, desc);
         atomic_fetch_add(&ab_metrics_g.dead_letter_failures, 1);
         answer(wh, r, NULL, 503, msg, NULL);
         free(d);
         return 0;
     }
     wh->inflight++;
-    atomic_fetch_add(&ab_metrics_g.inflight, 1);
+    atomic_fetch_add(&inflight_all, 1);
     return 0;
 }
 
@@ -379,7 +383,7 @@ static int body_format(const char *ctype, const char *body, size_t len)
 static int admit(struct ab_webhook *wh, struct ab_req *r, int consortium, int *fmt, char *msg,
                  size_t msglen)
 {
-    if (atomic_load(&ab_metrics_g.draining) && wh->stopping) {
+    if (ab_app_draining(wh->app) && wh->stopping) {
         snprintf(msg, msglen, "almabridge is shutting down; retry later");
         return 503;
     }
@@ -659,3 +663,69 @@ void ab_webhook_free(struct ab_webhook *wh)
     ab_inst_view_release(&wh->insts);
     free(wh);
 }
+
+/* ---- the server's handler interface ------------------------------------------------ */
+
+static void *on_context_init(struct ab_app *app, struct event_base *base,
+                             struct ab_metrics *metrics, char *errstr, size_t errlen)
+{
+    return ab_webhook_new(app, base, metrics, errstr, errlen);
+}
+
+static void on_req(void *ctx, struct ab_req *r)
+{
+    ab_webhook_handle(ctx, r);
+}
+
+static void on_secrets(void *ctx, struct ab_secrets *secrets)
+{
+    ab_webhook_set_secrets(ctx, secrets);
+}
+
+static void on_stopping(void *ctx)
+{
+    ab_webhook_set_stopping(ctx);
+}
+
+static int ready(void *ctx)
+{
+    return ab_webhook_sink_ready(ctx);
+}
+
+static void describe(void *ctx, char *buf, size_t len)
+{
+    ab_webhook_sink_describe(ctx, buf, len);
+}
+
+static long inflight(void *ctx)
+{
+    return ab_webhook_inflight(ctx);
+}
+
+long ab_webhook_inflight_total(void)
+{
+    return atomic_load(&inflight_all);
+}
+
+static void on_close(void *ctx, int timeout_ms)
+{
+    ab_webhook_close_sink(ctx, timeout_ms);
+}
+
+static void on_context_dispose(void *ctx)
+{
+    ab_webhook_free(ctx);
+}
+
+const struct ab_handler ab_webhook_handler = {
+    .on_context_init = on_context_init,
+    .on_req = on_req,
+    .on_secrets = on_secrets,
+    .on_stopping = on_stopping,
+    .ready = ready,
+    .describe = describe,
+    .inflight = inflight,
+    .inflight_total = ab_webhook_inflight_total,
+    .on_close = on_close,
+    .on_context_dispose = on_context_dispose,
+};

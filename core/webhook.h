@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 struct ab_app;
+struct ab_handler;
 struct ab_req;
 struct ab_metrics;
 struct ab_secrets;
@@ -34,9 +35,15 @@ int ab_webhook_sink_ready(struct ab_webhook *wh);
 void ab_webhook_sink_describe(struct ab_webhook *wh, char *buf, size_t len);
 /* Webhooks of this worker waiting on the sink. */
 long ab_webhook_inflight(const struct ab_webhook *wh);
+/* Webhooks of every worker waiting on a sink (what --max-inflight limits). Any thread. */
+long ab_webhook_inflight_total(void);
 
 /* Close the sink (completing what it holds: those requests are answered 503) and free. */
 void ab_webhook_close_sink(struct ab_webhook *wh, int timeout_ms);
 void ab_webhook_free(struct ab_webhook *wh);
+
+/* The pipeline as the server's handler (server.h): the program registers it as
+ * ab_app.handler; each worker's context is an ab_webhook. */
+extern const struct ab_handler ab_webhook_handler;
 
 #endif

@@ -36,6 +36,8 @@
 #include <stdio.h>
 #include <sys/uio.h>
 
+#include "sink.h"
+
 struct event_base;
 struct ab_eventlog;
 struct ab_eventlog_client;
@@ -173,5 +175,42 @@ int ab_eventlog_append(struct ab_eventlog_client *c, const struct iovec *parts, 
  * callbacks (AB_EVENTLOG_CLOSED for those still waiting on the disk) and let go of the
  * client. NULL is a no-op. */
 void ab_eventlog_client_free(struct ab_eventlog_client *c, int timeout_ms);
+
+/* ---- Reading a log back (eventlog_read.c): blocking, one thread, never a loop thread ----
+ *
+ * A reader returns complete lines only (a torn or still growing tail waits), with a printable
+ * position: "INODE:OFFSET" in a file, "SEGMENT:OFFSET" in a directory (the offset just past
+ * the line). A file is followed across rotation (renamed and recreated: the old one is read
+ * a few seconds more; truncated: from the start); a directory from segment to segment in
+ * name order ("*.seg" when there are such, else every regular file but lock files, torn
+ * tails and the spool's progress file). */
+struct ab_eventlog_follower;
+
+struct ab_eventlog_line {
+    const char *line; /* without the newline; valid until the next call */
+    size_t len;
+    const char *position;
+    int64_t read_ms; /* when it was read, for lines that came while following; else -1 */
+};
+
+/* Open path (dir: a directory of segments) just after position, or at its start; lines
+ * whose CloudEvent "time" is before since_ms (> 0, no position) are passed over. A file
+ * that does not exist yet is waited for. NULL with errstr when path cannot be read. */
+struct ab_eventlog_follower *ab_eventlog_follow_open(const char *path, int dir,
+                                                   const char *position, int64_t since_ms,
+                                                   char *errstr, size_t errlen);
+/* 1 and *out, or 0 when no line came within timeout_ms at the end of the log. */
+int ab_eventlog_follow_next(struct ab_eventlog_follower *r, struct ab_eventlog_line *out,
+                            int timeout_ms);
+void ab_eventlog_follow_close(struct ab_eventlog_follower *r);
+
+/* The contract's read side (sink.h) over a log, for the backends that are logs: a reader
+ * whose ops are `ops` (whose reader_next and reader_close must be the two below). */
+struct ab_sink_reader *ab_eventlog_sink_reader(const struct ab_sink_ops *ops, const char *path,
+                                               int dir, const char *position, int64_t since_ms,
+                                               char *errstr, size_t errlen);
+int ab_eventlog_sink_reader_next(struct ab_sink_reader *r, struct ab_read_event *ev,
+                                 int timeout_ms, char *errstr, size_t errlen);
+void ab_eventlog_sink_reader_close(struct ab_sink_reader *r);
 
 #endif

@@ -138,6 +138,11 @@ const char *ab_example_event(const struct ab_sink *s, size_t i)
     return i < es->n ? es->events[i] : NULL;
 }
 
+/* 9. The read side: this backend keeps its events in one process's memory, so nothing
+ * outside it can read them back: reader_open, reader_next and reader_close stay NULL, and
+ * `wait`, `replay` and `spool inspect` refuse it (exit 2) instead of misreading it. A
+ * backend with a store of its own implements the three here (see sinks/redis.c). */
+
 /* 8. The operations table; then one line in registry.c makes the program offer it. */
 const struct ab_sink_ops ab_sink_example = {
     .name = "example",
@@ -149,4 +154,5 @@ const struct ab_sink_ops ab_sink_example = {
     .ready = example_ready,
     .describe = example_describe,
     .close = example_close,
+    .reader_open = NULL, /* no read side (step 9) */
 };

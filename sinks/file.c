@@ -161,6 +161,16 @@ static void file_close(struct ab_sink *s, int timeout_ms)
     free(fs);
 }
 
+/* The read side: the file, followed across rotation (eventlog_read.c). Any thread. */
+static struct ab_sink_reader *file_reader_open(const struct ab_sink_conf *conf,
+                                               const struct ab_read_from *from, char *errstr,
+                                               size_t errlen)
+{
+    const struct ab_file_conf *cfg = conf->opts;
+    return ab_eventlog_sink_reader(&ab_sink_file, from->path ? from->path : cfg->path, 0,
+                                   from->position, from->since_ms, errstr, errlen);
+}
+
 const struct ab_sink_ops ab_sink_file = {
     .name = "file",
     .default_route = "",
@@ -172,4 +182,7 @@ const struct ab_sink_ops ab_sink_file = {
     .ready = file_ready,
     .describe = file_describe,
     .close = file_close,
+    .reader_open = file_reader_open,
+    .reader_next = ab_eventlog_sink_reader_next,
+    .reader_close = ab_eventlog_sink_reader_close,
 };

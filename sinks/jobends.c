@@ -1,4 +1,4 @@
-/* INTERIM readers of JOB_END instance ids for reconcile: see jobends.h. */
+/* The JOB_END instance ids a sink holds, for reconcile: see jobends.h. */
 #include "jobends.h"
 
 #include <errno.h>
@@ -10,69 +10,44 @@
 
 #include "file.h"
 #include "mem.h"
-#include "redis.h"
-
-struct collect {
-    struct ab_reconcile_ids *ids;
-    int64_t since_ms;
-};
-
-static void on_event(const char *line, size_t len, void *arg)
-{
-    struct collect *c = arg;
-    int64_t when = -1;
-    char *id = ab_reconcile_job_end_instance(line, len, &when);
-    if (id && (when < 0 || when >= c->since_ms)) {
-        ab_reconcile_ids_add(c->ids, id);
-    }
-    free(id);
-}
-
-/* Every line of the log file (none when it does not exist yet). */
-static int scan_file(const char *path, struct collect *c, char *err, size_t errlen)
-{
-    FILE *fp = fopen(path, "r");
-    char *line = NULL;
-    size_t cap = 0;
-    ssize_t n;
-    if (fp == NULL) {
-        if (errno == ENOENT) {
-            return 0;
-        }
-        snprintf(err, errlen, "file sink: cannot read %s: %s", path, strerror(errno));
-        return -1;
-    }
-    while ((n = getline(&line, &cap, fp)) > 0) {
-        on_event(line, (size_t)n - (line[n - 1] == '\n'), c);
-    }
-    free(line);
-    fclose(fp);
-    return 0;
-}
 
 int ab_jobends_supported(const struct ab_sink_ops *ops, char *err, size_t errlen)
 {
-    if (ops == &ab_sink_file || ops == &ab_sink_redis) {
+    if (ab_sink_readable(ops)) {
         return 1;
     }
-    snprintf(err, errlen, "reconcile reads the file and redis sinks; the %s sink's reader comes "
-                          "with the sink read side (issue 18)", ops->name);
+    snprintf(err, errlen, "the %s sink has no read side (core/sink.h): reconcile cannot see "
+                          "which JOB_END events it holds", ops ? ops->name : "?");
     return 0;
 }
 
+/* One pass over what the backend holds from since_ms (its reader, the sink contract's read
+ * side), up to its end: the instance of every JOB_END at or after since_ms. */
 int ab_jobends_collect(const struct ab_sink_ops *ops, const struct ab_sink_conf *conf,
                        const char *stream, int64_t since_ms, struct ab_reconcile_ids *ids,
                        char *err, size_t errlen)
 {
-    struct collect c = {ids, since_ms};
-    if (ops == &ab_sink_file) {
-        return scan_file(((const struct ab_file_conf *)conf->opts)->path, &c, err, errlen);
+    if (!ab_jobends_supported(ops, err, errlen)) {
+        return -1;
     }
-    if (ops == &ab_sink_redis) {
-        return ab_redis_scan(conf->opts, stream, since_ms, on_event, &c, err, errlen);
+    struct ab_read_from from = {.route = stream && *stream ? stream : NULL,
+                                .since_ms = since_ms > 0 ? since_ms : 0};
+    struct ab_sink_reader *r = ops->reader_open(conf, &from, err, errlen);
+    if (r == NULL) {
+        return -1;
     }
-    ab_jobends_supported(ops, err, errlen);
-    return -1;
+    struct ab_read_event ev;
+    int got;
+    while ((got = ab_reader_next(r, &ev, 0, err, errlen)) == AB_READ_EVENT) {
+        int64_t when = -1;
+        char *id = ab_reconcile_job_end_instance(ev.value, ev.len, &when);
+        if (id && (when < 0 || when >= since_ms)) {
+            ab_reconcile_ids_add(ids, id);
+        }
+        free(id);
+    }
+    ab_reader_close(r);
+    return got == AB_READ_IDLE ? 0 : -1;
 }
 
 long ab_jobends_file_holder(const struct ab_sink_conf *conf)

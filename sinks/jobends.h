@@ -1,8 +1,6 @@
-/* INTERIM, for `almabridge reconcile` until the sink read side (issue 18) is merged: which
- * job instances already have a JOB_END in the sink, read with the code that exists today
- * (the file sink's log read line by line; the Redis stream through ab_redis_scan). At the
- * merge, reconcile's job_ends() becomes one loop over the contract's reader (open from a
- * time, next event, close) with ab_event_from_line(), and this file goes. */
+/* For `almabridge reconcile`: which job instances already have a JOB_END in the sink, read
+ * through the backend's read side (core/sink.h; file, Redis, Kafka, the spool's inner
+ * backend), and whether a daemon holds the file sink's log. */
 #ifndef AB_JOBENDS_H
 #define AB_JOBENDS_H
 
@@ -12,14 +10,14 @@
 #include "reconcile.h"
 #include "sink.h"
 
-/* Add to ids the job instance of every JOB_END that backend ops (file or redis, configured
- * by conf) holds at or after since_ms; stream is the Redis stream a JOB_END is routed to.
- * 0, or -1 with err (also for a backend without a reader yet). */
+/* Add to ids the job instance of every JOB_END that backend ops (configured by conf) holds
+ * at or after since_ms; stream is the topic / stream a JOB_END is routed to ("" or NULL for
+ * the file sink). 0, or -1 with err (also for a backend without a read side). */
 int ab_jobends_collect(const struct ab_sink_ops *ops, const struct ab_sink_conf *conf,
                        const char *stream, int64_t since_ms, struct ab_reconcile_ids *ids,
                        char *err, size_t errlen);
 
-/* 1 when ab_jobends_collect can read backend ops (file, redis), else 0 with err. */
+/* 1 when backend ops has a read side, else 0 with err. */
 int ab_jobends_supported(const struct ab_sink_ops *ops, char *err, size_t errlen);
 
 /* The pid of the process holding the file sink's log (its lock), 0 when none holds it, -1

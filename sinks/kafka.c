@@ -899,7 +899,11 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
         ks->last_probe_ms = now;
     }
-    struct ab_event *own = msg->event ? NULL : ab_event_from_line(msg->value, msg->value_len);
+    struct ab_event *own = NULL; /* a line without its event (the spool's, replay's) */
+    char why[128];
+    if (msg->event == NULL) {
+        ab_event_from_line(msg->value, msg->value_len, &own, why, sizeof(why));
+    }
     const struct ab_event *ev = msg->event ? msg->event : own;
     if (ev == NULL) {
         return -1; /* not a CloudEvent line (replay checks its input first) */
@@ -1025,6 +1029,330 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
     free(ks);
 }
 
+/* ---- the read side: a consumer by assignment ---------------------------------------- */
+
+/* A reader commits nothing and joins no group in earnest (its group id is its own), so any
+ * number of readers run side by side. It assigns every partition of one topic; its position
+ * is the next offset of each partition. */
+struct kafka_reader {
+    struct ab_sink_reader base;
+    rd_kafka_t *rk;
+    char topic[AB_KAFKA_TOPIC_MAX + 1];
+    char *brokers;
+    char *start;      /* the position to resume after, or NULL */
+    int64_t since_ms;
+    int nparts;       /* 0 until the topic exists and is assigned */
+    int64_t *next;    /* per partition: the next offset to read */
+    int64_t *high;    /* per partition: the end offset when assigned */
+    int caught_up;
+    int64_t look_again; /* monotonic ms: when to look for a missing topic again */
+    rd_kafka_message_t *msg; /* the event last returned */
+    char *line;              /* its CloudEvent line, either content mode decoded */
+    char *pos;
+    size_t poscap;
+    char id[256];
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A consumer with the daemon's brokers and --kafka-conf, its own throw-away group id,
+ * nothing committed or stored, librdkafka's connection chatter silenced (errors that matter
+ * come back from the calls). NULL with errstr. */
+static rd_kafka_t *reader_consumer(const struct ab_kafka_conf *cfg, char *errstr, size_t errlen)
+{
+    char group[96], err[512];
+    snprintf(group, sizeof(group), "almabridge-reader-%ld-%lld", (long)getpid(),
+             (long long)now_ms());
+    const char *defaults[][2] = {
+        {"bootstrap.servers", cfg->brokers}, {"group.id", group},
+        {"client.id", "almabridge-reader"},  {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"}, {"enable.partition.eof", "false"},
+        {"auto.offset.reset", "earliest"},
+    };
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set_log_cb(conf, on_log_quiet);
+    for (size_t i = 0; i < sizeof(defaults) / sizeof(defaults[0]); i++) {
+        if (conf_set(conf, defaults[i][0], defaults[i][1], errstr, errlen) != 0) {
+            goto fail;
+        }
+    }
+    for (size_t i = 0; i < cfg->conf.n; i++) {
+        const char *kv = cfg->conf.v[i], *eq = strchr(kv, '=');
+        char *key = eq ? ab_strndup(kv, (size_t)(eq - kv)) : NULL;
+        int rc = key ? conf_set(conf, key, eq + 1, errstr, errlen) : -1;
+        if (key == NULL) {
+            snprintf(errstr, errlen, "kafka: --kafka-conf entry %zu is not key=value", i + 1);
+        }
+        free(key);
+        if (rc != 0) {
+            goto fail;
+        }
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (rk == NULL) {
+        snprintf(errstr, errlen, "kafka: cannot create a consumer: %s", err);
+        goto fail;
+    }
+    return rk; /* rd_kafka_new() took the conf */
+fail:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+/* The partition count of the reader's topic: > 0, 0 while it does not exist, -1 when the
+ * brokers cannot be reached (errstr filled). */
+static int reader_partitions(struct kafka_reader *r, int timeout_ms, char *errstr,
+                             size_t errlen)
+{
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(r->rk, r->topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t e = rd_kafka_metadata(r->rk, 0, rkt, &md, timeout_ms);
+    int n = -1;
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(errstr, errlen, "kafka %s, topic %s: %s", r->brokers, r->topic,
+                 rd_kafka_err2str(e));
+    } else if (md->topic_cnt < 1 || md->topics[0].err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        n = 0;
+    } else {
+        n = md->topics[0].partition_cnt;
+    }
+    if (md) {
+        rd_kafka_metadata_destroy(md);
+    }
+    rd_kafka_topic_destroy(rkt);
+    return n;
+}
+
+/* The offset of partition p in a position "p:offset,...", or -1. */
+static int64_t position_of(const char *pos, int p)
+{
+    for (const char *s = pos; s && *s;) {
+        char *end;
+        long part = strtol(s, &end, 10);
+        if (*end != ':') {
+            return -1;
+        }
+        long long off = strtoll(end + 1, &end, 10);
+        if (part == p) {
+            return off;
+        }
+        s = *end == ',' ? end + 1 : NULL;
+    }
+    return -1;
+}
+
+/* Assign every partition: after the saved position, else from the first offset at or after
+ * since_ms (the end when there is none: the end offset is read first, so nothing written
+ * between the two look-ups is skipped). */
+static int reader_assign(struct kafka_reader *r, int nparts, char *errstr, size_t errlen)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(nparts);
+    int64_t *high = ab_calloc((size_t)nparts, sizeof(*high));
+    int64_t *low = ab_calloc((size_t)nparts, sizeof(*low));
+    rd_kafka_resp_err_t e = RD_KAFKA_RESP_ERR_NO_ERROR;
+    for (int p = 0; p < nparts && !e; p++) {
+        e = rd_kafka_query_watermark_offsets(r->rk, r->topic, p, &low[p], &high[p], 10000);
+        rd_kafka_topic_partition_list_add(l, r->topic, p)->offset = r->since_ms;
+    }
+    if (!e && r->start == NULL) {
+        e = rd_kafka_offsets_for_times(r->rk, l, 10000);
+    }
+    for (int i = 0; i < l->cnt && !e; i++) {
+        rd_kafka_topic_partition_t *tp = &l->elems[i];
+        int64_t saved = r->start ? position_of(r->start, tp->partition) : -1;
+        if (r->start) {
+            tp->offset = saved >= low[tp->partition] ? saved : low[tp->partition];
+        } else if (tp->err != RD_KAFKA_RESP_ERR_NO_ERROR || tp->offset < 0) {
+            tp->offset = high[tp->partition];
+        }
+    }
+    if (!e) {
+        e = rd_kafka_assign(r->rk, l);
+    }
+    if (e) {
+        snprintf(errstr, errlen, "kafka %s, topic %s: %s", r->brokers, r->topic,
+                 rd_kafka_err2str(e));
+    } else {
+        r->nparts = nparts;
+        r->next = ab_calloc((size_t)nparts, sizeof(int64_t));
+        for (int i = 0; i < l->cnt; i++) {
+            r->next[l->elems[i].partition] = l->elems[i].offset;
+        }
+        r->high = high;
+        high = NULL;
+    }
+    free(high);
+    free(low);
+    rd_kafka_topic_partition_list_destroy(l);
+    return e ? -1 : 0;
+}
+
+static void kafka_reader_close(struct ab_sink_reader *base);
+
+static struct ab_sink_reader *kafka_reader_open(const struct ab_sink_conf *sc,
+                                                const struct ab_read_from *from, char *errstr,
+                                                size_t errlen)
+{
+    const struct ab_kafka_conf *cfg = sc->opts;
+    if (cfg->brokers == NULL || *cfg->brokers == '\0' || from->route == NULL) {
+        snprintf(errstr, errlen, "kafka: %s", from->route ? "--kafka-brokers is empty"
+                                                           : "no topic to read");
+        return NULL;
+    }
+    struct kafka_reader *r = ab_calloc(1, sizeof(*r));
+    r->base.ops = &ab_sink_kafka;
+    r->brokers = ab_strdup(cfg->brokers);
+    r->start = from->position ? ab_strdup(from->position) : NULL;
+    r->since_ms = from->since_ms;
+    ab_kafka_topic_name(from->route, r->topic); /* the name the producer writes to */
+    if ((r->rk = reader_consumer(cfg, errstr, errlen)) == NULL) {
+        goto fail;
+    }
+    int n = reader_partitions(r, 10000, errstr, errlen);
+    if (n < 0 || (n > 0 && reader_assign(r, n, errstr, errlen) != 0)) {
+        goto fail;
+    }
+    return &r->base;
+fail:
+    kafka_reader_close(&r->base);
+    return NULL;
+}
+
+/* "p:offset,..." of every partition into r->pos. */
+static void reader_position(struct kafka_reader *r)
+{
+    size_t need = (size_t)r->nparts * 32 + 1, w = 0;
+    if (need > r->poscap) {
+        r->poscap = need;
+        r->pos = ab_realloc(r->pos, need);
+    }
+    r->pos[0] = '\0';
+    for (int p = 0; p < r->nparts; p++) {
+        w += (size_t)snprintf(r->pos + w, r->poscap - w, "%s%d:%lld", p ? "," : "", p,
+                              (long long)r->next[p]);
+    }
+}
+
+/* The message's ce_id header (binary content mode and the default headers), or "". */
+static const char *reader_id(struct kafka_reader *r, const rd_kafka_message_t *m)
+{
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *v = NULL;
+    size_t vlen = 0;
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        rd_kafka_header_get_last(hdrs, "ce_id", &v, &vlen) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+        v == NULL || vlen >= sizeof(r->id)) {
+        return NULL;
+    }
+    memcpy(r->id, v, vlen);
+    r->id[vlen] = '\0';
+    return r->id;
+}
+
+static int reader_at_end(const struct kafka_reader *r)
+{
+    for (int p = 0; p < r->nparts; p++) {
+        if (r->next[p] < r->high[p]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+#define CATCH_UP_MS 120000 /* reading up to the end offsets: longer is an error */
+
+/* Blocking: the next message of any partition (see sink.h). Before the reader has reached
+ * the end offsets of its assignment it keeps polling whatever timeout_ms says, so that
+ * AB_READ_IDLE always means "at the end". */
+static int kafka_reader_next(struct ab_sink_reader *base, struct ab_read_event *ev,
+                             int timeout_ms, char *errstr, size_t errlen)
+{
+    struct kafka_reader *r = (struct kafka_reader *)base;
+    int64_t t0 = mono_ms(), deadline = t0 + (timeout_ms > 0 ? timeout_ms : 0);
+    if (r->msg) {
+        rd_kafka_message_destroy(r->msg);
+        r->msg = NULL;
+    }
+    free(r->line);
+    r->line = NULL;
+    for (;;) {
+        int64_t now = mono_ms(), left = deadline - now;
+        if (r->nparts == 0) { /* the first event written to the topic creates it */
+            if (now >= r->look_again) {
+                int n = reader_partitions(r, 5000, errstr, errlen);
+                if (n < 0 || (n > 0 && reader_assign(r, n, errstr, errlen) != 0)) {
+                    r->look_again = mono_ms() + 500;
+                    return AB_READ_ERROR;
+                }
+                r->look_again = mono_ms() + 1000;
+                continue;
+            }
+            if (left <= 0) {
+                return AB_READ_IDLE;
+            }
+            int64_t nap = r->look_again - now < left ? r->look_again - now : left;
+            struct timespec ts = {(time_t)(nap / 1000), (long)(nap % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        r->caught_up = r->caught_up || reader_at_end(r);
+        if (r->caught_up && left <= 0) {
+            return AB_READ_IDLE;
+        }
+        if (!r->caught_up && now - t0 > CATCH_UP_MS) {
+            snprintf(errstr, errlen, "kafka %s, topic %s: reading up to its end took over %d s",
+                     r->brokers, r->topic, CATCH_UP_MS / 1000);
+            return AB_READ_ERROR;
+        }
+        rd_kafka_message_t *m =
+            rd_kafka_consumer_poll(r->rk, r->caught_up && left < 500 ? (int)left : 500);
+        if (m == NULL) {
+            continue;
+        }
+        if (m->err != RD_KAFKA_RESP_ERR_NO_ERROR || m->partition < 0 ||
+            m->partition >= r->nparts) {
+            rd_kafka_message_destroy(m); /* librdkafka retries by itself */
+            continue;
+        }
+        r->next[m->partition] = m->offset + 1;
+        reader_position(r);
+        r->msg = m;
+        size_t len = 0;
+        r->line = ab_kafka_message_event(m, &len); /* binary mode: the line from the headers */
+        *ev = (struct ab_read_event){.value = r->line ? r->line : "", .len = r->line ? len : 0,
+                                     .id = reader_id(r, m), .position = r->pos,
+                                     .stored_ms = rd_kafka_message_timestamp(m, NULL)};
+        return AB_READ_EVENT;
+    }
+}
+
+static void kafka_reader_close(struct ab_sink_reader *base)
+{
+    struct kafka_reader *r = (struct kafka_reader *)base;
+    if (r == NULL) {
+        return;
+    }
+    if (r->msg) {
+        rd_kafka_message_destroy(r->msg);
+    }
+    free(r->line);
+    if (r->rk) {
+        rd_kafka_consumer_close(r->rk);
+        rd_kafka_destroy(r->rk);
+    }
+    free(r->brokers);
+    free(r->start);
+    free(r->next);
+    free(r->high);
+    free(r->pos);
+    free(r);
+}
+
 const struct ab_sink_ops ab_sink_kafka = {
     .name = "kafka",
     .default_route = "alma.{action}",
@@ -1035,4 +1363,7 @@ const struct ab_sink_ops ab_sink_kafka = {
     .ready = kafka_ready,
     .describe = kafka_describe,
     .close = kafka_close,
+    .reader_open = kafka_reader_open,
+    .reader_next = kafka_reader_next,
+    .reader_close = kafka_reader_close,
 };

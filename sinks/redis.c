@@ -683,7 +683,11 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     if (rs->closing || rs->state != RS_READY || rs->ac == NULL) {
         return -1;
     }
-    struct ab_event *own = msg->event ? NULL : ab_event_from_line(msg->value, msg->value_len);
+    struct ab_event *own = NULL; /* a line without its event (the spool's, replay's) */
+    char why[128];
+    if (msg->event == NULL) {
+        ab_event_from_line(msg->value, msg->value_len, &own, why, sizeof(why));
+    }
     const struct ab_event *ev = msg->event ? msg->event : own;
     struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
     /* a dead letter (data_base64, extension attributes of its own) always goes structured */
@@ -852,6 +856,209 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
     free(rs);
 }
 
+/* ---- the read side: XRANGE, then XREAD BLOCK, on a blocking connection ---------------- */
+
+#define READ_PAGE 500
+
+struct redis_reader {
+    struct ab_sink_reader base;
+    struct redis_shared *sh; /* the URL, parsed by the writer's parser */
+    redisContext *c;         /* NULL while disconnected: the next call dials */
+    char *stream;
+    char last[64];  /* the last entry id returned, or where to start */
+    int phase;      /* 0: XRANGE from last inclusive, 1: XRANGE after last, 2: XREAD */
+    redisReply *page;
+    size_t idx;
+    char *line; /* the entry last returned as a CloudEvent line (either content mode) */
+};
+
+/* A blocking connection, authenticated and on its database; 0, or -1 with errstr (never
+ * the password). */
+static int reader_dial(struct redis_reader *r, char *errstr, size_t errlen)
+{
+    const struct redis_shared *sh = r->sh;
+    struct timeval tv = {5, 0};
+    redisReply *rep = NULL;
+    r->c = redisConnectWithTimeout(sh->host, sh->port, tv);
+    if (r->c == NULL || r->c->err) {
+        snprintf(errstr, errlen, "redis %s: cannot connect: %s", sh->addr,
+                 r->c ? r->c->errstr : "out of memory");
+        goto fail;
+    }
+    redisSetTimeout(r->c, tv);
+    if (sh->password) {
+        rep = sh->user ? redisCommand(r->c, "AUTH %s %s", sh->user, sh->password)
+                       : redisCommand(r->c, "AUTH %s", sh->password);
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+            snprintf(errstr, errlen, "redis %s: authentication failed: %s", sh->addr,
+                     rep ? rep->str : r->c->errstr);
+            goto fail;
+        }
+        freeReplyObject(rep);
+    }
+    rep = redisCommand(r->c, "SELECT %ld", sh->db);
+    if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+        snprintf(errstr, errlen, "redis %s: SELECT: %s", sh->addr, rep ? rep->str : r->c->errstr);
+        goto fail;
+    }
+    freeReplyObject(rep);
+    return 0;
+fail:
+    if (rep) {
+        freeReplyObject(rep);
+    }
+    redisFree(r->c);
+    r->c = NULL;
+    return -1;
+}
+
+static void redis_reader_close(struct ab_sink_reader *base);
+
+static struct ab_sink_reader *redis_reader_open(const struct ab_sink_conf *sc,
+                                                const struct ab_read_from *from, char *errstr,
+                                                size_t errlen)
+{
+    const struct ab_redis_conf *cfg = sc->opts;
+    struct redis_reader *r = ab_calloc(1, sizeof(*r));
+    r->base.ops = &ab_sink_redis;
+    r->sh = ab_calloc(1, sizeof(*r->sh));
+    if (from->route == NULL) {
+        snprintf(errstr, errlen, "redis: no stream to read");
+        goto fail;
+    }
+    r->stream = ab_strdup(from->route);
+    if (from->position) {
+        snprintf(r->last, sizeof(r->last), "%s", from->position);
+        r->phase = 1;
+    } else {
+        snprintf(r->last, sizeof(r->last), "%lld-0",
+                 (long long)(from->since_ms > 0 ? from->since_ms : 0));
+    }
+    if (parse_url(cfg->url && *cfg->url ? cfg->url : DEFAULT_URL, r->sh, errstr, errlen) != 0 ||
+        reader_dial(r, errstr, errlen) != 0) {
+        goto fail;
+    }
+    return &r->base;
+fail:
+    redis_reader_close(&r->base);
+    return NULL;
+}
+
+/* The next entry of the page that holds an event (structured: its "event" field; binary:
+ * its attribute fields and "data") into *ev; 0 when the page is done. */
+static int reader_take(struct redis_reader *r, struct ab_read_event *ev)
+{
+    free(r->line);
+    r->line = NULL;
+    while (r->page && r->idx < r->page->elements) {
+        const redisReply *e = r->page->element[r->idx++];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 ||
+            e->element[0]->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+        snprintf(r->last, sizeof(r->last), "%s", e->element[0]->str);
+        const redisReply *f = e->element[1];
+        *ev = (struct ab_read_event){.position = r->last, .stored_ms = strtoll(r->last, NULL, 10)};
+        for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+            const redisReply *name = f->element[k], *val = f->element[k + 1];
+            if (name->type != REDIS_REPLY_STRING || val->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+            if (strcmp(name->str, "id") == 0) {
+                ev->id = val->str;
+            }
+        }
+        size_t len = 0;
+        if ((r->line = ab_redis_entry_event(f, &len)) != NULL) {
+            ev->value = r->line;
+            ev->len = len;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Blocking (see sink.h): pages of XRANGE up to the end, then XREAD BLOCK. A failed command
+ * drops the connection; the next call dials again and continues after the last entry. */
+static int redis_reader_next(struct ab_sink_reader *base, struct ab_read_event *ev,
+                             int timeout_ms, char *errstr, size_t errlen)
+{
+    struct redis_reader *r = (struct redis_reader *)base;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    int64_t deadline = (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000 + timeout_ms;
+    for (;;) {
+        if (reader_take(r, ev)) {
+            return AB_READ_EVENT;
+        }
+        if (r->page) {
+            freeReplyObject(r->page);
+            r->page = NULL;
+        }
+        if (r->c == NULL && reader_dial(r, errstr, errlen) != 0) {
+            return AB_READ_ERROR;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t left = deadline - ((int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000);
+        if (r->phase == 2 && left <= 0) {
+            return AB_READ_IDLE;
+        }
+        long block = left < 1000 ? (long)left : 1000;
+        struct timeval tv = {5 + block / 1000, 0};
+        redisSetTimeout(r->c, tv);
+        redisReply *rep;
+        if (r->phase < 2) {
+            char start[80];
+            snprintf(start, sizeof(start), "%s%s", r->phase ? "(" : "", r->last);
+            rep = redisCommand(r->c, "XRANGE %s %s + COUNT %d", r->stream, start, READ_PAGE);
+        } else {
+            rep = redisCommand(r->c, "XREAD COUNT %d BLOCK %ld STREAMS %s %s", READ_PAGE,
+                               block > 0 ? block : 1, r->stream, r->last);
+        }
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+            snprintf(errstr, errlen, "redis %s, stream %s: %s", r->sh->addr, r->stream,
+                     rep ? rep->str : r->c->errstr);
+            if (rep) {
+                freeReplyObject(rep);
+            }
+            redisFree(r->c);
+            r->c = NULL;
+            return AB_READ_ERROR;
+        }
+        if (r->phase < 2 && rep->type == REDIS_REPLY_ARRAY) {
+            r->phase = rep->elements == READ_PAGE ? 1 : 2; /* a full page: more to range */
+            r->page = rep;
+        } else if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0 &&
+                   rep->element[0]->elements > 1) {
+            /* [[stream, [entries]]]: keep the reply, read its entries */
+            redisReply *entries = rep->element[0]->element[1];
+            rep->element[0]->element[1] = NULL;
+            r->page = entries;
+            freeReplyObject(rep);
+        } else {
+            freeReplyObject(rep);
+            r->phase = r->phase < 2 ? 2 : r->phase;
+        }
+        r->idx = 0;
+    }
+}
+
+static void redis_reader_close(struct ab_sink_reader *base)
+{
+    struct redis_reader *r = (struct redis_reader *)base;
+    if (r == NULL) {
+        return;
+    }
+    if (r->page) {
+        freeReplyObject(r->page);
+    }
+    redisFree(r->c);
+    shared_free(r->sh);
+    free(r->stream);
+    free(r->line);
+    free(r);
+}
+
 const struct ab_sink_ops ab_sink_redis = {
     .name = "redis",
     .default_route = "alma:{action}",
@@ -863,76 +1070,10 @@ const struct ab_sink_ops ab_sink_redis = {
     .ready = redis_ready,
     .describe = redis_describe,
     .close = redis_close,
+    .reader_open = redis_reader_open,
+    .reader_next = redis_reader_next,
+    .reader_close = redis_reader_close,
 };
 
 /* ---- INTERIM reader for reconcile (replaced by the sink read side, issue 18) ---------- */
 
-/* Blocking: the "event" field of every entry of stream from stream id from_ms-0 on, to
- * on_event, over a connection of its own (AUTH, SELECT as the sink's). 0, or -1 with err
- * (never the password). */
-int ab_redis_scan(const struct ab_redis_conf *cfg, const char *stream, int64_t from_ms,
-                  void (*on_event)(const char *line, size_t len, void *arg), void *arg,
-                  char *err, size_t errlen)
-{
-    struct redis_shared sh = {0};
-    struct timeval tv = {5, 0};
-    redisContext *c = NULL;
-    redisReply *r = NULL;
-    char start[64];
-    int rc = -1;
-    if (parse_url(cfg->url && *cfg->url ? cfg->url : DEFAULT_URL, &sh, err, errlen) != 0) {
-        goto done;
-    }
-    if ((c = redisConnectWithTimeout(sh.host, sh.port, tv)) == NULL || c->err) {
-        snprintf(err, errlen, "redis %s: %s", sh.addr, c ? c->errstr : "out of memory");
-        goto done;
-    }
-    redisSetTimeout(c, tv);
-    r = sh.password ? (sh.user ? redisCommand(c, "AUTH %s %s", sh.user, sh.password)
-                               : redisCommand(c, "AUTH %s", sh.password))
-                    : redisCommand(c, "SELECT %ld", sh.db);
-    if (r && r->type != REDIS_REPLY_ERROR && sh.password) {
-        freeReplyObject(r);
-        r = redisCommand(c, "SELECT %ld", sh.db);
-    }
-    snprintf(start, sizeof(start), "%lld-0", (long long)(from_ms > 0 ? from_ms : 0));
-    for (size_t got = 1000; r && r->type != REDIS_REPLY_ERROR && got == 1000;) {
-        freeReplyObject(r);
-        r = redisCommand(c, "XRANGE %s %s + COUNT 1000", stream, start);
-        if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
-            break;
-        }
-        got = r->elements;
-        for (size_t i = 0; i < r->elements; i++) {
-            const redisReply *e = r->element[i];
-            if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) {
-                continue;
-            }
-            snprintf(start, sizeof(start), "(%s", e->element[0]->str);
-            size_t len = 0;
-            char *line = ab_redis_entry_event(e->element[1], &len); /* either content mode */
-            if (line) {
-                on_event(line, len, arg);
-                free(line);
-            }
-        }
-    }
-    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "redis %s, stream %s: %s", sh.addr, stream,
-                 r ? r->str : c->errstr);
-        goto done;
-    }
-    rc = 0;
-done:
-    if (r) {
-        freeReplyObject(r);
-    }
-    redisFree(c);
-    if (sh.password) {
-        memset(sh.password, 0, strlen(sh.password));
-    }
-    free(sh.password);
-    free(sh.user);
-    free(sh.host);
-    return rc;
-}

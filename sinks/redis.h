@@ -15,12 +15,6 @@ struct ab_redis_conf {
 
 extern const struct ab_sink_ops ab_sink_redis;
 
-/* INTERIM for reconcile, until the sink read side (issue 18): every entry's "event" field
- * of stream from stream id from_ms-0 on, over a blocking connection of its own. 0, or -1
- * with err. */
-int ab_redis_scan(const struct ab_redis_conf *cfg, const char *stream, int64_t from_ms,
-                  void (*on_event)(const char *line, size_t len, void *arg), void *arg,
-                  char *err, size_t errlen);
 /* The CloudEvent JSON line of a stream entry's field/value array ([f1, v1, f2, v2, ...]) in
  * either content mode (binary: one field per attribute plus "data"; structured: "event").
  * A new string, its length in *len; NULL when the entry holds no event. Any thread. */

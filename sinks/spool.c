@@ -21,7 +21,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cjson/cJSON.h>
 #include <event2/event.h>
 
 #include "config.h"
@@ -63,8 +62,6 @@ struct spool_shared {
     size_t n_births;
 };
 
-static const struct ab_sink_ops *inner_ops_g;
-static struct ab_sink_ops spool_ops;
 
 /* Counters for /metrics (process-wide; one spool per process). */
 static atomic_long m_spooled, m_forwarded, m_forward_errors, m_full, m_late_acks, m_resent,
@@ -302,10 +299,10 @@ static int spool_global_init(const struct ab_sink_conf *conf, void **shared, cha
     char rerr[256];
     sh->inner_ops = sc->inner;
     sh->inner_conf = sc->inner_conf;
-    sh->inner_conf.ack_timeout_ms = sc->after_ms;
-    sh->dir = ab_strdup(sc->dir);
-    sh->max_bytes = sc->max_bytes;
-    sh->after_ms = sc->after_ms;
+    sh->inner_conf.ack_timeout_ms = sc->opts.after_ms;
+    sh->dir = ab_strdup(sc->opts.dir);
+    sh->max_bytes = sc->opts.max_bytes;
+    sh->after_ms = sc->opts.after_ms;
     sh->marker_fd = -1;
     pthread_mutex_init(&sh->mu, NULL);
     if (sh->inner_ops->global_init &&
@@ -316,7 +313,7 @@ static int spool_global_init(const struct ab_sink_conf *conf, void **shared, cha
                                  .what = "spool",
                                  .sync = 1,
                                  .check_only = conf->check_only,
-                                 .segment_bytes = sc->segment_bytes};
+                                 .segment_bytes = sc->opts.segment_bytes};
     if ((sh->log = ab_eventlog_open(&o, NULL, errstr, errlen)) == NULL) {
         goto fail;
     }
@@ -708,8 +705,9 @@ static void fwd_damaged(struct fwd *f, const struct ab_eventlog_rec *rec)
 static int fwd_submit(struct fwd *f, const char *line, size_t len, struct fentry *e)
 {
     struct spool_shared *sh = f->s->sh;
-    struct ab_event *ev = ab_event_from_line(line, len);
-    if (ev == NULL) {
+    struct ab_event *ev = NULL;
+    char why[128];
+    if (ab_event_from_line(line, len, &ev, why, sizeof(why)) != AB_EVENT_OK) {
         return 1;
     }
     char *route = ab_institutions_route_for(ev); /* consortium mode: its profile's route */
@@ -867,7 +865,7 @@ static struct ab_sink *spool_open(const struct ab_sink_conf *conf, void *shared,
         return NULL;
     }
     struct spool_sink *s = ab_calloc(1, sizeof(*s));
-    s->base.ops = &spool_ops;
+    s->base.ops = &ab_sink_spool;
     s->sh = sh;
     s->inner = inner;
     s->evbase = base;
@@ -944,10 +942,63 @@ static const struct ab_option spool_options[] = {
 /* clang-format on */
 static const struct ab_optset spool_optset = AB_OPTSET(spool_options, struct ab_spool_opts);
 
+/* The read side: the spool directory's segments, from where the forwarder continues (its
+ * DIR/forwarded), or from the oldest kept with from->all. Any thread, no lock taken: a
+ * daemon may be writing and forwarding meanwhile. */
+static struct ab_sink_reader *spool_reader_open(const struct ab_sink_conf *conf,
+                                                const struct ab_read_from *from, char *errstr,
+                                                size_t errlen)
+{
+    const struct ab_spool_opts *o = conf->opts;
+    const char *dir = from->path ? from->path : o->dir;
+    char start[96];
+    const char *position = from->position;
+    uint64_t seq;
+    int64_t off;
+    if (dir == NULL) {
+        snprintf(errstr, errlen, "no spool directory: give --spool DIR");
+        return NULL;
+    }
+    char *mp = ab_asprintf("%s/forwarded", dir);
+    int mfd = position || from->all ? -1 : open(mp, O_RDONLY | O_CLOEXEC);
+    free(mp);
+    if (mfd >= 0 && read_marker(mfd, &seq, &off) == 0) {
+        ab_eventlog_segment_name(seq, start, sizeof(start) - 24);
+        snprintf(start + strlen(start), 24, ":%" PRId64, off);
+        position = start;
+    }
+    if (mfd >= 0) {
+        close(mfd);
+    }
+    return ab_eventlog_sink_reader(&ab_sink_spool, dir, 1, position, from->since_ms, errstr,
+                                   errlen);
+}
+
+/* 1 when the spool directory holds a forwarder's progress (a spool, not just segments). */
+int ab_spool_has_progress(const char *dir)
+{
+    char *mp = ab_asprintf("%s/forwarded", dir);
+    int yes = access(mp, F_OK) == 0;
+    free(mp);
+    return yes;
+}
+
+static void spool_close(struct ab_sink *base, int timeout_ms);
+
 const struct ab_sink_ops ab_sink_spool = {
     .name = "spool",
     .options = &spool_optset,
     .flags = AB_SINK_WRAPS,
+    .global_init = spool_global_init,
+    .global_free = spool_global_free,
+    .open = spool_open,
+    .submit = spool_submit,
+    .ready = spool_ready,
+    .describe = spool_describe,
+    .close = spool_close,
+    .reader_open = spool_reader_open,
+    .reader_next = ab_eventlog_sink_reader_next,
+    .reader_close = ab_eventlog_sink_reader_close,
 };
 
 /* Loop thread, after its loop stopped: the broker's instance first (its answers still in
@@ -976,69 +1027,28 @@ static void spool_close(struct ab_sink *base, int timeout_ms)
     free(s);
 }
 
-const struct ab_sink_ops *ab_spool_wrap(const struct ab_sink_ops *inner)
+int ab_spool_configure(struct ab_spool_conf *sc, const struct ab_spool_opts *opts,
+                       const struct ab_sink_ops *inner, const struct ab_sink_conf *inner_conf,
+                       char *errstr, size_t errlen)
 {
-    inner_ops_g = inner;
-    spool_ops = (struct ab_sink_ops){
-        .name = inner->name,
-        .default_route = inner->default_route,
-        .global_init = spool_global_init,
-        .global_free = spool_global_free,
-        .open = spool_open,
-        .submit = spool_submit,
-        .ready = spool_ready,
-        .describe = spool_describe,
-        .close = spool_close,
-    };
-    return &spool_ops;
+    if (strcmp(inner->name, "file") == 0) {
+        snprintf(errstr, errlen, "--spool works with --sink kafka or redis; the file sink is "
+                                 "itself a local fsync'd log");
+        return -1;
+    }
+    if (opts->after_ms >= inner_conf->ack_timeout_ms) {
+        snprintf(errstr, errlen, "--spool-after (%ld ms) must be below --ack-timeout (%ld ms)",
+                 opts->after_ms, inner_conf->ack_timeout_ms);
+        return -1;
+    }
+    *sc = (struct ab_spool_conf){.opts = *opts,
+                                 .inner = inner,
+                                 .inner_conf = *inner_conf,
+                                 .route = inner_conf->route};
+    return 0;
 }
 
 /* ---- inspect ------------------------------------------------------------------------ */
-
-/* id and time of the line starting at off in path ("" when unreadable). */
-static void line_info(const char *path, int64_t off, int last, char *id, size_t idlen,
-                      char *tm, size_t tmlen)
-{
-    id[0] = tm[0] = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return;
-    }
-    struct stat st;
-    fstat(fd, &st);
-    if (last) {
-        /* the last complete line: scan back from the end */
-        char c;
-        int64_t end = st.st_size - 1;
-        while (end > off && pread(fd, &c, 1, end - 1) == 1 && c != '\n') {
-            end--;
-        }
-        off = end > off ? end : off;
-        while (off > 0 && pread(fd, &c, 1, off - 1) == 1 && c != '\n') {
-            off--;
-        }
-    }
-    size_t cap = 1 << 20;
-    char *buf = ab_malloc(cap);
-    ssize_t n = pread(fd, buf, cap, off);
-    char *nl = n > 0 ? memchr(buf, '\n', (size_t)n) : NULL;
-    cJSON *j = nl ? cJSON_ParseWithLength(buf, (size_t)(nl - buf)) : NULL;
-    if (j == NULL && n > 0 && nl == NULL) {
-        /* a line over 1 MiB: read it whole */
-        size_t len = (size_t)(st.st_size - off);
-        buf = ab_realloc(buf, len ? len : 1);
-        n = pread(fd, buf, len, off);
-        nl = n > 0 ? memchr(buf, '\n', (size_t)n) : NULL;
-        j = nl ? cJSON_ParseWithLength(buf, (size_t)(nl - buf)) : NULL;
-    }
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, "id");
-    snprintf(id, idlen, "%s", cJSON_IsString(v) ? v->valuestring : "");
-    v = cJSON_GetObjectItemCaseSensitive(j, "time");
-    snprintf(tm, tmlen, "%s", cJSON_IsString(v) ? v->valuestring : "");
-    cJSON_Delete(j);
-    free(buf);
-    close(fd);
-}
 
 /* The records of segment path from offset `from` that read back intact (or unverified,
  * from before checksums); damaged ones are added to *damaged. `complete`: not the segment
@@ -1088,24 +1098,17 @@ int ab_spool_summarise(const char *dir, struct ab_spool_summary *s, char *errstr
         close(mfd);
     }
     s->last_seq = hi;
+    ab_eventlog_segment_name(s->first_seq, s->first_name, sizeof(s->first_name));
+    ab_eventlog_segment_name(s->last_seq, s->last_name, sizeof(s->last_name));
     for (uint64_t seq = s->first_seq; lo && seq <= hi; seq++) {
         char *p = segment_path(dir, seq);
         struct stat st;
         if (stat(p, &st) == 0) {
             int64_t from = seq == s->first_seq ? s->start_offset : 0;
-            long n = count_records(p, from, seq < hi, &s->damaged);
-            if (n > 0 && s->events == 0) {
-                line_info(p, from, 0, s->oldest_id, sizeof(s->oldest_id), s->oldest_time,
-                          sizeof(s->oldest_time));
-                s->oldest_mtime = st.st_mtime;
-            }
-            if (n > 0) {
-                line_info(p, from, 1, s->newest_id, sizeof(s->newest_id), s->newest_time,
-                          sizeof(s->newest_time));
-            }
+            count_records(p, from, seq < hi, &s->damaged); /* checksums: damage only */
+            s->oldest_mtime = s->segments == 0 ? st.st_mtime : s->oldest_mtime;
             s->segments++;
             s->bytes += st.st_size;
-            s->events += n;
         }
         free(p);
     }

@@ -29,19 +29,6 @@
 
 #define SPOOL_WINDOW 64
 
-/* The spool's configuration (its ab_sink_conf's opts): the broker backend it wraps with
- * that backend's own configuration, and the spool's options. The spool hands inner_conf to
- * the inner backend with ack_timeout_ms = after_ms. */
-struct ab_spool_conf {
-    const struct ab_sink_ops *inner;
-    struct ab_sink_conf inner_conf;
-    const char *dir;     /* --spool */
-    long after_ms;       /* --spool-after */
-    long max_bytes;      /* --spool-max-bytes */
-    long segment_bytes;  /* --spool-segment-bytes */
-    const char *route;   /* --route, NULL = the inner backend's default */
-};
-
 /* The spool's own options (its option table fills this; ab_sink_spool carries the table). */
 struct ab_spool_opts {
     char *dir;          /* --spool DIR, NULL = no spool */
@@ -50,23 +37,39 @@ struct ab_spool_opts {
     long segment_bytes; /* --spool-segment-bytes */
 };
 
-/* The spool's entry in the registry: its options (AB_SINK_WRAPS: not a --sink choice). */
+/* What the spool is opened with (its ab_sink_conf's opts): its options first, so that the
+ * read side, given only the options, reads the same struct; then the backend it wraps with
+ * that backend's own configuration. The spool hands inner_conf to the inner backend with
+ * ack_timeout_ms = opts.after_ms. Built by the registry (ab_sink_setup_build). */
+struct ab_spool_conf {
+    struct ab_spool_opts opts;
+    const struct ab_sink_ops *inner;
+    struct ab_sink_conf inner_conf;
+    const char *route; /* --route, NULL = the inner backend's default */
+};
+
+/* The spool: a decorator in front of a backend (AB_SINK_WRAPS: not a --sink choice; the
+ * registry puts it in front of the backend --sink names when --spool is given). */
 extern const struct ab_sink_ops ab_sink_spool;
 
-/* The operations of a spool in front of inner (kafka or redis); its name and default route
- * are inner's, its global_init and open take an ab_sink_conf whose opts is an
- * ab_spool_conf. Start-up thread, once. */
-const struct ab_sink_ops *ab_spool_wrap(const struct ab_sink_ops *inner);
+/* The spool's own rules, checked when the registry builds it: fill *sc for wrapping inner
+ * (whose configuration inner_conf is) with opts, or -1 with one line in errstr. */
+int ab_spool_configure(struct ab_spool_conf *sc, const struct ab_spool_opts *opts,
+                       const struct ab_sink_ops *inner, const struct ab_sink_conf *inner_conf,
+                       char *errstr, size_t errlen);
 
-/* What a spool directory holds, read without a daemon (`almabridge spool inspect`). */
+/* 1 when dir holds a forwarder's progress file (it is a spool, read from where forwarding
+ * continues), else 0. */
+int ab_spool_has_progress(const char *dir);
+
+/* What a spool directory holds apart from its events (`almabridge spool inspect` reads
+ * those through the spool's read side), read without a daemon. */
 struct ab_spool_summary {
     long segments;
-    long events;             /* not yet forwarded */
     long long bytes;         /* of the segment files */
     uint64_t first_seq, last_seq;
+    char first_name[32], last_name[32]; /* their file names */
     int64_t start_offset;    /* where forwarding continues in first_seq */
-    char oldest_id[128], oldest_time[64]; /* the next event to forward (id, CloudEvent time) */
-    char newest_id[128], newest_time[64];
     time_t oldest_mtime;     /* the first segment's last write */
     long holder_pid;         /* a daemon holding DIR's lock, or 0 */
     long torn;               /* *.torn files (fragments cut off after a crash) */

@@ -107,9 +107,8 @@ def test_sighup_reloads_certificate_keeping_connections(daemon_factory, pki, tmp
     # a broken certificate keeps the current one
     cert.write_text("garbage")
     d.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    wait_until(lambda: "reload failed" in d.stderr(), what=d.stderr)
     assert peer_cn(d.port, d.cafile)[0] == "server-two"
-    assert "reload failed" in d.stderr()
 
 
 def test_sighup_reloads_secret_file(daemon_factory, tmp_path):
@@ -119,8 +118,8 @@ def test_sighup_reloads_secret_file(daemon_factory, tmp_path):
     assert d.post(LOAN, signature=sign(LOAN, "first")).status == 200
     sf.write_text("second\n")
     d.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
-    assert d.post(LOAN, signature=sign(LOAN, "first")).status == 401
+    wait_until(lambda: d.post(LOAN, signature=sign(LOAN, "first")).status == 401,
+               what="the old secret refused after SIGHUP")
     assert d.post(LOAN, signature=sign(LOAN, "second")).status == 200
 
 
@@ -317,8 +316,8 @@ def test_drain_under_load(daemon_factory):
         t.start()
     time.sleep(0.5)
     d.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert d.get("/readyz").status == 503  # readiness turns at once, serving goes on
+    wait_until(lambda: d.get("/readyz").status == 503,  # readiness turns, serving goes on
+               what="/readyz 503 after SIGTERM")
     assert d.get("/healthz").status == 200
     assert d.proc.wait(20) == 0
     stop.set()

@@ -10,7 +10,8 @@ import http.client
 
 import pytest
 
-from daemon import BIN, SECRET, Daemon, Posters, redacted, samples, sign, with_id, xml_fixtures
+from daemon import (BIN, SECRET, Daemon, Posters, redacted, samples, sign, wait_until, with_id,
+                    xml_fixtures)
 
 SAMPLE = dict(samples())
 LOAN = SAMPLE["loan_created"]
@@ -355,8 +356,8 @@ def test_failing_disk_503_and_readyz(daemon_factory, tmp_path):
     r = d.post(LOAN)
     assert r.status == 503 and "retry" in r.json()["error"]
     assert d.get("/readyz").status == 503
-    time.sleep(0.7)
-    assert 'almabridge_sink_ready{sink="file"} 0' in d.metrics()
+    wait_until(lambda: 'almabridge_sink_ready{sink="file"} 0' in d.metrics(),
+               what="sink_ready 0 in /metrics")
     (tmp_path / "fail").unlink()
     assert d.post(LOAN).status == 200
     assert d.get("/readyz").status == 200
@@ -375,11 +376,11 @@ def test_client_disconnects_while_waiting(daemon_factory, tmp_path):
         s.close()
     time.sleep(0.3)
     (tmp_path / "gate").unlink()
-    time.sleep(0.5)
+    wait_until(lambda: len(d.events()) == 20, what=lambda: "20 events, got %d" % len(d.events()))
     assert d.proc.poll() is None
     assert d.get("/healthz").status == 200
     assert len(d.events()) == 20  # stored all the same; Alma would retry and consumers dedupe
-    assert "almabridge_requests_in_flight 0" in d.metrics()
+    wait_until(lambda: "almabridge_requests_in_flight 0" in d.metrics(), what=d.metrics)
 
 
 def test_sigterm_with_requests_in_flight(daemon_factory, tmp_path):

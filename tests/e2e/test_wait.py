@@ -12,8 +12,8 @@ import time
 import pytest
 
 from daemon import Daemon, samples, with_id
-from jobs import (almabridge, bridge, finish, job_end_json, job_end_xml, kafka, new_id, post_ok,  # noqa: F401
-                  redis, run, wait_ready)
+from jobs import (almabridge, bridge, finish, iso, job_end_json, job_end_xml, kafka,  # noqa: F401
+                  new_id, post_ok, redis, run, wait_ready)
 from services import RedisServer
 
 SINKS = ["file", "kafka", "redis"]
@@ -244,3 +244,23 @@ def test_redis_password_is_used_and_hidden_from_ps(tmp_path):
         rc, _, err = run("wait", "--job-instance", inst, "--sink", "redis", "--redis",
                          redis.url.replace("s3cret-pw", "wrong"), "--timeout", "5s")
         assert rc == 2 and "authentication" in err and "wrong" not in err, err
+
+
+def test_own_options_from_the_config_file_and_environment(tmp_path):
+    """wait's options are loaded by the daemon's loader: the config file and ALMABRIDGE_*
+    set them as they set the daemon's (the command line still wins)."""
+    inst = new_id()
+    line = {"specversion": "1.0", "id": new_id(), "source": "urn:alma:X",
+            "type": "com.exlibrisgroup.alma.job_end", "time": iso(),
+            "data": {"job_instance": {"id": int(inst), "status": {"value": "COMPLETED_SUCCESS"}}}}
+    events = tmp_path / "events.jsonl"
+    events.write_text(json.dumps(line) + "\n")
+    conf = tmp_path / "wait.conf"
+    conf.write_text("sink = file\nfile = %s\njob-instance = %s\n" % (events, inst))
+    rc, out, err = run("wait", "--config", conf, env={"ALMABRIDGE_TIMEOUT": "20s"})
+    assert rc == 0 and json.loads(out)["data"]["job_instance"]["id"] == int(inst), err
+    rc, _, err = run("wait", "--config", conf, "--job-instance", new_id(),
+                     env={"ALMABRIDGE_TIMEOUT": "1s"})
+    assert rc == 3, err
+    rc, out, _ = run("wait", "--help")
+    assert rc == 0 and "ALMABRIDGE_JOB_INSTANCE" in out

@@ -217,7 +217,9 @@ static void test_binary_round_trip(void)
     char *line = ab_event_line_from_attrs(attrs, n, ev->json + ev->data_off, ev->data_len, &len);
     CHECK_STR(line, ev->json);
     CHECK(ev->json[ev->data_off] == '{' && ev->data_off + ev->data_len + 1 == ev->json_len);
-    struct ab_event *back = ab_event_from_line(line, len);
+    struct ab_event *back = NULL;
+    char why[128];
+    CHECK(ab_event_from_line(line, len, &back, why, sizeof(why)) == AB_EVENT_OK);
     CHECK(back != NULL);
     if (back != NULL) {
         struct ab_attr battrs[AB_EVENT_MAX_ATTRS];
@@ -234,13 +236,25 @@ static void test_binary_round_trip(void)
     /* a line of an older version: no identity, derived from data */
     const char *old = "{\"specversion\":\"1.0\",\"id\":\"9\",\"almaaction\":\"LOAN\","
                       "\"data\":{\"id\":\"9\",\"item_loan\":{\"loan_id\":\"77\"}}}";
-    back = ab_event_from_line(old, strlen(old));
+    CHECK(ab_event_from_line(old, strlen(old), &back, why, sizeof(why)) == AB_EVENT_OK);
     CHECK(back != NULL);
     if (back != NULL) {
         CHECK_STR(back->partitionkey, "loan/77");
     }
     ab_event_free(back);
-    CHECK(ab_event_from_line("[1]", 3) == NULL);
+    struct ab_event *none = NULL;
+    CHECK(ab_event_from_line("[1]", 3, &none, why, sizeof(why)) != AB_EVENT_OK && none == NULL);
+    /* extension attributes beyond the known ones are kept (binary mode carries them) */
+    const char *ext = "{\"specversion\":\"1.0\",\"id\":\"5\",\"almaorigin\":\"api\","
+                      "\"data\":{\"id\":\"5\"}}";
+    CHECK(ab_event_from_line(ext, strlen(ext), &back, why, sizeof(why)) == AB_EVENT_OK);
+    if (back != NULL) {
+        struct ab_attr eattrs[AB_EVENT_MAX_ATTRS];
+        size_t en = ab_event_attrs(back, eattrs);
+        CHECK(en >= 1 && strcmp(eattrs[en - 1].name, "almaorigin") == 0 &&
+              strcmp(eattrs[en - 1].value, "api") == 0);
+    }
+    ab_event_free(back);
     ab_event_free(ev);
     ab_redact_free(r);
 }

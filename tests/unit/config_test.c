@@ -8,6 +8,7 @@
 #include "sinks/registry.h"
 #include "test.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -748,9 +749,49 @@ static void test_load_twice(void)
     ab_config_free(NULL);
 }
 
+/* A subcommand's table with a positional option: a bare argument sets it (once), the option
+ * may be given by name instead, and a second bare argument is still an error. */
+struct pos_opts {
+    char *target;
+    long count;
+};
+static const struct ab_option pos_options[] = {
+    {.name = "target", .type = AB_OPT_STRING, .off = offsetof(struct pos_opts, target),
+     .group = "Pos", .metavar = "URL", .flags = AB_OPT_POSITIONAL, .help = "where"},
+    {.name = "count", .type = AB_OPT_LONG, .def = "1", .min = 1, .max = 9,
+     .off = offsetof(struct pos_opts, count), .group = "Pos", .help = "how many"},
+};
+static const struct ab_optset pos_optset = AB_OPTSET(pos_options, struct pos_opts);
+static const struct ab_sink_ops pos_table = {.name = "pos", .options = &pos_optset,
+                                             .flags = AB_SINK_WRAPS};
+
+static void test_positional_option(void)
+{
+    const struct ab_sink_ops *tables[] = {&ab_sink_file, &pos_table, NULL};
+    char *envp[] = {NULL}, why[256];
+    struct ab_config cfg;
+    char *a1[] = {(char *)"pos", (char *)"http://x/", (char *)"--count", (char *)"3", NULL};
+    CHECK(ab_config_load(&cfg, tables, 4, a1, envp, why, sizeof(why)) == AB_CONFIG_OK);
+    const struct pos_opts *o = ab_config_sink_opts(&cfg, &pos_table);
+    CHECK_STR(o->target, "http://x/");
+    CHECK(o->count == 3);
+    ab_config_free(&cfg);
+    char *a2[] = {(char *)"pos", (char *)"--target", (char *)"http://y/", NULL};
+    CHECK(ab_config_load(&cfg, tables, 3, a2, envp, why, sizeof(why)) == AB_CONFIG_OK);
+    CHECK_STR(((const struct pos_opts *)ab_config_sink_opts(&cfg, &pos_table))->target,
+              "http://y/");
+    ab_config_free(&cfg);
+    char *a3[] = {(char *)"pos", (char *)"http://x/", (char *)"extra", NULL};
+    CHECK(ab_config_load(&cfg, tables, 3, a3, envp, why, sizeof(why)) == AB_CONFIG_ERROR);
+    CHECK(strstr(why, "unexpected argument \"extra\"") != NULL);
+    char *a4[] = {(char *)"pos", (char *)"stray", NULL};
+    CHECK(ab_config_load(&cfg, ab_sinks, 2, a4, envp, why, sizeof(why)) == AB_CONFIG_ERROR);
+}
+
 int main(void)
 {
     RUN(test_defaults);
+    RUN(test_positional_option);
     RUN(test_every_option);
     RUN(test_types);
     RUN(test_eq_and_space);

@@ -979,6 +979,53 @@ static void test_envelope_attributes_valid(void)
     ab_event_free(ev);
 }
 
+/* The line codec: what ab_event_from_body() writes, ab_event_from_line() reads back into
+ * the same attributes; nested values keep every digit; damage is refused. */
+static void test_line_round_trip(void)
+{
+    const char *body = "{\"id\":\"42\",\"action\":\"JOB_END\",\"institution\":{\"value\":"
+                       "\"01A\\\"B\"},\"time\":\"2020-01-26 16:28:05.731+0100\",\"job_instance\""
+                       ":{\"id\":12345678901234567,\"status\":{\"value\":\"COMPLETED_SUCCESS\","
+                       "\"desc\":\"ok\"}}}";
+    struct ab_event *w = NULL, *r = NULL;
+    char why[256];
+    CHECK(ab_event_from_body(AB_FORMAT_JSON, body, strlen(body), &w, why, sizeof(why)) == 0);
+    CHECK(ab_event_from_line(w->json, w->json_len, &r, why, sizeof(why)) == AB_EVENT_OK);
+    if (w == NULL || r == NULL) {
+        return;
+    }
+    CHECK_STR(r->id, w->id);
+    CHECK_STR(r->action, w->action);
+    CHECK_STR(r->event, w->event);
+    CHECK_STR(r->institution, "01A\"B");
+    CHECK_STR(r->time, w->time);
+    CHECK_STR(r->type, w->type);
+    CHECK_STR(r->source, w->source);
+    CHECK(r->json_len == w->json_len && memcmp(r->json, w->json, w->json_len) == 0);
+    char *inst = AB_EVENT_LINE_TEXT(r->json, r->json_len, "data", "job_instance", "id");
+    char *st = AB_EVENT_LINE_TEXT(r->json, r->json_len, "data", "job_instance", "status");
+    CHECK_STR(inst, "12345678901234567");
+    CHECK_STR(st, "COMPLETED_SUCCESS");
+    CHECK(AB_EVENT_LINE_TEXT(r->json, r->json_len, "data", "nope") == NULL);
+    CHECK(ab_event_time_ms(r->time) == 1580052485731LL); /* 15:28:05.731Z */
+    free(inst);
+    free(st);
+    ab_event_free(w);
+    ab_event_free(r);
+
+    static const char *const bad[] = {"", "not json", "{\"id\":\"1\"", "[1,2]",
+                                      "{\"id\":7}", "{\"id\":\"\"}", "{\"id\":\"1\"}x"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        r = (struct ab_event *)1;
+        CHECK(ab_event_from_line(bad[i], strlen(bad[i]), &r, why, sizeof(why)) != AB_EVENT_OK);
+        CHECK(r == NULL);
+    }
+    CHECK(ab_event_time_ms("1970-01-01T00:00:00Z") == 0);
+    CHECK(ab_event_time_ms("2000-02-29T23:59:59.5-01:30") == 951874199500LL);
+    CHECK(ab_event_time_ms("2001-02-29T00:00:00Z") == -1);
+    CHECK(ab_event_time_ms(NULL) == -1);
+}
+
 int main(void)
 {
     ab_normalise_init();
@@ -1004,5 +1051,6 @@ int main(void)
     RUN(test_id_control_characters);
     RUN(test_time_conversion);
     RUN(test_envelope_attributes_valid);
+    RUN(test_line_round_trip);
     return TEST_SUMMARY();
 }

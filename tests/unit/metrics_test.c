@@ -15,7 +15,7 @@ static void test_render_sums_threads(void)
     ab_metrics_request(m[0], 200, "we\"ird\\", NULL);
     ab_metrics_ack(m[0], 0.003, 1);
     ab_metrics_ack(m[1], 7.0, 0);
-    char *t = ab_metrics_render(m, 2, "file");
+    char *t = ab_metrics_render(m, 2, "file", &(struct ab_metrics_gauges){0});
     CHECK(strstr(t, "almabridge_requests_total{status=\"200\",action=\"LOAN\",event=\"LOAN_CREATED\"} 2\n"));
     CHECK(strstr(t, "almabridge_requests_total{status=\"401\",action=\"\",event=\"\"} 1\n"));
     CHECK(strstr(t, "almabridge_events_total{action=\"JOB_END\",event=\"\"} 1\n"));
@@ -40,7 +40,7 @@ static void test_label_sets_bounded(void)
         snprintf(action, sizeof(action), "A%d", i);
         ab_metrics_request(m, 200, action, NULL);
     }
-    char *t = ab_metrics_render(&m, 1, "file");
+    char *t = ab_metrics_render(&m, 1, "file", &(struct ab_metrics_gauges){0});
     CHECK(strstr(t, "action=\"other\"") != NULL);
     CHECK(strstr(t, "action=\"A4999\"") == NULL);
     /* the overflow is one label set per status, counted, and visible */
@@ -64,7 +64,7 @@ static void test_build_and_process_metrics(void)
 {
     struct ab_metrics *m = ab_metrics_new();
     ab_metrics_request(m, 404, NULL, NULL);
-    char *t = ab_metrics_render(&m, 1, "file");
+    char *t = ab_metrics_render(&m, 1, "file", &(struct ab_metrics_gauges){0});
     CHECK(strstr(t, "almabridge_requests_total{status=\"404\",action=\"\",event=\"\"} 1\n"));
     CHECK(strstr(t, "almabridge_build_info{version=\"" AB_VERSION "\"} 1\n"));
     const char *names[] = {"\nprocess_cpu_seconds_total ", "\nprocess_resident_memory_bytes ",

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "event.h"
 #include "eventlog.h"
 #include "log.h"
 #include "spool.h"
@@ -164,14 +165,14 @@ static void fixture_open_ack(struct fixture *f, long max_bytes, long ack_ms)
     snprintf(f->dir, sizeof(f->dir), "/tmp/ab_spool_XXXXXX");
     CHECK(mkdtemp(f->dir) != NULL);
     strcat(f->dir, "/spool");
-    f->sc = (struct ab_spool_conf){.inner = &mock_ops,
-                                   .inner_conf = {.ack_timeout_ms = 4000},
-                                   .dir = f->dir,
-                                   .after_ms = 200,
-                                   .max_bytes = max_bytes,
-                                   .segment_bytes = 100};
+    f->sc = (struct ab_spool_conf){.opts = {.dir = f->dir,
+                                            .after_ms = 200,
+                                            .max_bytes = max_bytes,
+                                            .segment_bytes = 100},
+                                   .inner = &mock_ops,
+                                   .inner_conf = {.ack_timeout_ms = 4000}};
     f->conf = (struct ab_sink_conf){.opts = &f->sc, .ack_timeout_ms = ack_ms};
-    f->ops = ab_spool_wrap(&mock_ops);
+    f->ops = &ab_sink_spool;
     f->shared = NULL;
     CHECK(f->ops->global_init(&f->conf, &f->shared, err, sizeof(err)) == 0);
     f->base = event_base_new();
@@ -180,14 +181,36 @@ static void fixture_open_ack(struct fixture *f, long max_bytes, long ack_ms)
     n_submitted = n_held = 0;
 }
 
-/* What the spool directory holds now (ab_spool_summarise, checked to succeed). */
-static struct ab_spool_summary summary(const struct fixture *f)
-{
+/* What the spool directory holds now: its summary (checked to succeed) and the events not
+ * yet forwarded, read through the spool's read side (the first one's id too). */
+struct spool_view {
     struct ab_spool_summary s;
+    long events;
+    char oldest_id[64];
+};
+
+static struct spool_view summary(const struct fixture *f)
+{
+    struct spool_view h;
+    struct ab_spool_opts opts = {0};
+    struct ab_sink_conf conf = {.opts = &opts};
+    struct ab_read_from from = {.path = f->dir};
+    struct ab_read_event ev;
     char err[128];
-    memset(&s, 0, sizeof(s));
-    CHECK(ab_spool_summarise(f->dir, &s, err, sizeof(err)) == 0);
-    return s;
+    memset(&h, 0, sizeof(h));
+    CHECK(ab_spool_summarise(f->dir, &h.s, err, sizeof(err)) == 0);
+    struct ab_sink_reader *r = ab_sink_spool.reader_open(&conf, &from, err, sizeof(err));
+    CHECK(r != NULL);
+    while (r && ab_reader_next(r, &ev, 0, err, sizeof(err)) == AB_READ_EVENT) {
+        struct ab_event *e = NULL;
+        CHECK(ab_event_from_line(ev.value, ev.len, &e, err, sizeof(err)) == AB_EVENT_OK);
+        if (e && h.events++ == 0) {
+            snprintf(h.oldest_id, sizeof(h.oldest_id), "%s", e->id);
+        }
+        ab_event_free(e);
+    }
+    ab_reader_close(r);
+    return h;
 }
 
 static void fixture_close(struct fixture *f)
@@ -247,7 +270,7 @@ static void test_refused_is_spooled_and_answered_later(void)
     CHECK(a.calls == 0); /* never from inside submit */
     wait_answers(f.base, &a, 1);
     CHECK(a.calls == 1 && a.status == AB_SINK_OK);
-    struct ab_spool_summary s = summary(&f);
+    struct spool_view s = summary(&f);
     CHECK(s.events == 1);
     CHECK_STR(s.oldest_id, "1");
     fixture_close(&f);
@@ -260,7 +283,7 @@ static void test_acknowledged_is_not_spooled(void)
     struct answer a = {0};
     submit_ready(&f, ACK, "2", &a);
     CHECK(a.calls == 1 && a.status == AB_SINK_OK);
-    struct ab_spool_summary s = summary(&f);
+    struct spool_view s = summary(&f);
     CHECK(s.events == 0);
     fixture_close(&f);
 }
@@ -274,7 +297,7 @@ static void test_too_big_is_not_spooled(void)
     struct answer a = {0};
     submit_ready(&f, TOO_BIG, "big", &a);
     CHECK(a.calls == 1 && a.status == AB_SINK_TOO_BIG);
-    struct ab_spool_summary s = summary(&f);
+    struct spool_view s = summary(&f);
     CHECK(s.events == 0);
     fixture_close(&f);
 }
@@ -310,7 +333,7 @@ static void test_no_ack_within_spool_after_is_spooled(void)
     held[0].cb(AB_SINK_OK, NULL, held[0].opaque); /* the late ack */
     n_held = 0;
     CHECK(a.calls == 1);
-    struct ab_spool_summary s = summary(&f);
+    struct spool_view s = summary(&f);
     CHECK(s.events == 1);
     fixture_close(&f);
 }
@@ -345,7 +368,7 @@ static void test_forwarded_in_order_and_segments_removed(void)
         CHECK_STR(submitted[i], id);
     }
     CHECK(segments(f.dir) == 1); /* only the one being written */
-    struct ab_spool_summary s = summary(&f);
+    struct spool_view s = summary(&f);
     CHECK(s.events == 0);
     fixture_close(&f);
 }
