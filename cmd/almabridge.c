@@ -210,7 +210,7 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     d->app.cfg = cfg;
     d->app.sink_ops = ab_sink_find(cfg->sink);
     if (d->app.sink_ops == NULL) {
-        snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis)", cfg->sink);
+        snprintf(err, errlen, "--sink: unknown sink \"%s\" (file, kafka, redis, http)", cfg->sink);
         return -1;
     }
     ab_sink_setup_init(&d->sink, cfg, d->app.sink_ops);
@@ -218,7 +218,7 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
     if (spool->dir) {
         if (strcmp(d->app.sink_ops->name, "file") == 0) {
-            snprintf(err, errlen, "--spool works with --sink kafka or redis; the file sink is "
+            snprintf(err, errlen, "--spool works with --sink kafka, redis or http; the file sink is "
                                   "itself a local fsync'd log");
             return -1;
         }

@@ -33,6 +33,7 @@ enum ab_opt_mask {
     AB_MASK_NONE,
     AB_MASK_URL_PASSWORD, /* the password in scheme://user:password@host */
     AB_MASK_KV_SECRETS,   /* the value of key=value items whose key looks secret */
+    AB_MASK_HEADER_VALUE, /* the value of "Name: value" items (HTTP headers), whatever the name */
 };
 
 #define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */
