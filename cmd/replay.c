@@ -717,7 +717,15 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
     char rerr[256];
     rp->ops = ab_sink_find(rp->sc.sink);
     if (rp->ops == NULL || strcmp(rp->sc.sink, "file") == 0) {
-        snprintf(err, errlen, "--sink kafka or --sink redis: replay writes to a broker");
+        snprintf(err, errlen, "--sink kafka, redis or http: replay writes to a broker");
+        return -1;
+    }
+    /* Dedup reads the target, and only Kafka and Redis can be read (the http sink has no
+     * read side): anything else is replayed only when told not to check. */
+    if (rp->dedup && strcmp(rp->sc.sink, "kafka") != 0 && strcmp(rp->sc.sink, "redis") != 0) {
+        snprintf(err, errlen, "--sink %s has no read side: replay cannot skip the events the "
+                              "target already holds; add --no-dedup to send every event",
+                 rp->sc.sink);
         return -1;
     }
     const char *tmpl = rp->sc.route ? rp->sc.route : rp->ops->default_route;

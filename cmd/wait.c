@@ -788,7 +788,11 @@ int ab_cmd_wait(int argc, char **argv)
     w.from_ms = w.start_ms - since_ms;
     w.deadline = timeout_ms >= 0 ? ab_cli_mono_ms() + timeout_ms : INT64_MAX;
     signal(SIGPIPE, SIG_IGN);
-    if (strcmp(c.sink, "file") == 0) {
+    if (strcmp(c.sink, "file") != 0 && strcmp(c.sink, "kafka") != 0 &&
+        strcmp(c.sink, "redis") != 0) {
+        snprintf(err, sizeof(err), "--sink %s has no read side: wait reads the JOB_END events "
+                                   "from a file, kafka or redis sink", c.sink);
+    } else if (strcmp(c.sink, "file") == 0) {
         rc = wait_file(&w, &c);
     } else if ((route = job_end_route(&c, institution, err, sizeof(err))) == NULL) {
         goto done;
