@@ -27,9 +27,9 @@
  *
  * Readiness follows the target: a transport error, a timeout, a 5xx or a 429 makes ready()
  * 0 (logged once); while it is 0 a probe (HEAD of the URL's origin, where any HTTP answer
- * below 500 counts; or GET --http-health-url, which must answer 2xx) runs every PROBE_MS,
- * since a load balancer stops sending when /readyz is 503. The next 2xx/4xx answer or a
- * probe that succeeds makes it 1. An instance starts with a probe and is ready once it (or
+ * but 500/502/503/504/429 counts; or GET --http-health-url, which must answer 2xx) runs
+ * every PROBE_MS, since a load balancer stops sending when /readyz is 503. The next 2xx/4xx
+ * answer or a probe that succeeds makes it 1. An instance starts with a probe and is ready once it (or
  * a request) got through.
  *
  * The dead-letter writer (dl_*) is deliberately small and self-contained, to be unified
@@ -143,7 +143,7 @@ static const struct ab_option http_options[] = {
     {.name = "http-health-url", .type = AB_OPT_STRING, .off = OFF(health_url), .group = "HTTP",
      .metavar = "URL",
      .help = "GET while the target is unhealthy, must answer 2xx (default: HEAD of the "
-             "URL's origin, any answer below 500)"},
+             "URL's origin, any answer but 500, 502, 503, 504 or 429)"},
     {.name = "dead-letter-file", .type = AB_OPT_STRING,
      .def = "almabridge-dead-letter.jsonl", .off = OFF(dead_letter_file), .group = "HTTP",
      .metavar = "FILE",
@@ -643,6 +643,14 @@ static int xfer_attach(struct http_sink *hs, struct xfer *x)
     return 0;
 }
 
+/* For the default probe (HEAD of the origin): only what says the server or the service
+ * behind it is failing counts against it; 405 or 501 to a HEAD (evhttp, many APIs) is an
+ * answer. */
+static int probe_says_down(long code)
+{
+    return code == 500 || code == 502 || code == 503 || code == 504 || code == 429;
+}
+
 /* Loop thread: the probe finished with res and HTTP status code. */
 static void probe_done(struct http_sink *hs, CURLcode res, long code, const char *errbuf)
 {
@@ -651,7 +659,7 @@ static void probe_done(struct http_sink *hs, CURLcode res, long code, const char
     if (res != CURLE_OK) {
         snprintf(reason, sizeof(reason), "probe %s failed: %s", hs->sh->probe_url,
                  errbuf[0] ? errbuf : curl_easy_strerror(res));
-    } else if (hs->sh->probe_get ? code / 100 != 2 : code >= 500 || code == 429) {
+    } else if (hs->sh->probe_get ? code / 100 != 2 : probe_says_down(code)) {
         snprintf(reason, sizeof(reason), "probe %s answered HTTP %ld", hs->sh->probe_url, code);
     } else {
         went_healthy(hs);
