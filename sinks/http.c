@@ -19,8 +19,10 @@
  * CURLMOPT_TIMERFUNCTION one timer; both call curl_multi_socket_action() and then read the
  * finished transfers. One multi handle per worker: its connection cache keeps the
  * connections to the target alive between requests (up to --http-max-inflight of them), and
- * finished easy handles are kept for the next request. At --http-max-inflight requests in
- * flight submit() refuses (503 at once).
+ * finished easy handles are kept for the next request. The event line is read by a small
+ * scanner of its top-level members (no tree, nothing re-printed), and a request's header
+ * lines and list nodes are one allocation, chained to the instance's static headers. At
+ * --http-max-inflight requests in flight submit() refuses (503 at once).
  *
  * Deadline: the pending list's (--ack-timeout). When it expires an entry, on_expire()
  * aborts the transfer (libcurl's own timeout is only a backstop, a second later).
@@ -29,8 +31,8 @@
  * 0 (logged once); while it is 0 a probe (HEAD of the URL's origin, where any HTTP answer
  * but 500/502/503/504/429 counts; or GET --http-health-url, which must answer 2xx) runs
  * every PROBE_MS, since a load balancer stops sending when /readyz is 503. The next 2xx/4xx
- * answer or a probe that succeeds makes it 1. An instance starts with a probe and is ready once it (or
- * a request) got through.
+ * answer or a probe that succeeds makes it 1. An instance starts with a probe and is ready
+ * once it (or a request) got through.
  *
  * The dead-letter writer (dl_*) is deliberately small and self-contained, to be unified
  * with the general dead letter of the other sinks later.
@@ -63,6 +65,7 @@
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
+#include "normalise.h"
 #include "pending.h"
 #include "route.h"
 
@@ -475,7 +478,8 @@ struct xfer {
     TAILQ_ENTRY(xfer) link;
     enum xfer_kind kind;
     CURL *easy;
-    struct curl_slist *headers;
+    struct curl_slist *headers; /* the request's own lines (hdr_mem), then the static ones */
+    void *hdr_mem;
     struct ab_pending_req *req; /* XF_EVENT: held until the transfer is removed */
     char *value;                /* the CloudEvent JSON (the body in structured mode) */
     char *body;                 /* binary mode: the data (points into value) */
@@ -496,6 +500,7 @@ struct http_sink {
     const struct http_shared *sh;
     struct event_base *evbase;
     CURLM *multi;
+    struct curl_slist *static_headers; /* Expect:, auth, --http-header... (every request) */
     struct event *timer_ev; /* libcurl's timeout */
     struct event *probe_ev;
     struct ab_pending *pending;
@@ -607,7 +612,7 @@ static void xfer_free(struct http_sink *hs, struct xfer *x)
     if (x->easy) {
         easy_put(hs, x->easy);
     }
-    curl_slist_free_all(x->headers);
+    free(x->hdr_mem);
     free(x->value);
     free(x->id);
     free(x);
@@ -820,9 +825,7 @@ static void on_probe(evutil_socket_t fd, short what, void *arg)
     }
     curl_easy_setopt(x->easy, CURLOPT_URL, hs->sh->probe_url);
     curl_easy_setopt(x->easy, hs->sh->probe_get ? CURLOPT_HTTPGET : CURLOPT_NOBODY, 1L);
-    for (size_t i = 0; i < hs->sh->n_headers; i++) {
-        x->headers = curl_slist_append(x->headers, hs->sh->headers[i]);
-    }
+    x->headers = hs->static_headers;
     if (xfer_attach(hs, x) != 0) {
         curl_easy_cleanup(x->easy);
         x->easy = NULL;
@@ -835,62 +838,106 @@ static void on_probe(evutil_socket_t fd, short what, void *arg)
 
 /* ---- building a POST ----------------------------------------------------------------- */
 
-/* The bytes of the top-level member "data" of the JSON object s[0..n): *off and *len, and
- * 0; -1 when there is none. s is well-formed (the event line of core/event.c); the data is
- * passed on byte for byte, never re-printed (a 20-digit number stays what it was). */
-static int data_span(const char *s, size_t n, size_t *off, size_t *len)
+/* One top-level member of the event's JSON object: the key's bytes (without the quotes)
+ * and the value's span, as they are in the line. */
+struct member {
+    const char *key, *val;
+    size_t klen, vlen;
+};
+#define MAX_MEMBERS 64
+
+/* The end of the JSON value starting at s[i] (a well-formed line of core/event.c). */
+static size_t skip_value(const char *s, size_t i, size_t n)
 {
-    int depth = 0, key_next = 0, is_data = 0;
-    size_t start = 0;
-    for (size_t i = 0; i < n; i++) {
+    int depth = 0;
+    for (; i < n; i++) {
         char c = s[i];
         if (c == '"') {
-            size_t b = i + 1;
-            for (i = b; i < n && s[i] != '"'; i++) {
+            for (i++; i < n && s[i] != '"'; i++) {
                 i += s[i] == '\\';
             }
-            if (depth == 1 && key_next) {
-                is_data = i - b == 4 && memcmp(s + b, "data", 4) == 0;
-                key_next = 0;
+            if (depth == 0) {
+                return i + 1;
             }
         } else if (c == '{' || c == '[') {
-            key_next = depth++ == 0 && c == '{';
-        } else if (depth == 1 && (c == ',' || c == '}')) {
-            if (is_data && start > 0) {
-                while (start < i && strchr(" \t\r\n", s[start])) {
-                    start++;
-                }
-                size_t end = i;
-                while (end > start && strchr(" \t\r\n", s[end - 1])) {
-                    end--;
-                }
-                *off = start;
-                *len = end - start;
-                return 0;
-            }
-            key_next = c == ',';
-            depth -= c == '}';
+            depth++;
         } else if (c == '}' || c == ']') {
-            depth--;
-        } else if (c == ':' && depth == 1 && is_data && start == 0) {
-            start = i + 1;
+            if (depth == 0) {
+                return i; /* the end of the enclosing object */
+            }
+            if (--depth == 0) {
+                return i + 1;
+            }
+        } else if (depth == 0 && strchr(", \t\r\n", c)) {
+            return i;
         }
     }
-    return -1;
+    return n;
 }
 
-/* "ce-name: value" with value percent-encoded as the binding says (space, '"', '%' and
- * everything outside printable ASCII). */
-static char *ce_header(const char *name, const char *value)
+static size_t skip_ws(const char *s, size_t i, size_t n)
+{
+    while (i < n && strchr(" \t\r\n", s[i])) {
+        i++;
+    }
+    return i;
+}
+
+/* The top-level members of the JSON object s[0..n) into m (at most MAX_MEMBERS), byte for
+ * byte: nothing is re-printed, so the data goes on exactly as it came (a 20-digit number
+ * keeps its digits) and no tree is built. Returns how many, or -1 for a line that is no
+ * object. */
+static int members(const char *s, size_t n, struct member *m)
+{
+    size_t i = skip_ws(s, 0, n);
+    int k = 0;
+    if (i >= n || s[i] != '{') {
+        return -1;
+    }
+    for (i = skip_ws(s, i + 1, n); i < n && s[i] == '"' && k < MAX_MEMBERS; k++) {
+        size_t kend = skip_value(s, i, n);
+        m[k].key = s + i + 1;
+        m[k].klen = kend - i - 2;
+        i = skip_ws(s, kend, n);
+        if (i >= n || s[i] != ':') {
+            return -1;
+        }
+        i = skip_ws(s, i + 1, n);
+        size_t vend = skip_value(s, i, n);
+        m[k].val = s + i;
+        m[k].vlen = vend - i;
+        i = skip_ws(s, vend, n);
+        if (i < n && s[i] == ',') {
+            i = skip_ws(s, i + 1, n);
+        }
+    }
+    return k;
+}
+
+static int key_is(const struct member *m, const char *name)
+{
+    return m->klen == strlen(name) && memcmp(m->key, name, m->klen) == 0;
+}
+
+/* The string value of m, unescaped (a new string), or NULL when it is no string. */
+static char *member_string(const struct member *m)
+{
+    if (m->vlen < 2 || m->val[0] != '"') {
+        return NULL;
+    }
+    if (memchr(m->val, '\\', m->vlen) == NULL) {
+        return ab_strndup(m->val + 1, m->vlen - 2);
+    }
+    return ab_json_string_decode(m->val, m->vlen, NULL);
+}
+
+/* Append v[0..n) to w percent-encoded as the binding says (space, '"', '%' and everything
+ * outside printable ASCII); returns the new end. */
+static char *pct_encode(char *w, const char *v, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
-    size_t nl = strlen(name), vl = strlen(value);
-    char *h = ab_malloc(3 + nl + 2 + 3 * vl + 1), *w = h;
-    memcpy(w, "ce-", 3);
-    memcpy(w + 3, name, nl);
-    memcpy(w + 3 + nl, ": ", 2);
-    w += 5 + nl;
-    for (const unsigned char *p = (const unsigned char *)value; *p; p++) {
+    for (const unsigned char *p = (const unsigned char *)v; p < (const unsigned char *)v + n;
+         p++) {
         if (*p <= 0x20 || *p >= 0x7f || *p == '"' || *p == '%') {
             *w++ = '%';
             *w++ = hex[*p >> 4];
@@ -899,56 +946,93 @@ static char *ce_header(const char *name, const char *value)
             *w++ = (char)*p;
         }
     }
-    *w = '\0';
-    return h;
+    return w;
 }
 
-static void add_owned(struct curl_slist **l, char *line)
+/* 1 for a CloudEvents attribute name: [a-z0-9]+ (anything else is not sent as ce-). */
+static int attribute_name(const struct member *m)
 {
-    *l = curl_slist_append(*l, line);
-    free(line);
+    for (size_t i = 0; i < m->klen; i++) {
+        if (!((m->key[i] >= 'a' && m->key[i] <= 'z') || (m->key[i] >= '0' && m->key[i] <= '9'))) {
+            return 0;
+        }
+    }
+    return m->klen > 0;
 }
 
-/* Binary mode: a ce- header per attribute (extensions included), Content-Type from
- * datacontenttype, the body = the data's bytes. Returns 0, or -1 for a line that is no
- * JSON object. */
-static int binary_request(struct xfer *x, const cJSON *root)
+/* Binary mode: one "ce-<name>: <value>" per attribute (extensions included; strings
+ * percent-encoded, numbers and booleans as written), Content-Type from datacontenttype, the
+ * body = the data member's bytes. The header lines and their list nodes live in one block
+ * (x->hdr_mem); the last node is linked to the instance's static headers. */
+static void binary_request(struct xfer *x, const struct member *m, int n,
+                           struct curl_slist *tail)
 {
-    const char *ctype = NULL;
-    for (const cJSON *a = root->child; a; a = a->next) {
-        if (strcmp(a->string, "data") == 0 || strcmp(a->string, "data_base64") == 0) {
+    size_t room = 64, nodes = 1;
+    for (int k = 0; k < n; k++) {
+        room += 8 + m[k].klen + 3 * m[k].vlen;
+        nodes++;
+    }
+    struct curl_slist *node = ab_malloc(nodes * sizeof(*node) + room), *first = node;
+    char *w = (char *)(node + nodes);
+    const struct member *ctype = NULL;
+    x->hdr_mem = node;
+    x->body = x->value; /* no data member: an empty body */
+    x->body_len = 0;
+    for (int k = 0; k < n; k++) {
+        const struct member *a = &m[k];
+        char c = a->vlen ? a->val[0] : 0;
+        if (key_is(a, "data")) {
+            x->body = (char *)a->val; /* points into x->value */
+            x->body_len = a->vlen;
             continue;
         }
-        if (cJSON_IsString(a) && strcmp(a->string, "datacontenttype") == 0) {
-            ctype = a->valuestring;
-        } else if (cJSON_IsString(a)) {
-            add_owned(&x->headers, ce_header(a->string, a->valuestring));
-        } else if (cJSON_IsBool(a) || cJSON_IsNumber(a)) {
-            char v[32];
-            if (cJSON_IsBool(a)) {
-                snprintf(v, sizeof(v), "%s", cJSON_IsTrue(a) ? "true" : "false");
-            } else {
-                snprintf(v, sizeof(v), "%.0f", a->valuedouble);
-            }
-            add_owned(&x->headers, ce_header(a->string, v));
+        if (key_is(a, "datacontenttype") && c == '"') {
+            ctype = a;
+            continue;
         }
+        if (!attribute_name(a) || c == '{' || c == '[' || c == 'n') {
+            continue; /* data_base64, null, and what is no attribute */
+        }
+        node->data = w;
+        w = (char *)memcpy(w, "ce-", 3) + 3;
+        w = (char *)memcpy(w, a->key, a->klen) + a->klen;
+        w = (char *)memcpy(w, ": ", 2) + 2;
+        if (c != '"') {
+            w = (char *)memcpy(w, a->val, a->vlen) + a->vlen;
+        } else if (memchr(a->val, '\\', a->vlen) == NULL) {
+            w = pct_encode(w, a->val + 1, a->vlen - 2);
+        } else {
+            size_t len;
+            char *v = ab_json_string_decode(a->val, a->vlen, &len);
+            w = pct_encode(w, v, len);
+            free(v);
+        }
+        *w++ = '\0';
+        node->next = node + 1;
+        node++;
     }
-    size_t off = 0, len = 0;
-    if (data_span(x->value, strlen(x->value), &off, &len) == 0) {
-        x->body = x->value + off;
-        x->body_len = len;
-        add_owned(&x->headers, ab_asprintf("Content-Type: %s", ctype ? ctype : "application/json"));
+    if (x->body_len > 0) {
+        char *ct = ctype ? member_string(ctype) : NULL;
+        node->data = w;
+        snprintf(w, 48 + (ct ? strlen(ct) : 0), "Content-Type: %s",
+                 ct ? ct : "application/json");
+        free(ct);
+        node->next = node + 1;
+        node++;
+    }
+    if (node == first) {
+        x->headers = tail;
     } else {
-        x->body = x->value;
-        x->body_len = 0;
+        node[-1].next = tail;
+        x->headers = first;
     }
-    return 0;
 }
 
-/* The URL for this event: the fixed one, or the template expanded (from msg->event, or from
- * the attributes in the JSON when the event is not at hand, as when the spool forwards). */
+/* The URL for this event: the fixed one (NULL), or the template expanded from msg->event,
+ * or from the attributes in the JSON when the event is not at hand (the spool forwards
+ * lines). */
 static char *event_url(const struct http_shared *sh, const struct ab_sink_msg *msg,
-                       const cJSON *root)
+                       const struct member *m, int n)
 {
     if (sh->url_route == NULL) {
         return NULL;
@@ -959,11 +1043,18 @@ static char *event_url(const struct http_shared *sh, const struct ab_sink_msg *m
     struct ab_event ev = {0};
     const char *names[] = {"id", "almaaction", "almaevent", "almainstitution"};
     char **slots[] = {&ev.id, &ev.action, &ev.event, &ev.institution};
-    for (size_t i = 0; i < 4; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, names[i]);
-        *slots[i] = cJSON_IsString(v) ? v->valuestring : NULL;
+    for (int k = 0; k < n; k++) {
+        for (size_t i = 0; i < 4; i++) {
+            if (key_is(&m[k], names[i]) && *slots[i] == NULL) {
+                *slots[i] = member_string(&m[k]);
+            }
+        }
     }
-    return ab_route_expand(sh->url_route, &ev);
+    char *url = ab_route_expand(sh->url_route, &ev);
+    for (size_t i = 0; i < 4; i++) {
+        free(*slots[i]);
+    }
+    return url;
 }
 
 /* ---- the contract -------------------------------------------------------------------- */
@@ -1009,29 +1100,28 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
         atomic_fetch_add(&m_refused, 1);
         return -1;
     }
-    cJSON *root = NULL;
-    if (!sh->structured || sh->url_route) {
-        root = cJSON_ParseWithLength(msg->value, msg->value_len);
-        if (!cJSON_IsObject(root)) {
-            cJSON_Delete(root);
-            return -1;
-        }
+    struct member m[MAX_MEMBERS];
+    int n = 0;
+    if ((!sh->structured || sh->url_route) && (n = members(msg->value, msg->value_len, m)) < 0) {
+        return -1;
     }
     struct xfer *x = ab_calloc(1, sizeof(*x));
     x->kind = XF_EVENT;
     x->value = ab_strndup(msg->value, msg->value_len);
     x->id = ab_strdup(msg->id ? msg->id : "");
+    /* re-point the members into the copy, which outlives the request */
+    for (int k = 0; k < n; k++) {
+        m[k].key = x->value + (m[k].key - msg->value);
+        m[k].val = x->value + (m[k].val - msg->value);
+    }
     if (sh->structured) {
         x->body = x->value;
         x->body_len = msg->value_len;
+        x->headers = hs->static_headers;
     } else {
-        binary_request(x, root);
+        binary_request(x, m, n, hs->static_headers);
     }
-    for (size_t i = 0; i < sh->n_headers; i++) {
-        x->headers = curl_slist_append(x->headers, sh->headers[i]);
-    }
-    char *url = event_url(sh, msg, root);
-    cJSON_Delete(root);
+    char *url = event_url(sh, msg, m, n);
     if ((x->easy = easy_get(hs)) == NULL) {
         free(url);
         xfer_free(hs, x);
@@ -1068,6 +1158,9 @@ static struct ab_sink *http_open(const struct ab_sink_conf *sc, void *shared,
         return NULL;
     }
     hs->idle = ab_calloc((size_t)hs->sh->max_inflight, sizeof(*hs->idle));
+    for (size_t i = 0; i < hs->sh->n_headers; i++) {
+        hs->static_headers = curl_slist_append(hs->static_headers, hs->sh->headers[i]);
+    }
     hs->timer_ev = evtimer_new(base, on_timer, hs);
     hs->probe_ev = evtimer_new(base, on_probe, hs);
     hs->pending = ab_pending_new(base, sc->ack_timeout_ms);
@@ -1148,6 +1241,7 @@ static void http_close(struct ab_sink *s, int timeout_ms)
     for (size_t i = 0; i < hs->n_idle; i++) {
         curl_easy_cleanup(hs->idle[i]);
     }
+    curl_slist_free_all(hs->static_headers);
     free(hs->idle);
     ab_pending_free(hs->pending);
     event_free(hs->timer_ev);
