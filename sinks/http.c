@@ -116,39 +116,39 @@ static int check_header(const char *v, char *why, size_t whylen)
 /* clang-format off */
 static const struct ab_option http_options[] = {
     {.name = "http-url", .type = AB_OPT_STRING, .off = OFF(url), .mask = AB_MASK_URL_PASSWORD,
-     .group = "HTTP", .metavar = "URL",
+     .group = "HTTP sink", .metavar = "URL",
      .help = "the target of --sink http: http:// or https:// URL each event is POSTed to; "
              "may hold the --route placeholders, e.g. https://gw/alma/{institution}/{action}"},
     {.name = "content-mode", .type = AB_OPT_STRING, .def = "binary",
-     .choices = "binary|structured", .off = OFF(content_mode), .group = "HTTP",
+     .choices = "binary|structured", .off = OFF(content_mode), .group = "HTTP sink",
      .metavar = "MODE",
      .help = "CloudEvents HTTP content mode: binary (ce- headers, body = data) or structured "
              "(body = the CloudEvent JSON, application/cloudevents+json)"},
-    {.name = "http-ca-file", .type = AB_OPT_STRING, .off = OFF(ca_file), .group = "HTTP",
+    {.name = "http-ca-file", .type = AB_OPT_STRING, .off = OFF(ca_file), .group = "HTTP sink",
      .metavar = "FILE",
      .help = "CA certificates (PEM) to verify the target with, instead of the system's; the "
              "certificate is always verified"},
-    {.name = "http-cert", .type = AB_OPT_STRING, .off = OFF(cert), .group = "HTTP",
+    {.name = "http-cert", .type = AB_OPT_STRING, .off = OFF(cert), .group = "HTTP sink",
      .metavar = "FILE", .help = "client certificate (PEM) for the target, with --http-key"},
-    {.name = "http-key", .type = AB_OPT_STRING, .off = OFF(key), .group = "HTTP",
+    {.name = "http-key", .type = AB_OPT_STRING, .off = OFF(key), .group = "HTTP sink",
      .metavar = "FILE", .help = "private key (PEM) of --http-cert"},
-    {.name = "http-auth-file", .type = AB_OPT_STRING, .off = OFF(auth_file), .group = "HTTP",
+    {.name = "http-auth-file", .type = AB_OPT_STRING, .off = OFF(auth_file), .group = "HTTP sink",
      .metavar = "FILE",
      .help = "file holding the Authorization header's value (e.g. \"Bearer ...\"); never "
              "logged"},
     {.name = "http-header", .type = AB_OPT_LIST, .off = OFF(headers), .check = check_header,
-     .mask = AB_MASK_HEADER_VALUE, .group = "HTTP", .metavar = "\"NAME: VALUE\"",
+     .mask = AB_MASK_HEADER_VALUE, .group = "HTTP sink", .metavar = "\"NAME: VALUE\"",
      .help = "extra header on every POST, repeatable; values are masked in output"},
     {.name = "http-max-inflight", .type = AB_OPT_LONG, .def = "64", .min = 1, .max = 10000,
-     .off = OFF(max_inflight), .group = "HTTP", .metavar = "N",
+     .off = OFF(max_inflight), .group = "HTTP sink", .metavar = "N",
      .help = "requests in flight per worker (also its kept-alive connections); more are "
              "answered 503 at once"},
-    {.name = "http-health-url", .type = AB_OPT_STRING, .off = OFF(health_url), .group = "HTTP",
+    {.name = "http-health-url", .type = AB_OPT_STRING, .off = OFF(health_url), .group = "HTTP sink",
      .metavar = "URL",
      .help = "GET while the target is unhealthy, must answer 2xx (default: HEAD of the "
              "URL's origin, any answer but 500, 502, 503, 504 or 429)"},
     {.name = "dead-letter-file", .type = AB_OPT_STRING,
-     .def = "almabridge-dead-letter.jsonl", .off = OFF(dead_letter_file), .group = "HTTP",
+     .def = "almabridge-dead-letter.jsonl", .off = OFF(dead_letter_file), .group = "HTTP sink",
      .metavar = "FILE",
      .help = "events the target refused for good (4xx other than 408/429), one fsync'd JSON "
              "line each, before Alma gets 200"},
