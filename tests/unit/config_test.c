@@ -703,7 +703,8 @@ static void test_usage_and_markdown(void)
     CHECK(strstr(usage, "\nHTTP:\n") && strstr(usage, "\nKafka:\n") && strstr(usage, "\nTLS:\n"));
     CHECK(strstr(usage, "(default:") != NULL && strstr(usage, "4194304") != NULL);
     CHECK(strstr(usage, "-h, --help") != NULL);
-    CHECK(strstr(md, "| `--sink file\\|kafka\\|redis\\|http` | `ALMABRIDGE_SINK` | `file` |") != NULL);
+    CHECK(strstr(md, "| `--sink file\\|kafka\\|redis\\|http` | `ALMABRIDGE_SINK` | `file` |") !=
+          NULL);
     /* one row per option */
     size_t rows = 0;
     for (const char *p = md; (p = strchr(p, '\n')) != NULL; p++) {
