@@ -285,6 +285,27 @@ static void test_binary_encoding(void)
     h_close(&h);
 }
 
+/* A URL template expanded from the line's attributes when the event is not at hand (the
+ * spool forwards lines): {action} {institution} from almaaction / almainstitution. */
+static void test_template_from_line(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/t/{action}/{institution}/{id}", "structured", 2000) == 0);
+    const char *v = "{\"specversion\":\"1.0\",\"id\":\"77\",\"source\":\"urn:alma:X\","
+                    "\"type\":\"t\",\"almaaction\":\"LOAN\",\"almainstitution\":\"01AB C\","
+                    "\"data\":{}}";
+    struct ab_sink_msg m = {.id = "77", .value = v, .value_len = strlen(v)};
+    struct result r = {0};
+    CHECK(submit(&h, &m, &r) == 0);
+    CHECK(wait_done(&h, &r, 3000) && r.status == AB_SINK_OK);
+    CHECK(n_seen == 1);
+    if (n_seen == 1) {
+        CHECK_STR(seen[0].uri, "/t/loan/01ab_c/77");
+        CHECK_STR(seen[0].body, v);
+    }
+    h_close(&h);
+}
+
 /* Structured mode: the JSON event as the body, application/cloudevents+json, no ce-. */
 static void test_structured(void)
 {
@@ -475,6 +496,7 @@ int main(void)
     RUN(test_binary);
     RUN(test_binary_encoding);
     RUN(test_structured);
+    RUN(test_template_from_line);
     RUN(test_transient);
     RUN(test_dead_letter);
     RUN(test_timeout_and_refused);
