@@ -846,30 +846,57 @@ struct member {
 };
 #define MAX_MEMBERS 64
 
-/* The end of the JSON value starting at s[i] (a well-formed line of core/event.c). */
+/* The index after the string literal whose opening quote is s[i]. */
+static size_t skip_string(const char *s, size_t i, size_t n)
+{
+    for (i++; i < n;) {
+        const char *q = memchr(s + i, '"', n - i);
+        if (q == NULL) {
+            return n;
+        }
+        size_t bs = 0;
+        while (q - bs > s + i && q[-1 - (long)bs] == '\\') {
+            bs++;
+        }
+        i = (size_t)(q - s) + 1;
+        if (bs % 2 == 0) {
+            return i;
+        }
+    }
+    return n;
+}
+
+/* The end of the JSON value starting at s[i] in the NUL-terminated, well-formed line s of
+ * n bytes (core/event.c's). Inside containers it jumps from one structural character to the
+ * next (strcspn), so the data is not walked byte by byte. */
 static size_t skip_value(const char *s, size_t i, size_t n)
 {
     int depth = 0;
-    for (; i < n; i++) {
+    while (i < n) {
         char c = s[i];
         if (c == '"') {
-            for (i++; i < n && s[i] != '"'; i++) {
-                i += s[i] == '\\';
-            }
+            i = skip_string(s, i, n);
             if (depth == 0) {
-                return i + 1;
+                return i;
             }
         } else if (c == '{' || c == '[') {
             depth++;
+            i++;
         } else if (c == '}' || c == ']') {
             if (depth == 0) {
                 return i; /* the end of the enclosing object */
             }
+            i++;
             if (--depth == 0) {
-                return i + 1;
+                return i;
             }
-        } else if (depth == 0 && strchr(", \t\r\n", c)) {
-            return i;
+        } else if (depth == 0) {
+            if (strchr(", \t\r\n", c)) {
+                return i;
+            }
+            i++;
+        } else {
+            i += strcspn(s + i, "\"{}[]");
         }
     }
     return n;
@@ -883,7 +910,7 @@ static size_t skip_ws(const char *s, size_t i, size_t n)
     return i;
 }
 
-/* The top-level members of the JSON object s[0..n) into m (at most MAX_MEMBERS), byte for
+/* The top-level members of the JSON object s[0..n) (NUL-terminated) into m (at most MAX_MEMBERS), byte for
  * byte: nothing is re-printed, so the data goes on exactly as it came (a 20-digit number
  * keeps its digits) and no tree is built. Returns how many, or -1 for a line that is no
  * object. */
@@ -1102,18 +1129,15 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
     }
     struct member m[MAX_MEMBERS];
     int n = 0;
-    if ((!sh->structured || sh->url_route) && (n = members(msg->value, msg->value_len, m)) < 0) {
+    char *value = ab_strndup(msg->value, msg->value_len); /* NUL-terminated, kept */
+    if ((!sh->structured || sh->url_route) && (n = members(value, msg->value_len, m)) < 0) {
+        free(value);
         return -1;
     }
     struct xfer *x = ab_calloc(1, sizeof(*x));
     x->kind = XF_EVENT;
-    x->value = ab_strndup(msg->value, msg->value_len);
+    x->value = value;
     x->id = ab_strdup(msg->id ? msg->id : "");
-    /* re-point the members into the copy, which outlives the request */
-    for (int k = 0; k < n; k++) {
-        m[k].key = x->value + (m[k].key - msg->value);
-        m[k].val = x->value + (m[k].val - msg->value);
-    }
     if (sh->structured) {
         x->body = x->value;
         x->body_len = msg->value_len;

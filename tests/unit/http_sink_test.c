@@ -271,7 +271,8 @@ static void test_binary_encoding(void)
     CHECK(h_open(&h, "/", "binary", 2000) == 0);
     const char *v = "{\"specversion\":\"1.0\",\"id\":\"a b\\\"%\",\"source\":\"urn:alma:\xc3\xbc\","
                     "\"type\":\"t\",\"datacontenttype\":\"application/json\",\"n\":5,"
-                    "\"data\":{\"x\":\"y,\\\"data\\\":1\",\"z\":[1,{\"data\":2}]}}";
+                    "\"data\":{\"x\":\"y,\\\"data\\\":1\",\"w\":\"\\\\\",\"b\":\"}]{[\","
+                    "\"z\":[1,{\"data\":2}]},\"after\":\"ok\"}";
     struct ab_sink_msg m = {.id = "a b\"%", .value = v, .value_len = strlen(v)};
     struct result r = {0};
     CHECK(submit(&h, &m, &r) == 0);
@@ -280,7 +281,9 @@ static void test_binary_encoding(void)
         CHECK_STR(header(&seen[0], "ce-id"), "a%20b%22%25");
         CHECK_STR(header(&seen[0], "ce-source"), "urn:alma:%C3%BC");
         CHECK_STR(header(&seen[0], "ce-n"), "5");
-        CHECK_STR(seen[0].body, "{\"x\":\"y,\\\"data\\\":1\",\"z\":[1,{\"data\":2}]}");
+        CHECK_STR(seen[0].body, "{\"x\":\"y,\\\"data\\\":1\",\"w\":\"\\\\\",\"b\":\"}]{[\","
+                                "\"z\":[1,{\"data\":2}]}");
+        CHECK_STR(header(&seen[0], "ce-after"), "ok");
     }
     h_close(&h);
 }
