@@ -18,10 +18,10 @@ each daemon then runs once more under valgrind --tool=callgrind (--threads 1): 1
 POSTs over 8 connections, counters zeroed, --callgrind-requests more, and the instructions
 of all its threads divided by them (as bench/run.py phase d and smoke.py do)."""
 import argparse
-import importlib.util
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,14 +32,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-benchrun = _load("almabridge_bench_run", os.path.join(HERE, "run.py"))
+sys.path.insert(0, HERE)
+import run as benchrun  # noqa: E402  (bench/run.py: wrk, signatures, the daemon process)
 
 
 def log(msg):
@@ -58,7 +52,6 @@ class Target:
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                import socket
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return
             except OSError:
