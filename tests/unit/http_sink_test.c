@@ -38,6 +38,8 @@ static struct evhttp_request *held[MAX_SEEN];
 static int n_held;
 
 static int n_probes, probe_answer = 200;
+static ev_uint16_t conns[MAX_SEEN]; /* the client ports the POSTs came from */
+static int n_conns;
 static char probe_uri[256];
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -47,6 +49,16 @@ static void on_request(struct evhttp_request *req, void *arg)
         snprintf(probe_uri, sizeof(probe_uri), "%s", evhttp_request_get_uri(req));
         evhttp_send_reply(req, probe_answer, "X", NULL);
         return;
+    }
+    char *peer;
+    ev_uint16_t port;
+    evhttp_connection_get_peer(evhttp_request_get_connection(req), &peer, &port);
+    int known = 0;
+    for (int i = 0; i < n_conns; i++) {
+        known |= conns[i] == port;
+    }
+    if (!known && n_conns < MAX_SEEN) {
+        conns[n_conns++] = port;
     }
     struct seen *s = &seen[n_seen < MAX_SEEN ? n_seen++ : MAX_SEEN - 1];
     s->uri = strdup(evhttp_request_get_uri(req));
@@ -88,6 +100,7 @@ static void seen_reset(void)
     answer = 200;
     n_probes = 0;
     probe_answer = 200;
+    n_conns = 0;
 }
 
 /* The value of header name (lower case) in s, in a static buffer; NULL when absent. */
@@ -325,6 +338,13 @@ static void test_structured(void)
         CHECK(strstr(seen[0].headers, "ce-") == NULL);
         CHECK_STR(seen[0].body, ev->json);
     }
+    /* one after the other: all on the one kept-alive connection */
+    for (int i = 0; i < 5; i++) {
+        struct result more = {0};
+        CHECK(submit(&h, &m, &more) == 0);
+        CHECK(wait_done(&h, &more, 3000) && more.status == AB_SINK_OK);
+    }
+    CHECK(n_seen == 6 && n_conns == 1);
     ab_event_free(ev);
     h_close(&h);
 }
