@@ -75,6 +75,8 @@ def main():
     p.add_argument("--json", default=None)
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--callgrind-requests", type=int, default=2000)
+    p.add_argument("--content-mode", default="binary", choices=["binary", "structured"],
+                   help="the http sink's --content-mode (binary)")
     p.add_argument("--sample", default=os.path.join(ROOT, "tests", "fixtures", "alma",
                                                     "loan_created.json"))
     a = p.parse_args()
@@ -101,6 +103,7 @@ def main():
         sinks = {
             "redis": ["--sink", "redis", "--redis", redis.url, "--route", "alma"],
             "http": ["--sink", "http", "--http-url", f"http://127.0.0.1:{target.port}/",
+                     "--content-mode", a.content_mode,
                      "--dead-letter-file", os.path.join(tmpdir, "dl.jsonl")],
         }
         for name, args in sinks.items():
@@ -166,16 +169,26 @@ def callgrind(ab, args, tmpdir, name, body, sig, n):
         before = set(os.listdir(tmpdir))
         subprocess.run(["callgrind_control", "-d", str(d.pid)], capture_output=True)
         dumps = sorted(f for f in set(os.listdir(tmpdir)) - before if f.startswith("callgrind."))
-        total = benchrun.callgrind_total(os.path.join(tmpdir, dumps[-1])) if dumps else None
+        dump = os.path.join(tmpdir, dumps[-1]) if dumps else None
+        total = benchrun.callgrind_total(dump) if dump else None
+        top = benchrun.annotate(dump, True, 40) if dump else []
     finally:
         d.stop()
     log(f"callgrind {name}: {total / n if total else 0:.0f} instructions/webhook ({ok}/{n} 200)")
+    # the parts that tell the sinks apart, per webhook (inclusive)
+    parts = {}
+    for t in top:
+        for part in ("curl_multi_socket_action", "http_submit", "redisAsyncCommandArgv",
+                     "ab_signature_verify", "ab_event_from_body"):
+            if t["fn"].split(" [")[0].endswith(":" + part) and part not in parts:
+                parts[part] = round(t["Ir"] / n)
     return {"requests": n, "answered_200": ok, "instructions": total,
-            "per_webhook": round(total / n) if total else None}
+            "per_webhook": round(total / n) if total else None, "parts": parts}
 
 
 def markdown(res, conns):
     L = [f"commit {res['commit']}, {res['date']}, almabridge --threads {res['args']['threads']}, "
+         f"http --content-mode {res['args']['content_mode']}, "
          f"{res['args']['rounds']} rounds of {res['args']['duration']} s", "",
          "| c | redis req/s (rounds) | http req/s (rounds) | http / redis | daemon CPU µs/request redis / http | non-200 | other processes (cores, mean) |",
          "|---|---|---|---|---|---|---|"]
@@ -197,6 +210,10 @@ def markdown(res, conns):
               f"| all threads of the daemon | {cg['redis']['per_webhook']:,} | "
               f"{cg['http']['per_webhook']:,} | "
               f"{cg['http']['per_webhook'] / cg['redis']['per_webhook']:.2f} |"]
+        fmt = lambda v: f"{v:,}" if v is not None else "-"
+        for part in sorted(set(cg["redis"]["parts"]) | set(cg["http"]["parts"])):
+            L.append(f"| {part} (inclusive) | {fmt(cg['redis']['parts'].get(part))} | "
+                     f"{fmt(cg['http']['parts'].get(part))} | |")
     return "\n".join(L)
 
 
