@@ -511,6 +511,27 @@ static void test_ready_probe(void)
     CHECK(n_probes == 1);
     CHECK_STR(probe_uri, "/");
     h_close(&h);
+
+    /* --http-health-url: a GET that must answer 2xx */
+    CHECK(h_open(&h, "/", "binary", 2000) == 0);
+    ab_sink_http.close(h.s, 0);
+    ab_sink_http.global_free(h.shared);
+    char health[300];
+    snprintf(health, sizeof(health), "http://127.0.0.1:%d/health", h.port);
+    h.conf.health_url = health;
+    char err[256];
+    CHECK(ab_sink_http.global_init(&h.sc, &h.shared, err, sizeof(err)) == 0);
+    answer = 404;
+    h.s = ab_sink_http.open(&h.sc, h.shared, h.base, err, sizeof(err));
+    int64_t end = now_ms() + 2500;
+    while (n_seen < 2 && now_ms() < end) {
+        run_for(h.base, 5);
+    }
+    CHECK(n_seen >= 2 && ab_sink_http.ready(h.s) == 0); /* probed twice, 404: not ready */
+    CHECK(n_seen >= 1 && strcmp(seen[0].uri, "/health") == 0);
+    answer = 204;
+    CHECK(wait_ready(&h, 1, 3000));
+    h_close(&h);
 }
 
 int main(void)
