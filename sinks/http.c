@@ -896,7 +896,8 @@ static size_t skip_value(const char *s, size_t i, size_t n)
             }
             i++;
         } else {
-            i += strcspn(s + i, "\"{}[]");
+            size_t k = strcspn(s + i, "\"{}[]");
+            i += k > 0 ? k : 1; /* 0 only at a NUL inside the line: step over it */
         }
     }
     return n;
