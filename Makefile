@@ -3,8 +3,7 @@ CC      ?= cc
 SANITIZER ?=
 comma   := ,
 BUILD   := build$(if $(SANITIZER),-$(subst $(comma),+,$(SANITIZER)))
-PKGS    := libevent libevent_openssl libevent_pthreads openssl rdkafka hiredis libcjson libxml-2.0 \
-           libcurl
+PKGS    := libevent libevent_openssl libevent_pthreads openssl rdkafka hiredis libcjson libxml-2.0 libcurl
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
 WARN    := -Wall -Wextra -Wstrict-prototypes -Wwrite-strings -Wshadow -Wno-unused-parameter
@@ -67,8 +66,7 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # `make test`) adds what only the tests need. Idempotent, non-interactive, and no system
 # service is enabled or started (policy-rc.d refuses service starts during the install).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
-             libcjson-dev libxml2-dev curl openssl ca-certificates \
-             libcurl4-openssl-dev
+             libcjson-dev libxml2-dev curl openssl ca-certificates libcurl4-openssl-dev
 TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
              haproxy jq valgrind systemd
 VENV      := .cache/venv
