@@ -367,6 +367,74 @@ static int check_url(struct http_shared *sh, const char *url, char *errstr, size
     return rc;
 }
 
+/* --http-url (a template is checked expanded for a sample event) and --http-health-url.
+ * Returns 0 or -1 with errstr. */
+static int urls_init(struct http_shared *sh, const struct ab_http_conf *c, char *errstr,
+                     size_t errlen)
+{
+    char rerr[200];
+    if (c->url == NULL || c->url[0] == '\0') {
+        snprintf(errstr, errlen, "--sink http needs --http-url URL");
+        return -1;
+    }
+    if (strchr(c->url, '{') == NULL) {
+        sh->url = ab_strdup(c->url);
+    } else if ((sh->url_route = ab_route_compile(c->url, rerr, sizeof(rerr))) == NULL) {
+        snprintf(errstr, errlen, "--http-url: %s", rerr);
+        return -1;
+    }
+    static char id[] = "1", action[] = "loan";
+    struct ab_event sample = {.id = id, .action = action};
+    char *u = sh->url ? ab_strdup(sh->url) : ab_route_expand(sh->url_route, &sample);
+    int rc = check_url(sh, u, errstr, errlen);
+    free(u);
+    if (rc == 0 && c->health_url) {
+        struct http_shared probe = {0};
+        if ((rc = check_url(&probe, c->health_url, errstr, errlen)) != 0) {
+            snprintf(errstr, errlen, "--http-health-url: not an http(s) URL with a host");
+        }
+        free(probe.target);
+        free(probe.probe_url);
+        free(sh->probe_url);
+        sh->probe_url = ab_strdup(c->health_url);
+        sh->probe_get = 1;
+    }
+    return rc;
+}
+
+/* The TLS files readable, the headers every request carries. Returns 0 or -1 with errstr. */
+static int files_and_headers_init(struct http_shared *sh, const struct ab_http_conf *c,
+                                  char *errstr, size_t errlen)
+{
+    if ((c->cert == NULL) != (c->key == NULL)) {
+        snprintf(errstr, errlen, "--http-cert and --http-key go together");
+        return -1;
+    }
+    const char *files[] = {c->ca_file, c->cert, c->key};
+    const char *names[] = {"--http-ca-file", "--http-cert", "--http-key"};
+    for (size_t i = 0; i < 3; i++) {
+        if (files[i] && access(files[i], R_OK) != 0) {
+            snprintf(errstr, errlen, "%s %s: %s", names[i], files[i], strerror(errno));
+            return -1;
+        }
+    }
+    add_header(sh, ab_strdup("Expect:")); /* no 100-continue round trip */
+    if (sh->structured) {
+        add_header(sh, ab_strdup(STRUCTURED_TYPE));
+    }
+    if (c->auth_file) {
+        char *auth = read_auth(c->auth_file, errstr, errlen);
+        if (auth == NULL) {
+            return -1;
+        }
+        add_header(sh, auth);
+    }
+    for (size_t i = 0; i < c->headers.n; i++) {
+        add_header(sh, ab_strdup(c->headers.v[i]));
+    }
+    return 0;
+}
+
 /* Validate the options and build what the instances share (also for --check-config,
  * which opens no file). Start-up thread, before the workers. */
 static int http_global_init(const struct ab_sink_conf *sc, void **shared, char *errstr,
@@ -374,7 +442,6 @@ static int http_global_init(const struct ab_sink_conf *sc, void **shared, char *
 {
     const struct ab_http_conf *c = sc->opts;
     struct http_shared *sh = ab_calloc(1, sizeof(*sh));
-    char rerr[200];
     pthread_mutex_init(&sh->dl_mu, NULL);
     sh->conf = c;
     sh->structured = c->content_mode && strcmp(c->content_mode, "structured") == 0;
@@ -385,67 +452,9 @@ static int http_global_init(const struct ab_sink_conf *sc, void **shared, char *
         snprintf(errstr, errlen, "http: libcurl failed to initialise");
         goto fail;
     }
-    if (c->url == NULL || c->url[0] == '\0') {
-        snprintf(errstr, errlen, "--sink http needs --http-url URL");
+    if (urls_init(sh, c, errstr, errlen) != 0 ||
+        files_and_headers_init(sh, c, errstr, errlen) != 0) {
         goto fail;
-    }
-    if (strchr(c->url, '{')) {
-        if ((sh->url_route = ab_route_compile(c->url, rerr, sizeof(rerr))) == NULL) {
-            snprintf(errstr, errlen, "--http-url: %s", rerr);
-            goto fail;
-        }
-        static char id[] = "1", action[] = "loan";
-        struct ab_event sample = {.id = id, .action = action};
-        char *u = ab_route_expand(sh->url_route, &sample);
-        int bad = check_url(sh, u, errstr, errlen);
-        free(u);
-        if (bad) {
-            goto fail;
-        }
-    } else if (check_url(sh, c->url, errstr, errlen) != 0) {
-        goto fail;
-    } else {
-        sh->url = ab_strdup(c->url);
-    }
-    if (c->health_url) {
-        struct http_shared probe = {0};
-        if (check_url(&probe, c->health_url, errstr, errlen) != 0) {
-            free(probe.target);
-            free(probe.probe_url);
-            snprintf(errstr, errlen, "--http-health-url: not an http(s) URL with a host");
-            goto fail;
-        }
-        free(probe.target);
-        free(probe.probe_url);
-        free(sh->probe_url);
-        sh->probe_url = ab_strdup(c->health_url);
-        sh->probe_get = 1;
-    }
-    if ((c->cert == NULL) != (c->key == NULL)) {
-        snprintf(errstr, errlen, "--http-cert and --http-key go together");
-        goto fail;
-    }
-    const char *files[] = {c->ca_file, c->cert, c->key};
-    const char *names[] = {"--http-ca-file", "--http-cert", "--http-key"};
-    for (size_t i = 0; i < 3; i++) {
-        if (files[i] && access(files[i], R_OK) != 0) {
-            snprintf(errstr, errlen, "%s %s: %s", names[i], files[i], strerror(errno));
-            goto fail;
-        }
-    }
-    add_header(sh, ab_strdup("Expect:")); /* no 100-continue round trip */
-    if (sh->structured) {
-        add_header(sh, ab_strdup(STRUCTURED_TYPE));
-    }
-    if (c->auth_file) {
-        char *auth = read_auth(c->auth_file, errstr, errlen);
-        if (auth == NULL) {
-            goto fail;
-        }
-        add_header(sh, auth);
-    }
-    for (size_t i = 0; i < c->headers.n; i++) {
-        add_header(sh, ab_strdup(c->headers.v[i]));
     }
     sh->dl_path = ab_strdup(c->dead_letter_file ? c->dead_letter_file : "");
     if ((sh->dl_fd = dl_open(sh->dl_path, sc->check_only, errstr, errlen)) < 0) {
