@@ -434,6 +434,10 @@ static char *masked(const struct ab_option *o, const char *v)
         return mask_url(v);
     case AB_MASK_KV_SECRETS:
         return mask_kv(v);
+    case AB_MASK_HEADER_VALUE: {
+        const char *colon = strchr(v, ':');
+        return colon ? ab_asprintf("%.*s: ****", (int)(colon - v), v) : ab_strdup("****");
+    }
     default:
         return ab_strdup(v);
     }

@@ -35,6 +35,7 @@ enum ab_opt_mask {
     AB_MASK_KV_SECRETS,   /* the value of key=value items whose key looks secret */
     AB_MASK_KV_VALUES,    /* the value of every key=value item whose key is not in the
                            * option's .harmless list (masking by default) */
+    AB_MASK_HEADER_VALUE, /* the value of "Name: value" items (HTTP headers), whatever the name */
 };
 
 #define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */

@@ -9,6 +9,7 @@
 #include "config.h"
 #include "eventlog.h"
 #include "file.h"
+#include "http.h"
 #include "kafka.h"
 #include "redis.h"
 #include "spool.h"
@@ -18,6 +19,7 @@ const struct ab_sink_ops *const ab_sinks[] = {
     &ab_sink_spool, /* wraps kafka or redis: only its options are found here */
     &ab_sink_kafka,
     &ab_sink_redis,
+    &ab_sink_http,
     NULL,
 };
 

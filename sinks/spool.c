@@ -926,8 +926,9 @@ static void spool_describe(struct ab_sink *base, char *buf, size_t len)
 /* clang-format off */
 static const struct ab_option spool_options[] = {
     {.name = "spool", .type = AB_OPT_STRING, .off = OFF(dir), .group = "Spool", .metavar = "DIR",
-     .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
-             "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
+     .help = "Kafka/Redis/HTTP: when the broker cannot take an event within --spool-after, "
+             "append it to an fsync'd spool in DIR, answer 200 and forward it when the broker "
+             "is back"},
     {.name = "spool-after", .type = AB_OPT_LONG, .def = "1500", .min = 1, .max = 60000,
      .off = OFF(after_ms), .group = "Spool", .metavar = "MS",
      .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
@@ -1032,7 +1033,7 @@ int ab_spool_configure(struct ab_spool_conf *sc, const struct ab_spool_opts *opt
                        char *errstr, size_t errlen)
 {
     if (strcmp(inner->name, "file") == 0) {
-        snprintf(errstr, errlen, "--spool works with --sink kafka or redis; the file sink is "
+        snprintf(errstr, errlen, "--spool works with --sink kafka, redis or http; the file sink is "
                                  "itself a local fsync'd log");
         return -1;
     }

@@ -135,6 +135,9 @@ static const char *const all_options[] = {
     "alma-api",         "alma-api-key-file",
     "alma-api-ca",   "api-budget",    "state-dir",        "reconcile-every",
     "reconcile-job", "reconcile-since", "reconcile-institution",
+    "http-url",
+    "http-ca-file",  "http-cert",     "http-key",         "http-auth-file",
+    "http-header",   "http-max-inflight", "http-health-url", "dead-letter-file",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
@@ -364,7 +367,7 @@ static void test_env(void)
     expect_error(NOARGS, ENV("ALMABRIDGE_MAX_BODY=abc"),
                  "ALMABRIDGE_MAX_BODY: \"abc\" is not a number");
     expect_error(NOARGS, ENV("ALMABRIDGE_SINK=kafak"),
-                 "ALMABRIDGE_SINK: \"kafak\" is not one of file|kafka|redis");
+                 "ALMABRIDGE_SINK: \"kafak\" is not one of file|kafka|redis|http");
     expect_error(NOARGS, ENV("ALMABRIDGE_TRUSTED_PROXY=10.0.0.1,nope"),
                  "ALMABRIDGE_TRUSTED_PROXY: \"nope\" is not an IP address or CIDR block (e.g. "
                  "10.0.0.0/8 or ::1)");
@@ -498,8 +501,8 @@ static void test_errors(void)
     expect_error(ARGS("--threads", "-1"), NULL, "--threads: -1 is out of range (0..256)");
     expect_error(ARGS("--threads", "257"), NULL, "--threads: 257 is out of range (0..256)");
     expect_error(ARGS("--sink", "kafak"), NULL,
-                 "--sink: \"kafak\" is not one of file|kafka|redis");
-    expect_error(ARGS("--sink="), NULL, "--sink: \"\" is not one of file|kafka|redis");
+                 "--sink: \"kafak\" is not one of file|kafka|redis|http");
+    expect_error(ARGS("--sink="), NULL, "--sink: \"\" is not one of file|kafka|redis|http");
     expect_error(ARGS("--log-level", "verbose"), NULL,
                  "--log-level: \"verbose\" is not one of debug|info|warn|error");
     expect_error(ARGS("--log-format", "JSON"), NULL,
@@ -575,7 +578,7 @@ static void test_file_errors(void)
         {"# ok\nlisten = 1.2.3.4:5\nfoo = bar\n", "line 3: unknown option \"foo\""},
         {"max-body = abc\n", "line 1: max-body: \"abc\" is not a number"},
         {"max_body = 0\n", "line 1: max-body: 0 is out of range (minimum 1)"},
-        {"\n\nsink = \"kafak\"\n", "line 3: sink: \"kafak\" is not one of file|kafka|redis"},
+        {"\n\nsink = \"kafak\"\n", "line 3: sink: \"kafak\" is not one of file|kafka|redis|http"},
         {"config = /etc/other.conf\n", "line 1: \"config\" cannot be set in a config file"},
         {"print-config\n", "line 1: \"print-config\" cannot be set in a config file"},
         {"listen\n", "line 1: listen needs a value"},
@@ -717,7 +720,8 @@ static void test_usage_and_markdown(void)
     CHECK(strstr(usage, "\nHTTP:\n") && strstr(usage, "\nKafka:\n") && strstr(usage, "\nTLS:\n"));
     CHECK(strstr(usage, "(default:") != NULL && strstr(usage, "4194304") != NULL);
     CHECK(strstr(usage, "-h, --help") != NULL);
-    CHECK(strstr(md, "| `--sink file\\|kafka\\|redis` | `ALMABRIDGE_SINK` | `file` |") != NULL);
+    CHECK(strstr(md, "| `--sink file\\|kafka\\|redis\\|http` | `ALMABRIDGE_SINK` | `file` |") !=
+          NULL);
     /* one row per option */
     size_t rows = 0;
     for (const char *p = md; (p = strchr(p, '\n')) != NULL; p++) {
