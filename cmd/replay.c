@@ -98,14 +98,20 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
 {
     char rerr[256];
     rp->ops = ab_sink_find(rp->cfg.sink);
-    if (rp->ops == NULL || rp->ops->default_route == NULL || !*rp->ops->default_route) {
-        snprintf(err, errlen, "--sink kafka or --sink redis: replay writes to a broker");
+    if (rp->ops == NULL || strcmp(rp->ops->name, "file") == 0) {
+        snprintf(err, errlen, "--sink kafka, redis or http: replay writes to a broker or a "
+                              "target (the file sink's log has one writer, the daemon)");
         return -1;
     }
-    if (rp->dedup && ab_sink_reader_find(rp->cfg.sink, "replay (reading the ids already there)", err, errlen) == NULL) {
+    if (rp->dedup && !ab_sink_readable(rp->ops)) {
+        snprintf(err, errlen, "--sink %s has no read side: replay cannot skip the events the "
+                              "target already holds; add --no-dedup to send every event",
+                 rp->ops->name);
         return -1;
     }
-    const char *tmpl = rp->cfg.route ? rp->cfg.route : rp->ops->default_route;
+    const char *tmpl = rp->cfg.route ? rp->cfg.route
+                       : rp->ops->default_route ? rp->ops->default_route
+                                                : "";
     if ((rp->route = ab_route_compile(tmpl, rerr, sizeof(rerr))) == NULL) {
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
