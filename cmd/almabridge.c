@@ -22,6 +22,7 @@
 #include "acl.h"
 #include "cli.h"
 #include "config.h"
+#include "dedupe_store.h"
 #include "eventlog.h"
 #include "log.h"
 #include "mem.h"
@@ -45,6 +46,7 @@ struct daemon {
     struct ab_sink_setup sink; /* what the sink's global_init and open are given */
     struct ab_spool_conf spool;     /* --spool: the spool wraps the sink ... */
     struct ab_sink_conf spool_conf; /* ... and is given this instead */
+    struct ab_dedupe_setup dedupe;  /* the deduplication store, when app.dedupe is set */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -274,6 +276,11 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         d->app.sink_ops->global_init(d->app.sink_conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
+    int dd_on = 0;
+    if (ab_dedupe_setup_init(&d->dedupe, cfg, &dd_on, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    d->app.dedupe = dd_on ? &d->dedupe : NULL;
     if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
         die(err);
     }
@@ -317,6 +324,11 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     if (d->app.sink_ops->global_free) {
         d->app.sink_ops->global_free(shared);
     }
+    int dd_on = 0;
+    if (ab_dedupe_setup_init(&d->dedupe, &d->cfg, &dd_on, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    ab_dedupe_setup_free(&d->dedupe);
     printf("configuration OK\n");
     ab_secrets_free(secrets);
     SSL_CTX_free(ctx);
@@ -336,6 +348,7 @@ static void shutdown_all(struct daemon *d)
     if (d->app.sink_ops->global_free) {
         d->app.sink_ops->global_free(d->app.sink_shared);
     }
+    ab_dedupe_setup_free(&d->dedupe);
     app_free(&d->app);
     free(d->app.workers);
     free(d->app.metrics);

@@ -95,6 +95,11 @@ struct ab_config {
     /* sinks */
     char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
+    /* deduplication (core/dedupe.h) */
+    char *dedupe_store;    /* URL, "auto" or "none" */
+    char *dedupe_window;   /* a duration */
+    char *dedupe_key;      /* NULL = the id (job instance id for JOB_END) */
+    char *dedupe_on_error; /* accept | refuse */
     /* process */
     char *config_file;
     char *log_level;

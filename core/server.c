@@ -475,7 +475,7 @@ void ab_req_error(struct ab_req *r, int status, const char *msg)
 
 static void handle_readyz(struct ab_worker *w, struct ab_req *r)
 {
-    char d[256] = "";
+    char d[512] = "";
     const char *st = "ready";
     int code = 200;
     if (atomic_load(&ab_metrics_g.draining)) {
@@ -483,12 +483,22 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     } else if (!ab_webhook_sink_ready(w->webhook)) {
         st = "sink not ready", code = 503;
     }
+    char dd[256] = "";
+    if (code == 200 && !ab_webhook_dedupe_ready(w->webhook, dd, sizeof(dd))) {
+        st = "deduplication store unreachable", code = 503;
+    } else if (code == 200 && dd[0]) {
+        st = "ready, deduplication unchecked";
+    }
     /* the sink's state names files, brokers and errors: for loopback and --allow only */
     int details = ab_acl_is_loopback(r->client) ||
                   (w->app->allow && ab_acl_match(w->app->allow, r->client));
     struct ab_answer a = {.status = code, .k1 = "status", .v1 = st};
     if (details) {
         ab_webhook_sink_describe(w->webhook, d, sizeof(d));
+        if (dd[0]) {
+            size_t n = strlen(d);
+            snprintf(d + n, sizeof(d) - n, "; %s", dd);
+        }
         a.k2 = "sink", a.v2 = d;
     }
     ab_req_answer(r, &a);

@@ -37,6 +37,7 @@ struct ab_acl;
 struct ab_metrics;
 struct ab_worker;
 struct ab_conn;
+struct ab_dedupe_setup;
 typedef struct ssl_ctx_st SSL_CTX;
 
 /* Process-wide state, filled by cmd/ before workers start. Read-only afterwards, except
@@ -55,6 +56,7 @@ struct ab_app {
     evutil_socket_t listen_fd;   /* shared; closed by the last worker to stop accepting */
     atomic_long stopped_accepting;
     long max_connections;        /* effective: --max-connections capped by RLIMIT_NOFILE */
+    const struct ab_dedupe_setup *dedupe; /* NULL: deduplication off (core/dedupe.h) */
 };
 
 /* Start-up, after the descriptor limit was raised and before workers start: check that

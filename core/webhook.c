@@ -11,11 +11,13 @@
 
 #include "acl.h"
 #include "config.h"
+#include "dedupe.h"
 #include "event.h"
 #include "http1.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
+#include "pending.h"
 #include "route.h"
 #include "server.h"
 #include "signature.h"
@@ -29,6 +31,7 @@ struct ab_webhook {
     struct ab_secrets *secrets;
     int stopping;
     long inflight; /* webhooks of this worker waiting on the sink */
+    struct ab_dedupe_guard *dd; /* NULL: deduplication off */
 };
 
 /* One webhook waiting on the sink. Freed when the sink's callback runs: exactly once, by
@@ -39,6 +42,7 @@ struct pending {
     struct ab_req *req;
     struct ab_event *ev;
     struct timespec start;
+    struct ab_dedupe_ticket *ticket; /* deduplication on: the claim this write holds */
 };
 
 static double elapsed_s(const struct timespec *start)
@@ -70,11 +74,16 @@ static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_even
 
 /* ---- the sink: the only code that calls it ------------------------------------------ */
 
+static int dedupe_sink_done(struct pending *p, int status);
+
 /* Loop thread: the sink's completion (exactly once per accepted submit). */
 static void on_sink_done(int status, const char *errstr, void *opaque)
 {
     struct pending *p = opaque;
     struct ab_webhook *wh = p->wh;
+    if (p->ticket && dedupe_sink_done(p, status)) {
+        return; /* answered once the store holds the key */
+    }
     ab_metrics_ack(wh->metrics, elapsed_s(&p->start), status == AB_SINK_OK);
     if (status == AB_SINK_OK) {
         answer(wh, p->req, p->ev, 200, NULL);
@@ -91,15 +100,19 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
         answer(wh, p->req, p->ev, 503, msg);
     }
     ab_event_free(p->ev);
-    free(p);
+    if (p->ticket && status == AB_SINK_TIMEOUT) {
+        p->ev = NULL, p->req = NULL; /* kept for the late answer: on_late_answer frees it */
+    } else {
+        free(p);
+    }
     wh->inflight--;
     atomic_fetch_sub(&ab_metrics_g.inflight, 1);
 }
 
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
  * on_sink_done. Returns 0, or 503 with msg filled in (ev not taken). */
-static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, char *msg,
-                  size_t msglen)
+static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
+                  struct ab_dedupe_ticket *ticket, char *msg, size_t msglen)
 {
     const struct ab_config *cfg = wh->cfg;
     if (cfg->max_inflight > 0 && atomic_load(&ab_metrics_g.inflight) >= cfg->max_inflight) {
@@ -110,7 +123,7 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, 
     char *route = ab_route_expand(wh->app->route, ev);
     struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, NULL, ev->json, ev->json_len, ev};
     struct pending *p = ab_calloc(1, sizeof(*p));
-    *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start};
+    *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start, .ticket = ticket};
     int rc = ab_sink_submit(wh->sink, &m, on_sink_done, p);
     free(route);
     if (rc != 0) {
@@ -144,6 +157,93 @@ void ab_webhook_close_sink(struct ab_webhook *wh, int timeout_ms)
         wh->sink->ops->close(wh->sink, timeout_ms);
         wh->sink = NULL;
     }
+}
+
+/* ---- deduplication (core/dedupe.h): the guard around submit ------------------------- */
+
+/* Loop thread: the guard's verdict for one webhook (p: its pending, not submitted yet). */
+static void on_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct pending *p = opaque;
+    struct ab_webhook *wh = p->wh;
+    char msg[256] = "";
+    int code = 0;
+    wh->inflight--;
+    atomic_fetch_sub(&ab_metrics_g.inflight, 1);
+    if (verdict == AB_DEDUPE_WRITE) {
+        code = submit(wh, p->req, p->ev, t, msg, sizeof(msg));
+        if (code != 0) {
+            ab_dedupe_outcome(t, 0, NULL, NULL); /* not written: release the claim */
+        } else {
+            p->ev = NULL; /* the submitted pending owns it */
+        }
+    } else if (verdict == AB_DEDUPE_SKIP_OK) {
+        code = 200; /* a copy of a stored webhook: nothing written */
+    } else if (verdict == AB_DEDUPE_SKIP_FAILED) {
+        code = 503;
+        snprintf(msg, sizeof(msg), "another copy of this webhook was being stored and did not "
+                                   "finish in time; retry later");
+    } else {
+        code = 503;
+        snprintf(msg, sizeof(msg), "the deduplication store is unreachable "
+                                   "(--dedupe-on-error refuse); retry later");
+    }
+    if (code != 0) {
+        answer(wh, p->req, p->ev, code, code == 200 ? NULL : msg);
+    }
+    ab_event_free(p->ev);
+    free(p);
+}
+
+/* Ask the guard about ev; the answer comes from on_verdict (or later from on_sink_done). */
+static void dedupe_check(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev)
+{
+    char key[512];
+    ab_dedupe_key(wh->app->dedupe, ev, key, sizeof(key));
+    struct pending *p = ab_calloc(1, sizeof(*p));
+    *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start};
+    wh->inflight++; /* waiting on the store counts as in flight for the drain */
+    atomic_fetch_add(&ab_metrics_g.inflight, 1);
+    ab_dedupe_check(wh->dd, key, AB_DEDUPE_CAUSE_AFTER_ACK, on_verdict, p);
+}
+
+/* Loop thread: the store holds the key of a stored event: answer 200 now. */
+static void on_key_stored(void *opaque)
+{
+    struct pending *p = opaque;
+    p->ticket = NULL;
+    on_sink_done(AB_SINK_OK, NULL, p);
+}
+
+/* The sink answered a write that holds a claim. Returns 1 when the answer waits for the
+ * store (success: the key is marked stored before the 200 leaves), 0 to answer now. */
+static int dedupe_sink_done(struct pending *p, int status)
+{
+    if (status == AB_SINK_OK) {
+        ab_dedupe_outcome(p->ticket, 1, on_key_stored, p);
+        return 1;
+    }
+    /* a timeout's outcome is unknown: the claim stays for the late answer */
+    ab_dedupe_outcome(p->ticket, status == AB_SINK_TIMEOUT ? -1 : 0, NULL, NULL);
+    if (status != AB_SINK_TIMEOUT) {
+        p->ticket = NULL;
+    }
+    return 0;
+}
+
+/* Loop thread, from the pending list (ab_pending_watch_late): the late answer of a write
+ * answered 503 at its deadline. A success marks the key stored, so Alma's retry gets 200
+ * without a second write; a failure (or none) releases the claim. */
+static void on_late_answer(void *opaque, int status)
+{
+    struct pending *p = opaque;
+    ab_dedupe_outcome(p->ticket, status == AB_SINK_OK ? 1 : 0, NULL, NULL);
+    free(p);
+}
+
+int ab_webhook_dedupe_ready(struct ab_webhook *wh, char *buf, size_t len)
+{
+    return wh->dd ? ab_dedupe_guard_ready(wh->dd, buf, len) : 1;
 }
 
 /* ---- admit and parse ---------------------------------------------------------------- */
@@ -238,7 +338,11 @@ static void handle_post(struct ab_webhook *wh, struct ab_req *r)
         answer(wh, r, NULL, rc == AB_EVENT_MALFORMED ? 400 : 422, msg);
         return;
     }
-    code = submit(wh, r, ev, msg, sizeof(msg));
+    if (wh->dd) {
+        dedupe_check(wh, r, ev); /* answers, or submits once the key is claimed */
+        return;
+    }
+    code = submit(wh, r, ev, NULL, msg, sizeof(msg));
     if (code != 0) {
         answer(wh, r, ev, code, msg);
         ab_event_free(ev);
@@ -321,6 +425,15 @@ struct ab_webhook *ab_webhook_new(struct ab_app *app, struct event_base *base,
         free(wh);
         return NULL;
     }
+    if (app->dedupe) {
+        ab_pending_watch_late(on_sink_done, on_late_answer); /* start-up thread */
+        wh->dd = ab_dedupe_guard_new(app->dedupe, base, errstr, errlen);
+        if (wh->dd == NULL) {
+            ab_webhook_close_sink(wh, 0);
+            free(wh);
+            return NULL;
+        }
+    }
     return wh;
 }
 
@@ -347,6 +460,7 @@ void ab_webhook_free(struct ab_webhook *wh)
         return;
     }
     ab_webhook_close_sink(wh, (int)(wh->cfg->shutdown_timeout_s * 1000));
+    ab_dedupe_guard_free(wh->dd); /* after the sink: its last answers still mark or release */
     ab_secrets_free(wh->secrets);
     free(wh);
 }

@@ -50,6 +50,7 @@
 #include <hiredis/hiredis.h>
 
 #include "config.h"
+#include "dedupe_store.h"
 #include "http1.h"
 #include "log.h"
 #include "mem.h"
@@ -252,6 +253,21 @@ static void shared_free(struct redis_shared *sh)
     free(sh->user);
     free(sh->host);
     free(sh);
+}
+
+int ab_redis_url_parse(const char *url, char **host, int *port, long *db, char **user,
+                       char **password, char *addr, size_t addrlen, char *errstr, size_t errlen)
+{
+    struct redis_shared sh = {0};
+    if (parse_url(url, &sh, errstr, errlen) != 0) {
+        free(sh.host);
+        free(sh.user);
+        free(sh.password);
+        return -1;
+    }
+    *host = sh.host, *port = sh.port, *db = sh.db, *user = sh.user, *password = sh.password;
+    snprintf(addr, addrlen, "%s", sh.addr);
+    return 0;
 }
 
 /* The Redis sink's options (struct ab_redis_conf). */

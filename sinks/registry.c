@@ -1,12 +1,18 @@
 /* The registry of sink backends. See registry.h. */
 #include "registry.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config.h"
+#include "dedupe_store.h"
 #include "file.h"
 #include "kafka.h"
+#include "mem.h"
 #include "redis.h"
+#include "route.h"
 #include "spool.h"
 
 const struct ab_sink_ops *const ab_sinks[] = {
@@ -31,4 +37,77 @@ void ab_sink_setup_init(struct ab_sink_setup *s, const struct ab_config *cfg,
                         const struct ab_sink_ops *ops)
 {
     ab_config_sink_conf(cfg, ops, &s->conf);
+}
+
+/* ---- the deduplication store ---------------------------------------------------------- */
+
+static const struct ab_dedupe_ops *const dedupe_stores[] = {&ab_dedupe_redis, &ab_dedupe_file,
+                                                            NULL};
+
+int ab_dedupe_setup_init(struct ab_dedupe_setup *setup, const struct ab_config *cfg, int *on,
+                         char *errstr, size_t errlen)
+{
+    *setup = (struct ab_dedupe_setup){0};
+    *on = 0;
+    const char *url = cfg->dedupe_store ? cfg->dedupe_store : "auto";
+    char *owned = NULL;
+    if (strcmp(url, "none") == 0 || url[0] == '\0') {
+        return 0;
+    }
+    if (strcmp(url, "auto") == 0) {
+        if (strcmp(cfg->sink, "file") != 0) {
+            return 0;
+        }
+        const struct ab_file_conf *fc = ab_config_sink_opts(cfg, &ab_sink_file);
+        url = owned = ab_asprintf("file:%s.dedupe", fc->path);
+    }
+    for (size_t i = 0; dedupe_stores[i]; i++) {
+        const char *sch = dedupe_stores[i]->scheme;
+        if (strncasecmp(url, sch, strlen(sch)) == 0) {
+            setup->ops = dedupe_stores[i];
+        }
+    }
+    int rc = -1;
+    if (setup->ops == NULL) {
+        snprintf(errstr, errlen, "--dedupe-store: expected redis://..., file:DIR, none or auto");
+        goto done;
+    }
+    char rerr[256];
+    if (cfg->dedupe_key && !(setup->key = ab_route_compile(cfg->dedupe_key, rerr, sizeof(rerr)))) {
+        snprintf(errstr, errlen, "--dedupe-key: %s", rerr);
+        goto done;
+    }
+    setup->conf.url = ab_strdup(url);
+    setup->conf.window_ms = ab_dedupe_parse_duration(cfg->dedupe_window);
+    /* A claim outlives every answer the sink can still give: a late acknowledgement marks
+     * the key stored; one that never comes lets the claim lapse. */
+    setup->conf.claim_ms = cfg->ack_timeout_ms * 2 > 60000 ? cfg->ack_timeout_ms * 2 : 60000;
+    setup->conf.timeout_ms = cfg->ack_timeout_ms / 2 > 0 ? cfg->ack_timeout_ms / 2 : 1;
+    setup->conf.check_only = cfg->check_config;
+    setup->refuse = strcmp(cfg->dedupe_on_error, "refuse") == 0;
+    setup->ack_timeout_ms = cfg->ack_timeout_ms;
+    if (setup->ops->global_init(&setup->conf, &setup->shared, errstr, errlen) != 0) {
+        goto done;
+    }
+    *on = 1;
+    if (!cfg->check_config) {
+        ab_dedupe_metrics_init(setup);
+    }
+    rc = 0;
+done:
+    free(owned);
+    if (rc != 0) {
+        ab_dedupe_setup_free(setup);
+    }
+    return rc;
+}
+
+void ab_dedupe_setup_free(struct ab_dedupe_setup *setup)
+{
+    if (setup->ops && setup->shared && setup->ops->global_free) {
+        setup->ops->global_free(setup->shared);
+    }
+    ab_route_free(setup->key);
+    free((char *)setup->conf.url);
+    *setup = (struct ab_dedupe_setup){0};
 }
