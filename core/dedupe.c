@@ -152,6 +152,11 @@ void ab_dedupe_metrics_init(const struct ab_dedupe_setup *setup)
     }
 }
 
+const struct ab_dedupe_setup *ab_dedupe_active(void)
+{
+    return m.setup;
+}
+
 /* ---- durations and keys ------------------------------------------------------------- */
 
 long ab_dedupe_parse_duration(const char *s)
@@ -447,7 +452,30 @@ void ab_dedupe_check(struct ab_dedupe_guard *g, const char *key, enum ab_dedupe_
     g->table[h] = t;
     t->in_table = 1;
     t->phase = P_CLAIM;
+    if (g->setup->sink_atomic) {
+        deliver_later(t, AB_DEDUPE_WRITE); /* the sink's own script claims */
+        return;
+    }
     start_claim(t);
+}
+
+static void on_recorded(int state, const char *errstr, void *opaque)
+{
+    if (state == AB_DEDUPE_ERROR) {
+        atomic_fetch_add(&m.errors, 1);
+    }
+}
+
+void ab_dedupe_record(struct ab_dedupe_guard *g, const char *key)
+{
+    if (g->store->ops->mark(g->store, key, 1, on_recorded, NULL) != 0) {
+        atomic_fetch_add(&m.errors, 1);
+    }
+}
+
+const char *ab_dedupe_ticket_key(const struct ab_dedupe_ticket *t)
+{
+    return t->key;
 }
 
 /* Loop thread: the store's answer to "stored". */
@@ -476,6 +504,16 @@ void ab_dedupe_outcome(struct ab_dedupe_ticket *t, int ok, void (*done)(void *op
         table_remove(t);
         resolve_joined(t, AB_DEDUPE_SKIP_FAILED);
         t->phase = P_LATE;
+        return;
+    }
+    if (g->setup->sink_atomic) {
+        /* the sink stored the key with the event, or wrote nothing: nothing to tell */
+        table_remove(t);
+        resolve_joined(t, ok ? AB_DEDUPE_SKIP_OK : AB_DEDUPE_SKIP_FAILED);
+        ticket_free(t);
+        if (ok && done) {
+            done(opaque);
+        }
         return;
     }
     if (ok == 0) {

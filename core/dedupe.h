@@ -87,6 +87,9 @@ enum ab_dedupe_cause {
     AB_DEDUPE_CAUSES
 };
 
+/* The Redis store's key prefix, shared with the Redis sink's atomic claim + XADD. */
+#define AB_DEDUPE_REDIS_PREFIX "almabridge:dedupe:"
+
 struct ab_dedupe_setup {
     const struct ab_dedupe_ops *ops;
     void *shared;
@@ -94,6 +97,8 @@ struct ab_dedupe_setup {
     struct ab_route *key;   /* --dedupe-key compiled; NULL: the id (job instance: JOB_END) */
     int refuse;             /* --dedupe-on-error refuse */
     long ack_timeout_ms;    /* how long a copy may wait for the first's outcome */
+    int sink_atomic;        /* the sink claims and writes in one step (msg->dedupe_key): the
+                             * guard then asks the store nothing itself */
 };
 
 /* Parse a duration: a number and a unit (ms, s, m, h, d); a bare number is seconds.
@@ -107,8 +112,11 @@ int ab_dedupe_check_duration(const char *value, char *why, size_t whylen);
 void ab_dedupe_key(const struct ab_dedupe_setup *setup, const struct ab_event *ev, char *buf,
                    size_t len);
 
-/* Register the dedupe metrics with /metrics (once, start-up thread). */
+/* Register the dedupe metrics with /metrics and make setup the process's (once, start-up
+ * thread). */
 void ab_dedupe_metrics_init(const struct ab_dedupe_setup *setup);
+/* The process's set-up, NULL when deduplication is off (the spool's forwarder asks). */
+const struct ab_dedupe_setup *ab_dedupe_active(void);
 /* Count a duplicate that was not written (the forwarder and replay count theirs here). */
 void ab_dedupe_count_duplicate(enum ab_dedupe_cause cause);
 
@@ -148,6 +156,12 @@ void ab_dedupe_check(struct ab_dedupe_guard *g, const char *key, enum ab_dedupe_
  * be NULL. The ticket is freed once the final outcome (0 or 1) is reported. */
 void ab_dedupe_outcome(struct ab_dedupe_ticket *t, int ok, void (*done)(void *opaque),
                        void *opaque);
+
+/* Record key as stored without a claim (fire and forget; a failure is counted). */
+void ab_dedupe_record(struct ab_dedupe_guard *g, const char *key);
+
+/* The key a WRITE ticket holds (for msg->dedupe_key). */
+const char *ab_dedupe_ticket_key(const struct ab_dedupe_ticket *t);
 
 /* For /readyz: 1 when the webhooks may be taken (store ready, or on-error accept), and a
  * detail ("deduplication unchecked: ...") in buf when something is wrong. */

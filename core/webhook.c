@@ -85,7 +85,7 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
         return; /* answered once the store holds the key */
     }
     ab_metrics_ack(wh->metrics, elapsed_s(&p->start), status == AB_SINK_OK);
-    if (status == AB_SINK_OK) {
+    if (status == AB_SINK_OK || status == AB_SINK_DUPLICATE) {
         answer(wh, p->req, p->ev, 200, NULL);
     } else if (status == AB_SINK_TOO_BIG) {
         char msg[512];
@@ -121,7 +121,12 @@ static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
         return 503;
     }
     char *route = ab_route_expand(wh->app->route, ev);
-    struct ab_sink_msg m = {ev->id, ev->type, ev->source, route, NULL, ev->json, ev->json_len, ev};
+    struct ab_sink_msg m = {.id = ev->id, .type = ev->type, .source = ev->source, .route = route,
+                            .value = ev->json, .value_len = ev->json_len, .event = ev};
+    if (ticket && wh->app->dedupe->sink_atomic) {
+        m.dedupe_key = ab_dedupe_ticket_key(ticket);
+        m.dedupe_window_ms = wh->app->dedupe->conf.window_ms;
+    }
     struct pending *p = ab_calloc(1, sizeof(*p));
     *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start, .ticket = ticket};
     int rc = ab_sink_submit(wh->sink, &m, on_sink_done, p);
@@ -219,6 +224,10 @@ static void on_key_stored(void *opaque)
  * store (success: the key is marked stored before the 200 leaves), 0 to answer now. */
 static int dedupe_sink_done(struct pending *p, int status)
 {
+    if (status == AB_SINK_DUPLICATE) {
+        ab_dedupe_count_duplicate(AB_DEDUPE_CAUSE_AFTER_ACK); /* the sink found it stored */
+        status = AB_SINK_OK;
+    }
     if (status == AB_SINK_OK) {
         ab_dedupe_outcome(p->ticket, 1, on_key_stored, p);
         return 1;

@@ -6,7 +6,8 @@
  * key stored appends "<expiry, ms since the epoch> <key>\n" to the current file
  * DIR/ids-<start ms>.log with write() before the callback runs, so the key is in the
  * kernel before the 200 leaves: a killed process does not forget it; the file is
- * fdatasync'd once a second (a power cut may forget the last second: docs/DEDUPLICATION.md).
+ * fdatasync'd once a second by the store's own thread, never on a loop thread (a power cut
+ * may forget the last second: docs/DEDUPLICATION.md).
  * At start every file is read back, keys already expired skipped.
  *
  * Bounded: a new file every window/4; a file whose every key has expired (its start + its
@@ -59,6 +60,11 @@ struct fshared {
     long window_ms, claim_ms;
     atomic_int dirty;      /* written since the last fdatasync */
     char error[160];       /* the last write error, "" = none */
+    int retired_fd;        /* the previous file, for the syncer to sync and close */
+    pthread_t syncer;      /* fdatasyncs once a second what was written */
+    int has_syncer, stop;  /* stop: under mu, with wake */
+    atomic_int stopped;    /* the syncer has finished */
+    pthread_cond_t wake;
 };
 
 /* One deferred callback. */
@@ -72,8 +78,7 @@ struct fcall {
 struct fstore {
     struct ab_dedupe base;
     struct fshared *sh;
-    struct event *run_ev;  /* runs the queued callbacks */
-    struct event *sync_ev; /* fdatasync once a second when something was written */
+    struct event *run_ev; /* runs the queued callbacks */
     struct fcall *head, **tail;
 };
 
@@ -233,8 +238,10 @@ static void scan_dir(struct fshared *sh, int load)
 /* Start a new current file (under mu). */
 static void new_file(struct fshared *sh)
 {
-    if (sh->fd >= 0) {
-        fdatasync(sh->fd);
+    if (sh->fd >= 0 && sh->has_syncer && sh->retired_fd < 0) {
+        sh->retired_fd = sh->fd; /* synced and closed by the syncer, off the loop threads */
+        atomic_store(&sh->dirty, 1);
+    } else if (sh->fd >= 0) {
         close(sh->fd);
     }
     sh->file_start_ms = wall_ms();
@@ -277,6 +284,43 @@ static int append(struct fshared *sh, const char *key, int64_t expires)
     return 0;
 }
 
+/* The syncer thread: once a second, fdatasync the current file if something was written
+ * (on a duplicate of the descriptor, outside the lock: the loop threads go on). */
+static void *syncer_main(void *arg)
+{
+    struct fshared *sh = arg;
+    pthread_mutex_lock(&sh->mu);
+    while (!sh->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += SYNC_MS / 1000;
+        pthread_cond_timedwait(&sh->wake, &sh->mu, &until);
+        if (!atomic_exchange(&sh->dirty, 0)) {
+            continue;
+        }
+        int fd = sh->fd >= 0 ? dup(sh->fd) : -1, old = sh->retired_fd;
+        sh->retired_fd = -1;
+        pthread_mutex_unlock(&sh->mu);
+        if (old >= 0) {
+            fdatasync(old);
+            close(old);
+        }
+        if (fd >= 0) {
+            fdatasync(fd);
+            close(fd);
+        }
+        pthread_mutex_lock(&sh->mu);
+    }
+    int fd = sh->fd >= 0 && atomic_load(&sh->dirty) ? dup(sh->fd) : -1;
+    pthread_mutex_unlock(&sh->mu);
+    if (fd >= 0) {
+        fdatasync(fd); /* the last keys before the process leaves */
+        close(fd);
+    }
+    atomic_store(&sh->stopped, 1);
+    return NULL;
+}
+
 /* ---- the contract --------------------------------------------------------------------- */
 
 static int fs_global_init(const struct ab_dedupe_conf *conf, void **shared, char *errstr,
@@ -298,16 +342,19 @@ static int fs_global_init(const struct ab_dedupe_conf *conf, void **shared, char
     }
     struct fshared *sh = ab_calloc(1, sizeof(*sh));
     pthread_mutex_init(&sh->mu, NULL);
+    pthread_cond_init(&sh->wake, NULL);
     sh->nb = 1 << 12;
     sh->buckets = ab_calloc(sh->nb, sizeof(*sh->buckets));
     sh->dir = ab_strdup(dir);
     sh->fd = -1;
+    sh->retired_fd = -1;
     sh->window_ms = conf->window_ms;
     sh->claim_ms = conf->claim_ms;
     sh->period_ms = conf->window_ms / 4 > 1000 ? conf->window_ms / 4 : 1000;
     scan_dir(sh, 1);
     if (!conf->check_only) {
         new_file(sh);
+        sh->has_syncer = pthread_create(&sh->syncer, NULL, syncer_main, sh) == 0;
     }
     *shared = sh;
     return 0;
@@ -319,8 +366,28 @@ static void fs_global_free(void *shared)
     if (sh == NULL) {
         return;
     }
+    if (sh->has_syncer) {
+        pthread_mutex_lock(&sh->mu);
+        sh->stop = 1;
+        pthread_cond_signal(&sh->wake);
+        pthread_mutex_unlock(&sh->mu);
+        /* A disk that does not return from fsync must not hold the exit: after a second
+         * the syncer is left behind with the state it uses (the process is leaving). */
+        for (int i = 0; i < 100 && !atomic_load(&sh->stopped); i++) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        if (!atomic_load(&sh->stopped)) {
+            ab_warn("dedupe store: %s: fsync did not return within 1 s; not waiting", sh->dir);
+            pthread_detach(sh->syncer);
+            return;
+        }
+        pthread_join(sh->syncer, NULL);
+    }
+    if (sh->retired_fd >= 0) {
+        close(sh->retired_fd);
+    }
     if (sh->fd >= 0) {
-        fdatasync(sh->fd);
         close(sh->fd);
     }
     for (size_t i = 0; i < sh->nb; i++) {
@@ -330,6 +397,7 @@ static void fs_global_free(void *shared)
     }
     free(sh->buckets);
     free(sh->dir);
+    pthread_cond_destroy(&sh->wake);
     pthread_mutex_destroy(&sh->mu);
     free(sh);
 }
@@ -355,21 +423,6 @@ static void on_run(evutil_socket_t fd, short what, void *arg)
     run_calls(arg);
 }
 
-static void on_sync(evutil_socket_t fd, short what, void *arg)
-{
-    struct fstore *fs = arg;
-    struct fshared *sh = fs->sh;
-    if (atomic_exchange(&sh->dirty, 0)) {
-        pthread_mutex_lock(&sh->mu);
-        int dfd = sh->fd >= 0 ? dup(sh->fd) : -1;
-        pthread_mutex_unlock(&sh->mu);
-        if (dfd >= 0) {
-            fdatasync(dfd); /* outside the lock: the other workers go on */
-            close(dfd);
-        }
-    }
-}
-
 static void queue_call(struct fstore *fs, ab_dedupe_cb cb, void *opaque, int state)
 {
     struct fcall *c = ab_calloc(1, sizeof(*c));
@@ -390,9 +443,6 @@ static struct ab_dedupe *fs_open(const struct ab_dedupe_conf *conf, void *shared
     fs->sh = shared;
     fs->tail = &fs->head;
     fs->run_ev = event_new(base, -1, 0, on_run, fs);
-    fs->sync_ev = event_new(base, -1, EV_PERSIST, on_sync, fs);
-    struct timeval tv = {SYNC_MS / 1000, (SYNC_MS % 1000) * 1000};
-    event_add(fs->sync_ev, &tv);
     return &fs->base;
 }
 
@@ -473,7 +523,6 @@ static void fs_close(struct ab_dedupe *d)
     }
     run_calls(fs);
     event_free(fs->run_ev);
-    event_free(fs->sync_ev);
     free(fs);
 }
 

@@ -33,7 +33,7 @@
 #include "pending.h"
 #include "sink.h"
 
-#define PREFIX "almabridge:dedupe:"
+#define PREFIX AB_DEDUPE_REDIS_PREFIX
 #define RETRY_MS 500
 #define STATE_BASE 100 /* pending statuses: STATE_BASE + ab_dedupe_state */
 

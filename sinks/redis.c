@@ -48,6 +48,8 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+#include <stdalign.h>
 
 #include "config.h"
 #include "dedupe_store.h"
@@ -78,6 +80,7 @@ struct redis_shared {
     char maxlen_str[24];
     char wait_str[24];
     char wait_ms_str[24];
+    char claim_xadd_sha[41]; /* SHA1 of CLAIM_XADD_LUA, for EVALSHA */
     char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
 };
 
@@ -89,7 +92,24 @@ struct redis_sink;
 struct redis_req {
     int xadd_ok;   /* XADD replied with an entry id */
     int wait_sent; /* a WAIT follows the XADD */
+    /* With msg->dedupe_key: the script's arguments after its SHA, kept to send it again
+     * with EVAL after NOSCRIPT: argc lengths, then the bytes. */
+    int argc;
+    alignas(size_t) unsigned char args[];
 };
+
+/* Deduplication with the store on this server (msg->dedupe_key, core/dedupe.h): claim and
+ * write in one step. KEYS: the stream, the key. ARGV: window ms, MAXLEN (0: none), the
+ * entry's id, type and event. Returns the stored value ("1" in flight elsewhere, "2" stored)
+ * or the new entry's id. */
+static const char CLAIM_XADD_LUA[] =
+    "local v = redis.call('GET', KEYS[2]) if v then return v end "
+    "local id "
+    "if ARGV[2] ~= '0' then id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', "
+    "'id', ARGV[3], 'type', ARGV[4], 'event', ARGV[5]) "
+    "else id = redis.call('XADD', KEYS[1], '*', 'id', ARGV[3], 'type', ARGV[4], 'event', "
+    "ARGV[5]) end "
+    "redis.call('SET', KEYS[2], '2', 'PX', ARGV[1]) return id";
 
 struct redis_sink {
     struct ab_sink base;
@@ -309,6 +329,11 @@ static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char 
     snprintf(sh->maxlen_str, sizeof(sh->maxlen_str), "%ld", sh->maxlen);
     snprintf(sh->wait_str, sizeof(sh->wait_str), "%ld", sh->wait);
     snprintf(sh->wait_ms_str, sizeof(sh->wait_ms_str), "%ld", sh->wait_ms);
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)CLAIM_XADD_LUA, strlen(CLAIM_XADD_LUA), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        snprintf(sh->claim_xadd_sha + 2 * i, 3, "%02x", md[i]);
+    }
     ab_info("redis sink: %s%s%s, trimming %s, WAIT %ld replica(s)", sh->addr,
             sh->user ? ", ACL user " : (sh->password ? ", with password" : ""),
             sh->user ? sh->user : "", sh->maxlen ? sh->maxlen_str : "off", sh->wait);
@@ -612,6 +637,79 @@ static int lost_status(const struct redis_sink *rs)
     return rs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR;
 }
 
+static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Send the claim-and-write script for r: EVALSHA, or EVAL (eval = 1) after NOSCRIPT. */
+static int send_dedupe(struct redis_sink *rs, struct ab_pending_req *r, int eval)
+{
+    struct redis_req *q = ab_pending_extra(r);
+    const char *argv[12];
+    size_t len[12];
+    const size_t *lens = (const size_t *)q->args;
+    const char *p = (const char *)(lens + q->argc);
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    len[0] = strlen(argv[0]);
+    argv[1] = eval ? CLAIM_XADD_LUA : rs->sh->claim_xadd_sha;
+    len[1] = strlen(argv[1]);
+    for (int i = 0; i < q->argc; i++) {
+        argv[2 + i] = p;
+        len[2 + i] = lens[i];
+        p += lens[i];
+    }
+    return redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, 2 + q->argc, argv, len) == REDIS_OK
+               ? 0
+               : -1;
+}
+
+/* The reply to the claim-and-write script. Returns 1 when it is handled here (NOSCRIPT:
+ * sent again with EVAL, the hold moving to it), else 0 for the XADD path below: the
+ * entry's id. */
+static int dedupe_reply(struct redis_sink *rs, redisAsyncContext *ac, struct ab_pending_req *r,
+                        redisReply *rp)
+{
+    if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
+        rs->ac == ac && send_dedupe(rs, r, 1) == 0) {
+        return 1;
+    }
+    if (rp->type == REDIS_REPLY_STRING && rp->len == 1 && rp->str[0] == '2') {
+        ab_pending_complete(r, AB_SINK_DUPLICATE, NULL);
+    } else if (rp->type == REDIS_REPLY_STRING && rp->len == 1 && rp->str[0] == '1') {
+        ab_pending_complete(r, AB_SINK_ERROR, "another copy is being written (in flight)");
+    } else {
+        return 0;
+    }
+    ab_pending_release(r);
+    return 1;
+}
+
+/* The pending entry for a submission with msg->dedupe_key, the script's arguments kept in
+ * it: 2 keys (the stream, the key), the window, MAXLEN, id, type, event. */
+static struct ab_pending_req *add_dedupe(struct redis_sink *rs, const struct ab_sink_msg *msg,
+                                         ab_sink_done_cb cb, void *opaque)
+{
+    char window[24], *key = ab_asprintf(AB_DEDUPE_REDIS_PREFIX "%s", msg->dedupe_key);
+    snprintf(window, sizeof(window), "%ld", msg->dedupe_window_ms);
+    const char *a[8] = {"2",    msg->route ? msg->route : "alma", key, window,
+                        rs->sh->maxlen_str, msg->id, msg->type, msg->value};
+    size_t l[8], total = 0;
+    for (int i = 0; i < 8; i++) {
+        l[i] = i == 7 ? msg->value_len : strlen(a[i]);
+        total += l[i];
+    }
+    struct ab_pending_req *r =
+        ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req) + sizeof(l) + total);
+    struct redis_req *q = ab_pending_extra(r);
+    q->argc = 8;
+    memcpy(q->args, l, sizeof(l));
+    unsigned char *p = q->args + sizeof(l);
+    for (int i = 0; i < 8; i++) {
+        memcpy(p, a[i], l[i]);
+        p += l[i];
+    }
+    free(key);
+    return r;
+}
+
 /* Loop thread, hiredis reply callback for XADD (privdata: the pending entry). */
 static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
@@ -619,6 +717,9 @@ static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
     struct ab_pending_req *r = privdata;
     struct redis_req *q = ab_pending_extra(r);
     redisReply *rp = reply;
+    if (rp && q->argc && dedupe_reply(rs, ac, r, rp)) {
+        return; /* answered, or sent again with EVAL (which now holds r) */
+    }
     if (rp == NULL) {
         ab_pending_complete(r, lost_status(rs), "connection to redis lost before the XADD reply");
     } else if (rp->type == REDIS_REPLY_ERROR) {
@@ -688,6 +789,21 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     const struct redis_shared *sh = rs->sh;
     if (rs->closing || rs->state != RS_READY || rs->ac == NULL) {
         return -1;
+    }
+    if (msg->dedupe_key) {
+        struct ab_pending_req *dr = add_dedupe(rs, msg, cb, opaque);
+        if (send_dedupe(rs, dr, 0) != 0) {
+            ab_pending_cancel(dr);
+            return -1;
+        }
+        if (sh->wait > 0) {
+            const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
+            if (redisAsyncCommandArgv(rs->ac, on_wait_reply, dr, 3, wargv, NULL) == REDIS_OK) {
+                ((struct redis_req *)ab_pending_extra(dr))->wait_sent = 1;
+                ab_pending_hold(dr);
+            }
+        }
+        return 0;
     }
     const char *argv[13];
     size_t len[13];

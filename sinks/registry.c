@@ -41,6 +41,33 @@ void ab_sink_setup_init(struct ab_sink_setup *s, const struct ab_config *cfg,
 
 /* ---- the deduplication store ---------------------------------------------------------- */
 
+/* 1 when the sink is Redis (without a spool) on the same server and database as the store:
+ * then the sink claims and writes in one script (sinks/redis.c). */
+static int same_redis(const struct ab_config *cfg, const char *store_url)
+{
+    const struct ab_redis_conf *rc = ab_config_sink_opts(cfg, &ab_sink_redis);
+    const struct ab_spool_opts *sp = ab_config_sink_opts(cfg, &ab_sink_spool);
+    if (strcmp(cfg->sink, "redis") != 0 || (sp && sp->dir) || rc == NULL) {
+        return 0;
+    }
+    char *h[2] = {NULL, NULL}, *u[2] = {NULL, NULL}, *pw[2] = {NULL, NULL};
+    int port[2] = {0, 0}, ok = 1;
+    long db[2] = {0, 0};
+    char addr[300], err[256];
+    const char *urls[2] = {rc->url ? rc->url : "redis://127.0.0.1:6379", store_url};
+    for (int i = 0; i < 2; i++) {
+        ok &= ab_redis_url_parse(urls[i], &h[i], &port[i], &db[i], &u[i], &pw[i], addr,
+                                 sizeof(addr), err, sizeof(err)) == 0;
+    }
+    ok = ok && strcmp(h[0], h[1]) == 0 && port[0] == port[1] && db[0] == db[1];
+    for (int i = 0; i < 2; i++) {
+        free(h[i]);
+        free(u[i]);
+        free(pw[i]);
+    }
+    return ok;
+}
+
 static const struct ab_dedupe_ops *const dedupe_stores[] = {&ab_dedupe_redis, &ab_dedupe_file,
                                                             NULL};
 
@@ -86,6 +113,7 @@ int ab_dedupe_setup_init(struct ab_dedupe_setup *setup, const struct ab_config *
     setup->conf.check_only = cfg->check_config;
     setup->refuse = strcmp(cfg->dedupe_on_error, "refuse") == 0;
     setup->ack_timeout_ms = cfg->ack_timeout_ms;
+    setup->sink_atomic = setup->ops == &ab_dedupe_redis && same_redis(cfg, url);
     if (setup->ops->global_init(&setup->conf, &setup->shared, errstr, errlen) != 0) {
         goto done;
     }

@@ -25,6 +25,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "dedupe.h"
 #include "event.h"
 #include "eventlog.h"
 #include "log.h"
@@ -370,6 +371,7 @@ struct spool_sink {
     struct ab_eventlog_client *client;
     struct fwd *fwd; /* NULL unless this instance forwards */
     struct ab_pending *pending; /* the outer answers and their --ack-timeout deadline */
+    struct ab_dedupe_guard *dd; /* deduplication on: what reached the broker (keys "fwd:...") */
     int closing;
 };
 
@@ -382,6 +384,7 @@ struct sreq {
     char *value;
     size_t len;
     char why[160]; /* why it is spooled */
+    char *fkey;    /* deduplication on: "fwd:<key>", recorded if the broker acks it late */
     unsigned inner_pending : 1, append_pending : 1, answered : 1, spooled : 1, inner_ok : 1;
 };
 
@@ -401,6 +404,7 @@ static void sreq_maybe_free(struct sreq *r)
         ab_pending_release(r->req);
         event_free(r->timer);
         free(r->value);
+        free(r->fkey);
         free(r);
     }
 }
@@ -476,6 +480,9 @@ static void on_inner_done(int status, const char *errstr, void *opaque)
         r->inner_ok = 1;
         if (r->spooled) {
             atomic_fetch_add(&m_late_acks, 1); /* in the broker and in the spool */
+            if (r->fkey) {
+                ab_dedupe_record(r->s->dd, r->fkey); /* the forwarder skips it */
+            }
         }
         if (!r->append_pending) {
             sreq_answer(r, AB_SINK_OK, NULL);
@@ -522,6 +529,11 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     r->value = ab_strndup(msg->value, msg->value_len);
     r->len = msg->value_len;
     r->timer = evtimer_new(s->evbase, on_spool_after, r);
+    if (s->dd && msg->event) {
+        char key[512];
+        ab_dedupe_key(ab_dedupe_active(), msg->event, key, sizeof(key));
+        r->fkey = ab_asprintf("fwd:%s", key);
+    }
     if (ab_sink_submit(s->inner, msg, on_inner_done, r) == 0) {
         r->inner_pending = 1;
         struct timeval tv = {s->sh->after_ms / 1000, (s->sh->after_ms % 1000) * 1000};
@@ -537,6 +549,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
         ab_pending_cancel(r->req);
         event_free(r->timer);
         free(r->value);
+        free(r->fkey);
         free(r);
         return -1;
     }
@@ -678,6 +691,91 @@ static char *member_str(const cJSON *o, const char *name)
     return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
 }
 
+/* ---- deduplication of forwarded events (core/dedupe.h) ----------------------------------
+ * With deduplication on, each event the forwarder sends is first checked under the key
+ * "fwd:<key>": one that reached the broker already (acknowledged late to the live path, or
+ * before a rewind after a failure, or before a restart) is skipped and counted
+ * (cause="forwarder"); one it sends is recorded once the broker acknowledged it. */
+
+/* One forwarded event waiting on the guard: its copy of the line and envelope. */
+struct fcheck {
+    struct fwd *f;
+    struct fentry *e;
+    struct ab_event ev; /* strings owned, ev.json the copy of the line */
+    char *route;
+    struct ab_dedupe_ticket *t;
+};
+
+static void fcheck_free(struct fcheck *c)
+{
+    free(c->ev.id);
+    free(c->ev.action);
+    free(c->ev.event);
+    free(c->ev.institution);
+    free(c->ev.time);
+    free(c->ev.type);
+    free(c->ev.source);
+    free(c->ev.json);
+    free(c->route);
+    free(c);
+}
+
+static void on_forwarded(int status, const char *errstr, void *opaque);
+
+/* Loop thread: the broker's answer for a checked event: record it, then as usual. */
+static void on_checked_forwarded(int status, const char *errstr, void *opaque)
+{
+    struct fcheck *c = opaque;
+    struct fentry *e = c->e;
+    ab_dedupe_outcome(c->t, status == AB_SINK_OK, NULL, NULL);
+    fcheck_free(c);
+    on_forwarded(status, errstr, e);
+}
+
+/* Loop thread: the guard's verdict for a spooled event. */
+static void on_fwd_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct fcheck *c = opaque;
+    struct fentry *e = c->e;
+    if (verdict == AB_DEDUPE_WRITE) {
+        c->t = t;
+        struct ab_sink_msg m = {.id = c->ev.id, .type = c->ev.type, .source = c->ev.source,
+                                .route = c->route, .value = c->ev.json,
+                                .value_len = c->ev.json_len, .event = &c->ev};
+        if (!c->f->s->closing && ab_sink_submit(c->f->s->inner, &m, on_checked_forwarded, c) == 0) {
+            return;
+        }
+        ab_dedupe_outcome(t, 0, NULL, NULL);
+        fcheck_free(c);
+        on_forwarded(AB_SINK_ERROR, "the broker refused the event", e);
+        return;
+    }
+    fcheck_free(c);
+    if (verdict == AB_DEDUPE_SKIP_OK) {
+        on_forwarded(AB_SINK_OK, NULL, e); /* in the broker already: counted by the guard */
+    } else {
+        on_forwarded(AB_SINK_ERROR, "deduplication: the event's key could not be checked", e);
+    }
+}
+
+/* Check ev (taking its strings and route) before forwarding it for entry e. Returns 0: the
+ * answer comes through on_forwarded, later. */
+static int fwd_check(struct fwd *f, struct ab_event *ev, char *route, struct fentry *e)
+{
+    struct fcheck *c = ab_calloc(1, sizeof(*c));
+    c->f = f;
+    c->e = e;
+    c->ev = *ev;
+    c->ev.json = ab_strndup(ev->json, ev->json_len);
+    c->route = route;
+    char key[512];
+    ab_dedupe_key(ab_dedupe_active(), &c->ev, key, sizeof(key));
+    char *fkey = ab_asprintf("fwd:%s", key);
+    ab_dedupe_check(f->s->dd, fkey, AB_DEDUPE_CAUSE_FORWARDER, on_fwd_verdict, c);
+    free(fkey);
+    return 0;
+}
+
 /* Submit the CloudEvent line (len bytes in f->buf) to the broker for entry e, with the
  * topic/stream of --route and the backend's own key, as the front end would. Returns the
  * inner submit's result, or 1 for a line that is no CloudEvent (skipped). */
@@ -702,6 +800,12 @@ static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
     ev.json = f->buf;
     ev.json_len = len;
     route = ab_route_expand(sh->route, &ev);
+    if (f->s->dd) {
+        rc = fwd_check(f, &ev, route, e); /* takes the strings of ev and route */
+        memset(&ev, 0, sizeof(ev));
+        route = NULL;
+        goto done;
+    }
     struct ab_sink_msg m = {.id = ev.id,
                             .type = ev.type,
                             .source = ev.source,
@@ -875,6 +979,9 @@ static struct ab_sink *spool_open(const struct ab_sink_conf *conf, void *shared,
     s->evbase = base;
     s->client = ab_eventlog_client_new(sh->log, base);
     s->pending = ab_pending_new(base, conf->ack_timeout_ms);
+    if (ab_dedupe_active()) {
+        s->dd = ab_dedupe_guard_new(ab_dedupe_active(), base, errstr, errlen);
+    }
     int expected = 0;
     if (atomic_compare_exchange_strong(&sh->forwarder, &expected, 1)) {
         s->fwd = fwd_new(s);
@@ -965,6 +1072,7 @@ static void spool_close(struct ab_sink *base, int timeout_ms)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     long used = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
     ab_eventlog_client_free(s->client, timeout_ms > used ? (int)(timeout_ms - used) : 0);
+    ab_dedupe_guard_free(s->dd); /* checks still waiting answer on_forwarded: before fwd_free */
     if (s->fwd) {
         fwd_free(s->fwd);
     }

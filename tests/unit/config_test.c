@@ -129,7 +129,8 @@ static const char *const all_options[] = {
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
     "version",       "check-config",  "print-config",     "idle-timeout",
-    "max-buffered",  "proxy-header",
+    "max-buffered",  "proxy-header",  "dedupe-store",     "dedupe-window",
+    "dedupe-key",    "dedupe-on-error",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
