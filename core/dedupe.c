@@ -459,20 +459,6 @@ void ab_dedupe_check(struct ab_dedupe_guard *g, const char *key, enum ab_dedupe_
     start_claim(t);
 }
 
-static void on_recorded(int state, const char *errstr, void *opaque)
-{
-    if (state == AB_DEDUPE_ERROR) {
-        atomic_fetch_add(&m.errors, 1);
-    }
-}
-
-void ab_dedupe_record(struct ab_dedupe_guard *g, const char *key)
-{
-    if (g->store->ops->mark(g->store, key, 1, on_recorded, NULL) != 0) {
-        atomic_fetch_add(&m.errors, 1);
-    }
-}
-
 const char *ab_dedupe_ticket_key(const struct ab_dedupe_ticket *t)
 {
     return t->key;

@@ -157,9 +157,6 @@ void ab_dedupe_check(struct ab_dedupe_guard *g, const char *key, enum ab_dedupe_
 void ab_dedupe_outcome(struct ab_dedupe_ticket *t, int ok, void (*done)(void *opaque),
                        void *opaque);
 
-/* Record key as stored without a claim (fire and forget; a failure is counted). */
-void ab_dedupe_record(struct ab_dedupe_guard *g, const char *key);
-
 /* The key a WRITE ticket holds (for msg->dedupe_key). */
 const char *ab_dedupe_ticket_key(const struct ab_dedupe_ticket *t);
 

@@ -41,13 +41,12 @@ void ab_sink_setup_init(struct ab_sink_setup *s, const struct ab_config *cfg,
 
 /* ---- the deduplication store ---------------------------------------------------------- */
 
-/* 1 when the sink is Redis (without a spool) on the same server and database as the store:
- * then the sink claims and writes in one script (sinks/redis.c). */
+/* 1 when the sink is Redis on the same server and database as the store: then the sink
+ * claims and writes in one script (sinks/redis.c), for the spool's forwarder too. */
 static int same_redis(const struct ab_config *cfg, const char *store_url)
 {
     const struct ab_redis_conf *rc = ab_config_sink_opts(cfg, &ab_sink_redis);
-    const struct ab_spool_opts *sp = ab_config_sink_opts(cfg, &ab_sink_spool);
-    if (strcmp(cfg->sink, "redis") != 0 || (sp && sp->dir) || rc == NULL) {
+    if (strcmp(cfg->sink, "redis") != 0 || rc == NULL) {
         return 0;
     }
     char *h[2] = {NULL, NULL}, *u[2] = {NULL, NULL}, *pw[2] = {NULL, NULL};

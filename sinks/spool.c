@@ -384,7 +384,9 @@ struct sreq {
     char *value;
     size_t len;
     char why[160]; /* why it is spooled */
-    char *fkey;    /* deduplication on: "fwd:<key>", recorded if the broker acks it late */
+    char *fkey;    /* deduplication on: "fwd:<key>", held while the broker may still take it */
+    struct ab_dedupe_ticket *ft; /* the claim of fkey, while the broker's answer is due */
+    int fclaiming;               /* the claim of fkey is being asked */
     unsigned inner_pending : 1, append_pending : 1, answered : 1, spooled : 1, inner_ok : 1;
 };
 
@@ -400,7 +402,7 @@ static void sreq_answer(struct sreq *r, int status, const char *err)
 
 static void sreq_maybe_free(struct sreq *r)
 {
-    if (r->answered && !r->inner_pending && !r->append_pending) {
+    if (r->answered && !r->inner_pending && !r->append_pending && !r->fclaiming && !r->ft) {
         ab_pending_release(r->req);
         event_free(r->timer);
         free(r->value);
@@ -438,6 +440,19 @@ static void on_appended(int status, void *opaque)
     sreq_maybe_free(r);
 }
 
+/* Loop thread: the claim of "fwd:<key>" for an event spooled while the broker has it. */
+static void on_live_claim(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct sreq *r = opaque;
+    r->fclaiming = 0;
+    if (verdict == AB_DEDUPE_WRITE && r->inner_pending) {
+        r->ft = t; /* on_inner_done reports the broker's answer */
+    } else if (verdict == AB_DEDUPE_WRITE) {
+        ab_dedupe_outcome(t, r->inner_ok, NULL, NULL); /* it answered meanwhile */
+    }
+    sreq_maybe_free(r);
+}
+
 /* Append r to the spool. Returns 0, or -1 when the spool cannot take it (full, unwritable,
  * closed). Loop thread. */
 static int spool_now(struct sreq *r)
@@ -468,6 +483,12 @@ static int spool_now(struct sreq *r)
     birth_note(sh, seq, now_ms());
     r->spooled = 1;
     r->append_pending = 1;
+    if (r->fkey && r->inner_pending) {
+        /* The broker may still take it: hold "fwd:<key>" until it answers, so the forwarder
+         * waits for that answer and skips the event if it was taken (a late ack). */
+        r->fclaiming = 1;
+        ab_dedupe_check(s->dd, r->fkey, AB_DEDUPE_CAUSE_FORWARDER, on_live_claim, r);
+    }
     return 0;
 }
 
@@ -476,16 +497,20 @@ static void on_inner_done(int status, const char *errstr, void *opaque)
 {
     struct sreq *r = opaque;
     r->inner_pending = 0;
+    int dup = status == AB_SINK_DUPLICATE; /* the broker had it (its atomic script) */
+    status = dup ? AB_SINK_OK : status;
+    if (r->ft) {
+        /* spooled while the broker still had it: now the forwarder knows whether to send */
+        ab_dedupe_outcome(r->ft, status == AB_SINK_OK, NULL, NULL);
+        r->ft = NULL;
+    }
     if (status == AB_SINK_OK) {
         r->inner_ok = 1;
         if (r->spooled) {
             atomic_fetch_add(&m_late_acks, 1); /* in the broker and in the spool */
-            if (r->fkey) {
-                ab_dedupe_record(r->s->dd, r->fkey); /* the forwarder skips it */
-            }
         }
         if (!r->append_pending) {
-            sreq_answer(r, AB_SINK_OK, NULL);
+            sreq_answer(r, dup ? AB_SINK_DUPLICATE : AB_SINK_OK, NULL);
         }
     } else if (r->spooled) {
         atomic_fetch_add(&m_unconfirmed, 1); /* spooled after --spool-after; stored too? */
@@ -529,7 +554,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     r->value = ab_strndup(msg->value, msg->value_len);
     r->len = msg->value_len;
     r->timer = evtimer_new(s->evbase, on_spool_after, r);
-    if (s->dd && msg->event) {
+    if (s->dd && msg->event && !ab_dedupe_active()->sink_atomic) {
         char key[512];
         ab_dedupe_key(ab_dedupe_active(), msg->event, key, sizeof(key));
         r->fkey = ab_asprintf("fwd:%s", key);
@@ -630,6 +655,10 @@ static void on_forwarded(int status, const char *errstr, void *opaque)
     struct fentry *e = opaque;
     struct fwd *f = e->f;
     f->inflight--;
+    if (status == AB_SINK_DUPLICATE) {
+        ab_dedupe_count_duplicate(AB_DEDUPE_CAUSE_FORWARDER); /* the broker's script had it */
+        status = AB_SINK_OK;
+    }
     if (status == AB_SINK_OK) {
         e->state = FE_ACKED;
     } else if (status == AB_SINK_TOO_BIG) {
@@ -695,7 +724,10 @@ static char *member_str(const cJSON *o, const char *name)
  * With deduplication on, each event the forwarder sends is first checked under the key
  * "fwd:<key>": one that reached the broker already (acknowledged late to the live path, or
  * before a rewind after a failure, or before a restart) is skipped and counted
- * (cause="forwarder"); one it sends is recorded once the broker acknowledged it. */
+ * (cause="forwarder"); one it sends is recorded once the broker acknowledged it. An event
+ * spooled while the broker still had it holds that key until the broker answers.
+ * With the Redis sink's atomic script (dedupe setup sink_atomic) none of this: the
+ * forwarder hands the event's own key to the script, which writes it only if not stored. */
 
 /* One forwarded event waiting on the guard: its copy of the line and envelope. */
 struct fcheck {
@@ -800,7 +832,11 @@ static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
     ev.json = f->buf;
     ev.json_len = len;
     route = ab_route_expand(sh->route, &ev);
-    if (f->s->dd) {
+    const struct ab_dedupe_setup *dds = ab_dedupe_active();
+    char dkey[512];
+    if (dds && dds->sink_atomic) {
+        ab_dedupe_key(dds, &ev, dkey, sizeof(dkey)); /* the broker's script checks it */
+    } else if (f->s->dd) {
         rc = fwd_check(f, &ev, route, e); /* takes the strings of ev and route */
         memset(&ev, 0, sizeof(ev));
         route = NULL;
@@ -814,6 +850,10 @@ static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
                             .value = f->buf,
                             .value_len = len,
                             .event = &ev};
+    if (dds && dds->sink_atomic) {
+        m.dedupe_key = dkey;
+        m.dedupe_window_ms = dds->conf.window_ms;
+    }
     rc = ab_sink_submit(f->s->inner, &m, on_forwarded, e);
 done:
     ev.json = NULL;

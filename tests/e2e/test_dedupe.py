@@ -216,3 +216,28 @@ def test_store_down(daemon_factory, tmp_path, mode):
         # accept: stored while unchecked, so its retry may be stored again (counted as
         # unchecked); refuse: stored once, on the retry. Lost: never.
         assert got["102"] == (1 if mode == "refuse" else 2)
+
+
+def test_spool_forwarder_skips_what_the_broker_took_late(daemon_factory, tmp_path):
+    """Redis sink and store on one server (the atomic script), the spool on: Redis stalls
+    (SIGSTOP) past --spool-after, so the events are spooled and answered 200 while their
+    XADD scripts wait on a socket the sink gave up on; after SIGCONT those land, and the
+    forwarder's copies find their keys stored: each id is in the stream once (without
+    deduplication: twice)."""
+    with RedisServer(appendonly=True) as redis:
+        d = daemon_factory(["--sink", "redis", "--redis", redis.url, "--route", "alma:fw",
+                            "--spool", str(tmp_path / "spool"), "--spool-after", "300",
+                            "--ack-timeout", "3000", "--dedupe-store", redis.url], threads=1)
+        assert d.post(with_id(LOAN, "200")).status == 200
+        os.kill(redis.pid, signal.SIGSTOP)
+        try:
+            ids = ["2%02d" % i for i in range(1, 11)]
+            answers = send_copies([d], ids, copies=(1, 1))
+            assert all(st == [200] for st in answers.values()), answers
+            assert metric(d, "almabridge_spooled_total") == len(ids)
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        wait_until(lambda: metric(d, "almabridge_spool_events") == 0, 20, "an empty spool")
+        got = stream_ids(redis.port, "alma:fw")
+        assert all(got[w] == 1 for w in ["200"] + ids), got
+        assert metric(d, 'almabridge_dedupe_duplicates_total{cause="forwarder"}') == len(ids)
