@@ -3,8 +3,9 @@
  *
  * Two parts:
  *  - the STORE contract (struct ab_dedupe_ops): where the state of each key lives, Redis
- *    shared by every replica or a local directory. Backends sit in sinks/ (dedupe_redis.c,
- *    dedupe_file.c), found by the registry from --dedupe-store; the core knows none.
+ *    shared by every replica or a local directory. The stores sit beside the sink
+ *    backends (dedupe_redis.c, dedupe_file.c), found by the registry from --dedupe-store;
+ *    the core knows none.
  *  - the GUARD (struct ab_dedupe_guard, one per worker): the protocol around one write.
  *    The first copy of a key claims it; a copy that comes while the first is in flight
  *    waits for the first's outcome (same worker: it joins the first's entry; elsewhere: it
