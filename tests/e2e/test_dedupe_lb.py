@@ -215,3 +215,7 @@ def test_each_id_answered_200_is_stored_once(kafka, tmp_path, sink):
                     except subprocess.TimeoutExpired:
                         d.proc.kill()
                         d.proc.wait()
+    for d in replicas:  # sanitizer builds report here
+        err = d.stderr()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in err, err[-4000:]
