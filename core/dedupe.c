@@ -25,7 +25,6 @@
 #include <string.h>
 #include <time.h>
 
-#include <cjson/cJSON.h>
 #include <event2/event.h>
 
 #include "event.h"
@@ -189,21 +188,52 @@ int ab_dedupe_check_duration(const char *value, char *why, size_t whylen)
     return 0;
 }
 
-/* The job instance id of a JOB_END CloudEvent ("data":{"job_instance":{"id":...}}), or 0. */
+/* The job instance id of a JOB_END CloudEvent ("data":{"job_instance":{"id":...}}) as
+ * written, a number's digits included (a double would round Alma's 17-digit ids), into buf
+ * as "job:<id>". Returns 1, or 0 when there is none. The line is minified JSON: the key
+ * "job_instance" outside a string can only be a key, and "id" is taken at its top level. */
 static int job_instance_id(const struct ab_event *ev, char *buf, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(ev->json, ev->json_len);
-    const cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
-    const cJSON *job = cJSON_GetObjectItemCaseSensitive(data, "job_instance");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(job, "id");
-    int ok = 0;
-    if (cJSON_IsString(id) && id->valuestring[0]) {
-        ok = snprintf(buf, len, "job:%s", id->valuestring) > 0;
-    } else if (cJSON_IsNumber(id)) {
-        ok = snprintf(buf, len, "job:%.0f", id->valuedouble) > 0;
+    const char *p = strstr(ev->json, "\"job_instance\":{");
+    if (p == NULL) {
+        return 0;
     }
-    cJSON_Delete(j);
-    return ok;
+    p += strlen("\"job_instance\":{");
+    int depth = 1, in_str = 0, key_next = 1;
+    for (; *p && depth > 0; p++) {
+        if (in_str) {
+            if (*p == '\\' && p[1]) {
+                p++; /* an escaped character, a quote included */
+            } else if (*p == '"') {
+                in_str = 0;
+            }
+            continue;
+        }
+        if (depth == 1 && key_next && strncmp(p, "\"id\":", 5) == 0) {
+            const char *v = p + 5, *end;
+            if (*v == '"') {
+                end = strchr(++v, '"');
+            } else {
+                end = v + strspn(v, "-0123456789.eE+");
+            }
+            if (end == NULL || end == v || (size_t)(end - v) + 5 > len) {
+                return 0;
+            }
+            snprintf(buf, len, "job:%.*s", (int)(end - v), v);
+            return 1;
+        }
+        if (*p == '"') {
+            in_str = 1;
+            key_next = 0;
+        } else if (*p == '{' || *p == '[') {
+            depth++;
+        } else if (*p == '}' || *p == ']') {
+            depth--;
+        } else if (*p == ',') {
+            key_next = 1;
+        }
+    }
+    return 0;
 }
 
 void ab_dedupe_key(const struct ab_dedupe_setup *setup, const struct ab_event *ev, char *buf,

@@ -118,7 +118,18 @@ static void test_keys(void)
     CHECK_STR(key, loan->id);
     ab_dedupe_key(&s, job, key, sizeof(key));
     CHECK_STR(key, "job:38205463100006421"); /* the job instance id, not the webhook id */
+    /* a JSON number of 17 digits: kept as written (a double would merge neighbours) */
+    static const char body[] =
+        "{\"id\":\"1\",\"action\":\"JOB_END\",\"job_instance\":{\"name\":\"x,\\\"id\\\":7\","
+        "\"job_info\":{\"id\":\"M53\"},\"id\":38205463100006423}}";
+    struct ab_event *num = NULL;
     char err[128];
+    CHECK(ab_event_from_body(AB_FORMAT_JSON, body, strlen(body), &num, err, sizeof(err)) == 0);
+    if (num) {
+        ab_dedupe_key(&s, num, key, sizeof(key));
+        CHECK_STR(key, "job:38205463100006423");
+        ab_event_free(num);
+    }
     s.key = ab_route_compile("{institution}/{id}", err, sizeof(err));
     ab_dedupe_key(&s, loan, key, sizeof(key));
     char want[256];
