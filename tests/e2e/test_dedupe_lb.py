@@ -17,26 +17,15 @@ import time
 import pytest
 
 from daemon import Daemon, free_port, samples, sign, with_id
-from services import KafkaBroker, RedisServer
+from services import RedisServer
 from test_dedupe import stream_ids
-from test_lb import lb_config, server_states, wait_until
+from test_lb import kafka, lb_config, server_states, wait_until  # noqa: F401 (kafka: a fixture)
 
 TOPIC = "alma.dedupe"
 LOAN = dict(samples())["loan_created"]
 IDS = 1500
 LOAD_S = 18.0
 CLIENTS = 12
-
-
-@pytest.fixture(scope="module")
-def kafka():
-    broker = KafkaBroker()
-    try:
-        broker.start()
-    except RuntimeError as e:
-        pytest.fail("cannot start Apache Kafka for the deduplication test: %s" % e)
-    yield broker
-    broker.close()
 
 
 class Copies:

@@ -52,6 +52,8 @@ static void on_done(void *opaque)
     done_calls++;
 }
 
+static void setup_file(struct ab_dedupe_setup *s, long window_ms, long ack_ms);
+
 /* Run base until cond or 2 s. */
 #define RUN_UNTIL(base, cond)                                                                  \
     do {                                                                                       \
@@ -61,7 +63,29 @@ static void on_done(void *opaque)
         }                                                                                      \
     } while (0)
 
+/* check, then run the loop until the verdict. */
+static void check_wait(struct event_base *base, struct ab_dedupe_guard *g, const char *key,
+                       struct verdict *r)
+{
+    check(g, key, r);
+    RUN_UNTIL(base, r->calls);
+}
+
 static char dir[256];
+
+/* A loop, the local store and a guard on it. */
+#define FX_OPEN(window_ms, ack_ms)                                                             \
+    struct event_base *base = event_base_new();                                                \
+    struct ab_dedupe_setup s;                                                                  \
+    setup_file(&s, (window_ms), (ack_ms));                                                     \
+    char err[128];                                                                             \
+    struct ab_dedupe_guard *g = ab_dedupe_guard_new(&s, base, err, sizeof(err))
+#define FX_CLOSE()                                                                             \
+    do {                                                                                       \
+        ab_dedupe_guard_free(g);                                                               \
+        teardown_file(&s);                                                                     \
+        event_base_free(base);                                                                 \
+    } while (0)
 
 static void setup_file(struct ab_dedupe_setup *s, long window_ms, long ack_ms)
 {
@@ -142,11 +166,7 @@ static void test_keys(void)
 
 static void test_join_store_and_after_ack(void)
 {
-    struct event_base *base = event_base_new();
-    struct ab_dedupe_setup s;
-    setup_file(&s, 60000, 1000);
-    char err[128];
-    struct ab_dedupe_guard *g = ab_dedupe_guard_new(&s, base, err, sizeof(err));
+    FX_OPEN(60000, 1000);
     struct verdict a = {0}, b = {0}, c = {0};
     inside = 0;
     check(g, "k1", &a);
@@ -161,38 +181,27 @@ static void test_join_store_and_after_ack(void)
     RUN_UNTIL(base, done_calls && b.calls);
     CHECK(done_calls == 1);
     CHECK(b.calls == 1 && b.v == AB_DEDUPE_SKIP_OK && b.t == NULL);
-    check(g, "k1", &c); /* after the 200 */
-    RUN_UNTIL(base, c.calls);
+    check_wait(base, g, "k1", &c); /* after the 200 */
     CHECK(c.calls == 1 && c.v == AB_DEDUPE_SKIP_OK);
     CHECK(s.ops->held(s.shared) == 1);
     CHECK(inside == 0);
-    ab_dedupe_guard_free(g);
-    teardown_file(&s);
-    event_base_free(base);
+    FX_CLOSE();
 }
 
 static void test_failure_releases(void)
 {
-    struct event_base *base = event_base_new();
-    struct ab_dedupe_setup s;
-    setup_file(&s, 60000, 1000);
-    char err[128];
-    struct ab_dedupe_guard *g = ab_dedupe_guard_new(&s, base, err, sizeof(err));
+    FX_OPEN(60000, 1000);
     struct verdict a = {0}, b = {0}, c = {0};
-    check(g, "k2", &a);
-    RUN_UNTIL(base, a.calls);
+    check_wait(base, g, "k2", &a);
     check(g, "k2", &b);
     ab_dedupe_outcome(a.t, 0, NULL, NULL);
     RUN_UNTIL(base, b.calls);
     CHECK(b.calls == 1 && b.v == AB_DEDUPE_SKIP_FAILED); /* the first failed: 503 */
-    check(g, "k2", &c); /* Alma's retry: the claim was released, it writes */
-    RUN_UNTIL(base, c.calls);
+    check_wait(base, g, "k2", &c); /* Alma's retry: the claim was released, it writes */
     CHECK(c.calls == 1 && c.v == AB_DEDUPE_WRITE);
     ab_dedupe_outcome(c.t, 1, NULL, NULL);
     run_for(base, 10);
-    ab_dedupe_guard_free(g);
-    teardown_file(&s);
-    event_base_free(base);
+    FX_CLOSE();
 }
 
 /* Another worker (another guard on the same store) watches the claim: a late success
@@ -206,8 +215,7 @@ static void test_other_worker_watches_and_late_success(void)
     struct ab_dedupe_guard *g1 = ab_dedupe_guard_new(&s, base, err, sizeof(err));
     struct ab_dedupe_guard *g2 = ab_dedupe_guard_new(&s, base, err, sizeof(err));
     struct verdict a = {0}, b = {0}, c = {0}, d = {0};
-    check(g1, "k3", &a);
-    RUN_UNTIL(base, a.calls);
+    check_wait(base, g1, "k3", &a);
     ab_dedupe_outcome(a.t, -1, NULL, NULL); /* timed out: unknown, the claim stays */
     check(g2, "k3", &b);
     run_for(base, 120);
@@ -216,11 +224,9 @@ static void test_other_worker_watches_and_late_success(void)
     RUN_UNTIL(base, b.calls);
     CHECK(b.calls == 1 && b.v == AB_DEDUPE_SKIP_OK);
     /* a claim that never resolves: 503 at the ack deadline */
-    check(g1, "k4", &c);
-    RUN_UNTIL(base, c.calls);
+    check_wait(base, g1, "k4", &c);
     int64_t t0 = now_ms();
-    check(g2, "k4", &d);
-    RUN_UNTIL(base, d.calls);
+    check_wait(base, g2, "k4", &d);
     CHECK(d.calls == 1 && d.v == AB_DEDUPE_SKIP_FAILED && now_ms() - t0 >= 350);
     ab_dedupe_outcome(c.t, 0, NULL, NULL);
     ab_dedupe_guard_free(g1);
@@ -231,35 +237,26 @@ static void test_other_worker_watches_and_late_success(void)
 
 static void test_restart_remembers_then_window_forgets(void)
 {
-    struct event_base *base = event_base_new();
-    struct ab_dedupe_setup s;
-    setup_file(&s, 1500, 1000);
-    char err[128];
-    struct ab_dedupe_guard *g = ab_dedupe_guard_new(&s, base, err, sizeof(err));
+    FX_OPEN(1500, 1000);
     struct verdict a = {0}, b = {0}, c = {0};
-    check(g, "k5", &a);
-    RUN_UNTIL(base, a.calls);
+    check_wait(base, g, "k5", &a);
     ab_dedupe_outcome(a.t, 1, NULL, NULL);
     run_for(base, 10);
     ab_dedupe_guard_free(g);
     teardown_file(&s); /* a restart: the table is gone, the files stay */
     setup_file(&s, 1500, 1000);
     g = ab_dedupe_guard_new(&s, base, err, sizeof(err));
-    check(g, "k5", &b);
-    RUN_UNTIL(base, b.calls);
+    check_wait(base, g, "k5", &b);
     CHECK(b.calls == 1 && b.v == AB_DEDUPE_SKIP_OK);
     ab_dedupe_guard_free(g);
     teardown_file(&s);
     usleep(1600 * 1000); /* past the window */
     setup_file(&s, 1500, 1000);
     g = ab_dedupe_guard_new(&s, base, err, sizeof(err));
-    check(g, "k5", &c);
-    RUN_UNTIL(base, c.calls);
+    check_wait(base, g, "k5", &c);
     CHECK(c.calls == 1 && c.v == AB_DEDUPE_WRITE);
     ab_dedupe_outcome(c.t, 0, NULL, NULL);
-    ab_dedupe_guard_free(g);
-    teardown_file(&s);
-    event_base_free(base);
+    FX_CLOSE();
 }
 
 /* core/pending.c: the late watcher hears a timed-out entry's late answer once, or -1 when
