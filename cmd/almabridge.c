@@ -276,14 +276,14 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
         d->app.sink_ops->global_init(d->app.sink_conf, &d->app.sink_shared, err, sizeof(err)) != 0) {
         die(err);
     }
+    if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
+        die(err);
+    }
     int dd_on = 0;
     if (ab_dedupe_setup_init(&d->dedupe, cfg, &dd_on, err, sizeof(err)) != 0) {
         die(err);
     }
     d->app.dedupe = dd_on ? &d->dedupe : NULL;
-    if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
-        die(err);
-    }
     atomic_store(&ab_metrics_g.max_connections, d->app.max_connections);
     d->app.n_workers = (size_t)n;
     d->app.workers = ab_calloc((size_t)n, sizeof(*d->app.workers));
