@@ -546,7 +546,7 @@ void ab_dedupe_outcome(struct ab_dedupe_ticket *t, int ok, void (*done)(void *op
     t->done_arg = opaque;
     clock_gettime(CLOCK_MONOTONIC, &t->call_start);
     if (g->store->ops->mark(g->store, t->key, 1, on_marked, t) != 0) {
-        t->phase = P_DELIVER; /* not a verdict: on_marked's work, from the event */
+        /* the store refused at once: the event is stored, tell the caller now (counted) */
         store_outcome(g->setup, "not connected");
         table_remove(t);
         resolve_joined(t, AB_DEDUPE_SKIP_OK);
