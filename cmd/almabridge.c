@@ -24,6 +24,7 @@
 #include "cli.h"
 #include "config.h"
 #include "institutions.h"
+#include "dedupe_store.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -46,6 +47,7 @@ struct daemon {
     struct ab_config cfg;
     struct ab_app app;
     struct ab_sink_setup sink; /* what the sink's global_init and open are given */
+    struct ab_dedupe_setup dedupe;  /* the deduplication store, when app.dedupe is set */
     struct event_base *base;
     evutil_socket_t fd;
     pthread_t *threads;
@@ -287,6 +289,11 @@ static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX 
     if (ab_server_check_limits(&d->app, n, err, sizeof(err)) != 0) {
         die(err);
     }
+    int dd_on = 0;
+    if (ab_dedupe_setup_init(&d->dedupe, cfg, &dd_on, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    d->app.dedupe = dd_on ? &d->dedupe : NULL;
     atomic_store(&ab_metrics_g.max_connections, d->app.max_connections);
     d->app.n_workers = (size_t)n;
     d->app.workers = ab_calloc((size_t)n, sizeof(*d->app.workers));
@@ -329,6 +336,11 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     if (d->app.sink_ops->global_free) {
         d->app.sink_ops->global_free(shared);
     }
+    int dd_on = 0;
+    if (ab_dedupe_setup_init(&d->dedupe, &d->cfg, &dd_on, err, sizeof(err)) != 0) {
+        die(err);
+    }
+    ab_dedupe_setup_free(&d->dedupe);
     printf("configuration OK\n");
     ab_secrets_free(secrets);
     SSL_CTX_free(ctx);
@@ -348,6 +360,7 @@ static void shutdown_all(struct daemon *d)
     if (d->app.sink_ops->global_free) {
         d->app.sink_ops->global_free(d->app.sink_shared);
     }
+    ab_dedupe_setup_free(&d->dedupe);
     app_free(&d->app);
     ab_institutions_publish(NULL);
     free(d->app.workers);

@@ -10,6 +10,7 @@
 
 #include "acl.h"
 #include "redact.h"
+#include "dedupe.h"
 #include "mem.h"
 #include "sink.h"
 
@@ -164,6 +165,26 @@ static const struct ab_option options[] = {
      .off = OFF(dataschema_base), .group = "Sink", .metavar = "URI",
      .help = "dataschema attribute = URI + the schema's file name in schemas/ (e.g. "
              "loan.json); empty for no dataschema"},
+    /* Deduplication */
+    {.name = "dedupe-store", .type = AB_OPT_STRING, .def = "auto", .off = OFF(dedupe_store),
+     .mask = AB_MASK_URL_PASSWORD, .group = "Deduplication", .metavar = "URL",
+     .help = "where deduplication keeps its state: redis://[[user]:password@]host[:port][/db] "
+             "(shared by replicas), file:DIR (one replica, survives restarts) or none; auto = "
+             "a local store beside the file sink's file (<file>.dedupe), none for the other "
+             "sinks. See docs/DEDUPLICATION.md"},
+    {.name = "dedupe-window", .type = AB_OPT_STRING, .def = "48h", .off = OFF(dedupe_window),
+     .check = ab_dedupe_check_duration, .group = "Deduplication", .metavar = "DURATION",
+     .help = "how long a stored webhook's key is remembered (500ms, 10s, 6h, 2d); longer than "
+             "Alma's retries (1 h, 3 h, 6 h)"},
+    {.name = "dedupe-key", .type = AB_OPT_STRING, .off = OFF(dedupe_key),
+     .group = "Deduplication", .metavar = "TEMPLATE",
+     .help = "the key two copies share, with the --route placeholders; default: the webhook "
+             "id, and for JOB_END the job instance id"},
+    {.name = "dedupe-on-error", .type = AB_OPT_STRING, .def = "accept",
+     .off = OFF(dedupe_on_error), .choices = "accept|refuse", .group = "Deduplication",
+     .metavar = "accept|refuse",
+     .help = "when the store is unreachable: accept = store the event unchecked (counted, "
+             "/readyz stays 200), refuse = answer 503 (/readyz 503)"},
     /* Logging */
     {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",

@@ -115,6 +115,11 @@ struct ab_config {
     char *content_mode;          /* binary | structured (Kafka, Redis) */
     struct ab_strlist redact;    /* --redact paths; empty: the default set; "none": off */
     char *dataschema_base;       /* "" = no dataschema attribute */
+    /* deduplication (core/dedupe.h) */
+    char *dedupe_store;    /* URL, "auto" or "none" */
+    char *dedupe_window;   /* a duration */
+    char *dedupe_key;      /* NULL = the id (job instance id for JOB_END) */
+    char *dedupe_on_error; /* accept | refuse */
     /* process */
     char *config_file;
     char *log_level;

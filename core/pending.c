@@ -29,6 +29,8 @@ struct ab_pending_req {
     enum req_state state;
     int status;
     int holds;
+    int late_told;   /* the late watcher heard of this entry's late answer */
+    int late_queued; /* 1 + a late answer that came before the timeout's callback ran */
     char *errstr;
     alignas(max_align_t) unsigned char extra[];
 };
@@ -84,8 +86,28 @@ static void list_unlink(struct req_list *l, struct ab_pending_req *r)
     r->prev = r->next = NULL;
 }
 
+static ab_sink_done_cb late_match;
+static void (*late_fn)(void *opaque, int status);
+
+void ab_pending_watch_late(ab_sink_done_cb cb, void (*late)(void *opaque, int status))
+{
+    late_match = cb;
+    late_fn = late;
+}
+
+/* Tell the late watcher (once) what became of an entry that timed out. */
+static void tell_late(struct ab_pending_req *r, int status)
+{
+    if (late_fn && r->cb == late_match && r->state != REQ_LIVE && r->status == AB_SINK_TIMEOUT &&
+        !r->late_told) {
+        r->late_told = 1;
+        late_fn(r->opaque, status);
+    }
+}
+
 static void req_free(struct ab_pending_req *r)
 {
+    tell_late(r, -1);
     free(r->errstr);
     free(r);
 }
@@ -121,6 +143,9 @@ static void run_done(struct ab_pending *pl)
         }
         r->state = REQ_FINISHED;
         r->cb(r->status, r->errstr, r->opaque);
+        if (r->late_queued) {
+            tell_late(r, r->late_queued - 1);
+        }
         if (r->holds > 0) {
             list_push(&pl->held, r);
         } else {
@@ -211,6 +236,11 @@ void ab_pending_complete(struct ab_pending_req *r, int status, const char *errst
 {
     struct ab_pending *pl = r->pl;
     if (r->state != REQ_LIVE) {
+        if (r->state == REQ_FINISHED) {
+            tell_late(r, status); /* the timeout's callback ran: a late answer */
+        } else if (r->late_queued == 0) {
+            r->late_queued = 1 + status; /* told once the timeout's callback has run */
+        }
         return;
     }
     list_unlink(&pl->live, r);

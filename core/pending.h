@@ -73,6 +73,13 @@ void ab_pending_flush(struct ab_pending *pl);
  * callback due, before returning. Entries the backend still holds stay allocated. */
 void ab_pending_close(struct ab_pending *pl, int status, const char *errstr);
 
+/* Late answers, for deduplication (core/dedupe.h): for every entry whose callback is cb
+ * and that was completed with AB_SINK_TIMEOUT, late(opaque, status) runs exactly once more,
+ * on the loop thread: with the backend's own answer when it comes after all, or with -1
+ * when the entry is freed without one. The caller keeps opaque alive until then. Start-up
+ * thread, before any list exists; one watcher per process. */
+void ab_pending_watch_late(ab_sink_done_cb cb, void (*late)(void *opaque, int status));
+
 /* Close (if not closed) and free the list and every entry, held or not. NULL is a no-op. */
 void ab_pending_free(struct ab_pending *pl);
 

@@ -466,7 +466,7 @@ void ab_req_error(struct ab_req *r, int status, const char *msg)
 
 static void handle_readyz(struct ab_worker *w, struct ab_req *r)
 {
-    char d[256] = "";
+    char d[512] = "";
     const char *st = "ready";
     int code = 200;
     if (ab_app_draining(w->app)) {
@@ -474,12 +474,23 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     } else if (!w->app->handler->ready(w->hctx)) {
         st = "sink not ready", code = 503;
     }
+    char dd[256] = "";
+    if (code == 200 && w->app->handler->ready_note &&
+        !w->app->handler->ready_note(w->hctx, dd, sizeof(dd))) {
+        st = "deduplication store unreachable", code = 503;
+    } else if (code == 200 && dd[0]) {
+        st = "ready, deduplication unchecked";
+    }
     /* the sink's state names files, brokers and errors: for loopback and --allow only */
     int details = ab_acl_is_loopback(r->client) ||
                   (w->app->allow && ab_acl_match(w->app->allow, r->client));
     struct ab_answer a = {.status = code, .k1 = "status", .v1 = st};
     if (details) {
         w->app->handler->describe(w->hctx, d, sizeof(d));
+        if (dd[0]) {
+            size_t n = strlen(d);
+            snprintf(d + n, sizeof(d) - n, "; %s", dd);
+        }
         a.k2 = "sink", a.v2 = d;
     }
     ab_req_answer(r, &a);

@@ -41,6 +41,7 @@ struct ab_conn;
 struct ab_app;
 struct ab_req;
 struct event_base;
+struct ab_dedupe_setup;
 typedef struct ssl_ctx_st SSL_CTX;
 
 /* The handler of the configured --path, registered by the program (h2o's h2o_handler_t:
@@ -57,6 +58,10 @@ struct ab_handler {
     void (*on_secrets)(void *ctx, struct ab_secrets *secrets); /* takes a reference */
     void (*on_stopping)(void *ctx);      /* the worker drains: refuse new work */
     int (*ready)(void *ctx);             /* for /readyz */
+    /* Optional, for /readyz once ready() said 1: 0 when a dependency the handler needs is
+     * out (e.g. the deduplication store with --dedupe-on-error refuse), or 1; a note in buf
+     * ("" for none) says why, or that it serves degraded (deduplication unchecked). */
+    int (*ready_note)(void *ctx, char *buf, size_t len);
     void (*describe)(void *ctx, char *buf, size_t len);
     long (*inflight)(void *ctx);         /* requests it still has to answer */
     long (*inflight_total)(void);        /* the same over every worker, for metrics */
@@ -91,6 +96,7 @@ struct ab_app {
     atomic_long connections;
     atomic_long buffered;
     atomic_int draining;
+    const struct ab_dedupe_setup *dedupe; /* NULL: deduplication off (core/dedupe.h) */
 };
 
 /* From any thread: the process is shutting down (/readyz answers 503 from now on). */

@@ -14,6 +14,8 @@ const char *ab_sink_status_str(int status)
         return "closed";
     case AB_SINK_TOO_BIG:
         return "too big";
+    case AB_SINK_DUPLICATE:
+        return "duplicate";
     default:
         return "unknown";
     }

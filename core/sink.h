@@ -37,6 +37,8 @@ enum ab_sink_status {
     AB_SINK_CLOSED = 3,  /* the instance was closed before an answer: 503 */
     AB_SINK_TOO_BIG = 4, /* can never be written, whatever the retries (over the cluster's
                           * message size limit): answer 413 */
+    AB_SINK_DUPLICATE = 5, /* msg->dedupe_key was stored already (the backend claims and
+                            * writes atomically, core/dedupe.h): nothing written, answer 200 */
 };
 const char *ab_sink_status_str(int status);
 
@@ -55,6 +57,11 @@ struct ab_sink_msg {
     int dead_letter; /* a dead-letter record (webhook.c): value is its JSON, route the
                       * --dead-letter-route; a backend without topics (the file sink)
                       * writes it to its dead-letter file, the spool never spools it */
+    /* Deduplication by the backend itself (core/dedupe.h, only for a backend that can: the
+     * Redis sink with the store on the same server): write only if this key is not stored,
+     * and mark it stored for dedupe_window_ms in the same atomic step. NULL: no check. */
+    const char *dedupe_key;
+    long dedupe_window_ms;
 };
 
 /* Runs exactly once per accepted submit, on the thread that submitted. `errstr` is a short

@@ -15,6 +15,7 @@
 
 #include "acl.h"
 #include "config.h"
+#include "dedupe.h"
 #include "event.h"
 #include "http1.h"
 #include "institutions.h"
@@ -22,6 +23,7 @@
 #include "mem.h"
 #include "redact.h"
 #include "metrics.h"
+#include "pending.h"
 #include "route.h"
 #include "server.h"
 #include "signature.h"
@@ -41,6 +43,7 @@ struct ab_webhook {
     struct ab_inst_budget budget; /* for telling forgeries from bad signatures */
     int stopping;
     long inflight; /* webhooks of this worker waiting on the sink */
+    struct ab_dedupe_guard *dd; /* NULL: deduplication off */
 };
 
 /* One webhook waiting on the sink. Freed when the sink's callback runs: exactly once, by
@@ -52,6 +55,8 @@ struct pending {
     struct ab_event *ev;
     struct ab_inst_stats *stats; /* consortium mode: the institution's counters, or NULL */
     struct timespec start;
+    struct ab_dedupe_ticket *ticket; /* deduplication on: the claim this write holds */
+    char *route;                     /* while waiting on the deduplication store */
 };
 
 static double elapsed_s(const struct timespec *start)
@@ -92,16 +97,21 @@ static void answer(struct ab_webhook *wh, struct ab_req *r, const struct ab_even
 
 /* ---- the sink: the only code that calls it ------------------------------------------ */
 
+static int dedupe_sink_done(struct pending *p, int status);
+
 /* Loop thread: the sink's completion (exactly once per accepted submit). */
 static void on_sink_done(int status, const char *errstr, void *opaque)
 {
     struct pending *p = opaque;
     struct ab_webhook *wh = p->wh;
+    if (p->ticket && dedupe_sink_done(p, status)) {
+        return; /* answered once the store holds the key */
+    }
     ab_metrics_ack(wh->metrics, elapsed_s(&p->start), status == AB_SINK_OK);
-    ab_inst_stats_answer(p->stats, status == AB_SINK_OK         ? 200
-                                   : status == AB_SINK_TOO_BIG ? 413
-                                                               : 503);
-    if (status == AB_SINK_OK) {
+    ab_inst_stats_answer(p->stats, status == AB_SINK_OK || status == AB_SINK_DUPLICATE ? 200
+                                   : status == AB_SINK_TOO_BIG                        ? 413
+                                                                                      : 503);
+    if (status == AB_SINK_OK || status == AB_SINK_DUPLICATE) {
         answer(wh, p->req, p->ev, 200, NULL, NULL);
     } else if (status == AB_SINK_TOO_BIG) {
         char msg[512];
@@ -116,35 +126,39 @@ static void on_sink_done(int status, const char *errstr, void *opaque)
         answer(wh, p->req, p->ev, 503, msg, NULL);
     }
     ab_event_free(p->ev);
-    free(p);
+    if (p->ticket && status == AB_SINK_TIMEOUT) {
+        p->ev = NULL, p->req = NULL; /* kept for the late answer: on_late_answer frees it */
+    } else {
+        free(p);
+    }
     wh->inflight--;
     atomic_fetch_sub(&inflight_all, 1);
 }
 
 /* Hand the event to the sink; on success the pending owns ev and the answer comes from
- * on_sink_done. inst: the institution's profile in consortium mode (its route, if it has
- * one, replaces --route), else NULL. Returns 0, or 503 with msg filled in (ev not taken). */
-static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
-                  const struct ab_institution *inst, char *msg, size_t msglen)
+ * on_sink_done. route: its topic / stream (taken: freed here); stats: the institution's
+ * counters in consortium mode, else NULL; ticket: the deduplication claim it holds, or NULL.
+ * Returns 0, or 503 with msg filled in (ev not taken). */
+static int submit(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev, char *route,
+                  struct ab_inst_stats *stats, struct ab_dedupe_ticket *ticket, char *msg,
+                  size_t msglen)
 {
     const struct ab_config *cfg = wh->cfg;
     if (cfg->max_inflight > 0 && atomic_load(&inflight_all) >= cfg->max_inflight) {
         snprintf(msg, msglen,
                  "too many webhooks waiting on the sink (--max-inflight); retry later");
+        free(route);
         return 503;
     }
-    const struct ab_route *rt = inst ? ab_institution_route(inst) : NULL;
-    char *route = ab_route_expand(rt ? rt : wh->app->route, ev);
-    struct ab_sink_msg m = {.id = ev->id,
-                            .type = ev->type,
-                            .source = ev->source,
-                            .route = route,
-                            .value = ev->json,
-                            .value_len = ev->json_len,
-                            .event = ev};
+    struct ab_sink_msg m = {.id = ev->id, .type = ev->type, .source = ev->source, .route = route,
+                            .value = ev->json, .value_len = ev->json_len, .event = ev};
+    if (ticket && wh->app->dedupe->sink_atomic) {
+        m.dedupe_key = ab_dedupe_ticket_key(ticket);
+        m.dedupe_window_ms = wh->app->dedupe->conf.window_ms;
+    }
     struct pending *p = ab_calloc(1, sizeof(*p));
-    *p = (struct pending){.wh = wh, .req = r, .ev = ev, .start = r->start};
-    p->stats = ab_institution_stats(inst);
+    *p = (struct pending){
+        .wh = wh, .req = r, .ev = ev, .start = r->start, .ticket = ticket, .stats = stats};
     int rc = ab_sink_submit(wh->sink, &m, on_sink_done, p);
     free(route);
     if (rc != 0) {
@@ -334,6 +348,108 @@ static int dead_letter(struct ab_webhook *wh, const struct ab_institutions *inst
     wh->inflight++;
     atomic_fetch_add(&inflight_all, 1);
     return 0;
+}
+
+/* ---- deduplication (core/dedupe.h): the guard around submit ------------------------- */
+
+/* Loop thread: the guard's verdict for one webhook (p: its pending, not submitted yet). */
+static void on_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct pending *p = opaque;
+    struct ab_webhook *wh = p->wh;
+    char msg[256] = "";
+    int code = 0;
+    wh->inflight--;
+    atomic_fetch_sub(&inflight_all, 1);
+    if (verdict == AB_DEDUPE_WRITE) {
+        code = submit(wh, p->req, p->ev, p->route, p->stats, t, msg, sizeof(msg));
+        p->route = NULL; /* submit took it */
+        if (code != 0) {
+            ab_dedupe_outcome(t, 0, NULL, NULL); /* not written: release the claim */
+        } else {
+            p->ev = NULL; /* the submitted pending owns it */
+        }
+    } else if (verdict == AB_DEDUPE_SKIP_OK) {
+        code = 200; /* a copy of a stored webhook: nothing written */
+    } else if (verdict == AB_DEDUPE_SKIP_FAILED) {
+        code = 503;
+        snprintf(msg, sizeof(msg), "another copy of this webhook was being stored and did not "
+                                   "finish in time; retry later");
+    } else {
+        code = 503;
+        snprintf(msg, sizeof(msg), "the deduplication store is unreachable "
+                                   "(--dedupe-on-error refuse); retry later");
+    }
+    if (code != 0) {
+        ab_inst_stats_answer(p->stats, code);
+        answer(wh, p->req, p->ev, code, code == 200 ? NULL : msg, NULL);
+    }
+    ab_event_free(p->ev);
+    free(p->route);
+    free(p);
+}
+
+/* Ask the guard about ev (route and stats as for submit, taken); the answer comes from
+ * on_verdict (or later from on_sink_done). */
+static void dedupe_check(struct ab_webhook *wh, struct ab_req *r, struct ab_event *ev,
+                         char *route, struct ab_inst_stats *stats)
+{
+    char key[512];
+    ab_dedupe_key(wh->app->dedupe, ev, key, sizeof(key));
+    struct pending *p = ab_calloc(1, sizeof(*p));
+    *p = (struct pending){
+        .wh = wh, .req = r, .ev = ev, .start = r->start, .route = route, .stats = stats};
+    wh->inflight++; /* waiting on the store counts as in flight for the drain */
+    atomic_fetch_add(&inflight_all, 1);
+    ab_dedupe_check(wh->dd, key, AB_DEDUPE_CAUSE_AFTER_ACK, on_verdict, p);
+}
+
+/* Loop thread: the store holds the key of a stored event: answer 200 now. */
+static void on_key_stored(void *opaque)
+{
+    struct pending *p = opaque;
+    p->ticket = NULL;
+    on_sink_done(AB_SINK_OK, NULL, p);
+}
+
+/* The sink answered a write that holds a claim. Returns 1 when the answer waits for the
+ * store (success: the key is marked stored before the 200 leaves), 0 to answer now. */
+static int dedupe_sink_done(struct pending *p, int status)
+{
+    if (status == AB_SINK_DUPLICATE) {
+        ab_dedupe_count_duplicate(AB_DEDUPE_CAUSE_AFTER_ACK); /* the sink found it stored */
+        status = AB_SINK_OK;
+    }
+    if (status == AB_SINK_OK) {
+        ab_dedupe_outcome(p->ticket, 1, on_key_stored, p);
+        return 1;
+    }
+    /* a timeout's outcome is unknown: the claim stays for the late answer */
+    ab_dedupe_outcome(p->ticket, status == AB_SINK_TIMEOUT ? -1 : 0, NULL, NULL);
+    if (status != AB_SINK_TIMEOUT) {
+        p->ticket = NULL;
+    }
+    return 0;
+}
+
+/* Loop thread, from the pending list (ab_pending_watch_late): the late answer of a write
+ * answered 503 at its deadline. A success marks the key stored, so Alma's retry gets 200
+ * without a second write; a failure (or none) releases the claim. */
+static void on_late_answer(void *opaque, int status)
+{
+    struct pending *p = opaque;
+    ab_dedupe_outcome(p->ticket, status == AB_SINK_OK ? 1 : 0, NULL, NULL);
+    free(p);
+}
+
+int ab_webhook_dedupe_ready(struct ab_webhook *wh, char *buf, size_t len)
+{
+    return wh->dd ? ab_dedupe_guard_ready(wh->dd, buf, len) : 1;
+}
+
+static int ready_note(void *ctx, char *buf, size_t len)
+{
+    return ab_webhook_dedupe_ready(ctx, buf, len);
 }
 
 /* ---- admit and parse ---------------------------------------------------------------- */
@@ -549,7 +665,14 @@ static void handle_post(struct ab_webhook *wh, struct ab_req *r)
         return;
     }
     ab_req_drop_body(r);
-    code = submit(wh, r, ev, inst, msg, sizeof(msg));
+    const struct ab_route *rt = inst ? ab_institution_route(inst) : NULL;
+    char *route = ab_route_expand(rt ? rt : wh->app->route, ev);
+    struct ab_inst_stats *stats = ab_institution_stats(inst);
+    if (wh->dd) {
+        dedupe_check(wh, r, ev, route, stats); /* answers, or submits once the key is claimed */
+        return;
+    }
+    code = submit(wh, r, ev, route, stats, NULL, msg, sizeof(msg));
     if (code != 0) {
         ab_inst_stats_answer(ab_institution_stats(inst), code);
         answer(wh, r, ev, code, msg, NULL);
@@ -633,6 +756,15 @@ struct ab_webhook *ab_webhook_new(struct ab_app *app, struct event_base *base,
         free(wh);
         return NULL;
     }
+    if (app->dedupe) {
+        ab_pending_watch_late(on_sink_done, on_late_answer); /* start-up thread */
+        wh->dd = ab_dedupe_guard_new(app->dedupe, base, errstr, errlen);
+        if (wh->dd == NULL) {
+            ab_webhook_close_sink(wh, 0);
+            free(wh);
+            return NULL;
+        }
+    }
     return wh;
 }
 
@@ -659,6 +791,7 @@ void ab_webhook_free(struct ab_webhook *wh)
         return;
     }
     ab_webhook_close_sink(wh, (int)(wh->cfg->shutdown_timeout_s * 1000));
+    ab_dedupe_guard_free(wh->dd); /* after the sink: its last answers still mark or release */
     ab_secrets_free(wh->secrets);
     ab_inst_view_release(&wh->insts);
     free(wh);
@@ -723,6 +856,7 @@ const struct ab_handler ab_webhook_handler = {
     .on_secrets = on_secrets,
     .on_stopping = on_stopping,
     .ready = ready,
+    .ready_note = ready_note,
     .describe = describe,
     .inflight = inflight,
     .inflight_total = ab_webhook_inflight_total,

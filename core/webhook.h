@@ -33,6 +33,9 @@ void ab_webhook_handle(struct ab_webhook *wh, struct ab_req *r);
 /* The sink instance's state, for /readyz and the sink_ready gauge. */
 int ab_webhook_sink_ready(struct ab_webhook *wh);
 void ab_webhook_sink_describe(struct ab_webhook *wh, char *buf, size_t len);
+/* Deduplication's state, for /readyz: 0 when webhooks are refused (store unreachable and
+ * --dedupe-on-error refuse); a detail in buf when the store is unreachable ("" when fine). */
+int ab_webhook_dedupe_ready(struct ab_webhook *wh, char *buf, size_t len);
 /* Webhooks of this worker waiting on the sink. */
 long ab_webhook_inflight(const struct ab_webhook *wh);
 /* Webhooks of every worker waiting on a sink (what --max-inflight limits). Any thread. */

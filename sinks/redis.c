@@ -55,8 +55,11 @@
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+#include <stdalign.h>
 
 #include "config.h"
+#include "dedupe_store.h"
 #include "http1.h"
 #include "log.h"
 #include "mem.h"
@@ -86,6 +89,7 @@ struct redis_shared {
     char wait_str[24];
     char wait_ms_str[24];
     int structured; /* --content-mode structured */
+    char claim_xadd_sha[41]; /* SHA1 of CLAIM_XADD_LUA, for EVALSHA */
     char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
 };
 
@@ -97,7 +101,27 @@ struct redis_sink;
 struct redis_req {
     int xadd_ok;   /* XADD replied with an entry id */
     int wait_sent; /* a WAIT follows the XADD */
+    /* With msg->dedupe_key: the script's arguments after its SHA, kept to send it again
+     * with EVAL after NOSCRIPT: argc lengths, then the bytes. */
+    int argc;
+    alignas(size_t) unsigned char args[];
 };
+
+/* Deduplication with the store on this server (msg->dedupe_key, core/dedupe.h): claim and
+ * write in one step. KEYS: the stream, the key. ARGV: window ms, MAXLEN (0: none), then the
+ * entry's field/value pairs as XADD writes them (either content mode). Returns the stored
+ * value ("1" in flight elsewhere, "2" stored) or the new entry's id. */
+static const char CLAIM_XADD_LUA[] =
+    "local v = redis.call('GET', KEYS[2]) if v then return v end "
+    "local a = {KEYS[1]} "
+    "if ARGV[2] ~= '0' then a[#a+1] = 'MAXLEN' a[#a+1] = '~' a[#a+1] = ARGV[2] end "
+    "a[#a+1] = '*' "
+    "for i = 3, #ARGV do a[#a+1] = ARGV[i] end "
+    "local id = redis.call('XADD', unpack(a)) "
+    "redis.call('SET', KEYS[2], '2', 'PX', ARGV[1]) return id";
+
+/* The most field/value arguments of one entry: every attribute and data (binary mode). */
+#define ENTRY_FIELDS_MAX (2 * AB_EVENT_MAX_ATTRS + 2)
 
 struct redis_sink {
     struct ab_sink base;
@@ -263,6 +287,21 @@ static void shared_free(struct redis_shared *sh)
     free(sh);
 }
 
+int ab_redis_url_parse(const char *url, char **host, int *port, long *db, char **user,
+                       char **password, char *addr, size_t addrlen, char *errstr, size_t errlen)
+{
+    struct redis_shared sh = {0};
+    if (parse_url(url, &sh, errstr, errlen) != 0) {
+        free(sh.host);
+        free(sh.user);
+        free(sh.password);
+        return -1;
+    }
+    *host = sh.host, *port = sh.port, *db = sh.db, *user = sh.user, *password = sh.password;
+    snprintf(addr, addrlen, "%s", sh.addr);
+    return 0;
+}
+
 /* The Redis sink's options (struct ab_redis_conf). */
 #define OFF(field) offsetof(struct ab_redis_conf, field)
 /* clang-format off */
@@ -303,6 +342,11 @@ static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char 
     snprintf(sh->maxlen_str, sizeof(sh->maxlen_str), "%ld", sh->maxlen);
     snprintf(sh->wait_str, sizeof(sh->wait_str), "%ld", sh->wait);
     snprintf(sh->wait_ms_str, sizeof(sh->wait_ms_str), "%ld", sh->wait_ms);
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)CLAIM_XADD_LUA, strlen(CLAIM_XADD_LUA), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        snprintf(sh->claim_xadd_sha + 2 * i, 3, "%02x", md[i]);
+    }
     ab_info("redis sink: %s%s%s, trimming %s, WAIT %ld replica(s)", sh->addr,
             sh->user ? ", ACL user " : (sh->password ? ", with password" : ""),
             sh->user ? sh->user : "", sh->maxlen ? sh->maxlen_str : "off", sh->wait);
@@ -606,6 +650,85 @@ static int lost_status(const struct redis_sink *rs)
     return rs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR;
 }
 
+static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Send the claim-and-write script for r: EVALSHA, or EVAL (eval = 1) after NOSCRIPT. */
+static int send_dedupe(struct redis_sink *rs, struct ab_pending_req *r, int eval)
+{
+    struct redis_req *q = ab_pending_extra(r);
+    const char *argv[2 + 5 + ENTRY_FIELDS_MAX];
+    size_t len[2 + 5 + ENTRY_FIELDS_MAX];
+    const size_t *lens = (const size_t *)q->args;
+    const char *p = (const char *)(lens + q->argc);
+    argv[0] = eval ? "EVAL" : "EVALSHA";
+    len[0] = strlen(argv[0]);
+    argv[1] = eval ? CLAIM_XADD_LUA : rs->sh->claim_xadd_sha;
+    len[1] = strlen(argv[1]);
+    for (int i = 0; i < q->argc; i++) {
+        argv[2 + i] = p;
+        len[2 + i] = lens[i];
+        p += lens[i];
+    }
+    return redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, 2 + q->argc, argv, len) == REDIS_OK
+               ? 0
+               : -1;
+}
+
+/* The reply to the claim-and-write script. Returns 1 when it is handled here (NOSCRIPT:
+ * sent again with EVAL, the hold moving to it), else 0 for the XADD path below: the
+ * entry's id. */
+static int dedupe_reply(struct redis_sink *rs, redisAsyncContext *ac, struct ab_pending_req *r,
+                        redisReply *rp)
+{
+    if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
+        rs->ac == ac && send_dedupe(rs, r, 1) == 0) {
+        return 1;
+    }
+    if (rp->type == REDIS_REPLY_STRING && rp->len == 1 && rp->str[0] == '2') {
+        ab_pending_complete(r, AB_SINK_DUPLICATE, NULL);
+    } else if (rp->type == REDIS_REPLY_STRING && rp->len == 1 && rp->str[0] == '1') {
+        ab_pending_complete(r, AB_SINK_ERROR, "another copy is being written (in flight)");
+    } else {
+        return 0;
+    }
+    ab_pending_release(r);
+    return 1;
+}
+
+/* The pending entry for a submission with msg->dedupe_key, the script's arguments kept in
+ * it: 2 keys (the stream, the key), the window, MAXLEN, then the nf field/value arguments of
+ * the entry. */
+static struct ab_pending_req *add_dedupe(struct redis_sink *rs, const struct ab_sink_msg *msg,
+                                         const char *const *fv, const size_t *fl, int nf,
+                                         ab_sink_done_cb cb, void *opaque)
+{
+    char window[24], *key = ab_asprintf(AB_DEDUPE_REDIS_PREFIX "%s", msg->dedupe_key);
+    snprintf(window, sizeof(window), "%ld", msg->dedupe_window_ms);
+    const char *a[5 + ENTRY_FIELDS_MAX] = {"2", msg->route ? msg->route : "alma", key, window,
+                                           rs->sh->maxlen_str};
+    size_t l[5 + ENTRY_FIELDS_MAX], total = 0;
+    int argc = 5 + nf;
+    for (int i = 0; i < argc; i++) {
+        if (i >= 5) {
+            a[i] = fv[i - 5];
+        }
+        l[i] = i >= 5 ? fl[i - 5] : strlen(a[i]);
+        total += l[i];
+    }
+    struct ab_pending_req *r = ab_pending_add(
+        rs->pending, cb, opaque, sizeof(struct redis_req) + (size_t)argc * sizeof(size_t) + total);
+    struct redis_req *q = ab_pending_extra(r);
+    q->argc = argc;
+    memcpy(q->args, l, (size_t)argc * sizeof(size_t));
+    unsigned char *p = q->args + (size_t)argc * sizeof(size_t);
+    for (int i = 0; i < argc; i++) {
+        memcpy(p, a[i], l[i]);
+        p += l[i];
+    }
+    free(key);
+    return r;
+}
+
 /* Loop thread, hiredis reply callback for XADD (privdata: the pending entry). */
 static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
@@ -613,6 +736,9 @@ static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
     struct ab_pending_req *r = privdata;
     struct redis_req *q = ab_pending_extra(r);
     redisReply *rp = reply;
+    if (rp && q->argc && dedupe_reply(rs, ac, r, rp)) {
+        return; /* answered, or sent again with EVAL (which now holds r) */
+    }
     if (rp == NULL) {
         ab_pending_complete(r, lost_status(rs), "connection to redis lost before the XADD reply");
     } else if (rp->type == REDIS_REPLY_ERROR) {
@@ -692,46 +818,59 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     struct ab_attr attrs[AB_EVENT_MAX_ATTRS];
     /* a dead letter (data_base64, extension attributes of its own) always goes structured */
     size_t na = ev && !sh->structured && !msg->dead_letter ? ab_event_attrs(ev, attrs) : 0;
-    const char *argv[8 + 2 * AB_EVENT_MAX_ATTRS];
-    size_t len[8 + 2 * AB_EVENT_MAX_ATTRS];
-    int n = 0;
-#define ARG(str, l) (argv[n] = (str), len[n] = (l), n++)
-#define ARGS(str) ARG(str, strlen(str))
-    ARGS("XADD");
-    ARGS(msg->route ? msg->route : "alma");
-    if (sh->maxlen > 0) {
-        ARGS("MAXLEN");
-        ARGS("~");
-        ARGS(sh->maxlen_str);
-    }
-    ARGS("*");
+    /* the entry's fields: binary mode one per attribute plus "data"; structured "event" */
+    const char *fv[ENTRY_FIELDS_MAX];
+    size_t fl[ENTRY_FIELDS_MAX];
+    int nf = 0;
+#define FIELD(str, l) (fv[nf] = (str), fl[nf] = (l), nf++)
     if (na > 0) {
         for (size_t i = 0; i < na; i++) {
-            ARGS(attrs[i].name);
-            ARGS(attrs[i].value);
+            FIELD(attrs[i].name, strlen(attrs[i].name));
+            FIELD(attrs[i].value, strlen(attrs[i].value));
         }
         if (ev->data_len > 0) {
-            ARGS("data");
-            ARG(ev->json + ev->data_off, ev->data_len);
+            FIELD("data", 4);
+            FIELD(ev->json + ev->data_off, ev->data_len);
         }
     } else {
-        ARGS("event");
-        ARG(msg->value, msg->value_len);
+        FIELD("event", 5);
+        FIELD(msg->value, msg->value_len);
     }
+#undef FIELD
+    struct ab_pending_req *r;
+    int rc;
+    if (msg->dedupe_key) { /* claim and write in one script (core/dedupe.h) */
+        r = add_dedupe(rs, msg, fv, fl, nf, cb, opaque);
+        rc = send_dedupe(rs, r, 0);
+    } else {
+        const char *argv[6 + ENTRY_FIELDS_MAX];
+        size_t len[6 + ENTRY_FIELDS_MAX];
+        int n = 0;
+#define ARG(str, l) (argv[n] = (str), len[n] = (l), n++)
+        ARG("XADD", 4);
+        ARG(msg->route ? msg->route : "alma", strlen(msg->route ? msg->route : "alma"));
+        if (sh->maxlen > 0) {
+            ARG("MAXLEN", 6);
+            ARG("~", 1);
+            ARG(sh->maxlen_str, strlen(sh->maxlen_str));
+        }
+        ARG("*", 1);
+        for (int i = 0; i < nf; i++) {
+            ARG(fv[i], fl[i]);
+        }
 #undef ARG
-#undef ARGS
-    struct ab_pending_req *r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
-    struct redis_req *q = ab_pending_extra(r);
-    int rc = redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, n, argv, len);
+        r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
+        rc = redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
+    }
     ab_event_free(own); /* hiredis copied the arguments */
-    if (rc != REDIS_OK) {
+    if (rc != 0) {
         ab_pending_cancel(r);
         return -1;
     }
     if (sh->wait > 0) {
         const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
         if (redisAsyncCommandArgv(rs->ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
-            q->wait_sent = 1;
+            ((struct redis_req *)ab_pending_extra(r))->wait_sent = 1;
             ab_pending_hold(r);
         }
     }

@@ -24,6 +24,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "dedupe.h"
 #include "event.h"
 #include "eventlog.h"
 #include "institutions.h"
@@ -379,6 +380,7 @@ struct spool_sink {
     struct ab_eventlog_client *client;
     struct fwd *fwd; /* NULL unless this instance forwards */
     struct ab_pending *pending; /* the outer answers and their --ack-timeout deadline */
+    struct ab_dedupe_guard *dd; /* deduplication on: what reached the broker (keys "fwd:...") */
     int closing;
 };
 
@@ -391,6 +393,9 @@ struct sreq {
     char *value;
     size_t len;
     char why[160]; /* why it is spooled */
+    char *fkey;    /* deduplication on: "fwd:<key>", held while the broker may still take it */
+    struct ab_dedupe_ticket *ft; /* the claim of fkey, while the broker's answer is due */
+    int fclaiming;               /* the claim of fkey is being asked */
     unsigned inner_pending : 1, append_pending : 1, answered : 1, spooled : 1, inner_ok : 1;
 };
 
@@ -406,10 +411,11 @@ static void sreq_answer(struct sreq *r, int status, const char *err)
 
 static void sreq_maybe_free(struct sreq *r)
 {
-    if (r->answered && !r->inner_pending && !r->append_pending) {
+    if (r->answered && !r->inner_pending && !r->append_pending && !r->fclaiming && !r->ft) {
         ab_pending_release(r->req);
         event_free(r->timer);
         free(r->value);
+        free(r->fkey);
         free(r);
     }
 }
@@ -439,6 +445,19 @@ static void on_appended(int status, void *opaque)
                         status == AB_EVENTLOG_CLOSED ? "spool closed before fsync returned"
                                                      : "spool write or fsync failed");
         }
+    }
+    sreq_maybe_free(r);
+}
+
+/* Loop thread: the claim of "fwd:<key>" for an event spooled while the broker has it. */
+static void on_live_claim(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct sreq *r = opaque;
+    r->fclaiming = 0;
+    if (verdict == AB_DEDUPE_WRITE && r->inner_pending) {
+        r->ft = t; /* on_inner_done reports the broker's answer */
+    } else if (verdict == AB_DEDUPE_WRITE) {
+        ab_dedupe_outcome(t, r->inner_ok, NULL, NULL); /* it answered meanwhile */
     }
     sreq_maybe_free(r);
 }
@@ -473,6 +492,12 @@ static int spool_now(struct sreq *r)
     birth_note(sh, seq, now_ms());
     r->spooled = 1;
     r->append_pending = 1;
+    if (r->fkey && r->inner_pending) {
+        /* The broker may still take it: hold "fwd:<key>" until it answers, so the forwarder
+         * waits for that answer and skips the event if it was taken (a late ack). */
+        r->fclaiming = 1;
+        ab_dedupe_check(s->dd, r->fkey, AB_DEDUPE_CAUSE_FORWARDER, on_live_claim, r);
+    }
     return 0;
 }
 
@@ -481,13 +506,20 @@ static void on_inner_done(int status, const char *errstr, void *opaque)
 {
     struct sreq *r = opaque;
     r->inner_pending = 0;
+    int dup = status == AB_SINK_DUPLICATE; /* the broker had it (its atomic script) */
+    status = dup ? AB_SINK_OK : status;
+    if (r->ft) {
+        /* spooled while the broker still had it: now the forwarder knows whether to send */
+        ab_dedupe_outcome(r->ft, status == AB_SINK_OK, NULL, NULL);
+        r->ft = NULL;
+    }
     if (status == AB_SINK_OK) {
         r->inner_ok = 1;
         if (r->spooled) {
             atomic_fetch_add(&m_late_acks, 1); /* in the broker and in the spool */
         }
         if (!r->append_pending) {
-            sreq_answer(r, AB_SINK_OK, NULL);
+            sreq_answer(r, dup ? AB_SINK_DUPLICATE : AB_SINK_OK, NULL);
         }
     } else if (r->spooled) {
         atomic_fetch_add(&m_unconfirmed, 1); /* spooled after --spool-after; stored too? */
@@ -541,7 +573,12 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     long queued = atomic_load(&s->sh->events);
     if (queued > 0) {
         snprintf(r->why, sizeof(r->why), "%ld event(s) spooled before it", queued);
-    } else if (ab_sink_submit(s->inner, msg, on_inner_done, r) == 0) {
+    } else if (s->dd && msg->event && !ab_dedupe_active()->sink_atomic) {
+        char key[512];
+        ab_dedupe_key(ab_dedupe_active(), msg->event, key, sizeof(key));
+        r->fkey = ab_asprintf("fwd:%s", key);
+    }
+    if (queued == 0 && ab_sink_submit(s->inner, msg, on_inner_done, r) == 0) {
         r->inner_pending = 1;
         struct timeval tv = {s->sh->after_ms / 1000, (s->sh->after_ms % 1000) * 1000};
         evtimer_add(r->timer, &tv);
@@ -558,6 +595,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
         ab_pending_cancel(r->req);
         event_free(r->timer);
         free(r->value);
+        free(r->fkey);
         free(r);
         return -1;
     }
@@ -634,6 +672,10 @@ static void on_forwarded(int status, const char *errstr, void *opaque)
     struct fentry *e = opaque;
     struct fwd *f = e->f;
     f->inflight--;
+    if (status == AB_SINK_DUPLICATE) {
+        ab_dedupe_count_duplicate(AB_DEDUPE_CAUSE_FORWARDER); /* the broker's script had it */
+        status = AB_SINK_OK;
+    }
     if (status == AB_SINK_OK) {
         e->state = FE_ACKED;
     } else if (status == AB_SINK_TOO_BIG) {
@@ -697,11 +739,93 @@ static void fwd_damaged(struct fwd *f, const struct ab_eventlog_rec *rec)
     free(p);
 }
 
+
+/* ---- deduplication of forwarded events (core/dedupe.h) ----------------------------------
+ * With deduplication on, each event the forwarder sends is first checked under the key
+ * "fwd:<key>": one that reached the broker already (acknowledged late to the live path, or
+ * before a rewind after a failure, or before a restart) is skipped and counted
+ * (cause="forwarder"); one it sends is recorded once the broker acknowledged it. An event
+ * spooled while the broker still had it holds that key until the broker answers.
+ * With the Redis sink's atomic script (dedupe setup sink_atomic) none of this: the
+ * forwarder hands the event's own key to the script, which writes it only if not stored. */
+
+/* One forwarded event waiting on the guard: the event read back from its line. */
+struct fcheck {
+    struct fwd *f;
+    struct fentry *e;
+    struct ab_event *ev;
+    char *route;
+    struct ab_dedupe_ticket *t;
+};
+
+static void fcheck_free(struct fcheck *c)
+{
+    ab_event_free(c->ev);
+    free(c->route);
+    free(c);
+}
+
+static void on_forwarded(int status, const char *errstr, void *opaque);
+
+/* Loop thread: the broker's answer for a checked event: record it, then as usual. */
+static void on_checked_forwarded(int status, const char *errstr, void *opaque)
+{
+    struct fcheck *c = opaque;
+    struct fentry *e = c->e;
+    ab_dedupe_outcome(c->t, status == AB_SINK_OK, NULL, NULL);
+    fcheck_free(c);
+    on_forwarded(status, errstr, e);
+}
+
+/* Loop thread: the guard's verdict for a spooled event. */
+static void on_fwd_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct fcheck *c = opaque;
+    struct fentry *e = c->e;
+    if (verdict == AB_DEDUPE_WRITE) {
+        c->t = t;
+        struct ab_sink_msg m = {.id = c->ev->id, .type = c->ev->type, .source = c->ev->source,
+                                .route = c->route, .value = c->ev->json,
+                                .value_len = c->ev->json_len, .event = c->ev};
+        if (!c->f->s->closing && ab_sink_submit(c->f->s->inner, &m, on_checked_forwarded, c) == 0) {
+            return;
+        }
+        ab_dedupe_outcome(t, 0, NULL, NULL);
+        fcheck_free(c);
+        on_forwarded(AB_SINK_ERROR, "the broker refused the event", e);
+        return;
+    }
+    fcheck_free(c);
+    if (verdict == AB_DEDUPE_SKIP_OK) {
+        on_forwarded(AB_SINK_OK, NULL, e); /* in the broker already: counted by the guard */
+    } else {
+        on_forwarded(AB_SINK_ERROR, "deduplication: the event's key could not be checked", e);
+    }
+}
+
+/* Check ev (taking it and route) before forwarding it for entry e. Returns 0: the answer
+ * comes through on_forwarded, later. */
+static int fwd_check(struct fwd *f, struct ab_event *ev, char *route, struct fentry *e)
+{
+    struct fcheck *c = ab_calloc(1, sizeof(*c));
+    c->f = f;
+    c->e = e;
+    c->ev = ev;
+    c->route = route;
+    char key[512];
+    ab_dedupe_key(ab_dedupe_active(), c->ev, key, sizeof(key));
+    char *fkey = ab_asprintf("fwd:%s", key);
+    ab_dedupe_check(f->s->dd, fkey, AB_DEDUPE_CAUSE_FORWARDER, on_fwd_verdict, c);
+    free(fkey);
+    return 0;
+}
+
 /* Submit the CloudEvent line (len bytes at line) to the broker for entry e, with the
  * topic/stream of --route (consortium mode: the institution's own route) and the backend's
  * own key, as the front end would, and every attribute the line holds (for the binary
- * content mode). Returns the inner submit's result, or 1 for a line that is no CloudEvent
- * (skipped). */
+ * content mode). With deduplication on, the event is checked first (fwd_check), or the
+ * Redis sink's atomic script checks it. Returns the inner submit's result (0 when the
+ * check took it), or 1 for a line that is no CloudEvent (skipped). */
 static int fwd_submit(struct fwd *f, const char *line, size_t len, struct fentry *e)
 {
     struct spool_shared *sh = f->s->sh;
@@ -712,6 +836,13 @@ static int fwd_submit(struct fwd *f, const char *line, size_t len, struct fentry
     }
     char *route = ab_institutions_route_for(ev); /* consortium mode: its profile's route */
     route = route ? route : ab_route_expand(sh->route, ev);
+    const struct ab_dedupe_setup *dds = ab_dedupe_active();
+    char dkey[512];
+    if (dds && dds->sink_atomic) {
+        ab_dedupe_key(dds, ev, dkey, sizeof(dkey)); /* the broker's script checks it */
+    } else if (f->s->dd) {
+        return fwd_check(f, ev, route, e); /* takes ev and route */
+    }
     struct ab_sink_msg m = {.id = ev->id,
                             .type = ev->type,
                             .source = ev->source,
@@ -720,6 +851,10 @@ static int fwd_submit(struct fwd *f, const char *line, size_t len, struct fentry
                             .value = ev->json,
                             .value_len = ev->json_len,
                             .event = ev};
+    if (dds && dds->sink_atomic) {
+        m.dedupe_key = dkey;
+        m.dedupe_window_ms = dds->conf.window_ms;
+    }
     int rc = ab_sink_submit(f->s->inner, &m, on_forwarded, e);
     free(route);
     ab_event_free(ev);
@@ -871,6 +1006,9 @@ static struct ab_sink *spool_open(const struct ab_sink_conf *conf, void *shared,
     s->evbase = base;
     s->client = ab_eventlog_client_new(sh->log, base);
     s->pending = ab_pending_new(base, conf->ack_timeout_ms);
+    if (ab_dedupe_active()) {
+        s->dd = ab_dedupe_guard_new(ab_dedupe_active(), base, errstr, errlen);
+    }
     int expected = 0;
     if (atomic_compare_exchange_strong(&sh->forwarder, &expected, 1)) {
         s->fwd = fwd_new(s);
@@ -1021,6 +1159,7 @@ static void spool_close(struct ab_sink *base, int timeout_ms)
     clock_gettime(CLOCK_MONOTONIC, &t1);
     long used = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
     ab_eventlog_client_free(s->client, timeout_ms > used ? (int)(timeout_ms - used) : 0);
+    ab_dedupe_guard_free(s->dd); /* checks still waiting answer on_forwarded: before fwd_free */
     if (s->fwd) {
         fwd_free(s->fwd);
     }

@@ -138,6 +138,7 @@ static const char *const all_options[] = {
     "http-url",
     "http-ca-file",  "http-cert",     "http-key",         "http-auth-file",
     "http-header",   "http-max-inflight", "http-health-url", "dead-letter-file",
+    "dedupe-store", "dedupe-window", "dedupe-key", "dedupe-on-error",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 

@@ -229,8 +229,9 @@ static int all_called(struct harness *h, void *arg)
 static int submit_one(struct harness *h, const char *id, struct done *d)
 {
     static const char json[] = "{\"specversion\":\"1.0\",\"id\":\"x\"}";
-    struct ab_sink_msg m = {id, "com.exlibrisgroup.alma.loan", "urn:alma:X", "alma:loan", NULL,
-                            json, sizeof(json) - 1, NULL, 0};
+    struct ab_sink_msg m = {.id = id, .type = "com.exlibrisgroup.alma.loan",
+                            .source = "urn:alma:X", .route = "alma:loan",
+                            .value = json, .value_len = sizeof(json) - 1};
     in_submit = 1;
     int rc = ab_sink_submit(h->s, &m, on_done, d);
     in_submit = 0;

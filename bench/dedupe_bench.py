@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""What deduplication costs (issue 19): each sink with and without its store, side by side
+in one run. Every request carries a new webhook id (bench/unique.lua), so every one is a
+first copy and pays the store's full price (claim, then the stored marker).
+
+    make && python3 bench/dedupe_bench.py                 # 100,000 webhooks per run, ~6 min
+    python3 bench/dedupe_bench.py --n 20000 --rounds 1    # quicker
+
+Configurations (the daemon with --threads 2, fsync on, --insecure-skip-signature since the
+ids change per request; a fresh directory and fresh Redis data per run):
+  file/none   file sink, --dedupe-store none (the old default)
+  file/local  file sink, its local store (the new default)
+  file/redis  file sink, a Redis store
+  redis/none  Redis sink, no store
+  redis/same  Redis sink, the store on the same server (claim + XADD in one script)
+  redis/other Redis sink, the store on another Redis server (claim, XADD, mark)
+Each round runs every configuration once, the order reversed every other round; each run
+gets a 2 s warm-up, then wrk (c = --conns, 2 threads) for as long as --n answers take at
+the warm-up's rate (wrk runs for a duration). Reported: req/s,
+p50/p99 (wrk, closed loop), the ratio to the same sink without a store, and for file/local
+the resident memory per id held. Writes --json and prints Markdown."""
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "redis"))
+from server import RedisServer  # noqa: E402
+
+BODY = os.path.join(ROOT, "tests", "fixtures", "alma", "loan_created.json")
+LUA = os.path.join(ROOT, "bench", "unique.lua")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def configs(r1, r2):
+    return {
+        "file/none": ["--dedupe-store", "none"],
+        "file/local": [],
+        "file/redis": ["--dedupe-store", r2.url],
+        "redis/none": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", "none"],
+        "redis/same": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r1.url],
+        "redis/other": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r2.url],
+    }
+
+
+def wrk(port, conns, seconds, tag):
+    env = dict(os.environ, BENCH_BODY=BODY, BENCH_TAG=tag)
+    out = subprocess.run(["wrk", "-t", "2", "-c", str(conns), "-d", f"{seconds}s",
+                          "--latency", "-s", LUA, f"http://127.0.0.1:{port}/webhook"],
+                         env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
+    m = re.search(r"BENCH_JSON (\{.*\})", out)
+    if not m:
+        raise RuntimeError("wrk printed no BENCH_JSON:\n" + out)
+    return json.loads(m.group(1))
+
+
+def run_one(binary, args, a, tag, redis_servers):
+    for r in redis_servers:  # fresh data: no key left from an earlier run
+        r.cli("FLUSHALL")
+    tmp = tempfile.mkdtemp(prefix="almabridge-dedupe-bench-")
+    port = free_port()
+    log = open(os.path.join(tmp, "daemon.log"), "wb")
+    p = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--threads", "2",
+                          "--insecure-skip-signature", "--file", os.path.join(tmp, "e.jsonl"),
+                          "--drain-grace", "0", "--log-level", "warn"] + args,
+                         stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                if "ready" in get(port, "/readyz"):
+                    break
+            except OSError:
+                pass
+            if time.time() > deadline or p.poll() is not None:
+                raise RuntimeError("the daemon did not become ready: " + " ".join(args))
+            time.sleep(0.05)
+        warm = wrk(port, a.conns, 2, tag + "9")  # warm-up, and the rate to size the run
+        rate = warm["requests"] / (warm["duration_us"] / 1e6)
+        rss0 = rss_kb(p.pid)
+        held0 = re.search(r"^almabridge_dedupe_ids_held (\S+)$", get(port, "/metrics"), re.M)
+        res = wrk(port, a.conns, max(3, round(a.n / max(rate, 1))), tag + "1")
+        metrics = get(port, "/metrics")
+        held = re.search(r"^almabridge_dedupe_ids_held (\S+)$", metrics, re.M)
+        non200 = sum(float(v) for code, v in re.findall(
+            r'^almabridge_requests_total\{[^}]*status="(\d+)"[^}]*\} (\S+)$', metrics, re.M)
+            if code != "200")
+        res.update(rps=res["requests"] / (res["duration_us"] / 1e6), rss_kb=rss_kb(p.pid),
+                   rss_growth_kb=rss_kb(p.pid) - rss0, ids_held=float(held.group(1)) if held else None,
+                   ids_added=float(held.group(1)) - float(held0.group(1)) if held else None,
+                   non200=non200)
+        return res
+    finally:
+        p.terminate()
+        p.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def markdown(results, n, conns, rounds):
+    base = {"file": "file/none", "redis": "redis/none"}
+    out = [f"{n} webhooks per run, c={conns}, {rounds} round(s). Ratios and p50 deltas are "
+           "taken round by round against the same sink without a store (same round), then "
+           "the median over rounds is shown, with each round's value in brackets.", "",
+           "| configuration | req/s | x no store | p50 ms | +p50 ms | p99 ms | non-200 |",
+           "|---|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        b = results[base[name.split("/")[0]]]
+        ratio = [r["rps"] / x["rps"] for r, x in zip(runs, b)]
+        dp50 = [(r["lat_p50_us"] - x["lat_p50_us"]) / 1000 for r, x in zip(runs, b)]
+        bad = sum(r["non200"] + r["err_status"] + r["err_other"] for r in runs)
+        fmt = lambda v, f: f"{statistics.median(v):{f}} [" + ", ".join(f"{x:{f}}" for x in v) + "]"
+        out.append(f"| {name} | {fmt([r['rps'] for r in runs], ',.0f')} | {fmt(ratio, '.2f')} "
+                   f"| {fmt([r['lat_p50_us'] / 1000 for r in runs], '.2f')} | {fmt(dp50, '+.2f')} "
+                   f"| {fmt([r['lat_p99_us'] / 1000 for r in runs], '.1f')} | {bad:.0f} |")
+    loc = results.get("file/local")
+    if loc and loc[-1].get("ids_added"):
+        r = loc[-1]
+        out += ["", f"file/local: {r['ids_added']:.0f} ids added in the last measured run, "
+                f"resident memory grew by {r['rss_growth_kb']} kB meanwhile: about "
+                f"{r['rss_growth_kb'] * 1024 / r['ids_added']:.0f} bytes per id "
+                f"(an upper bound: the run's own buffers included)."]
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100000, help="webhooks per run")
+    ap.add_argument("--conns", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--binary", default=os.path.join(ROOT, "build", "almabridge"))
+    ap.add_argument("--only", help="comma-separated configuration names")
+    ap.add_argument("--json", help="write the raw results here")
+    ap.add_argument("--md-from", metavar="JSON", help="only print the Markdown of a --json file")
+    a = ap.parse_args()
+    if a.md_from:
+        with open(a.md_from) as f:
+            j = json.load(f)
+        print(markdown(j["results"], j["n"], j["conns"], j["rounds"]))
+        return
+    results = {}
+    with RedisServer() as r1, RedisServer() as r2:
+        cfgs = configs(r1, r2)
+        names = [n for n in cfgs if not a.only or n in a.only.split(",")]
+        for rnd in range(a.rounds):
+            order = names if rnd % 2 == 0 else list(reversed(names))
+            for i, name in enumerate(order):
+                tag = "%d%d%d" % (rnd + 1, i + 1, int(time.time()) % 1000)
+                res = run_one(a.binary, cfgs[name], a, tag, (r1, r2))
+                print(f"round {rnd + 1} {name}: {res['rps']:,.0f} req/s, p50 "
+                      f"{res['lat_p50_us'] / 1000:.2f} ms, p99 {res['lat_p99_us'] / 1000:.2f} ms",
+                      file=sys.stderr, flush=True)
+                results.setdefault(name, []).append(res)
+    results = {n: results[n] for n in names}
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"n": a.n, "conns": a.conns, "rounds": a.rounds, "results": results,
+                       "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                                capture_output=True, text=True).stdout.strip()},
+                      f, indent=1)
+    print(markdown(results, a.n, a.conns, a.rounds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+/* The Redis deduplication store, --dedupe-store redis://...: shared by every replica.
+ *
+ *   almabridge:dedupe:<key> = "1" (in flight, PX claim_ms) | "2" (stored, PX window)
+ *
+ *   claim:   EVALSHA of CLAIM_LUA: the value if the key exists, else SET "1" PX claim_ms and
+ *            "0" (atomic: one copy of all the replicas' gets "0")
+ *   stored:  SET key "2" PX window (overwrites the claim)
+ *   release: EVALSHA of RELEASE_LUA: DEL only while the value is "1" (a claim, never a
+ *            stored marker)
+ *
+ * A script missing from the server's cache (NOSCRIPT after a restart or SCRIPT FLUSH) is
+ * sent again with EVAL. One hiredis connection per worker loop (libevent adapter), its
+ * commands entries of a pending list (core/pending.h) with the store's deadline; a command
+ * without reply in time drops the connection. Reconnects every RETRY_MS while down; while
+ * down claim and mark refuse at once, so a webhook never waits on a dead store.
+ *
+ * Threads: global_init/global_free on the start-up thread, the rest on the loop thread. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <openssl/sha.h>
+
+#include "dedupe.h"
+#include "dedupe_store.h"
+#include "log.h"
+#include "mem.h"
+#include "pending.h"
+#include "sink.h"
+
+#define PREFIX AB_DEDUPE_REDIS_PREFIX
+#define RETRY_MS 500
+#define STATE_BASE 100 /* pending statuses: STATE_BASE + ab_dedupe_state */
+
+static const char CLAIM_LUA[] =
+    "local v = redis.call('GET', KEYS[1]) if v then return v end "
+    "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return '0'";
+static const char RELEASE_LUA[] =
+    "if redis.call('GET', KEYS[1]) == '1' then return redis.call('DEL', KEYS[1]) end return 0";
+
+struct rshared {
+    char *host, *user, *password;
+    int port;
+    long db;
+    char addr[300];
+    char claim_ms[24], window_ms[24];
+    char claim_sha[41], release_sha[41];
+    long timeout_ms;
+};
+
+struct rstore {
+    struct ab_dedupe base;
+    struct rshared *sh;
+    struct event_base *evbase;
+    redisAsyncContext *ac;
+    int ready;   /* the handshake answered */
+    int closing;
+    struct event *retry_ev;
+    struct ab_pending *pending;
+    char reason[200];
+};
+
+/* What travels with a command: to resend a script with EVAL after NOSCRIPT. */
+struct rcmd {
+    int script; /* 0: none, 1: claim, 2: release */
+    char key[];
+};
+
+static void rs_connect(struct rstore *rs);
+
+static void sha1_hex(const char *s, char out[41])
+{
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)s, strlen(s), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    }
+}
+
+static int rs_global_init(const struct ab_dedupe_conf *conf, void **shared, char *errstr,
+                          size_t errlen)
+{
+    struct rshared *sh = ab_calloc(1, sizeof(*sh));
+    char err[240];
+    if (ab_redis_url_parse(conf->url, &sh->host, &sh->port, &sh->db, &sh->user, &sh->password,
+                           sh->addr, sizeof(sh->addr), err, sizeof(err)) != 0) {
+        snprintf(errstr, errlen, "--dedupe-store: %s", strncmp(err, "--redis: ", 9) == 0 ? err + 9 : err);
+        free(sh);
+        return -1;
+    }
+    snprintf(sh->claim_ms, sizeof(sh->claim_ms), "%ld", conf->claim_ms);
+    snprintf(sh->window_ms, sizeof(sh->window_ms), "%ld", conf->window_ms);
+    sha1_hex(CLAIM_LUA, sh->claim_sha);
+    sha1_hex(RELEASE_LUA, sh->release_sha);
+    sh->timeout_ms = conf->timeout_ms;
+    ab_info("dedupe store: redis %s, window %ld ms, claims %ld ms", sh->addr, conf->window_ms,
+            conf->claim_ms);
+    *shared = sh;
+    return 0;
+}
+
+static void rs_global_free(void *shared)
+{
+    struct rshared *sh = shared;
+    if (sh == NULL) {
+        return;
+    }
+    if (sh->password) {
+        memset(sh->password, 0, strlen(sh->password));
+    }
+    free(sh->password);
+    free(sh->user);
+    free(sh->host);
+    free(sh);
+}
+
+/* ---- the connection ------------------------------------------------------------------- */
+
+static void went_down(struct rstore *rs, const char *reason)
+{
+    rs->ac = NULL;
+    rs->ready = 0;
+    snprintf(rs->reason, sizeof(rs->reason), "%s", reason);
+    if (!rs->closing) {
+        struct timeval tv = {RETRY_MS / 1000, (RETRY_MS % 1000) * 1000};
+        evtimer_add(rs->retry_ev, &tv);
+    }
+}
+
+/* From our timers or close only, never inside a hiredis callback. */
+static void drop(struct rstore *rs, const char *reason)
+{
+    redisAsyncContext *ac = rs->ac;
+    went_down(rs, reason);
+    if (ac) {
+        redisAsyncFree(ac); /* hands every command back with a NULL reply */
+    }
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    rs_connect(arg);
+}
+
+static void on_expire(void *arg)
+{
+    struct rstore *rs = arg;
+    if (rs->ac) {
+        drop(rs, "a command got no reply in time; dropped the connection");
+    }
+}
+
+static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rstore *rs = ac->data;
+    redisReply *r = reply;
+    if (r == NULL || rs->ac != ac) {
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(rs->reason, sizeof(rs->reason), "handshake failed: %s", r->str);
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    if (privdata != NULL) { /* the last step, PING */
+        rs->ready = 1;
+        rs->reason[0] = '\0';
+    }
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rstore *rs = ac->data;
+    if (rs->ac != ac) {
+        return;
+    }
+    if (status != REDIS_OK) {
+        char reason[200];
+        snprintf(reason, sizeof(reason), "cannot connect: %s",
+                 ac->c.err ? ac->c.errstr : "connect failed");
+        went_down(rs, reason);
+        return;
+    }
+    const struct rshared *sh = rs->sh;
+    if (sh->password) {
+        const char *argv[3] = {"AUTH", sh->user ? sh->user : sh->password, sh->password};
+        redisAsyncCommandArgv(rs->ac, on_handshake, NULL, sh->user ? 3 : 2, argv, NULL);
+    }
+    if (sh->db > 0) {
+        char db[24];
+        snprintf(db, sizeof(db), "%ld", sh->db);
+        const char *argv[2] = {"SELECT", db};
+        redisAsyncCommandArgv(rs->ac, on_handshake, NULL, 2, argv, NULL);
+    }
+    const char *argv[1] = {"PING"};
+    redisAsyncCommandArgv(rs->ac, on_handshake, rs, 1, argv, NULL);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rstore *rs = ac->data;
+    if (rs->ac != ac) {
+        return;
+    }
+    char reason[200];
+    snprintf(reason, sizeof(reason), "%s",
+             rs->reason[0] ? rs->reason : "connection lost");
+    if (status != REDIS_OK && ac->c.err) {
+        snprintf(reason, sizeof(reason), "connection lost: %s", ac->c.errstr);
+    }
+    went_down(rs, reason);
+}
+
+static void rs_connect(struct rstore *rs)
+{
+    redisAsyncContext *ac = redisAsyncConnect(rs->sh->host, rs->sh->port);
+    if (ac == NULL || ac->err) {
+        char reason[200];
+        snprintf(reason, sizeof(reason), "cannot connect: %s",
+                 ac && ac->c.err ? ac->c.errstr : "error");
+        if (ac) {
+            redisAsyncFree(ac);
+        }
+        went_down(rs, reason);
+        return;
+    }
+    ac->data = rs;
+    redisLibeventAttach(ac, rs->evbase);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    rs->ac = ac;
+}
+
+/* ---- commands ------------------------------------------------------------------------- */
+
+/* The pending list's callback: map its status back to the store's state. */
+struct rcall {
+    ab_dedupe_cb cb;
+    void *opaque;
+};
+
+static void on_done(int status, const char *errstr, void *opaque)
+{
+    struct rcall *c = opaque;
+    int state = status >= STATE_BASE ? status - STATE_BASE : AB_DEDUPE_ERROR;
+    if (c->cb) {
+        c->cb(state, state == AB_DEDUPE_ERROR ? (errstr ? errstr : "no reply") : NULL,
+              c->opaque);
+    }
+    free(c);
+}
+
+static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv);
+
+/* A reply: for claim the value ("0" new, "1" in flight, "2" stored); for SET "OK"; for
+ * release an integer. NOSCRIPT: the script is sent again with EVAL. */
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct rstore *rs = ac->data;
+    struct ab_pending_req *r = privdata;
+    struct rcmd *q = ab_pending_extra(r);
+    redisReply *rp = reply;
+    if (rp == NULL) {
+        ab_pending_complete(r, AB_SINK_ERROR, "connection to the dedupe store lost");
+    } else if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
+               q->script && rs->ac == ac) {
+        const char *src = q->script == 1 ? CLAIM_LUA : RELEASE_LUA;
+        const char *argv[5] = {"EVAL", src, "1", q->key, rs->sh->claim_ms};
+        if (send_cmd(rs, r, q->script == 1 ? 5 : 4, argv) == 0) {
+            return; /* the hold moves to the EVAL */
+        }
+        ab_pending_complete(r, AB_SINK_ERROR, "could not send EVAL");
+    } else if (rp->type == REDIS_REPLY_ERROR) {
+        ab_pending_complete(r, AB_SINK_ERROR, rp->str);
+    } else if (q->script == 1 && rp->type == REDIS_REPLY_STRING && rp->len == 1 &&
+               rp->str[0] >= '0' && rp->str[0] <= '2') {
+        ab_pending_complete(r, STATE_BASE + rp->str[0] - '0', NULL);
+    } else if (q->script == 1) {
+        ab_pending_complete(r, AB_SINK_ERROR, "unexpected reply to the claim");
+    } else if (q->script == 2) {
+        ab_pending_complete(r, STATE_BASE + AB_DEDUPE_NEW, NULL);
+    } else {
+        ab_pending_complete(r, STATE_BASE + AB_DEDUPE_STORED, NULL);
+    }
+    ab_pending_release(r);
+}
+
+static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv)
+{
+    return redisAsyncCommandArgv(rs->ac, on_reply, r, argc, argv, NULL) == REDIS_OK ? 0 : -1;
+}
+
+/* Queue one command for key. script: 1 claim, 2 release, 0 the stored marker. */
+static int rs_command(struct rstore *rs, const char *key, int script, ab_dedupe_cb cb,
+                      void *opaque)
+{
+    if (rs->closing || !rs->ready || rs->ac == NULL) {
+        return -1;
+    }
+    struct rcall *c = ab_calloc(1, sizeof(*c));
+    c->cb = cb;
+    c->opaque = opaque;
+    char *full = ab_asprintf(PREFIX "%s", key);
+    struct ab_pending_req *r =
+        ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + strlen(full) + 1);
+    struct rcmd *q = ab_pending_extra(r);
+    q->script = script;
+    memcpy(q->key, full, strlen(full) + 1);
+    free(full);
+    const struct rshared *sh = rs->sh;
+    int rc;
+    if (script == 1) {
+        const char *argv[5] = {"EVALSHA", sh->claim_sha, "1", q->key, sh->claim_ms};
+        rc = send_cmd(rs, r, 5, argv);
+    } else if (script == 2) {
+        const char *argv[4] = {"EVALSHA", sh->release_sha, "1", q->key};
+        rc = send_cmd(rs, r, 4, argv);
+    } else {
+        const char *argv[5] = {"SET", q->key, "2", "PX", sh->window_ms};
+        rc = send_cmd(rs, r, 5, argv);
+    }
+    if (rc != 0) {
+        ab_pending_cancel(r);
+        free(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the contract --------------------------------------------------------------------- */
+
+static struct ab_dedupe *rs_open(const struct ab_dedupe_conf *conf, void *shared,
+                                 struct event_base *base, char *errstr, size_t errlen)
+{
+    struct rstore *rs = ab_calloc(1, sizeof(*rs));
+    rs->base.ops = &ab_dedupe_redis;
+    rs->sh = shared;
+    rs->evbase = base;
+    rs->retry_ev = evtimer_new(base, on_retry, rs);
+    rs->pending = ab_pending_new(base, conf->timeout_ms);
+    ab_pending_on_expire(rs->pending, on_expire, rs);
+    snprintf(rs->reason, sizeof(rs->reason), "connecting");
+    rs_connect(rs);
+    return &rs->base;
+}
+
+static int rs_claim(struct ab_dedupe *d, const char *key, ab_dedupe_cb cb, void *opaque)
+{
+    return rs_command((struct rstore *)d, key, 1, cb, opaque);
+}
+
+static int rs_mark(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_cb cb,
+                   void *opaque)
+{
+    return rs_command((struct rstore *)d, key, stored ? 0 : 2, cb, opaque);
+}
+
+static int rs_ready(struct ab_dedupe *d)
+{
+    struct rstore *rs = (struct rstore *)d;
+    return rs->ready && !rs->closing;
+}
+
+static void rs_describe(struct ab_dedupe *d, char *buf, size_t len)
+{
+    struct rstore *rs = (struct rstore *)d;
+    if (rs->ready) {
+        snprintf(buf, len, "redis %s: connected", rs->sh->addr);
+    } else {
+        snprintf(buf, len, "redis %s: %s", rs->sh->addr, rs->reason);
+    }
+}
+
+static void rs_close(struct ab_dedupe *d)
+{
+    struct rstore *rs = (struct rstore *)d;
+    if (rs == NULL) {
+        return;
+    }
+    rs->closing = 1;
+    evtimer_del(rs->retry_ev);
+    ab_pending_close(rs->pending, AB_SINK_CLOSED, "dedupe store closed");
+    if (rs->ac) {
+        drop(rs, "closed");
+    }
+    ab_pending_free(rs->pending);
+    event_free(rs->retry_ev);
+    free(rs);
+}
+
+const struct ab_dedupe_ops ab_dedupe_redis = {
+    .name = "redis",
+    .scheme = "redis://",
+    .global_init = rs_global_init,
+    .global_free = rs_global_free,
+    .open = rs_open,
+    .claim = rs_claim,
+    .mark = rs_mark,
+    .ready = rs_ready,
+    .describe = rs_describe,
+    .close = rs_close,
+};
