@@ -179,7 +179,7 @@ static const struct ab_option options[] = {
     {.name = "dedupe-key", .type = AB_OPT_STRING, .off = OFF(dedupe_key),
      .group = "Deduplication", .metavar = "TEMPLATE",
      .help = "the key two copies share, with the --route placeholders; default: the webhook "
-             "id, and for JOB_END the job instance id"},
+             "id, and for JOB_END the job instance id, prefixed with the institution code"},
     {.name = "dedupe-on-error", .type = AB_OPT_STRING, .def = "accept",
      .off = OFF(dedupe_on_error), .choices = "accept|refuse", .group = "Deduplication",
      .metavar = "accept|refuse",

@@ -245,10 +245,18 @@ void ab_dedupe_key(const struct ab_dedupe_setup *setup, const struct ab_event *e
         free(k);
         return;
     }
-    if (ev->action && strcmp(ev->action, "JOB_END") == 0 && job_instance_id(ev, buf, len)) {
-        return;
+    /* the institution's, since ids are only known to be unique within one (a consortium's
+     * members share the listener): "<institution>/<id>", "<institution>/job:<instance>" */
+    char own[256];
+    const char *k = ev->id;
+    if (ev->action && strcmp(ev->action, "JOB_END") == 0 && job_instance_id(ev, own, sizeof(own))) {
+        k = own;
     }
-    snprintf(buf, len, "%s", ev->id);
+    if (ev->institution && ev->institution[0]) {
+        snprintf(buf, len, "%s/%s", ev->institution, k);
+    } else {
+        snprintf(buf, len, "%s", k);
+    }
 }
 
 /* ---- the guard ---------------------------------------------------------------------- */
