@@ -31,7 +31,7 @@ FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 # ThreadSanitizer builds link the C11-threads shim into every binary (tests/shim).
 SAN_OBJ   := $(if $(filter thread,$(SANITIZER)),$(BUILD)/obj/tests/shim/tsan_c11threads.o)
 
-.PHONY: all setup setup-test setup-fuzz test test-containers unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs
+.PHONY: all setup setup-test setup-fuzz test test-containers unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs man install
 .SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
@@ -151,6 +151,19 @@ bench-smoke-record: $(BUILD)/almabridge $(BUILD)/bench/bare_evhttp
 # Regenerate the README's option reference from the option table.
 docs: $(BUILD)/tools/options_md
 	python3 tests/tools/readme_options.py $(BUILD)/tools/options_md README.md
+
+# The man page almabridge(1), generated from the option tables like --help and the README.
+man: $(BUILD)/almabridge.1
+
+$(BUILD)/almabridge.1: $(BUILD)/tools/options_md
+	$(BUILD)/tools/options_md --man $(VERSION) > $@.tmp && mv $@.tmp $@
+
+# `make install [PREFIX=/usr/local] [DESTDIR=...]`: the binary and the man page.
+PREFIX  ?= /usr/local
+install: $(BUILD)/almabridge $(BUILD)/almabridge.1
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BUILD)/almabridge $(DESTDIR)$(PREFIX)/bin/almabridge
+	install -m 0644 $(BUILD)/almabridge.1 $(DESTDIR)$(PREFIX)/share/man/man1/almabridge.1
 
 format:
 	clang-format -i $(wildcard cmd/*.c core/*.[ch] sinks/*.[ch] tests/unit/*.[ch])

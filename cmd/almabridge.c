@@ -20,6 +20,8 @@
 #include <openssl/ssl.h>
 
 #include "acl.h"
+#include "admin.h"
+#include "check.h"
 #include "cli.h"
 #include "config.h"
 #include "eventlog.h"
@@ -39,6 +41,9 @@
 
 extern char **environ;
 
+/* How long Alma waits for an answer to a webhook. */
+#define ALMA_TIMEOUT_MS 5000
+
 struct daemon {
     struct ab_config cfg;
     struct ab_app app;
@@ -46,6 +51,7 @@ struct daemon {
     struct ab_spool_conf spool;     /* --spool: the spool wraps the sink ... */
     struct ab_sink_conf spool_conf; /* ... and is given this instead */
     struct event_base *base;
+    struct ab_admin *admin; /* --admin-listen, on base */
     evutil_socket_t fd;
     pthread_t *threads;
     char *env_secret; /* ALMABRIDGE_SECRET, copied before it is wiped from the environment */
@@ -207,6 +213,11 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (*secrets == NULL) {
         return -1;
     }
+    if (cfg->ack_timeout_ms >= ALMA_TIMEOUT_MS) {
+        ab_warn("--ack-timeout %ld ms is not below Alma's own %d ms timeout: Alma gives up "
+                "before the answer and retries an hour later; use at most 4s",
+                cfg->ack_timeout_ms, ALMA_TIMEOUT_MS);
+    }
     d->app.cfg = cfg;
     d->app.sink_ops = ab_sink_find(cfg->sink);
     if (d->app.sink_ops == NULL) {
@@ -318,12 +329,15 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
         d->app.sink_ops->global_free(shared);
     }
     printf("configuration OK\n");
+    int rc = d->cfg.check_connect
+                 ? ab_check_connect(d->app.sink_ops, d->app.sink_conf, d->cfg.sink)
+                 : 0;
     ab_secrets_free(secrets);
     SSL_CTX_free(ctx);
     app_free(&d->app);
     ab_config_free(&d->cfg);
     free(d->env_secret);
-    exit(0);
+    exit(rc);
 }
 
 static void shutdown_all(struct daemon *d)
@@ -384,9 +398,7 @@ int main(int argc, char **argv)
     ab_config_scrub_argv(ab_sinks, argc, argv);
     if (d.cfg.help) {
         ab_config_usage(ab_sinks, stdout);
-        printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
-               "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
-               "broker).\n");
+        ab_check_usage_tail(stdout);
         return 0;
     }
     if (d.cfg.version) {
@@ -403,7 +415,7 @@ int main(int argc, char **argv)
     if (prepare(&d, &secrets, &ctx, err, sizeof(err)) != 0) {
         die(err);
     }
-    if (d.cfg.check_config) {
+    if (d.cfg.check_config || d.cfg.check_connect) {
         check_config(&d, secrets, ctx);
     }
     if (ab_secrets_count(secrets) == 0) {
@@ -430,13 +442,18 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_add(sigs[i], NULL);
     }
+    if (d.cfg.admin_listen &&
+        !(d.admin = ab_admin_new(d.base, &d.app, d.cfg.admin_listen, err, sizeof(err)))) {
+        die(err);
+    }
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);
-    ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
+    ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)%s%s", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
-            d.app.n_workers);
+            d.app.n_workers, d.admin ? ", admin on " : "", d.admin ? d.cfg.admin_listen : "");
     ab_notify("READY=1"); /* systemd Type=notify: listening */
     event_base_dispatch(d.base);
+    ab_admin_free(d.admin); /* refused from now on, not left waiting in the backlog */
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);
     }

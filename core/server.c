@@ -32,6 +32,7 @@
 #include <openssl/ssl.h>
 
 #include "acl.h"
+#include "admin.h"
 #include "config.h"
 #include "log.h"
 #include "mem.h"
@@ -432,6 +433,9 @@ void ab_req_answer(struct ab_req *r, const struct ab_answer *a)
     }
     if (!a->quiet) {
         ab_metrics_request(r->w->metrics, a->status, a->action, a->event);
+    }
+    if (!a->quiet && !(ab_log_level_min > AB_LOG_DEBUG &&
+                       ab_admin_quiet_probe(r->head.path, a->status))) {
         struct ab_access acc = {
             .client = r->client[0] ? r->client : r->peer,
             .method = r->head.method ? r->head.method : "-",
@@ -512,6 +516,10 @@ static void dispatch(struct ab_worker *w, struct ab_req *r)
         return;
     }
     int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
+    if (ours && w->cfg->admin_listen) {
+        ab_req_error(r, 404, "not found: /healthz, /readyz and /metrics are on --admin-listen");
+        return;
+    }
     if (!ours) {
         ab_req_error(r, 404, "not found: webhooks go to the configured --path");
         return;

@@ -14,7 +14,9 @@
  *   --max-headers-size, --max-body: per request; --max-buffered: every request body being
  *                      received or held, over all connections and threads.
  *
- * Endpoints: {path} (webhook.h), GET /healthz, /readyz, /metrics. Every answer has a
+ * Endpoints: {path} (webhook.h), GET /healthz, /readyz, /metrics (404 here when
+ * --admin-listen moves them to their own port, admin.h; a successful /healthz or /readyz
+ * is written to the access log at debug level only). Every answer has a
  * status line, Content-Length and a JSON body (metrics: Prometheus text), is counted in
  * the metrics once and written to the access log once (metrics scrapes excepted). */
 #ifndef AB_SERVER_H

@@ -927,8 +927,9 @@ static const struct ab_option spool_options[] = {
      .help = "Kafka/Redis: when the broker cannot take an event within --spool-after, append "
              "it to an fsync'd spool in DIR, answer 200 and forward it when the broker is back"},
     {.name = "spool-after", .type = AB_OPT_LONG, .def = "1500", .min = 1, .max = 60000,
-     .off = OFF(after_ms), .group = "Spool", .metavar = "MS",
-     .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
+     .off = OFF(after_ms), .unit_ms = 1, .group = "Spool", .metavar = "DURATION",
+     .help = "spool an event the broker has not acknowledged within this time (below "
+             "--ack-timeout)"},
     {.name = "spool-max-bytes", .type = AB_OPT_LONG, .def = "1073741824", .min = 1,
      .max = LONG_MAX, .off = OFF(max_bytes), .group = "Spool", .metavar = "BYTES",
      .help = "the spool's size limit on disk; when full, 503 as without a spool"},
@@ -972,6 +973,14 @@ static void spool_close(struct ab_sink *base, int timeout_ms)
     free(s);
 }
 
+/* --check-connect: the spool has nothing to reach (global_init checked its directory); the
+ * broker behind it is probed as without a spool. */
+static int spool_probe(const struct ab_sink_conf *conf, int timeout_ms, char *msg, size_t len)
+{
+    const struct ab_spool_conf *sc = conf->opts;
+    return sc->inner->probe(&sc->inner_conf, timeout_ms, msg, len);
+}
+
 const struct ab_sink_ops *ab_spool_wrap(const struct ab_sink_ops *inner)
 {
     inner_ops_g = inner;
@@ -980,6 +989,7 @@ const struct ab_sink_ops *ab_spool_wrap(const struct ab_sink_ops *inner)
         .default_route = inner->default_route,
         .global_init = spool_global_init,
         .global_free = spool_global_free,
+        .probe = inner->probe ? spool_probe : NULL,
         .open = spool_open,
         .submit = spool_submit,
         .ready = spool_ready,
