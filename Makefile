@@ -65,6 +65,8 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # `make setup` installs what building and running need; `make setup-test` (run by
 # `make test`) adds what only the tests need. Idempotent, non-interactive, and no system
 # service is enabled or started (policy-rc.d refuses service starts during the install).
+# Works on slim images too: /usr/share/man/man1 is created first (debian:12-slim drops
+# /usr/share/man, and the JRE's post-install script dies without it).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
              libcjson-dev libxml2-dev curl openssl ca-certificates
 TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
@@ -78,6 +80,7 @@ define apt_install
 	if [ -n "$$missing" ]; then \
 	    echo "installing: $$missing"; \
 	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$SUDO mkdir -p /usr/share/man/man1; \
 	    $$SUDO chmod +x /usr/sbin/policy-rc.d; \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
