@@ -127,6 +127,40 @@ def start_replica(kafka, tmpdir, topic, port=None, admin=None, spool=False):
     return d
 
 
+def start_haproxy(tmp_path, replicas):
+    """HAProxy with the shipped configuration in front of replicas, once it sees them all
+    UP. Returns (process, front port, stats port)."""
+    front, stats = free_port(), free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(lb_config(front, stats, replicas))
+    check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr
+    lb_log = open(tmp_path / "haproxy.log", "wb")
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=lb_log,
+                               stderr=subprocess.STDOUT)
+    wait_until(lambda: list(server_states(stats).values()) == ["UP"] * len(replicas), 30,
+               "HAProxy to see every replica UP")
+    return haproxy, front, stats
+
+
+def tear_down(load, haproxy, replicas):
+    """Whatever a test leaves running: the load, HAProxy, the replicas (killed)."""
+    if load:
+        load.finish()
+    if haproxy:
+        haproxy.terminate()
+        try:
+            haproxy.wait(10)
+        except subprocess.TimeoutExpired:
+            haproxy.kill()
+            haproxy.wait()
+    for d in replicas:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
 def events_acked(d):
     return sum(int(float(n)) for n in re.findall(r"^almabridge_events_total\{[^}]*\} (\S+)$",
                                                    admin_get(d, "/metrics")[1], re.M))
@@ -221,17 +255,7 @@ def test_replicas_behind_haproxy_lose_nothing_when_one_drains_and_one_dies(kafka
             replicas.append(start_replica(kafka, tmp_path / f"r{i}", TOPIC))
         assert replicas[0].get("/readyz").status == 404  # only on the admin port
 
-        front, stats = free_port(), free_port()
-        cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(lb_config(front, stats, replicas))
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True,
-                               text=True)
-        assert check.returncode == 0, check.stderr
-        lb_log = open(tmp_path / "haproxy.log", "wb")
-        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=lb_log,
-                                   stderr=subprocess.STDOUT)
-        wait_until(lambda: list(server_states(stats).values()) == ["UP"] * 3, 30,
-                   "HAProxy to see the three replicas UP")
+        haproxy, front, stats = start_haproxy(tmp_path, replicas)
 
         load = Load(front, replicas[0].secret).start()
         load.wait_more_ok(150)
@@ -277,19 +301,7 @@ def test_replicas_behind_haproxy_lose_nothing_when_one_drains_and_one_dies(kafka
         print(usage(replicas[2]))
         assert replicas[2].stop() == 0
     finally:
-        if load:
-            load.finish()
-        if haproxy:
-            haproxy.terminate()
-            try:
-                haproxy.wait(10)
-            except subprocess.TimeoutExpired:
-                haproxy.kill()
-                haproxy.wait()
-        for d in replicas:
-            if d.proc and d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+        tear_down(load, haproxy, replicas)
 
 
 def test_rolling_upgrade_behind_haproxy_refuses_nothing(kafka, tmp_path):
@@ -302,14 +314,8 @@ def test_rolling_upgrade_behind_haproxy_refuses_nothing(kafka, tmp_path):
         for i in range(3):
             (tmp_path / f"r{i}").mkdir()
             replicas.append(start_replica(kafka, tmp_path / f"r{i}", topic, spool=True))
-        front, stats = free_port(), free_port()
-        cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(lb_config(front, stats, replicas))
-        lb_log = open(tmp_path / "haproxy.log", "wb")
-        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=lb_log,
-                                   stderr=subprocess.STDOUT)
+        haproxy, front, stats = start_haproxy(tmp_path, replicas)
         all_up = lambda: list(server_states(stats).values()) == ["UP"] * 3  # noqa: E731
-        wait_until(all_up, 30, "HAProxy to see the three replicas UP")
         load = Load(front, replicas[0].secret).start()
         load.wait_more_ok(100)
         t0 = time.monotonic()
@@ -337,16 +343,4 @@ def test_rolling_upgrade_behind_haproxy_refuses_nothing(kafka, tmp_path):
         for d in replicas:
             assert d.stop() == 0, d.stderr()[-3000:]
     finally:
-        if load:
-            load.finish()
-        if haproxy:
-            haproxy.terminate()
-            try:
-                haproxy.wait(10)
-            except subprocess.TimeoutExpired:
-                haproxy.kill()
-                haproxy.wait()
-        for d in replicas:
-            if d.proc and d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+        tear_down(load, haproxy, replicas)
