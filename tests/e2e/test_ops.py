@@ -66,7 +66,7 @@ def test_check_connect_file_sink_and_config_error(tmp_path):
     assert bad.returncode == 2 and "--redis" in bad.stderr
 
 
-def test_check_connect_redis_reached_refused_and_unreachable():
+def test_check_connect_redis_reached_refused_and_unreachable(tmp_path):
     with RedisServer(password="s3cret-pw") as redis:
         ok = run("--check-connect", "--sink", "redis", "--redis", redis.url, *INSECURE)
         assert ok.returncode == 0, ok
@@ -79,7 +79,7 @@ def test_check_connect_redis_reached_refused_and_unreachable():
         assert "s3cret-pw" not in ok.stdout + ok.stderr
         # the spool in front changes nothing: the broker behind it is what is probed
         spooled = run("--check-connect", "--sink", "redis", "--redis", redis.url, "--spool",
-                      "/tmp/ab-spool-check-connect-" + str(os.getpid()), *INSECURE)
+                      str(tmp_path / "spool"), *INSECURE)
         assert spooled.returncode == 0 and "PING answered" in spooled.stdout, spooled
     port = free_port()
     t0 = time.monotonic()
