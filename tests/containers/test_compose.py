@@ -254,5 +254,17 @@ def test_healthcheck_follows_listen_given_as_container_arguments():
             return json.loads(p.stdout)
         wait_until(lambda: health()["Status"] == "healthy", 90, "the container to be healthy")
         assert "http://127.0.0.1:9099/readyz: 200" in health()["Log"][-1]["Output"]
+        # runtime libraries only (scratch + what ldd names): no shell in the image
+        size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}",
+                                   "almabridge:local"], capture_output=True, text=True,
+                                  check=True).stdout)
+        print(f"image almabridge:local: {size / 1e6:.1f} MB")
+        assert size < 80e6, size
+        sh = subprocess.run(["docker", "exec", name, "/bin/sh", "-c", "true"],
+                            capture_output=True, text=True)
+        assert sh.returncode != 0
+        ver = subprocess.run(["docker", "exec", name, "almabridge", "--version"],
+                             capture_output=True, text=True)
+        assert ver.returncode == 0 and ver.stdout.startswith("almabridge "), ver
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
