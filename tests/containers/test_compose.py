@@ -150,6 +150,9 @@ def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_pa
         print(f"compose/Kafka: docker/upgrade.sh replaced 3 replicas in {took:.0f} s under "
               f"load, {len(during)} answers so far, all 200")
         wait_until(lambda: st.up_count() == 3, 120, "3 replicas UP after the upgrade")
+        # a fresh load (the clients stop on their own after two minutes)
+        upgrade_ledger = load.finish()
+        load = Load(st.port, SECRET).start()
         load.wait_more_ok(100, timeout=120)
         ids = sorted(st.replicas())
         # SIGTERM (docker stop): /readyz 503, HAProxy takes it out, it drains and exits
@@ -164,6 +167,8 @@ def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_pa
         load.wait_more_ok(150, timeout=120)
         ledger = load.finish()
         load = None
+        assert all(e[1] == 200 for e in upgrade_ledger)
+        ledger = upgrade_ledger + ledger
 
         before = [e for e in ledger if e[3] < t_kill]
         bad = [e for e in before if e[1] != 200]

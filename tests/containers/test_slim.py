@@ -53,9 +53,8 @@ def run_in(image, script, timeout=2400):
                 f"echo '+ {readme_first_command()}'; {readme_first_command()} >/dev/null; ")
     t0 = time.monotonic()
     p = subprocess.run(args + [image, "sh", "-c", prologue + script], input=checkout_tar(),
-                       capture_output=True, timeout=timeout)
-    out = (p.stdout + p.stderr).decode(errors="replace")
-    return p.returncode, out, time.monotonic() - t0
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+    return p.returncode, p.stdout.decode(errors="replace"), time.monotonic() - t0
 
 
 def test_slim_image_unprivileged_setup_test_and_a_subset_of_the_suite():
