@@ -3,7 +3,7 @@ CC      ?= cc
 SANITIZER ?=
 comma   := ,
 BUILD   := build$(if $(SANITIZER),-$(subst $(comma),+,$(SANITIZER)))
-PKGS    := libevent libevent_openssl libevent_pthreads openssl rdkafka hiredis libcjson libxml-2.0
+PKGS    := libevent libevent_openssl libevent_pthreads openssl rdkafka hiredis libcjson libxml-2.0 libcurl
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 
 WARN    := -Wall -Wextra -Wstrict-prototypes -Wwrite-strings -Wshadow -Wno-unused-parameter
@@ -68,7 +68,7 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # Works on slim images too: /usr/share/man/man1 is created first (debian:12-slim drops
 # /usr/share/man, and the JRE's post-install script dies without it).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
-             libcjson-dev libxml2-dev curl openssl ca-certificates
+             libcjson-dev libxml2-dev curl openssl ca-certificates libcurl4-openssl-dev
 TEST_DEBS := redis-server kcat maven default-jre-headless python3 python3-venv python3-pytest \
              haproxy jq valgrind systemd
 VENV      := .cache/venv

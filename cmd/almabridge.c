@@ -25,6 +25,7 @@
 #include "cli.h"
 #include "config.h"
 #include "eventlog.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
@@ -33,11 +34,13 @@
 #include "probe.h"
 #include "route.h"
 #include "server.h"
+#include "share.h"
 #include "signature.h"
 #include "sink.h"
 #include "sinks/registry.h"
 #include "spool.h"
 #include "tls.h"
+#include "verify.h"
 
 extern char **environ;
 
@@ -66,6 +69,14 @@ static void die(const char *msg)
 
 static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
 {
+    if (d->cfg.institutions && d->env_secret && d->env_secret[0]) { /* "" is unset */
+        snprintf(err, errlen, "--institutions gives every institution its own secrets: unset "
+                              "ALMABRIDGE_SECRET");
+        return NULL;
+    }
+    if (d->cfg.institutions) { /* the profiles hold the secrets (ab_institutions_start) */
+        return ab_secrets_load(NULL, NULL, err, errlen);
+    }
     struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
     if (s && ab_secrets_count(s) == 0 && !d->cfg.insecure_skip_signature) {
         snprintf(err, errlen,
@@ -141,8 +152,8 @@ static void *worker_main(void *arg)
 }
 
 /* Main thread: SIGHUP. Reopen the event files (log rotation: rename, then kill -HUP), then
- * reload the secret file and the TLS certificate; a failed reload keeps everything as it
- * was. */
+ * reload the secret file (or the --institutions profiles) and the TLS certificate; a failed
+ * reload keeps everything as it was. */
 static void on_sighup(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
@@ -151,12 +162,20 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     ab_eventlog_reopen_all();
     struct ab_secrets *s = load_secrets(d, err, sizeof(err));
     SSL_CTX *ctx = NULL;
+    struct ab_institutions *insts = NULL;
+    if (s && d->cfg.institutions &&
+        !(insts = ab_institutions_load(d->cfg.institutions, d->cfg.institutions_line, err,
+                                       sizeof(err)))) {
+        ab_secrets_free(s);
+        s = NULL;
+    }
     if (s && d->cfg.tls_cert) {
         ctx = ab_tls_ctx_new(d->cfg.tls_cert, d->cfg.tls_key, err, sizeof(err));
     }
     if (s == NULL || (d->cfg.tls_cert && ctx == NULL)) {
         ab_error("reload failed, keeping the current configuration: %s", err);
         ab_secrets_free(s);
+        ab_institutions_free(insts);
         atomic_fetch_add(&ab_metrics_g.reload_failures, 1);
         ab_notify("READY=1");
         return;
@@ -166,7 +185,13 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     }
     SSL_CTX_free(ctx);
     atomic_fetch_add(&ab_metrics_g.reloads, 1);
-    ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+    if (insts) {
+        ab_info("reloaded: %zu institution profile(s)%s", ab_institutions_count(insts),
+                ctx ? ", TLS certificate" : "");
+        ab_institutions_publish(insts); /* the workers move to it on their next webhook */
+    } else {
+        ab_info("reloaded: %zu secret(s)%s", ab_secrets_count(s), ctx ? ", TLS certificate" : "");
+    }
     ab_secrets_free(s);
     ab_notify("READY=1");
 }
@@ -211,6 +236,10 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     }
     *secrets = load_secrets(d, err, errlen);
     if (*secrets == NULL) {
+        return -1;
+    }
+    if (cfg->institutions && ab_institutions_start(cfg->institutions, cfg->institutions_line,
+                                                   err, errlen) != 0) {
         return -1;
     }
     if (cfg->ack_timeout_ms >= ALMA_TIMEOUT_MS) {
@@ -270,7 +299,7 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (cfg->tls_cert && !(*ctx = ab_tls_ctx_new(cfg->tls_cert, cfg->tls_key, err, errlen))) {
         return -1;
     }
-    return 0;
+    return ab_reconcile_daemon_check(cfg, err, errlen); /* --reconcile-every */
 }
 
 static void start_workers(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *ctx)
@@ -313,6 +342,7 @@ static void app_free(struct ab_app *app)
     ab_route_free(app->route);
     ab_acl_free(app->allow);
     ab_acl_free(app->trusted);
+    ab_share_free(app->share);
 }
 
 /* --check-config: also run the sink's own start-up checks (the file sink opens, creating,
@@ -329,9 +359,8 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
         d->app.sink_ops->global_free(shared);
     }
     printf("configuration OK\n");
-    int rc = d->cfg.check_connect
-                 ? ab_check_connect(d->app.sink_ops, d->app.sink_conf, d->cfg.sink)
-                 : 0;
+    int rc = d->cfg.check_connect ? ab_check_connect(&d->cfg, d->app.sink_ops, d->app.sink_conf)
+                                  : 0;
     ab_secrets_free(secrets);
     SSL_CTX_free(ctx);
     app_free(&d->app);
@@ -351,6 +380,7 @@ static void shutdown_all(struct daemon *d)
         d->app.sink_ops->global_free(d->app.sink_shared);
     }
     app_free(&d->app);
+    ab_institutions_publish(NULL);
     free(d->app.workers);
     free(d->app.metrics);
     free(d->threads);
@@ -373,7 +403,8 @@ static int run_subcommand(int argc, char **argv)
         const char *name;
         int (*run)(int argc, char **argv);
     } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}};
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}, {"verify", ab_cmd_verify},
+                {"reconcile", ab_cmd_reconcile}};
     for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (strcmp(argv[1], cmds[i].name) == 0) {
             exit(cmds[i].run(argc - 1, argv + 1));
@@ -418,7 +449,7 @@ int main(int argc, char **argv)
     if (d.cfg.check_config || d.cfg.check_connect) {
         check_config(&d, secrets, ctx);
     }
-    if (ab_secrets_count(secrets) == 0) {
+    if (ab_secrets_count(secrets) == 0 && !d.cfg.institutions) {
         ab_warn("--insecure-skip-signature: webhooks are NOT authenticated; anyone who can "
                 "reach this port can inject events");
     }
@@ -448,6 +479,11 @@ int main(int argc, char **argv)
     }
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);
+    struct ab_reconcile_daemon *rec = ab_reconcile_daemon_start(
+        &d.cfg, d.app.sink_ops, d.app.sink_conf, d.app.sink_shared, err, sizeof(err));
+    if (rec == NULL && d.cfg.reconcile_every) {
+        die(err);
+    }
     ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)%s%s", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
             d.app.n_workers, d.admin ? ", admin on " : "", d.admin ? d.cfg.admin_listen : "");
@@ -457,6 +493,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);
     }
+    ab_reconcile_daemon_stop(rec); /* before the sink's global_free */
     shutdown_all(&d);
     ab_info("stopped");
     return 0;

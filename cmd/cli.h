@@ -118,6 +118,21 @@ int ab_cmd_wait(int argc, char **argv);
 int ab_cmd_send(int argc, char **argv);
 int ab_cmd_challenge(int argc, char **argv);
 int ab_cmd_replay(int argc, char **argv);
+/* `almabridge reconcile` (cmd/reconcile.c): JOB_END events from Alma's Jobs API. */
+int ab_cmd_reconcile(int argc, char **argv);
+/* --reconcile-every inside the daemon (cmd/reconcile.c): a thread of its own writing through
+ * the daemon's sink (ops, conf and shared as the workers have them). NULL when the option
+ * is not set, or with err when its settings are wrong. Stop it before the sink's
+ * global_free. */
+struct ab_sink_ops;
+struct ab_sink_conf;
+struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cfg,
+                                                      const struct ab_sink_ops *ops,
+                                                      const struct ab_sink_conf *conf,
+                                                      void *shared, char *err, size_t errlen);
+void ab_reconcile_daemon_stop(struct ab_reconcile_daemon *rd);
+/* The --reconcile-* settings checked (for prepare() and --check-config): 0, or -1 with err. */
+int ab_reconcile_daemon_check(const struct ab_config *cfg, char *err, size_t errlen);
 /* `almabridge spool inspect DIR` (cmd/spool.c). */
 int ab_cmd_spool(int argc, char **argv);
 

@@ -31,9 +31,11 @@
 #include <hiredis/hiredis.h>
 #include <librdkafka/rdkafka.h>
 
+#include "alma_api.h"
 #include "cli.h"
 #include "event.h"
 #include "mem.h"
+#include "reconcile.h"
 #include "route.h"
 #include "sink.h"
 #include "sinks/kafka.h"
@@ -51,7 +53,10 @@ struct waiter {
     int64_t from_ms;      /* start_ms - --since */
     int64_t deadline;     /* monotonic ms, or INT64_MAX */
     int verbose;
+    struct ab_reconcile_poll *poll; /* --fallback-after, or NULL (see the hook below) */
 };
+
+static int fallback_rc = NO_MATCH; /* --fallback-after: the exit code once the API answered */
 
 /* ---- reading JSON text without losing digits --------------------------------------- */
 
@@ -245,6 +250,9 @@ static int finish(const struct waiter *w, const char *line, size_t len)
     char *desc = TEXT(line, len, "data", "job_instance", "status", "desc");
     char *inst = TEXT(line, len, "data", "job_instance", "id");
     char *name = TEXT(line, len, "data", "job_instance", "name");
+    if (w->poll && fallback_rc == NO_MATCH) {
+        fprintf(stderr, "almabridge wait: answered by the JOB_END webhook's event in the sink\n");
+    }
     fwrite(line, 1, len, stdout);
     fputc('\n', stdout);
     fflush(stdout);
@@ -294,14 +302,46 @@ done:
     return rc;
 }
 
+/* ---- --fallback-after: Alma's API answers when the webhook does not come -------------- */
+
+/* Called wherever a reader checks its deadline: when a poll is due, one API call
+ * (core/reconcile.h); an ended instance is reported like its webhook would be. */
+static int fallback_check(const struct waiter *w)
+{
+    struct ab_event *ev = NULL;
+    char err[1024];
+    if (w->poll == NULL || fallback_rc != NO_MATCH) {
+        return fallback_rc;
+    }
+    int rc = ab_reconcile_poll_step(w->poll, ab_cli_mono_ms(), &ev, err, sizeof(err));
+    if (rc < 0) {
+        fprintf(stderr, "almabridge wait: %s%s\n", err, ab_reconcile_poll_stopped(w->poll)
+                                                           ? "; waiting for the webhook only"
+                                                           : "; asking again later");
+    } else if (rc > 0) {
+        fprintf(stderr, "almabridge wait: answered by the Alma API (no JOB_END webhook after "
+                        "--fallback-after)\n");
+        fallback_rc = AB_EXIT_OK; /* finish() below must not claim the webhook */
+        fallback_rc = finish(w, ev->json, ev->json_len);
+        ab_event_free(ev);
+    }
+    return fallback_rc;
+}
+
 static int64_t remaining_ms(const struct waiter *w)
 {
+    if (fallback_check(w) != NO_MATCH) {
+        return 0;
+    }
     int64_t left = w->deadline - ab_cli_mono_ms();
     return left > 0 ? left : 0;
 }
 
 static int timed_out(const struct waiter *w)
 {
+    if (fallback_rc != NO_MATCH) {
+        return fallback_rc;
+    }
     fprintf(stderr, "almabridge wait: no matching JOB_END event before --timeout\n");
     return AB_EXIT_TIMEOUT;
 }
@@ -696,6 +736,28 @@ done:
     return rc;
 }
 
+/* --fallback-after: the API client and the poll of the instance; NULL with err. */
+static struct ab_reconcile_poll *w_poll;
+static struct ab_alma_api *fallback_start(struct waiter *w, const struct ab_config *cfg,
+                                          const char *file, const char *after,
+                                          const char *every, const char *institution,
+                                          char *err, size_t errlen)
+{
+    int64_t after_ms = 0, every_ms = 0;
+    if (w->instance == NULL || w->job == NULL || ab_cli_duration_ms(after, &after_ms) != 0 ||
+        ab_cli_duration_ms(every, &every_ms) != 0 || every_ms < 1000) {
+        snprintf(err, errlen, "--fallback-after DURATION needs --job-instance ID and --job-id "
+                              "ID (the API's path names both); --fallback-every at least 1s");
+        return NULL;
+    }
+    struct ab_alma_api *api = ab_alma_api_from_config(cfg, file, err, errlen);
+    if (api) {
+        w->poll = w_poll = ab_reconcile_poll_new(api, w->job, w->instance, institution,
+                                                 ab_cli_mono_ms() + after_ms, every_ms);
+    }
+    return api;
+}
+
 /* ---- the command ------------------------------------------------------------------- */
 
 /* The topic or stream a JOB_END goes to under the daemon's route. NULL with err when the
@@ -737,15 +799,19 @@ static char *job_end_route(const struct ab_cli_sinkcfg *c, const char *instituti
 static const char WAIT_ABOUT[] =
     "Wait until an Alma job has ended, reading the JOB_END events almabridge wrote to its\n"
     "sink. Prints the CloudEvent on stdout. Exit status: 0 the job completed successfully,\n"
-    "1 it ended otherwise (the status on stderr), 3 --timeout, 2 usage or connection error.";
+    "1 it ended otherwise (the status on stderr), 3 --timeout, 2 usage or connection error.\n"
+    "With --fallback-after, Alma's Jobs API is asked when the webhook is late (stderr says\n"
+    "which answered; docs/MISSED_EVENTS.md).";
 static const char WAIT_FOOTER[] =
     "Sink options are the daemon's (almabridge --help): --sink, --route, --file,\n"
-    "--kafka-brokers, --kafka-conf, --redis, or --config FILE and ALMABRIDGE_* variables.";
+    "--kafka-brokers, --kafka-conf, --redis, or --config FILE and ALMABRIDGE_* variables;\n"
+    "the Alma API's: --alma-api, --alma-api-key-file, --alma-api-ca, --api-budget, --state-dir.";
 
 int ab_cmd_wait(int argc, char **argv)
 {
     const char *instance = NULL, *job = NULL, *since = "24h", *timeout = NULL,
-               *institution = NULL, *success = "COMPLETED_SUCCESS", *verbose = NULL;
+               *institution = NULL, *success = "COMPLETED_SUCCESS", *verbose = NULL,
+               *fb_after = NULL, *fb_every = "1m";
     const struct ab_cli_opt opts[] = {
         {"job-instance", 1, &instance, "ID", "the job instance to wait for (data.job_instance.id)"},
         {"job-id", 1, &job, "ID", "the job (job_info.id, e.g. M53); alone: its next run to end"},
@@ -754,6 +820,9 @@ int ab_cmd_wait(int argc, char **argv)
         {"institution", 1, &institution, "CODE", "for a --route with {institution}"},
         {"success", 1, &success, "STATUS,...", "statuses meaning success (COMPLETED_SUCCESS)"},
         {"verbose", 0, &verbose, NULL, "report the outcome on stderr also on success"},
+        {"fallback-after", 1, &fb_after, "DURATION",
+         "no webhook after this long: ask Alma's API (--alma-api; needs --job-id)"},
+        {"fallback-every", 1, &fb_every, "DURATION", "then ask at this interval (default 1m)"},
     };
     const struct ab_cli_cmd cmd = {
         "almabridge wait --job-instance ID | --job-id ID [options] [sink options]", WAIT_ABOUT,
@@ -762,6 +831,8 @@ int ab_cmd_wait(int argc, char **argv)
     int nrest = 0, rc = AB_EXIT_USAGE, started;
     char err[1024] = "";
     struct ab_cli_sinkcfg c = {0};
+    struct ab_config cfg = {0};
+    struct ab_alma_api *api = NULL;
     char *route = NULL;
     int64_t since_ms = 0, timeout_ms = -1;
 
@@ -779,12 +850,16 @@ int ab_cmd_wait(int argc, char **argv)
         snprintf(err, sizeof(err), "--since/--timeout: a duration such as 90s, 15m, 24h, 2d");
         goto done;
     }
-    if (ab_cli_load_config(nrest, rest, &c, NULL, err, sizeof(err)) != 0) {
+    if (ab_cli_load_config(nrest, rest, &c, &cfg, err, sizeof(err)) != 0) {
         goto done;
     }
     ab_config_scrub_argv(ab_sinks, argc, argv);
     struct waiter w = {.instance = instance, .job = job, .success = success,
                        .start_ms = ab_cli_now_ms(), .verbose = verbose != NULL};
+    if (fb_after && !(api = fallback_start(&w, &cfg, c.file, fb_after, fb_every, institution,
+                                           err, sizeof(err)))) {
+        goto done;
+    }
     w.from_ms = w.start_ms - since_ms;
     w.deadline = timeout_ms >= 0 ? ab_cli_mono_ms() + timeout_ms : INT64_MAX;
     signal(SIGPIPE, SIG_IGN);
@@ -804,7 +879,10 @@ done:
         fprintf(stderr, "almabridge wait: %s\n", err);
     }
     free(route);
+    ab_reconcile_poll_free(w_poll);
+    ab_alma_api_free(api);
     ab_cli_sinkcfg_free(&c);
+    ab_config_free(&cfg);
     free(rest);
     return rc;
 }

@@ -63,6 +63,17 @@ static const struct ab_option options[] = {
      .metavar = "FILE",
      .help = "file with the webhook secret(s), one per line ('#' comments); several allow "
              "rotation. The secret can also come from ALMABRIDGE_SECRET"},
+    {.name = "institutions", .type = AB_OPT_STRING, .off = OFF(institutions), .group = "HTTP",
+     .metavar = "FILE",
+     .help = "consortium mode: one [INSTITUTION_CODE] section per institution, each with its "
+             "own secret-file/secret, route and allow (docs/CONSORTIUM.md); a webhook is "
+             "verified only with the secrets of the institution it names. The sections may "
+             "also end the --config file. Replaces --secret-file and ALMABRIDGE_SECRET"},
+    {.name = "unknown-institution", .type = AB_OPT_STRING, .def = "retry",
+     .off = OFF(unknown_institution), .choices = "retry|refuse", .group = "HTTP",
+     .metavar = "retry|refuse",
+     .help = "with --institutions, a webhook of an institution without a profile gets 503 and "
+             "Retry-After (retry: Alma sends it again later) or 401 (refuse)"},
     {.name = "insecure-skip-signature", .type = AB_OPT_BOOL, .def = "false",
      .off = OFF(insecure_skip_signature), .group = "HTTP",
      .help = "accept events without checking X-Exl-Signature (testing only)"},
@@ -118,6 +129,12 @@ static const struct ab_option options[] = {
      .off = OFF(max_buffered), .group = "Limits", .metavar = "BYTES",
      .help = "request bodies held in memory, over all connections; a request that would "
              "exceed it gets 503 with Retry-After"},
+    {.name = "max-buffered-per-client", .type = AB_OPT_LONG, .def = "16777216", .min = 0,
+     .max = LONG_MAX, .off = OFF(max_buffered_per_client), .group = "Limits",
+     .metavar = "BYTES",
+     .help = "request bodies being received (not yet authenticated) from one client "
+             "address (IPv6: one /64), so that a few clients cannot fill --max-buffered; "
+             "more get 503 with Retry-After; 0 = no bound"},
     {.name = "drain-grace", .type = AB_OPT_LONG, .def = "5", .min = 0, .max = 3600,
      .off = OFF(drain_grace_s), .unit_ms = 1000, .group = "Limits",
      .metavar = "DURATION",
@@ -135,6 +152,15 @@ static const struct ab_option options[] = {
      .metavar = "TEMPLATE",
      .help = "Kafka topic or Redis stream, with placeholders {action} {event} {institution} "
              "{id}, e.g. alma.{action}; default: the sink's own"},
+    {.name = "dead-letter", .type = AB_OPT_STRING, .def = "on", .choices = "on|off",
+     .off = OFF(dead_letter), .group = "Sink", .metavar = "on|off",
+     .help = "a signed request whose body cannot become an event (not JSON or XML, an "
+             "unexpected shape) is stored raw in the dead letter and answered 200 (503 if "
+             "that fails); off: answered 4xx as before, and Alma drops it"},
+    {.name = "dead-letter-route", .type = AB_OPT_STRING, .def = "alma.deadletter",
+     .off = OFF(dead_letter_route), .group = "Sink", .metavar = "NAME",
+     .help = "Kafka topic or Redis stream of the dead letter (the file sink writes "
+             "FILE.deadletter instead)"},
     /* Logging */
     {.name = "log-level", .type = AB_OPT_STRING, .def = "info", .off = OFF(log_level),
      .choices = "debug|info|warn|error", .group = "Logging", .metavar = "LEVEL",
@@ -146,6 +172,40 @@ static const struct ab_option options[] = {
      .group = "Logging",
      .help = "log request bodies at debug level. Debugging only: bodies hold personal data "
              "(names, addresses, PINs)"},
+    /* Alma API */
+    {.name = "alma-api", .type = AB_OPT_STRING, .off = OFF(alma_api), .group = "Alma API",
+     .metavar = "na|eu|ap|ca|cn|URL",
+     .help = "Alma's API gateway (a region, or a base URL such as https://api-eu.hosted."
+             "exlibrisgroup.com), for `almabridge reconcile` and `wait --fallback-after`"},
+    {.name = "alma-api-key-file", .type = AB_OPT_STRING, .off = OFF(alma_api_key_file),
+     .group = "Alma API", .metavar = "FILE",
+     .help = "file holding the Alma API key (read access to Configuration: jobs); the key is "
+             "sent as `Authorization: apikey ...` and never logged or printed"},
+    {.name = "alma-api-ca", .type = AB_OPT_STRING, .off = OFF(alma_api_ca), .group = "Alma API",
+     .metavar = "FILE",
+     .help = "PEM CA bundle to verify the API's TLS certificate with; default: the system's"},
+    {.name = "api-budget", .type = AB_OPT_LONG, .def = "1000", .min = 1, .max = 100000000,
+     .off = OFF(api_budget), .group = "Alma API", .metavar = "N",
+     .help = "Alma API calls per day (UTC) at most, counted in a state file under --state-dir "
+             "and shared by every almabridge command using it"},
+    {.name = "state-dir", .type = AB_OPT_STRING, .off = OFF(state_dir), .group = "Alma API",
+     .metavar = "DIR",
+     .help = "where the API call count is kept; default: the directory of --file"},
+    {.name = "reconcile-every", .type = AB_OPT_STRING, .off = OFF(reconcile_every),
+     .group = "Alma API", .metavar = "DURATION",
+     .help = "the daemon runs reconcile this often (e.g. 30m; the first run one period after "
+             "start-up): "
+             "JOB_END events the webhooks missed, written through the daemon's own sink "
+             "(the way for the file sink); needs --reconcile-job and --reconcile-institution"},
+    {.name = "reconcile-job", .type = AB_OPT_LIST, .off = OFF(reconcile_job),
+     .group = "Alma API", .metavar = "ID",
+     .help = "a job whose instances --reconcile-every checks (job_info.id, e.g. M53)"},
+    {.name = "reconcile-since", .type = AB_OPT_STRING, .def = "48h", .off = OFF(reconcile_since),
+     .group = "Alma API", .metavar = "DURATION",
+     .help = "--reconcile-every's window: instances submitted this long ago or later"},
+    {.name = "reconcile-institution", .type = AB_OPT_STRING, .off = OFF(reconcile_institution),
+     .group = "Alma API", .metavar = "CODE",
+     .help = "the institution of the API key, for --reconcile-every's events"},
 };
 /* clang-format on */
 
@@ -174,6 +234,7 @@ struct loader {
     struct optview vw;
     enum layer layer;
     enum layer *list_layer; /* per option of vw: the layer that last set it (lists) */
+    char *sections_in;      /* the config file whose [sections] are the profiles */
     char *errstr;
     size_t errlen;
 };
@@ -328,10 +389,37 @@ static char *mask_kv(const char *v)
     return eq ? ab_asprintf("%.*s=****", (int)klen, v) : ab_strdup("****");
 }
 
+int ab_config_key_harmless(const char *const *harmless, const char *key, size_t len)
+{
+    for (size_t i = 0; harmless && harmless[i]; i++) {
+        if (strlen(harmless[i]) == len && strncmp(harmless[i], key, len) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* "sasl.jaas.config=****" for any key but the harmless ones; an item without '=' is
+ * masked whole unless it is a harmless key. */
+static char *mask_kv_values(const struct ab_option *o, const char *v)
+{
+    const char *eq = strchr(v, '=');
+    if (eq == NULL) {
+        return ab_strdup(ab_config_key_harmless(o->harmless, v, strlen(v)) ? v : "****");
+    }
+    size_t klen = (size_t)(eq - v);
+    if (ab_config_key_harmless(o->harmless, v, klen)) {
+        return ab_strdup(v);
+    }
+    return ab_asprintf("%.*s=****", (int)klen, v);
+}
+
 /* A copy of value (of option o, a list item for lists) safe to print. */
 static char *masked(const struct ab_option *o, const char *v)
 {
     switch (o->mask) {
+    case AB_MASK_KV_VALUES:
+        return mask_kv_values(o, v);
     case AB_MASK_URL_PASSWORD:
         return mask_url(v);
     case AB_MASK_KV_SECRETS:
@@ -981,6 +1069,20 @@ static int load_file(struct loader *ld, const char *path)
         if (line[0] == '\0' || line[0] == '#') {
             continue;
         }
+        if (line[0] == '[') { /* consortium profiles from here on (institutions.h) */
+            if (ld->cfg->institutions != NULL) {
+                snprintf(ld->errstr, ld->errlen,
+                         "config file %s line %d: institution sections, but \"institutions\" "
+                         "already names a file: give the profiles in one place", path, lineno);
+                goto done;
+            }
+            ld->cfg->institutions_line = lineno;
+            ld->sections_in = ab_strdup(path);
+            free(ld->cfg->institutions);
+            ld->cfg->institutions = ab_strdup(path);
+            rc = 0;
+            goto done;
+        }
         if (file_line(ld, path, lineno, line) != 0) {
             goto done;
         }
@@ -1026,6 +1128,17 @@ static int validate(struct loader *ld)
         snprintf(ld->errstr, ld->errlen, "--tls-cert and --tls-key must be given together");
         return -1;
     }
+    if (ld->sections_in && strcmp(cfg->institutions, ld->sections_in) != 0) {
+        snprintf(ld->errstr, ld->errlen, "--institutions %s, but the config file %s holds "
+                 "institution sections too: give the profiles in one place", cfg->institutions,
+                 ld->sections_in);
+        return -1;
+    }
+    if (cfg->institutions && (cfg->secret_file || cfg->insecure_skip_signature)) {
+        snprintf(ld->errstr, ld->errlen, "--institutions gives every institution its own "
+                 "secrets: remove %s", cfg->secret_file ? "--secret-file" : "--insecure-skip-signature");
+        return -1;
+    }
     return 0;
 }
 
@@ -1069,6 +1182,7 @@ int ab_config_load(struct ab_config *cfg, const struct ab_sink_ops *const *sinks
 done:
     free(args);
     free(ld.list_layer);
+    free(ld.sections_in);
     view_free(&ld.vw);
     if (rc != AB_CONFIG_OK) {
         ab_config_free(cfg);
@@ -1095,6 +1209,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .max_body = cfg->max_body,
         .check_only = cfg->check_config || cfg->check_connect,
         .route = cfg->route,
+        .dead_letter = cfg->dead_letter && strcmp(cfg->dead_letter, "on") == 0,
     };
 }
 

@@ -33,6 +33,8 @@ enum ab_opt_mask {
     AB_MASK_NONE,
     AB_MASK_URL_PASSWORD, /* the password in scheme://user:password@host */
     AB_MASK_KV_SECRETS,   /* the value of key=value items whose key looks secret */
+    AB_MASK_KV_VALUES,    /* the value of every key=value item whose key is not in the
+                           * option's .harmless list (masking by default) */
 };
 
 #define AB_OPT_NO_FILE 0x1      /* may not be set in the config file */
@@ -57,6 +59,7 @@ struct ab_option {
     const char *choices;   /* "a|b|c": the only values accepted */
     ab_opt_check_fn check; /* further validation of a value (each item of a list) */
     enum ab_opt_mask mask;
+    const char *const *harmless; /* AB_MASK_KV_VALUES: keys shown in clear, NULL-ended */
     unsigned flags;
     char short_name; /* -h, -V */
     const char *help;
@@ -79,6 +82,10 @@ int ab_config_duration_ms(const char *s, long bare_unit_ms, long long *ms);
  * has a host and a port 1..65535, optionally after a scheme ("SSL://host:port"). */
 int ab_config_check_hostports(const char *value, char *why, size_t whylen);
 
+/* 1 when key[0..len) is in the NULL-terminated list harmless (exact match): its value may
+ * be shown; 0 otherwise. The rule of AB_MASK_KV_VALUES, for a backend's own messages. */
+int ab_config_key_harmless(const char *const *harmless, const char *key, size_t len);
+
 /* A validator for KEY=VALUE items (e.g. --kafka-conf). */
 int ab_config_check_kv(const char *value, char *why, size_t whylen);
 
@@ -88,6 +95,10 @@ struct ab_config {
     char *admin_listen; /* HOST:PORT of /healthz, /readyz, /metrics; NULL: on --listen */
     char *path;
     char *secret_file;
+    char *institutions;        /* consortium profiles (institutions.h), NULL = one secret */
+    int institutions_line;     /* > 0: the profiles are the sections of the config file,
+                                  from this line on (institutions = that file) */
+    char *unknown_institution; /* retry (503) | refuse (401) */
     int insecure_skip_signature;
     long max_body;
     long ack_timeout_ms;
@@ -100,6 +111,7 @@ struct ab_config {
     long read_timeout_s; /* deadline for a whole request, from its first byte */
     long idle_timeout_s; /* deadline for a connection with no request in progress */
     long max_buffered;   /* bytes of request bodies held, over all connections */
+    long max_buffered_per_client; /* of those, being received from one address; 0 = no bound */
     char *proxy_header;  /* x-forwarded-for | forwarded */
     struct ab_strlist allow;
     struct ab_strlist trusted_proxy;
@@ -108,11 +120,23 @@ struct ab_config {
     /* sinks */
     char *sink;  /* the name of one of `sinks` */
     char *route; /* NULL = the sink's default */
+    char *dead_letter;       /* on|off: store signed bodies that cannot become events */
+    char *dead_letter_route; /* the dead letter's topic / stream */
     /* process */
     char *config_file;
     char *log_level;
     char *log_format;
     int log_bodies; /* debugging only: log bodies at debug level */
+    /* Alma API (reconcile, wait --fallback-after): core/alma_api.h */
+    char *alma_api;          /* na|eu|ap|ca|cn or a base URL; NULL = not used */
+    char *alma_api_key_file; /* the API key is read from this file, never given itself */
+    char *alma_api_ca;       /* CA bundle for the API's TLS certificate; NULL = the system's */
+    long api_budget;         /* API calls per day (UTC), counted in state_dir */
+    char *state_dir;         /* NULL = the directory of the file sink's --file */
+    char *reconcile_every;   /* daemon: run reconcile this often (a duration); NULL = never */
+    struct ab_strlist reconcile_job;
+    char *reconcile_since;   /* a duration */
+    char *reconcile_institution;
     /* actions (not options of the daemon's state) */
     int help, version, check_config, check_connect, print_config;
     /* the sinks whose options were loaded (NULL-terminated, not owned), and for each its

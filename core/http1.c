@@ -105,9 +105,12 @@ int ab_http_head_plausible(const char *buf, size_t len)
     return 1;
 }
 
-/* Cut the next line out of [*p, end): NUL-terminates it (dropping CR LF or LF) and advances
- * *p past it. Returns the line, or NULL at the end or for a bare CR inside the line. */
-static char *next_line(char **p, char *end, size_t *line_len, int *bad_cr)
+/* Cut the next line out of [*p, end): NUL-terminates it (dropping its CR LF) and advances
+ * *p past it. Returns the line, or NULL at the end. *bad_end is set when the line does not
+ * end in CR LF (a bare LF: RFC 9112 §2.2 lets a recipient accept it, llhttp and strict
+ * front ends do not, and a disagreement on line ends is a smuggling vector), *bad_cr for
+ * a CR inside the line. */
+static char *next_line(char **p, char *end, size_t *line_len, int *bad_cr, int *bad_end)
 {
     char *s = *p;
     if (s >= end) {
@@ -116,7 +119,8 @@ static char *next_line(char **p, char *end, size_t *line_len, int *bad_cr)
     char *nl = memchr(s, '\n', (size_t)(end - s));
     char *e = nl ? nl : end;
     *p = nl ? nl + 1 : end;
-    if (e > s && e[-1] == '\r') {
+    *bad_end = !(e > s && e[-1] == '\r');
+    if (!*bad_end) {
         e--;
     }
     *e = '\0';
@@ -201,44 +205,37 @@ static int parse_request_line(char *line, struct ab_http_head *h, char *err, siz
         v[7] > '9' || v[8] != '\0') {
         return fail(err, errlen, 400, "malformed request line: expected HTTP/1.1 or HTTP/1.0");
     }
-    if (v[5] != '1') {
+    if (v[5] != '1' || v[7] > '1') {
         return fail(err, errlen, 505, "HTTP version not supported: use HTTP/1.1");
     }
     h->minor = v[7] - '0';
     return parse_target(target, h, err, errlen);
 }
 
-/* Content-Length: a list of equal decimal values (RFC 9110 §8.6). Returns 0 or 400. */
+/* Content-Length: one field with one decimal value. RFC 9110 §8.6 lets a recipient take a
+ * list of equal values or equal repeated fields as one; llhttp refuses both, and so do we,
+ * so that no front end can frame the body differently. Returns 0 or 400. */
 static int parse_content_length(const char *v, struct ab_http_head *h, char *err, size_t errlen)
 {
-    const char *p = v;
-    for (;;) {
-        while (*p == ' ' || *p == '\t') {
-            p++;
-        }
-        int64_t n = 0;
-        int digits = 0;
-        while (*p >= '0' && *p <= '9') {
-            if (++digits > 18) {
-                return fail(err, errlen, 400, "Content-Length is too large");
-            }
-            n = n * 10 + (*p++ - '0');
-        }
-        while (*p == ' ' || *p == '\t') {
-            p++;
-        }
-        if (digits == 0 || (*p != ',' && *p != '\0')) {
+    if (h->content_length >= 0) {
+        return fail(err, errlen, 400, "more than one Content-Length");
+    }
+    int64_t n = 0;
+    int digits = 0;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9') {
             return fail(err, errlen, 400, "Content-Length is not a number");
         }
-        if (h->content_length >= 0 && h->content_length != n) {
-            return fail(err, errlen, 400, "two different Content-Length values");
+        if (++digits > 18) {
+            return fail(err, errlen, 400, "Content-Length is too large");
         }
-        h->content_length = n;
-        if (*p == '\0') {
-            return 0;
-        }
-        p++;
+        n = n * 10 + (*p - '0');
     }
+    if (digits == 0) {
+        return fail(err, errlen, 400, "Content-Length is not a number");
+    }
+    h->content_length = n;
+    return 0;
 }
 
 /* Call fn for each comma-separated element of v, trimmed (empty ones skipped). Stops and
@@ -297,7 +294,8 @@ static int on_connection(const char *s, size_t n, void *arg)
 }
 
 /* One field line "name: value". Returns 0 or the status. */
-static int parse_field(char *line, struct ab_http_head *h, int *hosts, char *err, size_t errlen)
+static int parse_field(char *line, struct ab_http_head *h, int *hosts, int *te, char *err,
+                       size_t errlen)
 {
     if (line[0] == ' ' || line[0] == '\t') {
         return fail(err, errlen, 400, "obsolete line folding in the request head");
@@ -314,6 +312,7 @@ static int parse_field(char *line, struct ab_http_head *h, int *hosts, char *err
         p++;
     }
     char *e = p + strlen(p);
+    int tab = memchr(p, '\t', (size_t)(e - p)) != NULL;
     for (const unsigned char *c = (const unsigned char *)p; c < (const unsigned char *)e; c++) {
         if ((*c < 0x20 && *c != '\t') || *c == 0x7f) {
             return fail(err, errlen, 400, "control character in a header field");
@@ -329,8 +328,11 @@ static int parse_field(char *line, struct ab_http_head *h, int *hosts, char *err
     h->fields[h->n_fields++] = (struct ab_http_field){line, p, (size_t)(e - p)};
     int rc = 0;
     if (strcasecmp(line, "Content-Length") == 0) {
-        rc = parse_content_length(p, h, err, errlen);
+        /* llhttp takes blanks around the number but not a tab after it: refuse tabs */
+        rc = tab ? fail(err, errlen, 400, "Content-Length is not a number")
+                 : parse_content_length(p, h, err, errlen);
     } else if (strcasecmp(line, "Transfer-Encoding") == 0) {
+        (*te)++;
         rc = each_element(p, on_coding, h);
         if (rc) {
             fail(err, errlen, rc, rc == 501 ? "unsupported transfer coding: only chunked"
@@ -357,26 +359,39 @@ int ab_http_parse_head(char *buf, size_t len, struct ab_http_head *h, char *err,
     long lead = leading_empty_lines(buf, len);
     char *p = buf + (lead > 0 ? lead : 0), *end = buf + len;
     size_t n;
-    int bad_cr = 0, hosts = 0, rc;
-    char *line = next_line(&p, end, &n, &bad_cr);
+    int bad_cr = 0, bad_end = 0, hosts = 0, te = 0, rc;
+    char *line = next_line(&p, end, &n, &bad_cr, &bad_end);
     if (line == NULL || n == 0) {
         return fail(err, errlen, 400, "empty request");
     }
     if (bad_cr || memchr(line, '\0', n)) {
         return fail(err, errlen, 400, "control character in the request line");
     }
+    if (bad_end) {
+        return fail(err, errlen, 400, "request line not ended by CR LF");
+    }
     if ((rc = parse_request_line(line, h, err, errlen)) != 0) {
         return rc;
     }
-    while ((line = next_line(&p, end, &n, &bad_cr)) != NULL && n > 0) {
+    while ((line = next_line(&p, end, &n, &bad_cr, &bad_end)) != NULL) {
+        if (bad_end) {
+            return fail(err, errlen, 400, "header line not ended by CR LF");
+        }
+        if (n == 0) {
+            break;
+        }
         if (bad_cr || memchr(line, '\0', n)) {
             return fail(err, errlen, 400, "control character in a header field");
         }
-        if ((rc = parse_field(line, h, &hosts, err, errlen)) != 0) {
+        if ((rc = parse_field(line, h, &hosts, &te, err, errlen)) != 0) {
             return rc;
         }
     }
-    if (h->chunked && h->content_length >= 0) {
+    if (te && !h->chunked) {
+        /* only an empty value gets here: a coding other than chunked was refused */
+        return fail(err, errlen, 400, "empty Transfer-Encoding");
+    }
+    if (te && h->content_length >= 0) {
         return fail(err, errlen, 400, "both Transfer-Encoding and Content-Length");
     }
     if (h->chunked && h->minor == 0) {
@@ -433,16 +448,26 @@ size_t ab_http_field_all(const struct ab_http_head *h, const char *name, char *o
 
 /* ---- chunked ------------------------------------------------------------------------- */
 
+/* RFC 9112 §7.1 without the leniencies llhttp's strict mode refuses too: every line ends in
+ * CR LF; no blank between the size and its CR LF or ';'; a chunk extension is
+ * `;name[=token|quoted-string]` with no blanks; a trailer field is `name:value` and not a
+ * framing field (Content-Length, Transfer-Encoding). */
 enum {
     C_SIZE,        /* hex digits of a chunk size */
-    C_SIZE_BWS,    /* blanks after the size, before ';' or the line end */
-    C_EXT,         /* a chunk extension: skipped up to the line end */
+    C_EXT_NAME0,   /* just after ';': the first character of an extension name */
+    C_EXT_NAME,    /* in an extension name */
+    C_EXT_VAL0,    /* just after '=': a token or a quoted string */
+    C_EXT_VAL,     /* in a token value */
+    C_EXT_QUOTED,  /* in a quoted value */
+    C_EXT_QPAIR,   /* after a backslash in a quoted value */
+    C_EXT_QEND,    /* after the closing quote: ';' or the line end */
     C_SIZE_LF,     /* CR seen at the end of a size line */
     C_DATA,
-    C_DATA_END,    /* CR LF (or LF) after the data */
+    C_DATA_END,    /* CR LF after the data */
     C_DATA_LF,
     C_TRAILER,     /* at the start of a trailer line, or the final empty line */
-    C_TRAILER_LINE,
+    C_TRAILER_NAME,
+    C_TRAILER_VALUE,
     C_TRAILER_LF,  /* CR seen at the end of a trailer line */
     C_END_LF,      /* CR seen on the final empty line */
     C_DONE,
@@ -463,6 +488,93 @@ static void end_size_line(struct ab_chunked *c)
     c->digits = 0;
 }
 
+static int ctl(unsigned char b)
+{
+    return (b < 0x20 && b != '\t') || b == 0x7f;
+}
+
+/* A byte of the size line after the digits. Returns 0 or -1. */
+static int chunk_ext_byte(struct ab_chunked *c, unsigned char b, const char **err)
+{
+    int st = c->state;
+    if (b == '\r' && (st == C_EXT_NAME || st == C_EXT_VAL || st == C_EXT_QEND)) {
+        c->state = C_SIZE_LF;
+    } else if (b == ';' && (st == C_EXT_NAME || st == C_EXT_VAL || st == C_EXT_QEND)) {
+        c->state = C_EXT_NAME0;
+    } else if (tchar[b] && (st == C_EXT_NAME0 || st == C_EXT_NAME)) {
+        c->state = C_EXT_NAME;
+    } else if (b == '=' && st == C_EXT_NAME) {
+        c->state = C_EXT_VAL0;
+    } else if (tchar[b] && (st == C_EXT_VAL0 || st == C_EXT_VAL)) {
+        c->state = C_EXT_VAL;
+    } else if (b == '"' && st == C_EXT_VAL0) {
+        c->state = C_EXT_QUOTED;
+    } else if (st == C_EXT_QUOTED && b == '"') {
+        c->state = C_EXT_QEND;
+    } else if (st == C_EXT_QUOTED && b == '\\') {
+        c->state = C_EXT_QPAIR;
+    } else if ((st == C_EXT_QUOTED || st == C_EXT_QPAIR) && !ctl(b)) {
+        c->state = C_EXT_QUOTED;
+    } else {
+        *err = st == C_EXT_QUOTED || st == C_EXT_QPAIR ? "unterminated quoted chunk extension"
+                                                       : "malformed chunk extension";
+        return -1;
+    }
+    return 0;
+}
+
+/* A byte of the trailer section. Returns 0, 1 when the message is complete, or -1. */
+static int trailer_byte(struct ab_chunked *c, unsigned char b, const char **err)
+{
+    switch (c->state) {
+    case C_TRAILER:
+        if (b == '\r') {
+            c->state = C_END_LF;
+            return 0;
+        }
+        c->name_len = 0;
+        c->state = C_TRAILER_NAME;
+        /* fall through */
+    case C_TRAILER_NAME:
+        if (b == ':' && c->name_len > 0) {
+            c->name[c->name_len < sizeof(c->name) ? c->name_len : sizeof(c->name) - 1] = '\0';
+            if (strcasecmp(c->name, "content-length") == 0 ||
+                strcasecmp(c->name, "transfer-encoding") == 0) {
+                *err = "framing field in the trailer section";
+                return -1;
+            }
+            c->state = C_TRAILER_VALUE;
+        } else if (!tchar[b]) {
+            *err = "malformed trailer field";
+            return -1;
+        } else if (c->name_len < sizeof(c->name) - 1) {
+            c->name[c->name_len++] = (char)b;
+        } else {
+            c->name_len = sizeof(c->name); /* longer than any framing field name */
+        }
+        return 0;
+    case C_TRAILER_VALUE:
+        if (b == '\r') {
+            c->state = C_TRAILER_LF;
+        } else if (ctl(b)) {
+            *err = "control character in the trailer section";
+            return -1;
+        }
+        return 0;
+    default: /* C_TRAILER_LF, C_END_LF */
+        if (b != '\n') {
+            *err = "bare CR in the trailer section";
+            return -1;
+        }
+        if (c->state == C_END_LF) {
+            c->state = C_DONE;
+            return 1;
+        }
+        c->state = C_TRAILER;
+        return 0;
+    }
+}
+
 /* One byte outside the data. Returns 0, 1 when the message is complete, or -1. */
 static int chunked_byte(struct ab_chunked *c, unsigned char b, const char **err)
 {
@@ -477,46 +589,24 @@ static int chunked_byte(struct ab_chunked *c, unsigned char b, const char **err)
             c->remaining = c->remaining * 16 + (uint64_t)v;
             return 0;
         }
-        if (c->digits == 0) {
-            *err = "malformed chunk size";
-            return -1;
-        }
-        if (b == ' ' || b == '\t') {
-            c->state = C_SIZE_BWS;
-        } else if (b == ';') {
-            c->state = C_EXT;
-        } else if (b == '\r') {
+        if (c->digits > 0 && b == ';') {
+            c->state = C_EXT_NAME0;
+        } else if (c->digits > 0 && b == '\r') {
             c->state = C_SIZE_LF;
-        } else if (b == '\n') {
-            end_size_line(c);
         } else {
             *err = "malformed chunk size";
             return -1;
         }
         return 0;
     }
-    case C_SIZE_BWS:
-        if (b == ';') {
-            c->state = C_EXT;
-        } else if (b == '\r') {
-            c->state = C_SIZE_LF;
-        } else if (b == '\n') {
-            end_size_line(c);
-        } else if (b != ' ' && b != '\t') {
-            *err = "malformed chunk size line";
-            return -1;
-        }
-        return 0;
-    case C_EXT:
-        if (b == '\r') {
-            c->state = C_SIZE_LF;
-        } else if (b == '\n') {
-            end_size_line(c);
-        } else if ((b < 0x20 && b != '\t') || b == 0x7f) {
-            *err = "control character in a chunk extension";
-            return -1;
-        }
-        return 0;
+    case C_EXT_NAME0:
+    case C_EXT_NAME:
+    case C_EXT_VAL0:
+    case C_EXT_VAL:
+    case C_EXT_QUOTED:
+    case C_EXT_QPAIR:
+    case C_EXT_QEND:
+        return chunk_ext_byte(c, b, err);
     case C_SIZE_LF:
     case C_DATA_LF:
         if (b != '\n') {
@@ -530,50 +620,18 @@ static int chunked_byte(struct ab_chunked *c, unsigned char b, const char **err)
         }
         return 0;
     case C_DATA_END:
-        if (b == '\r') {
-            c->state = C_DATA_LF;
-        } else if (b == '\n') {
-            c->state = C_SIZE;
-        } else {
-            *err = "chunk data longer than its size";
+        if (b != '\r') {
+            *err = "chunk data not followed by CR LF";
             return -1;
         }
+        c->state = C_DATA_LF;
         return 0;
     case C_TRAILER:
-        if (b == '\r') {
-            c->state = C_END_LF;
-        } else if (b == '\n') {
-            c->state = C_DONE;
-            return 1;
-        } else if ((b < 0x20 && b != '\t') || b == 0x7f) {
-            *err = "control character in the trailer section";
-            return -1;
-        } else {
-            c->state = C_TRAILER_LINE;
-        }
-        return 0;
-    case C_TRAILER_LINE:
-        if (b == '\r') {
-            c->state = C_TRAILER_LF;
-        } else if (b == '\n') {
-            c->state = C_TRAILER;
-        } else if ((b < 0x20 && b != '\t') || b == 0x7f) {
-            *err = "control character in the trailer section";
-            return -1;
-        }
-        return 0;
+    case C_TRAILER_NAME:
+    case C_TRAILER_VALUE:
     case C_TRAILER_LF:
     case C_END_LF:
-        if (b != '\n') {
-            *err = "bare CR in the trailer section";
-            return -1;
-        }
-        if (c->state == C_END_LF) {
-            c->state = C_DONE;
-            return 1;
-        }
-        c->state = C_TRAILER;
-        return 0;
+        return trailer_byte(c, b, err);
     default:
         *err = "data after the end of the chunked body";
         return -1;

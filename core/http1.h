@@ -5,12 +5,16 @@
  *
  * What the parser refuses (each is a 400 unless said otherwise): a request line that is not
  * `token SP target SP HTTP/1.x`, another major version (505), a control character or bare
- * CR anywhere in the head, whitespace before a field's colon, obsolete line folding, two
- * different Content-Length values (equal repeats are one), a Content-Length that is not
- * digits, Transfer-Encoding together with Content-Length, a transfer coding other than a
- * final "chunked" (501), Transfer-Encoding in HTTP/1.0, an HTTP/1.1 request without
- * exactly one Host, more than AB_HTTP_MAX_FIELDS fields (431), an Expect other than
- * 100-continue (417). Lines may end in CRLF or a bare LF (RFC 9112 §2.2). */
+ * CR anywhere in the head, a line not ended by CR LF (a bare LF: RFC 9112 §2.2 allows
+ * accepting it, llhttp's strict mode does not), whitespace before a field's colon,
+ * obsolete line folding, more than one Content-Length (field or list element: equal
+ * repeats too), a Content-Length that is not digits, a Transfer-Encoding field (even an
+ * empty one) together with Content-Length, an empty Transfer-Encoding, a transfer coding
+ * other than a final "chunked" (501), Transfer-Encoding in HTTP/1.0, an HTTP/1.1 request
+ * without exactly one Host, more than AB_HTTP_MAX_FIELDS fields (431), an Expect other
+ * than 100-continue (417), a version other than 1.0 and 1.1 (505). Empty lines before the
+ * request line (CR LF or LF) are skipped. tests/e2e/test_llhttp_diff.py checks that llhttp
+ * (strict) accepts every request this parser accepts. */
 #ifndef AB_HTTP1_H
 #define AB_HTTP1_H
 
@@ -30,7 +34,7 @@ struct ab_http_head {
     const char *target; /* the request target as sent, NUL-terminated */
     const char *path;   /* origin-form path (absolute-form reduced to it), NUL-terminated */
     const char *query;  /* after '?', NUL-terminated, or NULL */
-    int minor;          /* HTTP/1.<minor>: 0 or 1 (2..9 are treated as 1) */
+    int minor;          /* HTTP/1.<minor>: 0 or 1 (others get 505) */
     int64_t content_length; /* -1 when absent */
     int chunked;        /* Transfer-Encoding: chunked */
     int keep_alive;     /* after this request: from the version and Connection */
@@ -64,8 +68,10 @@ const char *ab_http_field(const struct ab_http_head *h, const char *name);
 size_t ab_http_field_all(const struct ab_http_head *h, const char *name, char *out,
                          size_t outlen, int *truncated);
 
-/* The chunked transfer coding, decoded incrementally. Chunk extensions are skipped, the
- * trailer section is read and dropped (at most max_trailer bytes). */
+/* The chunked transfer coding, decoded incrementally and strictly (see http1.c: CR LF
+ * line ends, no blanks after the size, well-formed extensions). Chunk extensions are
+ * checked and skipped, the trailer section is checked and dropped (at most max_trailer
+ * bytes). */
 struct ab_chunked {
     int state;
     uint64_t remaining;  /* bytes of the current chunk still to come */
@@ -73,6 +79,8 @@ struct ab_chunked {
     size_t trailer;      /* bytes of trailer section so far */
     size_t max_trailer;
     int digits;
+    char name[20];       /* the start of the current trailer field's name */
+    size_t name_len;
 };
 
 enum {

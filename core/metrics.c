@@ -368,6 +368,13 @@ char *ab_metrics_render(struct ab_metrics *const *tables, size_t n, const char *
     gauge(&b, "almabridge_connections_evicted_total", "counter",
           "Idle or incomplete connections closed at --max-connections to make room.",
           atomic_load(&g->evicted));
+    gauge(&b, "almabridge_dead_letters_total", "counter",
+          "Signed requests whose body could not become an event, stored raw in the dead "
+          "letter and answered 200.",
+          atomic_load(&g->dead_letters));
+    gauge(&b, "almabridge_dead_letter_failures_total", "counter",
+          "Dead-letter writes that failed (answered 503, Alma retries).",
+          atomic_load(&g->dead_letter_failures));
     gauge(&b, "almabridge_buffered_bytes", "gauge",
           "Bytes of request bodies held in memory (limit: --max-buffered).",
           atomic_load(&g->buffered));

@@ -25,6 +25,8 @@ struct ab_metrics_global {
     atomic_long label_overflow;   /* requests counted under action="other" at the cap */
     atomic_long max_connections;  /* the effective limit */
     atomic_long evicted;          /* connections closed at the limit to make room */
+    atomic_long dead_letters;     /* signed bodies stored in the dead letter */
+    atomic_long dead_letter_failures; /* ... whose dead-letter write failed (503) */
 };
 extern struct ab_metrics_global ab_metrics_g;
 

@@ -34,9 +34,11 @@
 #include "acl.h"
 #include "admin.h"
 #include "config.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
+#include "share.h"
 #include "signature.h"
 #include "sink.h"
 #include "webhook.h"
@@ -100,9 +102,10 @@ struct ab_worker {
 static char empty_body[1]; /* the body of a request without one; never written */
 
 /* Lines a remote party can trigger repeatedly: at most one per interval each. */
-static struct ab_ratelimit rl_accept, rl_timeout, rl_buffered, rl_evict;
+static struct ab_ratelimit rl_accept, rl_timeout, rl_buffered, rl_evict, rl_share;
 
 static void conn_process(struct ab_conn *c);
+static void share_full(struct ab_conn *c);
 static void conn_free(struct ab_conn *c);
 
 /* ---- the connection list, least recently active first -------------------------------- */
@@ -156,6 +159,9 @@ int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, siz
                  event_get_version());
         return -1;
     }
+    if (app->share == NULL) {
+        app->share = ab_share_new(app->cfg->max_buffered_per_client);
+    }
     struct rlimit rl;
     long want = app->cfg->max_connections;
     long own = FDS_FIXED + FDS_PER_WORKER * n_workers;
@@ -183,16 +189,22 @@ int ab_server_check_limits(struct ab_app *app, long n_workers, char *errstr, siz
     return 0;
 }
 
-/* Charge cap - r->body_cap more bytes to --max-buffered and grow the body to cap. Returns
- * 0, or -1 when the budget has no room (nothing changed). */
+/* Charge cap - r->body_cap more bytes to --max-buffered (and, while the body is being
+ * received, to the client's share of it) and grow the body to cap. Returns 0, -1 when the
+ * budget has no room, -2 when the client's share has none (nothing changed either way). */
 static int body_grow(struct ab_req *r, size_t cap)
 {
     long delta = (long)(cap - r->body_cap);
     long max = r->w->cfg->max_buffered;
+    if (ab_share_charge(r->w->app->share, r->client, delta) != 0) {
+        return -2;
+    }
     if (atomic_fetch_add(&ab_metrics_g.buffered, delta) + delta > max) {
         atomic_fetch_sub(&ab_metrics_g.buffered, delta);
+        ab_share_release(r->w->app->share, r->client, delta);
         return -1;
     }
+    r->share_held += r->w->app->share ? delta : 0;
     r->body = ab_realloc(r->body_cap ? r->body : NULL, cap);
     r->body_cap = cap;
     return 0;
@@ -225,9 +237,18 @@ void ab_req_drop_body(struct ab_req *r)
     r->body_len = 0;
 }
 
+/* The body is complete: its bytes no longer count against the client's share (a signed
+ * request is then answered by the sink, an unsigned one at once). */
+static void share_release(struct ab_req *r)
+{
+    ab_share_release(r->w->app->share, r->client, r->share_held);
+    r->share_held = 0;
+}
+
 static void req_free(struct ab_req *r)
 {
     if (r) {
+        share_release(r);
         ab_req_drop_body(r);
         free(r->head_buf);
         free(r);
@@ -511,8 +532,8 @@ static void handle_metrics(struct ab_worker *w, struct ab_req *r)
 static void dispatch(struct ab_worker *w, struct ab_req *r)
 {
     const char *path = r->head.path, *m = r->head.method;
-    if (strcmp(path, w->cfg->path) == 0) {
-        ab_webhook_handle(w->webhook, r);
+    if (strcmp(path, w->cfg->path) == 0 || ab_institutions_path_match(w->cfg->path, path)) {
+        ab_webhook_handle(w->webhook, r); /* {path}/{code}: consortium mode only */
         return;
     }
     int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
@@ -649,6 +670,12 @@ static int start_body(struct ab_conn *c)
         conn_fail(c, 413, msg);
         return -1;
     }
+    client_address(w, r); /* the share is per client, known from the head */
+    if (cl > 0 && w->app->share &&
+        ab_share_held(w->app->share, r->client) + cl > w->cfg->max_buffered_per_client) {
+        share_full(c);
+        return -1;
+    }
     if (cl > 0 && atomic_load(&ab_metrics_g.buffered) + cl > w->cfg->max_buffered) {
         ab_log_limited(&rl_buffered, AB_LOG_WARN,
                        "--max-buffered (%ld bytes) is full: answering 503 to new bodies",
@@ -666,6 +693,17 @@ static int start_body(struct ab_conn *c)
     return 0;
 }
 
+/* The client's share of --max-buffered is taken by bodies still arriving: answer 503. */
+static void share_full(struct ab_conn *c)
+{
+    ab_log_limited(&rl_share, AB_LOG_WARN,
+                   "client %s holds its share of bodies being received "
+                   "(--max-buffered-per-client, %ld bytes): answering 503 to more",
+                   c->req->client, c->w->cfg->max_buffered_per_client);
+    conn_fail(c, 503, "too many request bodies being received from your address "
+                      "(--max-buffered-per-client); retry later");
+}
+
 /* Move n body bytes from p into the request. Returns 0, or -1 after answering. */
 static int take_body(struct ab_conn *c, const void *p, size_t n, size_t limit)
 {
@@ -677,7 +715,12 @@ static int take_body(struct ab_conn *c, const void *p, size_t n, size_t limit)
         conn_fail(c, 413, msg);
         return -1;
     }
-    if (body_reserve(r, r->body_len + n, limit) != 0) {
+    int rc = body_reserve(r, r->body_len + n, limit);
+    if (rc == -2) {
+        share_full(c);
+        return -1;
+    }
+    if (rc != 0) {
         ab_log_limited(&rl_buffered, AB_LOG_WARN,
                        "--max-buffered (%ld bytes) is full: answering 503 to new bodies",
                        c->w->cfg->max_buffered);
@@ -760,6 +803,7 @@ static void conn_process(struct ab_conn *c)
         c->state = S_WAIT;
         evtimer_del(c->timer);
         client_address(c->w, r);
+        share_release(r);
         dispatch(c->w, r); /* may answer now: the state is then S_IDLE or S_CLOSING */
     }
     c->busy = 0;

@@ -36,6 +36,7 @@ struct ab_sink_ops;
 struct ab_sink_conf;
 struct ab_secrets;
 struct ab_acl;
+struct ab_share;
 struct ab_metrics;
 struct ab_worker;
 struct ab_conn;
@@ -57,6 +58,8 @@ struct ab_app {
     evutil_socket_t listen_fd;   /* shared; closed by the last worker to stop accepting */
     atomic_long stopped_accepting;
     long max_connections;        /* effective: --max-connections capped by RLIMIT_NOFILE */
+    struct ab_share *share;      /* --max-buffered-per-client (share.h), NULL = unbounded;
+                                  * made by ab_server_check_limits(), freed by its owner */
 };
 
 /* Start-up, after the descriptor limit was raised and before workers start: check that
@@ -95,6 +98,7 @@ struct ab_req {
     size_t bytes_in;            /* the body's length as received (for the access log) */
     char peer[64];              /* the TCP peer */
     char client[64];            /* the client: peer, or from trusted proxies' headers */
+    long share_held;            /* body bytes charged to client in app->share */
     struct timespec start;      /* the first byte */
 };
 

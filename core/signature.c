@@ -213,6 +213,37 @@ static void secrets_add_lines(struct ab_secrets *s, const char *file, const char
     }
 }
 
+/* Add the secrets of file, one per line, to s. Returns 0, or -1 with a message naming the
+ * file, never its contents, when it cannot be read. */
+int ab_secrets_add_file(struct ab_secrets *s, const char *file, char *errstr, size_t errlen)
+{
+    FILE *fp = fopen(file, "rb");
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = -1;
+
+    if (fp == NULL || read_all(fp, &buf, &len) != 0) {
+        snprintf(errstr, errlen, "cannot read secret file %s: %s", file, strerror(errno));
+        goto done;
+    }
+    secrets_add_lines(s, file, buf, len);
+    rc = 0;
+done:
+    if (buf != NULL) {
+        OPENSSL_cleanse(buf, len);
+        free(buf);
+    }
+    if (fp != NULL) {
+        fclose(fp);
+    }
+    return rc;
+}
+
+void ab_secrets_add(struct ab_secrets *s, const char *secret, size_t len)
+{
+    secrets_add(s, secret, len);
+}
+
 /* Load the secret set from file (may be NULL) and extra (may be NULL; trailing CR/LF
  * stripped, ignored when empty). Returns the set (possibly empty), or NULL with a message
  * naming the file, never its contents, when the file cannot be read. Start-up only. */
@@ -221,19 +252,9 @@ struct ab_secrets *ab_secrets_load(const char *file, const char *extra, char *er
 {
     struct ab_secrets *s = ab_calloc(1, sizeof(*s));
     atomic_init(&s->refs, 1);
-    FILE *fp = NULL;
-    char *buf = NULL;
-    size_t len = 0;
-
-    if (file != NULL) {
-        fp = fopen(file, "rb");
-        if (fp == NULL || read_all(fp, &buf, &len) != 0) {
-            snprintf(errstr, errlen, "cannot read secret file %s: %s", file, strerror(errno));
-            ab_secrets_free(s);
-            s = NULL;
-            goto done;
-        }
-        secrets_add_lines(s, file, buf, len);
+    if (file != NULL && ab_secrets_add_file(s, file, errstr, errlen) != 0) {
+        ab_secrets_free(s);
+        return NULL;
     }
     if (extra != NULL) {
         size_t n = strip_eol(extra, strlen(extra));
@@ -245,16 +266,20 @@ struct ab_secrets *ab_secrets_load(const char *file, const char *extra, char *er
             secrets_add(s, extra, m);
         }
     }
-
-done:
-    if (buf != NULL) {
-        OPENSSL_cleanse(buf, len);
-        free(buf);
-    }
-    if (fp != NULL) {
-        fclose(fp);
-    }
     return s;
+}
+
+/* 1 when a and b hold a secret in common (compared in constant time per pair). */
+int ab_secrets_overlap(const struct ab_secrets *a, const struct ab_secrets *b)
+{
+    int same = 0;
+    for (size_t i = 0; a && b && i < a->n; i++) {
+        for (size_t j = 0; j < b->n; j++) {
+            same |= a->v[i].len == b->v[j].len &&
+                    CRYPTO_memcmp(a->v[i].p, b->v[j].p, a->v[i].len) == 0;
+        }
+    }
+    return same;
 }
 
 size_t ab_secrets_count(const struct ab_secrets *s)

@@ -18,6 +18,13 @@ struct ab_secrets; /* opaque, immutable once loaded; shareable between threads *
 struct ab_secrets *ab_secrets_load(const char *file, const char *extra, char *errstr,
                                    size_t errlen);
 size_t ab_secrets_count(const struct ab_secrets *s);
+/* Build a set from several sources (consortium profiles): add the secrets of file, one per
+ * line with the rules above (returns 0, or -1 with a message naming the file), or one
+ * secret as given. Only while the set is not yet shared. */
+int ab_secrets_add_file(struct ab_secrets *s, const char *file, char *errstr, size_t errlen);
+void ab_secrets_add(struct ab_secrets *s, const char *secret, size_t len);
+/* 1 when the two sets hold a secret in common (whoever has it can sign for both). */
+int ab_secrets_overlap(const struct ab_secrets *a, const struct ab_secrets *b);
 /* Sets are shared between worker threads: take one more reference (returns s), and drop
  * one with ab_secrets_free(), which frees the set with the last one. NULL is a no-op. */
 struct ab_secrets *ab_secrets_ref(struct ab_secrets *s);

@@ -44,6 +44,9 @@ struct ab_sink_msg {
     const char *value;  /* the CloudEvent JSON, value_len bytes, no newline */
     size_t value_len;
     const struct ab_event *event; /* the event itself, NULL when not known (tests) */
+    int dead_letter; /* a dead-letter record (webhook.c): value is its JSON, route the
+                      * --dead-letter-route; a backend without topics (the file sink)
+                      * writes it to its dead-letter file, the spool never spools it */
 };
 
 /* Runs exactly once per accepted submit, on the thread that submitted. `errstr` is a short
@@ -60,6 +63,7 @@ struct ab_sink_conf {
     long max_body;       /* the largest request body the front end accepts (--max-body) */
     int check_only;      /* --check-config: validate and create nothing that lasts */
     const char *route;   /* --route as given (NULL: the backend's default_route) */
+    int dead_letter;     /* --dead-letter on: messages with dead_letter set will come */
 };
 
 /* ab_sink_ops.flags: a backend that wraps another (the spool). The configuration loader

@@ -39,6 +39,8 @@ struct ab_eventlog {
     int sync;
     long segment_bytes;
     int fd, lock_fd;
+    int idx_fd;       /* the checksum index "<cur>.crc" */
+    int64_t idx_synced;
     dev_t dev;
     ino_t ino;
     int last_open_errno; /* so that a failing reopen is logged once, not every second */
@@ -237,6 +239,28 @@ static void set_state(struct ab_eventlog *log, int ready, const char *fmt, ...)
     atomic_store(&log->ready, ready);
 }
 
+/* Bytes after the last record the checksum index covers were written but never
+ * acknowledged (the index entry is written in the same batch, before the sync that
+ * acknowledges): move them to "<file>.torn" as for a torn tail. Returns 0 or an errno. */
+static int cut_uncovered(struct ab_eventlog *log, int fd, int64_t covered, int64_t *size)
+{
+    if (covered >= *size) {
+        return 0;
+    }
+    int err = save_torn(log->cur, fd, covered, *size);
+    if (err != 0) {
+        return err;
+    }
+    if (ftruncate(fd, covered) != 0 || fsync(fd) != 0) {
+        return errno;
+    }
+    ab_warn("%s: %s had %" PRId64 " bytes after its last checksummed record (written, never "
+            "acknowledged); moved them to %s.torn",
+            log->what, log->cur, *size - covered, log->cur);
+    *size = covered;
+    return 0;
+}
+
 /* Open log->cur (creating it), cut its torn tail and sync its directory. On success the
  * new descriptor replaces the old one. Returns 0 or an errno. Start-up or writer thread. */
 static int open_current(struct ab_eventlog *log)
@@ -244,19 +268,33 @@ static int open_current(struct ab_eventlog *log)
     int64_t size = 0;
     struct stat st;
     int err = 0;
+    int idx = -1;
+    int64_t idx_size = 0, covered = 0;
     int fd = open(log->cur, O_RDWR | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0) {
         return errno;
     }
     if ((err = cut_torn_tail(log->what, log->cur, fd, &size)) != 0 ||
-        (err = sync_parent(log->cur)) != 0 || (fstat(fd, &st) != 0 && (err = errno))) {
+        (fstat(fd, &st) != 0 && (err = errno)) ||
+        (err = ab_eventlog_crc_open(log->what, log->cur, size, (uint64_t)st.st_ino, &idx,
+                                    &idx_size, &covered)) != 0 ||
+        (err = cut_uncovered(log, fd, covered, &size)) != 0 ||
+        (err = sync_parent(log->cur)) != 0) {
+        if (idx >= 0) {
+            close(idx);
+        }
         close(fd);
         return err;
     }
     if (log->fd >= 0) {
         close(log->fd);
     }
+    if (log->idx_fd >= 0) {
+        close(log->idx_fd);
+    }
     log->fd = fd;
+    log->idx_fd = idx;
+    log->idx_synced = idx_size;
     log->dev = st.st_dev;
     log->ino = st.st_ino;
     pthread_mutex_lock(&log->pos_mu);
@@ -288,6 +326,10 @@ static int check_file(struct ab_eventlog *log, const char *why)
         if (log->fd >= 0) {
             close(log->fd); /* never write on into a file that the path no longer names */
             log->fd = -1;
+        }
+        if (log->idx_fd >= 0) {
+            close(log->idx_fd);
+            log->idx_fd = -1;
         }
         if (err != log->last_open_errno) {
             ab_error("%s: cannot reopen %s (%s): %s; writes fail (503) until it can be", log->what,
@@ -328,6 +370,43 @@ static void maybe_roll(struct ab_eventlog *log)
     pthread_mutex_unlock(&log->pos_mu);
 }
 
+static size_t batch_len(const struct job *batch)
+{
+    size_t n = 0;
+    for (; batch; batch = batch->next) {
+        n++;
+    }
+    return n;
+}
+
+/* Writer thread: the batch's checksum index entries, appended to the index (synced with
+ * the data by write_batch). The records go at log->synced onwards. Returns 0 or an errno. */
+static int write_index(struct ab_eventlog *log, const struct job *batch)
+{
+    size_t n = batch_len(batch), len = 0;
+    char *buf = ab_malloc(n * AB_EVENTLOG_CRC_ENTRY + 1);
+    int64_t off = log->synced;
+    for (const struct job *j = batch; j; j = j->next) {
+        ab_eventlog_crc_entry(buf + len, off, j->data, j->len - 1);
+        len += AB_EVENTLOG_CRC_ENTRY;
+        off += (int64_t)j->len;
+    }
+    int err = 0;
+    for (size_t done = 0; done < len;) {
+        ssize_t w = write(log->idx_fd, buf + done, len - done);
+        if (w < 0 && errno == EINTR) {
+            continue;
+        }
+        if (w <= 0) {
+            err = w < 0 ? errno : EIO;
+            break;
+        }
+        done += (size_t)w;
+    }
+    free(buf);
+    return err;
+}
+
 /* Writer thread: append a batch with writev and sync once. Returns 0 or an errno; on error
  * the file is cut back to its last synced length. */
 static int write_batch(struct ab_eventlog *log, struct job *batch)
@@ -335,6 +414,7 @@ static int write_batch(struct ab_eventlog *log, struct job *batch)
     struct iovec iov[64];
     int64_t total_all = 0;
     int err = 0;
+    err = write_index(log, batch);
     for (struct job *j = batch; j && err == 0;) {
         int n = 0;
         size_t total = 0;
@@ -365,17 +445,19 @@ static int write_batch(struct ab_eventlog *log, struct job *batch)
             }
         }
     }
-    if (err == 0 && log->sync && fdatasync(log->fd) != 0) {
+    if (err == 0 && log->sync && (fdatasync(log->fd) != 0 || fdatasync(log->idx_fd) != 0)) {
         err = errno;
     }
     if (err != 0) {
         ab_error("%s: writing %s failed: %s", log->what, log->cur, strerror(err));
-        if (ftruncate(log->fd, log->synced) != 0) {
+        if (ftruncate(log->fd, log->synced) != 0 ||
+            ftruncate(log->idx_fd, log->idx_synced) != 0) {
             ab_error("%s: cannot roll back %s: %s", log->what, log->cur, strerror(errno));
         }
         set_state(log, 0, "%s: last write failed: %s", log->cur, strerror(err));
         return err;
     }
+    log->idx_synced += (int64_t)batch_len(batch) * AB_EVENTLOG_CRC_ENTRY;
     pthread_mutex_lock(&log->pos_mu);
     log->synced += total_all;
     pthread_mutex_unlock(&log->pos_mu);
@@ -707,6 +789,9 @@ static void log_destroy(struct ab_eventlog *log)
     if (log->fd >= 0) {
         close(log->fd);
     }
+    if (log->idx_fd >= 0) {
+        close(log->idx_fd);
+    }
     if (log->lock_fd >= 0) {
         close(log->lock_fd);
     }
@@ -729,7 +814,7 @@ struct ab_eventlog *ab_eventlog_open(const struct ab_eventlog_opts *o, int *errp
     log->cur = ab_strdup(o->path);
     log->sync = o->sync;
     log->segment_bytes = o->segment_bytes;
-    log->fd = log->lock_fd = -1;
+    log->fd = log->lock_fd = log->idx_fd = -1;
     log->tail = &log->head;
     pthread_mutex_init(&log->mu, NULL);
     pthread_mutex_init(&log->pos_mu, NULL);

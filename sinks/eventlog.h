@@ -16,7 +16,13 @@
  *    opened fails every write and ab_eventlog_ready() is 0 until it can;
  *  - one writer: an exclusive lock (an OFD lock on "<file>.lock", or "DIR/lock" for a
  *    segmented log, holding the owner's pid) for the log's lifetime;
- *  - a created or reopened file has its directory fsync'd before the first acknowledgement.
+ *  - a created or reopened file has its directory fsync'd before the first acknowledgement;
+ *  - checksums: every record has a CRC32C in "<file>.crc" (the checksum index, below),
+ *    written and synced in the same batch, so the file itself stays plain lines. At open,
+ *    index entries for bytes the file no longer has are dropped, and bytes of the file that
+ *    no entry covers (written, never acknowledged) are moved to "<file>.torn" like a torn
+ *    tail; an index that belongs to another file (the file was rotated without it) is set
+ *    aside as "<file>.crc.stale" and a new one started.
  *
  * Ownership: a record (job) belongs to the writer from append until it is handed back; a
  * client is reference-counted (one reference for its loop thread, one per record not yet
@@ -27,6 +33,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/uio.h>
 
 struct event_base;
@@ -80,6 +87,74 @@ void ab_eventlog_describe(struct ab_eventlog *log, char *buf, size_t len);
 void ab_eventlog_position(struct ab_eventlog *log, uint64_t *segment, int64_t *synced);
 /* The file name of segment seq in a segmented log's directory ("%020llu.seg"). */
 void ab_eventlog_segment_name(uint64_t seq, char *buf, size_t len);
+
+/* ---- checksums and reading ----------------------------------------------------------
+ *
+ * The checksum index "<file>.crc" is a sequence of fixed-size text entries
+ * "OOOOOOOOOOOOOOOO LLLLLLLL CCCCCCCC\n" (hex: the record's offset in the file, its length
+ * without the newline, the CRC32C of those bytes). The first entry is a start mark (length
+ * 0, CRC = the low 32 bits of the file's inode): bytes before its offset were written
+ * before checksums existed and are read unverified. Fixed-size entries keep damage to the
+ * index itself local, and offsets keep damage to the file local: a reader that meets it
+ * reports where, skips exactly the damaged record(s) and goes on with the next good one. */
+
+#define AB_EVENTLOG_CRC_ENTRY 35 /* bytes of one index entry */
+
+/* What a reader hands back. */
+enum ab_eventlog_read {
+    AB_EVENTLOG_RECORD = 0,     /* a record whose checksum matched */
+    AB_EVENTLOG_UNVERIFIED = 1, /* a record from before checksums (or without an index) */
+    AB_EVENTLOG_DAMAGED = 2,    /* damage: bytes [off, end) are skipped (count records) */
+    AB_EVENTLOG_END = 3,        /* nothing more below the limit (yet) */
+};
+
+struct ab_eventlog_rec {
+    const char *line; /* RECORD/UNVERIFIED: the record without its newline (reader-owned,
+                       * valid until the next call) */
+    size_t len;
+    int64_t off, end; /* the bytes in the file: a record's newline included */
+    long count;       /* DAMAGED: records lost (at least 1) */
+    const char *why;  /* DAMAGED: a short static reason */
+};
+
+struct ab_eventlog_reader;
+
+/* Open path (an event-log file or one spool segment) and its checksum index, if any, for
+ * reading from offset 0. Returns NULL with one line in errstr when path cannot be opened.
+ * Any thread; the reader belongs to the caller. */
+struct ab_eventlog_reader *ab_eventlog_reader_open(const char *path, char *errstr,
+                                                   size_t errlen);
+void ab_eventlog_reader_free(struct ab_eventlog_reader *r);
+
+/* Continue at off (the start of a record, as returned in rec.off/rec.end). */
+void ab_eventlog_reader_seek(struct ab_eventlog_reader *r, int64_t off);
+
+/* The next record at or after the current offset among the first `limit` bytes of the file
+ * (-1: its size now). `complete`: the file is not written any more, so a record cut short
+ * or bytes no index entry covers are damage rather than not there yet. Fills rec; returns
+ * one of enum ab_eventlog_read. */
+int ab_eventlog_reader_next(struct ab_eventlog_reader *r, int64_t limit, int complete,
+                            struct ab_eventlog_rec *rec);
+
+/* 1 when the file has a checksum index. */
+int ab_eventlog_reader_checksummed(const struct ab_eventlog_reader *r);
+
+/* Check a whole file (an event log, or every segment of a spool directory when path is a
+ * directory): each damage is printed to out as "PATH: offset N: why (K records)" and
+ * counted. Returns the number of damaged records (0 = clean), or -1 with one line in
+ * errstr when path cannot be read. The records read are added to *records. Any thread. */
+long ab_eventlog_verify(const char *path, long *records, long *unverified, FILE *out,
+                        char *errstr, size_t errlen);
+
+/* Writer side, for the event log itself (eventlog.c): open (creating) path's index for a
+ * file of `size` bytes with inode ino, drop entries past the file's end, set a stale index
+ * aside, write the start mark of a new one. Sets *idx_fd, its length *idx_size and
+ * *covered, the end of the last record an entry covers (bytes after it were never
+ * acknowledged). Returns 0 or an errno. */
+int ab_eventlog_crc_open(const char *what, const char *path, int64_t size, uint64_t ino,
+                         int *idx_fd, int64_t *idx_size, int64_t *covered);
+void ab_eventlog_crc_entry(char out[AB_EVENTLOG_CRC_ENTRY + 1], int64_t off, const char *line,
+                           size_t len);
 
 /* Callback: once per accepted append, on the client's loop thread. */
 typedef void (*ab_eventlog_done_cb)(int status, void *opaque);

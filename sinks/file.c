@@ -7,7 +7,8 @@
  * SIGHUP, holds an exclusive lock ("<file>.lock") so that a second process cannot write the
  * same file, and fsyncs the directory of a created file before the first acknowledgement.
  * Each loop thread's instance is a client of that log; its pending list (pending.h) owns
- * the deadline and the callbacks. */
+ * the deadline and the callbacks. With --dead-letter on, dead-letter records go to
+ * "<file>.deadletter" beside it (deadletter.h), never into the file itself. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <sys/uio.h>
 
 #include "config.h"
+#include "deadletter.h"
 #include "eventlog.h"
 #include "file.h"
 #include "log.h"
@@ -25,11 +27,18 @@
  * disk before it leaves the writer behind (SIGTERM with a stuck fsync). */
 #define FILE_FREE_TIMEOUT_MS 1000
 
+/* What every instance shares: the log, and the dead letter beside it (--dead-letter on). */
+struct file_shared {
+    struct ab_eventlog *log;
+    struct ab_deadletter *dl;
+};
+
 struct file_sink {
     struct ab_sink base;
     struct ab_eventlog *log;
     struct ab_eventlog_client *client;
     struct ab_pending *pending; /* each entry travels through the log as its record's opaque */
+    struct ab_deadletter_client *dl; /* NULL without a dead letter */
 };
 
 /* The file sink's options (struct ab_file_conf). */
@@ -60,13 +69,25 @@ static int file_global_init(const struct ab_sink_conf *conf, void **shared, char
     if (log == NULL) {
         return -1;
     }
-    *shared = log;
+    struct file_shared *sh = ab_calloc(1, sizeof(*sh));
+    sh->log = log;
+    if (conf->dead_letter &&
+        (sh->dl = ab_deadletter_open(cfg->path, cfg->fsync, conf->check_only, errstr,
+                                     errlen)) == NULL) {
+        ab_eventlog_free(log, FILE_FREE_TIMEOUT_MS);
+        free(sh);
+        return -1;
+    }
+    *shared = sh;
     return 0;
 }
 
 static void file_global_free(void *shared)
 {
-    ab_eventlog_free(shared, FILE_FREE_TIMEOUT_MS);
+    struct file_shared *sh = shared;
+    ab_deadletter_free(sh->dl);
+    ab_eventlog_free(sh->log, FILE_FREE_TIMEOUT_MS);
+    free(sh);
 }
 
 static struct ab_sink *file_open(const struct ab_sink_conf *conf, void *shared,
@@ -74,9 +95,13 @@ static struct ab_sink *file_open(const struct ab_sink_conf *conf, void *shared,
 {
     struct file_sink *fs = ab_calloc(1, sizeof(*fs));
     fs->base.ops = &ab_sink_file;
-    fs->log = shared;
-    fs->client = ab_eventlog_client_new(shared, base);
+    struct file_shared *sh = shared;
+    fs->log = sh->log;
+    fs->client = ab_eventlog_client_new(sh->log, base);
     fs->pending = ab_pending_new(base, conf->ack_timeout_ms);
+    if (sh->dl) {
+        fs->dl = ab_deadletter_client_new(sh->dl, base, conf->ack_timeout_ms);
+    }
     return &fs->base;
 }
 
@@ -97,6 +122,9 @@ static int file_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
                        void *opaque)
 {
     struct file_sink *fs = (struct file_sink *)s;
+    if (msg->dead_letter) {
+        return fs->dl ? ab_deadletter_submit(fs->dl, msg, cb, opaque) : -1;
+    }
     struct ab_pending_req *r = ab_pending_add(fs->pending, cb, opaque, 0);
     struct iovec part = {(void *)msg->value, msg->value_len};
     if (ab_eventlog_append(fs->client, &part, 1, on_appended, r) != 0) {
@@ -129,6 +157,7 @@ static void file_close(struct ab_sink *s, int timeout_ms)
     }
     ab_eventlog_client_free(fs->client, timeout_ms);
     ab_pending_free(fs->pending);
+    ab_deadletter_client_free(fs->dl, timeout_ms);
     free(fs);
 }
 

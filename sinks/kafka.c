@@ -489,11 +489,32 @@ static void on_queue_io(evutil_socket_t fd, short what, void *arg)
 
 /* ---- configuration ---------------------------------------------------------------- */
 
-/* Keys whose values must never appear in a message. */
+/* librdkafka properties whose values hold no secret: --print-config, the logs and error
+ * messages show them; every other --kafka-conf value is masked (sasl.jaas.config,
+ * sasl.oauthbearer.*, ssl.key.*, sasl.username, anything new or misspelt). */
+static const char *const harmless_keys[] = {
+    "acks", "api.version.request", "batch.num.messages", "batch.size", "bootstrap.servers",
+    "broker.address.family", "broker.version.fallback", "client.dns.lookup", "client.id",
+    "client.rack", "compression.codec", "compression.level", "compression.type",
+    "connections.max.idle.ms", "debug", "delivery.timeout.ms", "enable.idempotence",
+    "enable.ssl.certificate.verification", "linger.ms", "log.connection.close", "log_level",
+    "max.in.flight", "max.in.flight.requests.per.connection", "message.max.bytes",
+    "message.send.max.retries", "message.timeout.ms", "metadata.broker.list",
+    "metadata.max.age.ms", "partitioner", "queue.buffering.max.kbytes",
+    "queue.buffering.max.messages", "queue.buffering.max.ms", "reconnect.backoff.max.ms",
+    "reconnect.backoff.ms", "request.required.acks", "request.timeout.ms", "retries",
+    "retry.backoff.max.ms", "retry.backoff.ms", "sasl.kerberos.service.name",
+    "sasl.mechanism", "sasl.mechanisms", "security.protocol", "socket.connection.setup.timeout.ms",
+    "socket.keepalive.enable", "socket.timeout.ms", "ssl.ca.location",
+    "ssl.certificate.location", "ssl.cipher.suites", "ssl.curves.list",
+    "ssl.endpoint.identification.algorithm", "ssl.sigalgs.list", "statistics.interval.ms",
+    "sticky.partitioning.linger.ms", "topic.metadata.refresh.interval.ms", NULL,
+};
+
+/* Keys whose values must never appear in a message: all but the harmless ones. */
 static int is_secret_key(const char *key)
 {
-    return strstr(key, "password") || strstr(key, "secret") || strstr(key, ".pem") ||
-           strstr(key, "oauthbearer.config");
+    return !ab_config_key_harmless(harmless_keys, key, strlen(key));
 }
 
 static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, char *errstr,
@@ -686,9 +707,11 @@ static const struct ab_option kafka_options[] = {
              "to the structured JSON value; off for consumers that need pure structured mode "
              "(the CloudEvents SDK's from_kafka() misreads a message that has both)"},
     {.name = "kafka-conf", .type = AB_OPT_LIST, .off = OFF(conf), .check = ab_config_check_kv,
-     .mask = AB_MASK_KV_SECRETS, .group = "Kafka", .metavar = "KEY=VALUE",
-     .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; values of keys "
-             "containing \"password\" or \"secret\" are masked in output"},
+     .mask = AB_MASK_KV_VALUES, .harmless = harmless_keys, .group = "Kafka",
+     .metavar = "KEY=VALUE",
+     .help = "extra librdkafka property, e.g. security.protocol=SASL_SSL; in output every "
+             "value is masked but those of harmless keys (bootstrap.servers, "
+             "security.protocol, sasl.mechanism, timeouts...: docs/INTEGRITY.md)"},
 };
 /* clang-format on */
 static const struct ab_optset kafka_optset = AB_OPTSET(kafka_options, struct ab_kafka_conf);

@@ -871,3 +871,75 @@ const struct ab_sink_ops ab_sink_redis = {
     .describe = redis_describe,
     .close = redis_close,
 };
+
+/* ---- INTERIM reader for reconcile (replaced by the sink read side, issue 18) ---------- */
+
+/* Blocking: the "event" field of every entry of stream from stream id from_ms-0 on, to
+ * on_event, over a connection of its own (AUTH, SELECT as the sink's). 0, or -1 with err
+ * (never the password). */
+int ab_redis_scan(const struct ab_redis_conf *cfg, const char *stream, int64_t from_ms,
+                  void (*on_event)(const char *line, size_t len, void *arg), void *arg,
+                  char *err, size_t errlen)
+{
+    struct redis_shared sh = {0};
+    struct timeval tv = {5, 0};
+    redisContext *c = NULL;
+    redisReply *r = NULL;
+    char start[64];
+    int rc = -1;
+    if (parse_url(cfg->url && *cfg->url ? cfg->url : DEFAULT_URL, &sh, err, errlen) != 0) {
+        goto done;
+    }
+    if ((c = redisConnectWithTimeout(sh.host, sh.port, tv)) == NULL || c->err) {
+        snprintf(err, errlen, "redis %s: %s", sh.addr, c ? c->errstr : "out of memory");
+        goto done;
+    }
+    redisSetTimeout(c, tv);
+    r = sh.password ? (sh.user ? redisCommand(c, "AUTH %s %s", sh.user, sh.password)
+                               : redisCommand(c, "AUTH %s", sh.password))
+                    : redisCommand(c, "SELECT %ld", sh.db);
+    if (r && r->type != REDIS_REPLY_ERROR && sh.password) {
+        freeReplyObject(r);
+        r = redisCommand(c, "SELECT %ld", sh.db);
+    }
+    snprintf(start, sizeof(start), "%lld-0", (long long)(from_ms > 0 ? from_ms : 0));
+    for (size_t got = 1000; r && r->type != REDIS_REPLY_ERROR && got == 1000;) {
+        freeReplyObject(r);
+        r = redisCommand(c, "XRANGE %s %s + COUNT 1000", stream, start);
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+            break;
+        }
+        got = r->elements;
+        for (size_t i = 0; i < r->elements; i++) {
+            const redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements < 2) {
+                continue;
+            }
+            const redisReply *f = e->element[1];
+            snprintf(start, sizeof(start), "(%s", e->element[0]->str);
+            for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+                if (strcmp(f->element[k]->str, "event") == 0) {
+                    on_event(f->element[k + 1]->str, f->element[k + 1]->len, arg);
+                }
+            }
+        }
+    }
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "redis %s, stream %s: %s", sh.addr, stream,
+                 r ? r->str : c->errstr);
+        goto done;
+    }
+    rc = 0;
+done:
+    if (r) {
+        freeReplyObject(r);
+    }
+    redisFree(c);
+    if (sh.password) {
+        memset(sh.password, 0, strlen(sh.password));
+    }
+    free(sh.password);
+    free(sh.user);
+    free(sh.host);
+    return rc;
+}

@@ -27,6 +27,7 @@
 #include "config.h"
 #include "event.h"
 #include "eventlog.h"
+#include "institutions.h"
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
@@ -67,7 +68,7 @@ static struct ab_sink_ops spool_ops;
 
 /* Counters for /metrics (process-wide; one spool per process). */
 static atomic_long m_spooled, m_forwarded, m_forward_errors, m_full, m_late_acks, m_resent,
-    m_unconfirmed;
+    m_unconfirmed, m_damaged;
 static struct spool_shared *metrics_sh;
 
 static int64_t now_ms(void)
@@ -75,6 +76,25 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *segment_path(const char *dir, uint64_t seq);
+
+/* Remove segment seq and its checksum index. Returns the segment's size, or -1 when it was
+ * not there. */
+static long long remove_segment(const char *dir, uint64_t seq)
+{
+    char *p = segment_path(dir, seq);
+    char *ip = ab_asprintf("%s.crc", p);
+    struct stat st;
+    long long size = -1;
+    if (stat(p, &st) == 0 && unlink(p) == 0) {
+        size = (long long)st.st_size;
+    }
+    unlink(ip);
+    free(ip);
+    free(p);
+    return size;
 }
 
 static char *segment_path(const char *dir, uint64_t seq)
@@ -137,25 +157,6 @@ static void write_marker(int fd, uint64_t seq, int64_t off)
     if (fd >= 0 && pwrite(fd, buf, (size_t)n, 0) != n) {
         ab_warn("spool: cannot record the forwarding progress: %s", strerror(errno));
     }
-}
-
-/* Count the lines of a file from offset off. */
-static long count_lines(const char *path, int64_t off)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    long n = 0;
-    char buf[65536];
-    ssize_t got;
-    while (fd >= 0 && (got = pread(fd, buf, sizeof(buf), off)) > 0) {
-        for (ssize_t i = 0; i < got; i++) {
-            n += buf[i] == '\n';
-        }
-        off += got;
-    }
-    if (fd >= 0) {
-        close(fd);
-    }
-    return n;
 }
 
 static void birth_note(struct spool_shared *sh, uint64_t seq, int64_t ms)
@@ -225,12 +226,18 @@ static char *render_metrics(void)
         "# TYPE almabridge_spool_duplicates_total counter\n"
         "almabridge_spool_duplicates_total{cause=\"late_ack\"} %ld\n"
         "almabridge_spool_duplicates_total{cause=\"resent\"} %ld\n"
-        "almabridge_spool_duplicates_total{cause=\"unconfirmed\"} %ld\n",
+        "almabridge_spool_duplicates_total{cause=\"unconfirmed\"} %ld\n"
+        "# HELP almabridge_damaged_records_total Spooled records found damaged (checksum "
+        "mismatch, cut short, not covered by a checksum): logged, moved aside, skipped.\n"
+        "# TYPE almabridge_damaged_records_total counter\n"
+        "almabridge_damaged_records_total %ld\n",
         atomic_load(&sh->events), (long long)atomic_load(&sh->disk_bytes), oldest_age(sh),
         atomic_load(&m_spooled), atomic_load(&m_forwarded), atomic_load(&m_forward_errors),
         atomic_load(&m_full), atomic_load(&m_late_acks), atomic_load(&m_resent),
-        atomic_load(&m_unconfirmed));
+        atomic_load(&m_unconfirmed), atomic_load(&m_damaged));
 }
+
+static long count_records(const char *path, int64_t from, int complete, long *damaged);
 
 /* Start-up: where forwarding starts, what the spool holds, leftovers of an earlier run. */
 static void recover(struct spool_shared *sh)
@@ -260,11 +267,16 @@ static void recover(struct spool_shared *sh)
             continue;
         }
         if (seq < sh->start_seq) {
-            unlink(p); /* forwarded before a crash, not yet removed */
+            remove_segment(sh->dir, seq); /* forwarded before a crash, not yet removed */
             removed = 1;
         } else {
             bytes += st.st_size;
-            events += count_lines(p, seq == sh->start_seq ? sh->start_off : 0);
+            /* every record the checksums know of, damaged ones included: the forwarder
+             * takes those off the count when it skips them */
+            long damaged = 0;
+            events += count_records(p, seq == sh->start_seq ? sh->start_off : 0, seq < hi,
+                                    &damaged);
+            events += damaged;
             birth_note(sh, seq, (int64_t)st.st_mtime * 1000);
         }
         free(p);
@@ -516,6 +528,11 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     if (s->closing) {
         return -1;
     }
+    if (msg->dead_letter) {
+        /* never spooled: the forwarder would route it as an event; if the broker cannot
+         * take it now (within --spool-after), 503 and Alma retries */
+        return ab_sink_submit(s->inner, msg, cb, opaque);
+    }
     struct sreq *r = ab_calloc(1, sizeof(*r));
     r->s = s;
     r->req = ab_pending_add(s->pending, cb, opaque, 0);
@@ -557,7 +574,7 @@ struct fentry {
 struct fwd {
     struct spool_sink *s;
     struct event *tick;
-    int fd;              /* the segment being read */
+    struct ab_eventlog_reader *rd; /* the segment being read, with its checksums */
     uint64_t fd_seq;
     uint64_t seq;        /* the next line to read */
     int64_t off;
@@ -568,8 +585,6 @@ struct fwd {
     int64_t retry_at;
     uint64_t marked_seq; /* what DIR/forwarded says */
     int64_t marked_off;
-    char *buf;
-    size_t cap;
 };
 
 static void fwd_pump(struct fwd *f);
@@ -589,13 +604,11 @@ static void fwd_advance(struct fwd *f)
     int64_t off = f->count ? f->ring[f->head].start : f->off;
     int removed = 0;
     for (; f->lowest < seq; f->lowest++) {
-        char *p = segment_path(sh->dir, f->lowest);
-        struct stat st;
-        if (stat(p, &st) == 0 && unlink(p) == 0) {
-            atomic_fetch_sub(&sh->disk_bytes, (long long)st.st_size);
+        long long size = remove_segment(sh->dir, f->lowest);
+        if (size >= 0) {
+            atomic_fetch_sub(&sh->disk_bytes, size);
             removed = 1;
         }
-        free(p);
     }
     if (removed) {
         sync_dir(sh->dir);
@@ -642,34 +655,42 @@ static void on_forwarded(int status, const char *errstr, void *opaque)
     }
 }
 
-/* Read the line at (f->seq, f->off) if it is complete below limit. Returns its length
- * without the newline, or -1 when there is none yet. */
-static ssize_t fwd_read_line(struct fwd *f, int64_t limit)
+/* Damage met by the forwarder: log it with segment and offset, count it, copy the bytes
+ * to "<segment>.damaged" (kept when the segment is removed) and go on after them. */
+static void fwd_damaged(struct fwd *f, const struct ab_eventlog_rec *rec)
 {
-    size_t have = 0;
-    for (;;) {
-        if (have == f->cap) {
-            f->cap = f->cap ? f->cap * 2 : 65536;
-            f->buf = ab_realloc(f->buf, f->cap);
+    struct spool_shared *sh = f->s->sh;
+    char *p = segment_path(sh->dir, f->seq);
+    char *dp = ab_asprintf("%s.damaged", p);
+    int in = open(p, O_RDONLY | O_CLOEXEC);
+    int out = open(dp, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    char buf[65536];
+    for (int64_t off = rec->off; in >= 0 && out >= 0 && off < rec->end;) {
+        size_t want = rec->end - off > (int64_t)sizeof(buf) ? sizeof(buf)
+                                                              : (size_t)(rec->end - off);
+        ssize_t n = pread(in, buf, want, off);
+        if (n <= 0 || write(out, buf, (size_t)n) != n) {
+            break;
         }
-        int64_t at = f->off + (int64_t)have;
-        size_t want = f->cap - have;
-        if (at >= limit) {
-            return -1;
-        }
-        if ((int64_t)want > limit - at) {
-            want = (size_t)(limit - at);
-        }
-        ssize_t n = pread(f->fd, f->buf + have, want, at);
-        if (n <= 0) {
-            return -1;
-        }
-        char *nl = memchr(f->buf + have, '\n', (size_t)n);
-        if (nl) {
-            return nl - f->buf;
-        }
-        have += (size_t)n;
+        off += n;
     }
+    if (out >= 0) {
+        if (write(out, "\n", 1) != 1 || fsync(out) != 0) {
+            ab_warn("spool: cannot save damaged bytes to %s: %s", dp, strerror(errno));
+        }
+        close(out);
+    }
+    if (in >= 0) {
+        close(in);
+    }
+    ab_error("spool: damaged record(s) in segment %" PRIu64 " (%s) at offset %" PRId64
+             ": %s; %ld record(s), %" PRId64 " bytes moved aside to %s and skipped",
+             f->seq, p, rec->off, rec->why, rec->count, rec->end - rec->off, dp);
+    atomic_fetch_add(&m_damaged, rec->count);
+    long events = atomic_load(&sh->events);
+    atomic_fetch_sub(&sh->events, rec->count < events ? rec->count : events);
+    free(dp);
+    free(p);
 }
 
 static char *member_str(const cJSON *o, const char *name)
@@ -678,13 +699,13 @@ static char *member_str(const cJSON *o, const char *name)
     return cJSON_IsString(v) && v->valuestring[0] ? ab_strdup(v->valuestring) : NULL;
 }
 
-/* Submit the CloudEvent line (len bytes in f->buf) to the broker for entry e, with the
+/* Submit the CloudEvent line (len bytes at line) to the broker for entry e, with the
  * topic/stream of --route and the backend's own key, as the front end would. Returns the
  * inner submit's result, or 1 for a line that is no CloudEvent (skipped). */
-static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
+static int fwd_submit(struct fwd *f, const char *line, size_t len, struct fentry *e)
 {
     struct spool_shared *sh = f->s->sh;
-    cJSON *j = cJSON_ParseWithLength(f->buf, len);
+    cJSON *j = cJSON_ParseWithLength(line, len);
     struct ab_event ev = {0};
     char *route = NULL;
     int rc = 1;
@@ -699,15 +720,16 @@ static int fwd_submit(struct fwd *f, size_t len, struct fentry *e)
     ev.source = member_str(j, "source");
     ev.type = ev.type ? ev.type : ab_strdup("com.exlibrisgroup.alma");
     ev.source = ev.source ? ev.source : ab_strdup("urn:alma:unknown");
-    ev.json = f->buf;
+    ev.json = (char *)line;
     ev.json_len = len;
-    route = ab_route_expand(sh->route, &ev);
+    route = ab_institutions_route_for(&ev); /* consortium mode: its profile's route */
+    route = route ? route : ab_route_expand(sh->route, &ev);
     struct ab_sink_msg m = {.id = ev.id,
                             .type = ev.type,
                             .source = ev.source,
                             .route = route,
                             .key = NULL,
-                            .value = f->buf,
+                            .value = line,
                             .value_len = len,
                             .event = &ev};
     rc = ab_sink_submit(f->s->inner, &m, on_forwarded, e);
@@ -741,13 +763,8 @@ static void fwd_rewind(struct fwd *f)
     f->count = 0;
     f->failed = 0;
     f->retry_at = now_ms() + 1000;
-}
-
-/* The size of a segment that is complete (not written any more). */
-static int64_t file_size(int fd)
-{
-    struct stat st;
-    return fstat(fd, &st) == 0 ? (int64_t)st.st_size : 0;
+    ab_eventlog_reader_free(f->rd); /* reopened at (f->seq, f->off) */
+    f->rd = NULL;
 }
 
 /* Loop thread: send what the window allows, in spool order. */
@@ -767,15 +784,14 @@ static void fwd_pump(struct fwd *f)
         uint64_t active;
         int64_t synced;
         ab_eventlog_position(s->sh->log, &active, &synced);
-        if (f->fd < 0 || f->fd_seq != f->seq) {
-            if (f->fd >= 0) {
-                close(f->fd);
-            }
+        if (f->rd == NULL || f->fd_seq != f->seq) {
+            ab_eventlog_reader_free(f->rd);
             char *p = segment_path(s->sh->dir, f->seq);
-            f->fd = open(p, O_RDONLY | O_CLOEXEC);
+            char err[256];
+            f->rd = ab_eventlog_reader_open(p, err, sizeof(err));
             f->fd_seq = f->seq;
             free(p);
-            if (f->fd < 0) {
+            if (f->rd == NULL) {
                 if (f->seq < active) {
                     f->seq++; /* a gap (removed by hand): go on */
                     f->off = 0;
@@ -783,34 +799,39 @@ static void fwd_pump(struct fwd *f)
                 }
                 return;
             }
+            ab_eventlog_reader_seek(f->rd, f->off);
         }
-        int64_t limit = f->seq == active ? synced : file_size(f->fd);
-        if (f->off >= limit) {
-            if (f->seq < active) {
+        int complete = f->seq < active;
+        struct ab_eventlog_rec rec;
+        int rc = ab_eventlog_reader_next(f->rd, complete ? -1 : synced, complete, &rec);
+        if (rc == AB_EVENTLOG_END) {
+            if (complete) {
                 f->seq++;
                 f->off = 0;
                 continue;
             }
             break;
         }
-        ssize_t len = fwd_read_line(f, limit);
-        if (len < 0) {
-            break;
+        if (rc == AB_EVENTLOG_DAMAGED) {
+            fwd_damaged(f, &rec);
+            f->off = rec.end;
+            continue;
         }
         struct fentry *e = &f->ring[(f->head + f->count) % SPOOL_WINDOW];
-        *e = (struct fentry){f, f->seq, f->off, f->off + len + 1, FE_INFLIGHT};
+        *e = (struct fentry){f, f->seq, rec.off, rec.end, FE_INFLIGHT};
         f->count++;
         f->inflight++;
-        int rc = fwd_submit(f, (size_t)len, e);
-        if (rc == 1) {
+        int sub = fwd_submit(f, rec.line, rec.len, e);
+        if (sub == 1) {
             ab_warn("spool: skipping a line that is no CloudEvent (segment %" PRIu64
                     ", offset %" PRId64 ")",
-                    f->seq, f->off);
+                    f->seq, rec.off);
             f->inflight--;
             e->state = FE_ACKED;
-        } else if (rc != 0) {
+        } else if (sub != 0) {
             f->count--;
             f->inflight--;
+            ab_eventlog_reader_seek(f->rd, rec.off);
             break; /* refused at once: try again on the next tick */
         }
         f->off = e->end;
@@ -827,7 +848,6 @@ static struct fwd *fwd_new(struct spool_sink *s)
 {
     struct fwd *f = ab_calloc(1, sizeof(*f));
     f->s = s;
-    f->fd = -1;
     f->seq = f->lowest = s->sh->start_seq;
     f->off = s->sh->start_off;
     f->tick = event_new(s->evbase, -1, EV_PERSIST, on_fwd_tick, f);
@@ -849,10 +869,7 @@ static void fwd_free(struct fwd *f)
     sh->start_seq = f->seq;
     sh->start_off = f->off;
     event_free(f->tick);
-    if (f->fd >= 0) {
-        close(f->fd);
-    }
-    free(f->buf);
+    ab_eventlog_reader_free(f->rd);
     free(f);
     atomic_store(&sh->forwarder, 0);
 }
@@ -913,9 +930,15 @@ static void spool_describe(struct ab_sink *base, char *buf, size_t len)
     const char *state = !ab_eventlog_ready(sh->log) ? "spool not writable: "
                         : spool_full(sh)            ? "spool full: "
                                                     : "spool ";
-    snprintf(buf, len, "%s; %s%s, %ld event(s), %lld of %ld bytes", inner, state,
+    long damaged = atomic_load(&m_damaged);
+    char dmg[160] = "";
+    if (damaged > 0) {
+        snprintf(dmg, sizeof(dmg), "; %ld damaged record(s) skipped and moved aside "
+                 "(*.damaged, see the error log)", damaged);
+    }
+    snprintf(buf, len, "%s; %s%s, %ld event(s), %lld of %ld bytes%s", inner, state,
              ab_eventlog_ready(sh->log) ? sh->dir : log, atomic_load(&sh->events), bytes,
-             sh->max_bytes);
+             sh->max_bytes, dmg);
 }
 
 
@@ -1046,6 +1069,31 @@ static void line_info(const char *path, int64_t off, int last, char *id, size_t 
     close(fd);
 }
 
+/* The records of segment path from offset `from` that read back intact (or unverified,
+ * from before checksums); damaged ones are added to *damaged. `complete`: not the segment
+ * being written. */
+static long count_records(const char *path, int64_t from, int complete, long *damaged)
+{
+    char err[256];
+    struct ab_eventlog_reader *r = ab_eventlog_reader_open(path, err, sizeof(err));
+    long n = 0;
+    struct ab_eventlog_rec rec;
+    int rc;
+    if (r == NULL) {
+        return 0;
+    }
+    ab_eventlog_reader_seek(r, from);
+    while ((rc = ab_eventlog_reader_next(r, -1, complete, &rec)) != AB_EVENTLOG_END) {
+        if (rc == AB_EVENTLOG_DAMAGED) {
+            *damaged += rec.count;
+        } else {
+            n++;
+        }
+    }
+    ab_eventlog_reader_free(r);
+    return n;
+}
+
 int ab_spool_summarise(const char *dir, struct ab_spool_summary *s, char *errstr,
                        size_t errlen)
 {
@@ -1074,7 +1122,7 @@ int ab_spool_summarise(const char *dir, struct ab_spool_summary *s, char *errstr
         struct stat st;
         if (stat(p, &st) == 0) {
             int64_t from = seq == s->first_seq ? s->start_offset : 0;
-            long n = count_lines(p, from);
+            long n = count_records(p, from, seq < hi, &s->damaged);
             if (n > 0 && s->events == 0) {
                 line_info(p, from, 0, s->oldest_id, sizeof(s->oldest_id), s->oldest_time,
                           sizeof(s->oldest_time));
@@ -1095,6 +1143,7 @@ int ab_spool_summarise(const char *dir, struct ab_spool_summary *s, char *errstr
     while (d && (e = readdir(d)) != NULL) {
         size_t l = strlen(e->d_name);
         s->torn += l > 5 && strcmp(e->d_name + l - 5, ".torn") == 0;
+        s->damaged_files += l > 8 && strcmp(e->d_name + l - 8, ".damaged") == 0;
     }
     if (d) {
         closedir(d);

@@ -13,7 +13,12 @@
  *
  * The segments hold plain CloudEvent lines, exactly as the file sink writes them, so
  * `almabridge replay --from DIR` can push them elsewhere; the forwarder derives each
- * event's topic/stream and key from the line with the configured --route and --kafka-key. */
+ * event's topic/stream and key from the line with the configured --route and --kafka-key.
+ * Each segment has its checksum index "<segment>.crc" (eventlog.h). The forwarder reads
+ * through it: a damaged record (checksum mismatch, a segment cut short, bytes no checksum
+ * covers) is logged at error level with segment and offset, counted
+ * (almabridge_damaged_records_total, /readyz detail), copied to "<segment>.damaged" and
+ * skipped; forwarding goes on with the next good record, never stalls. */
 #ifndef AB_SPOOL_H
 #define AB_SPOOL_H
 
@@ -65,6 +70,9 @@ struct ab_spool_summary {
     time_t oldest_mtime;     /* the first segment's last write */
     long holder_pid;         /* a daemon holding DIR's lock, or 0 */
     long torn;               /* *.torn files (fragments cut off after a crash) */
+    long damaged;            /* records not yet forwarded that fail their checksum, are
+                              * cut short or not covered by one (eventlog.h) */
+    long damaged_files;      /* *.damaged files (records the forwarder set aside) */
 };
 
 /* Fill s from dir. Returns 0, or -1 with one line in errstr. */

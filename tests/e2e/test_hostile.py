@@ -299,7 +299,7 @@ def test_chunk_extensions_ignored(daemon):
     s.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"X-Exl-Signature: " + sign(body).encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
               + b"%x;name=value\r\n" % half + body[:half] + b"\r\n"
-              + b"%x ; a=\"b;c\"\r\n" % (len(body) - half) + body[half:] + b"\r\n0;last\r\n\r\n")
+              + b"%x;a=\"b;c\"\r\n" % (len(body) - half) + body[half:] + b"\r\n0;last\r\n\r\n")
     s.shutdown(socket.SHUT_WR)
     got = answers(read_all(s))
     s.close()

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 from daemon import BIN, BUILD, ROOT, free_port, samples, wait_until
-from services import RedisServer
+from services import AlmaApiStub, RedisServer
 
 
 def run(*args, env=None, timeout=30):
@@ -98,6 +98,32 @@ def test_check_connect_kafka_unreachable_is_bounded():
     assert r.returncode == 1, r
     assert f"kafka brokers 127.0.0.1:{port}: NOT reached within 5000 ms" in r.stdout
     assert time.monotonic() - t0 < 15
+
+
+def test_check_connect_asks_the_alma_api_when_configured(tmp_path):
+    """With --alma-api (reconcile, wait --fallback-after), the API is asked once too: the
+    gateway, TLS and the key; the key never appears in the output."""
+    key = "k3y-check-connect-0123456789"
+    (tmp_path / "alma.key").write_text(key + "\n")
+    base = ["--check-connect", "--file", str(tmp_path / "e.jsonl"), *INSECURE,
+            "--alma-api-key-file", str(tmp_path / "alma.key"), "--state-dir", str(tmp_path)]
+    stub = AlmaApiStub(key=key).start()
+    try:
+        ok = run(*base, "--alma-api", stub.url)
+        assert ok.returncode == 0, ok
+        assert f"alma api {stub.url}: reached, key accepted" in ok.stdout
+        assert ok.stdout.splitlines()[-1] == "everything reachable"
+        (tmp_path / "alma.key").write_text("wrong-" + key + "\n")
+        refused = run(*base, "--alma-api", stub.url)
+        assert refused.returncode == 1, refused
+        assert "the API key was refused" in refused.stdout
+        assert key not in refused.stdout + refused.stderr + ok.stdout + ok.stderr
+    finally:
+        stub.close()
+    t0 = time.monotonic()
+    down = run(*base, "--alma-api", f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 1 and "NOT reached" in down.stdout, down
+    assert time.monotonic() - t0 < 30
 
 
 # ---- durations --------------------------------------------------------------------------

@@ -41,6 +41,8 @@ static const char man_tail[] =
     ".TP\n.B challenge\nanswer Alma's challenge against a deployment\n"
     ".TP\n.B replay\na file\\-sink log (or a range of it) into a broker\n"
     ".TP\n.B spool inspect \\fIDIR\\fR\ninspect the \\fB\\-\\-spool\\fR directory\n"
+    ".TP\n.B verify\ncheck the event log's and the spool's records\n"
+    ".TP\n.B reconcile\nJOB_END events from Alma's Jobs API (docs/MISSED_EVENTS.md)\n"
     ".SH SIGNALS\n"
     ".TP\n.B SIGTERM\\fR, \\fBSIGINT\n/readyz turns 503, serving continues for "
     "\\fB\\-\\-drain\\-grace\\fR, then events in flight are answered and the process exits\n"

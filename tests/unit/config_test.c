@@ -129,7 +129,12 @@ static const char *const all_options[] = {
     "redis",         "redis-maxlen",  "redis-wait",       "config",
     "log-level",     "log-format",    "log-bodies",       "help",
     "version",       "check-config",  "print-config",     "idle-timeout",
-    "max-buffered",  "proxy-header",  "admin-listen",     "check-connect",
+    "max-buffered",  "proxy-header",  "institutions",     "unknown-institution",
+    "max-buffered-per-client", "dead-letter", "dead-letter-route",
+    "alma-api",         "alma-api-key-file",
+    "alma-api-ca",   "api-budget",    "state-dir",        "reconcile-every",
+    "reconcile-job", "reconcile-since", "reconcile-institution",
+    "admin-listen",  "check-connect",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
@@ -513,7 +518,7 @@ static void test_errors(void)
     expect_error(ARGS("--tls-key", "/k.pem"), NULL,
                  "--tls-cert and --tls-key must be given together");
     expect_error(ARGS("--kafka-conf", "acks"), NULL, "--kafka-conf: \"acks\" is not KEY=VALUE");
-    expect_error(ARGS("--kafka-conf", "=x"), NULL, "--kafka-conf: \"=x\" is not KEY=VALUE");
+    expect_error(ARGS("--kafka-conf", "=x"), NULL, "--kafka-conf: \"=****\" is not KEY=VALUE");
     static const char *const bad_allow[] = {"10.0.0.0/33", "::/129", "example.org", "10.0.0.0/"};
     for (size_t i = 0; i < sizeof(bad_allow) / sizeof(bad_allow[0]); i++) {
         char want[256];
@@ -610,14 +615,25 @@ static void test_masking(void)
                   ARGS("--redis", "redis://alice:hunter2@redis.example:6380/2", "--kafka-conf",
                        "sasl.username=bob", "--kafka-conf", "sasl.password=swordfish",
                        "--kafka-conf", "sasl.oauthbearer.client.SECRET=s3cr3t", "--kafka-conf",
-                       "ssl.key.password=k3y", "--kafka-conf", "acks=all"),
+                       "ssl.key.password=k3y", "--kafka-conf", "acks=all", "--kafka-conf",
+                       "sasl.jaas.config=org.apache.kafka.Plain required password=\"j4as\"",
+                       "--kafka-conf", "sasl.oauthbearer.config=principal=p cl1ent",
+                       "--kafka-conf", "ssl.key.pem=-----BEGIN PRIVATE KEY-----pr1v",
+                       "--kafka-conf", "security.protocol=SASL_SSL", "--kafka-conf",
+                       "Acks=all", "--kafka-conf", "new.unknown.key=unkn0wn"),
                   NULL);
     CHECK(rc == AB_CONFIG_OK);
     char *out = capture_cfg(ab_config_print, &c);
     CHECK(strstr(out, "redis = redis://alice:****@redis.example:6380/2\n") != NULL);
-    CHECK(strstr(out, "kafka-conf = sasl.username=bob, sasl.password=****, "
+    /* every value masked but those of the harmless keys (exact, case-sensitive names) */
+    CHECK(strstr(out, "kafka-conf = sasl.username=****, sasl.password=****, "
                       "sasl.oauthbearer.client.SECRET=****, ssl.key.password=****, "
-                      "acks=all\n") != NULL);
+                      "acks=all, sasl.jaas.config=****, sasl.oauthbearer.config=****, "
+                      "ssl.key.pem=****, security.protocol=SASL_SSL, Acks=****, "
+                      "new.unknown.key=****\n") != NULL);
+    CHECK(strstr(out, "bob") == NULL && strstr(out, "j4as") == NULL);
+    CHECK(strstr(out, "cl1ent") == NULL && strstr(out, "pr1v") == NULL);
+    CHECK(strstr(out, "unkn0wn") == NULL);
     CHECK(strstr(out, "hunter2") == NULL);
     CHECK(strstr(out, "swordfish") == NULL);
     CHECK(strstr(out, "s3cr3t") == NULL);

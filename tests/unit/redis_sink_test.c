@@ -230,7 +230,7 @@ static int submit_one(struct harness *h, const char *id, struct done *d)
 {
     static const char json[] = "{\"specversion\":\"1.0\",\"id\":\"x\"}";
     struct ab_sink_msg m = {id, "com.exlibrisgroup.alma.loan", "urn:alma:X", "alma:loan", NULL,
-                            json, sizeof(json) - 1, NULL};
+                            json, sizeof(json) - 1, NULL, 0};
     in_submit = 1;
     int rc = ab_sink_submit(h->s, &m, on_done, d);
     in_submit = 0;

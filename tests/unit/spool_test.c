@@ -224,7 +224,8 @@ static int segments(const char *dir)
     DIR *d = opendir(dir);
     int n = 0;
     for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
-        n += strstr(e->d_name, ".seg") != NULL && strstr(e->d_name, ".torn") == NULL;
+        size_t l = strlen(e->d_name);
+        n += l > 4 && strcmp(e->d_name + l - 4, ".seg") == 0; /* not .torn, .crc */
     }
     if (d) {
         closedir(d);
