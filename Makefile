@@ -31,7 +31,7 @@ FUZZ_SRC  := $(wildcard tests/fuzz/*_fuzz.c)
 # ThreadSanitizer builds link the C11-threads shim into every binary (tests/shim).
 SAN_OBJ   := $(if $(filter thread,$(SANITIZER)),$(BUILD)/obj/tests/shim/tsan_c11threads.o)
 
-.PHONY: all setup setup-test setup-fuzz test test-containers unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs
+.PHONY: all setup setup-test setup-fuzz test test-containers unit e2e run clean format fuzz fuzz-long bench bench-tools bench-smoke bench-smoke-record docs man install
 .SECONDARY:
 
 all: $(BUILD)/almabridge $(UNIT_BIN) $(TOOLS_BIN) $(BUILD)/shim/slowsync.so
@@ -65,6 +65,8 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # `make setup` installs what building and running need; `make setup-test` (run by
 # `make test`) adds what only the tests need. Idempotent, non-interactive, and no system
 # service is enabled or started (policy-rc.d refuses service starts during the install).
+# Works on slim images too: /usr/share/man/man1 is created first (debian:12-slim drops
+# /usr/share/man, and the JRE's post-install script dies without it).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
              libcjson-dev libxml2-dev curl openssl ca-certificates libcurl4-openssl-dev
 TEST_DEBS := redis-server kcat maven default-jdk-headless python3 python3-venv python3-pytest \
@@ -79,6 +81,7 @@ define apt_install
 	if [ -n "$$missing" ]; then \
 	    echo "installing: $$missing"; \
 	    printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $$SUDO mkdir -p /usr/share/man/man1; \
 	    $$SUDO chmod +x /usr/sbin/policy-rc.d; \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -154,6 +157,19 @@ bench-smoke-record: $(BUILD)/almabridge $(BUILD)/bench/bare_evhttp
 # Regenerate the README's option reference from the option table.
 docs: $(BUILD)/tools/options_md
 	python3 tests/tools/readme_options.py $(BUILD)/tools/options_md README.md
+
+# The man page almabridge(1), generated from the option tables like --help and the README.
+man: $(BUILD)/almabridge.1
+
+$(BUILD)/almabridge.1: $(BUILD)/tools/options_md
+	$(BUILD)/tools/options_md --man $(VERSION) > $@.tmp && mv $@.tmp $@
+
+# `make install [PREFIX=/usr/local] [DESTDIR=...]`: the binary and the man page.
+PREFIX  ?= /usr/local
+install: $(BUILD)/almabridge $(BUILD)/almabridge.1
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 0755 $(BUILD)/almabridge $(DESTDIR)$(PREFIX)/bin/almabridge
+	install -m 0644 $(BUILD)/almabridge.1 $(DESTDIR)$(PREFIX)/share/man/man1/almabridge.1
 
 format:
 	clang-format -i $(wildcard cmd/*.c core/*.[ch] sinks/*.[ch] tests/unit/*.[ch])

@@ -21,6 +21,8 @@
 
 #include "redact.h"
 #include "acl.h"
+#include "admin.h"
+#include "check.h"
 #include "cli.h"
 #include "config.h"
 #include "institutions.h"
@@ -43,12 +45,16 @@
 
 extern char **environ;
 
+/* How long Alma waits for an answer to a webhook. */
+#define ALMA_TIMEOUT_MS 5000
+
 struct daemon {
     struct ab_config cfg;
     struct ab_app app;
     struct ab_sink_setup sink; /* what the sink's global_init and open are given */
     struct ab_dedupe_setup dedupe;  /* the deduplication store, when app.dedupe is set */
     struct event_base *base;
+    struct ab_admin *admin; /* --admin-listen, on base */
     evutil_socket_t fd;
     pthread_t *threads;
     char *env_secret; /* ALMABRIDGE_SECRET, copied before it is wiped from the environment */
@@ -236,6 +242,11 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
                                                    err, errlen) != 0) {
         return -1;
     }
+    if (cfg->ack_timeout_ms >= ALMA_TIMEOUT_MS) {
+        ab_warn("--ack-timeout %ld ms is not below Alma's own %d ms timeout: Alma gives up "
+                "before the answer and retries an hour later; use at most 4s",
+                cfg->ack_timeout_ms, ALMA_TIMEOUT_MS);
+    }
     d->app.cfg = cfg;
     if (ab_sink_setup_build(&d->sink, cfg, err, errlen) != 0) {
         return -1;
@@ -342,12 +353,14 @@ static void check_config(struct daemon *d, struct ab_secrets *secrets, SSL_CTX *
     }
     ab_dedupe_setup_free(&d->dedupe);
     printf("configuration OK\n");
+    int rc = d->cfg.check_connect ? ab_check_connect(&d->cfg, d->app.sink_ops, d->app.sink_conf)
+                                  : 0;
     ab_secrets_free(secrets);
     SSL_CTX_free(ctx);
     app_free(&d->app);
     ab_config_free(&d->cfg);
     free(d->env_secret);
-    exit(0);
+    exit(rc);
 }
 
 static void shutdown_all(struct daemon *d)
@@ -411,9 +424,7 @@ int main(int argc, char **argv)
     ab_config_scrub_argv(ab_sinks, argc, argv);
     if (d.cfg.help) {
         ab_config_usage(ab_sinks, stdout);
-        printf("\nSubcommands (each with --help): almabridge wait (block until an Alma job has "
-               "ended),\nsend, challenge (test a deployment), replay (a file-sink log into a "
-               "broker),\nreconcile (JOB_END events from Alma's Jobs API, docs/MISSED_EVENTS.md).\n");
+        ab_check_usage_tail(stdout);
         return 0;
     }
     if (d.cfg.version) {
@@ -430,7 +441,7 @@ int main(int argc, char **argv)
     if (prepare(&d, &secrets, &ctx, err, sizeof(err)) != 0) {
         die(err);
     }
-    if (d.cfg.check_config) {
+    if (d.cfg.check_config || d.cfg.check_connect) {
         check_config(&d, secrets, ctx);
     }
     if (ab_secrets_count(secrets) == 0 && !d.cfg.institutions) {
@@ -457,6 +468,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++) {
         event_add(sigs[i], NULL);
     }
+    if (d.cfg.admin_listen &&
+        !(d.admin = ab_admin_new(d.base, &d.app, d.cfg.admin_listen, err, sizeof(err)))) {
+        die(err);
+    }
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);
     struct ab_reconcile_daemon *rec = ab_reconcile_daemon_start(
@@ -464,11 +479,12 @@ int main(int argc, char **argv)
     if (rec == NULL && d.cfg.reconcile_every) {
         die(err);
     }
-    ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)", AB_VERSION,
+    ab_info("almabridge %s listening on %s%s, path %s, sink %s, %zu worker(s)%s%s", AB_VERSION,
             d.cfg.listen, d.cfg.tls_cert ? " (TLS)" : "", d.cfg.path, d.cfg.sink,
-            d.app.n_workers);
+            d.app.n_workers, d.admin ? ", admin on " : "", d.admin ? d.cfg.admin_listen : "");
     ab_notify("READY=1"); /* systemd Type=notify: listening */
     event_base_dispatch(d.base);
+    ab_admin_free(d.admin); /* refused from now on, not left waiting in the backlog */
     for (int i = 0; i < 3; i++) {
         event_free(sigs[i]);
     }

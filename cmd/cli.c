@@ -53,24 +53,12 @@ int ab_cli_load_config(int nargs, char **args, struct ab_config *cfg, char *err,
 
 int ab_cli_duration_ms(const char *s, int64_t *ms)
 {
-    static const struct {
-        const char *unit;
-        int64_t ms;
-    } units[] = {{"ms", 1}, {"s", 1000}, {"", 1000}, {"m", 60000}, {"h", 3600000},
-                 {"d", 86400000}};
-    char *end = NULL;
-    errno = 0;
-    double v = s ? strtod(s, &end) : -1;
-    if (s == NULL || end == s || errno != 0 || !(v >= 0) || v > 1e12) {
+    long long v;
+    if (ab_config_duration_ms(s, 1000, &v) != 0) {
         return -1;
     }
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (strcmp(end, units[i].unit) == 0) {
-            *ms = (int64_t)(v * (double)units[i].ms);
-            return 0;
-        }
-    }
-    return -1;
+    *ms = (int64_t)v;
+    return 0;
 }
 
 int64_t ab_cli_now_ms(void)

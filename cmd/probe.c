@@ -1,6 +1,7 @@
 /* almabridge --probe [URL]: ask a running almabridge whether it is ready, for a container's
  * HEALTHCHECK (the image has no curl). Without a URL it follows the daemon's own
- * configuration: GET /readyz on --listen (0.0.0.0 and [::] become the loopback address),
+ * configuration: GET /readyz on --admin-listen when set, else on --listen (0.0.0.0 and [::]
+ * become the loopback address),
  * over TLS when --tls-cert is set, with the options of the probe's command line, or of
  * PID 1's when --probe comes alone and PID 1 is almabridge (a container), plus the
  * environment and the config file. Exit 0 when the answer is 2xx, 1 otherwise. */
@@ -49,10 +50,11 @@ static char *url_from_config(int argc, char **argv, char **envp)
         fprintf(stderr, "almabridge --probe: %s\n", err);
         return NULL;
     }
-    const char *colon = strrchr(cfg.listen, ':');
+    const char *listen = cfg.admin_listen ? cfg.admin_listen : cfg.listen;
+    const char *colon = strrchr(listen, ':');
     const char *port = colon ? colon + 1 : "8080";
-    int hlen = colon ? (int)(colon - cfg.listen) : (int)strlen(cfg.listen);
-    const char *host = cfg.listen;
+    int hlen = colon ? (int)(colon - listen) : (int)strlen(listen);
+    const char *host = listen;
     if (hlen == 0 || (hlen == 7 && strncmp(host, "0.0.0.0", 7) == 0)) {
         host = "127.0.0.1";
         hlen = 9;
@@ -60,7 +62,9 @@ static char *url_from_config(int argc, char **argv, char **envp)
         host = "[::1]";
         hlen = 5;
     }
-    char *url = ab_asprintf("%s://%.*s:%s/readyz", cfg.tls_cert ? "https" : "http", hlen,
+    /* the admin port (--admin-listen) is plain HTTP */
+    char *url = ab_asprintf("%s://%.*s:%s/readyz",
+                            cfg.tls_cert && cfg.admin_listen == NULL ? "https" : "http", hlen,
                             host, port);
     ab_config_free(&cfg);
     return url;

@@ -562,6 +562,34 @@ int ab_alma_job_instances(struct ab_alma_api *api, const char *job, const char *
     return rc;
 }
 
+int ab_alma_api_probe(struct ab_alma_api *api, const char *job, long timeout_ms, char *msg,
+                      size_t len)
+{
+    char err[512] = "";
+    cJSON *out = NULL;
+    char *ej = job ? escape(api, job) : NULL;
+    char *path = ej ? ab_asprintf("/almaws/v1/conf/jobs/%s/instances?limit=1&offset=0", ej)
+                    : ab_strdup("/almaws/v1/conf/jobs?limit=1&offset=0");
+    api->timeout_ms = timeout_ms;
+    int rc = ab_alma_api_get(api, path, &out, err, sizeof(err));
+    int reached = rc == AB_ALMA_OK || rc == AB_ALMA_NOT_FOUND || rc == AB_ALMA_BAD_ANSWER ||
+                  rc == AB_ALMA_ERROR;
+    if (rc == AB_ALMA_OK) {
+        snprintf(msg, len, "alma api %s: reached, key accepted", api->base);
+    } else if (reached) {
+        snprintf(msg, len, "alma api %s: reached, key accepted (%s)", api->base, err);
+    } else if (rc == AB_ALMA_DOWN) {
+        snprintf(msg, len, "alma api %s: NOT reached (%s)", api->base, err);
+    } else {
+        snprintf(msg, len, "alma api %s: reached, but %s (%s)", api->base,
+                 rc == AB_ALMA_AUTH ? "the API key was refused" : ab_alma_status_str(rc), err);
+    }
+    cJSON_Delete(out);
+    free(path);
+    free(ej);
+    return reached ? 0 : -1;
+}
+
 int ab_alma_job_instance(struct ab_alma_api *api, const char *job, const char *instance,
                          cJSON **out, char *err, size_t errlen)
 {

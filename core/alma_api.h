@@ -71,6 +71,13 @@ struct ab_alma_api *ab_alma_api_from_config(const struct ab_config *cfg, const c
 int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char *err,
                     size_t errlen);
 
+/* --check-connect: one GET within timeout_ms per attempt (the key, TLS, the gateway): the
+ * first instance of job, or the job list when job is NULL. Counts against the budget like
+ * any call. Returns 0 when Alma answered and accepted the key (also with a 4xx about the
+ * request itself), -1 otherwise; either way one line in msg (never the key). */
+int ab_alma_api_probe(struct ab_alma_api *api, const char *job, long timeout_ms, char *msg,
+                      size_t len);
+
 /* Called for each job instance of a list page; returns 0 to go on, non-zero to stop (that
  * value is then returned by ab_alma_job_instances). */
 typedef int (*ab_alma_instance_cb)(const cJSON *instance, void *arg);

@@ -43,12 +43,22 @@ static const struct ab_option options[] = {
              "environment and the command line override it"},
     {.name = "check-config", .type = AB_OPT_ACTION, .off = OFF(check_config), .group = "General",
      .help = "check the configuration (secrets, TLS files, sink settings) and exit"},
+    {.name = "check-connect", .type = AB_OPT_ACTION, .off = OFF(check_connect),
+     .group = "General",
+     .help = "--check-config, then try to reach the sink's brokers or server (a few seconds "
+             "at most) and say what works; exit 0, 1 when something is unreachable, 2 for a "
+             "configuration error"},
     {.name = "print-config", .type = AB_OPT_ACTION, .off = OFF(print_config), .group = "General",
      .help = "print the effective configuration, secrets masked, and exit"},
     /* HTTP */
     {.name = "listen", .type = AB_OPT_STRING, .def = "0.0.0.0:8080", .off = OFF(listen),
      .check = check_listen, .group = "HTTP", .metavar = "HOST:PORT",
      .help = "address and port to listen on; [::]:PORT for IPv6"},
+    {.name = "admin-listen", .type = AB_OPT_STRING, .off = OFF(admin_listen),
+     .check = check_listen, .group = "HTTP", .metavar = "HOST:PORT",
+     .help = "serve /healthz, /readyz and /metrics on this separate address (plain HTTP, "
+             "keep it off the load balancer); they then answer 404 on --listen. Default: "
+             "on --listen"},
     {.name = "path", .type = AB_OPT_STRING, .def = "/webhook", .off = OFF(path),
      .check = check_path, .group = "HTTP", .metavar = "PATH",
      .help = "URL path of the webhook endpoint, for Alma's challenge GET and event POSTs"},
@@ -96,9 +106,9 @@ static const struct ab_option options[] = {
      .off = OFF(max_body), .group = "Limits", .metavar = "BYTES",
      .help = "largest accepted request body; larger ones get 413"},
     {.name = "ack-timeout", .type = AB_OPT_LONG, .def = "4000", .min = 1, .max = 60000,
-     .off = OFF(ack_timeout_ms), .group = "Limits", .metavar = "MS",
+     .off = OFF(ack_timeout_ms), .unit_ms = 1, .group = "Limits", .metavar = "DURATION",
      .help = "how long to wait for the sink to acknowledge an event before answering 503 "
-             "(Alma gives up after 5000 ms)"},
+             "(Alma gives up after 5 s; 5 s or more gets a warning)"},
     {.name = "max-connections", .type = AB_OPT_LONG, .def = "10000", .min = 1, .max = LONG_MAX,
      .off = OFF(max_connections), .group = "Limits", .metavar = "N",
      .help = "open client connections, over all threads"},
@@ -109,11 +119,13 @@ static const struct ab_option options[] = {
      .off = OFF(max_headers_size), .group = "Limits", .metavar = "BYTES",
      .help = "largest accepted request head (request line and headers)"},
     {.name = "read-timeout", .type = AB_OPT_LONG, .def = "10", .min = 1, .max = 3600,
-     .off = OFF(read_timeout_s), .group = "Limits", .metavar = "SECONDS",
+     .off = OFF(read_timeout_s), .unit_ms = 1000, .group = "Limits",
+     .metavar = "DURATION",
      .help = "deadline for receiving a whole request (head and body), counted from its "
              "first byte; then the connection is closed"},
     {.name = "idle-timeout", .type = AB_OPT_LONG, .def = "5", .min = 1, .max = 3600,
-     .off = OFF(idle_timeout_s), .group = "Limits", .metavar = "SECONDS",
+     .off = OFF(idle_timeout_s), .unit_ms = 1000, .group = "Limits",
+     .metavar = "DURATION",
      .help = "close a connection that has no request in progress (a new one, or kept "
              "alive after an answer) after this long"},
     {.name = "max-buffered", .type = AB_OPT_LONG, .def = "67108864", .min = 1, .max = LONG_MAX,
@@ -127,11 +139,13 @@ static const struct ab_option options[] = {
              "address (IPv6: one /64), so that a few clients cannot fill --max-buffered; "
              "more get 503 with Retry-After; 0 = no bound"},
     {.name = "drain-grace", .type = AB_OPT_LONG, .def = "5", .min = 0, .max = 3600,
-     .off = OFF(drain_grace_s), .group = "Limits", .metavar = "SECONDS",
+     .off = OFF(drain_grace_s), .unit_ms = 1000, .group = "Limits",
+     .metavar = "DURATION",
      .help = "on SIGTERM, keep serving while /readyz reports not ready, so the load "
              "balancer can stop sending"},
     {.name = "shutdown-timeout", .type = AB_OPT_LONG, .def = "10", .min = 0, .max = 3600,
-     .off = OFF(shutdown_timeout_s), .group = "Limits", .metavar = "SECONDS",
+     .off = OFF(shutdown_timeout_s), .unit_ms = 1000, .group = "Limits",
+     .metavar = "DURATION",
      .help = "on shutdown, how long to wait for events in flight to be acknowledged"},
     /* Sink */
     {.name = "sink", .type = AB_OPT_STRING, .def = "file", .off = OFF(sink),
@@ -549,6 +563,62 @@ static int check_listen(const char *v, char *why, size_t whylen)
     return ok ? 0 : -1;
 }
 
+/* One broker address "HOST:PORT" (or "[v6]:PORT"), optionally after "SCHEME://", of len
+ * bytes: a host and a port 1..65535. */
+static int is_hostport(const char *v, size_t len)
+{
+    char item[300];
+    if (len == 0 || len >= sizeof(item)) {
+        return 0;
+    }
+    snprintf(item, sizeof(item), "%.*s", (int)len, v);
+    char *p = strstr(item, "://");
+    p = p ? p + 3 : item;
+    char *colon = strrchr(p, ':');
+    if (colon == NULL || !is_port(colon + 1) || atol(colon + 1) < 1) {
+        return 0;
+    }
+    if (p[0] == '[') {
+        struct in6_addr a6;
+        *colon = '\0';
+        size_t n = strlen(p);
+        if (n < 3 || p[n - 1] != ']') {
+            return 0;
+        }
+        p[n - 1] = '\0';
+        return inet_pton(AF_INET6, p + 1, &a6) == 1;
+    }
+    return is_hostname(p, (size_t)(colon - p));
+}
+
+int ab_config_check_hostports(const char *v, char *why, size_t whylen)
+{
+    const char *p = v;
+    do {
+        size_t len = strcspn(p, ",");
+        const char *s = p, *e = p + len;
+        while (s < e && isspace((unsigned char)*s)) {
+            s++;
+        }
+        while (e > s && isspace((unsigned char)e[-1])) {
+            e--;
+        }
+        if (!is_hostport(s, (size_t)(e - s))) {
+            if (strchr(v, ',') == NULL) {
+                snprintf(why, whylen, "is not HOST:PORT with a host and a port 1..65535");
+            } else {
+                snprintf(why, whylen, "has \"%.*s\", not HOST:PORT with a host and a port "
+                         "1..65535", (int)(e - s) > 64 ? 64 : (int)(e - s), s);
+            }
+            return -1;
+        }
+        if (p[len] != ',') {
+            return 0;
+        }
+        p += len + 1;
+    } while (1);
+}
+
 static int check_path(const char *v, char *why, size_t whylen)
 {
     if (v[0] != '/') {
@@ -631,10 +701,69 @@ static int check_value(struct loader *ld, const struct ab_option *o, const char 
     return 0;
 }
 
+int ab_config_duration_ms(const char *s, long bare_unit_ms, long long *ms)
+{
+    static const struct {
+        const char *unit;
+        long long ms;
+    } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+    char *end = NULL;
+    errno = 0;
+    double v = s && !isspace((unsigned char)*s) ? strtod(s, &end) : -1;
+    if (s == NULL || end == s || errno != 0 || !(v >= 0) || v > 1e15 ||
+        strpbrk(s, "xXpPeEnN") != NULL) {
+        return -1;
+    }
+    long long unit = *end == '\0' ? bare_unit_ms : 0;
+    for (size_t i = 0; unit == 0 && i < sizeof(units) / sizeof(units[0]); i++) {
+        unit = strcmp(end, units[i].unit) == 0 ? units[i].ms : 0;
+    }
+    if (unit == 0 || v * (double)unit > 9e15) {
+        return -1;
+    }
+    *ms = (long long)(v * (double)unit + 0.5);
+    return 0;
+}
+
+/* "SECONDS" or "MS": the unit of a bare number for duration option o. */
+static const char *duration_unit(const struct ab_option *o)
+{
+    return o->unit_ms == 1 ? "milliseconds" : o->unit_ms == 1000 ? "seconds" : "units";
+}
+
+/* A duration option: the value in the field's unit, which must be a whole number of it. */
+static int parse_duration(struct loader *ld, const struct ab_option *o, const char *v,
+                          const char *label, long *out)
+{
+    long long ms;
+    if (ab_config_duration_ms(v, o->unit_ms, &ms) != 0) {
+        snprintf(ld->errstr, ld->errlen,
+                 "%s: \"%s\" is not a duration (e.g. 500ms, 10s, 5m, 6h; a bare number is in %s)",
+                 label, v, duration_unit(o));
+        return -1;
+    }
+    if (ms % o->unit_ms != 0) {
+        snprintf(ld->errstr, ld->errlen, "%s: %s is not a whole number of %s", label, v,
+                 duration_unit(o));
+        return -1;
+    }
+    long long n = ms / o->unit_ms;
+    if (n < o->min || n > o->max) {
+        snprintf(ld->errstr, ld->errlen, "%s: %s is out of range (%ld..%ld %s)", label, v,
+                 o->min, o->max, duration_unit(o));
+        return -1;
+    }
+    *out = (long)n;
+    return 0;
+}
+
 static int parse_long(struct loader *ld, const struct ab_option *o, const char *v,
                       const char *label, long *out)
 {
     char *end = NULL;
+    if (o->unit_ms > 0) {
+        return parse_duration(ld, o, v, label, out);
+    }
     errno = 0;
     long n = strtol(v, &end, 10);
     if (end == v || *end != '\0' || isspace((unsigned char)*v)) {
@@ -1152,7 +1281,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .opts = ab_config_sink_opts(cfg, ops),
         .ack_timeout_ms = cfg->ack_timeout_ms,
         .max_body = cfg->max_body,
-        .check_only = cfg->check_config,
+        .check_only = cfg->check_config || cfg->check_connect,
         .route = cfg->route,
         .dead_letter = cfg->dead_letter && strcmp(cfg->dead_letter, "on") == 0,
         .structured = cfg->content_mode != NULL && strcmp(cfg->content_mode, "structured") == 0,
@@ -1233,6 +1362,11 @@ static char *option_notes(const struct ab_option *o)
     }
     if (o->flags & AB_OPT_POSITIONAL) {
         append_note(&notes, "or as an argument");
+    }
+    if (o->unit_ms > 0) {
+        char note[64];
+        snprintf(note, sizeof(note), "a bare number is in %s", duration_unit(o));
+        append_note(&notes, note);
     }
     if (o->type != AB_OPT_ACTION) {
         char env[96], note[160];
@@ -1348,7 +1482,9 @@ void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out)
         char *help = o->type == AB_OPT_LIST ? ab_asprintf("%s (repeatable; comma- or newline-"
                                                        "separated in the environment)",
                                                        o->help)
-                                         : ab_strdup(o->help);
+                     : o->unit_ms > 0 ? ab_asprintf("%s (500ms, 10s, 5m, 6h; a bare number is "
+                                                    "in %s)", o->help, duration_unit(o))
+                                      : ab_strdup(o->help);
         fputc('|', out);
         md_cell(out, syn, 1);
         md_cell(out, env, 1);
@@ -1357,6 +1493,55 @@ void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out)
         fputc('\n', out);
         free(help);
         free(def);
+    }
+    view_free(&vw);
+}
+
+/* s as roff text: backslashes and hyphens escaped, a leading '.' or '\'' defused. */
+static void man_text(FILE *out, const char *s)
+{
+    if (*s == '.' || *s == '\'') {
+        fputs("\\&", out);
+    }
+    for (; *s; s++) {
+        if (*s == '\\') {
+            fputs("\\e", out);
+        } else if (*s == '-') {
+            fputs("\\-", out);
+        } else {
+            fputc(*s, out);
+        }
+    }
+}
+
+void ab_config_man(const struct ab_sink_ops *const *sinks, FILE *out)
+{
+    const char *group = NULL;
+    struct optview vw;
+    view_init(&vw, sinks);
+    fputs(".SH OPTIONS\n", out);
+    for (size_t i = 0; i < vw.n; i++) {
+        const struct ab_option *o = vw.v[i].o;
+        char syn[96];
+        if (group == NULL || strcmp(group, o->group) != 0) {
+            group = o->group;
+            fputs(".SS ", out);
+            man_text(out, group);
+            fputc('\n', out);
+        }
+        option_synopsis(&vw, o, syn, sizeof(syn));
+        fputs(".TP\n.B ", out);
+        man_text(out, syn);
+        fputc('\n', out);
+        char *notes = option_notes(o);
+        man_text(out, o->help);
+        if (notes[0]) {
+            fputs(" (", out);
+            man_text(out, notes);
+            fputc(')', out);
+        }
+        fputc('\n', out);
+        free(notes);
     }
     view_free(&vw);
 }
@@ -1373,7 +1558,8 @@ static void print_option(const struct ab_config *cfg, const struct optview *vw,
         fputs(m == NULL ? "(not set)" : m[0] ? m : "\"\"", out);
         free(m);
     } else if (o->type == AB_OPT_LONG) {
-        fprintf(out, "%ld", *(const long *)f);
+        fprintf(out, "%ld%s", *(const long *)f,
+                o->unit_ms == 1 ? "ms" : o->unit_ms == 1000 ? "s" : "");
     } else if (o->type == AB_OPT_BOOL) {
         fputs(*(const int *)f ? "true" : "false", out);
     } else if (o->type == AB_OPT_LIST) {

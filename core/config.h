@@ -54,6 +54,9 @@ struct ab_option {
     const char *def; /* default as text, NULL for none */
     size_t off;      /* offsetof(the struct the table fills, field) */
     long min, max;   /* AB_OPT_LONG */
+    long unit_ms;    /* AB_OPT_LONG: non-zero for a duration, the field's unit in ms (1 or
+                      * 1000); the value may then carry a unit (500ms, 10s, 5m, 6h, 1d) and a
+                      * bare number is in the field's unit */
     const char *group;
     const char *metavar;
     const char *choices;   /* "a|b|c": the only values accepted */
@@ -73,6 +76,15 @@ struct ab_optset {
 };
 #define AB_OPTSET(table, type) {(table), sizeof(table) / sizeof((table)[0]), sizeof(type)}
 
+/* A duration: a number (decimals allowed) with an optional unit ms, s, m, h or d; a bare
+ * number counts in bare_unit_ms. Sets *ms and returns 0, or -1 for anything else (negative,
+ * unknown unit, overflow). The one duration syntax of the daemon and every subcommand. */
+int ab_config_duration_ms(const char *s, long bare_unit_ms, long long *ms);
+
+/* A validator for HOST:PORT[,HOST:PORT...] broker lists (e.g. --kafka-brokers): each item
+ * has a host and a port 1..65535, optionally after a scheme ("SSL://host:port"). */
+int ab_config_check_hostports(const char *value, char *why, size_t whylen);
+
 /* 1 when key[0..len) is in the NULL-terminated list harmless (exact match): its value may
  * be shown; 0 otherwise. The rule of AB_MASK_KV_VALUES, for a backend's own messages. */
 int ab_config_key_harmless(const char *const *harmless, const char *key, size_t len);
@@ -82,7 +94,8 @@ int ab_config_check_kv(const char *value, char *why, size_t whylen);
 
 struct ab_config {
     /* front end */
-    char *listen; /* HOST:PORT */
+    char *listen;       /* HOST:PORT */
+    char *admin_listen; /* HOST:PORT of /healthz, /readyz, /metrics; NULL: on --listen */
     char *path;
     char *secret_file;
     char *institutions;        /* consortium profiles (institutions.h), NULL = one secret */
@@ -136,7 +149,7 @@ struct ab_config {
     char *reconcile_since;   /* a duration */
     char *reconcile_institution;
     /* actions (not options of the daemon's state) */
-    int help, version, check_config, print_config;
+    int help, version, check_config, check_connect, print_config;
     /* the sinks whose options were loaded (NULL-terminated, not owned), and for each its
      * own configuration struct, filled from its table */
     const struct ab_sink_ops *const *sinks;
@@ -180,6 +193,9 @@ void ab_config_usage(const struct ab_sink_ops *const *sinks, FILE *out);
 void ab_config_usage_group(const struct ab_sink_ops *const *sinks, const char *group, FILE *out);
 /* The option reference as a Markdown table (for the README), from the same tables. */
 void ab_config_markdown(const struct ab_sink_ops *const *sinks, FILE *out);
+/* The OPTIONS section of the man page (roff, man(7) macros), from the same tables: one
+ * .SS per group, one .TP per option. */
+void ab_config_man(const struct ab_sink_ops *const *sinks, FILE *out);
 /* The effective configuration, one "key = value" per line, secrets masked. */
 void ab_config_print(const struct ab_config *cfg, FILE *out);
 

@@ -33,6 +33,7 @@
 #include <openssl/ssl.h>
 
 #include "acl.h"
+#include "admin.h"
 #include "config.h"
 #include "institutions.h"
 #include "log.h"
@@ -422,6 +423,9 @@ void ab_req_answer(struct ab_req *r, const struct ab_answer *a)
     }
     if (!a->quiet) {
         ab_metrics_request(r->w->metrics, a->status, a->action, a->event);
+    }
+    if (!a->quiet && !(ab_log_level_min > AB_LOG_DEBUG &&
+                       ab_admin_quiet_probe(r->head.path, a->status))) {
         struct ab_access acc = {
             .client = r->client[0] ? r->client : r->peer,
             .method = r->head.method ? r->head.method : "-",
@@ -496,14 +500,18 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     ab_req_answer(r, &a);
 }
 
-static void handle_metrics(struct ab_worker *w, struct ab_req *r)
+char *ab_app_metrics_text(const struct ab_app *app)
 {
-    const struct ab_app *app = w->app;
     struct ab_metrics_gauges g = {.inflight = app->handler->inflight_total(),
                                   .connections = atomic_load(&app->connections),
                                   .buffered = atomic_load(&app->buffered),
                                   .draining = ab_app_draining(app)};
-    char *text = ab_metrics_render(app->metrics, app->n_workers, app->sink_name, &g);
+    return ab_metrics_render(app->metrics, app->n_workers, app->sink_name, &g);
+}
+
+static void handle_metrics(struct ab_worker *w, struct ab_req *r)
+{
+    char *text = ab_app_metrics_text(w->app);
     struct ab_answer a = {.status = 200, .ctype = "text/plain; version=0.0.4; charset=utf-8",
                           .body = text, .len = strlen(text), .quiet = 1};
     ab_req_answer(r, &a);
@@ -519,6 +527,10 @@ static void dispatch(struct ab_worker *w, struct ab_req *r)
         return;
     }
     int ours = !strcmp(path, "/healthz") || !strcmp(path, "/readyz") || !strcmp(path, "/metrics");
+    if (ours && w->cfg->admin_listen) {
+        ab_req_error(r, 404, "not found: /healthz, /readyz and /metrics are on --admin-listen");
+        return;
+    }
     if (!ours) {
         ab_req_error(r, 404, "not found: webhooks go to the configured --path");
         return;

@@ -14,7 +14,9 @@
  *   --max-headers-size, --max-body: per request; --max-buffered: every request body being
  *                      received or held, over all connections and threads.
  *
- * Endpoints: {path} (webhook.h), GET /healthz, /readyz, /metrics. Every answer has a
+ * Endpoints: {path} (webhook.h), GET /healthz, /readyz, /metrics (404 here when
+ * --admin-listen moves them to their own port, admin.h; a successful /healthz or /readyz
+ * is written to the access log at debug level only). Every answer has a
  * status line, Content-Length and a JSON body (metrics: Prometheus text), is counted in
  * the metrics once and written to the access log once (metrics scrapes excepted). */
 #ifndef AB_SERVER_H
@@ -103,6 +105,9 @@ struct ab_app {
 void ab_app_drain(struct ab_app *app);
 /* 1 once ab_app_drain() was called. Any thread. */
 int ab_app_draining(const struct ab_app *app);
+/* The Prometheus text of /metrics (the public port's and --admin-listen's); caller frees.
+ * Any thread. */
+char *ab_app_metrics_text(const struct ab_app *app);
 
 /* Start-up, after the descriptor limit was raised and before workers start: check that
  * the limits above can hold (the libevent found at run time has what this layer uses; the

@@ -125,6 +125,13 @@ struct ab_sink_ops {
     /* 1 while the instance can take writes (for /readyz), else 0. */
     int (*ready)(struct ab_sink *s);
 
+    /* --check-connect, start-up thread, after global_init succeeded: try within
+     * timeout_ms to reach what the backend writes to (brokers, a server), writing
+     * nothing. Returns 0 when reached, -1 when not; either way one line in msg saying
+     * what was tried and what was found (never a password). Optional: a backend without
+     * it has nothing to reach beyond what global_init checked. */
+    int (*probe)(const struct ab_sink_conf *conf, int timeout_ms, char *msg, size_t len);
+
     /* Write a short human-readable state ("connected", "broker down: ...") into buf.
      * Optional. */
     void (*describe)(struct ab_sink *s, char *buf, size_t len);

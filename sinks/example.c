@@ -19,8 +19,8 @@
 /* clang-format off */
 static const struct ab_option example_options[] = {
     {.name = "example-delay", .type = AB_OPT_LONG, .def = "10", .min = 1, .max = 600000,
-     .off = OFF(delay_ms), .group = "Example", .metavar = "MS",
-     .help = "example sink: acknowledge what came every MS milliseconds"},
+     .off = OFF(delay_ms), .unit_ms = 1, .group = "Example", .metavar = "DURATION",
+     .help = "example sink: acknowledge what came at this interval"},
     {.name = "example-capacity", .type = AB_OPT_LONG, .def = "1000", .min = 1, .max = 1000000,
      .off = OFF(capacity), .group = "Example", .metavar = "N",
      .help = "example sink: events kept in memory; more are refused"},

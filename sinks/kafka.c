@@ -700,7 +700,8 @@ static int compile_key(const struct ab_kafka_conf *cfg, struct ab_route **key, c
 /* clang-format off */
 static const struct ab_option kafka_options[] = {
     {.name = "kafka-brokers", .type = AB_OPT_STRING, .def = "localhost:9092",
-     .off = OFF(brokers), .group = "Kafka", .metavar = "HOST:PORT,...",
+     .off = OFF(brokers), .check = ab_config_check_hostports, .group = "Kafka",
+     .metavar = "HOST:PORT,...",
      .help = "bootstrap brokers (librdkafka bootstrap.servers)"},
     {.name = "kafka-key", .type = AB_OPT_STRING, .def = "{record}", .off = OFF(key),
      .group = "Kafka", .metavar = "TEMPLATE",
@@ -764,6 +765,47 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
     }
     rd_kafka_destroy(rk);
     return 0;
+}
+
+/* The last error librdkafka reported to a probe's producer. */
+static void on_probe_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    snprintf(opaque, 256, "%s", reason);
+}
+
+/* --check-connect, start-up thread: a producer with the daemon's own configuration
+ * (TLS, SASL) asks the brokers for the cluster's metadata, within timeout_ms. */
+static int kafka_probe(const struct ab_sink_conf *sc, int timeout_ms, char *msg, size_t len)
+{
+    const struct ab_kafka_conf *cfg = sc->opts;
+    char err[512], last[256] = "";
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_conf_t *conf = build_conf(sc, NULL, err, sizeof(err));
+    if (conf == NULL) {
+        snprintf(msg, len, "kafka brokers %s: %s", cfg->brokers, err);
+        return -1;
+    }
+    rd_kafka_conf_set_log_cb(conf, on_log_quiet);
+    rd_kafka_conf_set_error_cb(conf, on_probe_error);
+    rd_kafka_conf_set_opaque(conf, last);
+    conf_set(conf, "statistics.interval.ms", "0", err, sizeof(err));
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(msg, len, "kafka brokers %s: %s", cfg->brokers, err);
+        return -1;
+    }
+    rd_kafka_resp_err_t rc = rd_kafka_metadata(rk, 0, NULL, &md, timeout_ms);
+    if (rc == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(msg, len, "kafka brokers %s: reached, %d broker(s) in the cluster, %d topic(s)",
+                 cfg->brokers, md->broker_cnt, md->topic_cnt);
+        rd_kafka_metadata_destroy(md);
+    } else {
+        snprintf(msg, len, "kafka brokers %s: NOT reached within %d ms (%s%s%s)", cfg->brokers,
+                 timeout_ms, rd_kafka_err2str(rc), last[0] ? "; " : "", last);
+    }
+    rd_kafka_destroy(rk);
+    return rc == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
 }
 
 /* Start-up thread: create the producer and hook its main queue into base. */
@@ -1358,6 +1400,7 @@ const struct ab_sink_ops ab_sink_kafka = {
     .default_route = "alma.{action}",
     .options = &kafka_optset,
     .global_init = kafka_global_init,
+    .probe = kafka_probe,
     .open = kafka_open,
     .submit = kafka_submit,
     .ready = kafka_ready,

@@ -1198,12 +1198,75 @@ static void redis_reader_close(struct ab_sink_reader *base)
     free(r);
 }
 
+/* ---- --check-connect ---------------------------------------------------------------------- */
+
+/* One command of the probe's handshake; 0, or -1 with the reason in msg. */
+static int probe_step(redisContext *c, const struct redis_shared *sh, int argc,
+                      const char **argv, char *msg, size_t len)
+{
+    redisReply *r = redisCommandArgv(c, argc, argv, NULL);
+    int rc = -1;
+    if (r == NULL) {
+        snprintf(msg, len, "redis %s: NOT reached (%s: %s)", sh->addr, argv[0], c->errstr);
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(msg, len, "redis %s: reached, but %s was refused: %.120s", sh->addr, argv[0],
+                 r->str);
+    } else {
+        rc = 0;
+    }
+    if (r != NULL) {
+        freeReplyObject(r);
+    }
+    return rc;
+}
+
+/* --check-connect, start-up thread: connect, AUTH, SELECT and PING as the sink does, with
+ * blocking calls bounded by timeout_ms each. Writes nothing. */
+static int redis_probe(const struct ab_sink_conf *sc, int timeout_ms, char *msg, size_t len)
+{
+    const struct ab_redis_conf *cfg = sc->opts;
+    struct redis_shared *sh = ab_calloc(1, sizeof(*sh));
+    const char *url = cfg->url && *cfg->url ? cfg->url : DEFAULT_URL;
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    redisContext *c = NULL;
+    char db[24];
+    int rc = -1;
+    if (parse_url(url, sh, msg, len) != 0) {
+        goto done;
+    }
+    c = redisConnectWithTimeout(sh->host, sh->port, tv);
+    if (c == NULL || c->err) {
+        snprintf(msg, len, "redis %s: NOT reached within %d ms (%s)", sh->addr, timeout_ms,
+                 c ? c->errstr : "out of memory");
+        goto done;
+    }
+    redisSetTimeout(c, tv);
+    snprintf(db, sizeof(db), "%ld", sh->db);
+    const char *auth[3] = {"AUTH", sh->user ? sh->user : sh->password, sh->password};
+    const char *sel[2] = {"SELECT", db};
+    const char *ping[1] = {"PING"};
+    if ((sh->password && probe_step(c, sh, sh->user ? 3 : 2, auth, msg, len) != 0) ||
+        (sh->db > 0 && probe_step(c, sh, 2, sel, msg, len) != 0) ||
+        probe_step(c, sh, 1, ping, msg, len) != 0) {
+        goto done;
+    }
+    snprintf(msg, len, "redis %s: reached, PING answered", sh->addr);
+    rc = 0;
+done:
+    if (c != NULL) {
+        redisFree(c);
+    }
+    shared_free(sh);
+    return rc;
+}
+
 const struct ab_sink_ops ab_sink_redis = {
     .name = "redis",
     .default_route = "alma:{action}",
     .options = &redis_optset,
     .global_init = redis_global_init,
     .global_free = redis_global_free,
+    .probe = redis_probe,
     .open = redis_open,
     .submit = redis_submit,
     .ready = redis_ready,
@@ -1213,6 +1276,3 @@ const struct ab_sink_ops ab_sink_redis = {
     .reader_next = redis_reader_next,
     .reader_close = redis_reader_close,
 };
-
-/* ---- INTERIM reader for reconcile (replaced by the sink read side, issue 18) ---------- */
-

@@ -1068,8 +1068,9 @@ static const struct ab_option spool_options[] = {
              "append it to an fsync'd spool in DIR, answer 200 and forward it when the broker "
              "is back"},
     {.name = "spool-after", .type = AB_OPT_LONG, .def = "1500", .min = 1, .max = 60000,
-     .off = OFF(after_ms), .group = "Spool", .metavar = "MS",
-     .help = "spool an event the broker has not acknowledged within MS (below --ack-timeout)"},
+     .off = OFF(after_ms), .unit_ms = 1, .group = "Spool", .metavar = "DURATION",
+     .help = "spool an event the broker has not acknowledged within this time (below "
+             "--ack-timeout)"},
     {.name = "spool-max-bytes", .type = AB_OPT_LONG, .def = "1073741824", .min = 1,
      .max = LONG_MAX, .off = OFF(max_bytes), .group = "Spool", .metavar = "BYTES",
      .help = "the spool's size limit on disk; when full, 503 as without a spool"},
@@ -1124,12 +1125,15 @@ int ab_spool_has_progress(const char *dir)
 
 static void spool_close(struct ab_sink *base, int timeout_ms);
 
+static int spool_probe(const struct ab_sink_conf *conf, int timeout_ms, char *msg, size_t len);
+
 const struct ab_sink_ops ab_sink_spool = {
     .name = "spool",
     .options = &spool_optset,
     .flags = AB_SINK_WRAPS,
     .global_init = spool_global_init,
     .global_free = spool_global_free,
+    .probe = spool_probe,
     .open = spool_open,
     .submit = spool_submit,
     .ready = spool_ready,
@@ -1186,6 +1190,18 @@ int ab_spool_configure(struct ab_spool_conf *sc, const struct ab_spool_opts *opt
                                  .inner_conf = *inner_conf,
                                  .route = inner_conf->route};
     return 0;
+}
+
+/* --check-connect: the spool has nothing to reach (global_init checked its directory); the
+ * broker behind it is probed as without a spool. */
+static int spool_probe(const struct ab_sink_conf *conf, int timeout_ms, char *msg, size_t len)
+{
+    const struct ab_spool_conf *sc = conf->opts;
+    if (sc->inner->probe == NULL) {
+        snprintf(msg, len, "%s: nothing to reach", sc->inner->name);
+        return 0;
+    }
+    return sc->inner->probe(&sc->inner_conf, timeout_ms, msg, len);
 }
 
 /* ---- inspect ------------------------------------------------------------------------ */

@@ -85,7 +85,7 @@ def run_bench_smoke():
 def run_e2e(args):
     with tempfile.TemporaryDirectory() as tmp:
         junit = os.path.join(tmp, "junit.xml")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "--junitxml", junit,
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "--junitxml", junit,
                os.path.join(ROOT, "tests", "e2e")] + args
         rc = subprocess.run(cmd, cwd=ROOT).returncode
         if not os.path.exists(junit):

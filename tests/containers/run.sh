@@ -9,7 +9,8 @@
 #    from CI; see standins/README.md), each built only when no image has that tag yet, so a
 #    second run reuses them. almabridge's own image is built by `compose up --build` (the
 #    engine's build cache makes an unchanged rebuild quick).
-# 3. pytest on test_compose.py; its closing line is the result.
+# 3. pytest on test_compose.py (the stacks) and test_slim.py (set-up on the slim image and
+#    a minbase, in unprivileged containers); its closing line is the result.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -90,6 +91,19 @@ if ! have_image debian:12-slim; then
         "deb ${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security} bookworm-security main" |
         docker import --change 'CMD ["bash"]' - debian:12-slim >/dev/null ||
         fail "could not build debian:12-slim with mmdebstrap"
+fi
+
+# A debootstrap minbase as it comes (man pages and all, but no procps, no python3), for
+# test_slim.py; the slim stand-in above drops /usr/share/man like the real debian:12-slim.
+minbase=almabridge-test/minbase:bookworm
+if ! have_image "$minbase"; then
+    say "building $minbase with mmdebstrap (bookworm, minbase; once)"
+    mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+    mmdebstrap --variant=minbase --quiet bookworm - "deb $mirror bookworm main" \
+        "deb $mirror bookworm-updates main" \
+        "deb ${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security} bookworm-security main" |
+        docker import --change 'CMD ["bash"]' - "$minbase" >/dev/null ||
+        fail "could not build $minbase with mmdebstrap"
 fi
 
 standins=$root/tests/containers/standins

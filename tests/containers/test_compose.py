@@ -1,14 +1,17 @@
 """The compose stacks as a user runs them (run by tests/containers/run.sh, `make
 test-containers`, which provides the engine and the images).
 
-Kafka (docker/compose.yaml): three almabridge replicas (`--scale`) behind HAProxy; the
-replicas' HEALTHCHECK (`almabridge --probe`) turns healthy; signed webhooks go through the
-load balancer under load while one replica is stopped (SIGTERM: drain) and another killed
-(SIGKILL); every webhook answered 200 is read back from the HOST through Kafka's second
-listener (the ledger), and the `events` consumer service prints them.
+Kafka (docker/compose.yaml): three almabridge replicas (almabridge-1..3, each with its own
+named volume for its spool) behind HAProxy; the replicas' HEALTHCHECK (`almabridge
+--probe`, on the admin port) turns healthy; /readyz and /metrics are not reachable through
+the load balancer; under load, docker/upgrade.sh replaces every replica one at a time and
+no client sees anything but 200; then one replica is stopped (SIGTERM: drain) and another
+killed (SIGKILL); every webhook answered 200 is read back from the HOST through Kafka's
+second listener (the ledger), and the `events` consumer service prints them.
 
-Redis (docker/compose.redis.yaml): two replicas write to the stream through the Redis sink;
-every webhook answered 200 is an entry of the stream, and `events` prints them."""
+Redis (docker/compose.redis.yaml): the replicas write to the stream through the Redis sink;
+Redis is restarted while webhooks keep coming: every one is answered 200 (the spool takes
+them) and every one ends up in the stream, which `events` prints."""
 import http.client
 import json
 import os
@@ -53,19 +56,41 @@ class Stack:
                         f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
         return p
 
-    def up(self, replicas):
+    def up(self, replicas=3):
         self.compose("down", "-v", "--remove-orphans", check=False)
-        self.compose("up", "-d", "--build", "--scale", f"almabridge={replicas}")
-        wait_until(lambda: sum(s == "UP" for s in server_states(self.stats).values())
-                   == replicas, 240, f"HAProxy to see {replicas} replicas UP\n{self.logs()}")
+        self.compose("up", "-d", "--build")
+        wait_until(lambda: self.up_count() == replicas, 240,
+                   f"HAProxy to see {replicas} replicas UP\n{self.logs()}")
+
+    def up_count(self):
+        return sum(s == "UP" for s in server_states(self.stats).values())
 
     def replicas(self):
-        """{container id: docker's status line} of the almabridge service."""
+        """{container id: docker's status line} of the almabridge-N services."""
         out = subprocess.run(
             ["docker", "ps", "--filter", f"label=com.docker.compose.project={self.project}",
-             "--filter", "label=com.docker.compose.service=almabridge",
-             "--format", "{{.ID}} {{.Status}}"], capture_output=True, text=True, check=True)
-        return dict(line.split(" ", 1) for line in out.stdout.splitlines())
+             "--format", '{{.ID}} {{.Label "com.docker.compose.service"}} {{.Status}}'],
+            capture_output=True, text=True, check=True)
+        rows = (line.split(" ", 2) for line in out.stdout.splitlines())
+        return {cid: status for cid, svc, status in rows if svc.startswith("almabridge-")}
+
+    def upgrade(self):
+        """docker/upgrade.sh on this stack; returns (exit code, output, seconds)."""
+        t0 = time.monotonic()
+        p = subprocess.run([os.path.join(ROOT, "docker", "upgrade.sh"), "-f", self.file, "-p",
+                            self.project], cwd=ROOT, env=dict(self.env,
+                           ALMABRIDGE_COMPOSE=" ".join(COMPOSE)), capture_output=True, text=True,
+                           timeout=900)
+        return p.returncode, p.stdout + p.stderr, time.monotonic() - t0
+
+    def get(self, path):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+        try:
+            c.request("GET", path)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
 
     def logs(self, service=None, whole=False):
         """The service's (or every service's) log; the last lines unless whole."""
@@ -92,9 +117,17 @@ def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_pa
     load = None
     try:
         st.up(3)
-        # the image's HEALTHCHECK is `almabridge --probe` (GET /readyz on --listen)
+        # the image's HEALTHCHECK is `almabridge --probe` (GET /readyz on --admin-listen)
         wait_until(lambda: all("(healthy)" in s for s in st.replicas().values())
                    and len(st.replicas()) == 3, 120, f"healthy replicas: {st.replicas()}")
+        # the admin port is not published through the load balancer
+        for path in ("/readyz", "/healthz", "/metrics"):
+            assert st.get(path)[0] == 404, path
+        volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter",
+                                  f"label=com.docker.compose.project={st.project}"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        for n in (1, 2, 3):  # each replica's spool on a named volume of its own
+            assert f"{st.project}_almabridge-{n}-data" in volumes, volumes
         # the first event creates the topic (auto-create): 503 until it exists, retried as
         # Alma would (sooner)
         deadline = time.monotonic() + 60
@@ -104,6 +137,23 @@ def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_pa
 
         load = Load(st.port, SECRET).start()
         load.wait_more_ok(150, timeout=120)
+        # the upgrade, under load: every replica replaced, one at a time, nothing refused
+        old_ids = set(st.replicas())
+        rc, out, took = st.upgrade()
+        assert rc == 0, out[-4000:]
+        assert not old_ids & set(st.replicas()), "a replica was not replaced"
+        with load.lock:
+            during = list(load.ledger)
+        bad = [e for e in during if e[1] != 200]
+        assert not bad, f"{len(bad)} of {len(during)} answers up to the end of the upgrade " \
+                        f"were not 200: {bad[:5]}\n{out[-2000:]}\n{st.logs('lb')}"
+        print(f"compose/Kafka: docker/upgrade.sh replaced 3 replicas in {took:.0f} s under "
+              f"load, {len(during)} answers so far, all 200")
+        wait_until(lambda: st.up_count() == 3, 120, "3 replicas UP after the upgrade")
+        # a fresh load (the clients stop on their own after two minutes)
+        upgrade_ledger = load.finish()
+        load = Load(st.port, SECRET).start()
+        load.wait_more_ok(100, timeout=120)
         ids = sorted(st.replicas())
         # SIGTERM (docker stop): /readyz 503, HAProxy takes it out, it drains and exits
         stopper = threading.Thread(target=subprocess.run,
@@ -117,6 +167,8 @@ def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_pa
         load.wait_more_ok(150, timeout=120)
         ledger = load.finish()
         load = None
+        assert all(e[1] == 200 for e in upgrade_ledger)
+        ledger = upgrade_ledger + ledger
 
         before = [e for e in ledger if e[3] < t_kill]
         bad = [e for e in before if e[1] != 200]
@@ -156,18 +208,33 @@ def test_kafka_stack_scaled_behind_haproxy_keeps_every_acknowledged_event(tmp_pa
 def test_redis_variant_writes_through_the_redis_sink(tmp_path):
     st = Stack(tmp_path, "abtest-redis", "compose.redis.yaml")
     try:
-        st.up(2)
+        st.up(3)
         ok = set()
         for n in range(40):
             wid = f"91000000000000{n:05d}"
             status, body = st.post(with_id(LOAN, wid))
             assert status == 200, body
             ok.add(wid)
+        # Redis restarts while webhooks keep coming: the replicas' spools take them (200)
+        # and forward them when Redis is back
+        restarter = threading.Thread(target=st.compose, args=("restart", "-t", "10", "redis"))
+        restarter.start()
+        n = 100
+        while restarter.is_alive() or n < 140:
+            wid = f"91000000000000{n:05d}"
+            status, body = st.post(with_id(LOAN, wid))
+            assert status == 200, (wid, body)
+            ok.add(wid)
+            n += 1
+            time.sleep(0.05)
+        restarter.join()
         # entries: id <webhook id> type <ce type> event <CloudEvent>, one value per line
-        p = st.compose("exec", "-T", "redis", "redis-cli", "--raw", "XRANGE", "alma:events",
-                       "-", "+", timeout=60)
-        ids = {line.strip() for line in p.stdout.splitlines()}
-        assert ok <= ids, f"not in the stream: {sorted(ok - ids)[:5]}\n{p.stdout[-2000:]}"
+        def stream_ids():
+            p = st.compose("exec", "-T", "redis", "redis-cli", "--raw", "XRANGE", "alma:events",
+                           "-", "+", timeout=60, check=False)
+            return {line.strip() for line in p.stdout.splitlines()}
+        wait_until(lambda: ok <= stream_ids(), 90,
+                   f"every webhook answered 200 in the stream: {sorted(ok - stream_ids())[:5]}")
         wait_until(lambda: all(i in st.logs("events", whole=True) for i in ok), 60,
                    "the events service to print every entry")
     finally:
@@ -192,5 +259,17 @@ def test_healthcheck_follows_listen_given_as_container_arguments():
             return json.loads(p.stdout)
         wait_until(lambda: health()["Status"] == "healthy", 90, "the container to be healthy")
         assert "http://127.0.0.1:9099/readyz: 200" in health()["Log"][-1]["Output"]
+        # runtime libraries only (scratch + what ldd names): no shell in the image
+        size = int(subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}",
+                                   "almabridge:local"], capture_output=True, text=True,
+                                  check=True).stdout)
+        print(f"image almabridge:local: {size / 1e6:.1f} MB")
+        assert size < 80e6, size
+        sh = subprocess.run(["docker", "exec", name, "/bin/sh", "-c", "true"],
+                            capture_output=True, text=True)
+        assert sh.returncode != 0
+        ver = subprocess.run(["docker", "exec", name, "almabridge", "--version"],
+                             capture_output=True, text=True)
+        assert ver.returncode == 0 and ver.stdout.startswith("almabridge "), ver
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)

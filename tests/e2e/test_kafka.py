@@ -9,6 +9,7 @@ once; while the broker is dead the daemon answers 503 quickly (never hangs), /re
 The fault injection that needs precision (retriable errors, a late ack) is in the C unit
 test tests/unit/kafka_sink_test.c against librdkafka's mock cluster."""
 import concurrent.futures
+import os
 import json
 import re
 import threading
@@ -204,6 +205,22 @@ class Client:
 
 
 # ---- tests --------------------------------------------------------------------------------
+
+def test_check_connect_reaches_the_broker(kafka):
+    """--check-connect asks the real broker for the cluster's metadata with the daemon's own
+    producer configuration: 0 when reached, 1 (with what failed) for a wrong protocol."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALMABRIDGE_")}
+    ok = subprocess.run([BIN, "--check-connect", "--sink", "kafka", "--kafka-brokers",
+                         kafka.bootstrap, "--insecure-skip-signature"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok
+    assert f"kafka brokers {kafka.bootstrap}: reached, 1 broker(s) in the cluster" in ok.stdout
+    tls = subprocess.run([BIN, "--check-connect", "--sink", "kafka", "--kafka-brokers",
+                          kafka.bootstrap, "--kafka-conf", "security.protocol=ssl",
+                          "--insecure-skip-signature"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert tls.returncode == 1 and "NOT reached" in tls.stdout, tls
+
 
 def test_samples_land_on_their_topics(kafka, bridge):
     """Every JSON sample and XML fixture, signed: 200, then on alma.<action> in binary mode

@@ -7,7 +7,15 @@ still serving, HAProxy takes it out, then it stops) and later another gets SIGKI
 (HAProxy's `retry-on conn-failure empty-response` + `option redispatch` send what could not
 reach it to the survivor). Checked: no client sees anything but 200 before the SIGKILL (the
 drain is invisible), at most one failed answer per client around the SIGKILL, and every
-webhook answered 200 is a message in Kafka (the ledger)."""
+webhook answered 200 is a message in Kafka (the ledger).
+
+The replicas run as the shipped deployments run them: probes and metrics on --admin-listen
+(HAProxy checks that port, as docker/haproxy.cfg says), the public port answers them 404.
+
+The rolling upgrade (docs/OPERATIONS.md, docker/upgrade.sh): each replica in turn is
+stopped (SIGTERM: drain) and a new process started on the same ports and spool directory,
+the next one only once HAProxy sees every replica UP again; under load, not one answer may
+be anything but 200, and every 200 is in Kafka."""
 import http.client
 import os
 import re
@@ -54,7 +62,10 @@ def lb_config(front, stats, replicas):
             elif m.group(1) == "stats":
                 out.append(f"    bind 127.0.0.1:{stats}")
             elif m.group(1) == "servers":
-                out += [f"    server r{i} 127.0.0.1:{d.port} check" for i, d in enumerate(replicas)]
+                # the shipped line checks the admin port (`check port 9090`): so do these
+                assert "check port 9090" in line, line
+                out += [f"    server r{i} 127.0.0.1:{d.port} check port {d.admin}"
+                        for i, d in enumerate(replicas)]
     assert marks == {"front", "stats", "servers"}, marks
     return "\n".join(out) + "\n"
 
@@ -85,9 +96,74 @@ def wait_until(cond, timeout, what):
         time.sleep(0.1)
 
 
+def admin_get(d, path):
+    """GET path on replica d's admin port: (status, body), (0, "") while it does not listen."""
+    c = http.client.HTTPConnection("127.0.0.1", d.admin, timeout=5)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read().decode()
+    except OSError:
+        return 0, ""
+    finally:
+        c.close()
+
+
+def start_replica(kafka, tmpdir, topic, port=None, admin=None, spool=False):
+    """A replica as the shipped deployments run it: --admin-listen, and with spool its
+    --spool in its directory. Given port and admin, on those (a replacement for a stopped
+    replica)."""
+    admin = admin or free_port()
+    args = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic,
+            "--trusted-proxy", "127.0.0.1", "--admin-listen", f"127.0.0.1:{admin}"]
+    args += ["--spool", os.path.join(str(tmpdir), "spool")] if spool else []
+    d = Daemon(args + (["--listen", f"127.0.0.1:{port}"] if port else []), tmpdir=str(tmpdir),
+               threads=1, drain_grace=DRAIN_GRACE)
+    d.port = port or d.port
+    d.admin = admin
+    d.start(wait=False)
+    wait_until(lambda: d.proc.poll() is None and admin_get(d, "/readyz")[0] == 200, 30,
+               "a replica's admin /readyz")
+    return d
+
+
+def start_haproxy(tmp_path, replicas):
+    """HAProxy with the shipped configuration in front of replicas, once it sees them all
+    UP. Returns (process, front port, stats port)."""
+    front, stats = free_port(), free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(lb_config(front, stats, replicas))
+    check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr
+    lb_log = open(tmp_path / "haproxy.log", "wb")
+    haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=lb_log,
+                               stderr=subprocess.STDOUT)
+    wait_until(lambda: list(server_states(stats).values()) == ["UP"] * len(replicas), 30,
+               "HAProxy to see every replica UP")
+    return haproxy, front, stats
+
+
+def tear_down(load, haproxy, replicas):
+    """Whatever a test leaves running: the load, HAProxy, the replicas (killed)."""
+    if load:
+        load.finish()
+    if haproxy:
+        haproxy.terminate()
+        try:
+            haproxy.wait(10)
+        except subprocess.TimeoutExpired:
+            haproxy.kill()
+            haproxy.wait()
+    for d in replicas:
+        if d.proc and d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
 def events_acked(d):
     return sum(int(float(n)) for n in re.findall(r"^almabridge_events_total\{[^}]*\} (\S+)$",
-                                                   d.metrics(), re.M))
+                                                   admin_get(d, "/metrics")[1], re.M))
 
 
 def usage(d):
@@ -176,25 +252,10 @@ def test_replicas_behind_haproxy_lose_nothing_when_one_drains_and_one_dies(kafka
     try:
         for i in range(3):
             (tmp_path / f"r{i}").mkdir()
-            d = Daemon(["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", TOPIC,
-                        "--trusted-proxy", "127.0.0.1"],
-                       tmpdir=str(tmp_path / f"r{i}"), threads=1, drain_grace=DRAIN_GRACE)
-            replicas.append(d.start())
-        for d in replicas:
-            wait_until(lambda d=d: d.get("/readyz", timeout=2).status == 200, 30,
-                       "a replica's /readyz")
+            replicas.append(start_replica(kafka, tmp_path / f"r{i}", TOPIC))
+        assert replicas[0].get("/readyz").status == 404  # only on the admin port
 
-        front, stats = free_port(), free_port()
-        cfg = tmp_path / "haproxy.cfg"
-        cfg.write_text(lb_config(front, stats, replicas))
-        check = subprocess.run(["haproxy", "-c", "-q", "-f", str(cfg)], capture_output=True,
-                               text=True)
-        assert check.returncode == 0, check.stderr
-        lb_log = open(tmp_path / "haproxy.log", "wb")
-        haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=lb_log,
-                                   stderr=subprocess.STDOUT)
-        wait_until(lambda: list(server_states(stats).values()) == ["UP"] * 3, 30,
-                   "HAProxy to see the three replicas UP")
+        haproxy, front, stats = start_haproxy(tmp_path, replicas)
 
         load = Load(front, replicas[0].secret).start()
         load.wait_more_ok(150)
@@ -240,16 +301,46 @@ def test_replicas_behind_haproxy_lose_nothing_when_one_drains_and_one_dies(kafka
         print(usage(replicas[2]))
         assert replicas[2].stop() == 0
     finally:
-        if load:
-            load.finish()
-        if haproxy:
-            haproxy.terminate()
-            try:
-                haproxy.wait(10)
-            except subprocess.TimeoutExpired:
-                haproxy.kill()
-                haproxy.wait()
+        tear_down(load, haproxy, replicas)
+
+
+def test_rolling_upgrade_behind_haproxy_refuses_nothing(kafka, tmp_path):
+    """docker/upgrade.sh's procedure on loopback: one replica at a time is drained and
+    replaced (same ports, same spool directory), the next only when HAProxy sees all UP."""
+    topic = "alma.upgradetest"
+    kafka.create_topic(topic, partitions=3)
+    replicas, haproxy, load = [], None, None
+    try:
+        for i in range(3):
+            (tmp_path / f"r{i}").mkdir()
+            replicas.append(start_replica(kafka, tmp_path / f"r{i}", topic, spool=True))
+        haproxy, front, stats = start_haproxy(tmp_path, replicas)
+        all_up = lambda: list(server_states(stats).values()) == ["UP"] * 3  # noqa: E731
+        load = Load(front, replicas[0].secret).start()
+        load.wait_more_ok(100)
+        t0 = time.monotonic()
+        for i, old in enumerate(list(replicas)):
+            old.proc.send_signal(signal.SIGTERM)  # what `docker compose up --force-recreate`
+            assert old.proc.wait(DRAIN_GRACE + 30) == 0, old.stderr()[-3000:]  # does to one
+            replicas[i] = start_replica(kafka, tmp_path / f"r{i}", topic, port=old.port,
+                                        admin=old.admin, spool=True)
+            wait_until(all_up, 30, f"HAProxy to see replica {i}'s successor UP")
+            load.wait_more_ok(50)
+        took = time.monotonic() - t0
+        ledger = load.finish()
+        load = None
+        bad = [e for e in ledger if e[1] != 200]
+        assert not bad, f"{len(bad)} of {len(ledger)} answers during the upgrade were not " \
+                        f"200: {bad[:5]}\n{open(tmp_path / 'haproxy.log', errors='replace').read()[-3000:]}"
+        ok_ids = {e[0] for e in ledger}
+        print(f"rolling upgrade: 3 replicas replaced in {took:.1f} s under load, "
+              f"{len(ledger)} requests, all 200")
+        deadline = time.monotonic() + 60
+        while (missing := ok_ids - {m["key"] for m in kafka.consume(topic)}) and \
+                time.monotonic() < deadline:
+            time.sleep(1)
+        assert not missing, f"{len(missing)} of {len(ok_ids)} acknowledged webhooks not in Kafka"
         for d in replicas:
-            if d.proc and d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait()
+            assert d.stop() == 0, d.stderr()[-3000:]
+    finally:
+        tear_down(load, haproxy, replicas)

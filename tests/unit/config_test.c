@@ -139,13 +139,14 @@ static const char *const all_options[] = {
     "http-ca-file",  "http-cert",     "http-key",         "http-auth-file",
     "http-header",   "http-max-inflight", "http-health-url", "dead-letter-file",
     "dedupe-store", "dedupe-window", "dedupe-key", "dedupe-on-error",
+    "admin-listen",  "check-connect",
 };
 #define N_ALL (sizeof(all_options) / sizeof(all_options[0]))
 
 static int is_action(const char *name)
 {
     return !strcmp(name, "help") || !strcmp(name, "version") || !strcmp(name, "check-config") ||
-           !strcmp(name, "print-config");
+           !strcmp(name, "print-config") || !strcmp(name, "check-connect");
 }
 
 static void test_defaults(void)
@@ -496,9 +497,9 @@ static void test_errors(void)
     expect_error(ARGS("--max-body", "99999999999999999999999"), NULL,
                  "--max-body: 99999999999999999999999 is out of range (minimum 1)");
     expect_error(ARGS("--ack-timeout", "0"), NULL,
-                 "--ack-timeout: 0 is out of range (1..60000)");
+                 "--ack-timeout: 0 is out of range (1..60000 milliseconds)");
     expect_error(ARGS("--ack-timeout", "60001"), NULL,
-                 "--ack-timeout: 60001 is out of range (1..60000)");
+                 "--ack-timeout: 60001 is out of range (1..60000 milliseconds)");
     expect_error(ARGS("--threads", "-1"), NULL, "--threads: -1 is out of range (0..256)");
     expect_error(ARGS("--threads", "257"), NULL, "--threads: 257 is out of range (0..256)");
     expect_error(ARGS("--sink", "kafak"), NULL,
@@ -793,6 +794,131 @@ static void test_positional_option(void)
     CHECK(ab_config_load(&cfg, ab_sinks, 2, a4, envp, why, sizeof(why)) == AB_CONFIG_ERROR);
 }
 
+/* One duration syntax: a unit or a bare number in the option's own unit. */
+static void test_durations(void)
+{
+    struct ab_config c;
+    CHECK(load(&c, ARGS("--ack-timeout", "2s", "--read-timeout", "1m", "--idle-timeout=500",
+                        "--drain-grace", "1500ms", "--shutdown-timeout", "0s"),
+               NULL) == AB_CONFIG_ERROR);
+    CHECK_STR(err, "--drain-grace: 1500ms is not a whole number of seconds");
+    CHECK(load(&c, ARGS("--ack-timeout", "2s", "--read-timeout", "1m", "--idle-timeout=500",
+                        "--drain-grace", "2000ms", "--shutdown-timeout", "0s",
+                        "--spool-after", "0.5s"),
+               ENV("ALMABRIDGE_MAX_BODY=10")) == AB_CONFIG_OK);
+    CHECK(c.ack_timeout_ms == 2000 && c.read_timeout_s == 60 && c.idle_timeout_s == 500);
+    CHECK(c.drain_grace_s == 2 && c.shutdown_timeout_s == 0);
+    ab_config_free(&c);
+    CHECK(load(&c, ARGS("--ack-timeout", "4000"), ENV("ALMABRIDGE_READ_TIMEOUT=1h")) ==
+          AB_CONFIG_OK);
+    CHECK(c.ack_timeout_ms == 4000 && c.read_timeout_s == 3600);
+    char *printed = NULL;
+    size_t plen = 0;
+    FILE *fp = open_memstream(&printed, &plen);
+    ab_config_print(&c, fp);
+    fclose(fp);
+    CHECK(strstr(printed, "\nack-timeout = 4000ms\n") && strstr(printed, "\nread-timeout = 3600s\n"));
+    free(printed);
+    ab_config_free(&c);
+    static const char *const not_durations[][2] = {
+        {"read-timeout", "10 s"}, {"ack-timeout", "-1s"}, {"ack-timeout", "2w"},
+        {"ack-timeout", "0x10"}, {"read-timeout", "1e3"}, {"read-timeout", "s"},
+    };
+    for (size_t i = 0; i < sizeof(not_durations) / sizeof(not_durations[0]); i++) {
+        char opt[32], want[200];
+        int ms = strcmp(not_durations[i][0], "ack-timeout") == 0;
+        snprintf(opt, sizeof(opt), "--%s", not_durations[i][0]);
+        snprintf(want, sizeof(want),
+                 "%s: \"%s\" is not a duration (e.g. 500ms, 10s, 5m, 6h; a bare number is in %s)",
+                 opt, not_durations[i][1], ms ? "milliseconds" : "seconds");
+        expect_error(ARGS(opt, not_durations[i][1]), NULL, want);
+    }
+    expect_error(ARGS("--ack-timeout", "2m"), NULL,
+                 "--ack-timeout: 2m is out of range (1..60000 milliseconds)");
+    expect_error(ARGS("--read-timeout", "2h"), NULL,
+                 "--read-timeout: 2h is out of range (1..3600 seconds)");
+    long long ms = 0;
+    CHECK(ab_config_duration_ms("6h", 1000, &ms) == 0 && ms == 6LL * 3600 * 1000);
+    CHECK(ab_config_duration_ms("90", 1000, &ms) == 0 && ms == 90000);
+    CHECK(ab_config_duration_ms("90", 1, &ms) == 0 && ms == 90);
+    CHECK(ab_config_duration_ms("1.5d", 1, &ms) == 0 && ms == 36LL * 3600 * 1000);
+    CHECK(ab_config_duration_ms("", 1, &ms) != 0 && ab_config_duration_ms("nan", 1, &ms) != 0);
+    CHECK(ab_config_duration_ms("inf", 1, &ms) != 0 && ab_config_duration_ms(" 1s", 1, &ms) != 0);
+    CHECK(ab_config_duration_ms("1e3", 1, &ms) != 0 && ab_config_duration_ms(NULL, 1, &ms) != 0);
+    /* --help says which unit a bare number has */
+    char *usage = capture(usage_all);
+    CHECK(strstr(usage, "--read-timeout DURATION") != NULL);
+    CHECK(strstr(usage, "a bare number is in seconds") != NULL);
+    CHECK(strstr(usage, "a bare number is in milliseconds") != NULL);
+    free(usage);
+}
+
+/* Broker addresses need a host and a port 1..65535, already when loading. */
+static void test_broker_addresses(void)
+{
+    struct ab_config c;
+    CHECK(load(&c, ARGS("--kafka-brokers", "k1:9092, k2.example.org:19092,[::1]:9092,"
+                                           "SASL_SSL://k3:9093"),
+               NULL) == AB_CONFIG_OK);
+    ab_config_free(&c);
+    static const char *const not_brokers[] = {"nohost:notaport", ":9092", "k1", "k1:0",
+                                              "k1:65536", "[zz]:9092"};
+    for (size_t i = 0; i < sizeof(not_brokers) / sizeof(not_brokers[0]); i++) {
+        char want[200];
+        snprintf(want, sizeof(want),
+                 "--kafka-brokers: \"%s\" is not HOST:PORT with a host and a port 1..65535",
+                 not_brokers[i]);
+        expect_error(ARGS("--kafka-brokers", not_brokers[i]), NULL, want);
+    }
+    expect_error(ARGS("--kafka-brokers", "k1:9092,k2:65536"), NULL,
+                 "--kafka-brokers: \"k1:9092,k2:65536\" has \"k2:65536\", not HOST:PORT with a "
+                 "host and a port 1..65535");
+    expect_error(ARGS("--kafka-brokers", "k1:9092,"), NULL,
+                 "--kafka-brokers: \"k1:9092,\" has \"\", not HOST:PORT with a host and a port "
+                 "1..65535");
+    expect_error(ARGS("--admin-listen", "localhost"), NULL,
+                 "--admin-listen: \"localhost\" is not HOST:PORT with a port 0..65535 (e.g. "
+                 "0.0.0.0:8080 or [::]:8080)");
+}
+
+static void man_page(FILE *fp)
+{
+    ab_config_man(ab_sinks, fp);
+}
+
+/* The man page's OPTIONS come from the tables: every option, roff-escaped. */
+static void test_man(void)
+{
+    char *man = capture(man_page);
+    CHECK(strncmp(man, ".SH OPTIONS\n.SS General\n", 24) == 0);
+    for (size_t i = 0; i < N_ALL; i++) {
+        char opt[80];
+        snprintf(opt, sizeof(opt), "\\-\\-%s", all_options[i]);
+        for (char *p = opt + 4; *p; p++) {
+            if (*p == '-') {
+                memmove(p + 1, p, strlen(p) + 1);
+                *p++ = '\\';
+            }
+        }
+        if (strstr(man, opt) == NULL) {
+            fprintf(stderr, "  %s missing\n", opt);
+        }
+        CHECK(strstr(man, opt) != NULL);
+    }
+    CHECK(strstr(man, "ALMABRIDGE_ADMIN_LISTEN") != NULL);
+    /* no line starts with a stray control character, and no raw hyphen is left */
+    for (const char *p = man; *p; p += strcspn(p, "\n") + 1) {
+        CHECK(*p == '.' ? strchr("STBP", p[1]) != NULL : *p != '\'');
+        if (p[strcspn(p, "\n")] == '\0') {
+            break;
+        }
+    }
+    for (const char *p = strchr(man, '-'); p; p = strchr(p + 1, '-')) {
+        CHECK(p > man && p[-1] == '\\');
+    }
+    free(man);
+}
+
 int main(void)
 {
     RUN(test_defaults);
@@ -812,5 +938,8 @@ int main(void)
     RUN(test_print);
     RUN(test_usage_and_markdown);
     RUN(test_load_twice);
+    RUN(test_durations);
+    RUN(test_broker_addresses);
+    RUN(test_man);
     return TEST_SUMMARY();
 }

@@ -73,7 +73,7 @@ static void test_options_come_from_its_table(void)
     FILE *fp = open_memstream(&printed, &plen);
     ab_config_print(&c, fp);
     fclose(fp);
-    CHECK(strstr(printed, "\nexample-delay = 25\n") != NULL);
+    CHECK(strstr(printed, "\nexample-delay = 25ms\n") != NULL);
     CHECK(strstr(printed, "\nexample-capacity = 7\n") != NULL);
     free(printed);
     ab_config_free(&c);
@@ -81,14 +81,14 @@ static void test_options_come_from_its_table(void)
     /* checked as the table says, and --sink knows the new name */
     char zero[] = "0", nope[] = "nope";
     CHECK(load(&c, LIST(a0, a3, zero), NULL, err, sizeof(err)) == AB_CONFIG_ERROR);
-    CHECK_STR(err, "--example-delay: 0 is out of range (1..600000)");
+    CHECK_STR(err, "--example-delay: 0 is out of range (1..600000 milliseconds)");
     CHECK(load(&c, LIST(a0, a1, nope), NULL, err, sizeof(err)) == AB_CONFIG_ERROR);
     CHECK_STR(err, "--sink: \"nope\" is not one of file|kafka|redis|http|example");
 
     char *usage = capture(ab_config_usage);
     char *md = capture(ab_config_markdown);
     CHECK(strstr(usage, "\nExample:\n") != NULL);
-    CHECK(strstr(usage, "--example-delay MS") != NULL);
+    CHECK(strstr(usage, "--example-delay DURATION") != NULL);
     CHECK(strstr(usage, "ALMABRIDGE_EXAMPLE_DELAY") != NULL);
     CHECK(strstr(usage, "--sink file|kafka|redis|http|example") != NULL);
     CHECK(strstr(md, "| `--example-capacity N` | `ALMABRIDGE_EXAMPLE_CAPACITY` | `1000` |") !=
