@@ -156,7 +156,7 @@ bench-smoke-record: $(BUILD)/almabridge $(BUILD)/bench/bare_evhttp
 
 # Regenerate the README's option reference from the option table.
 docs: $(BUILD)/tools/options_md
-	python3 tests/tools/readme_options.py $(BUILD)/tools/options_md README.md
+	python3 tests/tools/readme_options.py $(BUILD)/tools/options_md docs/OPTIONS.md
 
 # The man page almabridge(1), generated from the option tables like --help and the README.
 man: $(BUILD)/almabridge.1

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Put the option table (printed by options_md) into README.md between the markers.
-With --check, exit 1 when the README is out of date instead of writing it."""
+"""Put the option table (printed by options_md) into a Markdown file (docs/OPTIONS.md) between
+the markers.
+With --check, exit 1 when the file is out of date instead of writing it."""
 import subprocess
 import sys
 
