@@ -1062,7 +1062,8 @@ int ab_event_from_line(const char *line, size_t len, struct ab_event **out, char
 {
     struct ab_json_envelope scan;
     char *min = ab_malloc(len + 1);
-    long n = ab_normalise_json_scan(line, len, min, &scan, errstr, errlen);
+    long n = ab_normalise_json_scan_depth(line, len, min, &scan,
+                                          AB_MAX_DEPTH + AB_LINE_EXTRA_DEPTH, errstr, errlen);
     free(min);
     *out = NULL;
     if (n < 0) {

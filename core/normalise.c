@@ -126,7 +126,8 @@ struct scan {
     char *out;
     size_t w;     /* write position */
     int depth;    /* open containers */
-    unsigned char stack[AB_MAX_DEPTH + 1];
+    int max_depth; /* AB_MAX_DEPTH for a body; a little more for our own event line */
+    unsigned char stack[AB_MAX_DEPTH + AB_LINE_EXTRA_DEPTH + 1];
     int member;   /* envelope name of the top-level member being read, or -1 */
     int code_key; /* the key just read is "value" inside event/institution's object */
     int too_deep;
@@ -397,7 +398,7 @@ static int scan_value(struct scan *s, enum scan_state *state)
     int escaped = 0;
     if (c == '{' || c == '[') {
         value_start(s, c == '{' ? AB_JSON_OBJECT : AB_JSON_ARRAY);
-        if (s->depth >= AB_MAX_DEPTH) {
+        if (s->depth >= s->max_depth) {
             s->too_deep = 1;
             return scan_fail(s, s->i, "JSON nested too deep");
         }
@@ -540,9 +541,19 @@ static int scan_step(struct scan *s, enum scan_state *state)
 long ab_normalise_json_scan(const char *body, size_t len, char *out,
                             struct ab_json_envelope *env, char *errstr, size_t errlen)
 {
+    return ab_normalise_json_scan_depth(body, len, out, env, AB_MAX_DEPTH, errstr, errlen);
+}
+
+long ab_normalise_json_scan_depth(const char *body, size_t len, char *out,
+                                  struct ab_json_envelope *env, int max_depth, char *errstr,
+                                  size_t errlen)
+{
     size_t bom = len >= 3 && memcmp(body, "\xef\xbb\xbf", 3) == 0 ? 3 : 0;
+    if (max_depth > AB_MAX_DEPTH + AB_LINE_EXTRA_DEPTH) {
+        max_depth = AB_MAX_DEPTH + AB_LINE_EXTRA_DEPTH;
+    }
     struct scan s = {.p = (const unsigned char *)body + bom, .n = len - bom, .base = bom,
-                     .out = out, .member = -1, .env = env};
+                     .out = out, .member = -1, .env = env, .max_depth = max_depth};
     enum scan_state state = ST_VALUE;
     memset(env, 0, sizeof(*env));
     env->repeated = -1;
@@ -553,7 +564,7 @@ long ab_normalise_json_scan(const char *body, size_t len, char *out,
         }
         if (scan_step(&s, &state) != 0) {
             if (s.too_deep) {
-                set_err(errstr, errlen, "JSON nested deeper than %d levels", AB_MAX_DEPTH);
+                set_err(errstr, errlen, "JSON nested deeper than %d levels", max_depth);
             } else {
                 set_err(errstr, errlen, "%s (at byte %zu)", s.fault, s.base + s.at);
             }

@@ -19,6 +19,8 @@
 #include <cjson/cJSON.h>
 
 #define AB_MAX_DEPTH 64
+/* Levels our own CloudEvent line may nest beyond a body's: the event around the data. */
+#define AB_LINE_EXTRA_DEPTH 2
 
 /* What ab_normalise_json_scan() found: the kind of a JSON value and where its text is in
  * the minified output (a string with its quotes and escapes as sent). */
@@ -60,6 +62,11 @@ struct ab_json_envelope {
  * briefly to unescape a short key that holds escapes. */
 long ab_normalise_json_scan(const char *body, size_t len, char *out,
                             struct ab_json_envelope *env, char *errstr, size_t errlen);
+/* The same with another nesting bound (at most AB_MAX_DEPTH + AB_LINE_EXTRA_DEPTH): for
+ * reading back our own event line, whose data may nest AB_MAX_DEPTH levels. */
+long ab_normalise_json_scan_depth(const char *body, size_t len, char *out,
+                                  struct ab_json_envelope *env, int max_depth, char *errstr,
+                                  size_t errlen);
 
 /* The JSON string literal at s (n bytes, quotes included, valid as the scan checked it)
  * unescaped into a new NUL-terminated string; *outlen (if not NULL) gets its length, which

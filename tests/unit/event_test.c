@@ -605,6 +605,13 @@ static void test_deep_nesting(void)
     char *ok = malloc(strlen(j) + 64);
     sprintf(ok, "{\"id\":\"1\",\"action\":\"LOAN\",\"x\":%s}", j);
     ev = make_ok(AB_FORMAT_JSON, ok);
+    /* and its event line, one level deeper (the envelope around data), reads back: the
+     * spool's forwarder, replay and wait must not take it for damage */
+    struct ab_event *back = NULL;
+    CHECK(ev && ab_event_from_line(ev->json, ev->json_len, &back, err, sizeof(err)) ==
+                    AB_EVENT_OK);
+    CHECK(back && strcmp(back->id, "1") == 0);
+    ab_event_free(back);
     ab_event_free(ev);
     free(ok);
     free(j);
