@@ -293,6 +293,10 @@ def test_methods_paths_and_health(daemon):
 def test_metrics(daemon):
     daemon.post(LOAN)
     daemon.post(LOAN, signature="bad")
+    # a worker counts an answer right after sending it: poll until both are counted
+    want = ['almabridge_requests_total{status="401",action="",event=""} 1',
+            'almabridge_requests_total{status="200",action="LOAN",event="LOAN_CREATED"} 1']
+    wait_until(lambda: all(w in daemon.metrics() for w in want), 5, daemon.metrics)
     m = daemon.metrics()
     assert 'almabridge_requests_total{status="200",action="LOAN",event="LOAN_CREATED"} 1' in m
     assert 'almabridge_sink_ready{sink="file"} 2' in m  # both workers' sinks can write
