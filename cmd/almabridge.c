@@ -3,14 +3,12 @@
  * This file is the program: options, start-up checks, the listening socket, worker
  * threads, signals (SIGTERM/SIGINT drain and exit, SIGHUP reload) and the main loop. */
 #include <errno.h>
-#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -40,7 +38,6 @@
 #include "sink.h"
 #include "sinks/registry.h"
 #include "tls.h"
-#include "verify.h"
 #include "webhook.h"
 
 extern char **environ;
@@ -67,84 +64,6 @@ static void die(const char *msg)
     exit(AB_CONFIG_ERROR);
 }
 
-static struct ab_secrets *load_secrets(struct daemon *d, char *err, size_t errlen)
-{
-    if (d->cfg.institutions && d->env_secret && d->env_secret[0]) { /* "" is unset */
-        snprintf(err, errlen, "--institutions gives every institution its own secrets: unset "
-                              "ALMABRIDGE_SECRET");
-        return NULL;
-    }
-    if (d->cfg.institutions) { /* the profiles hold the secrets (ab_institutions_start) */
-        return ab_secrets_load(NULL, NULL, err, errlen);
-    }
-    struct ab_secrets *s = ab_secrets_load(d->cfg.secret_file, d->env_secret, err, errlen);
-    if (s && ab_secrets_count(s) == 0 && !d->cfg.insecure_skip_signature) {
-        snprintf(err, errlen,
-                 "no webhook secret: give --secret-file or ALMABRIDGE_SECRET (the secret of the "
-                 "Alma integration profile), or --insecure-skip-signature for testing");
-        ab_secrets_free(s);
-        return NULL;
-    }
-    return s;
-}
-
-/* Bind the listening socket (shared by every worker). */
-static evutil_socket_t listen_on(const char *hostport, char *err, size_t errlen)
-{
-    char host[256];
-    const char *colon = strrchr(hostport, ':');
-    snprintf(host, sizeof(host), "%.*s", (int)(colon - hostport), hostport);
-    const char *port = colon + 1;
-    char *h = host;
-    if (h[0] == '[') {
-        h++;
-        h[strlen(h) - 1] = '\0';
-    }
-    struct evutil_addrinfo hints = {0}, *res = NULL;
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = EVUTIL_AI_PASSIVE;
-    int rc = evutil_getaddrinfo(*h ? h : NULL, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "--listen %s: %s", hostport, evutil_gai_strerror(rc));
-        return -1;
-    }
-    evutil_socket_t fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    int one = 1;
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", hostport, strerror(errno));
-        if (fd >= 0) {
-            close(fd);
-        }
-        fd = -1;
-    }
-    evutil_freeaddrinfo(res);
-    return fd;
-}
-
-/* Idle and slow connections each hold a descriptor: allow as many as the hard limit. */
-static void raise_fd_limit(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
-/* libevent's own warnings, in our log format; rate-limited, since a client can cause
- * some of them (TLS and socket errors) over and over. */
-static void on_libevent_log(int severity, const char *msg)
-{
-    static struct ab_ratelimit rl;
-    int level = severity == EVENT_LOG_DEBUG ? AB_LOG_DEBUG
-                : severity == EVENT_LOG_MSG ? AB_LOG_INFO
-                : severity == EVENT_LOG_WARN ? AB_LOG_WARN
-                                             : AB_LOG_ERROR;
-    ab_log_limited(&rl, level, "libevent: %s", msg);
-}
-
 static void *worker_main(void *arg)
 {
     ab_worker_run(arg);
@@ -160,7 +79,7 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     char err[512];
     ab_notify("RELOADING=1");
     ab_sink_reopen_files(); /* log rotation */
-    struct ab_secrets *s = load_secrets(d, err, sizeof(err));
+    struct ab_secrets *s = ab_secrets_for_config(&d->cfg, d->env_secret, err, sizeof(err));
     SSL_CTX *ctx = NULL;
     struct ab_institutions *insts = NULL;
     if (s && d->cfg.institutions &&
@@ -234,7 +153,7 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
     if (ab_log_configure(cfg->log_level, cfg->log_format, err, errlen) != 0) {
         return -1;
     }
-    *secrets = load_secrets(d, err, errlen);
+    *secrets = ab_secrets_for_config(&d->cfg, d->env_secret, err, errlen);
     if (*secrets == NULL) {
         return -1;
     }
@@ -392,27 +311,11 @@ static void shutdown_all(struct daemon *d)
 
 /* `almabridge wait|send|challenge|replay ...` runs a subcommand (cmd/<name>.c); anything
  * else, including no argument at all, is the daemon. */
-static int run_subcommand(int argc, char **argv)
-{
-    static const struct {
-        const char *name;
-        int (*run)(int argc, char **argv);
-    } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
-                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}, {"verify", ab_cmd_verify},
-                {"reconcile", ab_cmd_reconcile}};
-    for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
-        if (strcmp(argv[1], cmds[i].name) == 0) {
-            exit(cmds[i].run(argc - 1, argv + 1));
-        }
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     static struct daemon d;
     char err[1024] = "";
-    run_subcommand(argc, argv);
+    ab_cli_run_subcommand(argc, argv);
     int probe = ab_probe_main(argc, argv, environ);
     if (probe >= 0) {
         return probe; /* --probe [URL]: a health check of a running daemon, see probe.c */
@@ -449,14 +352,14 @@ int main(int argc, char **argv)
                 "reach this port can inject events");
     }
     signal(SIGPIPE, SIG_IGN);
-    event_set_log_callback(on_libevent_log);
+    event_set_log_callback(ab_server_libevent_log);
     evthread_use_pthreads();
-    d.fd = listen_on(d.cfg.listen, err, sizeof(err));
+    d.fd = ab_server_listen(d.cfg.listen, err, sizeof(err));
     if (d.fd < 0) {
         die(err);
     }
     d.app.listen_fd = d.fd;
-    raise_fd_limit();
+    ab_server_raise_fd_limit();
     d.base = event_base_new();
     /* the handlers are in place before the first request is served: a SIGTERM right after
      * the first answer drains instead of killing (the callbacks run in the loop below) */

@@ -1,6 +1,7 @@
 /* Shared by the subcommands (see cli.h): their options and the server's configuration
  * through the daemon's loader, durations, the signing secret. */
 #include "cli.h"
+#include "verify.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -133,4 +134,20 @@ char *ab_cli_secret(const char *file, char *err, size_t errlen)
     snprintf(err, errlen, "no secret to sign with: give --secret-file FILE or set "
                           "ALMABRIDGE_SECRET (or --unsigned to send without a signature)");
     return NULL;
+}
+
+int ab_cli_run_subcommand(int argc, char **argv)
+{
+    static const struct {
+        const char *name;
+        int (*run)(int argc, char **argv);
+    } cmds[] = {{"wait", ab_cmd_wait}, {"send", ab_cmd_send}, {"challenge", ab_cmd_challenge},
+                {"replay", ab_cmd_replay}, {"spool", ab_cmd_spool}, {"verify", ab_cmd_verify},
+                {"reconcile", ab_cmd_reconcile}};
+    for (size_t i = 0; argc > 1 && i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (strcmp(argv[1], cmds[i].name) == 0) {
+            exit(cmds[i].run(argc - 1, argv + 1));
+        }
+    }
+    return 0;
 }

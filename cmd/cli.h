@@ -86,4 +86,8 @@ int ab_reconcile_daemon_check(const struct ab_config *cfg, char *err, size_t err
 /* `almabridge spool inspect DIR` (cmd/spool.c). */
 int ab_cmd_spool(int argc, char **argv);
 
+/* argv[1] names a subcommand (wait, send, challenge, replay, spool, verify, reconcile):
+ * run it and exit with its code. Returns 0 when it names none (the daemon runs). */
+int ab_cli_run_subcommand(int argc, char **argv);
+
 #endif

@@ -1277,3 +1277,62 @@ void ab_worker_free(struct ab_worker *w)
     pthread_mutex_destroy(&w->mu);
     free(w);
 }
+
+/* ---- process set-up for the program (cmd/almabridge.c) ------------------------------ */
+
+/* Bind the listening socket (shared by every worker). */
+evutil_socket_t ab_server_listen(const char *hostport, char *err, size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    snprintf(host, sizeof(host), "%.*s", (int)(colon - hostport), hostport);
+    const char *port = colon + 1;
+    char *h = host;
+    if (h[0] == '[') {
+        h++;
+        h[strlen(h) - 1] = '\0';
+    }
+    struct evutil_addrinfo hints = {0}, *res = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_PASSIVE;
+    int rc = evutil_getaddrinfo(*h ? h : NULL, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "--listen %s: %s", hostport, evutil_gai_strerror(rc));
+        return -1;
+    }
+    evutil_socket_t fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 4096) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", hostport, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        fd = -1;
+    }
+    evutil_freeaddrinfo(res);
+    return fd;
+}
+
+/* Idle and slow connections each hold a descriptor: allow as many as the hard limit. */
+void ab_server_raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* libevent's own warnings, in our log format; rate-limited, since a client can cause
+ * some of them (TLS and socket errors) over and over. */
+void ab_server_libevent_log(int severity, const char *msg)
+{
+    static struct ab_ratelimit rl;
+    int level = severity == EVENT_LOG_DEBUG ? AB_LOG_DEBUG
+                : severity == EVENT_LOG_MSG ? AB_LOG_INFO
+                : severity == EVENT_LOG_WARN ? AB_LOG_WARN
+                                             : AB_LOG_ERROR;
+    ab_log_limited(&rl, level, "libevent: %s", msg);
+}

@@ -173,4 +173,12 @@ void ab_req_error(struct ab_req *r, int status, const char *msg);
 /* Free the body early (after parsing) and give its bytes back to --max-buffered. */
 void ab_req_drop_body(struct ab_req *r);
 
+/* Process set-up, start-up thread: bind the listening socket every worker shares
+ * (HOST:PORT, [v6]:PORT, :PORT), -1 with one line in err; raise RLIMIT_NOFILE to its hard
+ * limit (idle and slow connections each hold a descriptor); libevent's own warnings in our
+ * log format, rate-limited (event_set_log_callback). */
+evutil_socket_t ab_server_listen(const char *hostport, char *err, size_t errlen);
+void ab_server_raise_fd_limit(void);
+void ab_server_libevent_log(int severity, const char *msg);
+
 #endif

@@ -12,6 +12,8 @@
  * loaded: workers share it and a reload swaps in a new one; any thread may verify. */
 #include "signature.h"
 
+#include "config.h"
+
 #include "log.h"
 #include "mem.h"
 
@@ -382,4 +384,26 @@ int ab_signature_verify(const struct ab_secrets *s, const char *header, const vo
     }
     OPENSSL_cleanse(want, sizeof(want));
     return match & (hlen == AB_SIGNATURE_B64_LEN);
+}
+
+struct ab_secrets *ab_secrets_for_config(const struct ab_config *cfg, const char *env_secret,
+                                         char *err, size_t errlen)
+{
+    if (cfg->institutions && env_secret && env_secret[0]) { /* "" is unset */
+        snprintf(err, errlen, "--institutions gives every institution its own secrets: unset "
+                              "ALMABRIDGE_SECRET");
+        return NULL;
+    }
+    if (cfg->institutions) { /* the profiles hold the secrets (ab_institutions_start) */
+        return ab_secrets_load(NULL, NULL, err, errlen);
+    }
+    struct ab_secrets *s = ab_secrets_load(cfg->secret_file, env_secret, err, errlen);
+    if (s && ab_secrets_count(s) == 0 && !cfg->insecure_skip_signature) {
+        snprintf(err, errlen,
+                 "no webhook secret: give --secret-file or ALMABRIDGE_SECRET (the secret of the "
+                 "Alma integration profile), or --insecure-skip-signature for testing");
+        ab_secrets_free(s);
+        return NULL;
+    }
+    return s;
 }

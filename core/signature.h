@@ -40,4 +40,11 @@ void ab_signature_compute(const void *secret, size_t secret_len, const void *bod
 int ab_signature_verify(const struct ab_secrets *s, const char *header, const void *body,
                         size_t len);
 
+/* The daemon's secrets for cfg: --secret-file or env_secret (ALMABRIDGE_SECRET), none in
+ * consortium mode (the profiles hold them, and ALMABRIDGE_SECRET is then an error), at least
+ * one unless --insecure-skip-signature. NULL with one line in err. Start-up thread. */
+struct ab_config;
+struct ab_secrets *ab_secrets_for_config(const struct ab_config *cfg, const char *env_secret,
+                                         char *err, size_t errlen);
+
 #endif
