@@ -909,32 +909,6 @@ static size_t skip_ws(const char *s, size_t n, size_t i)
     return i;
 }
 
-/* Index just past the JSON value that starts at s[i]. */
-static size_t skip_value(const char *s, size_t n, size_t i)
-{
-    int depth = 0;
-    for (; i < n; i++) {
-        char c = s[i];
-        if (c == '"') {
-            for (i++; i < n && s[i] != '"'; i++) {
-                i += s[i] == '\\';
-            }
-            if (depth == 0) {
-                return i + 1;
-            }
-        } else if (c == '{' || c == '[') {
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (--depth <= 0) {
-                return depth == 0 ? i + 1 : i;
-            }
-        } else if (depth == 0 && (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n')) {
-            return i;
-        }
-    }
-    return n;
-}
-
 /* The index of the value of member `key` of the object at s[i], or n when absent. */
 static size_t member_at(const char *s, size_t n, size_t i, const char *key)
 {
@@ -945,7 +919,7 @@ static size_t member_at(const char *s, size_t n, size_t i, const char *key)
     }
     i = skip_ws(s, n, i + 1);
     while (i < n && s[i] == '"') {
-        size_t kend = skip_value(s, n, i);
+        size_t kend = ab_json_skip(s, n, i);
         int hit = kend - i == klen + 2 && memcmp(s + i + 1, key, klen) == 0;
         i = skip_ws(s, n, kend);
         if (i >= n || s[i] != ':') {
@@ -955,7 +929,7 @@ static size_t member_at(const char *s, size_t n, size_t i, const char *key)
         if (hit) {
             return i;
         }
-        i = skip_ws(s, n, skip_value(s, n, i));
+        i = skip_ws(s, n, ab_json_skip(s, n, i));
         if (i >= n || s[i] != ',') {
             return n;
         }
@@ -973,7 +947,7 @@ char *ab_event_line_text(const char *line, size_t len, const char *const *path, 
     if (i >= len) {
         return NULL;
     }
-    size_t end = skip_value(line, len, i);
+    size_t end = ab_json_skip(line, len, i);
     if (line[i] == '{') {
         static const char *const value[] = {"value"};
         return ab_event_line_text(line + i, end - i, value, 1);
@@ -994,7 +968,7 @@ static char *line_str(const char *line, size_t len, const char *key)
     if (i >= len || line[i] != '"') {
         return NULL;
     }
-    char *v = ab_json_string_decode(line + i, skip_value(line, len, i) - i, NULL);
+    char *v = ab_json_string_decode(line + i, ab_json_skip(line, len, i) - i, NULL);
     if (v != NULL && v[0] == '\0') {
         free(v);
         v = NULL;
@@ -1030,7 +1004,7 @@ static void read_extensions(struct ab_event *ev, const char *s, size_t n)
     }
     i = skip_ws(s, n, i + 1);
     while (i < n && s[i] == '"' && ev->n_ext < AB_EVENT_MAX_EXT) {
-        size_t kend = skip_value(s, n, i);
+        size_t kend = ab_json_skip(s, n, i);
         char *name = ab_json_string_decode(s + i, kend - i, NULL);
         i = skip_ws(s, n, kend);
         if (i >= n || s[i] != ':') {
@@ -1038,7 +1012,7 @@ static void read_extensions(struct ab_event *ev, const char *s, size_t n)
             return;
         }
         i = skip_ws(s, n, i + 1);
-        size_t vend = skip_value(s, n, i);
+        size_t vend = ab_json_skip(s, n, i);
         if (name && s[i] == '"' && !known_member(name) &&
             strspn(name, "abcdefghijklmnopqrstuvwxyz0123456789") == strlen(name)) {
             char *v = ab_json_string_decode(s + i, vend - i, NULL);
@@ -1099,7 +1073,7 @@ int ab_event_from_line(const char *line, size_t len, struct ab_event **out, char
     size_t d = member_at(line, len, 0, "data");
     if (d < len) {
         ev->data_off = d;
-        ev->data_len = skip_value(line, len, d) - d;
+        ev->data_len = ab_json_skip(line, len, d) - d;
     }
     if (ev->partitionkey == NULL) {
         set_identity(ev, line + ev->data_off, ev->data_len);
