@@ -211,7 +211,9 @@ static const char REPLAY_ABOUT[] =
     "Push the CloudEvents of a file-sink log (or a directory of log segments, in name\n"
     "order) into Kafka or Redis with the daemon's routing and keys. Progress on stderr;\n"
     "on SIGINT it stops cleanly and prints the --start-line to resume from. Events whose\n"
-    "id is already in the target stream/topic are skipped (--no-dedup: not checked).\n"
+    "id is already in the target stream/topic are skipped (--no-dedup: not checked);\n"
+    "with --dedupe-store, also those the daemon's store holds, and what is delivered is\n"
+    "recorded there (docs/DEDUPLICATION.md).\n"
     "Exit status: 0 done, 1 a write failed for good (or no line was a CloudEvent), 2\n"
     "usage or connection error (the target cannot be reached), 130 interrupted.";
 static const char REPLAY_FOOTER[] =
@@ -236,7 +238,7 @@ static const struct ab_option replay_options[] = {
      .off = OFF(start_line), .group = "Replay", .metavar = "N",
      .help = "begin at line N (1 = the first), to resume"},
     {.name = "no-dedup", .type = AB_OPT_BOOL, .def = "false", .off = OFF(no_dedup),
-     .group = "Replay", .help = "do not read the ids already in the target"},
+     .group = "Replay", .help = "do not read the ids already in the target (nor ask --dedupe-store)"},
     {.name = "all", .type = AB_OPT_BOOL, .def = "false", .off = OFF(all), .group = "Replay",
      .help = "a spool directory: also the events already forwarded"},
 };
