@@ -378,7 +378,8 @@ int main(int argc, char **argv)
     start_workers(&d, secrets, ctx);
     SSL_CTX_free(ctx);
     struct ab_reconcile_daemon *rec = ab_reconcile_daemon_start(
-        &d.cfg, d.app.sink_ops, d.app.sink_conf, d.app.sink_shared, err, sizeof(err));
+        &d.cfg, d.app.sink_ops, d.app.sink_conf, d.app.sink_shared, d.app.dedupe, err,
+        sizeof(err));
     if (rec == NULL && d.cfg.reconcile_every) {
         die(err);
     }

@@ -71,15 +71,19 @@ int ab_cmd_replay(int argc, char **argv);
 /* `almabridge reconcile` (cmd/reconcile.c): JOB_END events from Alma's Jobs API. */
 int ab_cmd_reconcile(int argc, char **argv);
 /* --reconcile-every inside the daemon (cmd/reconcile.c): a thread of its own writing through
- * the daemon's sink (ops, conf and shared as the workers have them). NULL when the option
+ * the daemon's sink (ops, conf and shared as the workers have them) and, when dedupe is not
+ * NULL, through the daemon's deduplication store (a guard of its own). NULL when the option
  * is not set, or with err when its settings are wrong. Stop it before the sink's
- * global_free. */
+ * global_free and the store's. */
 struct ab_sink_ops;
 struct ab_sink_conf;
+struct ab_dedupe_setup;
 struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cfg,
                                                       const struct ab_sink_ops *ops,
                                                       const struct ab_sink_conf *conf,
-                                                      void *shared, char *err, size_t errlen);
+                                                      void *shared,
+                                                      const struct ab_dedupe_setup *dedupe,
+                                                      char *err, size_t errlen);
 void ab_reconcile_daemon_stop(struct ab_reconcile_daemon *rd);
 /* The --reconcile-* settings checked (for prepare() and --check-config): 0, or -1 with err. */
 int ab_reconcile_daemon_check(const struct ab_config *cfg, char *err, size_t errlen);

@@ -29,6 +29,7 @@
 #include "mem.h"
 #include "reconcile.h"
 #include "route.h"
+#include "sinks/dedupe_store.h"
 #include "sinks/file.h"
 #include "sinks/jobends.h"
 #include "sinks/registry.h"
@@ -40,6 +41,7 @@ struct target {
     struct ab_route *route;
     char *stream; /* where a JOB_END of --institution goes (Redis) */
     struct ab_reconcile_writer *writer;
+    struct ab_dedupe_setup dedupe; /* one-shot: --dedupe-store (auto: "<file>.dedupe") */
 };
 
 static int job_ends(void *ctx, int64_t since_ms, struct ab_reconcile_ids *ids, char *err,
@@ -49,30 +51,11 @@ static int job_ends(void *ctx, int64_t since_ms, struct ab_reconcile_ids *ids, c
     return ab_jobends_collect(t->ops, &t->setup.conf, t->stream, since_ms, ids, err, errlen);
 }
 
-static int write_events(void *ctx, struct ab_event *const *evs, size_t n, char *err,
-                        size_t errlen)
+static int write_events(void *ctx, struct ab_event *const *evs, size_t n, unsigned char *skipped,
+                        char *err, size_t errlen)
 {
     struct target *t = ctx;
-    return ab_reconcile_writer_put(t->writer, evs, n, err, errlen);
-}
-
-/* The Redis stream (or Kafka topic) a JOB_END from institution goes to; NULL with err when
- * the route holds {id}. */
-static char *job_end_stream(const struct ab_route *r, const char *institution, char *err,
-                            size_t errlen)
-{
-    static char one[] = "1", two[] = "2", job_end[] = "JOB_END";
-    struct ab_event a = {.id = one, .action = job_end, .institution = (char *)institution};
-    struct ab_event b = a;
-    b.id = two;
-    char *ra = ab_route_expand(r, &a), *rb = ab_route_expand(r, &b);
-    if (strcmp(ra, rb) != 0) {
-        snprintf(err, errlen, "--route holds {id}: reconcile cannot find the JOB_END events");
-        free(ra);
-        ra = NULL;
-    }
-    free(rb);
-    return ra;
+    return ab_reconcile_writer_put(t->writer, evs, n, skipped, err, errlen);
 }
 
 /* Open the sink for writing. Returns 0, or the exit code with err. */
@@ -93,7 +76,7 @@ static int open_target(struct target *t, const struct ab_config *cfg, const char
         snprintf(err, errlen, "--route: %s", rerr);
         return AB_EXIT_USAGE;
     }
-    if ((t->stream = job_end_stream(t->route, institution, err, errlen)) == NULL) {
+    if ((t->stream = ab_reconcile_job_end_route(t->route, institution, err, errlen)) == NULL) {
         return AB_EXIT_USAGE;
     }
     long holder = strcmp(t->ops->name, "file") == 0 ? ab_jobends_file_holder(&t->setup.conf) : 0;
@@ -108,14 +91,20 @@ static int open_target(struct target *t, const struct ab_config *cfg, const char
         t->ops->global_init(&t->setup.conf, &t->shared, err, errlen) != 0) {
         return AB_EXIT_FAILED;
     }
+    int dd_on = 0; /* the daemon's store: a webhook coming later finds what we wrote */
+    if (ab_dedupe_setup_init(&t->dedupe, cfg, &dd_on, err, errlen) != 0) {
+        return AB_EXIT_USAGE;
+    }
     t->writer = ab_reconcile_writer_open(t->ops, &t->setup.conf, t->shared, t->route, err,
                                          errlen);
-    return t->writer ? 0 : AB_EXIT_FAILED;
+    return t->writer && (!dd_on || ab_reconcile_writer_dedupe(t->writer, &t->dedupe, err,
+                                                              errlen) == 0) ? 0 : AB_EXIT_FAILED;
 }
 
 static void close_target(struct target *t)
 {
     ab_reconcile_writer_close(t->writer);
+    ab_dedupe_setup_free(&t->dedupe);
     if (t->ops && t->ops->global_free && t->shared) {
         t->ops->global_free(t->shared);
     }
@@ -130,6 +119,7 @@ struct ab_reconcile_daemon {
     struct ab_sink_setup read;  /* the backend itself (not the spool wrapping it), to read */
     struct ab_alma_api *api;
     const struct ab_config *cfg;
+    const struct ab_dedupe_setup *dedupe; /* the daemon's, NULL when off */
     int64_t every_ms, since_ms;
     pthread_t thread;
     pthread_mutex_t mu;
@@ -146,11 +136,11 @@ static int daemon_job_ends(void *ctx, int64_t since_ms, struct ab_reconcile_ids 
                               since_ms, ids, err, errlen);
 }
 
-static int daemon_write(void *ctx, struct ab_event *const *evs, size_t n, char *err,
-                        size_t errlen)
+static int daemon_write(void *ctx, struct ab_event *const *evs, size_t n, unsigned char *skipped,
+                        char *err, size_t errlen)
 {
     struct ab_reconcile_daemon *rd = ctx;
-    return ab_reconcile_writer_put(rd->t.writer, evs, n, err, errlen);
+    return ab_reconcile_writer_put(rd->t.writer, evs, n, skipped, err, errlen);
 }
 
 /* Its own thread: one run every --reconcile-every (the first one period after start-up,
@@ -164,7 +154,8 @@ static void *daemon_main(void *arg)
     char err[1024] = "";
     rd->t.writer = ab_reconcile_writer_open(rd->t.ops, &rd->t.setup.conf, rd->t.shared,
                                             rd->t.route, err, sizeof(err));
-    if (rd->t.writer == NULL) {
+    if (rd->t.writer == NULL ||
+        (rd->dedupe && ab_reconcile_writer_dedupe(rd->t.writer, rd->dedupe, err, sizeof(err)))) {
         ab_error("reconcile: cannot open the sink: %s", err);
         return NULL;
     }
@@ -217,7 +208,9 @@ int ab_reconcile_daemon_check(const struct ab_config *cfg, char *err, size_t err
 struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cfg,
                                                       const struct ab_sink_ops *ops,
                                                       const struct ab_sink_conf *conf,
-                                                      void *shared, char *err, size_t errlen)
+                                                      void *shared,
+                                                      const struct ab_dedupe_setup *dedupe,
+                                                      char *err, size_t errlen)
 {
     if (cfg->reconcile_every == NULL) {
         return NULL;
@@ -226,6 +219,7 @@ struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cf
     const struct ab_sink_ops *backend = ab_sink_find(cfg->sink);
     char rerr[256];
     rd->cfg = cfg;
+    rd->dedupe = dedupe;
     if (ab_reconcile_daemon_check(cfg, err, errlen) != 0) {
         goto fail;
     }
@@ -238,7 +232,7 @@ struct ab_reconcile_daemon *ab_reconcile_daemon_start(const struct ab_config *cf
     rd->t.shared = shared;
     if (!(rd->t.route = ab_route_compile(cfg->route ? cfg->route : backend->default_route, rerr,
                                          sizeof(rerr))) ||
-        !(rd->t.stream = job_end_stream(rd->t.route, cfg->reconcile_institution, err, errlen)) ||
+        !(rd->t.stream = ab_reconcile_job_end_route(rd->t.route, cfg->reconcile_institution, err, errlen)) ||
         !(rd->api = ab_alma_api_from_config(cfg, file->path, err, errlen))) {
         goto fail;
     }

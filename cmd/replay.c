@@ -40,6 +40,7 @@
 #include "route.h"
 #include "sink.h"
 #include "strset.h"
+#include "sinks/dedupe_store.h"
 #include "sinks/registry.h"
 
 #include "replay.h"
@@ -87,6 +88,7 @@ static int open_input(struct replay *rp, const char *from, char *err, size_t err
     if ((rp->in = ops->reader_open(&in_setup.conf, &in, err, errlen)) == NULL) {
         return -1;
     }
+    rp->spool = spool;
     if (spool && !rp->all) {
         fprintf(stderr, "replay: %s is a spool: starting where its forwarder stopped (line 1 "
                         "= the first event not forwarded; --all for every event)\n", from);
@@ -128,6 +130,13 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
     if ((rp->sink = rp->ops->open(&rp->setup.conf, rp->shared, rp->base, err, errlen)) == NULL) {
         return -1;
     }
+    int dd_on = 0; /* --dedupe-store: each event checked and, delivered, marked (dedupe.h) */
+    if (rp->dedup && ab_dedupe_setup_init(&rp->dd_setup, &rp->cfg, &dd_on, err, errlen) != 0) {
+        return -1;
+    }
+    if (dd_on && (rp->dd = ab_dedupe_guard_new(&rp->dd_setup, rp->base, err, errlen)) == NULL) {
+        return -1;
+    }
     return 0;
 }
 
@@ -147,6 +156,8 @@ static int replay_run(struct replay *rp)
     event_base_dispatch(rp->base);
     rp->ops->close(rp->sink, 5000); /* completes anything left as not acknowledged */
     rp->sink = NULL;
+    ab_dedupe_guard_free(rp->dd); /* after the sink: its last answers mark or release */
+    rp->dd = NULL;
     ab_replay_ring_advance(rp);
     ab_replay_report(rp, 1);
     long resume = ab_replay_resume_line(rp);
@@ -176,6 +187,8 @@ static void replay_free(struct replay *rp)
     if (rp->sink) {
         rp->ops->close(rp->sink, 0);
     }
+    ab_dedupe_guard_free(rp->dd);
+    ab_dedupe_setup_free(&rp->dd_setup);
     if (rp->ops && rp->ops->global_free && rp->shared) {
         rp->ops->global_free(rp->shared);
     }
@@ -198,7 +211,9 @@ static const char REPLAY_ABOUT[] =
     "Push the CloudEvents of a file-sink log (or a directory of log segments, in name\n"
     "order) into Kafka or Redis with the daemon's routing and keys. Progress on stderr;\n"
     "on SIGINT it stops cleanly and prints the --start-line to resume from. Events whose\n"
-    "id is already in the target stream/topic are skipped (--no-dedup: not checked).\n"
+    "id is already in the target stream/topic are skipped (--no-dedup: not checked);\n"
+    "with --dedupe-store, also those the daemon's store holds, and what is delivered is\n"
+    "recorded there (docs/DEDUPLICATION.md).\n"
     "Exit status: 0 done, 1 a write failed for good (or no line was a CloudEvent), 2\n"
     "usage or connection error (the target cannot be reached), 130 interrupted.";
 static const char REPLAY_FOOTER[] =
@@ -223,7 +238,7 @@ static const struct ab_option replay_options[] = {
      .off = OFF(start_line), .group = "Replay", .metavar = "N",
      .help = "begin at line N (1 = the first), to resume"},
     {.name = "no-dedup", .type = AB_OPT_BOOL, .def = "false", .off = OFF(no_dedup),
-     .group = "Replay", .help = "do not read the ids already in the target"},
+     .group = "Replay", .help = "do not read the ids already in the target (nor ask --dedupe-store)"},
     {.name = "all", .type = AB_OPT_BOOL, .def = "false", .off = OFF(all), .group = "Replay",
      .help = "a spool directory: also the events already forwarded"},
 };

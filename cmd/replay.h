@@ -10,6 +10,7 @@
 
 #include "config.h"
 #include "sink.h"
+#include "dedupe.h"
 #include "strset.h"
 #include "sinks/registry.h"
 
@@ -19,7 +20,9 @@ struct ab_route;
 #define MAX_TRIES 5          /* attempts per event before the replay gives up */
 #define UNREACHABLE_MS 20000 /* a sink that refuses everything this long: exit 2 */
 
-enum slot_state { SLOT_WAITING, SLOT_INFLIGHT, SLOT_DONE };
+/* With a deduplication store: CHECK (to be asked) -> CHECKING (the guard's verdict due) ->
+ * WAITING (claimed) -> INFLIGHT -> DONE (delivered and marked, or stored already). */
+enum slot_state { SLOT_WAITING, SLOT_INFLIGHT, SLOT_DONE, SLOT_CHECK, SLOT_CHECKING };
 
 struct replay;
 
@@ -31,6 +34,8 @@ struct slot {
     int tries;
     struct ab_event *ev; /* decoded from the line (the codec), owns the line */
     char *route;
+    struct ab_dedupe_ticket *ticket; /* the store's claim, while its write is not answered */
+    int there;                       /* the sink's atomic claim found it stored already */
 };
 
 struct replay {
@@ -47,6 +52,9 @@ struct replay {
     struct ab_strset loaded;    /* streams/topics whose ids have been read */
     int dedup;
     int all; /* --all: a spool's forwarded events too */
+    int spool; /* the input is a spool directory: its keys are the forwarder's, "fwd:<key>" */
+    struct ab_dedupe_setup dd_setup; /* --dedupe-store (core/dedupe.h) */
+    struct ab_dedupe_guard *dd;      /* NULL: no store (or --no-dedup) */
     long next_line;         /* number of the next line to read */
     long start_line;
     double rate;            /* events/s, 0 = unbounded */

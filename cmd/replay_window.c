@@ -72,18 +72,51 @@ void ab_replay_ring_advance(struct replay *rp)
     }
 }
 
+/* The slot is delivered (and, with a store, marked): drop what is done, send more. */
+static void delivered(struct replay *rp, struct slot *s)
+{
+    s->state = SLOT_DONE;
+    *(s->there ? &rp->dupes : &rp->acked) += 1;
+    ab_replay_ring_advance(rp);
+}
+
+/* Loop thread: the store holds the key of a delivered event. */
+static void on_marked(void *opaque)
+{
+    struct slot *s = opaque;
+    struct replay *rp = s->rp;
+    rp->inflight--;
+    delivered(rp, s);
+    if (!event_pending(rp->pump, EV_TIMEOUT, NULL)) {
+        ab_replay_schedule_pump(rp, 0);
+    }
+    ab_replay_maybe_finish(rp);
+}
+
 /* Loop thread, exactly once per accepted submit (the sink contract). */
 static void on_done(int status, const char *errstr, void *opaque)
 {
     struct slot *s = opaque;
     struct replay *rp = s->rp;
+    struct ab_dedupe_ticket *t = s->ticket;
+    s->ticket = NULL;
+    if (t && status == AB_SINK_DUPLICATE) { /* the sink's atomic claim: there already */
+        ab_dedupe_count_duplicate(AB_DEDUPE_CAUSE_REPLAY);
+        s->there = 1;
+        status = AB_SINK_OK;
+    }
+    if (t && status == AB_SINK_OK) {
+        ab_dedupe_outcome(t, 1, on_marked, s); /* done once the store holds the key */
+        return;
+    }
+    if (t) {
+        ab_dedupe_outcome(t, 0, NULL, NULL); /* released: the retry claims it again */
+    }
     rp->inflight--;
     if (status == AB_SINK_OK) {
-        s->state = SLOT_DONE;
-        rp->acked++;
-        ab_replay_ring_advance(rp);
+        delivered(rp, s);
     } else {
-        s->state = SLOT_WAITING;
+        s->state = t ? SLOT_CHECK : SLOT_WAITING;
         if (++s->tries >= MAX_TRIES && !rp->stopping) {
             snprintf(rp->err, sizeof(rp->err), "line %ld (id %s) failed %d times: %s", s->line,
                      s->ev->id, s->tries, errstr ? errstr : ab_sink_status_str(status));
@@ -96,11 +129,61 @@ static void on_done(int status, const char *errstr, void *opaque)
     ab_replay_maybe_finish(rp);
 }
 
+/* ---- the deduplication store (--dedupe-store): what the target already stored ---- */
+
+/* Loop thread: the guard's verdict for one slot. */
+static void on_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct slot *s = opaque;
+    struct replay *rp = s->rp;
+    rp->inflight--;
+    if (verdict == AB_DEDUPE_WRITE) {
+        s->ticket = t;
+        s->state = SLOT_WAITING;
+    } else if (verdict == AB_DEDUPE_SKIP_OK) {
+        s->state = SLOT_DONE; /* stored already (counted by the guard) */
+        rp->dupes++;
+        ab_replay_ring_advance(rp);
+    } else if (verdict == AB_DEDUPE_SKIP_FAILED && ++s->tries < MAX_TRIES) {
+        s->state = SLOT_CHECK; /* another copy was being written: ask again */
+    } else {
+        s->state = SLOT_CHECK;
+        if (!rp->stopping) {
+            snprintf(rp->err, sizeof(rp->err), "line %ld (id %s): %s", s->line, s->ev->id,
+                     verdict == AB_DEDUPE_REFUSED
+                         ? "the deduplication store is unreachable (--dedupe-on-error refuse)"
+                         : "another copy was being written and did not finish in time");
+            rp->failed = rp->stopping = 1;
+        }
+    }
+    if (!event_pending(rp->pump, EV_TIMEOUT, NULL)) {
+        ab_replay_schedule_pump(rp, s->state == SLOT_CHECK ? 200L * s->tries : 0);
+    }
+    ab_replay_maybe_finish(rp);
+}
+
+/* Ask the store about s: its key is the daemon's (ab_dedupe_key), "fwd:<key>" for a spool's
+ * events (what its forwarder checks and marks) unless the sink claims atomically. */
+static void check(struct replay *rp, struct slot *s)
+{
+    char key[512], fkey[520];
+    ab_dedupe_key(&rp->dd_setup, s->ev, key, sizeof(key));
+    snprintf(fkey, sizeof(fkey), "%s%s", rp->spool && !rp->dd_setup.sink_atomic ? "fwd:" : "",
+             key);
+    s->state = SLOT_CHECKING;
+    rp->inflight++;
+    ab_dedupe_check(rp->dd, fkey, AB_DEDUPE_CAUSE_REPLAY, on_verdict, s);
+}
+
 static int submit(struct replay *rp, struct slot *s)
 {
     struct ab_sink_msg m = {.id = s->ev->id, .type = s->ev->type, .source = s->ev->source,
                             .route = s->route, .key = NULL, .value = s->ev->json,
                             .value_len = s->ev->json_len, .event = s->ev};
+    if (s->ticket && rp->dd_setup.sink_atomic) {
+        m.dedupe_key = ab_dedupe_ticket_key(s->ticket);
+        m.dedupe_window_ms = rp->dd_setup.conf.window_ms;
+    }
     if (rp->ops->submit(rp->sink, &m, on_done, s) != 0) {
         return -1;
     }
@@ -204,7 +287,7 @@ static int read_one(struct replay *rp)
     if (rp->dedup) {
         ab_strset_add(&rp->seen, s->ev->id);
     }
-    s->state = SLOT_WAITING;
+    s->state = rp->dd ? SLOT_CHECK : SLOT_WAITING;
     rp->count++;
     return 1;
 }
@@ -229,6 +312,9 @@ void ab_replay_on_pump(evutil_socket_t fd, short what, void *arg)
     }
     for (size_t i = 0; i < rp->count && !refused && !rp->stopping; i++) {
         struct slot *s = &rp->ring[(rp->head + i) % WINDOW];
+        if (s->state == SLOT_CHECK) {
+            check(rp, s);
+        }
         if (s->state != SLOT_WAITING) {
             continue;
         }

@@ -52,7 +52,7 @@ static struct {
 } m;
 
 static const char *const cause_names[AB_DEDUPE_CAUSES] = {"in_flight", "after_ack", "forwarder",
-                                                          "replay"};
+                                                          "replay", "reconcile"};
 
 void ab_dedupe_count_duplicate(enum ab_dedupe_cause cause)
 {

@@ -85,6 +85,7 @@ enum ab_dedupe_cause {
     AB_DEDUPE_CAUSE_AFTER_ACK,    /* a copy came after the first was stored */
     AB_DEDUPE_CAUSE_FORWARDER,    /* the spool's forwarder skipped a stored event */
     AB_DEDUPE_CAUSE_REPLAY,       /* replay skipped a stored event */
+    AB_DEDUPE_CAUSE_RECONCILE,    /* reconcile found its JOB_END stored (a webhook's) */
     AB_DEDUPE_CAUSES
 };
 

@@ -1,6 +1,7 @@
 /* Reconciliation with Alma's Jobs API: see reconcile.h. */
 #include "reconcile.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -9,6 +10,7 @@
 #include <event2/event.h>
 
 #include "alma_api.h"
+#include "dedupe.h"
 #include "event.h"
 #include "mem.h"
 #include "route.h"
@@ -272,19 +274,27 @@ static void day_of(int64_t ms, char *out, size_t len)
     strftime(out, len, "%Y-%m-%d", &tm);
 }
 
-/* Write the batch and say so. 0, or -1 with err. */
+/* Write the batch and say so: what was written counts in rep->written, what the
+ * deduplication store had already (a webhook's copy, come since the sink was read) in
+ * rep->present. 0, or -1 with err. */
 static int flush(const struct ab_reconcile_opts *o, const struct ab_reconcile_sink *sink,
-                 struct ab_event **evs, size_t *n, long *written, char *err, size_t errlen)
+                 struct ab_event **evs, size_t *n, struct ab_reconcile_report *rep, char *err,
+                 size_t errlen)
 {
-    int rc = *n ? sink->write(sink->ctx, evs, *n, err, errlen) : 0;
+    unsigned char skipped[BATCH] = {0};
+    int rc = *n ? sink->write(sink->ctx, evs, *n, skipped, err, errlen) : 0;
     for (size_t i = 0; i < *n; i++) {
         if (rc == 0 && o->out) {
-            fprintf(o->out, "wrote JOB_END for instance %s (ended %s)\n", evs[i]->id,
-                    evs[i]->time ? evs[i]->time : "?");
+            fprintf(o->out, skipped[i] ? "JOB_END for instance %s stored already (the "
+                                         "deduplication store)\n"
+                                       : "wrote JOB_END for instance %s (ended %s)\n",
+                    evs[i]->id, evs[i]->time ? evs[i]->time : "?");
+        }
+        if (rc == 0) {
+            *(skipped[i] ? &rep->present : &rep->written) += 1;
         }
         ab_event_free(evs[i]);
     }
-    *written += rc == 0 ? (long)*n : 0;
     *n = 0;
     return rc;
 }
@@ -293,7 +303,7 @@ static int flush(const struct ab_reconcile_opts *o, const struct ab_reconcile_si
  * 0, or -1 with err. */
 static int fill(struct ab_alma_api *api, const struct ab_reconcile_opts *o,
                 const struct ab_reconcile_sink *sink, const struct ended *missing, size_t n,
-                long *written, char *err, size_t errlen)
+                struct ab_reconcile_report *rep, char *err, size_t errlen)
 {
     struct ab_event *evs[BATCH];
     size_t k = 0;
@@ -304,16 +314,16 @@ static int fill(struct ab_alma_api *api, const struct ab_reconcile_opts *o,
             (evs[k] = ab_reconcile_event(full, o->institution, err, errlen)) == NULL) {
             rc = -1;
         } else if (++k == BATCH) {
-            rc = flush(o, sink, evs, &k, written, err, errlen);
+            rc = flush(o, sink, evs, &k, rep, err, errlen);
         }
         cJSON_Delete(full);
     }
     if (rc == 0) {
-        return flush(o, sink, evs, &k, written, err, errlen);
+        return flush(o, sink, evs, &k, rep, err, errlen);
     }
     char keep[512];
     snprintf(keep, sizeof(keep), "%s", err);
-    flush(o, sink, evs, &k, written, err, errlen); /* what was fetched before the error */
+    flush(o, sink, evs, &k, rep, err, errlen); /* what was fetched before the error */
     snprintf(err, errlen, "%s", keep);
     return -1;
 }
@@ -360,7 +370,7 @@ int ab_reconcile_run(struct ab_alma_api *api, const struct ab_reconcile_opts *o,
             r.v[i] = e;
         }
     }
-    rc = fill(api, o, sink, r.v, nmissing, &rep->written, err, errlen);
+    rc = fill(api, o, sink, r.v, nmissing, rep, err, errlen);
 done:
     for (size_t i = 0; i < r.n; i++) {
         free(r.v[i].job);
@@ -439,6 +449,10 @@ void ab_reconcile_poll_free(struct ab_reconcile_poll *p)
 struct slot {
     struct ab_reconcile_writer *w;
     int status;
+    int verdict;                /* deduplication on: the guard's (core/dedupe.h) */
+    int submitted;
+    struct ab_dedupe_ticket *t; /* the claim, while the write it holds is not answered */
+    unsigned char *skipped;     /* 1: stored already (the store or the sink's claim says) */
 };
 
 struct ab_reconcile_writer {
@@ -446,6 +460,8 @@ struct ab_reconcile_writer {
     struct ab_sink *sink;
     struct event_base *base;
     const struct ab_route *route;
+    const struct ab_dedupe_setup *dd_setup; /* NULL: deduplication off */
+    struct ab_dedupe_guard *dd;
     size_t waiting;
     char why[256]; /* the first failure's reason */
 };
@@ -466,18 +482,79 @@ struct ab_reconcile_writer *ab_reconcile_writer_open(const struct ab_sink_ops *o
     return w;
 }
 
-/* Loop thread: the sink's answer (exactly once per accepted submit). */
+int ab_reconcile_writer_dedupe(struct ab_reconcile_writer *w, const struct ab_dedupe_setup *setup,
+                               char *err, size_t errlen)
+{
+    w->dd_setup = setup;
+    w->dd = ab_dedupe_guard_new(setup, w->base, err, errlen);
+    return w->dd ? 0 : -1;
+}
+
+static void note_failure(struct ab_reconcile_writer *w, const char *what, const char *errstr)
+{
+    if (!w->why[0]) {
+        snprintf(w->why, sizeof(w->why), "%s%s%s", what, errstr ? ": " : "",
+                 errstr ? errstr : "");
+    }
+}
+
+static void slot_done(struct ab_reconcile_writer *w)
+{
+    if (--w->waiting == 0) {
+        event_base_loopbreak(w->base);
+    }
+}
+
+/* Loop thread: the store holds the key of a written event. */
+static void on_marked(void *opaque)
+{
+    struct slot *s = opaque;
+    slot_done(s->w);
+}
+
+/* Loop thread: the sink's answer (exactly once per accepted submit). With a claim, a
+ * success is marked stored before the slot is done (before put() reports success). */
 static void on_written(int status, const char *errstr, void *opaque)
 {
     struct slot *s = opaque;
+    struct ab_dedupe_ticket *t = s->t;
+    s->t = NULL;
+    if (t && status == AB_SINK_DUPLICATE) {
+        ab_dedupe_count_duplicate(AB_DEDUPE_CAUSE_RECONCILE); /* the sink's claim had it */
+        *s->skipped = 1;
+        status = AB_SINK_OK;
+    }
     s->status = status;
-    if (status != AB_SINK_OK && !s->w->why[0]) {
-        snprintf(s->w->why, sizeof(s->w->why), "%s%s%s", ab_sink_status_str(status),
-                 errstr ? ": " : "", errstr ? errstr : "");
+    if (t && status == AB_SINK_OK) {
+        ab_dedupe_outcome(t, 1, on_marked, s);
+        return;
     }
-    if (--s->w->waiting == 0) {
-        event_base_loopbreak(s->w->base);
+    if (t) {
+        /* a timeout's outcome is unknown: the claim stays until it lapses */
+        ab_dedupe_outcome(t, status == AB_SINK_TIMEOUT ? -1 : 0, NULL, NULL);
     }
+    if (status != AB_SINK_OK) {
+        note_failure(s->w, ab_sink_status_str(status), errstr);
+    }
+    slot_done(s->w);
+}
+
+/* Loop thread: the guard's verdict for one event. */
+static void on_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
+{
+    struct slot *s = opaque;
+    s->verdict = verdict;
+    s->t = t;
+    if (verdict == AB_DEDUPE_SKIP_OK) {
+        *s->skipped = 1; /* a webhook's copy is stored (counted by the guard) */
+    } else if (verdict == AB_DEDUPE_SKIP_FAILED) {
+        note_failure(s->w, "a webhook's copy of a JOB_END was being stored and did not finish "
+                           "in time; try again", NULL);
+    } else if (verdict == AB_DEDUPE_REFUSED) {
+        note_failure(s->w, "the deduplication store is unreachable (--dedupe-on-error refuse)",
+                     NULL);
+    }
+    slot_done(s->w);
 }
 
 static int64_t mono_ms(void)
@@ -493,6 +570,10 @@ static int submit_one(struct ab_reconcile_writer *w, const struct ab_event *ev, 
     char *route = ab_route_expand(w->route, ev);
     struct ab_sink_msg m = {.id = ev->id, .type = ev->type, .source = ev->source, .route = route,
                             .value = ev->json, .value_len = ev->json_len, .event = ev};
+    if (s->t && w->dd_setup->sink_atomic) {
+        m.dedupe_key = ab_dedupe_ticket_key(s->t);
+        m.dedupe_window_ms = w->dd_setup->conf.window_ms;
+    }
     int64_t until = mono_ms() + REFUSED_MS;
     int rc;
     while ((rc = w->ops->submit(w->sink, &m, on_written, s)) != 0 && mono_ms() < until) {
@@ -504,25 +585,57 @@ static int submit_one(struct ab_reconcile_writer *w, const struct ab_event *ev, 
     return rc;
 }
 
+static void wait_all(struct ab_reconcile_writer *w)
+{
+    while (w->waiting > 0) {
+        event_base_loop(w->base, EVLOOP_ONCE);
+    }
+}
+
 int ab_reconcile_writer_put(struct ab_reconcile_writer *w, struct ab_event *const *evs, size_t n,
-                            char *err, size_t errlen)
+                            unsigned char *skipped, char *err, size_t errlen)
 {
     struct slot *slots = ab_calloc(n ? n : 1, sizeof(*slots));
+    unsigned char *sk = skipped ? skipped : ab_calloc(n ? n : 1, 1);
     int refused = 0;
+    memset(sk, 0, n);
     w->why[0] = '\0';
     w->waiting = 0;
+    for (size_t i = 0; i < n; i++) {
+        slots[i] = (struct slot){.w = w, .skipped = &sk[i]};
+    }
+    if (w->dd) { /* every key claimed (or found stored) first: the verdicts come on the loop */
+        char key[512];
+        for (size_t i = 0; i < n; i++) {
+            ab_dedupe_key(w->dd_setup, evs[i], key, sizeof(key));
+            w->waiting++;
+            ab_dedupe_check(w->dd, key, AB_DEDUPE_CAUSE_RECONCILE, on_verdict, &slots[i]);
+        }
+        wait_all(w);
+    }
     for (size_t i = 0; i < n && !refused; i++) {
-        slots[i].w = w;
+        if (w->dd && slots[i].verdict != AB_DEDUPE_WRITE) {
+            continue;
+        }
         w->waiting++;
         if (submit_one(w, evs[i], &slots[i]) != 0) {
             w->waiting--;
             refused = 1;
+        } else {
+            slots[i].submitted = 1;
         }
     }
-    while (w->waiting > 0) {
-        event_base_loop(w->base, EVLOOP_ONCE);
+    for (size_t i = 0; i < n; i++) {
+        if (slots[i].t && !slots[i].submitted) {
+            ab_dedupe_outcome(slots[i].t, 0, NULL, NULL); /* not written: release the claim */
+            slots[i].t = NULL;
+        }
     }
+    wait_all(w);
     free(slots);
+    if (sk != skipped) {
+        free(sk);
+    }
     if (refused && !w->why[0]) {
         snprintf(w->why, sizeof(w->why), "refuses writes");
         if (w->ops->describe) {
@@ -536,6 +649,23 @@ int ab_reconcile_writer_put(struct ab_reconcile_writer *w, struct ab_event *cons
     return 0;
 }
 
+char *ab_reconcile_job_end_route(const struct ab_route *r, const char *institution, char *err,
+                                 size_t errlen)
+{
+    static char one[] = "1", two[] = "2", job_end[] = "JOB_END";
+    struct ab_event a = {.id = one, .action = job_end, .institution = (char *)institution};
+    struct ab_event b = a;
+    b.id = two;
+    char *ra = ab_route_expand(r, &a), *rb = ab_route_expand(r, &b);
+    if (strcmp(ra, rb) != 0) {
+        snprintf(err, errlen, "--route holds {id}: reconcile cannot find the JOB_END events");
+        free(ra);
+        ra = NULL;
+    }
+    free(rb);
+    return ra;
+}
+
 void ab_reconcile_writer_close(struct ab_reconcile_writer *w)
 {
     if (w == NULL) {
@@ -544,6 +674,7 @@ void ab_reconcile_writer_close(struct ab_reconcile_writer *w)
     if (w->sink) {
         w->ops->close(w->sink, 5000);
     }
+    ab_dedupe_guard_free(w->dd); /* after the sink: its last answers still mark or release */
     if (w->base) {
         event_base_free(w->base);
     }

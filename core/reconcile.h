@@ -46,9 +46,12 @@ struct ab_reconcile_sink {
     int (*job_ends)(void *ctx, int64_t since_ms, struct ab_reconcile_ids *ids, char *err,
                     size_t errlen);
     /* Write the n events through the sink's writer and wait for the acknowledgements: 0
-     * once the sink acknowledged every one durably, -1 with one line in err. (A batch lets
-     * the file sink commit them with one fsync.) */
-    int (*write)(void *ctx, struct ab_event *const *evs, size_t n, char *err, size_t errlen);
+     * once the sink holds every one durably, -1 with one line in err. (A batch lets the
+     * file sink commit them with one fsync.) skipped[i] = 1 (when skipped is not NULL):
+     * not written, the deduplication store (or the sink's atomic claim) says it is stored
+     * already (a webhook's copy). */
+    int (*write)(void *ctx, struct ab_event *const *evs, size_t n, unsigned char *skipped,
+                 char *err, size_t errlen);
     void *ctx;
 };
 
@@ -64,7 +67,7 @@ struct ab_reconcile_opts {
 struct ab_reconcile_report {
     long listed;  /* instances submitted in the window */
     long ended;   /* of which ended */
-    long present; /* of which already had a JOB_END in the sink */
+    long present; /* of which already had a JOB_END in the sink (or in the dedupe store) */
     long written; /* JOB_END events written (acknowledged by the sink) */
 };
 
@@ -112,12 +115,26 @@ void ab_reconcile_poll_free(struct ab_reconcile_poll *p);
  * submit refused at once, e.g. while the backend connects, is tried again for up to 10 s).
  * 0 when every one was acknowledged, else -1 with the first failure in err. */
 struct ab_reconcile_writer;
+struct ab_dedupe_setup;
 struct ab_reconcile_writer *ab_reconcile_writer_open(const struct ab_sink_ops *ops,
                                                      const struct ab_sink_conf *conf,
                                                      void *shared, const struct ab_route *route,
                                                      char *err, size_t errlen);
 int ab_reconcile_writer_put(struct ab_reconcile_writer *w, struct ab_event *const *evs, size_t n,
-                            char *err, size_t errlen);
+                            unsigned char *skipped, char *err, size_t errlen);
+/* Write through the deduplication guard of setup (core/dedupe.h), as a webhook is: each
+ * event's key (ab_dedupe_key: "<institution>/job:<instance id>" for a JOB_END, the same for
+ * the webhook and this event) is claimed first; one stored already is skipped (skipped[i]
+ * = 1, counted as a duplicate of cause RECONCILE), one claimed is written and marked stored
+ * before put() returns (with the sink's atomic claim: msg.dedupe_key, AB_SINK_DUPLICATE =
+ * stored already). setup outlives the writer. 0, or -1 with err (the store cannot be
+ * opened). */
+int ab_reconcile_writer_dedupe(struct ab_reconcile_writer *w, const struct ab_dedupe_setup *setup,
+                               char *err, size_t errlen);
+/* The route (Redis stream, Kafka topic) a JOB_END from institution goes to; NULL with err
+ * when the route holds {id} (reconcile could not find the JOB_END events). Caller frees. */
+char *ab_reconcile_job_end_route(const struct ab_route *r, const char *institution, char *err,
+                                 size_t errlen);
 void ab_reconcile_writer_close(struct ab_reconcile_writer *w);
 
 #endif

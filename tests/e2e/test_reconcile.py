@@ -164,23 +164,31 @@ def test_file_sink_gaps_filled_within_budget(api, tmp_path):
     ends = job_ends(file_events(log))
     check_after(ends, ended, missing)
     print("reconcile of 1,000 instances (%d missing): %.1f s" % (len(missing), took))
-    # the late webhooks arrive; a second reconcile finds nothing to do
+    # the late webhooks arrive (answered 200: post_all asserts it); the deduplication store
+    # (the file sink's default, "<file>.dedupe", which reconcile wrote through) knows the
+    # events reconcile wrote: nothing is stored twice, and a second reconcile finds nothing
+    size = log.stat().st_size
     with bridge(tmp_path, "--file", log) as d:
         post_all(d, [webhook(e) for e in delayed + dup])
+        assert 'almabridge_dedupe_duplicates_total{cause="after_ack"} %d' % (
+            len(delayed) + len(dup)) in d.metrics()
+    assert log.stat().st_size == size
     rc, out, err = run(*args)
     assert rc == 0, err
     assert " 0 written" in summary(out)[0]
     ends = job_ends(file_events(log))
     check_after(ends, ended, missing)
-    # without the deduplication store (issue 19), a late or repeated webhook adds a copy;
-    # reconcile never adds one where a JOB_END exists
-    assert sum(len(v) for v in ends.values()) == 1000 + len(delayed) + 2 * len(dup)
+    # exactly one JOB_END per job instance
+    assert sorted(ends) == sorted(e["id"] for e in ended)
+    assert all(len(v) == 1 for v in ends.values()), [v for v in ends.values() if len(v) > 1]
 
 
 def test_redis_sink_alongside_the_daemon(api, redis, tmp_path):
     ended, sent, dropped, dup, delayed = scenario(api, "M54", 1000)
     stream = "alma.jobs"
-    common = ["--sink", "redis", "--redis", redis.url, "--route", stream]
+    # the store in the same Redis: the claim and the XADD are one atomic script
+    common = ["--sink", "redis", "--redis", redis.url, "--route", stream,
+              "--dedupe-store", redis.url]
     args = ["reconcile", "--job", "M54", "--institution", INST, "--since", "24h"] + common + \
         api_args(api, tmp_path, "--api-budget", "5000")
     with bridge(tmp_path, *common) as d:
@@ -205,6 +213,11 @@ def test_redis_sink_alongside_the_daemon(api, redis, tmp_path):
     check_after(job_ends(events), ended + ended2, missing)
     made = [e for e in events if e.get("almaorigin") == ORIGIN]
     assert len(made) == len(missing)
+    # exactly one JOB_END per job instance: the repeated and the late webhooks found the
+    # webhook's or reconcile's copy in the store
+    ends = job_ends(events)
+    assert sorted(ends) == sorted(e["id"] for e in ended + ended2)
+    assert all(len(v) == 1 for v in ends.values()), [v for v in ends.values() if len(v) > 1]
     # the same event a webhook gives: id = instance id, source and routing of the institution
     assert all(e["id"] == e["data"]["job_instance"]["id"] == e["data"]["id"] for e in made)
     assert {e["source"] for e in made} == {"urn:alma:" + INST}
@@ -357,9 +370,9 @@ def test_reconcile_every_inside_the_daemon_file_sink(api, tmp_path):
         wait_until(lambda: "reconcile: 43 instance(s), 40 ended, 40 had a JOB_END, 0 written"
                    in d.stderr(), 30, lambda: d.stderr()[-2000:])
     ends = job_ends(file_events(log))
-    # a webhook still on its way when a run read the sink may have been filled too (on a slow
-    # machine); never one an instance already had
-    assert all(v.count(ORIGIN) <= 1 for v in ends.values())
+    # a webhook still on its way when a run read the sink meets reconcile's copy in the
+    # daemon's deduplication store (the file sink's default): one JOB_END per instance
+    assert all(len(v) == 1 for v in ends.values()), [v for v in ends.values() if len(v) > 1]
     assert {i for i, v in ends.items() if ORIGIN in v} >= missing
     assert KEY not in d.stderr()
 

@@ -131,7 +131,7 @@ static void test_writer_and_reader_over_the_file_sink(void)
         evs[i] = ab_reconcile_event(inst, "INST", err, sizeof(err));
         cJSON_Delete(inst);
     }
-    CHECK(ab_reconcile_writer_put(w, evs, 3, err, sizeof(err)) == 0);
+    CHECK(ab_reconcile_writer_put(w, evs, 3, NULL, err, sizeof(err)) == 0);
     ab_reconcile_writer_close(w);
     ab_sink_file.global_free(shared);
     CHECK(ab_jobends_file_holder(&conf) == 0);
