@@ -69,7 +69,7 @@ $(BUILD)/shim/slowsync.so: tests/shim/slowsync.c
 # /usr/share/man, and the JRE's post-install script dies without it).
 DEBS      := build-essential pkg-config libevent-dev libssl-dev librdkafka-dev libhiredis-dev \
              libcjson-dev libxml2-dev curl openssl ca-certificates libcurl4-openssl-dev
-TEST_DEBS := redis-server kcat maven default-jdk-headless python3 python3-venv python3-pytest \
+TEST_DEBS := redis-server kcat maven default-jdk-headless python3 python3-dev python3-venv python3-pytest \
              haproxy jq valgrind systemd
 VENV      := .cache/venv
 PYTHON    := $(VENV)/bin/python3

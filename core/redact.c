@@ -184,7 +184,10 @@ static int key_is(const char *s, size_t len, const char *name, size_t nlen)
     }
     size_t dl;
     char *d = ab_json_string_decode(s, len, &dl);
-    int same = dl == nlen && memcmp(d, name, nlen) == 0;
+    /* a key holding U+0000 is, to a consumer on C strings, its part before it: redact it
+     * too ("pass\u0077ord\u0000" is a password to them) */
+    size_t cl = d ? strnlen(d, dl) : 0;
+    int same = d != NULL && (dl == nlen || cl == nlen) && memcmp(d, name, nlen) == 0;
     free(d);
     return same;
 }

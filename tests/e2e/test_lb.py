@@ -64,7 +64,9 @@ def lb_config(front, stats, replicas):
             elif m.group(1) == "servers":
                 # the shipped line checks the admin port (`check port 9090`): so do these
                 assert "check port 9090" in line, line
-                out += [f"    server r{i} 127.0.0.1:{d.port} check port {d.admin}"
+                # (a replica without --admin-listen is checked on its own port)
+                out += [f"    server r{i} 127.0.0.1:{d.port} check"
+                        + (f" port {d.admin}" if getattr(d, "admin", None) else "")
                         for i, d in enumerate(replicas)]
     assert marks == {"front", "stats", "servers"}, marks
     return "\n".join(out) + "\n"
@@ -336,7 +338,7 @@ def test_rolling_upgrade_behind_haproxy_refuses_nothing(kafka, tmp_path):
         print(f"rolling upgrade: 3 replicas replaced in {took:.1f} s under load, "
               f"{len(ledger)} requests, all 200")
         deadline = time.monotonic() + 60
-        while (missing := ok_ids - {m["key"] for m in kafka.consume(topic)}) and \
+        while (missing := ok_ids - {m["id"] for m in kafka.consume(topic)}) and \
                 time.monotonic() < deadline:
             time.sleep(1)
         assert not missing, f"{len(missing)} of {len(ok_ids)} acknowledged webhooks not in Kafka"
