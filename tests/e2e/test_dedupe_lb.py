@@ -171,7 +171,7 @@ def test_each_id_answered_200_is_stored_once(kafka, tmp_path, sink):
                 wait_until(lambda d=d: spool_events(d) == 0, 60, "the spools forwarded")
             deadline = time.monotonic() + 30
             while True:
-                got = (collections.Counter(m["key"] for m in kafka.consume(TOPIC))
+                got = (collections.Counter(m["id"] for m in kafka.consume(TOPIC))
                        if sink == "kafka" else stream_ids(redis.port, TOPIC))
                 if all(got[w] for w in ok) or time.monotonic() > deadline:
                     break
