@@ -48,9 +48,10 @@ def log(tmp_path_factory):
     return path, events
 
 
-def interrupt_and_resume(args, count_acked):
-    """Replay at a bounded rate, SIGINT it part-way, resume from the printed line."""
-    p = almabridge("replay", *args, "--rate", "1000")  # 10 s for the whole file
+def interrupt_and_resume(args, count_acked, rate=1000):
+    """Replay at a bounded rate, SIGINT it part-way, resume from the printed line. A slow
+    count_acked (reading a Kafka topic) needs a lower rate, or the replay ends first."""
+    p = almabridge("replay", *args, "--rate", str(rate))  # N / rate s for the whole file
     deadline = time.time() + 60
     while count_acked() < 500 and time.time() < deadline and p.poll() is None:
         time.sleep(0.1)
@@ -168,7 +169,7 @@ def test_replay_into_kafka_interrupted_resumed_and_again(log, kafka):
     def acked():
         return len(kafka_messages(kafka, topics))
 
-    interrupt_and_resume(args, acked)
+    interrupt_and_resume(args, acked, rate=200)  # each count reads the topics: seconds
     msgs = kafka_messages(kafka, topics)
     ids = {}
     for m in msgs:
