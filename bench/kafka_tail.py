@@ -311,6 +311,9 @@ def main():
                         "the best mean req/s; '' to skip (then 'half' is not available)")
     p.add_argument("--no-bare", dest="bare", action="store_false", help="skip the floor")
     p.add_argument("--perf", action="store_true", help="count system calls (perf stat)")
+    p.add_argument("--benthos", action="store_true",
+                   help="add Benthos+HMAC (bench/peers/benthos, kafka_franz) to the closed-loop "
+                        "runs (the throughput ratio of issue 13)")
     p.add_argument("--record", metavar="DIR", help="perf record -g each almabridge run into DIR "
                    "(where the CPU goes: perf report -i FILE --sort comm,dso,sym)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -352,9 +355,21 @@ def main():
             procs.append(s)
             systems["bare"] = {"name": "bare", "url": s.url, "pid": s.pid, "tmp": tmp,
                                "perf": False, "batches": None}
+        if a.benthos:
+            topic = "tail.benthos"
+            broker.create_topic(topic)
+            s = peers.BenthosSystem(
+                "benthos", [peers.ensure_benthos(), "-c",
+                            os.path.join(HERE, "peers", "benthos", "kafka.yaml")], tmp,
+                {"BENCH_BROKERS": broker.bootstrap, "BENCH_TOPIC": topic, "BENCH_PORT": "{PORT}",
+                 "BENCH_SECRET": benchrun.SECRET}, open(BODY, "rb").read(), sig)
+            procs.append(s)
+            systems["benthos"] = {"name": "benthos", "url": s.url, "pid": s.pid, "tmp": tmp,
+                                  "perf": False, "batches": Batches(datadir, topic),
+                                  "closed_only": True}
         for name, s in systems.items():  # warm-up: connections, JIT, topic metadata
             benchrun.wrk(s["url"], 8, 3, BODY, sig)
-        ab = [n for n in systems if n != "bare"]
+        ab = [n for n in systems if n not in ("bare", "benthos")]
         names = list(systems)
         conns = [int(c) for c in a.conns.split(",") if c]
         for r in range(a.rounds):
@@ -365,7 +380,7 @@ def main():
                     log(f"closed loop c={c} {name}: {x['rps']:.0f} req/s, p50 {x['p50_ms']} ms, "
                         f"{x['sched']['total']['cpu_us']} µs/webhook, batches {x.get('batches')}")
         rates = []
-        for r in a.rates.split(","):
+        for r in (x for x in a.rates.split(",") if x):
             if r == "half":
                 if not conns:
                     sys.exit("--rates half needs the closed-loop runs (--conns)")
@@ -378,6 +393,8 @@ def main():
             for rate in rates:
                 for name in (names if r % 2 == 0 else names[::-1]):
                     s = systems[name]
+                    if s.get("closed_only"):
+                        continue
                     x = ratepost_run(s, broker, s["batches"], rate, a, sig)
                     x["round"] = r
                     res["runs"].setdefault((rate, name), []).append(x)
