@@ -577,8 +577,8 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
         {"enable.idempotence", "true"},
         {"acks", "all"},
         {"compression.type", "lz4"},
-        /* send at once: sub-millisecond acks at Alma-like concurrency, and under load the
-         * requests in flight batch what queues meanwhile (bench/kafka_linger.py) */
+        /* send at once: sub-millisecond acks at Alma-like concurrency; under load the gate
+         * (kafka_submit) batches what arrives while a batch is out (docs/KAFKA_BATCHING.md) */
         {"linger.ms", "0"},
         {"message.timeout.ms", ack_s},  /* the delivery report comes within --ack-timeout */
         {"message.max.bytes", max_s},   /* follows --max-body: the cluster's limit decides */
