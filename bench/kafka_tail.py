@@ -34,6 +34,7 @@ import datetime
 import importlib.util
 import json
 import os
+import re
 import signal
 import statistics
 import struct
@@ -213,10 +214,28 @@ def measured(system, broker, batches, fn, n_of):
     return res
 
 
+def in_daemon(logfile, offset, skip):
+    """p50/p99/p99.9 in ms of the access lines' latency_ms after byte offset (request read
+    to answer sent, inside the daemon), the first `skip` lines (the warm-up) left out."""
+    with open(logfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    v = sorted([float(m.group(1)) for m in re.finditer(r"latency_ms\W+([0-9.]+)", text)][skip:])
+    if not v:
+        return None
+    return {k: v[min(len(v) - 1, int(len(v) * q))] for k, q in
+            (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
+
+
 def ratepost_run(system, broker, batches, rate, a, sig):
+    log_at = os.path.getsize(system["log"]) if system.get("log") else None
+
     def go():
         return peers.ratepost(system["url"], rate, a.duration, 50, BODY, sig, warmup=1.0)
-    return measured(system, broker, batches, go, lambda r: r["answered"])
+    res = measured(system, broker, batches, go, lambda r: r["answered"])
+    if log_at is not None:
+        res["in_daemon_ms"] = in_daemon(system["log"], log_at, int(rate))
+    return res
 
 
 def closed_run(system, broker, batches, conns, a, sig):
@@ -252,10 +271,10 @@ def markdown(res):
                      f"{med([r['broker_sched'].get('cpu_us') for r in runs])} | "
                      f"{med([r.get('batches', {}).get('mean') for r in runs])} |")
         L.append("")
-    L += ["| rate | system | p50 ms | p99 ms | p99.9 ms | non-2xx | CPU µs/webhook "
+    L += ["| rate | system | p50 ms | p99 ms | p99.9 ms | in daemon p99 ms | non-2xx | CPU µs/webhook "
           "(ours / rdk:main / rdk:broker) | wait µs/webhook | wake-ups/webhook | broker CPU µs "
           "| produce requests/msg | msgs/batch p50/p99 | GC pauses |",
-          "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+          "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
     for (rate, name), runs in sorted(res["runs"].items(), key=lambda kv: (kv[0][0], kv[0][1])):
         def s(g, k):
             return med([r["sched"].get(g, {}).get(k) for r in runs])
@@ -264,7 +283,8 @@ def markdown(res):
         L.append(
             f"| {rate} | {name} | {med([r['lat_p50_us'] / 1000 for r in runs])} | "
             f"{med([r['lat_p99_us'] / 1000 for r in runs])} | "
-            f"{med([r['lat_p999_us'] / 1000 for r in runs])} | {bad} | "
+            f"{med([r['lat_p999_us'] / 1000 for r in runs])} | "
+            f"{med([(r.get('in_daemon_ms') or {}).get('p99') for r in runs])} | {bad} | "
             f"{s('total', 'cpu_us')} ({s('almabridge', 'cpu_us')} / {s('rdk:main', 'cpu_us')} / "
             f"{s('rdk:broker', 'cpu_us')}) | {s('total', 'wait_us')} | {s('total', 'wakeups')} | "
             f"{med([r['broker_sched'].get('cpu_us') for r in runs])} | "
@@ -343,7 +363,7 @@ def main():
                              ready_path="/readyz")
             procs.append(s)
             systems[name] = {"name": name, "url": s.url, "pid": s.pid, "tmp": tmp,
-                             "perf": a.perf, "record": a.record,
+                             "perf": a.perf, "record": a.record, "log": s.logfile,
                              "batches": Batches(datadir, topic)}
         if a.bare:
             s = peers.System("bare", [os.path.join(ROOT, "build", "bench", "bare_evhttp"),
