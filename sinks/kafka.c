@@ -7,7 +7,9 @@
  * and calls rd_kafka_poll(rk, 0) until nothing is left (librdkafka tests/0040-io_event.c).
  * So every callback below except on_log runs on the worker's loop thread, inside
  * rd_kafka_poll, and the request travels as the message opaque. No thread sleeps, no poll
- * blocks, a full local queue is an immediate refusal (503), never a retry loop.
+ * blocks, a full local queue is an immediate refusal (503), never a retry loop. While
+ * messages are out, new ones wait in the sink and leave together once their reports are
+ * served: one batch in flight per producer (the gate, above kafka_submit).
  *
  * Broker state (for fast 503s and /readyz), all on the loop thread:
  *  - CONNECTING at start: submissions are taken (they wait for the first connection, at
@@ -71,6 +73,17 @@
 
 enum broker_state { BROKERS_CONNECTING, BROKERS_UP, BROKERS_DOWN };
 
+/* A message held back by the gate (kafka_submit), with what producev needs. */
+struct held_msg {
+    struct held_msg *next;
+    struct ab_pending_req *r;
+    rd_kafka_headers_t *hdrs; /* ours until producev takes them */
+    char *key;                /* NULL for none */
+    size_t len;
+    char topic[AB_KAFKA_TOPIC_MAX + 1];
+    char value[];
+};
+
 /* The largest message the cluster accepts in one topic (its max.message.bytes, whose
  * default is the brokers' message.max.bytes), as read with DescribeConfigs. */
 struct topic_limit {
@@ -98,6 +111,15 @@ struct kafka_sink {
     int broker_asking;
     int compressed;              /* compression.type is not none */
     long batch_size;             /* the producer's batch.size */
+    long batch_msgs;             /* the producer's batch.num.messages */
+    long queue_msgs;             /* queue.buffering.max.messages */
+    long queue_kbytes;           /* queue.buffering.max.kbytes */
+    int gate;                    /* the gate (kafka_submit): on for an idempotent producer */
+    long inflight;               /* messages handed to librdkafka, report not served yet */
+    struct held_msg *held_head;  /* held back, in submission order */
+    struct held_msg **held_tail;
+    size_t n_held;
+    size_t held_bytes;
     enum broker_state state;
     char reason[256];  /* why DOWN, or the fatal error */
     int fatal;
@@ -448,6 +470,7 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     struct kafka_sink *ks = opaque;
     struct ab_pending_req *r = m->_private;
     const char *errstr = NULL;
+    ks->inflight--;
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         if (ks->state != BROKERS_UP) {
             mark_up(ks, "a message was delivered");
@@ -469,25 +492,33 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     ab_pending_done(r, status_of(m->err), errstr); /* ignored if it expired meanwhile */
 }
 
-/* Loop thread: librdkafka's main queue became non-empty. Drain the pipe, then serve the
- * queue; after POLL_ROUNDS busy rounds give the loop a turn and come back. */
+static void release_held(struct kafka_sink *ks);
+
+/* Loop thread: librdkafka's main queue became non-empty. Take the wake-up bytes (one read:
+ * librdkafka writes one byte per queue per wake-up, and a byte left over only wakes us
+ * again), serve the queue, then hand the messages the gate held back to librdkafka: the
+ * delivery reports just served made room. After POLL_ROUNDS busy rounds give the loop a
+ * turn and come back. */
 static void on_queue_io(evutil_socket_t fd, short what, void *arg)
 {
     struct kafka_sink *ks = arg;
     char buf[256];
-    while (read(fd, buf, sizeof(buf)) > 0) {
+    if (read(fd, buf, sizeof(buf)) < 0 && errno != EAGAIN) {
+        ab_debug("kafka: reading the wake-up pipe: %s", strerror(errno));
     }
     rd_kafka_event_t *ev;
     while (ks->adminq && (ev = rd_kafka_queue_poll(ks->adminq, 0)) != NULL) {
         on_admin_result(ks, ev);
         rd_kafka_event_destroy(ev);
     }
-    for (int i = 0; i < POLL_ROUNDS; i++) {
-        if (rd_kafka_poll(ks->rk, 0) == 0) {
-            return;
-        }
+    int i = 0;
+    while (i < POLL_ROUNDS && rd_kafka_poll(ks->rk, 0) > 0) {
+        i++;
     }
-    event_active(ks->io_ev, EV_READ, 0);
+    release_held(ks);
+    if (i == POLL_ROUNDS) {
+        event_active(ks->io_ev, EV_READ, 0);
+    }
 }
 
 /* ---- configuration ---------------------------------------------------------------- */
@@ -535,6 +566,14 @@ static int conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, cha
     return -1;
 }
 
+/* A numeric property of conf, def when it cannot be read. */
+static long conf_long(rd_kafka_conf_t *conf, const char *name, long def)
+{
+    char v[64];
+    size_t vl = sizeof(v);
+    return rd_kafka_conf_get(conf, name, v, &vl) == RD_KAFKA_CONF_OK ? atol(v) : def;
+}
+
 /* The producer's own message size limit: what --max-body lets in, with room for the
  * envelope (an XML body's JSON can be larger than the XML), never below librdkafka's
  * default; the limit the cluster applies is discovered and decides (too_big). */
@@ -564,8 +603,8 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
         /* gzip: every client reads it without extras (kafka-python needs a package for
          * lz4, snappy and zstd); bench/RESULTS.md has its cost */
         {"compression.type", "gzip"},
-        /* send at once: sub-millisecond acks at Alma-like concurrency, and under load the
-         * requests in flight batch what queues meanwhile (bench/kafka_linger.py) */
+        /* send at once: sub-millisecond acks at Alma-like concurrency; under load the gate
+         * (kafka_submit) batches what arrives while a batch is out (docs/KAFKA_BATCHING.md) */
         {"linger.ms", "0"},
         {"message.timeout.ms", ack_s},  /* the delivery report comes within --ack-timeout */
         {"message.max.bytes", max_s},   /* follows --max-body: the cluster's limit decides */
@@ -609,6 +648,12 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
         ks->batch_size = rd_kafka_conf_get(conf, "batch.size", v, &vl) == RD_KAFKA_CONF_OK
                              ? atol(v)
                              : 1000000;
+        ks->batch_msgs = conf_long(conf, "batch.num.messages", 10000);
+        ks->queue_msgs = conf_long(conf, "queue.buffering.max.messages", 100000);
+        ks->queue_kbytes = conf_long(conf, "queue.buffering.max.kbytes", 1048576);
+        vl = sizeof(v);
+        ks->gate = rd_kafka_conf_get(conf, "enable.idempotence", v, &vl) == RD_KAFKA_CONF_OK &&
+                   strcmp(v, "true") == 0;
         vl = sizeof(v);
         ks->compressed = rd_kafka_conf_get(conf, "compression.type", v, &vl) != RD_KAFKA_CONF_OK ||
                          strcmp(v, "none") != 0;
@@ -819,6 +864,7 @@ static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
     }
     struct kafka_sink *ks = ab_calloc(1, sizeof(*ks));
     ks->base.ops = &ab_sink_kafka;
+    ks->held_tail = &ks->held_head;
     ks->brokers = ab_strdup(cfg->brokers);
     ks->pending = ab_pending_new(base, sc->ack_timeout_ms);
     ks->broker_limit = -1;
@@ -923,9 +969,133 @@ char *ab_kafka_message_event(const rd_kafka_message_t *m, size_t *len)
     return line;
 }
 
+/* Loop thread: one message to librdkafka (it copies the value and key; it owns hdrs from
+ * here on, also when it refuses). On success the delivery report completes r. */
+static rd_kafka_resp_err_t produce(struct kafka_sink *ks, struct ab_pending_req *r,
+                                   const char *topic, const char *key, const void *value,
+                                   size_t len, rd_kafka_headers_t *hdrs)
+{
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+    ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        ks->inflight++;
+    } else {
+        rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
+    }
+    return err;
+}
+
+/* Loop thread: librdkafka refused a message of `size` bytes for topic. One over the
+ * producer's own message.max.bytes is answered (413, AB_SINK_TOO_BIG) and 0 returned;
+ * any other refusal is logged and -1 returned: r is still live. */
+static int refused(struct kafka_sink *ks, struct ab_pending_req *r, rd_kafka_resp_err_t err,
+                   const char *topic, size_t size)
+{
+    if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+        /* over the producer's own message.max.bytes, which follows --max-body */
+        snprintf(ks->errbuf, sizeof(ks->errbuf), "%zu bytes, more than the producer's "
+                 "message.max.bytes (set from --max-body)", size);
+        ab_warn("kafka: an event of %zu bytes for topic %s is larger than the producer's "
+                "message.max.bytes: answered 413; raise --max-body (or --kafka-conf "
+                "message.max.bytes) and the topic's max.message.bytes", size, topic);
+        ab_pending_done(r, AB_SINK_TOO_BIG, ks->errbuf);
+        return 0;
+    }
+    log_failure(ks, "queueing a message for", topic, err, RD_KAFKA_PARTITION_UA);
+    return -1;
+}
+
+/* Loop thread: hold a copy of the message back (the gate). */
+static void hold(struct kafka_sink *ks, struct ab_pending_req *r, const char *topic,
+                 const char *key, const void *value, size_t len, rd_kafka_headers_t *hdrs)
+{
+    struct held_msg *h = ab_malloc(sizeof(*h) + len);
+    h->next = NULL;
+    h->r = r;
+    h->hdrs = hdrs;
+    h->key = key ? ab_strdup(key) : NULL;
+    h->len = len;
+    snprintf(h->topic, sizeof(h->topic), "%s", topic);
+    memcpy(h->value, value, len);
+    *ks->held_tail = h;
+    ks->held_tail = &h->next;
+    ks->n_held++;
+    ks->held_bytes += len;
+}
+
+/* Loop thread: the first held message, unlinked. */
+static struct held_msg *unhold(struct kafka_sink *ks)
+{
+    struct held_msg *h = ks->held_head;
+    ks->held_head = h->next;
+    if (ks->held_head == NULL) {
+        ks->held_tail = &ks->held_head;
+    }
+    ks->n_held--;
+    ks->held_bytes -= h->len;
+    return h;
+}
+
+/* Loop thread: once every message handed to librdkafka has been reported (or when
+ * closing: all), hand it the held messages, as many as one batch takes (batch.num.messages,
+ * batch.size), in one go, so that they leave together. A message whose webhook was answered
+ * meanwhile (--ack-timeout) is dropped, not sent. A refusal now can only be answered (503). */
+static void release_held(struct kafka_sink *ks)
+{
+    if (ks->held_head == NULL || (!ks->closing && ks->inflight > 0)) {
+        return;
+    }
+    long n = 0;
+    size_t bytes = 0;
+    while (ks->held_head &&
+           (ks->closing || n == 0 ||
+            (n < ks->batch_msgs && bytes + ks->held_head->len <= (size_t)ks->batch_size))) {
+        struct held_msg *h = unhold(ks);
+        if (ab_pending_is_complete(h->r)) {
+            rd_kafka_headers_destroy(h->hdrs);
+            ab_pending_release(h->r);
+        } else {
+            rd_kafka_resp_err_t err =
+                produce(ks, h->r, h->topic, h->key, h->value, h->len, h->hdrs);
+            if (err != RD_KAFKA_RESP_ERR_NO_ERROR &&
+                refused(ks, h->r, err, h->topic, h->len) != 0) {
+                snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)",
+                         rd_kafka_err2str(err), h->topic);
+                ab_pending_done(h->r, AB_SINK_ERROR, ks->errbuf);
+            }
+            n++;
+            bytes += h->len;
+        }
+        free(h->key);
+        free(h);
+    }
+    if (ks->held_head && ks->inflight == 0) {
+        event_active(ks->io_ev, EV_READ, 0); /* nothing out whose report would bring us back */
+    }
+}
+
 /* Loop thread. Refuses (-1) when closing, failed, the local queue is full or the brokers
  * have been down for DOWN_GRACE_MS (one probe a second still goes through); otherwise
- * hands a copy to librdkafka and returns 0: on_delivery completes it later. */
+ * takes a copy and returns 0: on_delivery completes it later.
+ *
+ * The gate (idempotent producer): while messages handed to librdkafka are not reported yet,
+ * a new one is held here, and every message held meanwhile goes to librdkafka together once
+ * those reports are served (release_held): one batch in flight per producer, as Nagle does
+ * for TCP. A lone webhook leaves at once (linger.ms=0), and under load a batch carries what
+ * arrived during one round trip, so the batches follow the rate and the broker's speed.
+ * Why not let librdkafka queue them: its idempotent producer makes no new ProduceRequest
+ * for a partition while 5 MESSAGES of it are in flight (RD_KAFKA_IDEMP_MAX_INFLIGHT, counted
+ * in messages, in 2.0.2 and still upstream), and while it waits with a batch due (linger.ms
+ * passed) its broker thread polls with a zero timeout: a busy loop for the whole round trip
+ * (bench/kafka_tail.py: 26-160 poll() calls per webhook at 1,000-5,000 req/s, a third of a
+ * core on the 2-core bench machine, where the broker needs it). Handing over a held batch
+ * only when nothing is out also keeps librdkafka from sending its first message alone and
+ * then sitting on the rest behind that limit. The queue limits
+ * (queue.buffering.max.messages / .kbytes) count held messages too, so a full queue is still
+ * an immediate refusal. */
 static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                         void *opaque)
 {
@@ -959,43 +1129,39 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     char topic[AB_KAFKA_TOPIC_MAX + 1];
     ab_kafka_topic_name(msg->route ? msg->route : "", topic);
     limit_ask(ks, topic);
-    struct ab_pending_req *r = ab_pending_add(ks->pending, cb, opaque, 0);
     size_t size = msg->value_len + (k ? strlen(k) : 0);
+    int rc = 0;
+    struct ab_pending_req *r = ab_pending_add(ks->pending, cb, opaque, 0);
     if (never_fits(ks, topic, size, k)) {
         ab_pending_complete(r, AB_SINK_TOO_BIG, ks->errbuf); /* answered later: 413 */
         ab_pending_release(r);
-        free(key);
-        ab_event_free(own);
-        return 0;
+        goto done;
     }
+    release_held(ks); /* in case the gate is open again */
     rd_kafka_headers_t *hdrs = message_headers(structured, ev);
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_VALUE((void *)value, value_len),
-        RD_KAFKA_V_KEY(k, k ? strlen(k) : 0), RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(r),
-        RD_KAFKA_V_END);
+    if (ks->gate && (ks->held_head || ks->inflight > 0)) {
+        if (ks->n_held + (size_t)rd_kafka_outq_len(ks->rk) >= (size_t)ks->queue_msgs ||
+            (ks->held_bytes + size) / 1024 >= (size_t)ks->queue_kbytes) {
+            rd_kafka_headers_destroy(hdrs);
+            ks->queue_full = 1;
+            log_failure(ks, "queueing a message for", topic, RD_KAFKA_RESP_ERR__QUEUE_FULL,
+                        RD_KAFKA_PARTITION_UA);
+            ab_pending_cancel(r); /* a refusal: the callback never runs */
+            rc = -1;
+            goto done;
+        }
+        hold(ks, r, topic, k, value, value_len, hdrs);
+        goto done;
+    }
+    rd_kafka_resp_err_t err = produce(ks, r, topic, k, value, value_len, hdrs);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR && refused(ks, r, err, topic, size) != 0) {
+        ab_pending_cancel(r); /* a refusal: the callback never runs */
+        rc = -1;
+    }
+done:
     free(key);
     ab_event_free(own);
-    ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
-    if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
-        /* over the producer's own message.max.bytes, which follows --max-body */
-        rd_kafka_headers_destroy(hdrs);
-        snprintf(ks->errbuf, sizeof(ks->errbuf), "%zu bytes, more than the producer's "
-                 "message.max.bytes (set from --max-body)", size);
-        ab_warn("kafka: an event of %zu bytes for topic %s is larger than the producer's "
-                "message.max.bytes: answered 413; raise --max-body (or --kafka-conf "
-                "message.max.bytes) and the topic's max.message.bytes", size, topic);
-        ab_pending_complete(r, AB_SINK_TOO_BIG, ks->errbuf);
-        ab_pending_release(r);
-        return 0;
-    }
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
-        log_failure(ks, "queueing a message for", topic, err, RD_KAFKA_PARTITION_UA);
-        ab_pending_cancel(r); /* a refusal: the callback never runs */
-        return -1;
-    }
-    return 0;
+    return rc;
 }
 
 static int kafka_ready(struct ab_sink *s)
@@ -1030,6 +1196,7 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
     }
     ks->closing = 1;
     if (ks->rk) {
+        release_held(ks); /* closing: all of them, the gate no longer applies */
         if (ab_pending_count(ks->pending) > 0) {
             rd_kafka_flush(ks->rk, timeout_ms > 0 ? timeout_ms : 0);
         }

@@ -219,7 +219,8 @@ static void mock_new(struct mock *m)
     m->mc = rd_kafka_mock_cluster_new(m->rk, 1);
     m->bootstrap = rd_kafka_mock_cluster_bootstraps(m->mc);
     /* One partition each, so that reading partition 0 reads everything. */
-    const char *topics[] = {"alma.loan", "alma.retry", "alma.updown", "alma.close"};
+    const char *topics[] = {"alma.loan", "alma.retry", "alma.updown", "alma.close",
+                            "alma.gate"};
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
         rd_kafka_mock_topic_create(m->mc, topics[i], 1, 1);
     }
@@ -264,8 +265,10 @@ static int header_is(rd_kafka_headers_t *h, const char *name, const char *want)
     return want == NULL || (len == strlen(want) && memcmp(v, want, len) == 0);
 }
 
-/* Read partition 0 of topic from the beginning to its end. */
-static void consume_all(const char *bootstrap, const char *topic, struct consumed *out)
+/* Read partition 0 of topic from the beginning to its end, and on until at least min
+ * messages were read (the mock can report the end before all of a large batch was read),
+ * then 500 ms more for any extra. */
+static void consume_min(const char *bootstrap, const char *topic, struct consumed *out, int min)
 {
     char err[256];
     memset(out, 0, sizeof(*out));
@@ -287,9 +290,14 @@ static void consume_all(const char *bootstrap, const char *topic, struct consume
         if (m == NULL) {
             continue;
         }
-        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+        if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF && out->n >= min) {
             rd_kafka_message_destroy(m);
-            break;
+            if (min == 0) {
+                break;
+            }
+            int64_t more = now_ms() + 500;
+            end = end < more ? end : more;
+            continue;
         }
         if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && out->n < MAXREQ * 2) {
             snprintf(out->keys[out->n], sizeof(out->keys[0]), "%.*s", (int)m->key_len,
@@ -309,6 +317,11 @@ static void consume_all(const char *bootstrap, const char *topic, struct consume
     }
     rd_kafka_consumer_close(c);
     rd_kafka_destroy(c);
+}
+
+static void consume_all(const char *bootstrap, const char *topic, struct consumed *out)
+{
+    consume_min(bootstrap, topic, out, 0);
 }
 
 /* Every id "<prefix>-<i>" for i < n appears exactly once. */
@@ -577,6 +590,58 @@ static void test_queue_full(void)
     mock_free(&m);
 }
 
+/* The gate: while a message is out, the next ones wait in the sink and then leave together,
+ * all delivered exactly once; one whose webhook was answered meanwhile (timed out) is never
+ * written, so Alma's retry after that 503 does not make a duplicate. A Produce is answered
+ * after 3 s, past the 2 s ack timeout (message.timeout.ms raised so that librdkafka itself
+ * still waits for it). */
+static void test_gate(void)
+{
+    struct mock m;
+    struct fixture f;
+    char *conf[] = {(char *)"message.timeout.ms=8000", (char *)"socket.timeout.ms=8000"};
+    if (!open_on_mock(&m, &f, 2000, conf, 2)) {
+        return;
+    }
+    static struct req warm;
+    int warm_ok = submit_one(&f, "alma.gate", "warm", &warm) == 0; /* the topic's metadata */
+    CHECK(run_until_calls(&f, &warm, 1, 1, 5000) == 1);
+    CHECK(check_contract(&warm, &warm_ok, 1, AB_SINK_OK) == 1);
+    enum { N = 40 };
+    static struct req reqs[N];
+    int accepted[N];
+    for (int i = 0; i < N; i++) { /* in one loop iteration: one goes, the rest wait */
+        accepted[i] = submit_nth(&f, "alma.gate", "batch", i, &reqs[i]) == 0;
+        CHECK(accepted[i]);
+    }
+    CHECK(run_until_calls(&f, reqs, N, N, 5000) == N);
+    CHECK(check_contract(reqs, accepted, N, AB_SINK_OK) == N);
+
+    rd_kafka_mock_broker_push_request_error_rtts(m.mc, 1, API_PRODUCE, 1,
+                                                 RD_KAFKA_RESP_ERR_NO_ERROR, 3000);
+    enum { M = 10 };
+    static struct req late[M];
+    int late_ok[M];
+    late_ok[0] = submit_nth(&f, "alma.gate", "late", 0, &late[0]) == 0;
+    run_fixture_for(&f, 100); /* late-0 is out, waiting for its slow answer */
+    for (int i = 1; i < M; i++) {
+        late_ok[i] = submit_nth(&f, "alma.gate", "late", i, &late[i]) == 0;
+        CHECK(late_ok[i]);
+    }
+    CHECK(run_until_calls(&f, late, M, M, 4000) == M);
+    CHECK(check_contract(late, late_ok, M, AB_SINK_TIMEOUT) == M);
+    run_fixture_for(&f, 1500); /* late-0's answer comes; the held ones must not be sent */
+    close_fixture(&f);
+    static struct consumed c, batch;
+    consume_min(m.bootstrap, "alma.gate", &c, N + 2);
+    CHECK(c.n == N + 2 && strcmp(c.keys[0], "warm") == 0);
+    CHECK(strcmp(c.keys[N + 1], "late-0") == 0); /* and no other late-i */
+    batch.n = N; /* what came in between */
+    memcpy(batch.keys, c.keys + 1, N * sizeof(c.keys[0]));
+    CHECK(exactly_once(&batch, "batch", N));
+    mock_free(&m);
+}
+
 /* --kafka-conf: applied last; a bad entry is a start-up error naming the key, never the
  * value of a secret. */
 static void test_conf_errors(void)
@@ -688,5 +753,6 @@ int main(void)
     RUN(test_broker_down_and_back);
     RUN(test_close_completes_outstanding);
     RUN(test_queue_full);
+    RUN(test_gate);
     return TEST_SUMMARY();
 }
