@@ -102,19 +102,26 @@ static char **pid1_argv(int *argc)
     return v;
 }
 
-/* One GET through the subcommands' HTTP client; returns the HTTP status, or -1. The
- * certificate is not verified: the probe asks its own process, usually over the loopback
- * interface. */
-static int http_get(const char *url)
+/* One GET through the program's HTTP client within AB_PROBE_TIMEOUT_S; returns the HTTP
+ * status, or -1. Straight to the URL (no proxy), and the certificate is not verified: the
+ * probe asks its own process, usually over the loopback interface. */
+static long http_get(const char *url)
 {
-    struct ab_http_opts o = {.insecure = 1, .timeout_s = AB_PROBE_TIMEOUT_S};
-    struct ab_http_call call;
-    int rc = ab_http_call(url, EVHTTP_REQ_GET, NULL, NULL, 0, &o, &call);
-    if (rc != 0) {
-        fprintf(stderr, "almabridge --probe: cannot connect to %s: %s\n", url, call.err);
+    const struct ab_http_request r = {.url = url,
+                                      .insecure = 1,
+                                      .direct = 1,
+                                      .http1 = 1,
+                                      .timeout_ms = AB_PROBE_TIMEOUT_S * 1000L,
+                                      .connect_timeout_ms = AB_PROBE_TIMEOUT_S * 1000L,
+                                      .max_answer = 1 << 16};
+    struct ab_http_answer a;
+    char err[512] = "";
+    long status = ab_http_fetch(&r, &a, err, sizeof(err));
+    if (status < 0) {
+        fprintf(stderr, "almabridge --probe: cannot connect to %s: %s\n", url, err);
     }
-    free(call.body);
-    return rc == 0 ? call.status : -1;
+    ab_http_answer_clear(&a);
+    return status > 0 ? status : -1;
 }
 
 int ab_probe_main(int argc, char **argv, char **envp)
@@ -160,10 +167,10 @@ int ab_probe_main(int argc, char **argv, char **envp)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
     alarm(AB_PROBE_TIMEOUT_S + 1);
-    int status = http_get(url);
+    long status = http_get(url);
     alarm(0);
     if (status > 0) {
-        printf("%s: %d\n", url, status);
+        printf("%s: %ld\n", url, status);
     }
     rc = status >= 200 && status < 300 ? 0 : 1;
 done:

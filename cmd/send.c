@@ -10,9 +10,12 @@
  *       GET URL?challenge=<random> and check that the answer echoes it, as Alma does when a
  *       webhook integration profile is saved. Exit 0 echoed, 1 not, 2 no answer.
  *
- * The client is libevent's evhttp over a bufferevent, with OpenSSL for https:// URLs:
- * the peer certificate is verified against the system's CAs (or --cacert) and the URL's
- * host name or IP address, unless --insecure. */
+ * The client is the program's one HTTP client (core/http_client.c, libcurl), HTTP/1.1 as
+ * Alma speaks it, straight to the URL (no proxy): the peer certificate is verified against
+ * the system's CAs (or --cacert) and the URL's host name or IP address, unless --insecure;
+ * 30 s to connect, and no answer after 30 s without a byte moving is no answer. Interim 1xx
+ * answers and chunked bodies are read as any HTTP/1.1 client must; redirects are printed,
+ * not followed (a signed body goes to the URL given, nowhere else). */
 #include <errno.h>
 #include <stddef.h>
 #include <signal.h>
@@ -21,7 +24,6 @@
 #include <string.h>
 
 #include <cjson/cJSON.h>
-#include <event2/http.h>
 #include <openssl/rand.h>
 
 #include "cli.h"
@@ -30,11 +32,31 @@
 #include "signature.h"
 #include "sink.h"
 
+#define STEP_TIMEOUT_S 30 /* to connect; and without a byte moving */
+
 /* The answer on stdout: "HTTP <status> <reason>", then the body. */
-static void print_answer(const struct ab_http_call *call)
+static void print_answer(const struct ab_http_answer *a)
 {
-    printf("HTTP %d %s\n%s%s", call->status, call->reason, call->body,
-           call->body_len && call->body[call->body_len - 1] != '\n' ? "\n" : "");
+    printf("HTTP %ld %s\n%s%s", a->status, a->reason, a->body ? a->body : "",
+           a->len && a->body[a->len - 1] != '\n' ? "\n" : "");
+}
+
+/* One request to url as send and challenge make it; the status (> 0) or < 0 with err. */
+static long request(const char *url, const char *const *headers, const void *body, size_t len,
+                    const char *cacert, int insecure, struct ab_http_answer *a, char *err,
+                    size_t errlen)
+{
+    const struct ab_http_request r = {.url = url,
+                                      .body = body,
+                                      .len = len,
+                                      .headers = headers,
+                                      .ca_file = cacert,
+                                      .insecure = insecure,
+                                      .direct = 1,
+                                      .http1 = 1,
+                                      .connect_timeout_ms = STEP_TIMEOUT_S * 1000L,
+                                      .idle_s = STEP_TIMEOUT_S};
+    return ab_http_fetch(&r, a, err, errlen);
 }
 
 static char *read_all(const char *path, size_t *len, char *err, size_t errlen)
@@ -121,8 +143,9 @@ int ab_cmd_send(int argc, char **argv)
     char err[1024] = "", *body = NULL, *secret = NULL;
     int rc = AB_EXIT_USAGE, started, loaded = 0;
     size_t len = 0;
-    struct ab_http_call call = {0};
+    struct ab_http_answer answer = {0};
     struct ab_config cfg;
+    char *ctype = NULL, *sighdr = NULL;
 
     if ((started = ab_cli_load(&cmd, argc, argv, &cfg, err, sizeof(err))) != 0) {
         rc = started > 0 ? AB_EXIT_OK : AB_EXIT_USAGE;
@@ -142,16 +165,18 @@ int ab_cmd_send(int argc, char **argv)
     if (secret) {
         ab_signature_compute(secret, strlen(secret), body, len, sig);
     }
-    const char *headers[] = {"Content-Type", o->ctype ? o->ctype : guess_type(body, len),
-                             secret ? "X-Exl-Signature" : NULL, sig, NULL};
-    struct ab_http_opts t = {.cacert = o->cacert, .insecure = o->insecure};
+    ctype = ab_asprintf("Content-Type: %s", o->ctype ? o->ctype : guess_type(body, len));
+    sighdr = secret ? ab_asprintf("X-Exl-Signature: %s", sig) : NULL;
+    const char *headers[] = {ctype, sighdr, NULL};
+    char why[512] = "";
     signal(SIGPIPE, SIG_IGN);
-    if (ab_http_call(o->url, EVHTTP_REQ_POST, headers, body, len, &t, &call) != 0) {
-        snprintf(err, sizeof(err), "%s: %s", o->url, call.err);
+    if (request(o->url, headers, body, len, o->cacert, o->insecure, &answer, why,
+                sizeof(why)) < 0) {
+        snprintf(err, sizeof(err), "%s: %s", o->url, why);
         goto done;
     }
-    print_answer(&call);
-    rc = call.status >= 200 && call.status < 300 ? AB_EXIT_OK : AB_EXIT_FAILED;
+    print_answer(&answer);
+    rc = answer.status >= 200 && answer.status < 300 ? AB_EXIT_OK : AB_EXIT_FAILED;
 done:
     if (rc == AB_EXIT_USAGE && err[0]) {
         fprintf(stderr, "almabridge send: %s\n", err);
@@ -161,7 +186,9 @@ done:
     }
     free(secret);
     free(body);
-    free(call.body);
+    free(ctype);
+    free(sighdr);
+    ab_http_answer_clear(&answer);
     if (loaded) {
         ab_config_free(&cfg);
     }
@@ -213,9 +240,10 @@ int ab_cmd_challenge(int argc, char **argv)
                                      &challenge_table};
     char err[1024] = "", *full = NULL;
     int rc = AB_EXIT_USAGE, started, loaded = 0;
-    struct ab_http_call call = {0};
+    struct ab_http_answer answer = {0};
     struct ab_config cfg;
     unsigned char rnd[12];
+    char why[512] = "";
     char token[32];
 
     if ((started = ab_cli_load(&cmd, argc, argv, &cfg, err, sizeof(err))) != 0) {
@@ -233,14 +261,13 @@ int ab_cmd_challenge(int argc, char **argv)
         snprintf(token + 2 * i, 3, "%02x", rnd[i]);
     }
     full = ab_asprintf("%s%schallenge=%s", o->url, strchr(o->url, '?') ? "&" : "?", token);
-    struct ab_http_opts t = {.cacert = o->cacert, .insecure = o->insecure};
     signal(SIGPIPE, SIG_IGN);
-    if (ab_http_call(full, EVHTTP_REQ_GET, NULL, NULL, 0, &t, &call) != 0) {
-        snprintf(err, sizeof(err), "%s: %s", o->url, call.err);
+    if (request(full, NULL, NULL, 0, o->cacert, o->insecure, &answer, why, sizeof(why)) < 0) {
+        snprintf(err, sizeof(err), "%s: %s", o->url, why);
         goto done;
     }
-    print_answer(&call);
-    if (call.status == 200 && echoes(call.body, token)) {
+    print_answer(&answer);
+    if (answer.status == 200 && echoes(answer.body, token)) {
         printf("challenge %s echoed: OK\n", token);
         rc = AB_EXIT_OK;
     } else {
@@ -252,7 +279,7 @@ done:
         fprintf(stderr, "almabridge challenge: %s\n", err);
     }
     free(full);
-    free(call.body);
+    ab_http_answer_clear(&answer);
     if (loaded) {
         ab_config_free(&cfg);
     }

@@ -1,4 +1,4 @@
-/* Alma's REST API over libcurl: see alma_api.h. */
+/* Alma's REST API through the program's HTTP client (core/http_client.c): see alma_api.h. */
 #include "alma_api.h"
 
 #include <ctype.h>
@@ -13,31 +13,23 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
-
 #include "config.h"
+#include "http_client.h"
 #include "log.h"
 #include "mem.h"
 
-#define MAX_ANSWER (16L << 20) /* bytes of one answer at most */
 #define DOWN_RETRIES 2         /* retries after a failed connection or a 5xx */
 #define PAGE 100               /* the largest `limit` the Jobs API takes */
 #define STATE_FILE "alma-api-calls"
 
 struct ab_alma_api {
-    CURL *curl;
-    struct curl_slist *headers; /* Accept and Authorization (holds the key) */
+    struct ab_http_client *http; /* one connection, kept alive between calls */
+    char *auth;                  /* the Authorization header line: holds the key */
     char *base;                 /* no trailing '/' */
     char *ca_file;
     char *state_path;
     long budget, timeout_ms, calls;
     const atomic_int *cancel; /* NULL, or set by another thread to abort */
-};
-
-struct answer {
-    char *buf;
-    size_t len;
-    int too_big;
 };
 
 static const struct {
@@ -150,15 +142,10 @@ struct ab_alma_api *ab_alma_api_new(const struct ab_alma_api_opts *o, char *err,
                               "there)", o->state_dir ? o->state_dir : "(none)");
         goto fail;
     }
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(api->curl = curl_easy_init())) {
-        snprintf(err, errlen, "libcurl cannot be initialised");
+    if ((api->http = ab_http_client_new(err, errlen)) == NULL) {
         goto fail;
     }
-    char *auth = ab_asprintf("Authorization: apikey %s", key);
-    api->headers = curl_slist_append(NULL, "Accept: application/json");
-    api->headers = curl_slist_append(api->headers, auth);
-    memset(auth, 0, strlen(auth));
-    free(auth);
+    api->auth = ab_asprintf("Authorization: apikey %s", key);
     memset(key, 0, strlen(key));
     free(key);
     api->ca_file = o->ca_file ? ab_strdup(o->ca_file) : NULL;
@@ -180,10 +167,11 @@ void ab_alma_api_free(struct ab_alma_api *api)
     if (api == NULL) {
         return;
     }
-    if (api->curl) {
-        curl_easy_cleanup(api->curl);
+    ab_http_client_free(api->http);
+    if (api->auth) {
+        memset(api->auth, 0, strlen(api->auth));
     }
-    curl_slist_free_all(api->headers);
+    free(api->auth);
     free(api->base);
     free(api->ca_file);
     free(api->state_path);
@@ -300,26 +288,12 @@ long ab_alma_api_calls_today(const struct ab_alma_api *api)
 
 /* ---- one request ---- */
 
-static size_t on_body(char *data, size_t size, size_t n, void *arg)
-{
-    struct answer *a = arg;
-    size_t len = size * n;
-    if (a->len + len > (size_t)MAX_ANSWER) {
-        a->too_big = 1;
-        return 0; /* libcurl stops with CURLE_WRITE_ERROR */
-    }
-    a->buf = ab_realloc(a->buf, a->len + len + 1);
-    memcpy(a->buf + a->len, data, len);
-    a->len += len;
-    a->buf[a->len] = '\0';
-    return len;
-}
-
 /* Alma's error body: "<errorCode>: <errorMessage>" of its first error into out (empty when
  * the body is not one); the code alone into code. */
-static void error_of(const struct answer *a, char *code, size_t codelen, char *out, size_t len)
+static void error_of(const struct ab_http_answer *a, char *code, size_t codelen, char *out,
+                     size_t len)
 {
-    cJSON *j = a->buf ? cJSON_ParseWithLength(a->buf, a->len) : NULL;
+    cJSON *j = a->body ? cJSON_ParseWithLength(a->body, a->len) : NULL;
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(j, "errorList");
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(list, "error");
     e = cJSON_IsArray(e) ? cJSON_GetArrayItem(e, 0) : e;
@@ -342,12 +316,6 @@ void ab_alma_api_cancel_on(struct ab_alma_api *api, const atomic_int *flag)
     api->cancel = flag;
 }
 
-/* libcurl's progress callback: non-zero aborts the transfer. */
-static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
-{
-    return cancelled(arg);
-}
-
 /* s seconds, in tenths, until cancelled. */
 static void sleep_s(const struct ab_alma_api *api, long s)
 {
@@ -357,46 +325,24 @@ static void sleep_s(const struct ab_alma_api *api, long s)
     }
 }
 
-/* Perform GET url once. Returns the HTTP status (0 when no answer came, -1 when the server's
- * TLS certificate failed verification: err filled); the
- * body in *a, Retry-After in *retry_after (seconds, -1 when none). */
-static long perform(struct ab_alma_api *api, const char *url, struct answer *a,
-                    long *retry_after, char *err, size_t errlen)
+/* GET url once through the shared client. Returns the HTTP status, or AB_HTTP_NO_ANSWER /
+ * AB_HTTP_TLS_REFUSED with err; the answer in *a (Retry-After capped at 60 s). */
+static long perform(struct ab_alma_api *api, const char *url, struct ab_http_answer *a,
+                    char *err, size_t errlen)
 {
-    char cerr[CURL_ERROR_SIZE] = "";
-    CURL *c = api->curl;
-    curl_easy_reset(c);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, api->headers);
-    curl_easy_setopt(c, CURLOPT_USERAGENT, "almabridge/" AB_VERSION);
-    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 2L);
-    if (api->ca_file) {
-        curl_easy_setopt(c, CURLOPT_CAINFO, api->ca_file);
+    const char *const headers[] = {"Accept: application/json", api->auth, NULL};
+    const struct ab_http_request r = {
+        .url = url,
+        .headers = headers,
+        .ca_file = api->ca_file,
+        .timeout_ms = api->timeout_ms,
+        .connect_timeout_ms = api->timeout_ms < 10000 ? api->timeout_ms : 10000L,
+        .cancel = api->cancel,
+    };
+    long code = ab_http_client_perform(api->http, &r, a, err, errlen);
+    if (a->retry_after > 60) {
+        a->retry_after = 60;
     }
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, api->timeout_ms);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, api->timeout_ms < 10000 ? api->timeout_ms
-                                                                             : 10000L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, a);
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
-    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
-    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
-    curl_easy_setopt(c, CURLOPT_XFERINFODATA, api);
-    CURLcode rc = curl_easy_perform(c);
-    long code = 0;
-    if (rc != CURLE_OK) {
-        snprintf(err, errlen, "%s", a->too_big ? "answer over 16 MiB" : cerr[0] ? cerr
-                                                                     : curl_easy_strerror(rc));
-        return rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE ? -1 : 0;
-    }
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &code);
-    curl_off_t ra = -1;
-    *retry_after = curl_easy_getinfo(c, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0
-                       ? (long)(ra < 60 ? ra : 60)
-                       : -1;
     return code;
 }
 
@@ -412,10 +358,10 @@ static int classify(long code, const char *ecode, int tries, long retry_after, l
         *retry_s = retry_after > 0 ? retry_after : 1L << (tries - 1);
         return AB_ALMA_THRESHOLD;
     }
-    if (code < 0) {
+    if (code == AB_HTTP_TLS_REFUSED) {
         return AB_ALMA_ERROR; /* TLS verification: retrying changes nothing */
     }
-    if (code == 0 || code >= 500) {
+    if (code <= 0 || code >= 500) {
         *retry_s = tries <= DOWN_RETRIES ? tries : 0;
         return AB_ALMA_DOWN;
     }
@@ -434,8 +380,8 @@ int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char
     int rc = AB_ALMA_OK;
     *out = NULL;
     for (int tries = 1;; tries++) {
-        struct answer a = {0};
-        long retry_after = -1, retry_s = 0;
+        struct ab_http_answer a = {0};
+        long retry_s = 0;
         if (cancelled(api)) {
             snprintf(err, errlen, "Alma API %s%s: cancelled", api->base, path);
             rc = AB_ALMA_ERROR;
@@ -444,20 +390,21 @@ int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char
         if ((rc = count_call(api, err, errlen)) != AB_ALMA_OK) {
             break;
         }
-        long code = perform(api, url, &a, &retry_after, why, sizeof(why));
+        long code = perform(api, url, &a, why, sizeof(why));
         if (code == 200) {
-            *out = a.buf ? cJSON_ParseWithLength(a.buf, a.len) : NULL;
+            *out = a.body ? cJSON_ParseWithLength(a.body, a.len) : NULL;
             rc = *out ? AB_ALMA_OK : AB_ALMA_BAD_ANSWER;
             if (rc != AB_ALMA_OK) {
                 snprintf(err, errlen, "Alma API %s%s: the answer is not JSON", api->base, path);
             }
-            free(a.buf);
+            ab_http_answer_clear(&a);
             break;
         }
         if (code > 0) {
             error_of(&a, ecode, sizeof(ecode), why, sizeof(why));
         }
-        free(a.buf);
+        long retry_after = a.retry_after;
+        ab_http_answer_clear(&a);
         rc = classify(code, ecode, tries, retry_after, &retry_s);
         char http[32] = "";
         if (code > 0) {
@@ -502,14 +449,6 @@ int ab_alma_instance_ended(const cJSON *instance)
     return 1;
 }
 
-static char *escape(struct ab_alma_api *api, const char *s)
-{
-    char *e = curl_easy_escape(api->curl, s, 0);
-    char *out = ab_strdup(e ? e : "");
-    curl_free(e);
-    return out;
-}
-
 /* One page: the instances to cb; *total from total_record_count, *n the page's count. */
 static int list_page(struct ab_alma_api *api, const char *path, ab_alma_instance_cb cb, void *arg,
                      long *total, long *n, char *err, size_t errlen)
@@ -548,7 +487,7 @@ int ab_alma_job_instances(struct ab_alma_api *api, const char *job, const char *
                           const char *to_day, ab_alma_instance_cb cb, void *arg, char *err,
                           size_t errlen)
 {
-    char *ej = escape(api, job);
+    char *ej = ab_http_escape(job);
     int rc = AB_ALMA_OK;
     for (long offset = 0, total = 1, n = 1; rc == AB_ALMA_OK && offset < total && n > 0;
          offset += n) {
@@ -567,7 +506,7 @@ int ab_alma_api_probe(struct ab_alma_api *api, const char *job, long timeout_ms,
 {
     char err[512] = "";
     cJSON *out = NULL;
-    char *ej = job ? escape(api, job) : NULL;
+    char *ej = job ? ab_http_escape(job) : NULL;
     char *path = ej ? ab_asprintf("/almaws/v1/conf/jobs/%s/instances?limit=1&offset=0", ej)
                     : ab_strdup("/almaws/v1/conf/jobs?limit=1&offset=0");
     api->timeout_ms = timeout_ms;
@@ -593,7 +532,7 @@ int ab_alma_api_probe(struct ab_alma_api *api, const char *job, long timeout_ms,
 int ab_alma_job_instance(struct ab_alma_api *api, const char *job, const char *instance,
                          cJSON **out, char *err, size_t errlen)
 {
-    char *ej = escape(api, job), *ei = escape(api, instance);
+    char *ej = ab_http_escape(job), *ei = ab_http_escape(instance);
     char *path = ab_asprintf("/almaws/v1/conf/jobs/%s/instances/%s", ej, ei);
     int rc = ab_alma_api_get(api, path, out, err, errlen);
     if (rc == AB_ALMA_OK && (!cJSON_IsObject(*out) || ab_alma_str(*out, "id") == NULL)) {

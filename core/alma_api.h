@@ -1,10 +1,10 @@
 /* A client of Alma's REST API (Ex Libris' regional gateways), as much of it as reconcile
  * and `wait --fallback-after` need: the Jobs API's instance list and instance detail.
  *
- * HTTP through libcurl (one easy handle, kept alive between calls), TLS verified (peer and
- * host name; --alma-api-ca for a private CA), `Accept: application/json`, the key from a
- * file sent as `Authorization: apikey <key>`; the key is never logged, printed or put in a
- * URL. Every request is one call against a daily budget (--api-budget, UTC days), counted
+ * HTTP through the program's one client (core/http_client.c, libcurl; one connection kept
+ * alive between calls), TLS verified (peer and host name; --alma-api-ca for a private CA),
+ * `Accept: application/json`, the key from a file sent as `Authorization: apikey <key>`;
+ * the key is never logged, printed or put in a URL. Every request is one call against a daily budget (--api-budget, UTC days), counted
  * durably before it is sent in a small state file under --state-dir
  * (`alma-api-calls`: "YYYY-MM-DD N"), shared under an flock by every process using it.
  *

@@ -112,3 +112,64 @@ def test_send_and_challenge_over_tls(daemon_factory, pki, secret_file, tmp_path)
     # plain HTTP to the TLS port gets no answer
     rc, _, err = run("challenge", "http://127.0.0.1:%d/webhook" % d.port)
     assert rc == 2, err
+
+
+def test_send_reads_interim_and_chunked_answers_and_does_not_follow_redirects(secret_file,
+                                                                              tmp_path):
+    """What any HTTP/1.1 client must read (a load balancer may answer so): an interim
+    `100 Continue` before the answer, a chunked body; the request is Alma's (signature over
+    the exact body, content type, no `Expect`), and a redirect is printed, never followed
+    (a signed body goes to the URL given only)."""
+    import base64
+    import hashlib
+    import hmac
+    import socket
+
+    answers = [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\n"
+               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               b"5\r\nhello\r\n7\r\n world\n\r\n0\r\n\r\n",
+               b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /elsewhere\r\n"
+               b"Content-Length: 0\r\nConnection: close\r\n\r\n"]
+    seen = []
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        for answer in answers + [b"HTTP/1.1 500 Followed\r\nContent-Length: 0\r\n\r\n"]:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, body = data.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                hdrs = {k.strip().lower(): v.strip()
+                        for k, v in (ln.split(":", 1) for ln in lines[1:])}
+                while len(body) < int(hdrs.get("content-length", 0)):
+                    body += conn.recv(65536)
+                seen.append((lines[0], hdrs, body))
+                conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    payload = LOAN + b" " * 2048  # past the size at which libcurl would ask `Expect`
+    f = tmp_path / "loan.json"
+    f.write_bytes(payload)
+    url = "http://127.0.0.1:%d/webhook" % srv.getsockname()[1]
+    try:
+        rc, out, err = run("send", f, "--url", url, "--secret-file", secret_file)
+        assert rc == 0, (out, err)
+        assert out == "HTTP 202 Accepted\nhello world\n", out
+        line, hdrs, body = seen[0]
+        assert line == "POST /webhook HTTP/1.1" and body == payload
+        sig = base64.b64encode(hmac.new(SECRET.encode(), payload, hashlib.sha256).digest())
+        assert hdrs["x-exl-signature"] == sig.decode()
+        assert hdrs["content-type"] == "application/json" and "expect" not in hdrs
+        assert hdrs["user-agent"].startswith("almabridge/")
+        rc, out, err = run("send", f, "--url", url, "--secret-file", secret_file)
+        assert rc == 1 and out.startswith("HTTP 307 Temporary Redirect"), (out, err)
+        assert len(seen) == 2, seen  # /elsewhere was not asked
+    finally:
+        srv.close()
