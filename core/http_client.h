@@ -7,8 +7,8 @@
  * connections are libcurl's. Redirects are not followed (the answer is the 3xx).
  *
  * A client is one easy handle: its connections are kept alive between its requests. Not
- * thread-safe (one client per thread); the sinks' asynchronous client (sinks/http.c) is
- * another matter. */
+ * thread-safe (one client per thread). The HTTP sink's asynchronous client (libcurl's multi
+ * interface on the workers' loops) is the sink's own. */
 #ifndef AB_HTTP_CLIENT_H
 #define AB_HTTP_CLIENT_H
 
