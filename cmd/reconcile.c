@@ -1,7 +1,7 @@
 /* almabridge reconcile: write the JOB_END events the sink is missing, from Alma's Jobs API.
  *
  *   almabridge reconcile --job ID [--job ID ...] --institution CODE [--since 48h]
- *                        --alma-api na|eu|ap|ca|cn|URL --alma-api-key-file FILE
+ *                        --alma-api na|eu|ap|aps|ca|cn|URL --alma-api-key-file FILE
  *                        [--api-budget N] [--state-dir DIR]
  *                        [the daemon's sink options, --route, or --config FILE]
  *

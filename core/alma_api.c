@@ -32,12 +32,18 @@ struct ab_alma_api {
     const atomic_int *cancel; /* NULL, or set by another thread to abort */
 };
 
+/* Ex Libris' regional API gateways (docs/MISSED_EVENTS.md "Sources"): na, eu, ap, ca are
+ * the `servers` of Ex Libris' Alma OpenAPI files
+ * (developers.exlibrisgroup.com/wp-content/uploads/alma/openapi/, acq.yaml and its
+ * siblings); aps (Asia Pacific, Australia) and cn's `.com.cn` name are those of its Esploro
+ * OpenAPI and of public clients (the Alma files name api-cn.hosted.exlibrisgroup.com). */
 static const struct {
     const char *name, *url;
 } regions[] = {
     {"na", "https://api-na.hosted.exlibrisgroup.com"},
     {"eu", "https://api-eu.hosted.exlibrisgroup.com"},
     {"ap", "https://api-ap.hosted.exlibrisgroup.com"},
+    {"aps", "https://api-aps.hosted.exlibrisgroup.com"},
     {"ca", "https://api-ca.hosted.exlibrisgroup.com"},
     {"cn", "https://api-cn.hosted.exlibrisgroup.com.cn"},
 };
@@ -111,7 +117,7 @@ static int base_url(struct ab_alma_api *api, const char *base, char *err, size_t
         url = base;
     }
     if (url == NULL) {
-        snprintf(err, errlen, "--alma-api: na, eu, ap, ca, cn or an http(s):// URL, not \"%s\"",
+        snprintf(err, errlen, "--alma-api: na, eu, ap, aps, ca, cn or an http(s):// URL, not \"%s\"",
                  base ? base : "");
         return -1;
     }
@@ -182,7 +188,7 @@ struct ab_alma_api *ab_alma_api_from_config(const struct ab_config *cfg, const c
                                             char *err, size_t errlen)
 {
     if (cfg->alma_api == NULL) {
-        snprintf(err, errlen, "give --alma-api na|eu|ap|ca|cn|URL and --alma-api-key-file FILE "
+        snprintf(err, errlen, "give --alma-api na|eu|ap|aps|ca|cn|URL and --alma-api-key-file FILE "
                               "(or alma-api and alma-api-key-file in --config)");
         return NULL;
     }
@@ -347,7 +353,13 @@ static long perform(struct ab_alma_api *api, const char *url, struct ab_http_ans
 }
 
 /* What an answer that is not 200 means; *retry_s > 0 asks for another try after that
- * many seconds. */
+ * many seconds. Alma's own codes (https://developers.exlibrisgroup.com/alma/apis/#error, as
+ * real clients meet them): 400 UNAUTHORIZED "API-key not defined or not configured to allow
+ * this API." for a key without this API's permission; 403 INVALID_REQUEST or FORBIDDEN for an
+ * invalid key or an address outside the key's range; 403 REQUEST_TOO_LARGE; 429
+ * PER_SECOND_THRESHOLD and DAILY_THRESHOLD; 500 GENERAL_ERROR; 503 ROUTING_ERROR; and the
+ * Jobs API's 400 402215 "Invalid job id format.", 402216 "Invalid job id.", 402218 "Invalid
+ * job instance id.". A 401 is a Tomcat page: the institution's domain, not the gateway. */
 static int classify(long code, const char *ecode, int tries, long retry_after, long *retry_s)
 {
     *retry_s = 0;
@@ -365,11 +377,19 @@ static int classify(long code, const char *ecode, int tries, long retry_after, l
         *retry_s = tries <= DOWN_RETRIES ? tries : 0;
         return AB_ALMA_DOWN;
     }
+    if (strcmp(ecode, "REQUEST_TOO_LARGE") == 0) {
+        return AB_ALMA_ERROR;
+    }
     if (code == 401 || code == 403 || strcmp(ecode, "UNAUTHORIZED") == 0 ||
         strcmp(ecode, "INVALID_REQUEST") == 0) {
         return AB_ALMA_AUTH;
     }
-    return code == 400 || code == 404 ? AB_ALMA_NOT_FOUND : AB_ALMA_ERROR;
+    if (code == 404 || (code == 400 && (strcmp(ecode, "402215") == 0 ||
+                                        strcmp(ecode, "402216") == 0 ||
+                                        strcmp(ecode, "402218") == 0))) {
+        return AB_ALMA_NOT_FOUND;
+    }
+    return AB_ALMA_ERROR;
 }
 
 int ab_alma_api_get(struct ab_alma_api *api, const char *path, cJSON **out, char *err,
@@ -491,8 +511,9 @@ int ab_alma_job_instances(struct ab_alma_api *api, const char *job, const char *
     int rc = AB_ALMA_OK;
     for (long offset = 0, total = 1, n = 1; rc == AB_ALMA_OK && offset < total && n > 0;
          offset += n) {
-        char *path = ab_asprintf("/almaws/v1/conf/jobs/%s/instances?submit_date_from=%sZ"
-                                 "&submit_date_to=%sZ&limit=%d&offset=%ld",
+        /* dates as YYYY-MM-DD (xs:date), the form clients in production send */
+        char *path = ab_asprintf("/almaws/v1/conf/jobs/%s/instances?submit_date_from=%s"
+                                 "&submit_date_to=%s&limit=%d&offset=%ld",
                                  ej, from_day, to_day, PAGE, offset);
         rc = list_page(api, path, cb, arg, &total, &n, err, errlen);
         free(path);

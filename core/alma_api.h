@@ -30,17 +30,17 @@
 enum ab_alma_status {
     AB_ALMA_OK = 0,
     AB_ALMA_DOWN,       /* no connection, a timeout or a 5xx, after the retries */
-    AB_ALMA_AUTH,       /* 401/403 or an invalid key: the key or its permissions */
+    AB_ALMA_AUTH,       /* 400 UNAUTHORIZED, 401, 403: the key or its permissions */
     AB_ALMA_THRESHOLD,  /* 429: Alma's daily threshold, or its per-second one after retries */
     AB_ALMA_BUDGET,     /* --api-budget for today is used up: nothing was sent */
     AB_ALMA_BAD_ANSWER, /* not the JSON documented (malformed, another shape) */
-    AB_ALMA_NOT_FOUND,  /* 400/404 naming an unknown job or instance */
+    AB_ALMA_NOT_FOUND,  /* 404, or 400 402215/402216/402218: an unknown job or instance */
     AB_ALMA_ERROR,      /* another 4xx, or the state file cannot be written */
 };
 const char *ab_alma_status_str(int status);
 
 struct ab_alma_api_opts {
-    const char *base;      /* --alma-api: na|eu|ap|ca|cn or an http(s) URL */
+    const char *base;      /* --alma-api: na|eu|ap|aps|ca|cn or an http(s) URL */
     const char *key_file;  /* --alma-api-key-file */
     const char *ca_file;   /* --alma-api-ca, NULL = the system's CA store */
     const char *state_dir; /* where alma-api-calls is kept */
@@ -50,7 +50,7 @@ struct ab_alma_api_opts {
 
 struct ab_alma_api;
 
-/* The base URL of a region (na, eu, ap, ca, cn), or NULL for any other name. */
+/* The base URL of a region (na, eu, ap, aps, ca, cn), or NULL for any other name. */
 const char *ab_alma_region_url(const char *region);
 
 /* A client; reads the key file and checks the state directory. NULL with one line in err
@@ -83,7 +83,7 @@ int ab_alma_api_probe(struct ab_alma_api *api, const char *job, long timeout_ms,
 typedef int (*ab_alma_instance_cb)(const cJSON *instance, void *arg);
 
 /* Every instance of job submitted on the UTC days from_day .. to_day ("YYYY-MM-DD"): GET
- * /almaws/v1/conf/jobs/{job}/instances?submit_date_from=..&submit_date_to=..&limit=100
+ * /almaws/v1/conf/jobs/{job}/instances?submit_date_from=YYYY-MM-DD&submit_date_to=..&limit=100
  * &offset=.., page after page until total_record_count. Returns AB_ALMA_OK, a status with
  * err, or the callback's non-zero value. */
 int ab_alma_job_instances(struct ab_alma_api *api, const char *job, const char *from_day,

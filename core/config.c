@@ -213,7 +213,7 @@ static const struct ab_option options[] = {
              "addresses)"},
     /* Alma API */
     {.name = "alma-api", .type = AB_OPT_STRING, .off = OFF(alma_api), .group = "Alma API",
-     .metavar = "na|eu|ap|ca|cn|URL",
+     .metavar = "na|eu|ap|aps|ca|cn|URL",
      .help = "Alma's API gateway (a region, or a base URL such as https://api-eu.hosted."
              "exlibrisgroup.com), for `almabridge reconcile` and `wait --fallback-after`"},
     {.name = "alma-api-key-file", .type = AB_OPT_STRING, .off = OFF(alma_api_key_file),

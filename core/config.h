@@ -139,7 +139,7 @@ struct ab_config {
     char *log_format;
     int log_bodies; /* debugging only: log bodies at debug level */
     /* Alma API (reconcile, wait --fallback-after): core/alma_api.h */
-    char *alma_api;          /* na|eu|ap|ca|cn or a base URL; NULL = not used */
+    char *alma_api;          /* na|eu|ap|aps|ca|cn or a base URL; NULL = not used */
     char *alma_api_key_file; /* the API key is read from this file, never given itself */
     char *alma_api_ca;       /* CA bundle for the API's TLS certificate; NULL = the system's */
     long api_budget;         /* API calls per day (UTC), counted in state_dir */
