@@ -41,6 +41,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -535,6 +536,7 @@ class KafkaCluster(KcatClient):
                          partition has a leader and all its replicas in sync
     partitions(topic)    {partition: {"leader": id or -1, "replicas": [ids], "isr": [ids]}}
     leader(topic, partition=0)
+    quorum_leader()      the node id of the active controller
     produce(), consume(), topics(), metadata()  as KafkaBroker's, on the whole cluster
     close()              stops every node (together) and removes their directories
     """
@@ -677,6 +679,18 @@ class KafkaCluster(KcatClient):
         """The broker id leading topic's partition, or None (no leader, unknown topic)."""
         p = self.partitions(topic).get(partition)
         return p["leader"] if p and p["leader"] >= 0 else None
+
+    def quorum_leader(self):
+        """The node id of the active controller (the KRaft quorum's leader), from
+        kafka-metadata-quorum describe --status. (A KRaft broker's Metadata answer names a
+        random broker as controller, so kcat cannot tell.)"""
+        runner = next(n for n in self.nodes if n.is_running())
+        out = runner._java_tool(["org.apache.kafka.tools.MetadataQuorumCommand",
+                                 "--bootstrap-server", self.bootstrap, "describe", "--status"])
+        m = re.search(r"^LeaderId:\s*(-?\d+)", out, re.M)
+        if not m:
+            raise RuntimeError("no LeaderId in kafka-metadata-quorum's answer:\n" + out)
+        return int(m.group(1))
 
 
 def event_of(headers, value):
