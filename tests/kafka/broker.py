@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""A real, single-node Apache Kafka broker for the end-to-end tests.
+"""A real, single-node Apache Kafka broker for the end-to-end tests, and a real
+three-node cluster.
 
-    from broker import KafkaBroker
+    from broker import KafkaBroker, KafkaCluster
 
     with KafkaBroker() as kafka:            # fetches the jars once, then starts
         run_daemon(kafka.bootstrap)         # "127.0.0.1:PORT"
         msgs = kafka.consume("alma.events", count=1, timeout=10)
         assert msgs[0]["value"] == b"..."
+
+    with KafkaCluster() as cluster:         # three KRaft nodes, started together
+        cluster.create_topic("t", partitions=3)    # RF 3, min.insync.replicas=2
+        cluster.kill(cluster.leader("t", 0))       # SIGKILL partition 0's leader
+        run_daemon(cluster.bootstrap)       # "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
+
+KafkaCluster's nodes are KafkaBrokers with node ids 1-3, each a combined broker and
+controller, one static quorum of the three (controller.quorum.voters), every data
+directory formatted with the same cluster id; see its docstring.
 
 The broker is Kafka's own `kafka.Kafka` in KRaft mode (combined broker and
 controller, node id 1) started with the machine's Java (17 or later) from the
