@@ -18,8 +18,6 @@ answer, so the forwarder skips it. That needs the partitions' failover to end wi
 election would come on top (docs/DEDUPLICATION.md, "What once means")."""
 import collections
 import re
-import signal
-import subprocess
 import threading
 import time
 
@@ -27,7 +25,7 @@ import pytest
 
 from daemon import wait_until
 from services import KafkaCluster, RedisServer
-from test_dedupe_lb import IDS, Copies, metric
+from test_dedupe_lb import IDS, Copies, assert_sanitizers_quiet, metric, stop_all
 from test_lb import admin_get, start_haproxy, start_replica
 
 TOPIC = "alma.cluster"
@@ -180,19 +178,7 @@ def test_leader_sigkilled_under_load_each_200_once_and_ready(cluster, tmp_path):
         finally:
             if watch:
                 watch.stop()
-            if haproxy:
-                haproxy.terminate()
-                haproxy.wait(10)
-            for d in replicas:
-                if d.proc and d.proc.poll() is None:
-                    d.proc.send_signal(signal.SIGTERM)
-                    try:
-                        d.proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        d.proc.kill()
-                        d.proc.wait()
-    for d in replicas:  # sanitizer builds report here
-        err = d.stderr()
-        assert d.proc.returncode == 0, err[-3000:]
-        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-            assert marker not in err, err[-4000:]
+            stop_all(haproxy, replicas)
+    assert_sanitizers_quiet(replicas)
+    for d in replicas:
+        assert d.proc.returncode == 0, d.stderr()[-3000:]
