@@ -565,7 +565,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     }
     if (msg->dead_letter) {
         /* never spooled: the forwarder would route it as an event; if the broker cannot
-         * take it now (within --spool-after), 503 and Alma retries */
+         * take it within --ack-timeout, 503 and Alma retries */
         return ab_sink_submit(s->inner, msg, cb, opaque);
     }
     struct sreq *r = ab_calloc(1, sizeof(*r));
