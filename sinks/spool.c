@@ -43,7 +43,7 @@ struct birth {
 
 struct spool_shared {
     const struct ab_sink_ops *inner_ops;
-    struct ab_sink_conf inner_conf; /* the inner backend's, with ack_timeout = --spool-after */
+    struct ab_sink_conf inner_conf; /* the inner backend's, ack_timeout = --ack-timeout */
     void *inner_shared;
     struct ab_eventlog *log;
     char *dir;
@@ -299,8 +299,14 @@ static int spool_global_init(const struct ab_sink_conf *conf, void **shared, cha
     struct spool_shared *sh = ab_calloc(1, sizeof(*sh));
     char rerr[256];
     sh->inner_ops = sc->inner;
+    /* The inner backend keeps its own deadline (--ack-timeout), not --spool-after: an event
+     * spooled after --spool-after is still the broker's until it answers, and only that
+     * answer says whether the forwarder may send it (fwd:<key>). With the Kafka sink the
+     * deadline is also librdkafka's message.timeout.ms: an in-flight batch whose leader died
+     * is retried on the new leader by the idempotent producer (deduplicated there by its
+     * sequence numbers) instead of failing as "possibly persisted" after --spool-after and
+     * being forwarded a second time (tests/e2e/test_kafka_cluster.py). */
     sh->inner_conf = sc->inner_conf;
-    sh->inner_conf.ack_timeout_ms = sc->opts.after_ms;
     sh->dir = ab_strdup(sc->opts.dir);
     sh->max_bytes = sc->opts.max_bytes;
     sh->after_ms = sc->opts.after_ms;
@@ -559,7 +565,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     }
     if (msg->dead_letter) {
         /* never spooled: the forwarder would route it as an event; if the broker cannot
-         * take it now (within --spool-after), 503 and Alma retries */
+         * take it within --ack-timeout, 503 and Alma retries */
         return ab_sink_submit(s->inner, msg, cb, opaque);
     }
     struct sreq *r = ab_calloc(1, sizeof(*r));

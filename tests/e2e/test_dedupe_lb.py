@@ -112,6 +112,28 @@ class Copies:
         return dict(self.answers)
 
 
+def stop_all(haproxy, replicas):
+    """Stop HAProxy and the replicas (SIGTERM, so that sanitizer builds report at exit)."""
+    if haproxy:
+        haproxy.terminate()
+        haproxy.wait(10)
+    for d in replicas:
+        if d.proc and d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait()
+
+
+def assert_sanitizers_quiet(replicas):
+    for d in replicas:  # sanitizer builds report here
+        err = d.stderr()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in err, err[-4000:]
+
+
 def metric(d, name):
     m = re.search(r"^%s (\S+)$" % re.escape(name), d.metrics(), re.M)
     return float(m.group(1)) if m else 0
@@ -193,18 +215,5 @@ def test_each_id_answered_200_is_stored_once(kafka, tmp_path, sink):
                               f"{list(twice.items())[:5]}"
             assert len(ok) >= 0.9 * IDS, collections.Counter(s for st in answers.values() for s in st)
         finally:
-            if haproxy:
-                haproxy.terminate()
-                haproxy.wait(10)
-            for d in replicas:
-                if d.proc and d.proc.poll() is None:
-                    d.proc.send_signal(signal.SIGTERM)
-                    try:
-                        d.proc.wait(20)
-                    except subprocess.TimeoutExpired:
-                        d.proc.kill()
-                        d.proc.wait()
-    for d in replicas:  # sanitizer builds report here
-        err = d.stderr()
-        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-            assert marker not in err, err[-4000:]
+            stop_all(haproxy, replicas)
+    assert_sanitizers_quiet(replicas)

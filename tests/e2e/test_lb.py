@@ -111,16 +111,17 @@ def admin_get(d, path):
         c.close()
 
 
-def start_replica(kafka, tmpdir, topic, port=None, admin=None, spool=False):
+def start_replica(kafka, tmpdir, topic, port=None, admin=None, spool=False, extra=(),
+                  drain_grace=DRAIN_GRACE):
     """A replica as the shipped deployments run it: --admin-listen, and with spool its
     --spool in its directory. Given port and admin, on those (a replacement for a stopped
-    replica)."""
+    replica). extra: more arguments."""
     admin = admin or free_port()
     args = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", topic,
             "--trusted-proxy", "127.0.0.1", "--admin-listen", f"127.0.0.1:{admin}"]
     args += ["--spool", os.path.join(str(tmpdir), "spool")] if spool else []
-    d = Daemon(args + (["--listen", f"127.0.0.1:{port}"] if port else []), tmpdir=str(tmpdir),
-               threads=1, drain_grace=DRAIN_GRACE)
+    d = Daemon(args + list(extra) + (["--listen", f"127.0.0.1:{port}"] if port else []),
+               tmpdir=str(tmpdir), threads=1, drain_grace=drain_grace)
     d.port = port or d.port
     d.admin = admin
     d.start(wait=False)

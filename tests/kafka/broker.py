@@ -1,12 +1,22 @@
 #!/usr/bin/env python3
-"""A real, single-node Apache Kafka broker for the end-to-end tests.
+"""A real, single-node Apache Kafka broker for the end-to-end tests, and a real
+three-node cluster.
 
-    from broker import KafkaBroker
+    from broker import KafkaBroker, KafkaCluster
 
     with KafkaBroker() as kafka:            # fetches the jars once, then starts
         run_daemon(kafka.bootstrap)         # "127.0.0.1:PORT"
         msgs = kafka.consume("alma.events", count=1, timeout=10)
         assert msgs[0]["value"] == b"..."
+
+    with KafkaCluster() as cluster:         # three KRaft nodes, started together
+        cluster.create_topic("t", partitions=3)    # RF 3, min.insync.replicas=2
+        cluster.kill(cluster.leader("t", 0))       # SIGKILL partition 0's leader
+        run_daemon(cluster.bootstrap)       # "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3"
+
+KafkaCluster's nodes are KafkaBrokers with node ids 1-3, each a combined broker and
+controller, one static quorum of the three (controller.quorum.voters), every data
+directory formatted with the same cluster id; see its docstring.
 
 The broker is Kafka's own `kafka.Kafka` in KRaft mode (combined broker and
 controller, node id 1) started with the machine's Java (17 or later) from the
@@ -41,12 +51,14 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -154,10 +166,96 @@ def _random_cluster_id():
             return cid
 
 
+# ---------------------------------------------------------------- kcat
+
+
+class KcatClient:
+    """Producing, consuming and metadata through kcat against self.bootstrap (one
+    address or several, comma-separated): shared by KafkaBroker and KafkaCluster."""
+
+    def produce(self, topic, value, key=None, headers=None, partition=None):
+        """Produce one message with kcat and wait for its acknowledgement.
+        value: bytes or str (sent as is, newlines included); key: str or
+        None; headers: dict str -> str; partition: int or None (partitioner)."""
+        if isinstance(value, str):
+            value = value.encode()
+        with tempfile.NamedTemporaryFile(prefix="almabridge-msg-") as f:
+            f.write(value)
+            f.flush()
+            # A file argument is sent whole as one message.
+            cmd = ["kcat", "-P", "-b", self.bootstrap, "-t", topic,
+                   "-X", "message.timeout.ms=10000"]
+            if key is not None:
+                cmd += ["-k", key]
+            if partition is not None:
+                cmd += ["-p", str(partition)]
+            for k, v in (headers or {}).items():
+                cmd += ["-H", "%s=%s" % (k, v)]
+            proc = subprocess.run(cmd + [f.name], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError("kcat produce to %s failed: %s"
+                               % (topic, proc.stderr.decode(errors="replace").strip()))
+
+    def consume(self, topic, count=None, timeout=10.0):
+        """Read the topic from the beginning with kcat.
+
+        Waits up to timeout seconds until it holds at least count messages,
+        then returns ALL its messages (so duplicates show up), sorted by
+        (partition, offset); after the timeout, returns what is there. With
+        count None, reads once without waiting. Each message is a dict:
+          key        str or None (bytes that are not UTF-8 kept as surrogates)
+          value      bytes or None
+          headers    dict str -> str or None (last one wins on duplicates)
+          header_list list of (name, value) in order
+          topic, partition, offset, timestamp (ms)
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self._read_all(topic)
+            if count is None or len(msgs) >= count or time.monotonic() >= deadline:
+                return msgs
+            time.sleep(0.2)
+
+    def _read_all(self, topic):
+        try:
+            proc = subprocess.run(
+                ["kcat", "-C", "-b", self.bootstrap, "-t", topic, "-o", "beginning",
+                 "-e", "-J", "-q", "-X", "fetch.wait.max.ms=20"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        except subprocess.TimeoutExpired:
+            return []
+        if proc.returncode != 0:  # e.g. the topic does not exist yet
+            return []
+        out = []
+        for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines():
+            if line.startswith("{"):
+                out.append(_parse_kcat_json(json.loads(line)))
+        out.sort(key=lambda m: (m["partition"], m["offset"]))
+        return out
+
+    def topics(self):
+        """Names of the topics the broker has (internal ones included)."""
+        return sorted(t["topic"] for t in self.metadata()["topics"])
+
+    def metadata(self, topic=None):
+        """kcat -L -J: {"brokers": [{"id", "name"}], "topics": [{"topic", "partitions":
+        [{"partition", "leader", "replicas": [{"id"}], "isrs": [{"id"}]}]}]}, as the
+        broker kcat reaches first answers a Metadata request (only the topic if given)."""
+        cmd = ["kcat", "-L", "-J", "-b", self.bootstrap, "-m", "5"]
+        if topic is not None:
+            cmd += ["-t", topic]
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+        if proc.returncode != 0:
+            raise RuntimeError("kcat -L on %s failed: %s"
+                               % (self.bootstrap, proc.stderr.decode(errors="replace").strip()))
+        return json.loads(proc.stdout)
+
+
 # ---------------------------------------------------------------- the broker
 
 
-class KafkaBroker(ServerProcess):
+class KafkaBroker(KcatClient, ServerProcess):
     """One single-node KRaft Kafka broker on free loopback ports.
 
     KafkaBroker(version=None, jvm_opts=None, properties=None, log_level="INFO")
@@ -229,17 +327,18 @@ class KafkaBroker(ServerProcess):
     def _prepare(self):
         self.port, self.controller_port = free_ports(2)
         self._make_workdir()
-        (self.workdir / "log4j2.properties").write_text(
-            LOG4J2_TEMPLATE.format(log=self.workdir / "server.log", level=self.log_level))
-        (self.workdir / "tools-log4j2.properties").write_text(
-            "status = warn\nappender.e.type = Console\nappender.e.name = E\n"
-            "appender.e.target = SYSTEM_ERR\nappender.e.layout.type = PatternLayout\n"
-            "appender.e.layout.pattern = %p %m%n\n"
-            "rootLogger.level = warn\nrootLogger.appenderRef.e.ref = E\n")
-        props = {
-            "process.roles": "broker,controller",
+        self._write_config(self._server_properties({
             "node.id": "1",
             "controller.quorum.bootstrap.servers": "127.0.0.1:%d" % self.controller_port,
+        }))
+        self.cluster_id = _random_cluster_id()
+        self._format(["--standalone"])
+
+    def _server_properties(self, own):
+        """server.properties: ours, then own (the node's identity and quorum), then the
+        caller's properties (which override both)."""
+        props = {
+            "process.roles": "broker,controller",
             "listeners": "PLAINTEXT://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d"
                          % (self.port, self.controller_port),
             "advertised.listeners": "PLAINTEXT://127.0.0.1:%d" % self.port,
@@ -263,12 +362,27 @@ class KafkaBroker(ServerProcess):
             "broker.session.timeout.ms": "3000",
             "broker.heartbeat.interval.ms": "500",
         }
+        props.update(own)
         props.update({k: str(v) for k, v in self.properties.items()})
+        return props
+
+    def _write_config(self, props):
+        """Write the broker's and the tools' log configuration and server.properties
+        (props, a dict) into the working directory."""
+        (self.workdir / "log4j2.properties").write_text(
+            LOG4J2_TEMPLATE.format(log=self.workdir / "server.log", level=self.log_level))
+        (self.workdir / "tools-log4j2.properties").write_text(
+            "status = warn\nappender.e.type = Console\nappender.e.name = E\n"
+            "appender.e.target = SYSTEM_ERR\nappender.e.layout.type = PatternLayout\n"
+            "appender.e.layout.pattern = %p %m%n\n"
+            "rootLogger.level = warn\nrootLogger.appenderRef.e.ref = E\n")
         (self.workdir / "server.properties").write_text(
             "".join("%s=%s\n" % kv for kv in props.items()))
-        self.cluster_id = _random_cluster_id()
+
+    def _format(self, extra):
+        """Format the data directory (kafka-storage format) for cluster_id."""
         self._java_tool(["kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                         "-c", str(self.workdir / "server.properties"), "--standalone"])
+                         "-c", str(self.workdir / "server.properties"), *extra])
 
     def _classpath(self):
         return str(self.libs / "*")
@@ -364,79 +478,229 @@ class KafkaBroker(ServerProcess):
         """Create a topic with kafka-topics (TopicCommand); config is a dict of
         topic configs. Topics are also auto-created (1 partition) on first
         produce, so this is only needed for several partitions or configs."""
-        args = ["org.apache.kafka.tools.TopicCommand", "--bootstrap-server", self.bootstrap,
-                "--create", "--topic", name, "--partitions", str(partitions),
-                "--replication-factor", "1"]
+        self._topic_command(self.bootstrap, name, ["--partitions", str(partitions),
+                                                   "--replication-factor", "1"], config)
+
+    def _topic_command(self, bootstrap, name, layout, config):
+        args = ["org.apache.kafka.tools.TopicCommand", "--bootstrap-server", bootstrap,
+                "--create", "--topic", name, *layout]
         for k, v in (config or {}).items():
             args += ["--config", "%s=%s" % (k, v)]
         self._java_tool(args)
 
-    def produce(self, topic, value, key=None, headers=None, partition=None):
-        """Produce one message with kcat and wait for its acknowledgement.
-        value: bytes or str (sent as is, newlines included); key: str or
-        None; headers: dict str -> str; partition: int or None (partitioner)."""
-        if isinstance(value, str):
-            value = value.encode()
-        with tempfile.NamedTemporaryFile(prefix="almabridge-msg-") as f:
-            f.write(value)
-            f.flush()
-            # A file argument is sent whole as one message.
-            cmd = ["kcat", "-P", "-b", self.bootstrap, "-t", topic,
-                   "-X", "message.timeout.ms=10000"]
-            if key is not None:
-                cmd += ["-k", key]
-            if partition is not None:
-                cmd += ["-p", str(partition)]
-            for k, v in (headers or {}).items():
-                cmd += ["-H", "%s=%s" % (k, v)]
-            proc = subprocess.run(cmd + [f.name], stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, timeout=30)
-        if proc.returncode != 0:
-            raise RuntimeError("kcat produce to %s failed: %s"
-                               % (topic, proc.stderr.decode(errors="replace").strip()))
 
-    def consume(self, topic, count=None, timeout=10.0):
-        """Read the topic from the beginning with kcat.
+# ---------------------------------------------------------------- the cluster
 
-        Waits up to timeout seconds until it holds at least count messages,
-        then returns ALL its messages (so duplicates show up), sorted by
-        (partition, offset); after the timeout, returns what is there. With
-        count None, reads once without waiting. Each message is a dict:
-          key        str or None (bytes that are not UTF-8 kept as surrogates)
-          value      bytes or None
-          headers    dict str -> str or None (last one wins on duplicates)
-          header_list list of (name, value) in order
-          topic, partition, offset, timestamp (ms)
-        """
+
+class _ClusterNode(KafkaBroker):
+    """One node of a KafkaCluster: a combined broker and controller, one voter of the
+    cluster's static quorum. The cluster gives it its ports, cluster id and quorum before
+    the first start; after that start(), stop(), kill() and restart() are KafkaBroker's."""
+
+    kind = "Kafka cluster node"
+    tmp_prefix = "almabridge-kafkanode-"
+
+    def __init__(self, node_id, **kw):
+        super().__init__(**kw)
+        self.node_id = node_id
+        self.own = {}
+
+    def _prepare(self):
+        self._make_workdir()
+        self._write_config(self._server_properties(self.own))
+        self._format([])  # controller.quorum.voters: a static quorum, formatted as such
+
+    def _probe(self):
+        """Ready when this node's broker answers a Metadata request listing itself: it
+        registered with the active controller and is unfenced."""
+        try:
+            brokers = self.metadata()["brokers"]
+        except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired):
+            return False
+        return any(b.get("id") == self.node_id for b in brokers)
+
+
+class KafkaCluster(KcatClient):
+    """A real Kafka cluster of `size` KRaft nodes (default 3) on free loopback ports, each
+    a combined broker and controller, node ids 1..size, one static quorum of all of them
+    (controller.quorum.voters; every data directory formatted with the same cluster id).
+    Internal topics and auto-created topics get replication factor `size` and
+    min.insync.replicas size-1 (3 and 2).
+
+    KafkaCluster(size=3, version=None, jvm_opts=None, properties=None, log_level="INFO")
+      as KafkaBroker's; properties go to every node.
+
+    start(timeout=90.0)  starts the JVMs together and waits until every broker is
+                         registered and unfenced (a quorum needs a majority up)
+    bootstrap            "127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3", for bootstrap.servers / kcat -b
+    node(i)              node i (a KafkaBroker: port, bootstrap, pid, log_path, log_tail()...)
+    kill(i)              SIGKILL node i (its data stays)
+    restart(i, timeout=60.0, kill=False)
+                         stop (or kill) node i if it runs and start it again on its ports
+                         and data; returns once it is registered and unfenced again
+    create_topic(name, partitions=1, replication_factor=None, config=None, assignment=None)
+                         kafka-topics with replication factor `size` (and
+                         min.insync.replicas=size-1 unless config says otherwise), or the
+                         replica assignment given ([[broker ids of partition 0], ...], the
+                         first of each list its preferred leader); waits until every
+                         partition has a leader and all its replicas in sync
+    partitions(topic)    {partition: {"leader": id or -1, "replicas": [ids], "isr": [ids]}}
+    leader(topic, partition=0)
+    quorum_leader()      the node id of the active controller
+    produce(), consume(), topics(), metadata()  as KafkaBroker's, on the whole cluster
+    close()              stops every node (together) and removes their directories
+    """
+
+    def __init__(self, size=3, version=None, jvm_opts=None, properties=None, log_level="INFO"):
+        self.size = size
+        self.version = version
+        self.nodes = [_ClusterNode(i + 1, jvm_opts=jvm_opts, properties=properties,
+                                   log_level=log_level) for i in range(size)]
+        self.cluster_id = None
+        self.startup_seconds = None
+
+    @property
+    def bootstrap(self):
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def node(self, node_id):
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout=90.0):
+        t0 = time.monotonic()
+        try:
+            if self.cluster_id is None:
+                self._prepare()
+            for n in self.nodes:  # from this thread: the JVMs die with it (harness.py)
+                if not n.is_running():
+                    n._launch()
+            for n in self.nodes:
+                n._wait_ready(t0 + timeout)
+        except BaseException:
+            self.close()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _prepare(self):
+        libs, java = fetch(self.version), find_java()
+        ports = free_ports(2 * self.size)
+        for i, n in enumerate(self.nodes):
+            n.libs, n.java = libs, java
+            n.port, n.controller_port = ports[2 * i], ports[2 * i + 1]
+        voters = ",".join("%d@127.0.0.1:%d" % (n.node_id, n.controller_port) for n in self.nodes)
+        rf, isr = str(self.size), str(max(1, self.size - 1))
+        self.cluster_id = _random_cluster_id()
+        for n in self.nodes:
+            n.cluster_id = self.cluster_id
+            n.own = {
+                "node.id": str(n.node_id),
+                "controller.quorum.voters": voters,
+                "default.replication.factor": rf,
+                "min.insync.replicas": isr,
+                "offsets.topic.replication.factor": rf,
+                "transaction.state.log.replication.factor": rf,
+                "transaction.state.log.min.isr": isr,
+                "share.coordinator.state.topic.replication.factor": rf,
+                "share.coordinator.state.topic.min.isr": isr,
+            }
+        # kafka-storage format is a JVM each: side by side
+        errors = []
+
+        def prepare(n):
+            try:
+                n._prepare()
+            except BaseException as e:  # noqa: B036 (re-raised below)
+                errors.append(e)
+
+        threads = [threading.Thread(target=prepare, args=(n,)) for n in self.nodes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def kill(self, node_id):
+        self.node(node_id).kill()
+
+    def restart(self, node_id, timeout=60.0, kill=False):
+        self.node(node_id).restart(timeout=timeout, kill=kill)
+        return self
+
+    def close(self):
+        for n in self.nodes:  # SIGTERM to all first: each shuts down while the quorum lives
+            if n.is_running():
+                n._proc.send_signal(signal.SIGTERM)
+        for n in self.nodes:
+            n.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    # -- topics
+
+    def create_topic(self, name, partitions=1, replication_factor=None, config=None,
+                     assignment=None, timeout=30.0):
+        config = dict(config or {})
+        config.setdefault("min.insync.replicas", max(1, self.size - 1))
+        if assignment:
+            layout = ["--replica-assignment",
+                      ",".join(":".join(str(b) for b in p) for p in assignment)]
+        else:
+            layout = ["--partitions", str(partitions), "--replication-factor",
+                      str(replication_factor or self.size)]
+        runner = next(n for n in self.nodes if n.is_running())
+        runner._topic_command(self.bootstrap, name, layout, config)
         deadline = time.monotonic() + timeout
         while True:
-            msgs = self._read_all(topic)
-            if count is None or len(msgs) >= count or time.monotonic() >= deadline:
-                return msgs
+            parts = self.partitions(name)
+            if parts and all(p["leader"] >= 0 and sorted(p["isr"]) == sorted(p["replicas"])
+                             for p in parts.values()):
+                return parts
+            if time.monotonic() > deadline:
+                raise RuntimeError("topic %s not in sync after %.0f s: %s" % (name, timeout, parts))
             time.sleep(0.2)
 
-    def _read_all(self, topic):
+    def partitions(self, topic):
+        """{partition: {"leader", "replicas", "isr"}} of topic, as the metadata has it
+        ({} while the topic is unknown)."""
         try:
-            proc = subprocess.run(
-                ["kcat", "-C", "-b", self.bootstrap, "-t", topic, "-o", "beginning",
-                 "-e", "-J", "-q", "-X", "fetch.wait.max.ms=20"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
-        except subprocess.TimeoutExpired:
-            return []
-        if proc.returncode != 0:  # e.g. the topic does not exist yet
-            return []
-        out = []
-        for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines():
-            if line.startswith("{"):
-                out.append(_parse_kcat_json(json.loads(line)))
-        out.sort(key=lambda m: (m["partition"], m["offset"]))
+            md = self.metadata(topic)
+        except (RuntimeError, ValueError, subprocess.TimeoutExpired):
+            return {}
+        out = {}
+        for t in md.get("topics", []):
+            if t.get("topic") != topic:
+                continue
+            for p in t.get("partitions") or []:
+                out[p["partition"]] = {
+                    "leader": p.get("leader", -1),
+                    "replicas": [r["id"] for r in p.get("replicas", [])],
+                    "isr": [r["id"] for r in p.get("isrs", [])],
+                }
         return out
 
-    def topics(self):
-        """Names of the topics the broker has (internal ones included)."""
-        proc = subprocess.run(["kcat", "-L", "-J", "-b", self.bootstrap],
-                              stdout=subprocess.PIPE, check=True, timeout=30)
-        return sorted(t["topic"] for t in json.loads(proc.stdout)["topics"])
+    def leader(self, topic, partition=0):
+        """The broker id leading topic's partition, or None (no leader, unknown topic)."""
+        p = self.partitions(topic).get(partition)
+        return p["leader"] if p and p["leader"] >= 0 else None
+
+    def quorum_leader(self):
+        """The node id of the active controller (the KRaft quorum's leader), from
+        kafka-metadata-quorum describe --status. (A KRaft broker's Metadata answer names a
+        random broker as controller, so kcat cannot tell.)"""
+        runner = next(n for n in self.nodes if n.is_running())
+        out = runner._java_tool(["org.apache.kafka.tools.MetadataQuorumCommand",
+                                 "--bootstrap-server", self.bootstrap, "describe", "--status"])
+        m = re.search(r"^LeaderId:\s*(-?\d+)", out, re.M)
+        if not m:
+            raise RuntimeError("no LeaderId in kafka-metadata-quorum's answer:\n" + out)
+        return int(m.group(1))
 
 
 def event_of(headers, value):
