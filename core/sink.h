@@ -86,6 +86,12 @@ struct ab_sink_conf {
 /* ab_sink_ops.flags: a backend that wraps another (the spool). The configuration loader
  * loads its options, but --sink does not offer it and the registry does not find it. */
 #define AB_SINK_WRAPS 0x1
+/* ab_sink_ops.flags: a write the backend has not acknowledged by its deadline may still be
+ * stored, and the backend keeps retrying it safely on its own (Kafka's idempotent producer
+ * on a new partition leader). A wrapper that answers by its own timer (the spool) gives it
+ * a longer deadline, AB_SINK_PATIENCE_MS, so that its answer is the final one. */
+#define AB_SINK_RETRIES_LATE 0x2
+#define AB_SINK_PATIENCE_MS 30000L
 
 struct ab_sink {
     const struct ab_sink_ops *ops; /* first member of every backend's instance struct */
@@ -97,7 +103,7 @@ struct ab_sink_ops {
     /* The backend's options (name, type, default, env, help, offset into its own struct).
      * NULL for none. */
     const struct ab_optset *options;
-    unsigned flags; /* AB_SINK_WRAPS */
+    unsigned flags; /* AB_SINK_WRAPS, AB_SINK_RETRIES_LATE */
 
     /* Once per process, before threads. Validate the configuration and create what all
      * instances share (the file sink's writer thread). Returns 0 and sets *shared, or -1

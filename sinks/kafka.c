@@ -1565,6 +1565,7 @@ static void kafka_reader_close(struct ab_sink_reader *base)
 const struct ab_sink_ops ab_sink_kafka = {
     .name = "kafka",
     .default_route = "alma.{action}",
+    .flags = AB_SINK_RETRIES_LATE,
     .options = &kafka_optset,
     .global_init = kafka_global_init,
     .probe = kafka_probe,

@@ -43,7 +43,7 @@ struct birth {
 
 struct spool_shared {
     const struct ab_sink_ops *inner_ops;
-    struct ab_sink_conf inner_conf; /* the inner backend's, ack_timeout = --ack-timeout */
+    struct ab_sink_conf inner_conf; /* the inner backend's (its deadline: see global_init) */
     void *inner_shared;
     struct ab_eventlog *log;
     char *dir;
@@ -305,8 +305,15 @@ static int spool_global_init(const struct ab_sink_conf *conf, void **shared, cha
      * deadline is also librdkafka's message.timeout.ms: an in-flight batch whose leader died
      * is retried on the new leader by the idempotent producer (deduplicated there by its
      * sequence numbers) instead of failing as "possibly persisted" after --spool-after and
-     * being forwarded a second time (tests/e2e/test_kafka_cluster.py). */
+     * being forwarded a second time (tests/e2e/test_kafka_cluster.py). A backend that
+     * retries on its own (AB_SINK_RETRIES_LATE) gets AB_SINK_PATIENCE_MS, so a failover
+     * longer than --ack-timeout still ends in its one final answer: our answers keep their
+     * own timers (--spool-after, the pending list's --ack-timeout). */
     sh->inner_conf = sc->inner_conf;
+    if ((sh->inner_ops->flags & AB_SINK_RETRIES_LATE) &&
+        sh->inner_conf.ack_timeout_ms < AB_SINK_PATIENCE_MS) {
+        sh->inner_conf.ack_timeout_ms = AB_SINK_PATIENCE_MS;
+    }
     sh->dir = ab_strdup(sc->opts.dir);
     sh->max_bytes = sc->opts.max_bytes;
     sh->after_ms = sc->opts.after_ms;

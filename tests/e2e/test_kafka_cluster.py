@@ -12,10 +12,11 @@ before, during and after the outage.
 What makes it exactly once: the batches in flight when the leader dies are retried on the
 new leader by the idempotent producer, which the new leader deduplicates by their sequence
 numbers; an event spooled meanwhile (--spool-after) holds fwd:<key> in the store until that
-answer, so the forwarder skips it. That needs the partitions' failover to end within
---ack-timeout (librdkafka's message.timeout.ms): the nodes fence a dead broker after 2 s
-(broker.session.timeout.ms), and the broker killed is not the active controller, whose own
-election would come on top (docs/DEDUPLICATION.md, "What once means")."""
+answer, so the forwarder skips it. The spool gives the Kafka sink under it a deadline of its
+own (AB_SINK_PATIENCE_MS, 30 s, librdkafka's message.timeout.ms), longer than --ack-timeout:
+here --ack-timeout is 2 s and the failover takes longer (the nodes fence a dead broker after
+2 s, broker.session.timeout.ms), so without that patience the batches in flight would fail
+as "possibly persisted" and be forwarded a second time (docs/DEDUPLICATION.md)."""
 import collections
 import re
 import threading
@@ -30,7 +31,7 @@ from test_lb import admin_get, start_haproxy, start_replica
 
 TOPIC = "alma.cluster"
 REPLICAS = 2
-ACK_TIMEOUT_MS = 4000
+ACK_TIMEOUT_MS = 2000
 SESSION_TIMEOUT_MS = 2000
 
 
