@@ -136,12 +136,55 @@ done:
 struct ab_eventlog_reader {
     char *path;
     int fd, idx;
+    int live;       /* followed while written: the index may come later (ab_eventlog_reader_live) */
     int64_t mark;   /* bytes before it are read unverified (no index: all of them) */
     int64_t off;    /* the next byte to read */
     int64_t ei;     /* the next index entry to look at */
     char *buf;
     size_t cap;
 };
+
+/* 1 when entry 1 of the index idx (the first record) matches the bytes of r's file. */
+static int first_record_matches(struct ab_eventlog_reader *r, int idx)
+{
+    struct entry e;
+    if (read_entry(idx, 1, &e) != 1 || e.len == 0) {
+        return 0;
+    }
+    char *b = ab_malloc(e.len + 1);
+    int ok = pread(r->fd, b, e.len + 1, e.off) == (ssize_t)e.len + 1 && b[e.len] == '\n' &&
+             ab_crc32c(0, b, e.len) == e.crc;
+    free(b);
+    return ok;
+}
+
+/* Open the checksum index of r's file, if there is one. A start mark naming another inode
+ * is an index of another file (the file was rotated without it) unless its first record
+ * matches (a copy of both); a live reader then reads on unverified and looks again later,
+ * as it does while the index is missing or still empty (the writer creates it before its
+ * first record). Any other reader checks every byte against an index it cannot use. */
+static void attach_index(struct ab_eventlog_reader *r)
+{
+    char *ip = ab_asprintf("%s.crc", r->path);
+    int idx = open(ip, O_RDONLY | O_CLOEXEC);
+    free(ip);
+    if (idx < 0) {
+        return;
+    }
+    struct entry mark;
+    struct stat st;
+    int rc = read_entry(idx, 0, &mark);
+    int ours = rc == 1 && mark.len == 0 &&
+               ((fstat(r->fd, &st) == 0 && mark.crc == (uint32_t)st.st_ino) ||
+                first_record_matches(r, idx));
+    if (r->live && !ours) {
+        close(idx); /* another file's, or not written yet: unverified for now */
+        return;
+    }
+    r->idx = idx;
+    r->mark = ours ? mark.off : 0; /* an index without a usable start mark: check all */
+    ab_eventlog_reader_seek(r, r->off);
+}
 
 struct ab_eventlog_reader *ab_eventlog_reader_open(const char *path, char *errstr,
                                                    size_t errlen)
@@ -154,18 +197,31 @@ struct ab_eventlog_reader *ab_eventlog_reader_open(const char *path, char *errst
     struct ab_eventlog_reader *r = ab_calloc(1, sizeof(*r));
     r->path = ab_strdup(path);
     r->fd = fd;
-    char *ip = ab_asprintf("%s.crc", path);
-    r->idx = open(ip, O_RDONLY | O_CLOEXEC);
-    free(ip);
-    struct entry mark;
+    r->idx = -1;
     r->mark = INT64_MAX;
-    if (r->idx >= 0 && read_entry(r->idx, 0, &mark) == 1 && mark.len == 0) {
-        r->mark = mark.off;
-        r->ei = 1;
-    } else if (r->idx >= 0) {
-        r->mark = 0; /* an index without a readable start mark: check everything */
-    }
+    attach_index(r);
     return r;
+}
+
+void ab_eventlog_reader_live(struct ab_eventlog_reader *r)
+{
+    r->live = 1;
+    if (r->idx >= 0) { /* attached by the rules for a finished file: again by a live one's */
+        close(r->idx);
+        r->idx = -1;
+        r->mark = INT64_MAX;
+        attach_index(r);
+    }
+}
+
+int64_t ab_eventlog_reader_offset(const struct ab_eventlog_reader *r)
+{
+    return r->off;
+}
+
+int ab_eventlog_reader_stat(const struct ab_eventlog_reader *r, struct stat *st)
+{
+    return fstat(r->fd, st);
 }
 
 void ab_eventlog_reader_free(struct ab_eventlog_reader *r)
@@ -190,7 +246,7 @@ int ab_eventlog_reader_checksummed(const struct ab_eventlog_reader *r)
 void ab_eventlog_reader_seek(struct ab_eventlog_reader *r, int64_t off)
 {
     r->off = off;
-    r->ei = 1;
+    r->ei = r->mark > 0 ? 1 : 0;
     if (r->idx < 0 || off <= r->mark) {
         return;
     }
@@ -274,6 +330,9 @@ int ab_eventlog_reader_next(struct ab_eventlog_reader *r, int64_t limit, int com
                             struct ab_eventlog_rec *rec)
 {
     struct stat st;
+    if (r->live && r->idx < 0) {
+        attach_index(r); /* the writer may have created it since */
+    }
     int64_t size = fstat(r->fd, &st) == 0 ? (int64_t)st.st_size : 0;
     if (limit < 0 || limit > size) {
         if (limit > size) {

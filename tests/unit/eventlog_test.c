@@ -502,6 +502,57 @@ static void test_index_reconciled_at_open(void)
     fixture_done(&f);
 }
 
+/* The follower checks each record against the index: a flipped byte is skipped (logged and
+ * counted), never returned; a record whose entry is not written yet waits for it; a file
+ * without an index is read unverified. */
+static void test_follower_checks_checksums(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "{\"id\":\"a\"}") == AB_EVENTLOG_OK);
+    CHECK(append_wait(&f, "{\"id\":\"b\"}") == AB_EVENTLOG_OK);
+    CHECK(append_wait(&f, "{\"id\":\"c\"}") == AB_EVENTLOG_OK);
+    fixture_close(&f);
+    FILE *fp = fopen(f.path, "r+");
+    CHECK(fseek(fp, 15, SEEK_SET) == 0); /* inside {"id":"b"} (bytes 11..21) */
+    fputc('X', fp);
+    fclose(fp);
+    char err[256];
+    struct ab_eventlog_line l;
+    struct ab_eventlog_follower *r = ab_eventlog_follow_open(f.path, 0, NULL, 0, err, sizeof(err));
+    CHECK(r != NULL);
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1);
+    CHECK(l.len == 10 && memcmp(l.line, "{\"id\":\"a\"}", 10) == 0);
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1);
+    CHECK(l.len == 10 && memcmp(l.line, "{\"id\":\"c\"}", 10) == 0);
+    CHECK(ab_eventlog_follow_damaged(r) == 1);
+    /* a line beyond the index (its entry not written yet) waits; once it is, it comes */
+    fp = fopen(f.path, "a");
+    fputs("{\"id\":\"d\"}\n", fp);
+    fclose(fp);
+    CHECK(ab_eventlog_follow_next(r, &l, 150) == 0);
+    char entry[AB_EVENTLOG_CRC_ENTRY + 1], ip[128];
+    ab_eventlog_crc_entry(entry, 33, "{\"id\":\"d\"}", 10);
+    snprintf(ip, sizeof(ip), "%s.crc", f.path);
+    fp = fopen(ip, "a");
+    fputs(entry, fp);
+    fclose(fp);
+    CHECK(ab_eventlog_follow_next(r, &l, 2000) == 1);
+    CHECK(l.len == 10 && memcmp(l.line, "{\"id\":\"d\"}", 10) == 0);
+    ab_eventlog_follow_close(r);
+    /* without its index: every line, unverified */
+    CHECK(unlink(ip) == 0);
+    r = ab_eventlog_follow_open(f.path, 0, NULL, 0, err, sizeof(err));
+    int n = 0;
+    while (ab_eventlog_follow_next(r, &l, 0) == 1) {
+        n++;
+    }
+    CHECK(n == 4 && ab_eventlog_follow_damaged(r) == 0);
+    ab_eventlog_follow_close(r);
+    fixture_done(&f);
+}
+
 int main(void)
 {
     evthread_use_pthreads();
@@ -516,5 +567,6 @@ int main(void)
     RUN(test_interleaved_clients_keep_order);
     RUN(test_checksums_detect_and_isolate_damage);
     RUN(test_index_reconciled_at_open);
+    RUN(test_follower_checks_checksums);
     return TEST_SUMMARY();
 }
