@@ -144,6 +144,9 @@ int ab_eventlog_reader_next(struct ab_eventlog_reader *r, int64_t limit, int com
  * yet but looked for again at each call, so records are read unverified until it is there;
  * records past the last index entry wait for theirs (call with complete = 0). */
 void ab_eventlog_reader_live(struct ab_eventlog_reader *r);
+/* Read the file on without its index (unverified): the index no longer describes it (a
+ * file truncated in place, copytruncate). */
+void ab_eventlog_reader_drop_index(struct ab_eventlog_reader *r);
 /* The offset of the next byte to read. */
 int64_t ab_eventlog_reader_offset(const struct ab_eventlog_reader *r);
 /* fstat of the file read (its inode and size). */

@@ -214,6 +214,16 @@ void ab_eventlog_reader_live(struct ab_eventlog_reader *r)
     }
 }
 
+void ab_eventlog_reader_drop_index(struct ab_eventlog_reader *r)
+{
+    if (r->idx >= 0) {
+        close(r->idx);
+    }
+    r->idx = -1;
+    r->mark = INT64_MAX;
+    r->live = 0; /* not looked for again */
+}
+
 int64_t ab_eventlog_reader_offset(const struct ab_eventlog_reader *r)
 {
     return r->off;

@@ -278,7 +278,13 @@ static int lr_advance(struct ab_eventlog_follower *r)
         return lr_open(&r->cur, r->path, NULL, 0) == 0;
     }
     if (now.st_size < ab_eventlog_reader_offset(r->cur.rd)) {
-        lr_open(&r->cur, r->path, NULL, 0);
+        /* truncated in place: the index describes what was there before (the writer does
+         * not know), so this file is read on unverified */
+        ab_warn("%s was truncated in place (copytruncate?): its checksum index no longer "
+                "describes it; read on from its start, unverified", r->path);
+        if (lr_open(&r->cur, r->path, NULL, 0) == 0) {
+            ab_eventlog_reader_drop_index(r->cur.rd);
+        }
         return 1;
     }
     return 0;

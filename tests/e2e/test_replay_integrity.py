@@ -167,3 +167,28 @@ def test_dead_letters_replayed_after_a_fix_redis(daemon_factory):
         # the dead letter itself is untouched
         import redis as redis_py
         assert redis_py.Redis.from_url(redis.url).xlen("alma.deadletter") == 2
+
+
+def test_dead_letters_replayed_after_a_fix_kafka(daemon_factory):
+    from services import KafkaBroker
+    broker = KafkaBroker()
+    try:
+        broker.start()
+        for topic in ("alma.deadletter", "alma.loan"):
+            broker.create_topic(topic)
+        kafka = ["--sink", "kafka", "--kafka-brokers", broker.bootstrap]
+        d = daemon_factory(kafka, threads=1)
+        wait_until(lambda: d.get("/readyz").status == 200, 30, "ready")
+        loan_id = post_dead_letters(d)
+        assert len(broker.consume("alma.deadletter", count=2, timeout=20)) == 2
+        fixed = ["--dead-letters", "--content-type", "application/json", "--rate", "0"] + kafka
+        rc, _, err = replay(*fixed)
+        assert rc == 1 and "(1 delivered, 0 already there), 1 still failing" in err, err
+        msgs = broker.consume("alma.loan", count=1, timeout=20)
+        assert [m["headers"].get("ce_id") or json.loads(m["value"])["id"] for m in msgs] == \
+            [loan_id]
+        rc, _, err = replay(*fixed)  # again: the id is in the topic, nothing new
+        assert rc == 1 and "(0 delivered, 1 already there)" in err, err
+        assert len(broker.consume("alma.loan", timeout=5)) == 1
+    finally:
+        broker.close()
