@@ -142,6 +142,9 @@ struct ab_eventlog_reader {
     int64_t ei;     /* the next index entry to look at */
     char *buf;
     size_t cap;
+    char *ra; /* read-ahead for lines read unverified (next_plain) */
+    size_t ra_len, ra_cap;
+    int64_t ra_off;
 };
 
 /* 1 when entry 1 of the index idx (the first record) matches the bytes of r's file. */
@@ -245,6 +248,7 @@ void ab_eventlog_reader_free(struct ab_eventlog_reader *r)
     }
     free(r->path);
     free(r->buf);
+    free(r->ra);
     free(r);
 }
 
@@ -299,34 +303,54 @@ static int damaged(struct ab_eventlog_rec *rec, int64_t off, int64_t end, long c
     return AB_EVENTLOG_DAMAGED;
 }
 
-/* A line read by its newline, unverified, from [r->off, stop). */
+/* A line read by its newline, unverified, from [r->off, stop). Read ahead: r->ra holds
+ * ra_len bytes of the file from ra_off (an append-only file's bytes do not change). */
 static int next_plain(struct ab_eventlog_reader *r, int64_t stop, int complete,
                       struct ab_eventlog_rec *rec)
 {
-    size_t have = 0;
+    if (stop <= r->off) {
+        return AB_EVENTLOG_END;
+    }
+    if (r->off < r->ra_off || r->off > r->ra_off + (int64_t)r->ra_len) {
+        r->ra_off = r->off; /* after a seek */
+        r->ra_len = 0;
+    }
     for (;;) {
-        int64_t at = r->off + (int64_t)have;
-        if (at >= stop) {
-            break;
+        size_t skip = (size_t)(r->off - r->ra_off);
+        size_t avail = r->ra_len - skip;
+        if ((int64_t)avail > stop - r->off) {
+            avail = (size_t)(stop - r->off);
         }
-        size_t want = 65536;
-        if ((int64_t)want > stop - at) {
-            want = (size_t)(stop - at);
-        }
-        char *b = grow(r, have + want);
-        ssize_t n = pread(r->fd, b + have, want, at);
-        if (n <= 0) {
-            break;
-        }
-        char *nl = memchr(b + have, '\n', (size_t)n);
+        char *nl = avail ? memchr(r->ra + skip, '\n', avail) : NULL;
         if (nl) {
-            size_t len = (size_t)(nl - b);
-            *rec = (struct ab_eventlog_rec){.line = b, .len = len, .off = r->off,
+            size_t len = (size_t)(nl - (r->ra + skip));
+            *rec = (struct ab_eventlog_rec){.line = r->ra + skip, .len = len, .off = r->off,
                                             .end = r->off + (int64_t)len + 1};
             r->off = rec->end;
             return AB_EVENTLOG_UNVERIFIED;
         }
-        have += (size_t)n;
+        if (skip > 0) { /* keep the start of the line at the front */
+            memmove(r->ra, r->ra + skip, r->ra_len - skip);
+            r->ra_len -= skip;
+            r->ra_off = r->off;
+        }
+        int64_t at = r->ra_off + (int64_t)r->ra_len;
+        if (at >= stop) {
+            break;
+        }
+        if (r->ra_len == r->ra_cap) {
+            r->ra_cap = r->ra_cap ? r->ra_cap * 2 : 65536;
+            r->ra = ab_realloc(r->ra, r->ra_cap);
+        }
+        size_t want = r->ra_cap - r->ra_len;
+        if ((int64_t)want > stop - at) {
+            want = (size_t)(stop - at);
+        }
+        ssize_t n = pread(r->fd, r->ra + r->ra_len, want, at);
+        if (n <= 0) {
+            break;
+        }
+        r->ra_len += (size_t)n;
     }
     if (complete && r->off < stop) {
         int64_t off = r->off;
