@@ -136,6 +136,7 @@ done:
 struct ab_eventlog_reader {
     char *path;
     int fd, idx;
+    int warned;     /* a foreign index was reported */
     int live;       /* followed while written: the index may come later (ab_eventlog_reader_live) */
     int64_t mark;   /* bytes before it are read unverified (no index: all of them) */
     int64_t off;    /* the next byte to read */
@@ -182,6 +183,11 @@ static void attach_index(struct ab_eventlog_reader *r)
                 first_record_matches(r, idx));
     if (r->live && !ours) {
         close(idx); /* another file's, or not written yet: unverified for now */
+        if (rc == 1 && mark.len == 0 && !r->warned) {
+            r->warned = 1;
+            ab_warn("%s.crc is another file's checksum index (rotated without it?): %s is "
+                    "read unverified until its own index is there", r->path, r->path);
+        }
         return;
     }
     r->idx = idx;
