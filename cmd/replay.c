@@ -82,8 +82,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 static int open_input(struct replay *rp, const char *from, char *err, size_t errlen)
 {
     int spool = 0;
-    struct ab_sink_setup in_setup;
     const struct ab_sink_ops *ops = ab_sink_log_reader(from, &spool, err, errlen);
+    struct ab_sink_setup in_setup;
     if (ops == NULL) {
         return -1;
     }

@@ -200,7 +200,9 @@ struct ab_eventlog_reader *ab_eventlog_reader_open(const char *path, char *errst
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(errstr, errlen, "cannot open %s: %s", path, strerror(errno));
+        int e = errno;
+        snprintf(errstr, errlen, "cannot open %s: %s", path, strerror(e));
+        errno = e; /* for callers that tell a missing file from others */
         return NULL;
     }
     struct ab_eventlog_reader *r = ab_calloc(1, sizeof(*r));

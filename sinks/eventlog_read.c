@@ -65,13 +65,8 @@ static int lr_open(struct lr_file *f, const char *path, const char *name, int64_
 {
     char err[256];
     lr_close(f);
-    int saved = 0;
     if ((f->rd = ab_eventlog_reader_open(path, err, sizeof(err))) == NULL) {
-        saved = errno;
-    }
-    if (f->rd == NULL) {
-        errno = saved;
-        return -1;
+        return -1; /* errno is open()'s */
     }
     ab_eventlog_reader_live(f->rd);
     ab_eventlog_reader_stat(f->rd, &f->st);
