@@ -181,10 +181,8 @@ static int prepare(struct daemon *d, struct ab_secrets **secrets, SSL_CTX **ctx,
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
     }
-    const char *const *rp = cfg->redact.n ? (const char *const *)cfg->redact.v : ab_redact_default;
-    size_t rn = cfg->redact.n ? cfg->redact.n : 2;
-    d->app.redact = ab_redact_compile(rp, rn, rerr, sizeof(rerr));
-    if (d->app.redact == NULL && !(rn == 1 && strcmp(rp[0], "none") == 0)) {
+    if (ab_redact_configured((const char *const *)cfg->redact.v, cfg->redact.n, &d->app.redact,
+                             rerr, sizeof(rerr)) != 0) {
         snprintf(err, errlen, "--redact: %s", rerr);
         return -1;
     }

@@ -18,8 +18,11 @@
  * there. Idempotent by id: before the first event for a stream or topic, the ids already
  * in it are read through the target's read side (the id it stores beside the event, else
  * the event's own), and events with an id already there, or already sent, are skipped.
- * --no-dedup skips that reading. Exit: 0 done, 1 a write failed for good or nothing was
- * delivered of an input that held only lines that are no CloudEvents, 2 usage or
+ * --no-dedup skips that reading. The input's records are checked against its checksum
+ * index as they are read (eventlog_read.c): a damaged one is logged and skipped.
+ * --dead-letters reads a dead letter instead (replay_dead.c). Exit: 0 done, 1 a write
+ * failed for good, nothing was delivered of an input that held only lines that are no
+ * CloudEvents, damaged records were skipped or dead letters still fail, 2 usage or
  * connection errors (the target cannot be reached), 130 interrupted. */
 #include <errno.h>
 #include <inttypes.h>
@@ -41,6 +44,7 @@
 #include "sink.h"
 #include "strset.h"
 #include "sinks/dedupe_store.h"
+#include "sinks/eventlog.h"
 #include "sinks/registry.h"
 
 #include "replay.h"
@@ -100,9 +104,10 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
 {
     char rerr[256];
     rp->ops = ab_sink_find(rp->cfg.sink);
-    if (rp->ops == NULL || strcmp(rp->ops->name, "file") == 0) {
+    if (rp->ops == NULL || (strcmp(rp->ops->name, "file") == 0 && !rp->dead)) {
         snprintf(err, errlen, "--sink kafka, redis or http: replay writes to a broker or a "
-                              "target (the file sink's log has one writer, the daemon)");
+                              "target (the file sink's log has one writer, the daemon; "
+                              "--dead-letters only can write it, the daemon stopped)");
         return -1;
     }
     if (rp->dedup && !ab_sink_readable(rp->ops)) {
@@ -118,10 +123,12 @@ static int replay_setup(struct replay *rp, const char *from, char *err, size_t e
         snprintf(err, errlen, "--route: %s", rerr);
         return -1;
     }
-    if (open_input(rp, from, err, errlen) != 0) {
+    ab_sink_setup_init(&rp->setup, &rp->cfg, rp->ops);
+    rp->setup.conf.dead_letter = 0; /* replay writes events, never dead letters */
+    if ((rp->dead ? ab_replay_dead_open(rp, from, err, errlen)
+                  : open_input(rp, from, err, errlen)) != 0) {
         return -1;
     }
-    ab_sink_setup_init(&rp->setup, &rp->cfg, rp->ops);
     if (rp->ops->global_init &&
         rp->ops->global_init(&rp->setup.conf, &rp->shared, err, errlen) != 0) {
         return -1;
@@ -161,14 +168,23 @@ static int replay_run(struct replay *rp)
     ab_replay_ring_advance(rp);
     ab_replay_report(rp, 1);
     long resume = ab_replay_resume_line(rp);
+    long damaged = ab_eventlog_sink_reader_damaged(rp->in);
     int done = rp->eof && rp->count == 0 && !rp->failed && !rp->unreachable;
+    int kept = rp->dead && ab_replay_dead_summary(rp);
     if (done && rp->acked == 0 && rp->dupes == 0 && rp->skipped > 0) {
         snprintf(rp->err, sizeof(rp->err), "nothing delivered: no line of the input was a "
                                            "CloudEvent with an id");
         rp->failed = 1;
         done = 0;
     }
-    if (!done) {
+    if (damaged > 0) {
+        fprintf(stderr, "replay: %ld damaged record(s) of the input skipped (see the errors "
+                        "above; `almabridge verify` lists them)\n", damaged);
+    }
+    if (done && (damaged > 0 || kept)) {
+        done = 0;
+        rp->failed = 1; /* all that could be delivered was: exit 1, nothing to resume */
+    } else if (!done) {
         fprintf(stderr, "replay: stopped%s%s; resume with --start-line %ld\n",
                 rp->err[0] ? ": " : "", rp->err, resume);
     }
@@ -199,6 +215,7 @@ static void replay_free(struct replay *rp)
         event_base_free(rp->base);
     }
     ab_reader_close(rp->in);
+    ab_replay_dead_free(rp);
     ab_strset_clear(&rp->seen);
     ab_strset_clear(&rp->loaded);
     ab_route_free(rp->route);
@@ -214,17 +231,20 @@ static const char REPLAY_ABOUT[] =
     "id is already in the target stream/topic are skipped (--no-dedup: not checked);\n"
     "with --dedupe-store, also those the daemon's store holds, and what is delivered is\n"
     "recorded there (docs/DEDUPLICATION.md).\n"
-    "Exit status: 0 done, 1 a write failed for good (or no line was a CloudEvent), 2\n"
-    "usage or connection error (the target cannot be reached), 130 interrupted.";
+    "--dead-letters: the dead letter instead, each body checked against its signature and\n"
+    "normalised again; what now makes an event is written, the rest stays (docs/INTEGRITY.md).\n"
+    "Exit status: 0 done, 1 a write failed for good (or no line was a CloudEvent, damaged\n"
+    "records were skipped, dead letters still fail), 2 usage or connection error (the\n"
+    "target cannot be reached), 130 interrupted.";
 static const char REPLAY_FOOTER[] =
     "Sink options are the daemon's (almabridge --help): --sink, --route, --kafka-brokers,\n"
     "--kafka-key, --kafka-conf, --redis, --redis-maxlen, --ack-timeout, or --config FILE.";
 
 /* replay's own options (loaded with the daemon's, see ab_cli_load). */
 struct replay_opts {
-    char *from, *rate;
+    char *from, *rate, *content_type;
     long start_line;
-    int no_dedup, all;
+    int no_dedup, all, dead_letters;
 };
 
 #define OFF(field) offsetof(struct replay_opts, field)
@@ -241,6 +261,13 @@ static const struct ab_option replay_options[] = {
      .group = "Replay", .help = "do not read the ids already in the target (nor ask --dedupe-store)"},
     {.name = "all", .type = AB_OPT_BOOL, .def = "false", .off = OFF(all), .group = "Replay",
      .help = "a spool directory: also the events already forwarded"},
+    {.name = "dead-letters", .type = AB_OPT_BOOL, .def = "false", .off = OFF(dead_letters),
+     .group = "Replay", .help = "process the dead letter again (the sink's, or --from FILE): "
+     "signatures checked, bodies normalised, events written; the rest kept"},
+    {.name = "content-type", .type = AB_OPT_STRING, .off = OFF(content_type),
+     .group = "Replay", .metavar = "TYPE",
+     .help = "--dead-letters: take every body as TYPE (e.g. application/json) instead of "
+     "the Content-Type it came with"},
 };
 /* clang-format on */
 static const struct ab_optset replay_optset = AB_OPTSET(replay_options, struct replay_opts);
@@ -250,7 +277,9 @@ static const struct ab_sink_ops replay_table = {
 int ab_cmd_replay(int argc, char **argv)
 {
     const struct ab_cli_table cmd = {
-        "almabridge replay --from FILE|DIR --sink kafka|redis [options]", REPLAY_ABOUT,
+        "almabridge replay --from FILE|DIR --sink kafka|redis [options]\n"
+        "       almabridge replay --dead-letters [--from FILE.deadletter] --sink SINK [options]",
+        REPLAY_ABOUT,
         REPLAY_FOOTER, &replay_table};
     static struct replay rp; /* big (the ring): not on the stack */
     int rc = AB_EXIT_USAGE, started;
@@ -265,10 +294,14 @@ int ab_cmd_replay(int argc, char **argv)
     const struct replay_opts *o = ab_config_sink_opts(&rp.cfg, &replay_table);
     rp.rate = strtod(o->rate, &end);
     rp.start_line = o->start_line;
-    if (o->from == NULL || *end != '\0' || rp.rate < 0) {
-        snprintf(err, sizeof(err), "give --from FILE|DIR; --rate N >= 0; --start-line N >= 1");
+    if ((o->from == NULL && !o->dead_letters) || *end != '\0' || rp.rate < 0 ||
+        (o->content_type && !o->dead_letters)) {
+        snprintf(err, sizeof(err), "give --from FILE|DIR (or --dead-letters); --rate N >= 0; "
+                                   "--start-line N >= 1; --content-type with --dead-letters");
         goto done;
     }
+    rp.dead = o->dead_letters;
+    rp.content_type = o->content_type;
     ab_log_configure(strcmp(rp.cfg.log_level, "info") == 0 ? "warn" : rp.cfg.log_level,
                      rp.cfg.log_format, err, sizeof(err));
     rp.next_line = 1;

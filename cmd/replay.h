@@ -15,6 +15,8 @@
 #include "sinks/registry.h"
 
 struct ab_route;
+struct ab_redact;
+struct ab_secrets;
 
 #define WINDOW 1000          /* events in flight at most */
 #define MAX_TRIES 5          /* attempts per event before the replay gives up */
@@ -66,6 +68,12 @@ struct replay {
     struct event *pump, *tick, *sigs[2];
     int tty;
     char err[512];
+    /* --dead-letters (replay_dead.c): the input is a dead letter, processed again */
+    int dead;
+    const char *content_type;  /* --content-type: take every body as this (NULL: its own) */
+    struct ab_secrets *secrets; /* what the stored signatures are checked against */
+    struct ab_redact *redact;   /* --redact, as the daemon applies it */
+    long dl_read, dl_events, dl_failing, dl_unsigned, dl_other;
 };
 
 
@@ -80,5 +88,17 @@ void ab_replay_maybe_finish(struct replay *rp);
 void ab_replay_ring_advance(struct replay *rp);
 /* The pump timer: send what is waiting, then read more, within the window and the rate. */
 void ab_replay_on_pump(evutil_socket_t fd, short what, void *arg);
+
+
+/* --dead-letters (replay_dead.c). */
+/* The secrets, --redact, and the input: the dead letter at from (a file), else the sink's
+ * own (--dead-letter-route, the file sink's "<file>.deadletter"). -1 with err. */
+int ab_replay_dead_open(struct replay *rp, const char *from, char *err, size_t errlen);
+/* Fill s from a dead-letter record: 0 when its body now makes an event, -1 when it is
+ * skipped (reported on stderr and counted). */
+int ab_replay_dead_fill(struct replay *rp, struct slot *s, const char *line, size_t len);
+/* The dead letters' summary on stderr; 1 when some are still not processed. */
+int ab_replay_dead_summary(struct replay *rp);
+void ab_replay_dead_free(struct replay *rp);
 
 #endif

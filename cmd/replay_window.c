@@ -267,7 +267,11 @@ static int read_one(struct replay *rp)
     struct slot *s = &rp->ring[(rp->head + rp->count) % WINDOW];
     s->rp = rp;
     s->line = no;
-    if (slot_fill(rp, s, line, len) != 0) {
+    if (rp->dead && ab_replay_dead_fill(rp, s, line, len) != 0) {
+        ab_replay_slot_clear(s); /* reported and counted */
+        return 0;
+    }
+    if (!rp->dead && slot_fill(rp, s, line, len) != 0) {
         fprintf(stderr, "%sreplay: line %ld is not a CloudEvent with an id: skipped\n",
                 rp->tty ? "\n" : "", no);
         ab_replay_slot_clear(s);

@@ -367,3 +367,12 @@ int ab_redact_may_apply(const struct ab_redact *r, const char *in, size_t n)
     }
     return 0;
 }
+
+int ab_redact_configured(const char *const *paths, size_t n, struct ab_redact **out,
+                         char *errstr, size_t errlen)
+{
+    const char *const *p = n ? paths : ab_redact_default;
+    size_t k = n ? n : 2;
+    *out = ab_redact_compile(p, k, errstr, errlen);
+    return *out != NULL || (k == 1 && strcmp(p[0], "none") == 0) ? 0 : -1;
+}

@@ -24,6 +24,10 @@ struct ab_redact;
 struct ab_redact *ab_redact_compile(const char *const *paths, size_t n, char *errstr,
                                     size_t errlen);
 extern const char *const ab_redact_default[2];
+/* --redact as configured: paths (n of them; none given: ab_redact_default) compiled into
+ * *out, NULL for "none". Returns 0, or -1 with one line in errstr. */
+int ab_redact_configured(const char *const *paths, size_t n, struct ab_redact **out,
+                         char *errstr, size_t errlen);
 void ab_redact_free(struct ab_redact *r);
 
 /* Remove what r names from the minified JSON text in (n bytes, valid JSON as the

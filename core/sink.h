@@ -192,6 +192,9 @@ struct ab_read_from {
                              configured one (replay --from), or NULL */
     int all;              /* the spool: also the events already forwarded (by default a
                              spool is read from where its forwarder continues) */
+    int dead_letter;      /* read the dead letter (--dead-letter): a backend with topics or
+                             streams reads `route` (the --dead-letter-route), the file sink
+                             its "<file>.deadletter" */
 };
 
 /* One event read back. */

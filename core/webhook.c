@@ -454,9 +454,8 @@ static int ready_note(void *ctx, char *buf, size_t len)
 
 /* ---- admit and parse ---------------------------------------------------------------- */
 
-/* Media type of the body: JSON or XML, from Content-Type or, when it is absent or generic,
- * from the first non-blank byte. Returns -1 for a type we do not take (415). */
-static int body_format(const char *ctype, const char *body, size_t len)
+/* Media type of the body (webhook.h). */
+int ab_webhook_body_format(const char *ctype, const char *body, size_t len)
 {
     const char *s = ctype ? ctype + strspn(ctype, " \t") : "";
     size_t ml = strcspn(s, ";");
@@ -515,7 +514,7 @@ static int admit(struct ab_webhook *wh, struct ab_req *r, int consortium, int *f
                      : "missing X-Exl-Signature header");
         return 401;
     }
-    *fmt = body_format(ab_http_field(&r->head, "Content-Type"), r->body, r->body_len);
+    *fmt = ab_webhook_body_format(ab_http_field(&r->head, "Content-Type"), r->body, r->body_len);
     if (*fmt < 0) {
         snprintf(msg, msglen, "unsupported Content-Type: send application/json, "
                               "application/xml or text/xml");

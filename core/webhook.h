@@ -45,6 +45,11 @@ long ab_webhook_inflight_total(void);
 void ab_webhook_close_sink(struct ab_webhook *wh, int timeout_ms);
 void ab_webhook_free(struct ab_webhook *wh);
 
+/* Media type of a body: AB_FORMAT_JSON or AB_FORMAT_XML (event.h), from its Content-Type
+ * (ctype, may be NULL) or, when that is absent or generic, from its first non-blank byte;
+ * -1 for a type the webhook path does not take (415). Pure; any thread. */
+int ab_webhook_body_format(const char *ctype, const char *body, size_t len);
+
 /* The pipeline as the server's handler (server.h): the program registers it as
  * ab_app.handler; each worker's context is an ab_webhook. */
 extern const struct ab_handler ab_webhook_handler;

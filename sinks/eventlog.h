@@ -138,6 +138,21 @@ void ab_eventlog_reader_seek(struct ab_eventlog_reader *r, int64_t off);
 int ab_eventlog_reader_next(struct ab_eventlog_reader *r, int64_t limit, int complete,
                             struct ab_eventlog_rec *rec);
 
+/* The reader follows a file still being written (wait, replay, the contract's read side):
+ * an index that is missing, still empty or another file's (its start mark names another
+ * inode and its first record does not match: the file was rotated without it) is not used
+ * yet but looked for again at each call, so records are read unverified until it is there;
+ * records past the last index entry wait for theirs (call with complete = 0). */
+void ab_eventlog_reader_live(struct ab_eventlog_reader *r);
+/* Read the file on without its index (unverified): the index no longer describes it (a
+ * file truncated in place, copytruncate). */
+void ab_eventlog_reader_drop_index(struct ab_eventlog_reader *r);
+/* The offset of the next byte to read. */
+int64_t ab_eventlog_reader_offset(const struct ab_eventlog_reader *r);
+/* fstat of the file read (its inode and size). */
+struct stat;
+int ab_eventlog_reader_stat(const struct ab_eventlog_reader *r, struct stat *st);
+
 /* 1 when the file has a checksum index. */
 int ab_eventlog_reader_checksummed(const struct ab_eventlog_reader *r);
 
@@ -199,10 +214,18 @@ struct ab_eventlog_line {
 struct ab_eventlog_follower *ab_eventlog_follow_open(const char *path, int dir,
                                                    const char *position, int64_t since_ms,
                                                    char *errstr, size_t errlen);
-/* 1 and *out, or 0 when no line came within timeout_ms at the end of the log. */
+/* Every record is checked against the file's checksum index as it is read (a live reader,
+ * ab_eventlog_reader_live): a record past the last index entry is returned once its entry
+ * is there; a damaged one (checksum mismatch, bytes no entry covers before a later record,
+ * and in a directory a segment cut short or with uncovered bytes once a later segment
+ * exists) is logged at error level with file and offset, counted and skipped, never
+ * returned. A file or segment without an index is read unverified, line by line.
+ * 1 and *out, or 0 when no line came within timeout_ms at the end of the log. */
 int ab_eventlog_follow_next(struct ab_eventlog_follower *r, struct ab_eventlog_line *out,
                             int timeout_ms);
 void ab_eventlog_follow_close(struct ab_eventlog_follower *r);
+/* Records skipped as damaged so far. */
+long ab_eventlog_follow_damaged(const struct ab_eventlog_follower *r);
 
 /* The contract's read side (sink.h) over a log, for the backends that are logs: a reader
  * whose ops are `ops` (whose reader_next and reader_close must be the two below). */
@@ -212,5 +235,8 @@ struct ab_sink_reader *ab_eventlog_sink_reader(const struct ab_sink_ops *ops, co
 int ab_eventlog_sink_reader_next(struct ab_sink_reader *r, struct ab_read_event *ev,
                                  int timeout_ms, char *errstr, size_t errlen);
 void ab_eventlog_sink_reader_close(struct ab_sink_reader *r);
+/* Records a reader made by ab_eventlog_sink_reader skipped as damaged so far; 0 for a
+ * reader of another backend (or NULL). */
+long ab_eventlog_sink_reader_damaged(const struct ab_sink_reader *r);
 
 #endif

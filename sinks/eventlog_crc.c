@@ -136,36 +136,113 @@ done:
 struct ab_eventlog_reader {
     char *path;
     int fd, idx;
+    int warned;     /* a foreign index was reported */
+    int live;       /* followed while written: the index may come later (ab_eventlog_reader_live) */
     int64_t mark;   /* bytes before it are read unverified (no index: all of them) */
     int64_t off;    /* the next byte to read */
     int64_t ei;     /* the next index entry to look at */
     char *buf;
     size_t cap;
+    char *ra; /* read-ahead for lines read unverified (next_plain) */
+    size_t ra_len, ra_cap;
+    int64_t ra_off;
 };
+
+/* 1 when entry 1 of the index idx (the first record) matches the bytes of r's file. */
+static int first_record_matches(struct ab_eventlog_reader *r, int idx)
+{
+    struct entry e;
+    if (read_entry(idx, 1, &e) != 1 || e.len == 0) {
+        return 0;
+    }
+    char *b = ab_malloc(e.len + 1);
+    int ok = pread(r->fd, b, e.len + 1, e.off) == (ssize_t)e.len + 1 && b[e.len] == '\n' &&
+             ab_crc32c(0, b, e.len) == e.crc;
+    free(b);
+    return ok;
+}
+
+/* Open the checksum index of r's file, if there is one. A start mark naming another inode
+ * is an index of another file (the file was rotated without it) unless its first record
+ * matches (a copy of both); a live reader then reads on unverified and looks again later,
+ * as it does while the index is missing or still empty (the writer creates it before its
+ * first record). Any other reader checks every byte against an index it cannot use. */
+static void attach_index(struct ab_eventlog_reader *r)
+{
+    char *ip = ab_asprintf("%s.crc", r->path);
+    int idx = open(ip, O_RDONLY | O_CLOEXEC);
+    free(ip);
+    if (idx < 0) {
+        return;
+    }
+    struct entry mark;
+    struct stat st;
+    int rc = read_entry(idx, 0, &mark);
+    int ours = rc == 1 && mark.len == 0 &&
+               ((fstat(r->fd, &st) == 0 && mark.crc == (uint32_t)st.st_ino) ||
+                first_record_matches(r, idx));
+    if (r->live && !ours) {
+        close(idx); /* another file's, or not written yet: unverified for now */
+        if (rc == 1 && mark.len == 0 && !r->warned) {
+            r->warned = 1;
+            ab_warn("%s.crc is another file's checksum index (rotated without it?): %s is "
+                    "read unverified until its own index is there", r->path, r->path);
+        }
+        return;
+    }
+    r->idx = idx;
+    r->mark = ours ? mark.off : 0; /* an index without a usable start mark: check all */
+    ab_eventlog_reader_seek(r, r->off);
+}
 
 struct ab_eventlog_reader *ab_eventlog_reader_open(const char *path, char *errstr,
                                                    size_t errlen)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        snprintf(errstr, errlen, "cannot open %s: %s", path, strerror(errno));
+        int e = errno;
+        snprintf(errstr, errlen, "cannot open %s: %s", path, strerror(e));
+        errno = e; /* for callers that tell a missing file from others */
         return NULL;
     }
     struct ab_eventlog_reader *r = ab_calloc(1, sizeof(*r));
     r->path = ab_strdup(path);
     r->fd = fd;
-    char *ip = ab_asprintf("%s.crc", path);
-    r->idx = open(ip, O_RDONLY | O_CLOEXEC);
-    free(ip);
-    struct entry mark;
+    r->idx = -1;
     r->mark = INT64_MAX;
-    if (r->idx >= 0 && read_entry(r->idx, 0, &mark) == 1 && mark.len == 0) {
-        r->mark = mark.off;
-        r->ei = 1;
-    } else if (r->idx >= 0) {
-        r->mark = 0; /* an index without a readable start mark: check everything */
-    }
+    attach_index(r);
     return r;
+}
+
+void ab_eventlog_reader_live(struct ab_eventlog_reader *r)
+{
+    r->live = 1;
+    if (r->idx >= 0) { /* attached by the rules for a finished file: again by a live one's */
+        close(r->idx);
+        r->idx = -1;
+        r->mark = INT64_MAX;
+        attach_index(r);
+    }
+}
+
+void ab_eventlog_reader_drop_index(struct ab_eventlog_reader *r)
+{
+    if (r->idx >= 0) {
+        close(r->idx);
+    }
+    r->idx = -1;
+    r->mark = INT64_MAX;
+    r->live = 0; /* not looked for again */
+}
+
+int64_t ab_eventlog_reader_offset(const struct ab_eventlog_reader *r)
+{
+    return r->off;
+}
+
+int ab_eventlog_reader_stat(const struct ab_eventlog_reader *r, struct stat *st)
+{
+    return fstat(r->fd, st);
 }
 
 void ab_eventlog_reader_free(struct ab_eventlog_reader *r)
@@ -179,6 +256,7 @@ void ab_eventlog_reader_free(struct ab_eventlog_reader *r)
     }
     free(r->path);
     free(r->buf);
+    free(r->ra);
     free(r);
 }
 
@@ -190,7 +268,7 @@ int ab_eventlog_reader_checksummed(const struct ab_eventlog_reader *r)
 void ab_eventlog_reader_seek(struct ab_eventlog_reader *r, int64_t off)
 {
     r->off = off;
-    r->ei = 1;
+    r->ei = r->mark > 0 ? 1 : 0;
     if (r->idx < 0 || off <= r->mark) {
         return;
     }
@@ -233,34 +311,54 @@ static int damaged(struct ab_eventlog_rec *rec, int64_t off, int64_t end, long c
     return AB_EVENTLOG_DAMAGED;
 }
 
-/* A line read by its newline, unverified, from [r->off, stop). */
+/* A line read by its newline, unverified, from [r->off, stop). Read ahead: r->ra holds
+ * ra_len bytes of the file from ra_off (an append-only file's bytes do not change). */
 static int next_plain(struct ab_eventlog_reader *r, int64_t stop, int complete,
                       struct ab_eventlog_rec *rec)
 {
-    size_t have = 0;
+    if (stop <= r->off) {
+        return AB_EVENTLOG_END;
+    }
+    if (r->off < r->ra_off || r->off > r->ra_off + (int64_t)r->ra_len) {
+        r->ra_off = r->off; /* after a seek */
+        r->ra_len = 0;
+    }
     for (;;) {
-        int64_t at = r->off + (int64_t)have;
-        if (at >= stop) {
-            break;
+        size_t skip = (size_t)(r->off - r->ra_off);
+        size_t avail = r->ra_len - skip;
+        if ((int64_t)avail > stop - r->off) {
+            avail = (size_t)(stop - r->off);
         }
-        size_t want = 65536;
-        if ((int64_t)want > stop - at) {
-            want = (size_t)(stop - at);
-        }
-        char *b = grow(r, have + want);
-        ssize_t n = pread(r->fd, b + have, want, at);
-        if (n <= 0) {
-            break;
-        }
-        char *nl = memchr(b + have, '\n', (size_t)n);
+        char *nl = avail ? memchr(r->ra + skip, '\n', avail) : NULL;
         if (nl) {
-            size_t len = (size_t)(nl - b);
-            *rec = (struct ab_eventlog_rec){.line = b, .len = len, .off = r->off,
+            size_t len = (size_t)(nl - (r->ra + skip));
+            *rec = (struct ab_eventlog_rec){.line = r->ra + skip, .len = len, .off = r->off,
                                             .end = r->off + (int64_t)len + 1};
             r->off = rec->end;
             return AB_EVENTLOG_UNVERIFIED;
         }
-        have += (size_t)n;
+        if (skip > 0) { /* keep the start of the line at the front */
+            memmove(r->ra, r->ra + skip, r->ra_len - skip);
+            r->ra_len -= skip;
+            r->ra_off = r->off;
+        }
+        int64_t at = r->ra_off + (int64_t)r->ra_len;
+        if (at >= stop) {
+            break;
+        }
+        if (r->ra_len == r->ra_cap) {
+            r->ra_cap = r->ra_cap ? r->ra_cap * 2 : 65536;
+            r->ra = ab_realloc(r->ra, r->ra_cap);
+        }
+        size_t want = r->ra_cap - r->ra_len;
+        if ((int64_t)want > stop - at) {
+            want = (size_t)(stop - at);
+        }
+        ssize_t n = pread(r->fd, r->ra + r->ra_len, want, at);
+        if (n <= 0) {
+            break;
+        }
+        r->ra_len += (size_t)n;
     }
     if (complete && r->off < stop) {
         int64_t off = r->off;
@@ -274,6 +372,9 @@ int ab_eventlog_reader_next(struct ab_eventlog_reader *r, int64_t limit, int com
                             struct ab_eventlog_rec *rec)
 {
     struct stat st;
+    if (r->live && r->idx < 0) {
+        attach_index(r); /* the writer may have created it since */
+    }
     int64_t size = fstat(r->fd, &st) == 0 ? (int64_t)st.st_size : 0;
     if (limit < 0 || limit > size) {
         if (limit > size) {

@@ -13,20 +13,18 @@
 
 #include "event.h"
 #include "eventlog.h"
+#include "log.h"
 #include "mem.h"
 
 #define ROTATED_GRACE_MS 3000 /* keep reading a rotated-away file this long */
 #define POLL_MS 100           /* how often a file at its end is looked at again */
 
-/* One open file: bytes read and not yet returned are buf[start..len); buf[0] is at file
- * offset base. */
+/* One open file, read through its checksum index (eventlog_crc.c). */
 struct lr_file {
-    int fd;
+    struct ab_eventlog_reader *rd; /* NULL: not open */
     struct stat st;
-    char *name; /* a directory's segment file name; NULL for the single file */
-    char *buf;
-    size_t start, len, cap;
-    int64_t base;
+    char *name;   /* a directory's segment file name; NULL for the single file */
+    int complete; /* a directory's segment with a later one: written in full */
 };
 
 struct ab_eventlog_follower {
@@ -36,6 +34,7 @@ struct ab_eventlog_follower {
     struct lr_file cur, old; /* old: a file rotated away, read for ROTATED_GRACE_MS more */
     int64_t old_until;
     int caught_up; /* the end was reached once: what comes now arrives while we follow */
+    long damaged;  /* records skipped as damaged */
     char pos[320];
 };
 
@@ -55,66 +54,57 @@ static int64_t wall_ms(void)
 
 static void lr_close(struct lr_file *f)
 {
-    if (f->fd >= 0) {
-        close(f->fd);
-    }
+    ab_eventlog_reader_free(f->rd);
     free(f->name);
-    f->fd = -1;
-    f->name = NULL;
-    f->start = f->len = 0;
-    f->base = 0;
+    memset(f, 0, sizeof(*f));
 }
 
-/* Open path at offset off into f (closed before). 0, or -1 with errno. */
+/* Open path at offset off (the end of a record, or past the file's end: its start) into
+ * f (closed before), as a live reader. 0, or -1 with errno. */
 static int lr_open(struct lr_file *f, const char *path, const char *name, int64_t off)
 {
+    char err[256];
     lr_close(f);
-    f->fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (f->fd < 0) {
-        return -1;
+    if ((f->rd = ab_eventlog_reader_open(path, err, sizeof(err))) == NULL) {
+        return -1; /* errno is open()'s */
     }
-    fstat(f->fd, &f->st);
-    if (off > 0 && off <= f->st.st_size && lseek(f->fd, off, SEEK_SET) == off) {
-        f->base = off;
+    ab_eventlog_reader_live(f->rd);
+    ab_eventlog_reader_stat(f->rd, &f->st);
+    if (off > 0 && off <= f->st.st_size) {
+        ab_eventlog_reader_seek(f->rd, off);
     }
     f->name = name ? ab_strdup(name) : NULL;
     return 0;
 }
 
-/* The next complete line of f (without its newline or a CR before it) into *line and *len, and
- * the file offset just past it into *end. 1, or 0 when no complete line is there yet. */
-static int lr_line(struct lr_file *f, const char **line, size_t *len, int64_t *end)
+/* The next complete record of f (without its newline, or a CR before it in a line read
+ * unverified) into *line and *len, and the file offset just past it into *end. Damaged
+ * records are logged, counted and skipped: their bytes are never handed out. 1, or 0 when
+ * no complete record is there yet (one past the last index entry waits for its entry). */
+static int lr_line(struct ab_eventlog_follower *r, struct lr_file *f, const char **line,
+                   size_t *len, int64_t *end)
 {
+    struct ab_eventlog_rec rec;
     for (;;) {
-        char *nl = f->len > f->start ? memchr(f->buf + f->start, '\n', f->len - f->start) : NULL;
-        if (nl != NULL) {
-            *line = f->buf + f->start;
-            *len = (size_t)(nl - *line);
-            if (*len > 0 && (*line)[*len - 1] == '\r') {
-                (*len)--;
-            }
-            f->start = (size_t)(nl - f->buf) + 1;
-            *end = f->base + (int64_t)f->start;
-            return 1;
-        }
-        if (f->fd < 0) {
+        int rc = f->rd ? ab_eventlog_reader_next(f->rd, -1, f->complete, &rec) : AB_EVENTLOG_END;
+        if (rc == AB_EVENTLOG_END) {
             return 0;
         }
-        if (f->len > f->start) {
-            memmove(f->buf, f->buf + f->start, f->len - f->start);
+        if (rc == AB_EVENTLOG_DAMAGED) {
+            r->damaged += rec.count;
+            ab_error("%s%s%s: damaged record(s) at offset %" PRId64 ": %s; %ld record(s), "
+                     "%" PRId64 " bytes skipped",
+                     r->path, f->name ? "/" : "", f->name ? f->name : "", rec.off, rec.why,
+                     rec.count, rec.end - rec.off);
+            continue;
         }
-        f->len -= f->start;
-        f->base += (int64_t)f->start;
-        f->start = 0;
-        if (f->len == f->cap) {
-            f->cap = f->cap ? f->cap * 2 : 1 << 16;
-            f->buf = ab_realloc(f->buf, f->cap);
+        *line = rec.line;
+        *len = rec.len;
+        if (rc == AB_EVENTLOG_UNVERIFIED && *len > 0 && (*line)[*len - 1] == '\r') {
+            (*len)--;
         }
-        ssize_t n = read(f->fd, f->buf + f->len, f->cap - f->len);
-        if (n <= 0) {
-            return 0;
-        }
-        f->len += (size_t)n;
+        *end = rec.end;
+        return 1;
     }
 }
 
@@ -125,11 +115,14 @@ static int ends_with(const char *s, const char *suffix)
 }
 
 /* Files of a log directory that may hold events: not hidden, not the writer's lock file,
- * not a torn tail moved aside, not the spool's progress file. */
+ * not a torn tail or damaged bytes moved aside, not a checksum index (rotated or not: a
+ * name holding ".crc."), not a dead letter, not the spool's progress file. */
 static int is_segment_name(const char *name)
 {
     return name[0] != '.' && strcmp(name, "lock") != 0 && strcmp(name, "forwarded") != 0 &&
-           !ends_with(name, ".lock") && !ends_with(name, ".torn") && !ends_with(name, ".tmp");
+           !ends_with(name, ".lock") && !ends_with(name, ".torn") && !ends_with(name, ".tmp") &&
+           !ends_with(name, ".damaged") && !ends_with(name, ".crc") && !strstr(name, ".crc.") &&
+           !strstr(name, ".deadletter");
 }
 
 /* The first file of dir, in name order, whose name is after `after` (NULL: any), into a
@@ -232,12 +225,11 @@ struct ab_eventlog_follower *ab_eventlog_follow_open(const char *path, int dir,
     r->path = ab_strdup(path);
     r->dir = dir;
     r->since_ms = position ? 0 : since_ms;
-    r->cur.fd = r->old.fd = -1;
     if (dir) {
         dir_start(r, position);
     } else {
         file_start(r, position);
-        if (r->cur.fd < 0 && errno != ENOENT) {
+        if (r->cur.rd == NULL && errno != ENOENT) {
             snprintf(errstr, errlen, "cannot read %s: %s", path, strerror(errno));
             ab_eventlog_follow_close(r);
             return NULL;
@@ -257,11 +249,16 @@ static int lr_advance(struct ab_eventlog_follower *r)
     struct stat now;
     if (r->dir) {
         char *next = next_segment(r->path, r->cur.name);
-        int moved = next != NULL && open_segment(r, next, 0) == 0;
+        int moved = 0;
+        if (next != NULL && r->cur.rd != NULL && !r->cur.complete) {
+            r->cur.complete = moved = 1; /* read it to its end first: what is left is damage */
+        } else if (next != NULL) {
+            moved = open_segment(r, next, 0) == 0;
+        }
         free(next);
         return moved;
     }
-    if (r->cur.fd < 0) {
+    if (r->cur.rd == NULL) {
         return lr_open(&r->cur, r->path, NULL, 0) == 0;
     }
     if (stat(r->path, &now) != 0) {
@@ -275,8 +272,14 @@ static int lr_advance(struct ab_eventlog_follower *r)
         r->old_until = mono_ms() + ROTATED_GRACE_MS;
         return lr_open(&r->cur, r->path, NULL, 0) == 0;
     }
-    if (now.st_size < r->cur.base + (int64_t)r->cur.len) {
-        lr_open(&r->cur, r->path, NULL, 0);
+    if (now.st_size < ab_eventlog_reader_offset(r->cur.rd)) {
+        /* truncated in place: the index describes what was there before (the writer does
+         * not know), so this file is read on unverified */
+        ab_warn("%s was truncated in place (copytruncate?): its checksum index no longer "
+                "describes it; read on from its start, unverified", r->path);
+        if (lr_open(&r->cur, r->path, NULL, 0) == 0) {
+            ab_eventlog_reader_drop_index(r->cur.rd);
+        }
         return 1;
     }
     return 0;
@@ -287,7 +290,7 @@ static int take_line(struct ab_eventlog_follower *r, struct lr_file *f, const ch
                      size_t *len)
 {
     int64_t end = 0;
-    if (!lr_line(f, line, len, &end)) {
+    if (!lr_line(r, f, line, len, &end)) {
         return 0;
     }
     if (r->dir) {
@@ -329,7 +332,7 @@ int ab_eventlog_follow_next(struct ab_eventlog_follower *r, struct ab_eventlog_l
             out->read_ms = r->caught_up ? wall_ms() : -1;
             return 1;
         }
-        if (r->old.fd >= 0 && mono_ms() > r->old_until) {
+        if (r->old.rd != NULL && mono_ms() > r->old_until) {
             lr_close(&r->old);
         }
         if (lr_advance(r)) {
@@ -345,6 +348,11 @@ int ab_eventlog_follow_next(struct ab_eventlog_follower *r, struct ab_eventlog_l
     }
 }
 
+long ab_eventlog_follow_damaged(const struct ab_eventlog_follower *r)
+{
+    return r->damaged;
+}
+
 void ab_eventlog_follow_close(struct ab_eventlog_follower *r)
 {
     if (r == NULL) {
@@ -352,8 +360,6 @@ void ab_eventlog_follow_close(struct ab_eventlog_follower *r)
     }
     lr_close(&r->cur);
     lr_close(&r->old);
-    free(r->cur.buf);
-    free(r->old.buf);
     free(r->path);
     free(r);
 }
@@ -400,4 +406,12 @@ void ab_eventlog_sink_reader_close(struct ab_sink_reader *base)
         ab_eventlog_follow_close(r->lr);
         free(r);
     }
+}
+
+long ab_eventlog_sink_reader_damaged(const struct ab_sink_reader *base)
+{
+    if (base == NULL || base->ops->reader_next != ab_eventlog_sink_reader_next) {
+        return 0; /* not a log: its backend checks what it reads its own way */
+    }
+    return ab_eventlog_follow_damaged(((const struct log_sink_reader *)base)->lr);
 }

@@ -161,14 +161,19 @@ static void file_close(struct ab_sink *s, int timeout_ms)
     free(fs);
 }
 
-/* The read side: the file, followed across rotation (eventlog_read.c). Any thread. */
+/* The read side: the file, followed across rotation (eventlog_read.c), or its dead letter
+ * "<file>.deadletter" (from->dead_letter). Any thread. */
 static struct ab_sink_reader *file_reader_open(const struct ab_sink_conf *conf,
                                                const struct ab_read_from *from, char *errstr,
                                                size_t errlen)
 {
     const struct ab_file_conf *cfg = conf->opts;
-    return ab_eventlog_sink_reader(&ab_sink_file, from->path ? from->path : cfg->path, 0,
-                                   from->position, from->since_ms, errstr, errlen);
+    char *dl = from->dead_letter && !from->path ? ab_deadletter_path(cfg->path) : NULL;
+    struct ab_sink_reader *r = ab_eventlog_sink_reader(
+        &ab_sink_file, dl ? dl : from->path ? from->path : cfg->path, 0, from->position,
+        from->since_ms, errstr, errlen);
+    free(dl);
+    return r;
 }
 
 const struct ab_sink_ops ab_sink_file = {

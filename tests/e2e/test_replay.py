@@ -41,7 +41,7 @@ def log(tmp_path_factory):
         ev = dict(real[i % len(real)])
         ev["id"] = new_id()
         events.append(ev)
-    path = tmp / "events.jsonl"
+    path = tmp / "replay.jsonl"  # a new file: the daemon's checksum index is its own log's
     with open(path, "w") as f:
         for ev in events:
             f.write(json.dumps(ev, separators=(",", ":")) + "\n")

@@ -502,6 +502,110 @@ static void test_index_reconciled_at_open(void)
     fixture_done(&f);
 }
 
+/* The follower checks each record against the index: a flipped byte is skipped (logged and
+ * counted), never returned; a record whose entry is not written yet waits for it; a file
+ * without an index is read unverified. */
+static void test_follower_checks_checksums(void)
+{
+    struct fixture f;
+    fixture_init(&f);
+    CHECK(fixture_open(&f, 0) == 0);
+    CHECK(append_wait(&f, "{\"id\":\"a\"}") == AB_EVENTLOG_OK);
+    CHECK(append_wait(&f, "{\"id\":\"b\"}") == AB_EVENTLOG_OK);
+    CHECK(append_wait(&f, "{\"id\":\"c\"}") == AB_EVENTLOG_OK);
+    fixture_close(&f);
+    FILE *fp = fopen(f.path, "r+");
+    CHECK(fseek(fp, 15, SEEK_SET) == 0); /* inside {"id":"b"} (bytes 11..21) */
+    fputc('X', fp);
+    fclose(fp);
+    char err[256];
+    struct ab_eventlog_line l;
+    struct ab_eventlog_follower *r = ab_eventlog_follow_open(f.path, 0, NULL, 0, err, sizeof(err));
+    CHECK(r != NULL);
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1);
+    CHECK(l.len == 10 && memcmp(l.line, "{\"id\":\"a\"}", 10) == 0);
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1);
+    CHECK(l.len == 10 && memcmp(l.line, "{\"id\":\"c\"}", 10) == 0);
+    CHECK(ab_eventlog_follow_damaged(r) == 1);
+    /* a line beyond the index (its entry not written yet) waits; once it is, it comes */
+    fp = fopen(f.path, "a");
+    fputs("{\"id\":\"d\"}\n", fp);
+    fclose(fp);
+    CHECK(ab_eventlog_follow_next(r, &l, 150) == 0);
+    char entry[AB_EVENTLOG_CRC_ENTRY + 1], ip[128];
+    ab_eventlog_crc_entry(entry, 33, "{\"id\":\"d\"}", 10);
+    snprintf(ip, sizeof(ip), "%s.crc", f.path);
+    fp = fopen(ip, "a");
+    fputs(entry, fp);
+    fclose(fp);
+    CHECK(ab_eventlog_follow_next(r, &l, 2000) == 1);
+    CHECK(l.len == 10 && memcmp(l.line, "{\"id\":\"d\"}", 10) == 0);
+    ab_eventlog_follow_close(r);
+    /* without its index: every line, unverified */
+    CHECK(unlink(ip) == 0);
+    r = ab_eventlog_follow_open(f.path, 0, NULL, 0, err, sizeof(err));
+    int n = 0;
+    while (ab_eventlog_follow_next(r, &l, 0) == 1) {
+        n++;
+    }
+    CHECK(n == 4 && ab_eventlog_follow_damaged(r) == 0);
+    ab_eventlog_follow_close(r);
+    fixture_done(&f);
+}
+
+/* Write a checksummed log file by hand: lines (each without its newline) then tail (bytes
+ * no entry covers), with its index (start mark at 0, one entry per line). */
+static void write_logged(const char *path, const char *const *lines, int n, const char *tail)
+{
+    FILE *fp = fopen(path, "w");
+    for (int i = 0; i < n; i++) {
+        fprintf(fp, "%s\n", lines[i]);
+    }
+    fputs(tail, fp);
+    fclose(fp);
+    struct stat st;
+    CHECK(stat(path, &st) == 0);
+    char ip[256], entry[AB_EVENTLOG_CRC_ENTRY + 1];
+    snprintf(ip, sizeof(ip), "%s.crc", path);
+    fp = fopen(ip, "w");
+    fprintf(fp, "%016x %08x %08x\n", 0, 0, (unsigned)(uint32_t)st.st_ino);
+    int64_t off = 0;
+    for (int i = 0; i < n; i++) {
+        ab_eventlog_crc_entry(entry, off, lines[i], strlen(lines[i]));
+        fputs(entry, fp);
+        off += (int64_t)strlen(lines[i]) + 1;
+    }
+    fclose(fp);
+}
+
+/* In a directory, a segment is complete once a later one exists: its uncovered tail is
+ * then damage (reported, skipped), not a write in progress (waited for). */
+static void test_follower_segment_complete_once_a_later_one_exists(void)
+{
+    char dir[] = "/tmp/ab_follow_XXXXXX", p1[64], p2[64], err[256];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(p1, sizeof(p1), "%s/00000000000000000001.seg", dir);
+    snprintf(p2, sizeof(p2), "%s/00000000000000000002.seg", dir);
+    const char *first[] = {"{\"id\":\"a\"}", "{\"id\":\"b\"}"};
+    const char *second[] = {"{\"id\":\"d\"}"};
+    write_logged(p1, first, 2, "{\"id\":\"c\"");
+    struct ab_eventlog_line l;
+    struct ab_eventlog_follower *r = ab_eventlog_follow_open(dir, 1, NULL, 0, err, sizeof(err));
+    CHECK(r != NULL);
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1 && l.line[7] == 'a');
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1 && l.line[7] == 'b');
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 0); /* the last segment: c may be coming */
+    CHECK(ab_eventlog_follow_damaged(r) == 0);
+    write_logged(p2, second, 1, "");
+    CHECK(ab_eventlog_follow_next(r, &l, 0) == 1 && l.line[7] == 'd');
+    CHECK(ab_eventlog_follow_damaged(r) == 1);
+    CHECK(strncmp(l.position, "00000000000000000002.seg:", 25) == 0);
+    ab_eventlog_follow_close(r);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void)
 {
     evthread_use_pthreads();
@@ -516,5 +620,7 @@ int main(void)
     RUN(test_interleaved_clients_keep_order);
     RUN(test_checksums_detect_and_isolate_damage);
     RUN(test_index_reconciled_at_open);
+    RUN(test_follower_checks_checksums);
+    RUN(test_follower_segment_complete_once_a_later_one_exists);
     return TEST_SUMMARY();
 }
