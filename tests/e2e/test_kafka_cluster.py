@@ -57,25 +57,20 @@ class Admin:
 
 
 class Watch(threading.Thread):
-    """Polls each replica's /readyz every 0.1 s and the topic's in-sync replicas about every
-    0.3 s until stop(); samples holds (monotonic time, [(status, body)], fewest in sync)."""
+    """Polls each replica's /readyz every 0.1 s until stop(); samples holds (monotonic time,
+    [(status, body)]). (The topic's in-sync replicas are the main thread's business: a
+    metadata query can block for seconds while a broker is down, and must not leave a hole in
+    the /readyz samples exactly during the outage.)"""
 
-    def __init__(self, replicas, cluster):
+    def __init__(self, replicas):
         super().__init__(daemon=True)
-        self.replicas, self.cluster = replicas, cluster
+        self.replicas = replicas
         self.samples, self.done = [], threading.Event()
-        self.in_sync = len(cluster.nodes)
 
     def run(self):
-        next_isr = 0
         while not self.done.is_set():
-            if time.monotonic() >= next_isr:
-                parts = self.cluster.partitions(TOPIC)
-                if parts:
-                    self.in_sync = min(len(p["isr"]) for p in parts.values())
-                next_isr = time.monotonic() + 0.3
             self.samples.append((time.monotonic(), [admin_get(d, "/readyz")
-                                                    for d in self.replicas], self.in_sync))
+                                                    for d in self.replicas]))
             self.done.wait(0.1)
 
     def stop(self):
@@ -106,7 +101,7 @@ def test_leader_sigkilled_under_load_each_200_once_and_ready(cluster, tmp_path):
                     extra=["--dedupe-store", redis.url, "--ack-timeout", str(ACK_TIMEOUT_MS),
                            "--spool-after", "1000"]))
             haproxy, front, _ = start_haproxy(tmp_path, replicas)
-            watch = Watch(replicas, cluster)
+            watch = Watch(replicas)
             watch.start()
             t0, t0_wall = time.monotonic(), time.time()
             load = Copies(front, replicas[0].secret).run()
@@ -155,7 +150,7 @@ def test_leader_sigkilled_under_load_each_200_once_and_ready(cluster, tmp_path):
             unconfirmed = sum(metric(Admin(d),
                                      'almabridge_spool_duplicates_total{cause="unconfirmed"}')
                               for d in replicas)
-            not_ready = [(round(t - t_kill, 2), r) for t, r, _ in samples
+            not_ready = [(round(t - t_kill, 2), r) for t, r in samples
                          if any(st != 200 for st, _ in r)]
             outage = [s for s in samples if t_kill <= s[0] <= t_sync]
             print(f"\n{len(answers)} ids, {sum(statuses.values())} requests {dict(statuses)}, "
@@ -174,7 +169,7 @@ def test_leader_sigkilled_under_load_each_200_once_and_ready(cluster, tmp_path):
                     f"{m['timestamp'] / 1000 - t0_wall:.2f} s)" for m in msgs if m["id"] == w)
                     for w in twice[:5])
             assert len(ok) >= 0.95 * IDS, statuses
-            assert outage and min(s[2] for s in outage) == 2, "the outage was not seen"
+            assert len(outage) >= 5, f"/readyz was polled {len(outage)} times during the outage"
             assert not not_ready, f"/readyz not 200 (s after the kill): {not_ready[:5]}"
         finally:
             if watch:
