@@ -233,6 +233,7 @@ static const char REPLAY_ABOUT[] =
     "recorded there (docs/DEDUPLICATION.md).\n"
     "--dead-letters: the dead letter instead, each body checked against its signature and\n"
     "normalised again; what now makes an event is written, the rest stays (docs/INTEGRITY.md).\n"
+    "With --institutions, each under the secrets and route of the institution it is bound to.\n"
     "Exit status: 0 done, 1 a write failed for good (or no line was a CloudEvent, damaged\n"
     "records were skipped, dead letters still fail), 2 usage or connection error (the\n"
     "target cannot be reached), 130 interrupted.";

@@ -14,6 +14,7 @@
 #include "strset.h"
 #include "sinks/registry.h"
 
+struct ab_institutions;
 struct ab_route;
 struct ab_redact;
 struct ab_secrets;
@@ -73,7 +74,8 @@ struct replay {
     const char *content_type;  /* --content-type: take every body as this (NULL: its own) */
     struct ab_secrets *secrets; /* what the stored signatures are checked against */
     struct ab_redact *redact;   /* --redact, as the daemon applies it */
-    long dl_read, dl_events, dl_failing, dl_unsigned, dl_other;
+    struct ab_institutions *insts; /* --institutions: the profiles the records are bound to */
+    long dl_read, dl_events, dl_failing, dl_unsigned, dl_other, dl_unbound;
 };
 
 

@@ -3,13 +3,16 @@
  * normalised as the webhook path does (core/dlq.h); what now makes an event goes through
  * the replay's window (replay_window.c) like any replayed event: routed, deduplicated by
  * id against the target and --dedupe-store, written. What still fails stays where it is
- * (the dead letter is never modified) and is counted. See docs/INTEGRITY.md. */
+ * (the dead letter is never modified) and is counted. With --institutions (the daemon's
+ * profiles) each record is checked under the secrets of the institution it was bound to
+ * (almainstitution) and its event routed as that institution's. See docs/INTEGRITY.md. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dlq.h"
 #include "event.h"
+#include "institutions.h"
 #include "redact.h"
 #include "route.h"
 #include "signature.h"
@@ -21,14 +24,19 @@ int ab_replay_dead_open(struct replay *rp, const char *from, char *err, size_t e
 {
     const struct ab_config *cfg = &rp->cfg;
     char rerr[256];
-    if (cfg->institutions || cfg->insecure_skip_signature) {
-        snprintf(err, errlen, "--dead-letters checks each stored signature with --secret-file "
-                              "or ALMABRIDGE_SECRET (not with %s)",
-                 cfg->institutions ? "--institutions" : "--insecure-skip-signature");
+    if (cfg->insecure_skip_signature) {
+        snprintf(err, errlen, "--dead-letters checks each stored signature with --secret-file, "
+                              "ALMABRIDGE_SECRET or --institutions (not with "
+                              "--insecure-skip-signature)");
         return -1;
     }
     if ((rp->secrets = ab_secrets_for_config(cfg, getenv("ALMABRIDGE_SECRET"), err, errlen)) ==
         NULL) {
+        return -1;
+    }
+    if (cfg->institutions && (rp->insts = ab_institutions_load(
+                                  cfg->institutions, cfg->institutions_line, err, errlen)) ==
+                                 NULL) {
         return -1;
     }
     if (ab_redact_configured((const char *const *)cfg->redact.v, cfg->redact.n, &rp->redact,
@@ -62,19 +70,21 @@ int ab_replay_dead_open(struct replay *rp, const char *from, char *err, size_t e
 
 int ab_replay_dead_fill(struct replay *rp, struct slot *s, const char *line, size_t len)
 {
-    char id[128], why[320], tp[56];
+    char tp[56];
     const char *base = rp->cfg.dataschema_base;
     ab_event_trace(NULL, tp);
     struct ab_event_opts o = {.redact = rp->redact, .schema_base = base && *base ? base : NULL,
                               .traceparent = tp};
-    int rc = ab_dlq_process(line, len, rp->secrets, &o, rp->content_type, &s->ev, id,
-                            sizeof(id), why, sizeof(why));
-    const char *nl = rp->tty ? "\n" : "";
+    struct ab_dlq_keys keys = {.secrets = rp->secrets, .insts = rp->insts};
+    struct ab_dlq_out out;
+    int rc = ab_dlq_process(line, len, &keys, &o, rp->content_type, &out);
+    const char *nl = rp->tty ? "\n" : "", *id = out.id, *why = out.why;
     switch (rc) {
     case AB_DLQ_EVENT:
         rp->dl_read++;
         rp->dl_events++;
-        s->route = ab_route_expand(rp->route, s->ev);
+        s->ev = out.ev;
+        s->route = ab_institution_route_expand(out.inst, rp->route, s->ev);
         return 0;
     case AB_DLQ_STILL_FAILING:
         rp->dl_read++;
@@ -85,6 +95,12 @@ int ab_replay_dead_fill(struct replay *rp, struct slot *s, const char *line, siz
     case AB_DLQ_UNSIGNED:
         rp->dl_read++;
         rp->dl_unsigned++;
+        fprintf(stderr, "%sreplay: line %ld: dead letter %s: %s: skipped, not written\n", nl,
+                s->line, id, why);
+        return -1;
+    case AB_DLQ_UNBOUND:
+        rp->dl_read++;
+        rp->dl_unbound++;
         fprintf(stderr, "%sreplay: line %ld: dead letter %s: %s: skipped, not written\n", nl,
                 s->line, id, why);
         return -1;
@@ -99,16 +115,22 @@ int ab_replay_dead_summary(struct replay *rp)
 {
     fprintf(stderr, "replay: %ld dead letter(s): %ld now make events (%ld delivered, %ld "
                     "already there), %ld still failing (kept), %ld whose signature does not "
-                    "verify (skipped), %ld other record(s) skipped\n",
+                    "verify (skipped), %ld other record(s) skipped",
             rp->dl_read, rp->dl_events, rp->acked, rp->dupes, rp->dl_failing, rp->dl_unsigned,
             rp->dl_other);
-    return rp->dl_failing + rp->dl_unsigned + rp->dl_other > 0;
+    if (rp->insts) {
+        fprintf(stderr, ", %ld not bound to their institution (skipped)", rp->dl_unbound);
+    }
+    fputc('\n', stderr);
+    return rp->dl_failing + rp->dl_unsigned + rp->dl_other + rp->dl_unbound > 0;
 }
 
 void ab_replay_dead_free(struct replay *rp)
 {
     ab_secrets_free(rp->secrets);
     ab_redact_free(rp->redact);
+    ab_institutions_free(rp->insts);
+    rp->insts = NULL;
     rp->secrets = NULL;
     rp->redact = NULL;
 }

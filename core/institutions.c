@@ -543,6 +543,13 @@ const struct ab_route *ab_institution_route(const struct ab_institution *inst)
     return inst->route;
 }
 
+char *ab_institution_route_expand(const struct ab_institution *inst,
+                                  const struct ab_route *dflt, const struct ab_event *ev)
+{
+    const struct ab_route *rt = inst ? inst->route : NULL;
+    return ab_route_expand(rt ? rt : dflt, ev);
+}
+
 const struct ab_acl *ab_institution_allow(const struct ab_institution *inst)
 {
     return inst->allow;

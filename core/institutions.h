@@ -52,6 +52,10 @@ const struct ab_institution *ab_institutions_find(const struct ab_institutions *
                                                   const char *code);
 const char *ab_institution_code(const struct ab_institution *inst);
 const struct ab_route *ab_institution_route(const struct ab_institution *inst); /* or NULL */
+/* The topic / stream of ev, an event bound to inst: the institution's route, else dflt (the
+ * global --route; inst NULL outside consortium mode), expanded (a new string). */
+char *ab_institution_route_expand(const struct ab_institution *inst,
+                                  const struct ab_route *dflt, const struct ab_event *ev);
 const struct ab_acl *ab_institution_allow(const struct ab_institution *inst);   /* or NULL */
 struct ab_inst_stats *ab_institution_stats(const struct ab_institution *inst);
 

@@ -238,10 +238,12 @@ static void on_dead_letter_done(int status, const char *errstr, void *opaque)
 
 /* The dead-letter record of r: a CloudEvent of type com.exlibrisgroup.alma.deadletter whose
  * data_base64 is the body as received, with the reason and the headers needed to process it
- * again (Content-Type, X-Exl-Signature). Its id is derived from the body, so Alma's retries
- * of one body share it. Returns the JSON (caller frees) and fills id. */
-static char *dead_letter_record(struct ab_req *r, int status, const char *reason, char *id,
-                                size_t idlen)
+ * again (Content-Type, X-Exl-Signature), and in consortium mode the code of the institution
+ * whose secrets verified it (inst; NULL with one pool of secrets). Its id is derived from
+ * the body, so Alma's retries of one body share it. Returns the JSON (caller frees) and
+ * fills id. */
+static char *dead_letter_record(struct ab_req *r, int status, const char *reason,
+                                const char *inst, char *id, size_t idlen)
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     SHA256((const unsigned char *)r->body, r->body_len, md);
@@ -277,6 +279,9 @@ static char *dead_letter_record(struct ab_req *r, int status, const char *reason
     if (sig && sig[0]) {
         cJSON_AddStringToObject(o, "almasignature", sig);
     }
+    if (inst) {
+        cJSON_AddStringToObject(o, "almainstitution", inst);
+    }
     cJSON_AddStringToObject(o, "data_base64", b64);
     free(b64);
     char *json = cJSON_PrintUnformatted(o);
@@ -291,36 +296,40 @@ static char *dead_letter_record(struct ab_req *r, int status, const char *reason
 /* 1 when the request is signed well enough to keep its body as a dead letter. With one
  * pool of secrets: the signature verifies. In consortium mode the body names no usable
  * institution, so only a URL that names one ({path}/{code}, ?institution=) can bind it:
- * the signature must verify under that institution's own secrets. */
+ * the institution's allow must admit the client and the signature must verify under its
+ * own secrets; code (AB_INST_CODE_MAX + 1 bytes) gets the institution, for the record. */
 static int signed_for_dead_letter(struct ab_webhook *wh, const struct ab_institutions *insts,
-                                  struct ab_req *r)
+                                  struct ab_req *r, char *code)
 {
     const char *sig = ab_http_field(&r->head, "X-Exl-Signature");
     if (insts == NULL) {
         return ab_signature_verify(wh->secrets, sig, r->body, r->body_len);
     }
-    char code[AB_INST_CODE_MAX + 1];
     if (ab_institutions_url_code(wh->cfg->path, r->head.path, r->head.query, code) != 1) {
         return 0;
     }
     const struct ab_institution *inst = ab_institutions_find(insts, code);
     const struct ab_institution *signer = NULL;
-    return inst && ab_institutions_verify(insts, inst, sig, r->body, r->body_len, &wh->budget,
-                                          &signer) == AB_INST_VALID;
+    const struct ab_acl *allow = inst ? ab_institution_allow(inst) : NULL;
+    return inst && (allow == NULL || ab_acl_match(allow, r->client)) &&
+           ab_institutions_verify(insts, inst, sig, r->body, r->body_len, &wh->budget,
+                                  &signer) == AB_INST_VALID;
 }
 
 static int dead_letter(struct ab_webhook *wh, const struct ab_institutions *insts,
                        struct ab_req *r, int status, const char *reason)
 {
     const struct ab_config *cfg = wh->cfg;
+    char code[AB_INST_CODE_MAX + 1];
     if (cfg->dead_letter == NULL || strcmp(cfg->dead_letter, "on") != 0 ||
-        !signed_for_dead_letter(wh, insts, r)) {
+        !signed_for_dead_letter(wh, insts, r, code)) {
         return -1; /* unsigned requests (--insecure-skip-signature) are never stored */
     }
     struct dead *d = ab_calloc(1, sizeof(*d));
     *d = (struct dead){.wh = wh, .req = r, .bytes = r->body_len};
     snprintf(d->reason, sizeof(d->reason), "%s", reason);
-    char *json = dead_letter_record(r, status, reason, d->id, sizeof(d->id));
+    char *json = dead_letter_record(r, status, reason, insts ? code : NULL, d->id,
+                                    sizeof(d->id));
     ab_req_drop_body(r);
     struct ab_sink_msg m = {.id = d->id,
                             .type = "com.exlibrisgroup.alma.deadletter",
@@ -664,8 +673,7 @@ static void handle_post(struct ab_webhook *wh, struct ab_req *r)
         return;
     }
     ab_req_drop_body(r);
-    const struct ab_route *rt = inst ? ab_institution_route(inst) : NULL;
-    char *route = ab_route_expand(rt ? rt : wh->app->route, ev);
+    char *route = ab_institution_route_expand(inst, wh->app->route, ev);
     struct ab_inst_stats *stats = ab_institution_stats(inst);
     if (wh->dd) {
         dedupe_check(wh, r, ev, route, stats); /* answers, or submits once the key is claimed */

@@ -296,6 +296,11 @@ def test_file_sink_config_sections_allow_and_unknown(daemon_factory, tmp_path):
     assert status == 403 and b"not allowed" in data
     assert metric(d, "almabridge_institution_refused_total", institution=code(1),
                   reason="allow") == 1
+    # nor is a body that cannot become an event kept as its dead letter
+    junk = b"no webhook at all"
+    assert cl.post(junk, sign(junk, secret(1)), f"/webhook/{code(1)}", "text/plain")[0] == 415
+    dl = d.file + ".deadletter"
+    assert not os.path.exists(dl) or open(dl, "rb").read() == b""
     # an institution without a profile: 503 with Retry-After, counted, logged
     body = json_body(src, "01NEWMEMBER_INST", new_id="new")
     status, headers, data = cl.post(body, sign(body, "whatever"))
@@ -489,4 +494,5 @@ def test_dead_letter_needs_the_urls_institution(daemon_factory, tmp_path):
     wait_until(lambda: os.path.exists(dl), 5, d.stderr)
     recs = [json.loads(l) for l in open(dl, "rb").read().splitlines()]
     assert len(recs) == 1 and recs[0]["almasignature"] == sign(junk, secret(0))
+    assert recs[0]["almainstitution"] == code(0)  # what replay checks it against
     assert d.events() == []

@@ -10,12 +10,15 @@
    bodies as what they are. Each is checked against its stored signature, normalised as the
    webhook path does and written once; a second replay writes nothing new; what still
    fails (a body of an unknown shape) stays, counted, exit 1; under another secret nothing
-   verifies and nothing is written."""
+   verifies and nothing is written. In consortium mode (--institutions) each record is
+   bound to the institution whose URL and secrets stored it (almainstitution): checked
+   under that institution's secrets only and routed as its events are; a record whose
+   institution was altered, or names none or an unknown one, is reported, never written."""
 import json
 import os
 import subprocess
 
-from daemon import BIN, SECRET, samples, wait_until, with_id
+from daemon import BIN, SECRET, samples, sign, wait_until, with_id
 from jobs import job_end_json, new_id
 from jobs import run as run_cmd
 from services import RedisServer
@@ -202,3 +205,68 @@ def test_dead_letters_replayed_after_a_fix_kafka(daemon_factory):
         assert len(broker.consume("alma.loan", timeout=5)) == 1
     finally:
         broker.close()
+
+
+def test_dead_letters_replayed_in_consortium_mode(daemon_factory, tmp_path):
+    """Two institutions, each with its own secret and route; a loan of each behind the
+    mangling front end, sent to its own URL: both dead-lettered, each bound to its
+    institution. Replayed with the same profiles, each event is written once into its own
+    institution's stream with its own source; a second replay writes nothing new; records
+    bound to another institution than the one that signed them, to none or to an unknown
+    one are reported and never written."""
+    from test_consortium import Client, code, json_body, secret, start_consortium, \
+        wait_all_ready
+    from daemon import redis_event
+    from test_redis import Resp, stream
+    import redis as redis_py
+    with RedisServer() as redis:
+        sink = ["--sink", "redis", "--redis", redis.url]
+        d, prof = start_consortium(daemon_factory, tmp_path, sink, insts=[(0, 0), (1, 0)])
+        wait_all_ready(d)
+        cl = Client(d.port)
+        src = dict(samples())["loan_created"]
+        for i in (0, 1):
+            body = json_body(src, code(i), new_id=f"dl-{i}")
+            status, _, data = cl.post(body, sign(body, secret(i)), f"/webhook/{code(i)}",
+                                      "text/html")
+            assert status == 200 and json.loads(data)["status"] == "dead-lettered", data
+        r = redis_py.Redis.from_url(redis.url)
+        dead = [json.loads(f[b"event"]) for _, f in r.xrange("alma.deadletter")]
+        assert sorted(x["almainstitution"] for x in dead) == [code(0), code(1)], dead
+        d.stop()  # replay on its own: the daemon's profiles, no ALMABRIDGE_SECRET
+
+        def streams():
+            with Resp(redis.port) as c:
+                return {k.decode(): [(f["id"], redis_event(f)["source"])
+                                     for _, f in stream(c, k.decode())]
+                        for k in c.call("KEYS", "*") if k != b"alma.deadletter"}
+
+        want = {f"cons{i:02d}:loan": [(f"dl-{i}", f"urn:alma:{code(i)}")] for i in (0, 1)}
+        args = ["--dead-letters", "--institutions", prof, "--content-type", "application/json",
+                "--rate", "0", "--dedupe-store", "none"] + sink
+        rc, _, err = run("replay", *args, env={"ALMABRIDGE_SECRET": ""}, timeout=60)
+        assert rc == 0, err
+        assert "2 dead letter(s): 2 now make events (2 delivered, 0 already there)" in err, err
+        assert "0 not bound to their institution (skipped)" in err, err
+        assert streams() == want
+        rc, _, err = run("replay", *args, env={"ALMABRIDGE_SECRET": ""}, timeout=60)  # again: nothing new
+        assert rc == 0 and "(0 delivered, 2 already there)" in err, err
+        assert streams() == want
+        # institution 0's record rebound to institution 1 (whose stream would take it), to
+        # none, to one without a profile: each reported, nothing written
+        rebound = dict(dead[0] if dead[0]["almainstitution"] == code(0) else dead[1])
+        rebound["almainstitution"] = code(1)
+        unbound = {k: v for k, v in rebound.items() if k != "almainstitution"}
+        unknown = dict(rebound, almainstitution="01GONE_INST")
+        for rec in (rebound, unbound, unknown):
+            r.xadd("alma.deadletter", {"event": json.dumps(rec)})
+        rc, _, err = run("replay", *args, env={"ALMABRIDGE_SECRET": ""}, timeout=60)
+        assert rc == 1, err
+        assert ("bound to institution %s but signed with the secret of institution %s: "
+                "skipped, not written" % (code(1), code(0))) in err, err
+        assert "names no institution (almainstitution" in err, err
+        assert "bound to institution 01GONE_INST, which has no profile" in err, err
+        assert "5 dead letter(s): 2 now make events (0 delivered, 2 already there)" in err, err
+        assert "1 whose signature does not verify (skipped)" in err, err
+        assert "2 not bound to their institution (skipped)" in err, err
+        assert streams() == want
