@@ -7,6 +7,7 @@
  *   stored:  SET key "2" PX window (overwrites the claim)
  *   release: EVALSHA of RELEASE_LUA: DEL only while the value is "1" (a claim, never a
  *            stored marker)
+ *   peek:    MGET of up to AB_DEDUPE_PEEK_MAX keys (spool inspect): nil free, "1", "2"
  *
  * A script missing from the server's cache (NOSCRIPT after a restart or SCRIPT FLUSH) is
  * sent again with EVAL. One hiredis connection per worker loop (libevent adapter), its
@@ -65,9 +66,13 @@ struct rstore {
     char reason[200];
 };
 
-/* What travels with a command: to resend a script with EVAL after NOSCRIPT. */
+/* What travels with a command: to resend a script with EVAL after NOSCRIPT; a peek's
+ * answer goes to states[0..n). */
+enum { CMD_STORED = 0, CMD_CLAIM = 1, CMD_RELEASE = 2, CMD_PEEK = 3 };
 struct rcmd {
-    int script; /* 0: none, 1: claim, 2: release */
+    int script; /* CMD_* */
+    int *states;
+    size_t n;
     char key[];
 };
 
@@ -257,6 +262,22 @@ static void on_done(int status, const char *errstr, void *opaque)
 
 static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv);
 
+/* An MGET reply into q->states. Returns the pending status: the state base, or an error. */
+static int peek_reply(struct rcmd *q, const redisReply *rp)
+{
+    if (rp->type != REDIS_REPLY_ARRAY || rp->elements != q->n) {
+        return AB_SINK_ERROR;
+    }
+    for (size_t i = 0; i < q->n; i++) {
+        const redisReply *e = rp->element[i];
+        q->states[i] = e->type == REDIS_REPLY_STRING && e->len == 1 && e->str[0] == '2'
+                           ? AB_DEDUPE_STORED
+                       : e->type == REDIS_REPLY_STRING ? AB_DEDUPE_INFLIGHT
+                                                       : AB_DEDUPE_NEW;
+    }
+    return STATE_BASE + AB_DEDUPE_NEW;
+}
+
 /* A reply: for claim the value ("0" new, "1" in flight, "2" stored); for SET "OK"; for
  * release an integer. NOSCRIPT: the script is sent again with EVAL. */
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -268,21 +289,25 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (rp == NULL) {
         ab_pending_complete(r, AB_SINK_ERROR, "connection to the dedupe store lost");
     } else if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
-               q->script && rs->ac == ac) {
-        const char *src = q->script == 1 ? CLAIM_LUA : RELEASE_LUA;
+               (q->script == CMD_CLAIM || q->script == CMD_RELEASE) && rs->ac == ac) {
+        const char *src = q->script == CMD_CLAIM ? CLAIM_LUA : RELEASE_LUA;
         const char *argv[5] = {"EVAL", src, "1", q->key, rs->sh->claim_ms};
-        if (send_cmd(rs, r, q->script == 1 ? 5 : 4, argv) == 0) {
+        if (send_cmd(rs, r, q->script == CMD_CLAIM ? 5 : 4, argv) == 0) {
             return; /* the hold moves to the EVAL */
         }
         ab_pending_complete(r, AB_SINK_ERROR, "could not send EVAL");
     } else if (rp->type == REDIS_REPLY_ERROR) {
         ab_pending_complete(r, AB_SINK_ERROR, rp->str);
-    } else if (q->script == 1 && rp->type == REDIS_REPLY_STRING && rp->len == 1 &&
+    } else if (q->script == CMD_PEEK && ab_pending_is_complete(r)) {
+        /* timed out: states[] is no longer the caller's to fill */
+    } else if (q->script == CMD_PEEK) {
+        ab_pending_complete(r, peek_reply(q, rp), "unexpected reply to MGET");
+    } else if (q->script == CMD_CLAIM && rp->type == REDIS_REPLY_STRING && rp->len == 1 &&
                rp->str[0] >= '0' && rp->str[0] <= '2') {
         ab_pending_complete(r, STATE_BASE + rp->str[0] - '0', NULL);
-    } else if (q->script == 1) {
+    } else if (q->script == CMD_CLAIM) {
         ab_pending_complete(r, AB_SINK_ERROR, "unexpected reply to the claim");
-    } else if (q->script == 2) {
+    } else if (q->script == CMD_RELEASE) {
         ab_pending_complete(r, STATE_BASE + AB_DEDUPE_NEW, NULL);
     } else {
         ab_pending_complete(r, STATE_BASE + AB_DEDUPE_STORED, NULL);
@@ -295,7 +320,7 @@ static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const
     return redisAsyncCommandArgv(rs->ac, on_reply, r, argc, argv, NULL) == REDIS_OK ? 0 : -1;
 }
 
-/* Queue one command for key. script: 1 claim, 2 release, 0 the stored marker. */
+/* Queue one command for key: CMD_CLAIM, CMD_RELEASE or CMD_STORED (the marker). */
 static int rs_command(struct rstore *rs, const char *key, int script, ab_dedupe_cb cb,
                       void *opaque)
 {
@@ -309,15 +334,15 @@ static int rs_command(struct rstore *rs, const char *key, int script, ab_dedupe_
     struct ab_pending_req *r =
         ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + strlen(full) + 1);
     struct rcmd *q = ab_pending_extra(r);
-    q->script = script;
+    q->script = script; /* CMD_CLAIM, CMD_RELEASE, CMD_STORED */
     memcpy(q->key, full, strlen(full) + 1);
     free(full);
     const struct rshared *sh = rs->sh;
     int rc;
-    if (script == 1) {
+    if (script == CMD_CLAIM) {
         const char *argv[5] = {"EVALSHA", sh->claim_sha, "1", q->key, sh->claim_ms};
         rc = send_cmd(rs, r, 5, argv);
-    } else if (script == 2) {
+    } else if (script == CMD_RELEASE) {
         const char *argv[4] = {"EVALSHA", sh->release_sha, "1", q->key};
         rc = send_cmd(rs, r, 4, argv);
     } else {
@@ -351,13 +376,48 @@ static struct ab_dedupe *rs_open(const struct ab_dedupe_conf *conf, void *shared
 
 static int rs_claim(struct ab_dedupe *d, const char *key, ab_dedupe_cb cb, void *opaque)
 {
-    return rs_command((struct rstore *)d, key, 1, cb, opaque);
+    return rs_command((struct rstore *)d, key, CMD_CLAIM, cb, opaque);
 }
 
 static int rs_mark(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_cb cb,
                    void *opaque)
 {
-    return rs_command((struct rstore *)d, key, stored ? 0 : 2, cb, opaque);
+    return rs_command((struct rstore *)d, key, stored ? CMD_STORED : CMD_RELEASE, cb, opaque);
+}
+
+static int rs_peek(struct ab_dedupe *d, const char *const *keys, size_t n, int *states,
+                   ab_dedupe_cb cb, void *opaque)
+{
+    struct rstore *rs = (struct rstore *)d;
+    if (rs->closing || !rs->ready || rs->ac == NULL || n == 0 || n > AB_DEDUPE_PEEK_MAX) {
+        return -1;
+    }
+    struct rcall *c = ab_calloc(1, sizeof(*c));
+    c->cb = cb;
+    c->opaque = opaque;
+    struct ab_pending_req *r = ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + 1);
+    struct rcmd *q = ab_pending_extra(r);
+    q->script = CMD_PEEK;
+    q->states = states;
+    q->n = n;
+    const char **argv = ab_calloc(n + 1, sizeof(*argv));
+    char **full = ab_calloc(n, sizeof(*full));
+    argv[0] = "MGET";
+    for (size_t i = 0; i < n; i++) {
+        argv[i + 1] = full[i] = ab_asprintf(PREFIX "%s", keys[i]);
+    }
+    int rc = send_cmd(rs, r, (int)n + 1, argv);
+    for (size_t i = 0; i < n; i++) {
+        free(full[i]);
+    }
+    free(full);
+    free(argv);
+    if (rc != 0) {
+        ab_pending_cancel(r);
+        free(c);
+        return -1;
+    }
+    return 0;
 }
 
 static int rs_ready(struct ab_dedupe *d)
@@ -401,6 +461,7 @@ const struct ab_dedupe_ops ab_dedupe_redis = {
     .open = rs_open,
     .claim = rs_claim,
     .mark = rs_mark,
+    .peek = rs_peek,
     .ready = rs_ready,
     .describe = rs_describe,
     .close = rs_close,
