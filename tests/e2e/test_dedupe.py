@@ -233,9 +233,10 @@ def test_store_down(daemon_factory, tmp_path, mode, admin):
             assert d.proc.poll() is None, d.stderr()
         else:
             d = daemon_factory(args)
-        assert d.post(with_id(LOAN, "101")).status == 200
-        # (the admin listener sees what the workers published: within half a second)
+        # the store connected (the admin listener sees what the workers published within
+        # half a second; healthz answers before the store is up)
         wait_until(lambda: readyz(d)[:2] == (200, "ready"), 10, "readyz ready")
+        assert d.post(with_id(LOAN, "101")).status == 200
         redis.stop()
         want = (503, "deduplication store unreachable") if mode == "refuse" else (
             200, "ready, deduplication unchecked")
