@@ -4,8 +4,8 @@ in one run, against the issue's targets. Every request carries a new webhook id
 (bench/unique.lua), so every one is a first copy and pays the store's full price (claim,
 then the stored marker).
 
-    make && python3 bench/dedupe_bench.py                 # 3 rounds of 6 runs, ~7 min
-    python3 bench/dedupe_bench.py --n 3000 --rounds 1 --paced-s 2   # a quick check
+    make && python3 bench/dedupe_bench.py             # 3 rounds of 8 runs, ~6 min
+    python3 bench/dedupe_bench.py --seconds 1 --paced-s 1 --rounds 1 --no-kafka  # a check
 
 Configurations (the daemon with --threads 2, fsync on, --insecure-skip-signature since the
 ids change per request; a fresh directory and fresh Redis data per run):
@@ -15,18 +15,20 @@ ids change per request; a fresh directory and fresh Redis data per run):
   redis/none  Redis sink, no store
   redis/same  Redis sink, the store on the same server (claim + XADD in one script)
   redis/other Redis sink, the store on another Redis server (claim, XADD, mark)
+  kafka/none  Kafka sink (one real broker, tests/kafka/broker.py), no store
+  kafka/redis Kafka sink, a Redis store (the deployment of the issue: replicas sharing it)
 Each round runs every configuration once, the order reversed every other round (A B .. B A
 ..), so a drift of the machine cancels out of the ratios; every figure is the median over
 the rounds of the per-round value, ratios and deltas taken within a round against the same
 sink without a store. Each run: 2 s of warm-up, then
-  - throughput: wrk closed loop (c = --conns, 2 threads) for about --n answers;
+  - throughput: wrk closed loop (c = --conns, 2 threads) for --seconds;
   - latency: wrk paced, each connection waiting --delay-ms before each request (a load well
     below the peak, the same for every configuration), for --paced-s: the p50 the targets
     speak of is this one (the closed loop's p50 is mostly queueing: c / throughput);
   - cost: CPU time per webhook of the daemon and of the Redis servers (/proc, over the
     closed-loop run), to tell where a throughput loss comes from.
 Targets (issue 19): with a Redis store p50 at most +0.3 ms and throughput at least 0.8x of
-the same sink without a store (file/redis, redis/same, redis/other); the local store at
+the same sink without a store (file/redis, redis/same, redis/other, kafka/redis); the local store at
 least 0.9x of the file sink without one (file/local). Prints Markdown and the verdicts;
 --json writes the raw results."""
 import argparse
@@ -66,7 +68,8 @@ def rss_kb(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
-def configs(r1, r2):
+def configs(r1, r2, kafka=None):
+    k = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", "dd.bench"] if kafka else []
     return {
         "file/none": ["--dedupe-store", "none"],
         "file/local": [],
@@ -74,6 +77,8 @@ def configs(r1, r2):
         "redis/none": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", "none"],
         "redis/same": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r1.url],
         "redis/other": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r2.url],
+        **({"kafka/none": k + ["--dedupe-store", "none"],
+            "kafka/redis": k + ["--dedupe-store", r2.url]} if kafka else {}),
     }
 
 
@@ -118,12 +123,11 @@ def run_one(binary, args, a, tag, redis_servers):
             if time.time() > deadline or p.poll() is not None:
                 raise RuntimeError("the daemon did not become ready: " + " ".join(args))
             time.sleep(0.05)
-        warm = wrk(port, a.conns, 2, tag + "9")  # warm-up, and the rate to size the run
-        rate = warm["requests"] / (warm["duration_us"] / 1e6)
+        wrk(port, a.conns, 2, tag + "9")  # warm-up
         rss0 = rss_kb(p.pid)
         held0 = re.search(r"^almabridge_dedupe_ids_held (\S+)$", get(port, "/metrics"), re.M)
         cpu0 = [cpu_s(p.pid)] + [cpu_s(r.pid) for r in redis_servers]
-        res = wrk(port, a.conns, max(3, round(a.n / max(rate, 1))), tag + "1")
+        res = wrk(port, a.conns, a.seconds, tag + "1")
         cpu1 = [cpu_s(p.pid)] + [cpu_s(r.pid) for r in redis_servers]
         rss1 = rss_kb(p.pid)
         paced = wrk(port, a.conns, a.paced_s, tag + "2", delay_ms=a.delay_ms)
@@ -148,9 +152,9 @@ def run_one(binary, args, a, tag, redis_servers):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-BASE = {"file": "file/none", "redis": "redis/none"}
+BASE = {"file": "file/none", "redis": "redis/none", "kafka": "kafka/none"}
 # (configuration, what, the largest/smallest acceptable median)
-TARGETS = [(c, k, v) for c in ("file/redis", "redis/same", "redis/other")
+TARGETS = [(c, k, v) for c in ("file/redis", "redis/same", "redis/other", "kafka/redis")
            for k, v in (("dp50", 0.3), ("ratio", 0.8))] + [("file/local", "ratio", 0.9)]
 
 
@@ -168,7 +172,7 @@ def fmt(v, f):
 
 
 def markdown(results, a):
-    out = [f"{a['n']} webhooks per throughput run (closed loop, c={a['conns']}), then "
+    out = [f"{a['seconds']} s of throughput per run (closed loop, c={a['conns']}), then "
            f"{a['paced_s']} s paced (each connection waits {a['delay_ms']} ms before each "
            f"request); {a['rounds']} round(s), the order reversed every other round. Each "
            "figure is the median over the rounds, each round's value in brackets; ratios and "
@@ -239,7 +243,8 @@ def markdown_v1(results, n, conns, rounds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=40000, help="webhooks per throughput run")
+    ap.add_argument("--seconds", type=int, default=6, help="seconds of the throughput run")
+    ap.add_argument("--no-kafka", action="store_true", help="leave out the Kafka sink")
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--paced-s", type=int, default=4, help="seconds of the paced run")
@@ -259,21 +264,35 @@ def main():
             print(markdown_v1(j["results"], j["n"], j["conns"], j["rounds"]))
         return
     results = {}
-    with RedisServer() as r1, RedisServer() as r2:
-        cfgs = configs(r1, r2)
-        names = [n for n in cfgs if not a.only or n in a.only.split(",")]
-        for rnd in range(a.rounds):
-            order = names if rnd % 2 == 0 else list(reversed(names))
-            for i, name in enumerate(order):
-                tag = "%d%d%d" % (rnd + 1, i + 1, int(time.time()) % 1000)
-                res = run_one(a.binary, cfgs[name], a, tag, (r1, r2))
-                print(f"round {rnd + 1} {name}: {res['rps']:,.0f} req/s, CPU "
-                      f"{res['cpu_us']:.0f} + {res['redis_cpu_us']:.0f} us/webhook; paced "
-                      f"{res['paced_rps']:,.0f} req/s, p50 {res['paced_p50_us'] / 1000:.2f} ms, "
-                      f"p99 {res['paced_p99_us'] / 1000:.2f} ms", file=sys.stderr, flush=True)
-                results.setdefault(name, []).append(res)
+    broker = None
+    if not a.no_kafka:
+        sys.path.insert(0, os.path.join(ROOT, "tests", "kafka"))
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        from broker import KafkaBroker
+        from peers import KAFKA_JVM_OPTS  # those of Kafka's own start scripts
+        print("starting a Kafka broker", file=sys.stderr, flush=True)
+        broker = KafkaBroker(log_level="WARN", jvm_opts=KAFKA_JVM_OPTS).start()
+        broker.create_topic("dd.bench")
+    try:
+        with RedisServer() as r1, RedisServer() as r2:
+            cfgs = configs(r1, r2, broker)
+            names = [n for n in cfgs if not a.only or n in a.only.split(",")]
+            for rnd in range(a.rounds):
+                order = names if rnd % 2 == 0 else list(reversed(names))
+                for i, name in enumerate(order):
+                    tag = "%d%d%d" % (rnd + 1, i + 1, int(time.time()) % 1000)
+                    res = run_one(a.binary, cfgs[name], a, tag, (r1, r2))
+                    print(f"round {rnd + 1} {name}: {res['rps']:,.0f} req/s, CPU "
+                          f"{res['cpu_us']:.0f} + {res['redis_cpu_us']:.0f} us/webhook; paced "
+                          f"{res['paced_rps']:,.0f} req/s, p50 {res['paced_p50_us'] / 1000:.2f} "
+                          f"ms, p99 {res['paced_p99_us'] / 1000:.2f} ms", file=sys.stderr,
+                          flush=True)
+                    results.setdefault(name, []).append(res)
+    finally:
+        if broker:
+            broker.close()
     results = {n: results[n] for n in names}
-    args = {k: getattr(a, k) for k in ("n", "conns", "rounds", "paced_s", "delay_ms")}
+    args = {k: getattr(a, k) for k in ("seconds", "conns", "rounds", "paced_s", "delay_ms")}
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"args": args, "results": results,
