@@ -171,6 +171,18 @@ def fmt(v, f):
     return f"{statistics.median(v):{f}} [" + ", ".join(f"{x:{f}}" for x in v) + "]"
 
 
+def memory_note(results):
+    """The local store's resident memory per id, from the last file/local run."""
+    loc = results.get("file/local")
+    if not loc or not loc[-1].get("ids_added"):
+        return []
+    r = loc[-1]
+    return ["", f"file/local: {r['ids_added']:.0f} ids added in the last throughput run, "
+            f"resident memory grew by {r['rss_growth_kb']} kB meanwhile: about "
+            f"{r['rss_growth_kb'] * 1024 / r['ids_added']:.0f} bytes per id "
+            f"(an upper bound: the run's own buffers included)."]
+
+
 def markdown(results, a):
     out = [f"{a['seconds']} s of throughput per run (closed loop, c={a['conns']}), then "
            f"{a['paced_s']} s paced (each connection waits {a['delay_ms']} ms before each "
@@ -195,13 +207,7 @@ def markdown(results, a):
             f"| {fmt([r['lat_p50_us'] / 1000 for r in runs], '.2f')} "
             f"| {statistics.median(cpu):.0f} + {statistics.median(rcpu):.0f} "
             f"| {'' if first else fmt(pr['dcpu'], '+.0f')} | {bad:.0f} |")
-    loc = results.get("file/local")
-    if loc and loc[-1].get("ids_added"):
-        r = loc[-1]
-        out += ["", f"file/local: {r['ids_added']:.0f} ids added in the last throughput run, "
-                f"resident memory grew by {r['rss_growth_kb']} kB meanwhile: about "
-                f"{r['rss_growth_kb'] * 1024 / r['ids_added']:.0f} bytes per id "
-                f"(an upper bound: the run's own buffers included)."]
+    out += memory_note(results)
     out += ["", "Against issue 19's targets (medians over the rounds):", ""]
     for name, what, limit in TARGETS:
         if name not in results or BASE[name.split("/")[0]] not in results:
@@ -227,17 +233,10 @@ def markdown_v1(results, n, conns, rounds):
         ratio = [r["rps"] / x["rps"] for r, x in zip(runs, b)]
         dp50 = [(r["lat_p50_us"] - x["lat_p50_us"]) / 1000 for r, x in zip(runs, b)]
         bad = sum(r["non200"] + r["err_status"] + r["err_other"] for r in runs)
-        fmt = lambda v, f: f"{statistics.median(v):{f}} [" + ", ".join(f"{x:{f}}" for x in v) + "]"
         out.append(f"| {name} | {fmt([r['rps'] for r in runs], ',.0f')} | {fmt(ratio, '.2f')} "
                    f"| {fmt([r['lat_p50_us'] / 1000 for r in runs], '.2f')} | {fmt(dp50, '+.2f')} "
                    f"| {fmt([r['lat_p99_us'] / 1000 for r in runs], '.1f')} | {bad:.0f} |")
-    loc = results.get("file/local")
-    if loc and loc[-1].get("ids_added"):
-        r = loc[-1]
-        out += ["", f"file/local: {r['ids_added']:.0f} ids added in the last measured run, "
-                f"resident memory grew by {r['rss_growth_kb']} kB meanwhile: about "
-                f"{r['rss_growth_kb'] * 1024 / r['ids_added']:.0f} bytes per id "
-                f"(an upper bound: the run's own buffers included)."]
+    out += memory_note(results)
     return "\n".join(out)
 
 

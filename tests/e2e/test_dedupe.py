@@ -4,7 +4,6 @@ together, after the first was acknowledged, to another replica or after a SIGKIL
 an event whose first write failed is stored; a late success is remembered; an unreachable
 store stores unchecked (accept) or answers 503 (refuse) and never loses an event."""
 import collections
-import http.client
 import json
 import os
 import random
@@ -17,6 +16,7 @@ import pytest
 
 from daemon import KeepAlive, free_port, samples, wait_until, with_id
 from services import RedisServer
+from test_lb import admin_get
 from test_redis import Resp
 
 LOAN = dict(samples())["loan_created"]
@@ -184,17 +184,6 @@ def test_redis_store_with_file_sink_shared_by_two_replicas(daemon_factory, tmp_p
         assert all(got[w] == 1 for w in answers), [w for w in answers if got[w] != 1]
 
 
-def admin_get(d, path):
-    """(status, body) of GET path on d's admin listener (--admin-listen)."""
-    c = http.client.HTTPConnection("127.0.0.1", d.admin, timeout=5)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
-
-
 def readyz(d):
     """(status, its "status" word, the details) of /readyz: on the admin listener when the
     daemon has one (d.admin: --admin-listen, the only /readyz then), else the main one."""
@@ -220,16 +209,10 @@ def test_store_down(daemon_factory, tmp_path, mode, admin):
             port = free_port()
             d = daemon_factory(args + ["--admin-listen", "127.0.0.1:%d" % port], start=False)
             d.admin = port
-            d.metrics = lambda: admin_get(d, "/metrics")[1].decode()
+            d.metrics = lambda: admin_get(d, "/metrics")[1]
             d.start(wait=False)
-
-            def up():
-                try:
-                    return d.proc.poll() is not None or admin_get(d, "/healthz")[0] == 200
-                except OSError:
-                    return False
-
-            wait_until(up, 15, "the admin listener")
+            wait_until(lambda: d.proc.poll() is not None or admin_get(d, "/healthz")[0] == 200,
+                       15, "the admin listener")
             assert d.proc.poll() is None, d.stderr()
         else:
             d = daemon_factory(args)
