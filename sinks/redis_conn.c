@@ -8,7 +8,6 @@
 #include <time.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/hiredis.h>
 
 #include "log.h"
@@ -33,6 +32,104 @@ struct ab_redis_conn {
 };
 
 static void conn_connect(struct ab_redis_conn *c);
+
+/* ---- the libevent glue: hiredis's adapters/libevent.h, with fewer epoll_ctl calls -------
+ *
+ * hiredis 0.14's adapter arms a one-shot read event that hiredis re-arms after every read,
+ * and arms and disarms the write event for every batch of commands: four epoll_ctl calls
+ * per round trip. Here the read event persists (hiredis only removes it when the
+ * connection goes), and a batch of commands queued on a connected socket is written at the
+ * end of the loop iteration from an event without a descriptor; only a write that does not
+ * go out in full (or the connect in progress) arms the write event. */
+
+struct glue {
+    redisAsyncContext *ac;
+    struct event *rev, *wev, *flush_ev;
+    int in_write; /* inside redisAsyncHandleWrite: a re-arm means the socket is full */
+    int *alive;   /* set while a handler runs: cleared when hiredis frees the context */
+};
+
+static void glue_write(struct glue *g)
+{
+    int alive = 1;
+    g->alive = &alive;
+    g->in_write = 1;
+    redisAsyncHandleWrite(g->ac); /* may free the context, and g with it */
+    if (alive) {
+        g->in_write = 0;
+        g->alive = NULL;
+    }
+}
+
+static void on_glue_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct glue *g = arg;
+    redisAsyncHandleRead(g->ac);
+}
+
+static void on_glue_write(evutil_socket_t fd, short what, void *arg)
+{
+    glue_write(arg);
+}
+
+static void glue_add_read(void *p)
+{
+    struct glue *g = p;
+    if (!event_pending(g->rev, EV_READ, NULL)) {
+        event_add(g->rev, NULL);
+    }
+}
+
+static void glue_del_read(void *p)
+{
+    event_del(((struct glue *)p)->rev);
+}
+
+static void glue_add_write(void *p)
+{
+    struct glue *g = p;
+    if (g->in_write || !(g->ac->c.flags & REDIS_CONNECTED)) {
+        event_add(g->wev, NULL); /* wait until the socket takes more (or is connected) */
+    } else {
+        event_active(g->flush_ev, EV_WRITE, 0);
+    }
+}
+
+static void glue_del_write(void *p)
+{
+    struct glue *g = p;
+    event_del(g->wev);
+    event_del(g->flush_ev);
+}
+
+static void glue_cleanup(void *p)
+{
+    struct glue *g = p;
+    if (g->alive) {
+        *g->alive = 0;
+    }
+    event_free(g->rev);
+    event_free(g->wev);
+    event_free(g->flush_ev);
+    free(g);
+}
+
+static void glue_attach(redisAsyncContext *ac, struct event_base *base)
+{
+    struct glue *g = ab_calloc(1, sizeof(*g));
+    g->ac = ac;
+    g->rev = event_new(base, ac->c.fd, EV_READ | EV_PERSIST, on_glue_read, g);
+    g->wev = event_new(base, ac->c.fd, EV_WRITE, on_glue_write, g);
+    g->flush_ev = event_new(base, -1, 0, on_glue_write, g);
+    ac->ev.addRead = glue_add_read;
+    ac->ev.delRead = glue_del_read;
+    ac->ev.addWrite = glue_add_write;
+    ac->ev.delWrite = glue_del_write;
+    ac->ev.cleanup = glue_cleanup;
+    ac->ev.data = g;
+    event_add(g->rev, NULL);
+    event_add(g->wev, NULL); /* the connect's completion */
+}
 
 static struct timeval ms_tv(long ms)
 {
@@ -234,7 +331,7 @@ static void conn_connect(struct ab_redis_conn *c)
         return;
     }
     ac->data = c;
-    redisLibeventAttach(ac, c->evbase);
+    glue_attach(ac, c->evbase);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
