@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """What deduplication costs (issue 19): each sink with and without its store, side by side
-in one run. Every request carries a new webhook id (bench/unique.lua), so every one is a
-first copy and pays the store's full price (claim, then the stored marker).
+in one run, against the issue's targets. Every request carries a new webhook id
+(bench/unique.lua), so every one is a first copy and pays the store's full price (claim,
+then the stored marker).
 
-    make && python3 bench/dedupe_bench.py                 # 100,000 webhooks per run, ~6 min
-    python3 bench/dedupe_bench.py --n 20000 --rounds 1    # quicker
+    make && python3 bench/dedupe_bench.py             # 3 rounds of 8 runs, ~6 min
+    python3 bench/dedupe_bench.py --seconds 1 --paced-s 1 --rounds 1 --no-kafka  # a check
 
 Configurations (the daemon with --threads 2, fsync on, --insecure-skip-signature since the
 ids change per request; a fresh directory and fresh Redis data per run):
@@ -14,11 +15,22 @@ ids change per request; a fresh directory and fresh Redis data per run):
   redis/none  Redis sink, no store
   redis/same  Redis sink, the store on the same server (claim + XADD in one script)
   redis/other Redis sink, the store on another Redis server (claim, XADD, mark)
-Each round runs every configuration once, the order reversed every other round; each run
-gets a 2 s warm-up, then wrk (c = --conns, 2 threads) for as long as --n answers take at
-the warm-up's rate (wrk runs for a duration). Reported: req/s,
-p50/p99 (wrk, closed loop), the ratio to the same sink without a store, and for file/local
-the resident memory per id held. Writes --json and prints Markdown."""
+  kafka/none  Kafka sink (one real broker, tests/kafka/broker.py), no store
+  kafka/redis Kafka sink, a Redis store (the deployment of the issue: replicas sharing it)
+Each round runs every configuration once, the order reversed every other round (A B .. B A
+..), so a drift of the machine cancels out of the ratios; every figure is the median over
+the rounds of the per-round value, ratios and deltas taken within a round against the same
+sink without a store. Each run: 2 s of warm-up, then
+  - throughput: wrk closed loop (c = --conns, 2 threads) for --seconds;
+  - latency: wrk paced, each connection waiting --delay-ms before each request (a load well
+    below the peak, the same for every configuration), for --paced-s: the p50 the targets
+    speak of is this one (the closed loop's p50 is mostly queueing: c / throughput);
+  - cost: CPU time per webhook of the daemon and of the Redis servers (/proc, over the
+    closed-loop run), to tell where a throughput loss comes from.
+Targets (issue 19): with a Redis store p50 at most +0.3 ms and throughput at least 0.8x of
+the same sink without a store (file/redis, redis/same, redis/other, kafka/redis); the local store at
+least 0.9x of the file sink without one (file/local). Prints Markdown and the verdicts;
+--json writes the raw results."""
 import argparse
 import json
 import os
@@ -56,7 +68,8 @@ def rss_kb(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
-def configs(r1, r2):
+def configs(r1, r2, kafka=None):
+    k = ["--sink", "kafka", "--kafka-brokers", kafka.bootstrap, "--route", "dd.bench"] if kafka else []
     return {
         "file/none": ["--dedupe-store", "none"],
         "file/local": [],
@@ -64,11 +77,15 @@ def configs(r1, r2):
         "redis/none": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", "none"],
         "redis/same": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r1.url],
         "redis/other": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r2.url],
+        **({"kafka/none": k + ["--dedupe-store", "none"],
+            "kafka/redis": k + ["--dedupe-store", r2.url]} if kafka else {}),
     }
 
 
-def wrk(port, conns, seconds, tag):
+def wrk(port, conns, seconds, tag, delay_ms=None):
     env = dict(os.environ, BENCH_BODY=BODY, BENCH_TAG=tag)
+    if delay_ms:
+        env["BENCH_DELAY_MS"] = str(delay_ms)
     out = subprocess.run(["wrk", "-t", "2", "-c", str(conns), "-d", f"{seconds}s",
                           "--latency", "-s", LUA, f"http://127.0.0.1:{port}/webhook"],
                          env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
@@ -76,6 +93,20 @@ def wrk(port, conns, seconds, tag):
     if not m:
         raise RuntimeError("wrk printed no BENCH_JSON:\n" + out)
     return json.loads(m.group(1))
+
+
+def not_ok(metrics):
+    """Answers other than 200 so far, from /metrics."""
+    return sum(float(v) for code, v in re.findall(
+        r'^almabridge_requests_total\{[^}]*status="(\d+)"[^}]*\} (\S+)$', metrics, re.M)
+        if code != "200")
+
+
+def cpu_s(pid):
+    """User + system CPU seconds of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_one(binary, args, a, tag, redis_servers):
@@ -99,20 +130,28 @@ def run_one(binary, args, a, tag, redis_servers):
             if time.time() > deadline or p.poll() is not None:
                 raise RuntimeError("the daemon did not become ready: " + " ".join(args))
             time.sleep(0.05)
-        warm = wrk(port, a.conns, 2, tag + "9")  # warm-up, and the rate to size the run
-        rate = warm["requests"] / (warm["duration_us"] / 1e6)
+        wrk(port, a.conns, 2, tag + "9")  # warm-up
         rss0 = rss_kb(p.pid)
-        held0 = re.search(r"^almabridge_dedupe_ids_held (\S+)$", get(port, "/metrics"), re.M)
-        res = wrk(port, a.conns, max(3, round(a.n / max(rate, 1))), tag + "1")
+        metrics0 = get(port, "/metrics")
+        held0 = re.search(r"^almabridge_dedupe_ids_held (\S+)$", metrics0, re.M)
+        non200_0 = not_ok(metrics0)
+        cpu0 = [cpu_s(p.pid)] + [cpu_s(r.pid) for r in redis_servers]
+        res = wrk(port, a.conns, a.seconds, tag + "1")
+        cpu1 = [cpu_s(p.pid)] + [cpu_s(r.pid) for r in redis_servers]
+        rss1 = rss_kb(p.pid)
+        paced = wrk(port, a.conns, a.paced_s, tag + "2", delay_ms=a.delay_ms)
         metrics = get(port, "/metrics")
         held = re.search(r"^almabridge_dedupe_ids_held (\S+)$", metrics, re.M)
-        non200 = sum(float(v) for code, v in re.findall(
-            r'^almabridge_requests_total\{[^}]*status="(\d+)"[^}]*\} (\S+)$', metrics, re.M)
-            if code != "200")
-        res.update(rps=res["requests"] / (res["duration_us"] / 1e6), rss_kb=rss_kb(p.pid),
-                   rss_growth_kb=rss_kb(p.pid) - rss0, ids_held=float(held.group(1)) if held else None,
+        non200 = not_ok(metrics) - non200_0  # the measured runs' (not /readyz at the start)
+        n = max(res["requests"], 1)
+        res.update(rps=res["requests"] / (res["duration_us"] / 1e6), rss_kb=rss1,
+                   rss_growth_kb=rss1 - rss0, ids_held=float(held.group(1)) if held else None,
                    ids_added=float(held.group(1)) - float(held0.group(1)) if held else None,
-                   non200=non200)
+                   non200=non200 + paced["err_status"] + paced["err_other"],
+                   cpu_us=(cpu1[0] - cpu0[0]) * 1e6 / n,
+                   redis_cpu_us=sum(c1 - c0 for c0, c1 in zip(cpu0[1:], cpu1[1:])) * 1e6 / n,
+                   paced_rps=paced["requests"] / (paced["duration_us"] / 1e6),
+                   paced_p50_us=paced["lat_p50_us"], paced_p99_us=paced["lat_p99_us"])
         return res
     finally:
         p.terminate()
@@ -120,7 +159,76 @@ def run_one(binary, args, a, tag, redis_servers):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def markdown(results, n, conns, rounds):
+BASE = {"file": "file/none", "redis": "redis/none", "kafka": "kafka/none"}
+# (configuration, what, the largest/smallest acceptable median)
+TARGETS = [(c, k, v) for c in ("file/redis", "redis/same", "redis/other", "kafka/redis")
+           for k, v in (("dp50", 0.3), ("ratio", 0.8))] + [("file/local", "ratio", 0.9)]
+
+
+def per_round(results, name):
+    """{what: [per-round values]} of a configuration against its sink's no-store runs."""
+    runs, base = results[name], results[BASE[name.split("/")[0]]]
+    return {"ratio": [r["rps"] / x["rps"] for r, x in zip(runs, base)],
+            "dp50": [(r["paced_p50_us"] - x["paced_p50_us"]) / 1000 for r, x in zip(runs, base)],
+            "dcpu": [r["cpu_us"] + r["redis_cpu_us"] - x["cpu_us"] - x["redis_cpu_us"]
+                     for r, x in zip(runs, base)]}
+
+
+def fmt(v, f):
+    return f"{statistics.median(v):{f}} [" + ", ".join(f"{x:{f}}" for x in v) + "]"
+
+
+def memory_note(results):
+    """The local store's resident memory per id, from the last file/local run."""
+    loc = results.get("file/local")
+    if not loc or not loc[-1].get("ids_added"):
+        return []
+    r = loc[-1]
+    return ["", f"file/local: {r['ids_added']:.0f} ids added in the last throughput run, "
+            f"resident memory grew by {r['rss_growth_kb']} kB meanwhile: about "
+            f"{r['rss_growth_kb'] * 1024 / r['ids_added']:.0f} bytes per id "
+            f"(an upper bound: the run's own buffers included)."]
+
+
+def markdown(results, a):
+    out = [f"{a['seconds']} s of throughput per run (closed loop, c={a['conns']}), then "
+           f"{a['paced_s']} s paced (each connection waits {a['delay_ms']} ms before each "
+           f"request); {a['rounds']} round(s), the order reversed every other round. Each "
+           "figure is the median over the rounds, each round's value in brackets; ratios and "
+           "deltas are taken within a round against the same sink without a store.", "",
+           "| configuration | req/s | x no store | paced p50 ms | +p50 ms | paced p99 ms "
+           "| p50 at c=%d ms | CPU us/webhook daemon + redis | +CPU us | non-200 |" % a["conns"],
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, runs in results.items():
+        pr = per_round(results, name)
+        bad = sum(r["non200"] + r["err_status"] + r["err_other"] for r in runs)
+        cpu = [r["cpu_us"] for r in runs]
+        rcpu = [r["redis_cpu_us"] for r in runs]
+        first = name == BASE[name.split("/")[0]]
+        out.append(
+            f"| {name} | {fmt([r['rps'] for r in runs], ',.0f')} "
+            f"| {'1.00' if first else fmt(pr['ratio'], '.2f')} "
+            f"| {fmt([r['paced_p50_us'] / 1000 for r in runs], '.2f')} "
+            f"| {'' if first else fmt(pr['dp50'], '+.2f')} "
+            f"| {fmt([r['paced_p99_us'] / 1000 for r in runs], '.1f')} "
+            f"| {fmt([r['lat_p50_us'] / 1000 for r in runs], '.2f')} "
+            f"| {statistics.median(cpu):.0f} + {statistics.median(rcpu):.0f} "
+            f"| {'' if first else fmt(pr['dcpu'], '+.0f')} | {bad:.0f} |")
+    out += memory_note(results)
+    out += ["", "Against issue 19's targets (medians over the rounds):", ""]
+    for name, what, limit in TARGETS:
+        if name not in results or BASE[name.split("/")[0]] not in results:
+            continue
+        v = statistics.median(per_round(results, name)[what])
+        ok = v <= limit if what == "dp50" else v >= limit
+        desc = (f"p50 {v:+.2f} ms (at most +{limit} ms)" if what == "dp50"
+                else f"throughput {v:.2f}x (at least {limit}x)")
+        out.append(f"- {name}: {desc}: **{'met' if ok else 'NOT met'}**")
+    return "\n".join(out)
+
+
+def markdown_v1(results, n, conns, rounds):
+    """The table of a --json file written before the paced runs (bench/results/dedupe-2026-12-07.json)."""
     base = {"file": "file/none", "redis": "redis/none"}
     out = [f"{n} webhooks per run, c={conns}, {rounds} round(s). Ratios and p50 deltas are "
            "taken round by round against the same sink without a store (same round), then "
@@ -132,25 +240,22 @@ def markdown(results, n, conns, rounds):
         ratio = [r["rps"] / x["rps"] for r, x in zip(runs, b)]
         dp50 = [(r["lat_p50_us"] - x["lat_p50_us"]) / 1000 for r, x in zip(runs, b)]
         bad = sum(r["non200"] + r["err_status"] + r["err_other"] for r in runs)
-        fmt = lambda v, f: f"{statistics.median(v):{f}} [" + ", ".join(f"{x:{f}}" for x in v) + "]"
         out.append(f"| {name} | {fmt([r['rps'] for r in runs], ',.0f')} | {fmt(ratio, '.2f')} "
                    f"| {fmt([r['lat_p50_us'] / 1000 for r in runs], '.2f')} | {fmt(dp50, '+.2f')} "
                    f"| {fmt([r['lat_p99_us'] / 1000 for r in runs], '.1f')} | {bad:.0f} |")
-    loc = results.get("file/local")
-    if loc and loc[-1].get("ids_added"):
-        r = loc[-1]
-        out += ["", f"file/local: {r['ids_added']:.0f} ids added in the last measured run, "
-                f"resident memory grew by {r['rss_growth_kb']} kB meanwhile: about "
-                f"{r['rss_growth_kb'] * 1024 / r['ids_added']:.0f} bytes per id "
-                f"(an upper bound: the run's own buffers included)."]
+    out += memory_note(results)
     return "\n".join(out)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=100000, help="webhooks per run")
+    ap.add_argument("--seconds", type=int, default=6, help="seconds of the throughput run")
+    ap.add_argument("--no-kafka", action="store_true", help="leave out the Kafka sink")
     ap.add_argument("--conns", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--paced-s", type=int, default=4, help="seconds of the paced run")
+    ap.add_argument("--delay-ms", type=int, default=4,
+                    help="paced run: each connection's pause before each request")
     ap.add_argument("--binary", default=os.path.join(ROOT, "build", "almabridge"))
     ap.add_argument("--only", help="comma-separated configuration names")
     ap.add_argument("--json", help="write the raw results here")
@@ -159,29 +264,52 @@ def main():
     if a.md_from:
         with open(a.md_from) as f:
             j = json.load(f)
-        print(markdown(j["results"], j["n"], j["conns"], j["rounds"]))
+        if "args" in j:
+            print(markdown(j["results"], j["args"]))
+        else:
+            print(markdown_v1(j["results"], j["n"], j["conns"], j["rounds"]))
         return
     results = {}
-    with RedisServer() as r1, RedisServer() as r2:
-        cfgs = configs(r1, r2)
-        names = [n for n in cfgs if not a.only or n in a.only.split(",")]
-        for rnd in range(a.rounds):
-            order = names if rnd % 2 == 0 else list(reversed(names))
-            for i, name in enumerate(order):
-                tag = "%d%d%d" % (rnd + 1, i + 1, int(time.time()) % 1000)
-                res = run_one(a.binary, cfgs[name], a, tag, (r1, r2))
-                print(f"round {rnd + 1} {name}: {res['rps']:,.0f} req/s, p50 "
-                      f"{res['lat_p50_us'] / 1000:.2f} ms, p99 {res['lat_p99_us'] / 1000:.2f} ms",
-                      file=sys.stderr, flush=True)
-                results.setdefault(name, []).append(res)
+    broker = None
+    if not a.no_kafka:
+        sys.path.insert(0, os.path.join(ROOT, "tests", "kafka"))
+        sys.path.insert(0, os.path.join(ROOT, "bench"))
+        from broker import KafkaBroker
+        from peers import KAFKA_JVM_OPTS  # those of Kafka's own start scripts
+        print("starting a Kafka broker", file=sys.stderr, flush=True)
+        broker = KafkaBroker(log_level="WARN", jvm_opts=KAFKA_JVM_OPTS).start()
+        broker.create_topic("dd.bench")
+    try:
+        with RedisServer() as r1, RedisServer() as r2:
+            cfgs = configs(r1, r2, broker)
+            names = [n for n in cfgs if not a.only or n in a.only.split(",")]
+            if "kafka/none" in names:  # the broker's JIT and the topic's leader: not measured
+                print("warming the Kafka broker up", file=sys.stderr, flush=True)
+                run_one(a.binary, cfgs["kafka/none"], a, "0", (r1, r2))
+            for rnd in range(a.rounds):
+                order = names if rnd % 2 == 0 else list(reversed(names))
+                for i, name in enumerate(order):
+                    tag = "%d%d%d" % (rnd + 1, i + 1, int(time.time()) % 1000)
+                    res = run_one(a.binary, cfgs[name], a, tag, (r1, r2))
+                    print(f"round {rnd + 1} {name}: {res['rps']:,.0f} req/s, CPU "
+                          f"{res['cpu_us']:.0f} + {res['redis_cpu_us']:.0f} us/webhook; paced "
+                          f"{res['paced_rps']:,.0f} req/s, p50 {res['paced_p50_us'] / 1000:.2f} "
+                          f"ms, p99 {res['paced_p99_us'] / 1000:.2f} ms", file=sys.stderr,
+                          flush=True)
+                    results.setdefault(name, []).append(res)
+    finally:
+        if broker:
+            broker.close()
     results = {n: results[n] for n in names}
+    args = {k: getattr(a, k) for k in ("seconds", "conns", "rounds", "paced_s", "delay_ms")}
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"n": a.n, "conns": a.conns, "rounds": a.rounds, "results": results,
+            json.dump({"args": args, "results": results,
+                       "command": " ".join(["python3"] + sys.argv),
                        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                                 capture_output=True, text=True).stdout.strip()},
                       f, indent=1)
-    print(markdown(results, a.n, a.conns, a.rounds))
+    print(markdown(results, args))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@
 -- Environment (set by bench/dedupe_bench.py):
 --   BENCH_BODY   path of the body (its first "id":"..." is replaced)
 --   BENCH_TAG    a prefix making this run's ids unique
+--   BENCH_DELAY_MS  if set, each connection waits this long before each request (a paced
+--                   load well below the peak: the latency a request sees without queueing)
 --
 -- done() prints "BENCH_JSON {...}" as post.lua does.
 
@@ -20,6 +22,13 @@ local threads = 0
 function setup(thread)
   threads = threads + 1
   thread:set("tid", threads)
+end
+
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+  function delay()
+    return pause
+  end
 end
 
 local n = 0

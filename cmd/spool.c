@@ -3,31 +3,99 @@
  * daemon holds it, fragments cut off after crashes, and lines that are no CloudEvent
  * (damage). For an operator whose broker or replica is gone for good. The events are read
  * through the spool's read side (sink.h) and decoded with the event codec.
+ * With the daemon's --dedupe-store (and its --sink/--redis), also how many of them are
+ * delivered already (replay records what it delivers, as the forwarder's "fwd:<key>": a
+ * daemon started on the spool skips those), asked of the store in batches (dedupe.h).
  * Exit: 0; 1 when the directory holds damaged lines (or is no spool at all: its files are
- * not CloudEvent lines); 2 for usage errors and an unreadable directory. */
+ * not CloudEvent lines); 2 for usage errors, an unreadable directory and a store that does
+ * not answer. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cli.h"
+#include "dedupe.h"
 #include "event.h"
+#include "mem.h"
 #include "sink.h"
+#include "sinks/dedupe_store.h"
 #include "sinks/registry.h"
 #include "sinks/spool.h"
 
 static const char usage[] =
-    "usage: almabridge spool inspect DIR\n"
+    "usage: almabridge spool inspect DIR [--list] [the daemon's options]\n"
     "  lists what the spool directory DIR (--spool DIR) holds: events not yet forwarded,\n"
     "  bytes, segments, the oldest and newest event, the daemon holding it, if any, and\n"
-    "  damaged lines. Exit status: 0, 1 damaged lines found, 2 usage or unreadable DIR.\n";
+    "  damaged lines. With the daemon's --dedupe-store (and --sink, --redis ...), also how\n"
+    "  many of them are delivered already (by replay, say), which a daemon started on the\n"
+    "  spool skips. --list: one line per event (id, time, delivered or not).\n"
+    "  Exit status: 0, 1 damaged lines found, 2 usage, unreadable DIR or the store down.\n";
+
+#define BATCH AB_DEDUPE_PEEK_MAX
 
 /* What the events not yet forwarded are, read through the spool's read side. */
 struct tally {
     long events, damaged;
     char oldest_id[128], oldest_time[64], newest_id[128], newest_time[64];
     char first_damage[320];
+    int list; /* --list: a line per event */
+    /* --dedupe-store: the keys of the events read and not asked yet, and the answers */
+    const struct ab_dedupe_setup *dds;
+    struct ab_dedupe_query *dq;
+    char *keys[BATCH], *ids[BATCH], *times[BATCH];
+    size_t n;
+    long delivered, inflight;
+    int dd_failed;
+    char dd_err[300];
 };
+
+/* Ask the store about the batch held, count and (--list) print it, and let it go. */
+static void flush_batch(struct tally *t)
+{
+    int states[BATCH];
+    if (t->n && !t->dd_failed &&
+        ab_dedupe_query_states(t->dq, (const char *const *)t->keys, t->n, states, t->dd_err,
+                               sizeof(t->dd_err)) != 0) {
+        t->dd_failed = 1;
+    }
+    for (size_t i = 0; i < t->n; i++) {
+        int st = t->dd_failed ? -1 : states[i];
+        t->delivered += st == AB_DEDUPE_STORED;
+        t->inflight += st == AB_DEDUPE_INFLIGHT;
+        if (t->list) {
+            printf("event     %s %s %s\n", t->ids[i], *t->times[i] ? t->times[i] : "-",
+                   st == AB_DEDUPE_STORED     ? "delivered"
+                   : st == AB_DEDUPE_INFLIGHT ? "in flight"
+                   : st < 0                   ? "unknown"
+                                              : "not delivered");
+        }
+        free(t->keys[i]);
+        free(t->ids[i]);
+        free(t->times[i]);
+    }
+    t->n = 0;
+}
+
+/* One event read: --list without a store prints it now; with one it waits for its batch. */
+static void note_key(struct tally *t, const struct ab_event *ev)
+{
+    if (t->dq == NULL) {
+        if (t->list) {
+            printf("event     %s %s\n", ev->id, ev->time ? ev->time : "-");
+        }
+        return;
+    }
+    char key[512];
+    ab_dedupe_key(t->dds, ev, key, sizeof(key));
+    /* the forwarder's key, or with the Redis sink's atomic script the webhook's own */
+    t->keys[t->n] = ab_asprintf("%s%s", t->dds->sink_atomic ? "" : "fwd:", key);
+    t->ids[t->n] = ab_strdup(ev->id);
+    t->times[t->n] = ab_strdup(ev->time ? ev->time : "");
+    if (++t->n == BATCH) {
+        flush_batch(t);
+    }
+}
 
 static void note_event(struct tally *t, const struct ab_event *ev)
 {
@@ -40,21 +108,20 @@ static void note_event(struct tally *t, const struct ab_event *ev)
         snprintf(t->newest_time, sizeof(t->newest_time), "%s", ev->time ? ev->time : "");
     }
     t->events++;
+    note_key(t, ev);
 }
 
-static int read_events(const char *dir, struct tally *t, char *err, size_t errlen)
+static int read_events(const char *dir, const struct ab_config *cfg, struct tally *t,
+                       char *err, size_t errlen)
 {
-    int spool = 0, got, rc = -1, loaded = 0;
-    struct ab_config cfg;
+    int spool = 0, got, rc = -1;
     struct ab_sink_setup setup;
-    char *args[] = {(char *)"spool", NULL};
     struct ab_sink_reader *r = NULL;
     const struct ab_sink_ops *ops = ab_sink_log_reader(dir, &spool, err, errlen);
-    if (ops == NULL || ab_cli_load_config(1, args, &cfg, err, errlen) != 0) {
+    if (ops == NULL) {
         return -1;
     }
-    loaded = 1;
-    ab_sink_setup_init(&setup, &cfg, ops);
+    ab_sink_setup_init(&setup, cfg, ops);
     struct ab_read_from from = {.path = dir};
     if ((r = ops->reader_open(&setup.conf, &from, err, errlen)) == NULL) {
         goto done;
@@ -72,12 +139,30 @@ static int read_events(const char *dir, struct tally *t, char *err, size_t errle
         ab_event_free(e);
     }
     rc = got == AB_READ_IDLE ? 0 : -1;
+    flush_batch(t);
 done:
     ab_reader_close(r);
-    if (loaded) {
-        ab_config_free(&cfg);
-    }
     return rc;
+}
+
+/* The line about the deduplication store, when one was asked. */
+static void print_delivered(const struct tally *t)
+{
+    char d[200] = "";
+    if (t->dq == NULL) {
+        return;
+    }
+    ab_dedupe_query_describe(t->dq, d, sizeof(d));
+    if (t->dd_failed) {
+        printf("delivered unknown: %s\n", t->dd_err);
+        return;
+    }
+    printf("delivered %ld of %ld already delivered per the deduplication store (%s): a daemon "
+           "started on this spool skips them\n",
+           t->delivered, t->events, d);
+    if (t->inflight) {
+        printf("in flight %ld being forwarded now (claimed in the store)\n", t->inflight);
+    }
 }
 
 static void print_summary(const char *dir, const struct ab_spool_summary *s,
@@ -122,12 +207,33 @@ static void print_summary(const char *dir, const struct ab_spool_summary *s,
                "(almabridge verify %s)\n",
                s->damaged, s->damaged_files, dir);
     }
-    if (t->events && !s->holder_pid) {
+    print_delivered(t);
+    if (t->events > t->delivered && !s->holder_pid) {
         printf("\nTo deliver these events, start almabridge with --spool %s and its broker, or\n"
                "push them to another sink: almabridge replay --from %s --sink kafka|redis ...\n"
                "(replay skips ids already in the target).\n",
                dir, dir);
     }
+}
+
+/* Open the store of --dedupe-store (as given: "auto", the file sink's, never applies to a
+ * spool) for asking. Returns 0 (t->dq NULL when there is none), or -1 with err. */
+static int open_store(const struct ab_config *cfg, struct ab_dedupe_setup *dds, struct tally *t,
+                      char *err, size_t errlen)
+{
+    int on = 0;
+    const char *url = cfg->dedupe_store;
+    if (url == NULL || !strcmp(url, "auto") || !strcmp(url, "none")) {
+        return 0;
+    }
+    if (ab_dedupe_setup_init(dds, cfg, &on, err, errlen) != 0) {
+        return -1;
+    }
+    t->dds = dds;
+    if (on && (t->dq = ab_dedupe_query_new(dds, err, errlen)) == NULL) {
+        return -1;
+    }
+    return 0;
 }
 
 int ab_cmd_spool(int argc, char **argv)
@@ -136,24 +242,57 @@ int ab_cmd_spool(int argc, char **argv)
         fputs(usage, stdout);
         return AB_EXIT_OK;
     }
-    if (argc != 3 || strcmp(argv[1], "inspect") != 0) {
+    if (argc < 3 || strcmp(argv[1], "inspect") != 0 || argv[2][0] == '-') {
         fputs(usage, stderr);
         return AB_EXIT_USAGE;
     }
     const char *dir = argv[2];
     struct ab_spool_summary s;
+    struct ab_config cfg;
+    struct ab_dedupe_setup dds = {0};
     struct tally t = {0};
     char err[512] = "";
+    int loaded = 0, rc = AB_EXIT_USAGE, nargs = 1;
+    char **args = ab_calloc((size_t)argc, sizeof(*args)); /* "spool" and the daemon's options */
+    args[0] = argv[0];
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--list")) {
+            t.list = 1;
+        } else {
+            args[nargs++] = argv[i];
+        }
+    }
     if (ab_spool_summarise(dir, &s, err, sizeof(err)) != 0 ||
-        read_events(dir, &t, err, sizeof(err)) != 0) {
-        fprintf(stderr, "almabridge: spool inspect: %s\n", err);
-        return AB_EXIT_USAGE;
+        ab_cli_load_config(nargs, args, &cfg, err, sizeof(err)) != 0) {
+        goto done;
+    }
+    loaded = 1;
+    cfg.check_config = 1; /* the store: create nothing that lasts (no file of its own) */
+    if (open_store(&cfg, &dds, &t, err, sizeof(err)) != 0 ||
+        read_events(dir, &cfg, &t, err, sizeof(err)) != 0) {
+        goto done;
     }
     print_summary(dir, &s, &t);
+    rc = AB_EXIT_OK;
     if (t.damaged || s.damaged) {
         fprintf(stderr, "almabridge: spool inspect: %s holds %ld damaged line(s)%s\n", dir,
                 t.damaged + s.damaged, t.events ? "" : " and no event: is it a spool?");
-        return AB_EXIT_FAILED;
+        rc = AB_EXIT_FAILED;
     }
-    return AB_EXIT_OK;
+    if (t.dd_failed) {
+        fprintf(stderr, "almabridge: spool inspect: %s\n", t.dd_err);
+        rc = AB_EXIT_USAGE;
+    }
+    err[0] = '\0';
+done:
+    if (err[0]) {
+        fprintf(stderr, "almabridge: spool inspect: %s\n", err);
+    }
+    ab_dedupe_query_free(t.dq);
+    ab_dedupe_setup_free(&dds);
+    if (loaded) {
+        ab_config_free(&cfg);
+    }
+    free(args);
+    return rc;
 }

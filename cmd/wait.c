@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "alma_api.h"
@@ -32,147 +31,20 @@
 #include "sink.h"
 #include "sinks/file.h"
 #include "sinks/registry.h"
+#include "wait.h"
 
-#define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
-#define NO_MATCH (-1)
 #define RETRY_MS 1000 /* after a read error: reconnect this often */
-
-struct waiter {
-    const char *instance; /* --job-instance, or NULL */
-    const char *job;      /* --job-id, or NULL */
-    const char *success;  /* comma-separated statuses that mean success */
-    int64_t start_ms;     /* wall clock when the waiter started */
-    int64_t from_ms;      /* start_ms - --since */
-    int64_t deadline;     /* monotonic ms, or INT64_MAX */
-    int verbose;
-    struct ab_reconcile_poll *poll; /* --fallback-after, or NULL */
-};
-
-static int fallback_rc = NO_MATCH; /* --fallback-after: the exit code once the API answered */
-
-#define TEXT AB_EVENT_LINE_TEXT
-
-/* ---- matching ---------------------------------------------------------------------- */
-
-static int is_job_end(const char *line, size_t len)
-{
-    char *type = TEXT(line, len, "type");
-    char *action = type && strcmp(type, JOB_END_TYPE) == 0 ? NULL : TEXT(line, len, "almaaction");
-    int yes = (type && strcmp(type, JOB_END_TYPE) == 0) ||
-              (action && strcasecmp(action, "JOB_END") == 0);
-    free(type);
-    free(action);
-    return yes;
-}
-
-/* The job (not instance) id: job_info.id, else the last part of job_info.link. */
-static char *job_of(const char *line, size_t len)
-{
-    char *id = TEXT(line, len, "data", "job_instance", "job_info", "id");
-    if (id == NULL) {
-        char *link = TEXT(line, len, "data", "job_instance", "job_info", "link");
-        const char *slash = link ? strrchr(link, '/') : NULL;
-        id = slash && slash[1] ? ab_strdup(slash + 1) : NULL;
-        free(link);
-    }
-    return id;
-}
-
-/* When the run ended, for --job-id alone: job_instance.end_time, the event's time, else
- * when the event arrived (-1: unknown, read before the waiter started following). */
-static int64_t ended_ms(const char *line, size_t len, int64_t arrival_ms)
-{
-    char *t = TEXT(line, len, "data", "job_instance", "end_time");
-    if (t == NULL) {
-        t = TEXT(line, len, "time");
-    }
-    int64_t ms = ab_event_time_ms(t);
-    free(t);
-    return ms >= 0 ? ms : arrival_ms;
-}
-
-static int is_success(const struct waiter *w, const char *status)
-{
-    size_t sl = strlen(status);
-    for (const char *p = w->success; *p;) {
-        size_t l = strcspn(p, ",");
-        if (l == sl && strncasecmp(p, status, l) == 0) {
-            return 1;
-        }
-        p += l + (p[l] == ',');
-    }
-    return 0;
-}
-
-/* Report the matching event: CloudEvent on stdout, the outcome as the exit code. */
-static int finish(const struct waiter *w, const char *line, size_t len)
-{
-    char *status = TEXT(line, len, "data", "job_instance", "status");
-    char *desc = TEXT(line, len, "data", "job_instance", "status", "desc");
-    char *inst = TEXT(line, len, "data", "job_instance", "id");
-    char *name = TEXT(line, len, "data", "job_instance", "name");
-    if (w->poll && fallback_rc == NO_MATCH) {
-        fprintf(stderr, "almabridge wait: answered by the JOB_END webhook's event in the sink\n");
-    }
-    fwrite(line, 1, len, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
-    int rc = status && is_success(w, status) ? AB_EXIT_OK : AB_EXIT_FAILED;
-    if (rc != AB_EXIT_OK) {
-        fprintf(stderr, "almabridge wait: job instance %s (%s) ended with status %s%s%s%s\n",
-                inst ? inst : "?", name ? name : "no name", status ? status : "(none)",
-                desc ? " (" : "", desc ? desc : "", desc ? ")" : "");
-    } else if (w->verbose) {
-        fprintf(stderr, "almabridge wait: job instance %s ended with status %s\n", inst, status);
-    }
-    free(status);
-    free(desc);
-    free(inst);
-    free(name);
-    return rc;
-}
-
-/* One event read from the sink: NO_MATCH, or the exit code once it is the awaited one.
- * arrival_ms is when the sink got it (-1 when unknown). */
-static int consider(const struct waiter *w, const char *line, size_t len, int64_t arrival_ms)
-{
-    int rc = NO_MATCH;
-    char *inst = NULL, *job = NULL;
-    if (len == 0 || !is_job_end(line, len)) {
-        return NO_MATCH;
-    }
-    if (w->instance) {
-        inst = TEXT(line, len, "data", "job_instance", "id");
-        if (inst == NULL || strcmp(inst, w->instance) != 0) {
-            goto done;
-        }
-    }
-    if (w->job) {
-        job = job_of(line, len);
-        if (job == NULL || strcmp(job, w->job) != 0) {
-            goto done;
-        }
-        if (w->instance == NULL && ended_ms(line, len, arrival_ms) < w->start_ms) {
-            goto done; /* an earlier run: --job-id alone waits for the next one */
-        }
-    }
-    rc = finish(w, line, len);
-done:
-    free(inst);
-    free(job);
-    return rc;
-}
 
 /* ---- --fallback-after: Alma's API answers when the webhook does not come -------------- */
 
 /* Called wherever the reader checks its deadline: when a poll is due, one API call
  * (core/reconcile.h); an ended instance is reported like its webhook would be. */
-static int fallback_check(const struct waiter *w)
+static int fallback_check(struct ab_waiter *w)
 {
     struct ab_event *ev = NULL;
     char err[1024];
-    if (w->poll == NULL || fallback_rc != NO_MATCH) {
-        return fallback_rc;
+    if (w->poll == NULL || w->fallback_rc != NO_MATCH) {
+        return w->fallback_rc;
     }
     int rc = ab_reconcile_poll_step(w->poll, ab_cli_mono_ms(), &ev, err, sizeof(err));
     if (rc < 0) {
@@ -182,14 +54,14 @@ static int fallback_check(const struct waiter *w)
     } else if (rc > 0) {
         fprintf(stderr, "almabridge wait: answered by the Alma API (no JOB_END webhook after "
                         "--fallback-after)\n");
-        fallback_rc = AB_EXIT_OK; /* finish() below must not claim the webhook */
-        fallback_rc = finish(w, ev->json, ev->json_len);
+        w->fallback_rc = AB_EXIT_OK; /* ab_wait_finish() must not claim the webhook */
+        w->fallback_rc = ab_wait_finish(w, ev->json, ev->json_len);
         ab_event_free(ev);
     }
-    return fallback_rc;
+    return w->fallback_rc;
 }
 
-static int64_t remaining_ms(const struct waiter *w)
+static int64_t remaining_ms(struct ab_waiter *w)
 {
     if (fallback_check(w) != NO_MATCH) {
         return 0;
@@ -198,10 +70,10 @@ static int64_t remaining_ms(const struct waiter *w)
     return left > 0 ? left : 0;
 }
 
-static int timed_out(const struct waiter *w)
+static int timed_out(const struct ab_waiter *w)
 {
-    if (fallback_rc != NO_MATCH) {
-        return fallback_rc;
+    if (w->fallback_rc != NO_MATCH) {
+        return w->fallback_rc;
     }
     fprintf(stderr, "almabridge wait: no matching JOB_END event before --timeout\n");
     return AB_EXIT_TIMEOUT;
@@ -217,7 +89,7 @@ static void sleep_ms(int64_t ms)
 
 /* Read from the sink until a match, the deadline or an interrupt. A read error (the
  * connection broke, the broker restarts) is reported and retried until the deadline. */
-static int wait_loop(const struct waiter *w, struct ab_sink_reader *r, const char *what)
+static int wait_loop(struct ab_waiter *w, struct ab_sink_reader *r, const char *what)
 {
     char err[512] = "";
     for (;;) {
@@ -225,7 +97,7 @@ static int wait_loop(const struct waiter *w, struct ab_sink_reader *r, const cha
         int64_t left = remaining_ms(w);
         int got = ab_reader_next(r, &ev, left < 1000 ? (int)left : 1000, err, sizeof(err));
         if (got == AB_READ_EVENT) {
-            int rc = consider(w, ev.value, ev.len, ev.stored_ms);
+            int rc = ab_wait_consider(w, ev.value, ev.len, ev.stored_ms);
             if (rc != NO_MATCH) {
                 return rc;
             }
@@ -243,7 +115,7 @@ static int wait_loop(const struct waiter *w, struct ab_sink_reader *r, const cha
 }
 
 /* --fallback-after: the API client and the poll of the instance; NULL with err. */
-static struct ab_alma_api *fallback_start(struct waiter *w, const struct ab_config *cfg,
+static struct ab_alma_api *fallback_start(struct ab_waiter *w, const struct ab_config *cfg,
                                           const char *after, const char *every,
                                           const char *institution, char *err, size_t errlen)
 {
@@ -358,7 +230,7 @@ int ab_cmd_wait(int argc, char **argv)
     struct ab_sink_reader *reader = NULL;
     const struct ab_sink_ops *ops = NULL;
     struct ab_alma_api *api = NULL;
-    struct waiter w = {0};
+    struct ab_waiter w = {0};
     char *route = NULL;
     int64_t since_ms = 0, timeout_ms = -1;
 
@@ -385,8 +257,9 @@ int ab_cmd_wait(int argc, char **argv)
         (route = job_end_route(&cfg, ops, o->institution, err, sizeof(err))) == NULL) {
         goto done;
     }
-    w = (struct waiter){.instance = o->instance, .job = o->job, .success = o->success,
-                        .start_ms = ab_cli_now_ms(), .verbose = o->verbose};
+    w = (struct ab_waiter){.instance = o->instance, .job = o->job, .success = o->success,
+                           .start_ms = ab_cli_now_ms(), .verbose = o->verbose,
+                           .fallback_rc = NO_MATCH};
     if (o->fallback_after &&
         !(api = fallback_start(&w, &cfg, o->fallback_after, o->fallback_every, o->institution,
                                err, sizeof(err)))) {

@@ -16,6 +16,7 @@
 #include "log.h"
 #include "mem.h"
 #include "metrics.h"
+#include "normalise.h"
 #include "server.h"
 #include "sink.h"
 
@@ -81,23 +82,36 @@ static void reply(struct evhttp_request *req, const char *path, int status, cons
     ab_log_access(&acc);
 }
 
-/* /readyz: 200 when not draining and every worker's sink instance can take writes. */
+/* /readyz: 200 when not draining and every worker's sink instance can take writes, and
+ * no worker refuses webhooks for the deduplication store (--dedupe-on-error refuse); the
+ * same status words as the main listener's /readyz, with the store's state as "dedupe". */
 static void readyz(struct ab_admin *a, struct evhttp_request *req, const struct timespec *t0)
 {
     long ready = atomic_load(&ab_metrics_g.sink_ready);
     long workers = atomic_load(&ab_metrics_g.workers);
-    char body[160];
+    char body[2048], note[256] = "", esc[6 * sizeof(note)], dd[sizeof(esc) + 16] = "";
     int status = 503;
+    const char *st = "ready";
+    int note_st = ab_app_ready_note(a->app, note, sizeof(note));
+    if (note_st) {
+        esc[ab_json_escape(esc, note, strlen(note))] = '\0';
+        snprintf(dd, sizeof(dd), ",\"dedupe\":\"%s\"", esc);
+    }
     if (ab_app_draining(a->app)) {
-        snprintf(body, sizeof(body), "{\"status\":\"draining\"}");
+        st = "draining";
     } else if (workers == 0 || ready < workers) {
-        snprintf(body, sizeof(body),
-                 "{\"status\":\"sink not ready\",\"sink_ready_workers\":\"%ld/%ld\"}", ready,
-                 workers);
+        st = "sink not ready";
+    } else if (note_st == 2) {
+        st = AB_READY_DEDUPE_REFUSED;
     } else {
         status = 200;
-        snprintf(body, sizeof(body), "{\"status\":\"ready\",\"sink_ready_workers\":\"%ld/%ld\"}",
-                 ready, workers);
+        st = note_st ? AB_READY_DEDUPE_UNCHECKED : "ready";
+    }
+    if (status == 503 && !strcmp(st, "draining")) {
+        snprintf(body, sizeof(body), "{\"status\":\"draining\"}");
+    } else {
+        snprintf(body, sizeof(body), "{\"status\":\"%s\",\"sink_ready_workers\":\"%ld/%ld\"%s}",
+                 st, ready, workers, dd);
     }
     reply(req, "/readyz", status, NULL, body, status == 200 ? NULL : "not ready", t0);
 }

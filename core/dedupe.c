@@ -624,3 +624,107 @@ void ab_dedupe_guard_free(struct ab_dedupe_guard *g)
     }
     free(g);
 }
+
+/* ---- asking the store from a command-line program ----------------------------------- */
+
+struct ab_dedupe_query {
+    const struct ab_dedupe_setup *setup;
+    struct event_base *base;
+    struct event *tick; /* wakes the loop while a call is refused (the store connecting) */
+    struct ab_dedupe *store;
+    int done, state;
+    char err[160];
+};
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_query_tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+static void on_peeked(int state, const char *errstr, void *opaque)
+{
+    struct ab_dedupe_query *q = opaque;
+    q->done = 1;
+    q->state = state;
+    snprintf(q->err, sizeof(q->err), "%s", errstr ? errstr : "");
+}
+
+struct ab_dedupe_query *ab_dedupe_query_new(const struct ab_dedupe_setup *setup, char *errstr,
+                                            size_t errlen)
+{
+    struct ab_dedupe_query *q = ab_calloc(1, sizeof(*q));
+    struct timeval tv = {0, 20 * 1000};
+    q->setup = setup;
+    q->base = event_base_new();
+    q->tick = event_new(q->base, -1, EV_PERSIST, on_query_tick, q);
+    event_add(q->tick, &tv);
+    q->store = setup->ops->open(&setup->conf, setup->shared, q->base, errstr, errlen);
+    if (q->store == NULL) {
+        ab_dedupe_query_free(q);
+        return NULL;
+    }
+    return q;
+}
+
+/* One batch: ask until the store takes the call (it may still be connecting), then wait for
+ * its answer. Returns 0 or -1 with errstr. */
+static int query_batch(struct ab_dedupe_query *q, const char *const *keys, size_t n,
+                       int *states, char *errstr, size_t errlen)
+{
+    long wait_ms = q->setup->conf.timeout_ms > 3000 ? q->setup->conf.timeout_ms : 3000;
+    int64_t deadline = mono_ms() + wait_ms;
+    q->done = 0;
+    while (q->store->ops->peek(q->store, keys, n, states, on_peeked, q) != 0) {
+        if (mono_ms() >= deadline) {
+            char d[200] = "not ready";
+            q->store->ops->describe(q->store, d, sizeof(d));
+            snprintf(errstr, errlen, "the deduplication store does not answer: %s", d);
+            return -1;
+        }
+        event_base_loop(q->base, EVLOOP_ONCE);
+    }
+    while (!q->done) {
+        event_base_loop(q->base, EVLOOP_ONCE); /* the store's own deadline ends the call */
+    }
+    if (q->state == AB_DEDUPE_ERROR) {
+        snprintf(errstr, errlen, "the deduplication store failed: %s", q->err);
+        return -1;
+    }
+    return 0;
+}
+
+int ab_dedupe_query_states(struct ab_dedupe_query *q, const char *const *keys, size_t n,
+                           int *states, char *errstr, size_t errlen)
+{
+    for (size_t i = 0; i < n; i += AB_DEDUPE_PEEK_MAX) {
+        size_t k = n - i < AB_DEDUPE_PEEK_MAX ? n - i : AB_DEDUPE_PEEK_MAX;
+        if (query_batch(q, keys + i, k, states + i, errstr, errlen) != 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void ab_dedupe_query_describe(struct ab_dedupe_query *q, char *buf, size_t len)
+{
+    q->store->ops->describe(q->store, buf, len);
+}
+
+void ab_dedupe_query_free(struct ab_dedupe_query *q)
+{
+    if (q == NULL) {
+        return;
+    }
+    if (q->store) {
+        q->store->ops->close(q->store);
+    }
+    event_free(q->tick);
+    event_base_free(q->base);
+    free(q);
+}

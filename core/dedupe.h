@@ -70,6 +70,12 @@ struct ab_dedupe_ops {
      * be NULL (fire and forget). */
     int (*mark)(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_cb cb,
                 void *opaque);
+    /* Ask, without claiming, the state of n keys (n <= AB_DEDUPE_PEEK_MAX): states[i] gets
+     * NEW (free), INFLIGHT or STORED; keys and states stay the caller's until cb. Same
+     * return rules as claim; cb(AB_DEDUPE_NEW: states filled, or AB_DEDUPE_ERROR) runs once,
+     * later. For `spool inspect` (ab_dedupe_query), never on a webhook's path. */
+    int (*peek)(struct ab_dedupe *d, const char *const *keys, size_t n, int *states,
+                ab_dedupe_cb cb, void *opaque);
     int (*ready)(struct ab_dedupe *d);
     void (*describe)(struct ab_dedupe *d, char *buf, size_t len);
     /* Keys held (stored or claimed), -1 when the store cannot say cheaply. Any thread. */
@@ -77,6 +83,9 @@ struct ab_dedupe_ops {
     /* Complete what is outstanding (callbacks with ERROR before it returns) and free. */
     void (*close)(struct ab_dedupe *d);
 };
+
+/* The most keys one peek asks (one round trip to the store). */
+#define AB_DEDUPE_PEEK_MAX 256
 
 /* ---- process-wide set-up (cmd/ fills it, ab_app points at it) ------------------------ */
 
@@ -121,6 +130,22 @@ void ab_dedupe_metrics_init(const struct ab_dedupe_setup *setup);
 const struct ab_dedupe_setup *ab_dedupe_active(void);
 /* Count a duplicate that was not written (the forwarder and replay count theirs here). */
 void ab_dedupe_count_duplicate(enum ab_dedupe_cause cause);
+
+/* ---- asking the store from a command-line program (spool inspect) -------------------- */
+
+/* A store instance on a loop of its own, for a single-threaded program that asks the store
+ * about many keys and waits for the answers. NULL with errstr for a bad configuration. */
+struct ab_dedupe_query;
+struct ab_dedupe_query *ab_dedupe_query_new(const struct ab_dedupe_setup *setup, char *errstr,
+                                            size_t errlen);
+/* The states (enum ab_dedupe_state, without claiming) of n keys into states[], in batches of
+ * AB_DEDUPE_PEEK_MAX, waiting for each (a store still connecting is given until its call
+ * deadline, at least 3 s). Returns 0, or -1 with one line in errstr (the store down). */
+int ab_dedupe_query_states(struct ab_dedupe_query *q, const char *const *keys, size_t n,
+                           int *states, char *errstr, size_t errlen);
+/* The store's description ("redis 127.0.0.1:6379 db 0: connected") into buf. */
+void ab_dedupe_query_describe(struct ab_dedupe_query *q, char *buf, size_t len);
+void ab_dedupe_query_free(struct ab_dedupe_query *q);
 
 /* ---- the guard --------------------------------------------------------------------- */
 

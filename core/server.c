@@ -94,12 +94,19 @@ struct ab_worker {
     int stopping;
     time_t stop_deadline;
     int ready, ready_known; /* this worker's share of ab_metrics_g.sink_ready */
+    int note_state;         /* this worker's share of notes[]: 0 none, 1 degraded, 2 refusing */
     TAILQ_HEAD(conn_list, ab_conn) conns; /* every open connection, the least recently active first */
     time_t date_at;
     char date[40];          /* the Date header value for date_at */
 };
 
 static char empty_body[1]; /* the body of a request without one; never written */
+
+/* The handlers' ready_note over the workers (ab_app_ready_note): workers per state (1
+ * degraded, 2 refusing; [0] unused), the last note given. */
+static atomic_long notes[3];
+static pthread_mutex_t note_mu = PTHREAD_MUTEX_INITIALIZER;
+static char note_text[256];
 
 /* Lines a remote party can trigger repeatedly: at most one per interval each. */
 static struct ab_ratelimit rl_accept, rl_timeout, rl_buffered, rl_evict, rl_share;
@@ -481,9 +488,9 @@ static void handle_readyz(struct ab_worker *w, struct ab_req *r)
     char dd[256] = "";
     if (code == 200 && w->app->handler->ready_note &&
         !w->app->handler->ready_note(w->hctx, dd, sizeof(dd))) {
-        st = "deduplication store unreachable", code = 503;
+        st = AB_READY_DEDUPE_REFUSED, code = 503;
     } else if (code == 200 && dd[0]) {
-        st = "ready, deduplication unchecked";
+        st = AB_READY_DEDUPE_UNCHECKED;
     }
     /* the sink's state names files, brokers and errors: for loopback and --allow only */
     int details = ab_acl_is_loopback(r->client) ||
@@ -1047,6 +1054,35 @@ static void on_accept_error(struct evconnlistener *l, void *arg)
     pause_accepting(w, ACCEPT_PAUSE_MS);
 }
 
+/* Loop thread: publish the handler's ready_note for the admin listener. */
+static void publish_note(struct ab_worker *w)
+{
+    char dd[256] = "";
+    int st = 0;
+    if (w->hctx && w->app->handler->ready_note) {
+        st = !w->app->handler->ready_note(w->hctx, dd, sizeof(dd)) ? 2 : dd[0] ? 1 : 0;
+    }
+    if (st != w->note_state) {
+        atomic_fetch_sub(&notes[w->note_state], w->note_state != 0);
+        atomic_fetch_add(&notes[st], st != 0);
+        w->note_state = st;
+    }
+    if (st) {
+        pthread_mutex_lock(&note_mu);
+        snprintf(note_text, sizeof(note_text), "%s", dd);
+        pthread_mutex_unlock(&note_mu);
+    }
+}
+
+int ab_app_ready_note(const struct ab_app *app, char *buf, size_t len)
+{
+    int st = atomic_load(&notes[2]) > 0 ? 2 : atomic_load(&notes[1]) > 0 ? 1 : 0;
+    pthread_mutex_lock(&note_mu);
+    snprintf(buf, len, "%s", st ? note_text : "");
+    pthread_mutex_unlock(&note_mu);
+    return st;
+}
+
 /* Loop thread: publish this worker's sink readiness (ready() may only be asked on the
  * owning thread) into the process-wide gauge, every half second; log each change with the
  * sink's own description (which /readyz shows only to trusted clients). */
@@ -1065,6 +1101,7 @@ static void on_ready_tick(evutil_socket_t fd, short what, void *arg)
         w->ready = r;
     }
     w->ready_known = 1;
+    publish_note(w);
 }
 
 /* ---- control: reload and stop from other threads ------------------------------------ */
@@ -1214,6 +1251,8 @@ void ab_worker_run(struct ab_worker *w)
     event_del(w->ready_ev);
     atomic_fetch_sub(&ab_metrics_g.sink_ready, w->ready);
     w->ready = 0;
+    atomic_fetch_sub(&notes[w->note_state], w->note_state != 0);
+    w->note_state = 0;
     /* Stopped: close the sink on this thread (its close() completes what is left, whose
      * callbacks answer their requests), then give the answers a moment to go out. */
     /* what is left of --shutdown-timeout (the drain used the rest), so that the process

@@ -105,6 +105,17 @@ struct ab_app {
 void ab_app_drain(struct ab_app *app);
 /* 1 once ab_app_drain() was called. Any thread. */
 int ab_app_draining(const struct ab_app *app);
+
+/* /readyz's status while the handler's ready_note says so (the deduplication store), the
+ * same on the main listener and the admin listener. */
+#define AB_READY_DEDUPE_REFUSED "deduplication store unreachable"
+#define AB_READY_DEDUPE_UNCHECKED "ready, deduplication unchecked"
+/* The handler's ready_note as the workers last saw it (each every half second), for the
+ * admin listener, which runs on no worker: 2 when a worker refuses webhooks for it (the
+ * deduplication store unreachable with --dedupe-on-error refuse), 1 when one serves
+ * degraded (deduplication unchecked), else 0; the last note in buf ("" for none). Any
+ * thread. */
+int ab_app_ready_note(const struct ab_app *app, char *buf, size_t len);
 /* The Prometheus text of /metrics (the public port's and --admin-listen's); caller frees.
  * Any thread. */
 char *ab_app_metrics_text(const struct ab_app *app);

@@ -491,6 +491,22 @@ static int fs_mark(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_c
     return 0;
 }
 
+static int fs_peek(struct ab_dedupe *d, const char *const *keys, size_t n, int *states,
+                   ab_dedupe_cb cb, void *opaque)
+{
+    struct fstore *fs = (struct fstore *)d;
+    struct fshared *sh = fs->sh;
+    int64_t now = wall_ms();
+    pthread_mutex_lock(&sh->mu);
+    for (size_t i = 0; i < n; i++) {
+        struct fent **pp = slot(sh, keys[i]);
+        states[i] = *pp && (*pp)->expires_ms > now ? (*pp)->state : AB_DEDUPE_NEW;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    queue_call(fs, cb, opaque, AB_DEDUPE_NEW);
+    return 0;
+}
+
 static int fs_ready(struct ab_dedupe *d)
 {
     struct fstore *fs = (struct fstore *)d;
@@ -534,6 +550,7 @@ const struct ab_dedupe_ops ab_dedupe_file = {
     .open = fs_open,
     .claim = fs_claim,
     .mark = fs_mark,
+    .peek = fs_peek,
     .ready = fs_ready,
     .describe = fs_describe,
     .held = fs_held,

@@ -7,12 +7,14 @@
  *   stored:  SET key "2" PX window (overwrites the claim)
  *   release: EVALSHA of RELEASE_LUA: DEL only while the value is "1" (a claim, never a
  *            stored marker)
+ *   peek:    MGET of up to AB_DEDUPE_PEEK_MAX keys (spool inspect): nil free, "1", "2"
  *
  * A script missing from the server's cache (NOSCRIPT after a restart or SCRIPT FLUSH) is
- * sent again with EVAL. One hiredis connection per worker loop (libevent adapter), its
- * commands entries of a pending list (core/pending.h) with the store's deadline; a command
- * without reply in time drops the connection. Reconnects every RETRY_MS while down; while
- * down claim and mark refuse at once, so a webhook never waits on a dead store.
+ * sent again with EVAL. One hiredis connection per worker loop (redis_conn.h, the Redis
+ * sink's too), its commands entries of a pending list (core/pending.h) with the store's
+ * deadline; a command without reply in time drops the connection. Reconnects every
+ * RETRY_MS while down; while down claim and mark refuse at once, so a webhook never waits
+ * on a dead store.
  *
  * Threads: global_init/global_free on the start-up thread, the rest on the loop thread. */
 #include <stdint.h>
@@ -21,7 +23,6 @@
 #include <string.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
@@ -31,6 +32,7 @@
 #include "log.h"
 #include "mem.h"
 #include "pending.h"
+#include "redis_conn.h"
 #include "sink.h"
 
 #define PREFIX AB_DEDUPE_REDIS_PREFIX
@@ -56,22 +58,20 @@ struct rshared {
 struct rstore {
     struct ab_dedupe base;
     struct rshared *sh;
-    struct event_base *evbase;
-    redisAsyncContext *ac;
-    int ready;   /* the handshake answered */
+    struct ab_redis_conn *conn; /* the connection and its life cycle */
     int closing;
-    struct event *retry_ev;
     struct ab_pending *pending;
-    char reason[200];
 };
 
-/* What travels with a command: to resend a script with EVAL after NOSCRIPT. */
+/* What travels with a command: to resend a script with EVAL after NOSCRIPT; a peek's
+ * answer goes to states[0..n). */
+enum { CMD_STORED = 0, CMD_CLAIM = 1, CMD_RELEASE = 2, CMD_PEEK = 3 };
 struct rcmd {
-    int script; /* 0: none, 1: claim, 2: release */
+    int script; /* CMD_* */
+    int *states;
+    size_t n;
     char key[];
 };
-
-static void rs_connect(struct rstore *rs);
 
 static void sha1_hex(const char *s, char out[41])
 {
@@ -119,121 +119,19 @@ static void rs_global_free(void *shared)
     free(sh);
 }
 
-/* ---- the connection ------------------------------------------------------------------- */
+/* ---- the connection (redis_conn.h) ------------------------------------------------------ */
 
-static void went_down(struct rstore *rs, const char *reason)
+static int rs_up(const struct rstore *rs)
 {
-    rs->ac = NULL;
-    rs->ready = 0;
-    snprintf(rs->reason, sizeof(rs->reason), "%s", reason);
-    if (!rs->closing) {
-        struct timeval tv = {RETRY_MS / 1000, (RETRY_MS % 1000) * 1000};
-        evtimer_add(rs->retry_ev, &tv);
-    }
-}
-
-/* From our timers or close only, never inside a hiredis callback. */
-static void drop(struct rstore *rs, const char *reason)
-{
-    redisAsyncContext *ac = rs->ac;
-    went_down(rs, reason);
-    if (ac) {
-        redisAsyncFree(ac); /* hands every command back with a NULL reply */
-    }
-}
-
-static void on_retry(evutil_socket_t fd, short what, void *arg)
-{
-    rs_connect(arg);
+    return !rs->closing && ab_redis_conn_state(rs->conn) == AB_REDIS_READY;
 }
 
 static void on_expire(void *arg)
 {
     struct rstore *rs = arg;
-    if (rs->ac) {
-        drop(rs, "a command got no reply in time; dropped the connection");
+    if (ab_redis_conn_ac(rs->conn)) {
+        ab_redis_conn_drop(rs->conn, "a command got no reply in time; dropped the connection");
     }
-}
-
-static void on_handshake(redisAsyncContext *ac, void *reply, void *privdata)
-{
-    struct rstore *rs = ac->data;
-    redisReply *r = reply;
-    if (r == NULL || rs->ac != ac) {
-        return;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(rs->reason, sizeof(rs->reason), "handshake failed: %s", r->str);
-        redisAsyncDisconnect(ac);
-        return;
-    }
-    if (privdata != NULL) { /* the last step, PING */
-        rs->ready = 1;
-        rs->reason[0] = '\0';
-    }
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct rstore *rs = ac->data;
-    if (rs->ac != ac) {
-        return;
-    }
-    if (status != REDIS_OK) {
-        char reason[200];
-        snprintf(reason, sizeof(reason), "cannot connect: %s",
-                 ac->c.err ? ac->c.errstr : "connect failed");
-        went_down(rs, reason);
-        return;
-    }
-    const struct rshared *sh = rs->sh;
-    if (sh->password) {
-        const char *argv[3] = {"AUTH", sh->user ? sh->user : sh->password, sh->password};
-        redisAsyncCommandArgv(rs->ac, on_handshake, NULL, sh->user ? 3 : 2, argv, NULL);
-    }
-    if (sh->db > 0) {
-        char db[24];
-        snprintf(db, sizeof(db), "%ld", sh->db);
-        const char *argv[2] = {"SELECT", db};
-        redisAsyncCommandArgv(rs->ac, on_handshake, NULL, 2, argv, NULL);
-    }
-    const char *argv[1] = {"PING"};
-    redisAsyncCommandArgv(rs->ac, on_handshake, rs, 1, argv, NULL);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct rstore *rs = ac->data;
-    if (rs->ac != ac) {
-        return;
-    }
-    char reason[200];
-    snprintf(reason, sizeof(reason), "%s",
-             rs->reason[0] ? rs->reason : "connection lost");
-    if (status != REDIS_OK && ac->c.err) {
-        snprintf(reason, sizeof(reason), "connection lost: %s", ac->c.errstr);
-    }
-    went_down(rs, reason);
-}
-
-static void rs_connect(struct rstore *rs)
-{
-    redisAsyncContext *ac = redisAsyncConnect(rs->sh->host, rs->sh->port);
-    if (ac == NULL || ac->err) {
-        char reason[200];
-        snprintf(reason, sizeof(reason), "cannot connect: %s",
-                 ac && ac->c.err ? ac->c.errstr : "error");
-        if (ac) {
-            redisAsyncFree(ac);
-        }
-        went_down(rs, reason);
-        return;
-    }
-    ac->data = rs;
-    redisLibeventAttach(ac, rs->evbase);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    rs->ac = ac;
 }
 
 /* ---- commands ------------------------------------------------------------------------- */
@@ -257,32 +155,53 @@ static void on_done(int status, const char *errstr, void *opaque)
 
 static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv);
 
+/* An MGET reply into q->states. Returns the pending status: the state base, or an error. */
+static int peek_reply(struct rcmd *q, const redisReply *rp)
+{
+    if (rp->type != REDIS_REPLY_ARRAY || rp->elements != q->n) {
+        return AB_SINK_ERROR;
+    }
+    for (size_t i = 0; i < q->n; i++) {
+        const redisReply *e = rp->element[i];
+        q->states[i] = e->type == REDIS_REPLY_STRING && e->len == 1 && e->str[0] == '2'
+                           ? AB_DEDUPE_STORED
+                       : e->type == REDIS_REPLY_STRING ? AB_DEDUPE_INFLIGHT
+                                                       : AB_DEDUPE_NEW;
+    }
+    return STATE_BASE + AB_DEDUPE_NEW;
+}
+
 /* A reply: for claim the value ("0" new, "1" in flight, "2" stored); for SET "OK"; for
  * release an integer. NOSCRIPT: the script is sent again with EVAL. */
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct rstore *rs = ac->data;
+    struct rstore *rs = ab_redis_conn_owner(ac);
     struct ab_pending_req *r = privdata;
     struct rcmd *q = ab_pending_extra(r);
     redisReply *rp = reply;
     if (rp == NULL) {
         ab_pending_complete(r, AB_SINK_ERROR, "connection to the dedupe store lost");
     } else if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
-               q->script && rs->ac == ac) {
-        const char *src = q->script == 1 ? CLAIM_LUA : RELEASE_LUA;
+               (q->script == CMD_CLAIM || q->script == CMD_RELEASE) &&
+               ab_redis_conn_ac(rs->conn) == ac) {
+        const char *src = q->script == CMD_CLAIM ? CLAIM_LUA : RELEASE_LUA;
         const char *argv[5] = {"EVAL", src, "1", q->key, rs->sh->claim_ms};
-        if (send_cmd(rs, r, q->script == 1 ? 5 : 4, argv) == 0) {
+        if (send_cmd(rs, r, q->script == CMD_CLAIM ? 5 : 4, argv) == 0) {
             return; /* the hold moves to the EVAL */
         }
         ab_pending_complete(r, AB_SINK_ERROR, "could not send EVAL");
     } else if (rp->type == REDIS_REPLY_ERROR) {
         ab_pending_complete(r, AB_SINK_ERROR, rp->str);
-    } else if (q->script == 1 && rp->type == REDIS_REPLY_STRING && rp->len == 1 &&
+    } else if (q->script == CMD_PEEK && ab_pending_is_complete(r)) {
+        /* timed out: states[] is no longer the caller's to fill */
+    } else if (q->script == CMD_PEEK) {
+        ab_pending_complete(r, peek_reply(q, rp), "unexpected reply to MGET");
+    } else if (q->script == CMD_CLAIM && rp->type == REDIS_REPLY_STRING && rp->len == 1 &&
                rp->str[0] >= '0' && rp->str[0] <= '2') {
         ab_pending_complete(r, STATE_BASE + rp->str[0] - '0', NULL);
-    } else if (q->script == 1) {
+    } else if (q->script == CMD_CLAIM) {
         ab_pending_complete(r, AB_SINK_ERROR, "unexpected reply to the claim");
-    } else if (q->script == 2) {
+    } else if (q->script == CMD_RELEASE) {
         ab_pending_complete(r, STATE_BASE + AB_DEDUPE_NEW, NULL);
     } else {
         ab_pending_complete(r, STATE_BASE + AB_DEDUPE_STORED, NULL);
@@ -292,14 +211,17 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv)
 {
-    return redisAsyncCommandArgv(rs->ac, on_reply, r, argc, argv, NULL) == REDIS_OK ? 0 : -1;
+    return redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_reply, r, argc, argv, NULL) ==
+                   REDIS_OK
+               ? 0
+               : -1;
 }
 
-/* Queue one command for key. script: 1 claim, 2 release, 0 the stored marker. */
+/* Queue one command for key: CMD_CLAIM, CMD_RELEASE or CMD_STORED (the marker). */
 static int rs_command(struct rstore *rs, const char *key, int script, ab_dedupe_cb cb,
                       void *opaque)
 {
-    if (rs->closing || !rs->ready || rs->ac == NULL) {
+    if (!rs_up(rs)) {
         return -1;
     }
     struct rcall *c = ab_calloc(1, sizeof(*c));
@@ -309,15 +231,15 @@ static int rs_command(struct rstore *rs, const char *key, int script, ab_dedupe_
     struct ab_pending_req *r =
         ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + strlen(full) + 1);
     struct rcmd *q = ab_pending_extra(r);
-    q->script = script;
+    q->script = script; /* CMD_CLAIM, CMD_RELEASE, CMD_STORED */
     memcpy(q->key, full, strlen(full) + 1);
     free(full);
     const struct rshared *sh = rs->sh;
     int rc;
-    if (script == 1) {
+    if (script == CMD_CLAIM) {
         const char *argv[5] = {"EVALSHA", sh->claim_sha, "1", q->key, sh->claim_ms};
         rc = send_cmd(rs, r, 5, argv);
-    } else if (script == 2) {
+    } else if (script == CMD_RELEASE) {
         const char *argv[4] = {"EVALSHA", sh->release_sha, "1", q->key};
         rc = send_cmd(rs, r, 4, argv);
     } else {
@@ -340,39 +262,80 @@ static struct ab_dedupe *rs_open(const struct ab_dedupe_conf *conf, void *shared
     struct rstore *rs = ab_calloc(1, sizeof(*rs));
     rs->base.ops = &ab_dedupe_redis;
     rs->sh = shared;
-    rs->evbase = base;
-    rs->retry_ev = evtimer_new(base, on_retry, rs);
     rs->pending = ab_pending_new(base, conf->timeout_ms);
     ab_pending_on_expire(rs->pending, on_expire, rs);
-    snprintf(rs->reason, sizeof(rs->reason), "connecting");
-    rs_connect(rs);
+    /* no log lines of its own (core/dedupe.c says once per outage), no connect deadline
+     * (a call's own deadline drops a connection that does not answer), a retry every
+     * RETRY_MS */
+    const struct rshared *sh = rs->sh;
+    struct ab_redis_conn_conf cc = {.host = sh->host, .port = sh->port, .db = sh->db,
+                                    .user = sh->user, .password = sh->password,
+                                    .addr = sh->addr, .backoff_min_ms = RETRY_MS,
+                                    .backoff_max_ms = RETRY_MS};
+    rs->conn = ab_redis_conn_new(base, &cc, rs);
     return &rs->base;
 }
 
 static int rs_claim(struct ab_dedupe *d, const char *key, ab_dedupe_cb cb, void *opaque)
 {
-    return rs_command((struct rstore *)d, key, 1, cb, opaque);
+    return rs_command((struct rstore *)d, key, CMD_CLAIM, cb, opaque);
 }
 
 static int rs_mark(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_cb cb,
                    void *opaque)
 {
-    return rs_command((struct rstore *)d, key, stored ? 0 : 2, cb, opaque);
+    return rs_command((struct rstore *)d, key, stored ? CMD_STORED : CMD_RELEASE, cb, opaque);
+}
+
+static int rs_peek(struct ab_dedupe *d, const char *const *keys, size_t n, int *states,
+                   ab_dedupe_cb cb, void *opaque)
+{
+    struct rstore *rs = (struct rstore *)d;
+    if (!rs_up(rs) || n == 0 || n > AB_DEDUPE_PEEK_MAX) {
+        return -1;
+    }
+    struct rcall *c = ab_calloc(1, sizeof(*c));
+    c->cb = cb;
+    c->opaque = opaque;
+    struct ab_pending_req *r = ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + 1);
+    struct rcmd *q = ab_pending_extra(r);
+    q->script = CMD_PEEK;
+    q->states = states;
+    q->n = n;
+    const char **argv = ab_calloc(n + 1, sizeof(*argv));
+    char **full = ab_calloc(n, sizeof(*full));
+    argv[0] = "MGET";
+    for (size_t i = 0; i < n; i++) {
+        argv[i + 1] = full[i] = ab_asprintf(PREFIX "%s", keys[i]);
+    }
+    int rc = send_cmd(rs, r, (int)n + 1, argv);
+    for (size_t i = 0; i < n; i++) {
+        free(full[i]);
+    }
+    free(full);
+    free(argv);
+    if (rc != 0) {
+        ab_pending_cancel(r);
+        free(c);
+        return -1;
+    }
+    return 0;
 }
 
 static int rs_ready(struct ab_dedupe *d)
 {
-    struct rstore *rs = (struct rstore *)d;
-    return rs->ready && !rs->closing;
+    return rs_up((struct rstore *)d);
 }
 
 static void rs_describe(struct ab_dedupe *d, char *buf, size_t len)
 {
     struct rstore *rs = (struct rstore *)d;
-    if (rs->ready) {
+    const char *reason = ab_redis_conn_reason(rs->conn);
+    if (rs_up(rs)) {
         snprintf(buf, len, "redis %s: connected", rs->sh->addr);
     } else {
-        snprintf(buf, len, "redis %s: %s", rs->sh->addr, rs->reason);
+        snprintf(buf, len, "redis %s: %s", rs->sh->addr,
+                 reason[0] ? reason : rs->closing ? "closed" : "connecting");
     }
 }
 
@@ -383,13 +346,10 @@ static void rs_close(struct ab_dedupe *d)
         return;
     }
     rs->closing = 1;
-    evtimer_del(rs->retry_ev);
+    ab_redis_conn_closing(rs->conn);
     ab_pending_close(rs->pending, AB_SINK_CLOSED, "dedupe store closed");
-    if (rs->ac) {
-        drop(rs, "closed");
-    }
+    ab_redis_conn_free(rs->conn); /* hands every command back */
     ab_pending_free(rs->pending);
-    event_free(rs->retry_ev);
     free(rs);
 }
 
@@ -401,6 +361,7 @@ const struct ab_dedupe_ops ab_dedupe_redis = {
     .open = rs_open,
     .claim = rs_claim,
     .mark = rs_mark,
+    .peek = rs_peek,
     .ready = rs_ready,
     .describe = rs_describe,
     .close = rs_close,

@@ -13,7 +13,7 @@
  *
  * One hiredis async connection per worker loop, attached with the libevent adapter, so
  * replies arrive on the loop thread that submitted (webdis pool.c, h2o lib/common/redis.c).
- * The life of a connection:
+ * The life of a connection (redis_conn.h, shared with the Redis deduplication store):
  *
  *   DOWN --retry timer--> CONNECTING --TCP up--> HANDSHAKE --AUTH/SELECT/PING ok--> READY
  *     ^                                                                               |
@@ -52,7 +52,6 @@
 #include <time.h>
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/sha.h>
@@ -65,6 +64,7 @@
 #include "mem.h"
 #include "pending.h"
 #include "redis.h"
+#include "redis_conn.h"
 #include "event.h"
 
 #define DEFAULT_URL "redis://127.0.0.1:6379"
@@ -92,8 +92,6 @@ struct redis_shared {
     char claim_xadd_sha[41]; /* SHA1 of CLAIM_XADD_LUA, for EVALSHA */
     char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
 };
-
-enum redis_state { RS_DOWN, RS_CONNECTING, RS_HANDSHAKE, RS_READY };
 
 struct redis_sink;
 
@@ -127,26 +125,14 @@ struct redis_sink {
     struct ab_sink base;
     const struct redis_shared *sh;
     struct event_base *evbase;
-    redisAsyncContext *ac; /* NULL while DOWN */
-    enum redis_state state;
+    struct ab_redis_conn *conn; /* the connection and its life cycle (redis_conn.h) */
     int closing;
-    int hs_pending; /* handshake replies still to come */
-    int hs_failed;
-    struct event *retry_ev;   /* DOWN -> CONNECTING */
-    struct event *connect_ev; /* deadline for CONNECTING + HANDSHAKE */
     struct event *probe_ev;   /* while writes fail: the next probe */
     char write_error[200];    /* the last write failed with this, "" = writes succeed */
     int probing;              /* a probe is on the wire */
-    long backoff_ms;          /* the next retry's delay */
-    struct timespec retry_at; /* CLOCK_MONOTONIC, while DOWN */
-    char reason[200];         /* why the connection is (or was last) down */
-    char logged[200];         /* the last failure logged at error level */
-    int was_ready;            /* for "connected" versus "reconnected" */
     struct ab_pending *pending; /* the submissions and their deadline */
     int close_expired;
 };
-
-static void redis_connect(struct redis_sink *rs);
 
 /* ---- the URL ------------------------------------------------------------------------ */
 
@@ -359,7 +345,7 @@ static void redis_global_free(void *shared)
     shared_free(shared);
 }
 
-/* ---- connection state --------------------------------------------------------------- */
+/* ---- connection state (redis_conn.h) ------------------------------------------------ */
 
 static struct timeval ms_tv(long ms)
 {
@@ -367,213 +353,9 @@ static struct timeval ms_tv(long ms)
     return tv;
 }
 
-static long ms_until(const struct timespec *t)
+static int is_ready(const struct redis_sink *rs)
 {
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    long ms = (long)(t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
-    return ms > 0 ? ms : 0;
-}
-
-/* Loop thread: the connection is gone (or never came up). Forget the context (whoever
- * frees it), note why, log it once per distinct reason, and schedule the next attempt. */
-static void went_down(struct redis_sink *rs, const char *reason)
-{
-    rs->ac = NULL;
-    rs->state = RS_DOWN;
-    rs->hs_pending = 0;
-    evtimer_del(rs->connect_ev);
-    if (reason) {
-        snprintf(rs->reason, sizeof(rs->reason), "%s", reason);
-    }
-    if (rs->closing) {
-        return;
-    }
-    long delay = rs->backoff_ms;
-    if (strcmp(rs->logged, rs->reason) != 0) {
-        ab_error("redis: %s (%s); retrying in %ld ms, backing off up to %d ms", rs->reason,
-                 rs->sh->addr, delay, BACKOFF_MAX_MS);
-        snprintf(rs->logged, sizeof(rs->logged), "%s", rs->reason);
-    } else {
-        ab_debug("redis: %s (%s); retrying in %ld ms", rs->reason, rs->sh->addr, delay);
-    }
-    clock_gettime(CLOCK_MONOTONIC, &rs->retry_at);
-    rs->retry_at.tv_sec += delay / 1000;
-    rs->retry_at.tv_nsec += (delay % 1000) * 1000000;
-    if (rs->retry_at.tv_nsec >= 1000000000) {
-        rs->retry_at.tv_sec++;
-        rs->retry_at.tv_nsec -= 1000000000;
-    }
-    struct timeval tv = ms_tv(delay);
-    evtimer_add(rs->retry_ev, &tv);
-    rs->backoff_ms = delay * 2 < BACKOFF_MAX_MS ? delay * 2 : BACKOFF_MAX_MS;
-}
-
-/* Loop thread, from our own timers or close() only (never inside a hiredis callback):
- * give up on the current connection. hiredis runs the pending reply callbacks with NULL
- * replies inside redisAsyncFree. */
-static void drop(struct redis_sink *rs, const char *reason)
-{
-    redisAsyncContext *ac = rs->ac;
-    went_down(rs, reason);
-    if (ac) {
-        redisAsyncFree(ac);
-    }
-}
-
-static void on_retry(evutil_socket_t fd, short what, void *arg)
-{
-    redis_connect(arg);
-}
-
-/* Loop thread: CONNECTING + HANDSHAKE took longer than --ack-timeout (a black-holed host,
- * or a Redis that accepts but does not answer). */
-static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    struct redis_sink *rs = arg;
-    char reason[160];
-    snprintf(reason, sizeof(reason), "no %s within %ld ms",
-             rs->state == RS_CONNECTING ? "connection" : "answer to AUTH/SELECT/PING",
-             rs->sh->timeout_ms);
-    drop(rs, reason);
-}
-
-static const char *const hs_steps[] = {"AUTH", "SELECT", "PING"};
-
-/* Loop thread, hiredis reply callback: one reply of the handshake (privdata = the index
- * of the step in hs_steps). A failure logs a clear reason and disconnects once the
- * remaining replies are in; the disconnect callback then schedules the retry. */
-static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *privdata)
-{
-    struct redis_sink *rs = ac->data;
-    redisReply *r = reply;
-    const char *step = hs_steps[(intptr_t)privdata];
-    if (r == NULL || rs->ac != ac) {
-        return; /* the connection is going away: the disconnect path reports it */
-    }
-    rs->hs_pending--;
-    if (r->type == REDIS_REPLY_ERROR && !rs->hs_failed) {
-        rs->hs_failed = 1;
-        if (strncmp(r->str, "WRONGPASS", 9) == 0 || strcmp(step, "AUTH") == 0) {
-            snprintf(rs->reason, sizeof(rs->reason), "authentication failed: %s", r->str);
-        } else if (strncmp(r->str, "NOAUTH", 6) == 0) {
-            snprintf(rs->reason, sizeof(rs->reason),
-                     "authentication required: %s (give it in the URL: redis://:PASSWORD@host "
-                     "or redis://USER:PASSWORD@host)", r->str);
-        } else {
-            snprintf(rs->reason, sizeof(rs->reason), "%s%s failed: %s", step,
-                     strcmp(step, "SELECT") == 0 ? " (the /db of the URL)" : "", r->str);
-        }
-        redisAsyncDisconnect(ac); /* after the replies still due; on_disconnect follows */
-        return;
-    }
-    if (rs->hs_pending > 0 || rs->hs_failed) {
-        return;
-    }
-    rs->state = RS_READY;
-    rs->backoff_ms = BACKOFF_MIN_MS;
-    evtimer_del(rs->connect_ev);
-    ab_info("redis: %s %s", rs->was_ready ? "reconnected to" : "connected to", rs->sh->addr);
-    rs->was_ready = 1;
-    rs->reason[0] = '\0';
-    rs->logged[0] = '\0';
-}
-
-/* Pipeline AUTH (when there is a password), SELECT (db > 0) and PING, which also tells a
- * server that is still loading its data (-LOADING) or wants a password (-NOAUTH). */
-static void send_handshake(struct redis_sink *rs)
-{
-    const struct redis_shared *sh = rs->sh;
-    char db[24];
-    snprintf(db, sizeof(db), "%ld", sh->db);
-    rs->hs_pending = 0;
-    rs->hs_failed = 0;
-    if (sh->password) {
-        const char *argv[3] = {"AUTH", sh->user ? sh->user : sh->password, sh->password};
-        int argc = sh->user ? 3 : 2;
-        if (redisAsyncCommandArgv(rs->ac, on_handshake_reply, (void *)(intptr_t)0, argc, argv,
-                                  NULL) == REDIS_OK) {
-            rs->hs_pending++;
-        }
-    }
-    if (sh->db > 0) {
-        const char *argv[2] = {"SELECT", db};
-        if (redisAsyncCommandArgv(rs->ac, on_handshake_reply, (void *)(intptr_t)1, 2, argv,
-                                  NULL) == REDIS_OK) {
-            rs->hs_pending++;
-        }
-    }
-    const char *argv[1] = {"PING"};
-    if (redisAsyncCommandArgv(rs->ac, on_handshake_reply, (void *)(intptr_t)2, 1, argv,
-                              NULL) == REDIS_OK) {
-        rs->hs_pending++;
-    }
-}
-
-/* Loop thread, hiredis connect callback. On failure hiredis frees the context right after
- * this returns (and calls no disconnect callback): drop the pointer, retry later. */
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct redis_sink *rs = ac->data;
-    if (rs->ac != ac) {
-        return;
-    }
-    if (status != REDIS_OK) {
-        char reason[160];
-        snprintf(reason, sizeof(reason), "cannot connect: %s",
-                 ac->c.err ? ac->c.errstr : "connect failed");
-        went_down(rs, reason);
-        return;
-    }
-    redisEnableKeepAlive(&rs->ac->c);
-    rs->state = RS_HANDSHAKE;
-    send_handshake(rs);
-}
-
-/* Loop thread, hiredis disconnect callback: the pending replies have already run with
- * NULL; hiredis frees the context after this returns. */
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct redis_sink *rs = ac->data;
-    if (rs->ac != ac) {
-        return; /* we dropped it ourselves: already accounted for */
-    }
-    char reason[200];
-    if (rs->hs_failed) {
-        snprintf(reason, sizeof(reason), "%s", rs->reason);
-    } else {
-        snprintf(reason, sizeof(reason), "connection lost: %s",
-                 status != REDIS_OK && ac->c.err ? ac->c.errstr : "closed by the server");
-    }
-    went_down(rs, reason);
-}
-
-/* Loop thread: open a connection and attach it to the loop. A failure that hiredis sees
- * at once (connection refused on loopback, bad address) schedules the next retry.
- * Note: a host name is resolved here with a blocking getaddrinfo (hiredis 0.14); give an
- * IP address, or a name in /etc/hosts, so that a slow DNS cannot stall the loop. */
-static void redis_connect(struct redis_sink *rs)
-{
-    const struct redis_shared *sh = rs->sh;
-    redisAsyncContext *ac = redisAsyncConnect(sh->host, sh->port);
-    if (ac == NULL || ac->err) {
-        char reason[160];
-        snprintf(reason, sizeof(reason), "cannot connect: %s",
-                 ac == NULL ? "out of memory" : ac->c.err ? ac->c.errstr : "error");
-        if (ac) {
-            redisAsyncFree(ac);
-        }
-        went_down(rs, reason);
-        return;
-    }
-    ac->data = rs;
-    redisLibeventAttach(ac, rs->evbase);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    rs->ac = ac;
-    rs->state = RS_CONNECTING;
-    struct timeval tv = ms_tv(sh->timeout_ms);
-    evtimer_add(rs->connect_ev, &tv);
+    return !rs->closing && ab_redis_conn_state(rs->conn) == AB_REDIS_READY;
 }
 
 /* ---- submissions -------------------------------------------------------------------- */
@@ -617,7 +399,7 @@ static void write_outcome(struct redis_sink *rs, const char *err)
 /* Loop thread, hiredis reply callback of a readiness probe. */
 static void on_probe_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct redis_sink *rs = ac->data;
+    struct redis_sink *rs = ab_redis_conn_owner(ac);
     redisReply *rp = reply;
     rs->probing = 0;
     if (rp == NULL) {
@@ -635,9 +417,9 @@ static void on_probe(evutil_socket_t fd, short what, void *arg)
     if (rs->write_error[0] == '\0' || rs->closing) {
         return;
     }
-    if (rs->state == RS_READY && rs->ac && !rs->probing) {
+    if (is_ready(rs) && !rs->probing) {
         const char *argv[5] = {"SET", PROBE_KEY, "1", "PX", "1000"};
-        if (redisAsyncCommandArgv(rs->ac, on_probe_reply, NULL, 5, argv, NULL) == REDIS_OK) {
+        if (redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_probe_reply, NULL, 5, argv, NULL) == REDIS_OK) {
             rs->probing = 1;
         }
     }
@@ -669,7 +451,7 @@ static int send_dedupe(struct redis_sink *rs, struct ab_pending_req *r, int eval
         len[2 + i] = lens[i];
         p += lens[i];
     }
-    return redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, 2 + q->argc, argv, len) == REDIS_OK
+    return redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_xadd_reply, r, 2 + q->argc, argv, len) == REDIS_OK
                ? 0
                : -1;
 }
@@ -681,7 +463,7 @@ static int dedupe_reply(struct redis_sink *rs, redisAsyncContext *ac, struct ab_
                         redisReply *rp)
 {
     if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
-        rs->ac == ac && send_dedupe(rs, r, 1) == 0) {
+        ab_redis_conn_ac(rs->conn) == ac && send_dedupe(rs, r, 1) == 0) {
         return 1;
     }
     if (rp->type == REDIS_REPLY_STRING && rp->len == 1 && rp->str[0] == '2') {
@@ -732,7 +514,7 @@ static struct ab_pending_req *add_dedupe(struct redis_sink *rs, const struct ab_
 /* Loop thread, hiredis reply callback for XADD (privdata: the pending entry). */
 static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct redis_sink *rs = ac->data;
+    struct redis_sink *rs = ab_redis_conn_owner(ac);
     struct ab_pending_req *r = privdata;
     struct redis_req *q = ab_pending_extra(r);
     redisReply *rp = reply;
@@ -759,7 +541,7 @@ static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata)
 /* Loop thread, hiredis reply callback for WAIT (with --redis-wait). */
 static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct redis_sink *rs = ac->data;
+    struct redis_sink *rs = ab_redis_conn_owner(ac);
     struct ab_pending_req *r = privdata;
     struct redis_req *q = ab_pending_extra(r);
     redisReply *rp = reply;
@@ -790,11 +572,12 @@ static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
 static void on_expire(void *arg)
 {
     struct redis_sink *rs = arg;
-    if (rs->ac) {
+    if (ab_redis_conn_ac(rs->conn)) {
         char reason[160];
         snprintf(reason, sizeof(reason), "a command got no reply within %ld ms; dropped the "
                  "connection", rs->sh->timeout_ms);
-        drop(rs, reason); /* before the callbacks run: a submit from one is refused */
+        /* before the callbacks run: a submit from one is refused */
+        ab_redis_conn_drop(rs->conn, reason);
     }
 }
 
@@ -806,9 +589,10 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
 {
     struct redis_sink *rs = (struct redis_sink *)s;
     const struct redis_shared *sh = rs->sh;
-    if (rs->closing || rs->state != RS_READY || rs->ac == NULL) {
+    if (!is_ready(rs)) {
         return -1;
     }
+    redisAsyncContext *ac = ab_redis_conn_ac(rs->conn);
     struct ab_event *own = NULL; /* a line without its event (the spool's, replay's) */
     char why[128];
     if (msg->event == NULL) {
@@ -860,7 +644,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
 #undef ARG
         r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
-        rc = redisAsyncCommandArgv(rs->ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
+        rc = redisAsyncCommandArgv(ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
     }
     ab_event_free(own); /* hiredis copied the arguments */
     if (rc != 0) {
@@ -869,7 +653,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     }
     if (sh->wait > 0) {
         const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
-        if (redisAsyncCommandArgv(rs->ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
+        if (redisAsyncCommandArgv(ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
             ((struct redis_req *)ab_pending_extra(r))->wait_sent = 1;
             ab_pending_hold(r);
         }
@@ -918,39 +702,44 @@ static struct ab_sink *redis_open(const struct ab_sink_conf *sc, void *shared,
     rs->base.ops = &ab_sink_redis;
     rs->sh = shared;
     rs->evbase = base;
-    rs->backoff_ms = BACKOFF_MIN_MS;
-    rs->retry_ev = evtimer_new(base, on_retry, rs);
-    rs->connect_ev = evtimer_new(base, on_connect_timeout, rs);
     rs->probe_ev = evtimer_new(base, on_probe, rs);
     rs->pending = ab_pending_new(base, sc->ack_timeout_ms);
     ab_pending_on_expire(rs->pending, on_expire, rs);
-    redis_connect(rs);
+    const struct redis_shared *sh = rs->sh;
+    struct ab_redis_conn_conf cc = {.host = sh->host, .port = sh->port, .db = sh->db,
+                                    .user = sh->user, .password = sh->password,
+                                    .addr = sh->addr, .connect_timeout_ms = sh->timeout_ms,
+                                    .backoff_min_ms = BACKOFF_MIN_MS,
+                                    .backoff_max_ms = BACKOFF_MAX_MS, .keepalive = 1,
+                                    .log_name = "redis"};
+    rs->conn = ab_redis_conn_new(base, &cc, rs);
     return &rs->base;
 }
 
 static int redis_ready(struct ab_sink *s)
 {
     struct redis_sink *rs = (struct redis_sink *)s;
-    return !rs->closing && rs->state == RS_READY && rs->write_error[0] == '\0';
+    return is_ready(rs) && rs->write_error[0] == '\0';
 }
 
 static void redis_describe(struct ab_sink *s, char *buf, size_t len)
 {
     struct redis_sink *rs = (struct redis_sink *)s;
-    const char *addr = rs->sh->addr;
+    const char *addr = rs->sh->addr, *reason = ab_redis_conn_reason(rs->conn);
+    enum ab_redis_conn_state st = ab_redis_conn_state(rs->conn);
     if (rs->closing) {
         snprintf(buf, len, "redis %s: closed", addr);
-    } else if (rs->state == RS_READY && rs->write_error[0]) {
+    } else if (st == AB_REDIS_READY && rs->write_error[0]) {
         snprintf(buf, len, "redis %s: connected, but writes fail (%s)", addr, rs->write_error);
-    } else if (rs->state == RS_READY) {
+    } else if (st == AB_REDIS_READY) {
         snprintf(buf, len, "redis %s: connected", addr);
-    } else if (rs->state == RS_DOWN) {
-        snprintf(buf, len, "redis %s: disconnected (%s), retrying in %ld ms", addr, rs->reason,
-                 ms_until(&rs->retry_at));
+    } else if (st == AB_REDIS_DOWN) {
+        snprintf(buf, len, "redis %s: disconnected (%s), retrying in %ld ms", addr, reason,
+                 ab_redis_conn_retry_in_ms(rs->conn));
     } else {
         snprintf(buf, len, "redis %s: %s%s%s%s", addr,
-                 rs->state == RS_CONNECTING ? "connecting" : "authenticating (AUTH/SELECT/PING)",
-                 rs->reason[0] ? " (last error: " : "", rs->reason, rs->reason[0] ? ")" : "");
+                 st == AB_REDIS_CONNECTING ? "connecting" : "authenticating (AUTH/SELECT/PING)",
+                 reason[0] ? " (last error: " : "", reason, reason[0] ? ")" : "");
     }
 }
 
@@ -971,26 +760,22 @@ static void redis_close(struct ab_sink *s, int timeout_ms)
         return;
     }
     rs->closing = 1;
-    evtimer_del(rs->retry_ev);
-    evtimer_del(rs->connect_ev);
+    ab_redis_conn_closing(rs->conn);
     evtimer_del(rs->probe_ev);
     long bound = timeout_ms < rs->sh->timeout_ms ? timeout_ms : rs->sh->timeout_ms;
-    if (bound > 0 && rs->ac && ab_pending_count(rs->pending) > 0) {
+    if (bound > 0 && ab_redis_conn_ac(rs->conn) && ab_pending_count(rs->pending) > 0) {
         struct event *deadline = evtimer_new(rs->evbase, on_close_deadline, rs);
         struct timeval tv = ms_tv(bound);
         evtimer_add(deadline, &tv);
-        while (rs->ac && ab_pending_count(rs->pending) > 0 && !rs->close_expired) {
+        while (ab_redis_conn_ac(rs->conn) && ab_pending_count(rs->pending) > 0 &&
+               !rs->close_expired) {
             event_base_loop(rs->evbase, EVLOOP_ONCE);
         }
         event_free(deadline);
     }
     ab_pending_close(rs->pending, AB_SINK_CLOSED, "redis sink closed before the reply");
-    if (rs->ac) {
-        drop(rs, "closed"); /* hands every command back: the last holds go */
-    }
+    ab_redis_conn_free(rs->conn); /* hands every command back: the last holds go */
     ab_pending_free(rs->pending);
-    event_free(rs->retry_ev);
-    event_free(rs->connect_ev);
     event_free(rs->probe_ev);
     free(rs);
 }

@@ -4,6 +4,7 @@ together, after the first was acknowledged, to another replica or after a SIGKIL
 an event whose first write failed is stored; a late success is remembered; an unreachable
 store stores unchecked (accept) or answers 503 (refuse) and never loses an event."""
 import collections
+import json
 import os
 import random
 import re
@@ -13,8 +14,9 @@ import time
 
 import pytest
 
-from daemon import KeepAlive, samples, wait_until, with_id
+from daemon import KeepAlive, free_port, samples, wait_until, with_id
 from services import RedisServer
+from test_lb import admin_get
 from test_redis import Resp
 
 LOAN = dict(samples())["loan_created"]
@@ -182,33 +184,64 @@ def test_redis_store_with_file_sink_shared_by_two_replicas(daemon_factory, tmp_p
         assert all(got[w] == 1 for w in answers), [w for w in answers if got[w] != 1]
 
 
-@pytest.mark.parametrize("mode", ["accept", "refuse"])
-def test_store_down(daemon_factory, tmp_path, mode):
+def readyz(d):
+    """(status, its "status" word, the details) of /readyz: on the admin listener when the
+    daemon has one (d.admin: --admin-listen, the only /readyz then), else the main one."""
+    if getattr(d, "admin", None):
+        st, body = admin_get(d, "/readyz")
+    else:
+        r = d.get("/readyz")
+        st, body = r.status, r.body
+    body = json.loads(body)
+    return st, body["status"], body.get("sink", "") + " " + body.get("dedupe", "")
+
+
+@pytest.mark.parametrize("mode,admin", [("accept", False), ("refuse", False),
+                                        ("accept", True), ("refuse", True)])
+def test_store_down(daemon_factory, tmp_path, mode, admin):
     """Redis store unreachable: accept stores and counts unchecked (/readyz 200 with the
     detail), refuse answers 503 (/readyz 503); once it is back, deduplication resumes and a
-    refused event is stored on its retry: nothing is lost either way."""
+    refused event is stored on its retry: nothing is lost either way. The admin listener's
+    /readyz (--admin-listen: what Kubernetes and HAProxy probe) says what the main one says."""
     with RedisServer(appendonly=True) as redis:
-        d = daemon_factory(["--dedupe-store", redis.url, "--dedupe-on-error", mode,
-                            "--ack-timeout", "1500"])
+        args = ["--dedupe-store", redis.url, "--dedupe-on-error", mode, "--ack-timeout", "1500"]
+        if admin:
+            port = free_port()
+            d = daemon_factory(args + ["--admin-listen", "127.0.0.1:%d" % port], start=False)
+            d.admin = port
+            d.metrics = lambda: admin_get(d, "/metrics")[1]
+            d.start(wait=False)
+            wait_until(lambda: d.proc.poll() is not None or admin_get(d, "/healthz")[0] == 200,
+                       15, "the admin listener")
+            assert d.proc.poll() is None, d.stderr()
+        else:
+            d = daemon_factory(args)
+        # the store connected (the admin listener sees what the workers published within
+        # half a second; healthz answers before the store is up)
+        wait_until(lambda: readyz(d)[:2] == (200, "ready"), 10, "readyz ready")
         assert d.post(with_id(LOAN, "101")).status == 200
         redis.stop()
-        wait_until(lambda: d.get("/readyz").status == 503 if mode == "refuse"
-                   else b"unchecked" in d.get("/readyz").body, 10, "readyz to tell")
+        want = (503, "deduplication store unreachable") if mode == "refuse" else (
+            200, "ready, deduplication unchecked")
+        wait_until(lambda: readyz(d)[:2] == want, 10, "readyz to tell")
+        detail = readyz(d)[2]
+        assert "redis 127.0.0.1:%d" % redis.port in detail, detail
+        assert ("webhooks refused" in detail) == (mode == "refuse"), detail
         st = d.post(with_id(LOAN, "102")).status
-        ready = d.get("/readyz")
         if mode == "accept":
-            assert st == 200 and ready.status == 200, ready.body
-            assert b"unchecked" in ready.body
+            assert st == 200 and readyz(d)[:2] == want
             # this event at least (a slow machine's first try may time out and be sent again)
             assert metric(d, "almabridge_dedupe_unchecked_total") >= 1
         else:
-            assert st == 503 and ready.status == 503, ready.body
+            assert st == 503 and readyz(d)[:2] == want
             assert metric(d, "almabridge_dedupe_refused_total") >= 1
         assert d.post(with_id(LOAN, "103")).status == st
         assert d.stderr().count("dedupe store redis:") == 1  # once per outage
         redis.start()
-        wait_until(lambda: d.get("/readyz").body == b'{"status":"ready","sink":"%s"}'
-                   % d.file.encode(), 10, "the store back")
+        wait_until(lambda: readyz(d)[:2] == (200, "ready"), 10, "the store back")
+        assert "deduplication" not in readyz(d)[2]
+        if not admin:
+            assert d.get("/readyz").body == b'{"status":"ready","sink":"%s"}' % d.file.encode()
         assert "answers again" in d.stderr()
         assert d.post(with_id(LOAN, "101")).status == 200  # remembered through the outage
         assert d.post(with_id(LOAN, "102")).status == 200  # refuse: Alma's retry stores it

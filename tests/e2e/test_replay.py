@@ -242,44 +242,85 @@ def test_replay_a_real_spool_whose_broker_is_gone(redis, tmp_path):
 
 # ---- through the deduplication store (--dedupe-store, docs/DEDUPLICATION.md) -------------
 
-def test_replay_of_a_spool_through_the_store_is_not_forwarded_again(redis, tmp_path):
+@pytest.mark.parametrize("store", ["file", "redis"])
+def test_replay_of_a_spool_through_the_store_is_not_forwarded_again(redis, tmp_path, store):
     """A daemon spools while its Redis is gone; replay pushes the spool into Redis through the
-    daemon's store (a local one: the forwarder's "fwd:<key>" keys) and records what it
-    delivered, so that the daemon restarted on that spool forwards none of it again (without
-    the record: every event twice)."""
+    daemon's store (a local one, or a Redis store on another server: the forwarder's
+    "fwd:<key>" keys) and records what it delivered: `spool inspect` with the daemon's options
+    says so (none delivered before the replay, all after), and the daemon restarted on that
+    spool forwards none of it again (without the record: every event twice)."""
     from daemon import wait_until, with_id
     from test_dedupe import metric
     loan = dict(samples())["loan_created"]
     spool = tmp_path / "spool"
-    common = ["--sink", "redis", "--route", "stored:{action}", "--spool", str(spool),
-              "--spool-after", "500", "--dedupe-store", "file:%s" % (tmp_path / "store")]
+    store_srv = RedisServer().start() if store == "redis" else None
+    try:
+        store_url = store_srv.url if store_srv else "file:%s" % (tmp_path / "store")
+        common = ["--sink", "redis", "--route", "stored:{action}", "--spool", str(spool),
+                  "--spool-after", "500", "--dedupe-store", store_url]
+        gone = RedisServer().start()
+        url = gone.url
+        gone.close()
+        d = Daemon(common + ["--redis", url], tmpdir=str(tmp_path), threads=1).start()
+        ids = [new_id() for _ in range(25)]
+        try:
+            for i in ids:
+                assert d.post(with_id(loan, i)).status == 200, d.stderr()[-2000:]
+        finally:
+            assert d.stop() == 0, d.stderr()[-2000:]
+        inspect = ["spool", "inspect", spool, "--redis", redis.url, *common]
+        rc, out, err = run(*inspect)
+        assert rc == 0 and "events    25 not yet forwarded" in out, out + err
+        assert "delivered 0 of 25 already delivered" in out, out
+        rc, _, err = run("replay", "--from", spool, "--redis", redis.url, "--rate", "0", *common)
+        assert rc == 0 and " 25 acknowledged" in err, err
+        rc, out, err = run(*inspect, "--list")
+        assert rc == 0 and "delivered 25 of 25 already delivered" in out, out + err
+        listed = [ln.split() for ln in out.splitlines() if ln.startswith("event ")]
+        assert sorted(f[1] for f in listed) == sorted(ids) and {f[-1] for f in listed} == {
+            "delivered"}, out
+        assert "To deliver these events" not in out
+        import redis as redis_py
+        r = redis_py.Redis.from_url(redis.url)
+
+        def stream():
+            return sorted(redis_event(f)["id"] for _, f in r.xrange("stored:loan"))
+
+        assert stream() == sorted(ids)
+        d = Daemon(common + ["--redis", redis.url], tmpdir=str(tmp_path), threads=1).start()
+        try:
+            wait_until(lambda: metric(d, "almabridge_spool_events") == 0, 30, "an empty spool")
+            assert metric(
+                d, 'almabridge_dedupe_duplicates_total{cause="forwarder"}') == len(ids)
+        finally:
+            assert d.stop() == 0, d.stderr()[-2000:]
+        assert stream() == sorted(ids)
+        r.delete("stored:loan")
+    finally:
+        if store_srv:
+            store_srv.close()
+
+
+def test_spool_inspect_says_when_the_store_does_not_answer(tmp_path):
+    """`spool inspect` with a Redis store that is down: the summary all the same, "delivered
+    unknown" with the reason, exit 2 (a script must not read it as "none delivered")."""
+    from daemon import with_id
+    loan = dict(samples())["loan_created"]
+    spool = tmp_path / "spool"
     gone = RedisServer().start()
     url = gone.url
     gone.close()
-    d = Daemon(common + ["--redis", url], tmpdir=str(tmp_path), threads=1).start()
-    ids = [new_id() for _ in range(25)]
+    common = ["--sink", "redis", "--redis", url, "--spool", str(spool), "--spool-after", "300",
+              "--dedupe-store", url]
+    d = Daemon(common, tmpdir=str(tmp_path), threads=1).start()
     try:
-        for i in ids:
-            assert d.post(with_id(loan, i)).status == 200, d.stderr()[-2000:]
+        assert d.post(with_id(loan, new_id())).status == 200, d.stderr()[-2000:]
     finally:
         assert d.stop() == 0, d.stderr()[-2000:]
-    rc, _, err = run("replay", "--from", spool, "--redis", redis.url, "--rate", "0", *common)
-    assert rc == 0 and " 25 acknowledged" in err, err
-    import redis as redis_py
-    r = redis_py.Redis.from_url(redis.url)
-
-    def stream():
-        return sorted(redis_event(f)["id"] for _, f in r.xrange("stored:loan"))
-
-    assert stream() == sorted(ids)
-    d = Daemon(common + ["--redis", redis.url], tmpdir=str(tmp_path), threads=1).start()
-    try:
-        wait_until(lambda: metric(d, "almabridge_spool_events") == 0, 30, "an empty spool")
-        assert metric(
-            d, 'almabridge_dedupe_duplicates_total{cause="forwarder"}') == len(ids)
-    finally:
-        assert d.stop() == 0, d.stderr()[-2000:]
-    assert stream() == sorted(ids)
+    rc, out, err = run("spool", "inspect", spool, *common, "--ack-timeout", "1000")
+    assert rc == 2, out + err
+    assert "events    1 not yet forwarded" in out and "delivered unknown:" in out, out
+    assert "does not answer" in err and "redis 127.0.0.1:%d" % int(url.rsplit(":", 1)[1]) in err
 
 
 def test_replay_into_redis_with_the_daemons_store_marks_what_it_delivered(tmp_path):

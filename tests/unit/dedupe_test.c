@@ -293,6 +293,45 @@ static void test_pending_late_answers(void)
     event_base_free(base);
 }
 
+/* The peek (spool inspect): states without claiming, in batches, through the query's own
+ * loop; a stored key is STORED, a claimed one INFLIGHT, the rest NEW, and nothing changes. */
+static void test_query_states(void)
+{
+    FX_OPEN(60000, 1000);
+    struct verdict a = {0}, b = {0};
+    check_wait(base, g, "q-stored", &a);
+    done_calls = 0;
+    ab_dedupe_outcome(a.t, 1, on_done, NULL);
+    RUN_UNTIL(base, done_calls);
+    check_wait(base, g, "q-claimed", &b);
+    enum { N = AB_DEDUPE_PEEK_MAX + 3 }; /* two batches */
+    static char names[N][32];
+    const char *keys[N];
+    int states[N];
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof(names[i]), "q-free-%d", i);
+        keys[i] = names[i];
+    }
+    keys[1] = "q-stored";
+    keys[N - 1] = "q-claimed";
+    long held = s.ops->held(s.shared);
+    struct ab_dedupe_query *q = ab_dedupe_query_new(&s, err, sizeof(err));
+    CHECK(q != NULL);
+    if (q) {
+        CHECK(ab_dedupe_query_states(q, keys, N, states, err, sizeof(err)) == 0);
+        CHECK(states[0] == AB_DEDUPE_NEW && states[N - 2] == AB_DEDUPE_NEW);
+        CHECK(states[1] == AB_DEDUPE_STORED);
+        CHECK(states[N - 1] == AB_DEDUPE_INFLIGHT);
+        char d[200] = "";
+        ab_dedupe_query_describe(q, d, sizeof(d));
+        CHECK(strstr(d, "local store") != NULL);
+        ab_dedupe_query_free(q);
+    }
+    CHECK(s.ops->held(s.shared) == held); /* asking claimed nothing */
+    ab_dedupe_outcome(b.t, 0, NULL, NULL);
+    FX_CLOSE();
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "file:/tmp/ab-dedupe-test-%d", (int)getpid());
@@ -303,6 +342,7 @@ int main(void)
     RUN(test_other_worker_watches_and_late_success);
     RUN(test_restart_remembers_then_window_forgets);
     RUN(test_pending_late_answers);
+    RUN(test_query_states);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir + 5);
     if (system(cmd) != 0) {
