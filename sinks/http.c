@@ -47,6 +47,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1036,10 +1037,12 @@ static char *member_string(const struct member *m)
 static char *pct_encode(char *w, const char *v, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
+    /* a bit per byte that goes as it is: 0x21-0x7e but '"' (0x22) and '%' (0x25) */
+    static const uint64_t plain[4] = {0xffffffda00000000u, 0x7fffffffffffffffu, 0, 0};
     const unsigned char *p = (const unsigned char *)v, *end = p + n;
     while (p < end) {
         const unsigned char *run = p; /* the bytes that go as they are, copied at once */
-        while (p < end && *p > 0x20 && *p < 0x7f && *p != '"' && *p != '%') {
+        while (p < end && (plain[*p >> 6] >> (*p & 63) & 1)) {
             p++;
         }
         w = (char *)memcpy(w, run, (size_t)(p - run)) + (p - run);
