@@ -114,6 +114,12 @@ class Target:
         self.log.close()
 
 
+def sys_cpu_s(pid):
+    """CPU-seconds a process has spent in the kernel so far (stime, /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--conns", default="8,50")
@@ -127,8 +133,9 @@ def main():
     p.add_argument("--json", default=None)
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--callgrind-requests", type=int, default=2000)
-    p.add_argument("--content-mode", default="binary", choices=["binary", "structured"],
-                   help="the http sink's --content-mode (binary)")
+    p.add_argument("--content-mode", default="binary",
+                   help="the http sink's --content-mode, or both (binary,structured): one http "
+                        "daemon per target and mode (binary)")
     p.add_argument("--sample", default=os.path.join(ROOT, "tests", "fixtures", "alma",
                                                     "loan_created.json"))
     a = p.parse_args()
@@ -158,10 +165,14 @@ def main():
         peers = {"redis": redis._proc.pid, **{n: t.proc.pid for n, t in targets.items()}}
         common = ["--threads", str(a.threads), "--drain-grace", "0", "--log-level", "warn"]
         sinks = {"redis": ["--sink", "redis", "--redis", redis.url, "--route", "alma"]}
-        for n, t in targets.items():
-            sinks[n] = ["--sink", "http", "--http-url", f"http://127.0.0.1:{t.port}/",
-                        "--content-mode", a.content_mode,
-                        "--dead-letter-file", os.path.join(tmpdir, f"dl-{n}.jsonl")]
+        modes = a.content_mode.split(",")
+        for tn, t in targets.items():
+            for mode in modes:
+                n = tn if len(modes) == 1 else f"{tn}-{mode}"
+                peers[n] = t.proc.pid
+                sinks[n] = ["--sink", "http", "--http-url", f"http://127.0.0.1:{t.port}/",
+                            "--content-mode", mode,
+                            "--dead-letter-file", os.path.join(tmpdir, f"dl-{n}.jsonl")]
         res["sinks"] = list(sinks)
         for name, args in sinks.items():
             port = benchrun.free_port()
@@ -179,14 +190,17 @@ def main():
                     d = daemons[name]
                     ok0, bad0 = d.counts()
                     busy0, cpu0 = benchrun.machine_busy_s(), d.cpu_seconds()
+                    sys0 = sys_cpu_s(d.pid)
                     peer0 = benchrun.proc_cpu_s(peers[name])
                     w = benchrun.wrk(d.url, c, a.duration, a.sample, sig)
                     busy, cpu = benchrun.machine_busy_s() - busy0, d.cpu_seconds() - cpu0
                     peer = benchrun.proc_cpu_s(peers[name]) - peer0
+                    dsys = sys_cpu_s(d.pid) - sys0
                     ok1, bad1 = d.counts()
                     run = {"round": r, "conns": c, "sink": name, "rps": w["rps"],
                            "non200": bad1 - bad0, "errors": w.get("errors", 0),
                            "daemon_cores": cpu / a.duration, "peer_cores": peer / a.duration,
+                           "daemon_sys_cores": dsys / a.duration,
                            "wrk_cores": w["wrk_cpu_s"] / a.duration,
                            "other_cores": max(0.0, (busy - cpu - peer - w["wrk_cpu_s"]) / a.duration)}
                     res["runs"].append(run)
@@ -253,9 +267,10 @@ def markdown(res, conns):
     a = res["args"]
     https = [n for n in res.get("sinks", ["redis", "http"]) if n != "redis"]
     L = [f"commit {res['commit']}, {res['date']}, almabridge --threads {a['threads']}, "
-         f"http --content-mode {a['content_mode']}, {a['rounds']} rounds of {a['duration']} s",
+         f"http --content-mode {a['content_mode']}, {a['rounds']} rounds of {a['duration']} s; "
+         "peer: redis-server, or the daemon's HTTP target",
          "",
-         "| c | sink | req/s mean (rounds) | / redis | CPU µs per request: daemon + peer + wrk = all | non-200 | other processes (cores, mean) |",
+         "| c | sink | req/s mean (rounds) | / redis | CPU µs per request: daemon (of it in the kernel) + peer + wrk = all | non-200 | other processes (cores, mean) |",
          "|---|---|---|---|---|---|---|"]
     for c in conns:
         mean = {}
@@ -266,10 +281,11 @@ def markdown(res, conns):
             mean[s] = statistics.mean(r["rps"] for r in runs)
             us = {k: statistics.mean(r[k] / r["rps"] * 1e6 for r in runs)
                   for k in ("daemon_cores", "peer_cores", "wrk_cores")}
+            ksys = statistics.mean(r["daemon_sys_cores"] / r["rps"] * 1e6 for r in runs)
             ratio = f"**{mean[s] / mean['redis']:.2f}**" if s != "redis" and "redis" in mean else ""
             each = ", ".join(f"{r['rps']:.0f}" for r in runs)
             L.append(f"| {c} | {s} | {mean[s]:.0f} ({each}) | "
-                     f"{ratio} | {us['daemon_cores']:.1f} + {us['peer_cores']:.1f} + "
+                     f"{ratio} | {us['daemon_cores']:.1f} ({ksys:.1f}) + {us['peer_cores']:.1f} + "
                      f"{us['wrk_cores']:.1f} = {sum(us.values()):.1f} | "
                      f"{sum(r['non200'] for r in runs)} | "
                      f"{statistics.mean(r['other_cores'] for r in runs):.2f} |")
