@@ -221,6 +221,29 @@ static int wait_ready(struct harness *h, int want, int ms)
     return ab_sink_http.ready(h->s) == want;
 }
 
+/* Close the instance and open a new one with h->conf as it is now (a test changes it). */
+static int h_reopen(struct harness *h)
+{
+    char err[256];
+    ab_sink_http.close(h->s, 0);
+    ab_sink_http.global_free(h->shared);
+    h->s = NULL;
+    if (ab_sink_http.global_init(&h->sc, &h->shared, err, sizeof(err)) != 0) {
+        fprintf(stderr, "global_init: %s\n", err);
+        return -1;
+    }
+    h->s = ab_sink_http.open(&h->sc, h->shared, h->base, err, sizeof(err));
+    seen_reset();
+    return h->s ? 0 : -1;
+}
+
+/* Submit m and wait for its answer; 1 when it was OK. */
+static int post_ok(struct harness *h, const struct ab_sink_msg *m)
+{
+    struct result r = {0};
+    return submit(h, m, &r) == 0 && wait_done(h, &r, 3000) && r.status == AB_SINK_OK;
+}
+
 static struct ab_event *sample_event(void)
 {
     size_t len;
@@ -488,8 +511,6 @@ static void test_close_and_headers(void)
 {
     struct harness h;
     CHECK(h_open(&h, "/", "binary", 5000) == 0);
-    ab_sink_http.close(h.s, 0);
-    ab_sink_http.global_free(h.shared);
     char auth[] = "/tmp/ab-http-auth-XXXXXX";
     int fd = mkstemp(auth);
     CHECK(write(fd, "Bearer t0ken\n", 13) == 13);
@@ -498,9 +519,7 @@ static void test_close_and_headers(void)
     char *hv[] = {h1, h2};
     h.conf.auth_file = auth;
     h.conf.headers = (struct ab_strlist){hv, 2};
-    char err[256];
-    CHECK(ab_sink_http.global_init(&h.sc, &h.shared, err, sizeof(err)) == 0);
-    h.s = ab_sink_http.open(&h.sc, h.shared, h.base, err, sizeof(err));
+    CHECK(h_reopen(&h) == 0);
     struct ab_event *ev = sample_event();
     struct ab_sink_msg m = msg_of(ev);
     struct result r = {0};
@@ -542,15 +561,11 @@ static void test_ready_probe(void)
 
     /* --http-health-url: a GET that must answer 2xx */
     CHECK(h_open(&h, "/", "binary", 2000) == 0);
-    ab_sink_http.close(h.s, 0);
-    ab_sink_http.global_free(h.shared);
     char health[300];
     snprintf(health, sizeof(health), "http://127.0.0.1:%d/health", h.port);
     h.conf.health_url = health;
-    char err[256];
-    CHECK(ab_sink_http.global_init(&h.sc, &h.shared, err, sizeof(err)) == 0);
-    answer = 404;
-    h.s = ab_sink_http.open(&h.sc, h.shared, h.base, err, sizeof(err));
+    CHECK(h_reopen(&h) == 0);
+    answer = 404; /* before the loop runs the open-time probe */
     int64_t end = now_ms() + 2500;
     while (n_seen < 2 && now_ms() < end) {
         run_for(h.base, 5);
@@ -560,29 +575,6 @@ static void test_ready_probe(void)
     answer = 204;
     CHECK(wait_ready(&h, 1, 3000));
     h_close(&h);
-}
-
-/* Close the instance and open a new one with h->conf as it is now (a test changes it). */
-static int h_reopen(struct harness *h)
-{
-    char err[256];
-    ab_sink_http.close(h->s, 0);
-    ab_sink_http.global_free(h->shared);
-    h->s = NULL;
-    if (ab_sink_http.global_init(&h->sc, &h->shared, err, sizeof(err)) != 0) {
-        fprintf(stderr, "global_init: %s\n", err);
-        return -1;
-    }
-    h->s = ab_sink_http.open(&h->sc, h->shared, h->base, err, sizeof(err));
-    seen_reset();
-    return h->s ? 0 : -1;
-}
-
-/* Submit m and wait for its answer; 1 when it was OK. */
-static int post_ok(struct harness *h, const struct ab_sink_msg *m)
-{
-    struct result r = {0};
-    return submit(h, m, &r) == 0 && wait_done(h, &r, 3000) && r.status == AB_SINK_OK;
 }
 
 /* One after the other, the POSTs of a worker go over one kept-alive connection and reuse
