@@ -270,8 +270,9 @@ def markdown(res, conns):
          f"http --content-mode {a['content_mode']}, {a['rounds']} rounds of {a['duration']} s; "
          "peer: redis-server, or the daemon's HTTP target",
          "",
-         "| c | sink | req/s mean (rounds) | / redis | CPU µs per request: daemon (of it in the kernel) + peer + wrk = all | non-200 | other processes (cores, mean) |",
-         "|---|---|---|---|---|---|---|"]
+         "| c | sink | req/s mean (rounds) | / redis | CPU µs per request: daemon (of it in the kernel) + peer + wrk = all | bound | non-200 | other processes (cores, mean) |",
+         "|---|---|---|---|---|---|---|---|"]
+    cpu = {}
     for c in conns:
         mean = {}
         for s in ["redis", *https]:
@@ -282,13 +283,25 @@ def markdown(res, conns):
             us = {k: statistics.mean(r[k] / r["rps"] * 1e6 for r in runs)
                   for k in ("daemon_cores", "peer_cores", "wrk_cores")}
             ksys = statistics.mean(r["daemon_sys_cores"] / r["rps"] * 1e6 for r in runs)
+            cpu[c, s] = dict(us, sys=ksys)
             ratio = f"**{mean[s] / mean['redis']:.2f}**" if s != "redis" and "redis" in mean else ""
+            bound = ""
+            if s != "redis" and (c, "redis") in cpu:
+                # this sink's CPU per request with its daemon's user-space time replaced by
+                # the Redis daemon's: what is left is the kernel's and the target's share
+                r = cpu[c, "redis"]
+                floor = (r["daemon_cores"] - r["sys"]) + ksys + us["peer_cores"] + r["wrk_cores"]
+                bound = f"{sum(r[k] for k in ('daemon_cores', 'peer_cores', 'wrk_cores')) / floor:.2f}"
             each = ", ".join(f"{r['rps']:.0f}" for r in runs)
             L.append(f"| {c} | {s} | {mean[s]:.0f} ({each}) | "
                      f"{ratio} | {us['daemon_cores']:.1f} ({ksys:.1f}) + {us['peer_cores']:.1f} + "
-                     f"{us['wrk_cores']:.1f} = {sum(us.values()):.1f} | "
+                     f"{us['wrk_cores']:.1f} = {sum(us.values()):.1f} | {bound} | "
                      f"{sum(r['non200'] for r in runs)} | "
                      f"{statistics.mean(r['other_cores'] for r in runs):.2f} |")
+    L += ["", "bound: the ratio to expect if the http daemon's user-space CPU per request were "
+          "the Redis daemon's (libcurl and the sink free), its kernel time and its target's "
+          "CPU as measured, wrk's as with Redis: all / (redis daemon user + http daemon "
+          "kernel + http target + redis wrk) of the Redis rows."]
     cg = res.get("callgrind")
     if cg and all(v["per_webhook"] for v in cg.values()):
         names = list(cg)
