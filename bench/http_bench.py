@@ -131,6 +131,8 @@ def main():
     p.add_argument("--targets", default="evhttp,nginx",
                    help="HTTP targets, each with its own http daemon: evhttp, nginx")
     p.add_argument("--json", default=None)
+    p.add_argument("--almabridge", default=os.path.join(ROOT, "build", "almabridge"),
+                   help="the daemon's binary (build/almabridge), e.g. a build of another commit")
     p.add_argument("--no-callgrind", action="store_true")
     p.add_argument("--callgrind-requests", type=int, default=2000)
     p.add_argument("--content-mode", default="binary",
@@ -148,7 +150,7 @@ def main():
     tmpdir = tempfile.mkdtemp(prefix="almabridge-http-bench-")
     sys.path.insert(0, os.path.join(ROOT, "tests", "redis"))
     from server import RedisServer
-    ab = os.path.join(ROOT, "build", "almabridge")
+    ab = os.path.realpath(a.almabridge)
     redis = None
     targets = {}
     daemons = {}
@@ -266,7 +268,9 @@ def callgrind(ab, args, tmpdir, name, body, sig, n):
 def markdown(res, conns):
     a = res["args"]
     https = [n for n in res.get("sinks", ["redis", "http"]) if n != "redis"]
-    L = [f"commit {res['commit']}, {res['date']}, almabridge --threads {a['threads']}, "
+    binary = a.get("almabridge", "")
+    built = "" if binary.endswith(os.path.join("build", "almabridge")) else f" ({binary})"
+    L = [f"commit {res['commit']}{built}, {res['date']}, almabridge --threads {a['threads']}, "
          f"http --content-mode {a['content_mode']}, {a['rounds']} rounds of {a['duration']} s; "
          "peer: redis-server, or the daemon's HTTP target",
          "",
