@@ -47,6 +47,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -162,6 +163,10 @@ struct http_shared {
     char *target;               /* scheme://host[:port], for messages (no user-info) */
     char *probe_url;
     int probe_get;              /* --http-health-url: GET, 2xx wanted */
+    /* The proxy for http:// and https:// URLs and the hosts that bypass it, read from the
+     * environment once (env_proxy()); "" for none. Set on every easy handle, so that
+     * libcurl does not read the environment again for every request. */
+    char *proxy[2], *noproxy;
     char **headers;             /* "Name: value" lines added to every POST */
     size_t n_headers;
     const struct ab_http_conf *conf;
@@ -285,6 +290,9 @@ static void shared_free(struct http_shared *sh)
     ab_route_free(sh->url_route);
     free(sh->target);
     free(sh->probe_url);
+    free(sh->proxy[0]);
+    free(sh->proxy[1]);
+    free(sh->noproxy);
     for (size_t i = 0; i < sh->n_headers; i++) {
         if (strncasecmp(sh->headers[i], "Authorization:", 14) == 0) {
             memset(sh->headers[i], 0, strlen(sh->headers[i]));
@@ -362,6 +370,39 @@ static int check_url(struct http_shared *sh, const char *url, char *errstr, size
     return rc;
 }
 
+/* The first of the variables names that is set and not empty, copied; "" when none is. */
+static char *first_env(const char *const *names)
+{
+    for (; *names; names++) {
+        const char *v = getenv(*names);
+        if (v && *v) {
+            return ab_strdup(v);
+        }
+    }
+    return ab_strdup("");
+}
+
+/* The proxy settings libcurl would read from the environment for each request (its
+ * detect_proxy(): http_proxy, only in lower case, for http://; https_proxy or HTTPS_PROXY
+ * for https://; else all_proxy or ALL_PROXY; no_proxy or NO_PROXY), read once. Start-up
+ * thread. */
+static void env_proxy(struct http_shared *sh)
+{
+    static const char *const http[] = {"http_proxy", "all_proxy", "ALL_PROXY", NULL};
+    static const char *const https[] = {"https_proxy", "HTTPS_PROXY", "all_proxy",
+                                        "ALL_PROXY", NULL};
+    static const char *const no[] = {"no_proxy", "NO_PROXY", NULL};
+    sh->proxy[0] = first_env(http);
+    sh->proxy[1] = first_env(https);
+    sh->noproxy = first_env(no);
+}
+
+/* The index into sh->proxy for url: 1 for https://, else 0. */
+static int proxy_of(const char *url)
+{
+    return strncasecmp(url, "https:", 6) == 0;
+}
+
 /* --http-url (a template is checked expanded for a sample event) and --http-health-url.
  * Returns 0 or -1 with errstr. */
 static int urls_init(struct http_shared *sh, const struct ab_http_conf *c, char *errstr,
@@ -413,6 +454,18 @@ static int files_and_headers_init(struct http_shared *sh, const struct ab_http_c
             return -1;
         }
     }
+    /* Static lines go to libcurl as they are. The User-Agent is one of them because libcurl
+     * would format CURLOPT_USERAGENT anew for every request (twice); "Accept:" drops the
+     * Accept header for any type libcurl adds (a header that tells nothing), unless
+     * --http-header gives one. */
+    int own_agent = 1;
+    for (size_t i = 0; i < c->headers.n; i++) {
+        own_agent &= strncasecmp(c->headers.v[i], "User-Agent:", 11) != 0;
+    }
+    if (own_agent) {
+        add_header(sh, ab_strdup("User-Agent: almabridge/" AB_VERSION));
+    }
+    add_header(sh, ab_strdup("Accept:"));
     add_header(sh, ab_strdup("Expect:")); /* no 100-continue round trip */
     if (sh->structured) {
         add_header(sh, ab_strdup(STRUCTURED_TYPE));
@@ -447,6 +500,7 @@ static int http_global_init(const struct ab_sink_conf *sc, void **shared, char *
         snprintf(errstr, errlen, "http: libcurl failed to initialise");
         goto fail;
     }
+    env_proxy(sh);
     if (urls_init(sh, c, errstr, errlen) != 0 ||
         files_and_headers_init(sh, c, errstr, errlen) != 0) {
         goto fail;
@@ -504,6 +558,7 @@ struct http_sink {
     const struct http_shared *sh;
     struct event_base *evbase;
     CURLM *multi;
+    CURLU *curlu; /* --http-url parsed once, when it is no template (CURLOPT_CURLU) */
     struct curl_slist *static_headers; /* Expect:, auth, --http-header... (every request) */
     struct event *timer_ev; /* libcurl's timeout */
     struct event *probe_ev;
@@ -571,7 +626,8 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
-/* A kept easy handle, or a new one with the options every POST shares. */
+/* A kept easy handle, or a new one with the options every POST shares (all but the URL of
+ * a template, the body, the headers and the transfer's own pointers, set per request). */
 static CURL *easy_get(struct http_sink *hs)
 {
     if (hs->n_idle > 0) {
@@ -587,7 +643,6 @@ static CURL *easy_get(struct http_sink *hs)
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 #endif
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "almabridge/" AB_VERSION);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
     /* The pending list owns the deadline; libcurl's own is only a backstop. */
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, hs->sh->timeout_ms + 1000);
@@ -598,6 +653,14 @@ static CURL *easy_get(struct http_sink *hs)
     if (c->cert) {
         curl_easy_setopt(e, CURLOPT_SSLCERT, c->cert);
         curl_easy_setopt(e, CURLOPT_SSLKEY, c->key);
+    }
+    curl_easy_setopt(e, CURLOPT_PROXY, hs->sh->proxy[proxy_of(hs->sh->target)]);
+    curl_easy_setopt(e, CURLOPT_NOPROXY, hs->sh->noproxy);
+    /* A fixed URL is set once per handle, already parsed; a template's per request. */
+    if (hs->curlu) {
+        curl_easy_setopt(e, CURLOPT_CURLU, hs->curlu);
+    } else if (hs->sh->url) {
+        curl_easy_setopt(e, CURLOPT_URL, hs->sh->url);
     }
     return e;
 }
@@ -827,7 +890,9 @@ static void on_probe(evutil_socket_t fd, short what, void *arg)
         arm_probe(hs, PROBE_MS);
         return;
     }
+    curl_easy_setopt(x->easy, CURLOPT_CURLU, NULL); /* a probe handle is not kept */
     curl_easy_setopt(x->easy, CURLOPT_URL, hs->sh->probe_url);
+    curl_easy_setopt(x->easy, CURLOPT_PROXY, hs->sh->proxy[proxy_of(hs->sh->probe_url)]);
     curl_easy_setopt(x->easy, hs->sh->probe_get ? CURLOPT_HTTPGET : CURLOPT_NOBODY, 1L);
     x->headers = hs->static_headers;
     if (xfer_attach(hs, x) != 0) {
@@ -915,11 +980,18 @@ static size_t skip_ws(const char *s, size_t i, size_t n)
     return i;
 }
 
-/* The top-level members of the JSON object s[0..n) (NUL-terminated) into m (at most MAX_MEMBERS), byte for
- * byte: nothing is re-printed, so the data goes on exactly as it came (a 20-digit number
- * keeps its digits) and no tree is built. Returns how many, or -1 for a line that is no
+static int key_is(const struct member *m, const char *name)
+{
+    return m->klen == strlen(name) && memcmp(m->key, name, m->klen) == 0;
+}
+
+/* The top-level members of the JSON object s[0..n) (NUL-terminated) into m (at most
+ * MAX_MEMBERS), byte for byte: nothing is re-printed, so the data goes on exactly as it came
+ * (a 20-digit number keeps its digits) and no tree is built. data_len > 0: the line is
+ * core/event.c's and its "data" value is s[data_off..data_off + data_len), which is then
+ * not walked (most of the line's bytes). Returns how many, or -1 for a line that is no
  * object. */
-static int members(const char *s, size_t n, struct member *m)
+static int members(const char *s, size_t n, size_t data_off, size_t data_len, struct member *m)
 {
     size_t i = skip_ws(s, 0, n);
     int k = 0;
@@ -935,7 +1007,9 @@ static int members(const char *s, size_t n, struct member *m)
             return -1;
         }
         i = skip_ws(s, i + 1, n);
-        size_t vend = skip_value(s, i, n);
+        size_t vend = data_len > 0 && i == data_off && key_is(&m[k], "data")
+                          ? data_off + data_len
+                          : skip_value(s, i, n);
         m[k].val = s + i;
         m[k].vlen = vend - i;
         i = skip_ws(s, vend, n);
@@ -944,11 +1018,6 @@ static int members(const char *s, size_t n, struct member *m)
         }
     }
     return k;
-}
-
-static int key_is(const struct member *m, const char *name)
-{
-    return m->klen == strlen(name) && memcmp(m->key, name, m->klen) == 0;
 }
 
 /* The string value of m, unescaped (a new string), or NULL when it is no string. */
@@ -968,14 +1037,20 @@ static char *member_string(const struct member *m)
 static char *pct_encode(char *w, const char *v, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
-    for (const unsigned char *p = (const unsigned char *)v; p < (const unsigned char *)v + n;
-         p++) {
-        if (*p <= 0x20 || *p >= 0x7f || *p == '"' || *p == '%') {
+    /* a bit per byte that goes as it is: 0x21-0x7e but '"' (0x22) and '%' (0x25) */
+    static const uint64_t plain[4] = {0xffffffda00000000u, 0x7fffffffffffffffu, 0, 0};
+    const unsigned char *p = (const unsigned char *)v, *end = p + n;
+    while (p < end) {
+        const unsigned char *run = p; /* the bytes that go as they are, copied at once */
+        while (p < end && (plain[*p >> 6] >> (*p & 63) & 1)) {
+            p++;
+        }
+        w = (char *)memcpy(w, run, (size_t)(p - run)) + (p - run);
+        if (p < end) {
             *w++ = '%';
             *w++ = hex[*p >> 4];
             *w++ = hex[*p & 15];
-        } else {
-            *w++ = (char)*p;
+            p++;
         }
     }
     return w;
@@ -1043,15 +1118,21 @@ static void binary_request(struct xfer *x, const struct member *m, int n,
         node->next = node + 1;
         node++;
     }
+    /* Content-Type = datacontenttype (JSON when absent); none without data, where
+     * "Content-Type:" keeps libcurl from adding its form type to the empty POST. */
+    node->data = w;
+    w = (char *)memcpy(w, "Content-Type:", 13) + 13;
     if (x->body_len > 0) {
         char *ct = ctype ? member_string(ctype) : NULL;
-        node->data = w;
-        snprintf(w, 48 + (ct ? strlen(ct) : 0), "Content-Type: %s",
-                 ct ? ct : "application/json");
+        const char *t = ct ? ct : "application/json";
+        size_t tl = strlen(t);
+        *w++ = ' ';
+        w = (char *)memcpy(w, t, tl) + tl;
         free(ct);
-        node->next = node + 1;
-        node++;
     }
+    *w++ = '\0';
+    node->next = node + 1;
+    node++;
     if (node == first) {
         x->headers = tail;
     } else {
@@ -1135,7 +1216,12 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
     struct member m[MAX_MEMBERS];
     int n = 0;
     char *value = ab_strndup(msg->value, msg->value_len); /* NUL-terminated, kept */
-    if ((!sh->structured || sh->url_route) && (n = members(value, msg->value_len, m)) < 0) {
+    /* the data's place when the line is the event's own (not one read from the spool) */
+    const struct ab_event *ev = msg->event;
+    int own = ev && msg->value == ev->json && msg->value_len == ev->json_len;
+    if ((!sh->structured || sh->url_route) &&
+        (n = members(value, msg->value_len, own ? ev->data_off : 0, own ? ev->data_len : 0,
+                     m)) < 0) {
         free(value);
         return -1;
     }
@@ -1156,8 +1242,10 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
         xfer_free(hs, x);
         return -1;
     }
-    curl_easy_setopt(x->easy, CURLOPT_URL, url ? url : sh->url); /* libcurl copies it */
-    free(url);
+    if (url) {
+        curl_easy_setopt(x->easy, CURLOPT_URL, url); /* libcurl copies it */
+        free(url);
+    }
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
     x->req = ab_pending_add(hs->pending, cb, opaque, 0);
@@ -1187,6 +1275,11 @@ static struct ab_sink *http_open(const struct ab_sink_conf *sc, void *shared,
         return NULL;
     }
     hs->idle = ab_calloc((size_t)hs->sh->max_inflight, sizeof(*hs->idle));
+    if (hs->sh->url && (hs->curlu = curl_url()) != NULL &&
+        curl_url_set(hs->curlu, CURLUPART_URL, hs->sh->url, 0) != CURLUE_OK) {
+        curl_url_cleanup(hs->curlu); /* not expected (checked at start-up): CURLOPT_URL */
+        hs->curlu = NULL;
+    }
     for (size_t i = 0; i < hs->sh->n_headers; i++) {
         hs->static_headers = curl_slist_append(hs->static_headers, hs->sh->headers[i]);
     }
@@ -1271,6 +1364,7 @@ static void http_close(struct ab_sink *s, int timeout_ms)
         curl_easy_cleanup(hs->idle[i]);
     }
     curl_slist_free_all(hs->static_headers);
+    curl_url_cleanup(hs->curlu); /* after the easy handles that used it */
     free(hs->idle);
     ab_pending_free(hs->pending);
     event_free(hs->timer_ev);

@@ -221,6 +221,29 @@ static int wait_ready(struct harness *h, int want, int ms)
     return ab_sink_http.ready(h->s) == want;
 }
 
+/* Close the instance and open a new one with h->conf as it is now (a test changes it). */
+static int h_reopen(struct harness *h)
+{
+    char err[256];
+    ab_sink_http.close(h->s, 0);
+    ab_sink_http.global_free(h->shared);
+    h->s = NULL;
+    if (ab_sink_http.global_init(&h->sc, &h->shared, err, sizeof(err)) != 0) {
+        fprintf(stderr, "global_init: %s\n", err);
+        return -1;
+    }
+    h->s = ab_sink_http.open(&h->sc, h->shared, h->base, err, sizeof(err));
+    seen_reset();
+    return h->s ? 0 : -1;
+}
+
+/* Submit m and wait for its answer; 1 when it was OK. */
+static int post_ok(struct harness *h, const struct ab_sink_msg *m)
+{
+    struct result r = {0};
+    return submit(h, m, &r) == 0 && wait_done(h, &r, 3000) && r.status == AB_SINK_OK;
+}
+
 static struct ab_event *sample_event(void)
 {
     size_t len;
@@ -488,8 +511,6 @@ static void test_close_and_headers(void)
 {
     struct harness h;
     CHECK(h_open(&h, "/", "binary", 5000) == 0);
-    ab_sink_http.close(h.s, 0);
-    ab_sink_http.global_free(h.shared);
     char auth[] = "/tmp/ab-http-auth-XXXXXX";
     int fd = mkstemp(auth);
     CHECK(write(fd, "Bearer t0ken\n", 13) == 13);
@@ -498,9 +519,7 @@ static void test_close_and_headers(void)
     char *hv[] = {h1, h2};
     h.conf.auth_file = auth;
     h.conf.headers = (struct ab_strlist){hv, 2};
-    char err[256];
-    CHECK(ab_sink_http.global_init(&h.sc, &h.shared, err, sizeof(err)) == 0);
-    h.s = ab_sink_http.open(&h.sc, h.shared, h.base, err, sizeof(err));
+    CHECK(h_reopen(&h) == 0);
     struct ab_event *ev = sample_event();
     struct ab_sink_msg m = msg_of(ev);
     struct result r = {0};
@@ -542,15 +561,11 @@ static void test_ready_probe(void)
 
     /* --http-health-url: a GET that must answer 2xx */
     CHECK(h_open(&h, "/", "binary", 2000) == 0);
-    ab_sink_http.close(h.s, 0);
-    ab_sink_http.global_free(h.shared);
     char health[300];
     snprintf(health, sizeof(health), "http://127.0.0.1:%d/health", h.port);
     h.conf.health_url = health;
-    char err[256];
-    CHECK(ab_sink_http.global_init(&h.sc, &h.shared, err, sizeof(err)) == 0);
-    answer = 404;
-    h.s = ab_sink_http.open(&h.sc, h.shared, h.base, err, sizeof(err));
+    CHECK(h_reopen(&h) == 0);
+    answer = 404; /* before the loop runs the open-time probe */
     int64_t end = now_ms() + 2500;
     while (n_seen < 2 && now_ms() < end) {
         run_for(h.base, 5);
@@ -559,6 +574,105 @@ static void test_ready_probe(void)
     CHECK(n_seen >= 1 && strcmp(seen[0].uri, "/health") == 0);
     answer = 204;
     CHECK(wait_ready(&h, 1, 3000));
+    h_close(&h);
+}
+
+/* One after the other, the POSTs of a worker go over one kept-alive connection and reuse
+ * the easy handles: with a fixed URL (parsed once), and with a template whose path changes
+ * from event to event (each POST at its own path). The static lines: a User-Agent, no
+ * Accept, and a --http-header User-Agent replaces the sink's. */
+static void test_reuse(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/fixed", "binary", 2000) == 0);
+    struct ab_event *ev = sample_event();
+    struct ab_sink_msg m = msg_of(ev);
+    int ok = 0;
+    for (int i = 0; i < 20; i++) {
+        ok += post_ok(&h, &m);
+    }
+    CHECK(ok == 20 && n_seen == 20);
+    CHECK(n_conns == 1);
+    for (int i = 0; i < n_seen; i++) {
+        CHECK_STR(seen[i].uri, "/fixed");
+    }
+    CHECK(n_seen > 0 && strncmp(header(&seen[0], "user-agent"), "almabridge/", 11) == 0);
+    CHECK(n_seen > 0 && header(&seen[0], "accept") == NULL);
+    h_close(&h);
+
+    CHECK(h_open(&h, "/t/{id}", "binary", 2000) == 0);
+    char ids[20][16], *keep = ev->id;
+    ok = 0;
+    for (int i = 0; i < 20; i++) {
+        snprintf(ids[i], sizeof(ids[i]), "id-%d", i);
+        ev->id = ids[i];
+        ok += post_ok(&h, &m);
+    }
+    ev->id = keep;
+    CHECK(ok == 20 && n_seen == 20);
+    CHECK(n_conns == 1);
+    for (int i = 0; i < n_seen && i < 20; i++) {
+        char want[32];
+        snprintf(want, sizeof(want), "/t/id-%d", i);
+        CHECK_STR(seen[i].uri, want);
+    }
+    char agent[] = "User-Agent: theirs/2", accept[] = "Accept: application/json";
+    char *hv[] = {agent, accept};
+    h.conf.headers = (struct ab_strlist){hv, 2};
+    CHECK(h_reopen(&h) == 0);
+    CHECK(post_ok(&h, &m) && n_seen == 1);
+    if (n_seen == 1) {
+        CHECK_STR(header(&seen[0], "user-agent"), "theirs/2");
+        CHECK_STR(header(&seen[0], "accept"), "application/json");
+        CHECK(strstr(seen[0].headers, "almabridge/") == NULL);
+    }
+    ab_event_free(ev);
+    h_close(&h);
+}
+
+/* An event without data: an empty POST with no Content-Type (not libcurl's form type,
+ * which a receiver would take for the datacontenttype). */
+static void test_no_data(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/", "binary", 2000) == 0);
+    const char *v = "{\"specversion\":\"1.0\",\"id\":\"nd-1\",\"source\":\"urn:alma:X\","
+                    "\"type\":\"t\",\"datacontenttype\":\"application/json\"}";
+    struct ab_sink_msg m = {.id = "nd-1", .value = v, .value_len = strlen(v)};
+    CHECK(post_ok(&h, &m) && n_seen == 1);
+    if (n_seen == 1) {
+        CHECK_STR(header(&seen[0], "ce-id"), "nd-1");
+        CHECK(header(&seen[0], "content-type") == NULL);
+        CHECK(seen[0].body_len == 0);
+    }
+    h_close(&h);
+}
+
+/* The proxy variables of the environment, read once at start-up, are honoured as libcurl
+ * would: http_proxy sends the POST (absolute-form) through the proxy, here the receiver
+ * itself; a host in no_proxy goes direct. */
+static void test_proxy_from_environment(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/", "binary", 2000) == 0);
+    char proxy[64], url[] = "http://target.invalid/p";
+    snprintf(proxy, sizeof(proxy), "http://127.0.0.1:%d", h.port);
+    setenv("http_proxy", proxy, 1);
+    h.conf.url = url;
+    CHECK(h_reopen(&h) == 0);
+    struct ab_event *ev = sample_event();
+    struct ab_sink_msg m = msg_of(ev);
+    CHECK(post_ok(&h, &m) && n_seen == 1);
+    CHECK(n_seen == 1 && strcmp(seen[0].uri, url) == 0);
+
+    setenv("no_proxy", "127.0.0.1", 1);
+    h.conf.url = h.url;
+    CHECK(h_reopen(&h) == 0);
+    CHECK(post_ok(&h, &m) && n_seen == 1);
+    CHECK(n_seen == 1 && strcmp(seen[0].uri, "/") == 0);
+    unsetenv("http_proxy");
+    unsetenv("no_proxy");
+    ab_event_free(ev);
     h_close(&h);
 }
 
@@ -575,5 +689,8 @@ int main(void)
     RUN(test_timeout_and_refused);
     RUN(test_close_and_headers);
     RUN(test_ready_probe);
+    RUN(test_reuse);
+    RUN(test_no_data);
+    RUN(test_proxy_from_environment);
     return TEST_SUMMARY();
 }
