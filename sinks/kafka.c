@@ -609,9 +609,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 {
     struct kafka_shared *sh = opaque;
     struct kafka_answer *a = m->_private;
+    pthread_mutex_lock(&sh->mu); /* a was handed over under it */
     a->err = m->err;
     a->partition = m->partition;
-    pthread_mutex_lock(&sh->mu);
     sh->inflight--;
     if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && sh->state != BROKERS_UP) {
         mark_up(sh, "a message was delivered");
