@@ -302,6 +302,21 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
             break;
         }
     }
+    cJSON *t = NULL;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(root, "topics"))
+    { /* the batches of the last interval, for tuning (--log-level debug) */
+        cJSON *cnt = cJSON_GetObjectItemCaseSensitive(t, "batchcnt");
+        cJSON *size = cJSON_GetObjectItemCaseSensitive(t, "batchsize");
+        double n = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "cnt"));
+        if (n > 0) {
+            ab_debug("kafka: topic %s: %.0f batches in the last statistics interval, messages "
+                     "per batch avg %.1f p50 %.0f p99 %.0f, bytes per batch avg %.0f", t->string,
+                     n, cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "avg")),
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "p50")),
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "p99")),
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(size, "avg")));
+        }
+    }
     int known = cJSON_IsObject(brokers);
     cJSON_Delete(root);
     if (!known) {
@@ -1542,13 +1557,17 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
         }
         pthread_mutex_lock(&sh->mu);
         struct kafka_port *port = ks->port;
-        if (port->home) { /* the rest of the instances need a server: the thread */
+        if (port->home) { /* the instances still open need a server: the thread */
             rd_kafka_queue_io_event_enable(sh->mainq, -1, NULL, 0);
             sh->home = NULL;
             port->home = 0;
-            if (!ks->own_shared && pthread_create(&sh->thread, NULL, dispatch_main, sh) == 0) {
-                sh->thread_started = 1;
+            int others = 0;
+            for (struct kafka_port *p = sh->ports; p; p = p->next) {
+                others += p != port && !p->closed;
             }
+            if (others && pthread_create(&sh->thread, NULL, dispatch_main, sh) == 0) {
+                sh->thread_started = 1;
+            } /* else the next instance opened, if any, becomes home */
         }
         long left = port->out, n = 0;
         port->closed = 1;
