@@ -120,6 +120,7 @@ struct held_msg {
     struct kafka_answer *a;
     rd_kafka_headers_t *hdrs; /* ours until producev takes them */
     int64_t deadline_ms;      /* its webhook is answered 503 then: never send it after */
+    rd_kafka_resp_err_t err;  /* librdkafka's refusal when the gate let it go */
     size_t len;
     char value[];
 };
@@ -635,8 +636,9 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
     pthread_mutex_unlock(&sh->mu);
 }
 
-/* Under mu: one message to librdkafka (it copies the value and key; it owns hdrs from here
- * on, also when it refuses). On success its report comes to on_delivery with a. */
+/* NOT under mu (the gate has reserved its place in inflight): one message to librdkafka
+ * (it copies the value and key; it owns hdrs from here on, also when it refuses). On
+ * success its report comes to on_delivery with a. */
 static rd_kafka_resp_err_t produce(struct kafka_shared *sh, struct kafka_answer *a,
                                    const void *value, size_t len, rd_kafka_headers_t *hdrs)
 {
@@ -644,9 +646,7 @@ static rd_kafka_resp_err_t produce(struct kafka_shared *sh, struct kafka_answer 
         sh->rk, RD_KAFKA_V_TOPIC(a->text), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
         RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_KEY(a->key, a->key ? strlen(a->key) : 0),
         RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(a), RD_KAFKA_V_END);
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        sh->inflight++;
-    } else {
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
     }
     return err;
@@ -678,34 +678,51 @@ static struct held_msg *unhold(struct kafka_shared *sh)
     return h;
 }
 
-/* Under mu: once every message handed to librdkafka has been reported, hand it the held
- * messages of every instance, as many as one batch takes (batch.num.messages, batch.size),
- * in one go, so that they leave together. A message whose webhook was answered meanwhile
- * (past its --ack-timeout deadline, or its instance closed) is dropped, not sent. A refusal
- * now goes back to its instance like a report. */
+/* Under mu, on the thread serving the queue: once every message handed to librdkafka has
+ * been reported, hand it the held messages of every instance, as many as one batch takes
+ * (batch.num.messages, batch.size), in one go, so that they leave together. The batch's
+ * places in inflight are taken first, so the gate stays shut for everyone else, and the
+ * mutex is let go while librdkafka takes them (a submitting loop is not kept waiting for
+ * a whole batch). A message whose webhook was answered meanwhile (past its --ack-timeout
+ * deadline, or its instance closed) is dropped, not sent. A refusal now goes back to its
+ * instance like a report. */
 static void release_held(struct kafka_shared *sh)
 {
     while (sh->held_head && sh->inflight == 0) {
+        struct held_msg *batch = NULL, **tail = &batch;
         long n = 0;
         size_t bytes = 0;
         int64_t now = now_ms();
         while (sh->held_head &&
                (n == 0 || (n < sh->batch_msgs && bytes + sh->held_head->len <= (size_t)sh->batch_size))) {
             struct held_msg *h = unhold(sh);
-            struct kafka_answer *a = h->a;
-            if (a->port->closed || now >= h->deadline_ms) {
+            if (h->a->port->closed || now >= h->deadline_ms) {
                 rd_kafka_headers_destroy(h->hdrs);
-                a->dropped = 1;
-                answer_post(sh, a);
-            } else {
-                rd_kafka_resp_err_t err = produce(sh, a, h->value, h->len, h->hdrs);
-                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
-                    a->err = err;
-                    a->refused = 1;
-                    answer_post(sh, a);
-                }
-                n++;
-                bytes += h->len;
+                h->a->dropped = 1;
+                answer_post(sh, h->a);
+                free(h);
+                continue;
+            }
+            h->next = NULL;
+            *tail = h;
+            tail = &h->next;
+            n++;
+            bytes += h->len;
+        }
+        sh->inflight += n;
+        pthread_mutex_unlock(&sh->mu);
+        for (struct held_msg *h = batch; h; h = h->next) {
+            h->err = produce(sh, h->a, h->value, h->len, h->hdrs);
+        }
+        pthread_mutex_lock(&sh->mu);
+        while (batch) {
+            struct held_msg *h = batch;
+            batch = h->next;
+            if (h->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                sh->inflight--;
+                h->a->err = h->err;
+                h->a->refused = 1;
+                answer_post(sh, h->a);
             }
             free(h);
         }
@@ -729,6 +746,17 @@ static void *dispatch_main(void *arg)
 
 static int refused(struct kafka_sink *ks, struct ab_pending_req *r, rd_kafka_resp_err_t err,
                    const char *topic, size_t size);
+
+/* Under mu: have whoever serves the queue run release_held soon (the home loop through
+ * its pipe, the dispatcher thread out of its rd_kafka_poll). */
+static void kick_server(struct kafka_shared *sh)
+{
+    if (sh->home && write(sh->home->wake_fd, "k", 1) < 0 && errno != EAGAIN) {
+        ab_debug("kafka: writing a wake-up: %s", strerror(errno));
+    } else if (sh->home == NULL && sh->mainq) {
+        rd_kafka_queue_yield(sh->mainq);
+    }
+}
 
 /* ---- answers: on the loop thread ----------------------------------------------------- */
 
@@ -1473,20 +1501,28 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     rd_kafka_headers_t *hdrs = message_headers(structured, ev);
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
     pthread_mutex_lock(&sh->mu);
-    if (sh->gate && (sh->held_head || sh->inflight > 0)) {
-        if (sh->n_held + (size_t)rd_kafka_outq_len(sh->rk) >= (size_t)sh->queue_msgs ||
-            (sh->held_bytes + size) / 1024 >= (size_t)sh->queue_kbytes) {
-            err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
-            rd_kafka_headers_destroy(hdrs);
-        } else {
-            hold(sh, a, value, value_len, hdrs, now_ms() + ks->ack_timeout_ms);
-            ks->port->out++;
-        }
+    int send = !sh->gate || (sh->held_head == NULL && sh->inflight == 0);
+    if (send) { /* its place first: the gate is shut for the others until it is reported */
+        sh->inflight++;
+        ks->port->out++;
+    } else if (sh->n_held + (size_t)rd_kafka_outq_len(sh->rk) >= (size_t)sh->queue_msgs ||
+               (sh->held_bytes + size) / 1024 >= (size_t)sh->queue_kbytes) {
+        err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
+        rd_kafka_headers_destroy(hdrs);
     } else {
-        err = produce(sh, a, value, value_len, hdrs);
-        ks->port->out += err == RD_KAFKA_RESP_ERR_NO_ERROR;
+        hold(sh, a, value, value_len, hdrs, now_ms() + ks->ack_timeout_ms);
+        ks->port->out++;
     }
     pthread_mutex_unlock(&sh->mu);
+    if (send && (err = produce(sh, a, value, value_len, hdrs)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        pthread_mutex_lock(&sh->mu);
+        sh->inflight--;
+        ks->port->out--;
+        if (sh->inflight == 0 && sh->held_head) { /* held behind it: no report will come */
+            kick_server(sh);
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
     ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         free(a);
