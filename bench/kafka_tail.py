@@ -56,7 +56,7 @@ _spec.loader.exec_module(peers)
 benchrun = peers.benchrun  # bench/run.py, as peers.py loaded it
 BODY = os.path.join(ROOT, "tests", "fixtures", "alma", "loan_created.json")
 SYSCALLS = ["read", "write", "sendmsg", "recvmsg", "epoll_wait", "poll", "ppoll", "futex",
-            "writev", "readv", "sendto", "recvfrom"]
+            "writev", "readv", "sendto", "recvfrom", "madvise"]
 
 
 def log(msg):

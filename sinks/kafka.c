@@ -1125,9 +1125,9 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
      * about 270 kB, allocated and freed per batch in that thread's malloc arena. With
      * glibc's default trim threshold (128 kB) each free gave the pages back (madvise, a TLB
      * shoot-down on every core) and the next batch faulted them in again: at 5,000 req/s a
-     * fifth of the daemon's CPU (docs/KAFKA_BATCHING.md). Keep up to 8 MB free per arena;
-     * this also fixes the mmap threshold at its default (128 kB). */
-    mallopt(M_TRIM_THRESHOLD, 8 << 20);
+     * fifth of the daemon's CPU (docs/KAFKA_BATCHING.md). Keep up to 1 MB free per arena
+     * (a few states); this also fixes the mmap threshold at its default (128 kB). */
+    mallopt(M_TRIM_THRESHOLD, 1 << 20);
     struct ab_route *key = NULL;
     int bad = compile_key(cfg, &key, errstr, errlen) != 0 ||
               check_route(sc->route, errstr, errlen) != 0;
