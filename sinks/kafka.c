@@ -693,8 +693,8 @@ static void release_held(struct kafka_shared *sh)
         long n = 0;
         size_t bytes = 0;
         int64_t now = now_ms();
-        while (sh->held_head &&
-               (n == 0 || (n < sh->batch_msgs && bytes + sh->held_head->len <= (size_t)sh->batch_size))) {
+        while (sh->held_head && (n == 0 || (n < sh->batch_msgs && bytes + sh->held_head->len <=
+                                                                      (size_t)sh->batch_size))) {
             struct held_msg *h = unhold(sh);
             if (h->a->port->closed || now >= h->deadline_ms) {
                 rd_kafka_headers_destroy(h->hdrs);

@@ -27,7 +27,7 @@
 #define MAXREQ 256
 
 static __thread pthread_t loop_thread; /* per thread: test_shared runs two loops */
-static __thread int in_submit; /* set around every submit: a callback seeing it broke the contract */
+static __thread int in_submit; /* set around a submit: a callback seeing it broke the contract */
 
 struct req {
     int calls;
