@@ -309,13 +309,13 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
         cJSON *cnt = cJSON_GetObjectItemCaseSensitive(t, "batchcnt");
         cJSON *size = cJSON_GetObjectItemCaseSensitive(t, "batchsize");
         double n = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "cnt"));
-        if (n > 0) {
+        if (n > 0) { /* its "avg" is an integer: the mean from "sum" */
             ab_debug("kafka: topic %s: %.0f batches in the last statistics interval, messages "
-                     "per batch avg %.1f p50 %.0f p99 %.0f, bytes per batch avg %.0f", t->string,
-                     n, cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "avg")),
+                     "per batch avg %.2f p50 %.0f p99 %.0f, bytes per batch avg %.0f", t->string,
+                     n, cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "sum")) / n,
                      cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "p50")),
                      cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "p99")),
-                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(size, "avg")));
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(size, "sum")) / n);
         }
     }
     int known = cJSON_IsObject(brokers);
