@@ -23,6 +23,8 @@ Per run, besides the latency percentiles of ratepost:
   - the record batches the broker received for that system's topic, read from its log
     segment (the bytes appended during the run): produce requests per message and
     messages per batch (mean and p50/p99);
+  - messages per batch as librdkafka counts them (its statistics' batchcnt, which the
+    daemon logs every second at --log-level debug, as every almabridge system here runs);
   - the broker's GC pauses during the run (its own GC log);
   - with --perf: system calls per webhook by thread group and name (perf stat --per-thread
     on the syscall tracepoints; perf costs the daemon a little, so compare latencies of
@@ -54,7 +56,7 @@ _spec.loader.exec_module(peers)
 benchrun = peers.benchrun  # bench/run.py, as peers.py loaded it
 BODY = os.path.join(ROOT, "tests", "fixtures", "alma", "loan_created.json")
 SYSCALLS = ["read", "write", "sendmsg", "recvmsg", "epoll_wait", "poll", "ppoll", "futex",
-            "writev", "readv", "sendto", "recvfrom"]
+            "writev", "readv", "sendto", "recvfrom", "madvise"]
 
 
 def log(msg):
@@ -148,8 +150,11 @@ class PerfSyscalls:
         events = ["raw_syscalls:sys_enter", "context-switches"] + \
                  [f"syscalls:sys_enter_{s}" for s in SYSCALLS]
         self.out = out
+        # and the poll() calls that returned with nothing ready: the busy loop's, a zero
+        # timeout (a real timeout is rare while requests come every millisecond)
         self.proc = subprocess.Popen(["perf", "stat", "--per-thread", "-x,", "-o", out, "-e",
-                                      ",".join(events), "-p", str(pid)],
+                                      ",".join(events), "-e", "syscalls:sys_exit_poll",
+                                      "--filter", "ret == 0", "-p", str(pid)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
 
@@ -165,7 +170,8 @@ class PerfSyscalls:
                     continue
                 comm = v[0].rsplit("-", 1)[0]
                 name = v[3]
-                name = {"raw_syscalls:sys_enter": "all"}.get(name, name.split("sys_enter_")[-1])
+                name = {"raw_syscalls:sys_enter": "all", "syscalls:sys_exit_poll": "poll_idle"
+                        }.get(name, name.split("sys_enter_")[-1])
                 g = out.setdefault(thread_group(comm), {})
                 g[name] = g.get(name, 0) + int(v[1])
         return {g: {k: round(c / n, 3) for k, c in calls.items() if c} for g, calls in out.items()}
@@ -227,6 +233,20 @@ def in_daemon(logfile, offset, skip):
             (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
 
 
+def rdkafka_batches(logfile, offset):
+    """Messages per batch as librdkafka counts them (its statistics, batchcnt, logged every
+    second by `--log-level debug`) after byte offset: the mean over the intervals, weighted
+    by their batches; None without such lines (an older build)."""
+    with open(logfile, "rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    v = [(float(m.group(1)), float(m.group(2))) for m in re.finditer(
+        r"kafka: topic \S+: (\d+) batches in the last statistics interval, messages per batch "
+        r"avg ([0-9.]+)", text)]
+    n = sum(b for b, _ in v)
+    return round(sum(b * x for b, x in v) / n, 2) if n else None
+
+
 def ratepost_run(system, broker, batches, rate, a, sig):
     log_at = os.path.getsize(system["log"]) if system.get("log") else None
 
@@ -235,6 +255,8 @@ def ratepost_run(system, broker, batches, rate, a, sig):
     res = measured(system, broker, batches, go, lambda r: r["answered"])
     if log_at is not None:
         res["in_daemon_ms"] = in_daemon(system["log"], log_at, int(rate))
+        time.sleep(1.1)  # the statistics of the run's last second
+        res["rdkafka_batch"] = rdkafka_batches(system["log"], log_at)
     return res
 
 
@@ -273,8 +295,8 @@ def markdown(res):
         L.append("")
     L += ["| rate | system | p50 ms | p99 ms | p99.9 ms | in daemon p99 ms | non-2xx | CPU µs/webhook "
           "(ours / rdk:main / rdk:broker) | wait µs/webhook | wake-ups/webhook | broker CPU µs "
-          "| produce requests/msg | msgs/batch p50/p99 | GC pauses |",
-          "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
+          "| produce requests/msg | msgs/batch p50/p99 | librdkafka msgs/batch | GC pauses |",
+          "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|"]
     for (rate, name), runs in sorted(res["runs"].items(), key=lambda kv: (kv[0][0], kv[0][1])):
         def s(g, k):
             return med([r["sched"].get(g, {}).get(k) for r in runs])
@@ -290,6 +312,7 @@ def markdown(res):
             f"{med([r['broker_sched'].get('cpu_us') for r in runs])} | "
             f"{med([x['requests_per_msg'] for x in b]) if b else '-'} | "
             f"{'/'.join(str(statistics.median(x[k] for x in b)) for k in ('p50', 'p99')) if b else '-'} | "
+            f"{med([r.get('rdkafka_batch') for r in runs])} | "
             f"{sum(r['broker_gc']['pauses'] for r in runs)} (max "
             f"{max(r['broker_gc']['max_ms'] for r in runs)} ms) |")
     sc = [(k, r["syscalls"]) for k, runs in res["runs"].items() for r in runs if "syscalls" in r]
@@ -359,7 +382,8 @@ def main():
             broker.create_topic(topic)
             s = peers.System(name, [binary, "--listen", "127.0.0.1:{PORT}", "--drain-grace", "0",
                                     "--threads", "2", "--sink", "kafka", "--kafka-brokers",
-                                    broker.bootstrap, "--route", topic, *extra], tmp,
+                                    broker.bootstrap, "--route", topic, "--log-level", "debug",
+                                    *extra], tmp,
                              ready_path="/readyz")
             procs.append(s)
             systems[name] = {"name": name, "url": s.url, "pid": s.pid, "tmp": tmp,

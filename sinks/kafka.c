@@ -1,17 +1,35 @@
-/* The Kafka sink: one idempotent librdkafka producer per worker, acks=all; a webhook is
- * answered 200 from its delivery report, never before the broker acknowledged it.
+/* The Kafka sink: one idempotent librdkafka producer (acks=all) shared by every instance of
+ * the process (the workers, the reconciler, the spool's inner sink); a webhook is answered
+ * 200 from its delivery report, never before the broker acknowledged it.
  *
- * Async glue: delivery reports, error and statistics events are queued by librdkafka on
- * its main queue. rd_kafka_queue_io_event_enable() makes librdkafka write a byte to a pipe
- * when that queue becomes non-empty; a persistent libevent read event on the pipe drains it
- * and calls rd_kafka_poll(rk, 0) until nothing is left (librdkafka tests/0040-io_event.c).
- * So every callback below except on_log runs on the worker's loop thread, inside
- * rd_kafka_poll, and the request travels as the message opaque. No thread sleeps, no poll
- * blocks, a full local queue is an immediate refusal (503), never a retry loop. While
- * messages are out, new ones wait in the sink and leave together once their reports are
- * served: one batch in flight per producer (the gate, above kafka_submit).
+ * Why one producer: each rd_kafka_t has its own threads, connections and batches; with one
+ * per worker each batch was half as large, the broker got twice the produce requests and
+ * librdkafka's threads woke twice as often for the same webhooks (docs/KAFKA_BATCHING.md).
  *
- * Broker state (for fast 503s and /readyz), all on the loop thread:
+ * Async glue: the producer's main queue (delivery reports, error and statistics events) is
+ * served by one loop, the home instance's (the first opened): rd_kafka_queue_io_event_enable()
+ * makes librdkafka write a byte to that instance's wake-up pipe when the queue becomes
+ * non-empty, and its persistent read event calls rd_kafka_poll(rk, 0) until nothing is left
+ * (librdkafka tests/0040-io_event.c), so on_delivery, on_error and on_stats run there
+ * (on_log on librdkafka's threads). A report does not complete its request there: the
+ * request belongs to the loop thread that submitted it. Each message's opaque is its answer
+ * (struct kafka_answer), which names the instance's port; on_delivery appends the answer
+ * to that port's inbox and, when the inbox was empty, writes one byte to that instance's
+ * wake-up pipe, so a batch of reports wakes each other loop once, not once per message (the
+ * home loop takes its own inbox right after serving). The loop (on_port_io) takes its whole
+ * inbox and completes the requests. When the home instance closes (shut-down), a thread of
+ * ours, the dispatcher, serves the queue for the instances still open. No loop thread
+ * sleeps or blocks, a full local queue is an immediate refusal (503), never a retry loop.
+ * While messages are out, new ones (of every instance) wait in the shared gate and leave
+ * together once the reports are served: one batch in flight per producer (the gate, above
+ * kafka_submit). Everything shared is under kafka_shared.mu; an instance's own fields are
+ * touched by its loop thread only, and whoever serves the queue never dereferences another
+ * instance's request.
+ *
+ * Opened without global_init (the unit tests, a single instance), an instance creates its
+ * own shared producer and frees it on close.
+ *
+ * Broker state (for fast 503s and /readyz), shared by the instances:
  *  - CONNECTING at start: submissions are taken (they wait for the first connection, at
  *    most message.timeout.ms = --ack-timeout), ready() is 0.
  *  - DOWN on RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN from the error callback (every broker
@@ -40,6 +58,10 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -65,6 +87,7 @@
 #define DOWN_GRACE_MS 500
 #define FAIL_LOG_INTERVAL_MS 1000
 #define POLL_ROUNDS 64 /* rd_kafka_poll rounds per wake-up before yielding to the loop */
+#define DISPATCH_POLL_MS 500 /* the dispatcher thread's longest wait (it is woken to stop) */
 #define LIMIT_RETRY_MS 5000  /* ask again for a topic's limit that could not be read */
 #define MAX_TOPICS 1024      /* topics whose limit is remembered */
 #define RECORD_OVERHEAD 512  /* headers and record framing, bytes, added to value and key */
@@ -73,15 +96,79 @@
 
 enum broker_state { BROKERS_CONNECTING, BROKERS_UP, BROKERS_DOWN };
 
+struct kafka_port;
+
+/* One accepted submission, from submit() until its loop thread has answered it: the
+ * message's opaque, held or in librdkafka, then an entry of its port's inbox. The
+ * dispatcher fills in the outcome; only the owning loop thread touches r. */
+struct kafka_answer {
+    struct kafka_answer *next;
+    struct kafka_port *port;
+    struct ab_pending_req *r;
+    rd_kafka_resp_err_t err; /* the delivery report's, or librdkafka's refusal */
+    int32_t partition;
+    int refused;  /* librdkafka refused it when the gate let it go */
+    int dropped;  /* held past its webhook's deadline: never sent */
+    size_t size;  /* value and key bytes */
+    char *key;    /* into text, NULL for none */
+    char text[];  /* the topic, then the key */
+};
+
 /* A message held back by the gate (kafka_submit), with what producev needs. */
 struct held_msg {
     struct held_msg *next;
-    struct ab_pending_req *r;
+    struct kafka_answer *a;
     rd_kafka_headers_t *hdrs; /* ours until producev takes them */
-    char *key;                /* NULL for none */
+    int64_t deadline_ms;      /* its webhook is answered 503 then: never send it after */
+    rd_kafka_resp_err_t err;  /* librdkafka's refusal when the gate let it go */
     size_t len;
-    char topic[AB_KAFKA_TOPIC_MAX + 1];
     char value[];
+};
+
+/* An instance's end of the shared producer, all under kafka_shared.mu. It outlives its
+ * instance while answers of it are still out; once closed they are dropped here. */
+struct kafka_port {
+    struct kafka_port *next;
+    struct kafka_answer *inbox;
+    struct kafka_answer **inbox_tail;
+    int wake_fd; /* write end of the instance's wake-up pipe */
+    long out;    /* answers not handled yet: held, in librdkafka or in the inbox */
+    int closed;
+    int home;    /* its loop serves the main queue (set and cleared by that loop) */
+};
+
+/* The producer all instances share (global_init creates it empty, the first open() the
+ * producer and the dispatcher). Everything below mu is under it. */
+struct kafka_shared {
+    pthread_mutex_t mu;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *mainq;
+    pthread_t thread; /* the dispatcher, once the home instance has closed */
+    int thread_started;
+    atomic_int stop;
+    char *brokers;
+    struct kafka_port *ports;
+    struct kafka_port *home; /* the port whose loop serves the main queue, NULL: the thread */
+    int gate;          /* the gate (kafka_submit): on for an idempotent producer */
+    int compressed;    /* compression.type is not none */
+    long batch_size;   /* the producer's batch.size */
+    long batch_msgs;   /* batch.num.messages */
+    long queue_msgs;   /* queue.buffering.max.messages */
+    long queue_kbytes; /* queue.buffering.max.kbytes */
+    long inflight;     /* messages handed to librdkafka, report not served yet */
+    struct held_msg *held_head; /* held back, in submission order */
+    struct held_msg **held_tail;
+    size_t n_held;
+    size_t held_bytes;
+    enum broker_state state;
+    char reason[256]; /* why DOWN, or the fatal error */
+    int fatal;
+    int64_t down_since_ms;
+    int64_t last_probe_ms;
+    int stats_skip;    /* do not trust the next statistics to say UP */
+    int stats_none_up; /* statistics in a row without a broker UP */
+    int32_t node_id;   /* a broker seen up in the statistics, -1 for none yet */
+    unsigned up_epoch; /* +1 on every (re)connection: the instances read the limits again */
 };
 
 /* The largest message the cluster accepts in one topic (its max.message.bytes, whose
@@ -93,46 +180,30 @@ struct topic_limit {
     int64_t asked_ms; /* when it was last asked for (0: ask again on next use) */
 };
 
+/* One instance: a loop thread's view of the shared producer. */
 struct kafka_sink {
     struct ab_sink base;
-    rd_kafka_t *rk;
-    rd_kafka_queue_t *mainq;
-    int pipefd[2];
+    struct kafka_shared *sh;
+    int own_shared;        /* opened without global_init: the producer is this instance's */
+    struct kafka_port *port;
+    int pipefd[2];         /* wake-ups: answers in the inbox, DescribeConfigs results */
     struct event *io_ev;
-    char *brokers;
-    struct ab_route *key; /* --kafka-key, NULL for no key */
-    int structured;       /* --content-mode structured: the JSON event as value */
+    struct ab_route *key;  /* --kafka-key, NULL for no key */
+    int structured;        /* --content-mode structured: the JSON event as value */
+    long ack_timeout_ms;
     /* message size limits (issue 8 item 7), all on the loop thread */
-    rd_kafka_queue_t *adminq;    /* DescribeConfigs results; shares the main queue's pipe */
+    rd_kafka_queue_t *adminq;    /* DescribeConfigs results; its io event is our pipe */
     struct topic_limit *limits;  /* topics used so far */
     size_t n_limits;
     long broker_limit;           /* message.max.bytes of a broker, -1 until known */
-    int32_t node_id;             /* a broker seen up in the statistics, -1 for none yet */
     int broker_asking;
-    int compressed;              /* compression.type is not none */
-    long batch_size;             /* the producer's batch.size */
-    long batch_msgs;             /* the producer's batch.num.messages */
-    long queue_msgs;             /* queue.buffering.max.messages */
-    long queue_kbytes;           /* queue.buffering.max.kbytes */
-    int gate;                    /* the gate (kafka_submit): on for an idempotent producer */
-    long inflight;               /* messages handed to librdkafka, report not served yet */
-    struct held_msg *held_head;  /* held back, in submission order */
-    struct held_msg **held_tail;
-    size_t n_held;
-    size_t held_bytes;
-    enum broker_state state;
-    char reason[256];  /* why DOWN, or the fatal error */
-    int fatal;
+    unsigned seen_epoch;         /* the shared up_epoch the limits were refreshed for */
     int closing;
     int queue_full;    /* the last submit was refused for a full local queue */
-    int64_t down_since_ms;
-    int stats_skip;    /* do not trust the next statistics to say UP */
-    int stats_none_up; /* statistics in a row without a broker UP */
-    int64_t last_probe_ms;
-    struct ab_pending *pending; /* the submissions; each entry is its message's opaque */
+    struct ab_pending *pending; /* the submissions */
     int64_t fail_log_ms; /* rate limit of delivery failure lines */
     long fail_suppressed;
-    char errbuf[512];    /* errstr handed to a callback, valid during the call */
+    char errbuf[512];    /* errstr handed to ab_pending_done, copied there */
 };
 
 static int64_t now_ms(void)
@@ -142,29 +213,35 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* ---- state ------------------------------------------------------------------------ */
+/* ---- state (under sh->mu) --------------------------------------------------------- */
 
-static void limits_refresh(struct kafka_sink *ks);
-
-static void mark_up(struct kafka_sink *ks, const char *why)
+static void mark_up(struct kafka_shared *sh, const char *why)
 {
-    if (ks->state != BROKERS_UP) {
-        ab_info("kafka: brokers %s up (%s)", ks->brokers, why);
-        ks->state = BROKERS_UP;
-        limits_refresh(ks); /* start-up and every reconnect: the limits may have changed */
+    if (sh->state != BROKERS_UP) {
+        ab_info("kafka: brokers %s up (%s)", sh->brokers, why);
+        sh->state = BROKERS_UP;
+        sh->up_epoch++; /* start-up and every reconnect: the limits may have changed */
     }
-    ks->reason[0] = '\0';
+    sh->reason[0] = '\0';
 }
 
-static void mark_down(struct kafka_sink *ks, const char *why)
+static void mark_down(struct kafka_shared *sh, const char *why)
 {
-    if (ks->state != BROKERS_DOWN) {
+    if (sh->state != BROKERS_DOWN) {
         ab_warn("kafka: brokers %s down (%s): webhooks get 503 until a broker is reachable",
-                ks->brokers, why);
-        ks->down_since_ms = now_ms();
+                sh->brokers, why);
+        sh->down_since_ms = now_ms();
     }
-    ks->state = BROKERS_DOWN;
-    snprintf(ks->reason, sizeof(ks->reason), "%s", why);
+    sh->state = BROKERS_DOWN;
+    snprintf(sh->reason, sizeof(sh->reason), "%s", why);
+}
+
+static enum broker_state state_of(struct kafka_shared *sh)
+{
+    pthread_mutex_lock(&sh->mu);
+    enum broker_state st = sh->state;
+    pthread_mutex_unlock(&sh->mu);
+    return st;
 }
 
 /* ---- librdkafka callbacks --------------------------------------------------------- */
@@ -179,49 +256,66 @@ static void on_log(const rd_kafka_t *rk, int level, const char *fac, const char 
     ab_log(ab, "kafka: %s: %s: %s", rk ? rd_kafka_name(rk) : "rdkafka", fac, buf);
 }
 
-/* Loop thread (rd_kafka_poll): client-level errors. Most are transient and retried by
+/* The dispatcher (rd_kafka_poll): client-level errors. Most are transient and retried by
  * librdkafka, which logs them itself; only the state they imply matters here. */
 static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
-    struct kafka_sink *ks = opaque;
+    struct kafka_shared *sh = opaque;
+    pthread_mutex_lock(&sh->mu);
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         char why[200];
         rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
         ab_error("kafka: fatal producer error %s: %s; restart almabridge",
                  rd_kafka_err2name(orig), why);
-        ks->fatal = 1;
-        snprintf(ks->reason, sizeof(ks->reason), "fatal: %s", why);
+        sh->fatal = 1;
+        snprintf(sh->reason, sizeof(sh->reason), "fatal: %s", why);
     } else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
-        mark_down(ks, reason);
-        ks->stats_skip = 1;
+        mark_down(sh, reason);
+        sh->stats_skip = 1;
     } else {
         ab_debug("kafka: %s: %s", rd_kafka_err2name(err), reason);
     }
+    pthread_mutex_unlock(&sh->mu);
 }
 
-/* Loop thread (rd_kafka_poll), every statistics.interval.ms: a broker connection in state
- * UP means reachable. A snapshot taken just before the connections dropped can be queued
- * just after the ALL_BROKERS_DOWN event, so the first one after that event is not trusted
- * to say UP. Two snapshots in a row without any UP broker mark DOWN too, in case the event
- * was missed. Returns 0: librdkafka frees json. */
+/* The dispatcher (rd_kafka_poll), every statistics.interval.ms: a broker connection in
+ * state UP means reachable. A snapshot taken just before the connections dropped can be
+ * queued just after the ALL_BROKERS_DOWN event, so the first one after that event is not
+ * trusted to say UP. Two snapshots in a row without any UP broker mark DOWN too, in case
+ * the event was missed. Returns 0: librdkafka frees json. */
 static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
-    struct kafka_sink *ks = opaque;
+    struct kafka_shared *sh = opaque;
     cJSON *root = cJSON_ParseWithLength(json, len);
     cJSON *brokers = cJSON_GetObjectItemCaseSensitive(root, "brokers");
     cJSON *b = NULL;
     char up[160] = "";
+    int32_t node = -1;
     cJSON_ArrayForEach(b, brokers)
     {
         const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(b, "state"));
         cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "nodeid");
         if (st && strcmp(st, "UP") == 0) {
             snprintf(up, sizeof(up), "connected to %s", b->string);
-            if (cJSON_IsNumber(id) && id->valuedouble >= 0 && ks->node_id < 0) {
-                ks->node_id = (int32_t)id->valuedouble; /* a broker to ask for its limit */
-                limits_refresh(ks);
+            if (cJSON_IsNumber(id) && id->valuedouble >= 0) {
+                node = (int32_t)id->valuedouble; /* a broker to ask for its limit */
             }
             break;
+        }
+    }
+    cJSON *t = NULL;
+    cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(root, "topics"))
+    { /* the batches of the last interval, for tuning (--log-level debug) */
+        cJSON *cnt = cJSON_GetObjectItemCaseSensitive(t, "batchcnt");
+        cJSON *size = cJSON_GetObjectItemCaseSensitive(t, "batchsize");
+        double n = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "cnt"));
+        if (n > 0) { /* its "avg" is an integer: the mean from "sum" */
+            ab_debug("kafka: topic %s: %.0f batches in the last statistics interval, messages "
+                     "per batch avg %.2f p50 %.0f p99 %.0f, bytes per batch avg %.0f", t->string,
+                     n, cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "sum")) / n,
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "p50")),
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cnt, "p99")),
+                     cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(size, "sum")) / n);
         }
     }
     int known = cJSON_IsObject(brokers);
@@ -229,16 +323,22 @@ static int on_stats(rd_kafka_t *rk, char *json, size_t len, void *opaque)
     if (!known) {
         return 0; /* not the statistics we know: change nothing */
     }
-    int distrust = ks->stats_skip;
-    ks->stats_skip = 0;
-    if (*up) {
-        ks->stats_none_up = 0;
-        if (!distrust && ks->state != BROKERS_UP) {
-            mark_up(ks, up);
-        }
-    } else if (++ks->stats_none_up >= 2 && ks->state == BROKERS_UP) {
-        mark_down(ks, "no broker connection up for two statistics intervals");
+    pthread_mutex_lock(&sh->mu);
+    if (node >= 0 && sh->node_id < 0) {
+        sh->node_id = node;
+        sh->up_epoch++; /* the instances ask it for message.max.bytes */
     }
+    int distrust = sh->stats_skip;
+    sh->stats_skip = 0;
+    if (*up) {
+        sh->stats_none_up = 0;
+        if (!distrust && sh->state != BROKERS_UP) {
+            mark_up(sh, up);
+        }
+    } else if (++sh->stats_none_up >= 2 && sh->state == BROKERS_UP) {
+        mark_down(sh, "no broker connection up for two statistics intervals");
+    }
+    pthread_mutex_unlock(&sh->mu);
     return 0;
 }
 
@@ -259,7 +359,7 @@ static int status_of(rd_kafka_resp_err_t err)
     }
 }
 
-/* Loop thread: one failed delivery, logged at most once a second per producer. A message
+/* Loop thread: one failed delivery, logged at most once a second per instance. A message
  * that timed out without ever being assigned a partition while a broker was up never got
  * its topic's metadata: the topic does not exist and the broker did not create it. */
 static void log_failure(struct kafka_sink *ks, const char *what, const char *topic,
@@ -277,7 +377,7 @@ static void log_failure(struct kafka_sink *ks, const char *what, const char *top
     }
     if (err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
         (err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT && partition == RD_KAFKA_PARTITION_UA &&
-         ks->state == BROKERS_UP)) {
+         state_of(ks->sh) == BROKERS_UP)) {
         ab_warn("kafka: %s topic %s failed: %s: the brokers know no partition of it, so it "
                 "probably does not exist and the broker does not create topics "
                 "(auto.create.topics.enable=false): create the topic%s",
@@ -308,11 +408,11 @@ static int describe_configs(struct kafka_sink *ks, rd_kafka_ResourceType_t type,
     char err[256];
     rd_kafka_ConfigResource_t *res = rd_kafka_ConfigResource_new(type, name);
     rd_kafka_AdminOptions_t *o =
-        rd_kafka_AdminOptions_new(ks->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+        rd_kafka_AdminOptions_new(ks->sh->rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
     int ok = res && o && rd_kafka_AdminOptions_set_request_timeout(o, 5000, err, sizeof(err)) ==
                              RD_KAFKA_RESP_ERR_NO_ERROR;
     if (ok) {
-        rd_kafka_DescribeConfigs(ks->rk, &res, 1, o, ks->adminq);
+        rd_kafka_DescribeConfigs(ks->sh->rk, &res, 1, o, ks->adminq);
     }
     rd_kafka_AdminOptions_destroy(o);
     rd_kafka_ConfigResource_destroy(res);
@@ -348,9 +448,12 @@ static void limits_refresh(struct kafka_sink *ks)
     for (size_t i = 0; i < ks->n_limits; i++) {
         ks->limits[i].asked_ms = 0;
     }
-    if (ks->node_id >= 0 && !ks->broker_asking && ks->adminq) {
+    pthread_mutex_lock(&ks->sh->mu);
+    int32_t node = ks->sh->node_id;
+    pthread_mutex_unlock(&ks->sh->mu);
+    if (node >= 0 && !ks->broker_asking && ks->adminq) {
         char id[16];
-        snprintf(id, sizeof(id), "%d", (int)ks->node_id);
+        snprintf(id, sizeof(id), "%d", (int)node);
         ks->broker_asking = describe_configs(ks, RD_KAFKA_RESOURCE_BROKER, id) == 0;
     }
 }
@@ -369,7 +472,7 @@ static long config_long(const rd_kafka_ConfigResource_t *res, const char *name)
     return -1;
 }
 
-/* Loop thread (on_queue_io): a DescribeConfigs result. */
+/* Loop thread (on_port_io): a DescribeConfigs result. */
 static void on_admin_result(struct kafka_sink *ks, rd_kafka_event_t *ev)
 {
     const rd_kafka_DescribeConfigs_result_t *r = rd_kafka_event_DescribeConfigs_result(ev);
@@ -398,11 +501,11 @@ static void on_admin_result(struct kafka_sink *ks, rd_kafka_event_t *ev)
         t->asking = 0;
         long v = err ? -1 : config_long(res[i], "max.message.bytes");
         if (v > 0) {
-            if (v != t->bytes && v < ks->batch_size) {
+            if (v != t->bytes && v < ks->sh->batch_size) {
                 ab_warn("kafka: topic %s accepts batches up to %ld bytes (max.message.bytes), "
                         "below the producer's batch.size %ld: set --kafka-conf batch.size=%ld "
                         "or less, or batches of small events may be refused", name, v,
-                        ks->batch_size, v / 2);
+                        ks->sh->batch_size, v / 2);
             }
             if (v != t->bytes) {
                 ab_info("kafka: topic %s accepts messages up to %ld bytes (max.message.bytes)",
@@ -447,7 +550,7 @@ static int too_big(struct kafka_sink *ks, const char *topic, size_t size, const 
             "--add-config max.message.bytes=%zu (and the brokers' message.max.bytes and "
             "replica.fetch.max.bytes)",
             (int)(key_len < 64 ? key_len : 64), key ? (const char *)key : "", size, topic,
-            limit, ks->brokers, topic, (size + RECORD_OVERHEAD) * 2);
+            limit, ks->sh->brokers, topic, (size + RECORD_OVERHEAD) * 2);
     return 1;
 }
 
@@ -456,52 +559,262 @@ static int too_big(struct kafka_sink *ks, const char *topic, size_t size, const 
 static int never_fits(struct kafka_sink *ks, const char *topic, size_t size, const char *key)
 {
     long limit = limit_of(ks, topic);
-    size_t best = ks->compressed ? size / BEST_RATIO : size;
+    size_t best = ks->sh->compressed ? size / BEST_RATIO : size;
     if (limit <= 0 || best + RECORD_OVERHEAD <= (size_t)limit) {
         return 0;
     }
     return too_big(ks, topic, size, key, key ? strlen(key) : 0);
 }
 
-/* Loop thread (rd_kafka_poll, or rd_kafka_flush in close): the delivery report of one
- * message. Completes its request exactly once. */
+/* ---- answers: from the dispatcher to the loop threads ------------------------------- */
+
+/* A new answer for r on port: topic and key copied. */
+static struct kafka_answer *answer_new(struct kafka_port *port, struct ab_pending_req *r,
+                                       const char *topic, const char *key, size_t size)
+{
+    size_t tl = strlen(topic), kl = key ? strlen(key) : 0;
+    struct kafka_answer *a = ab_malloc(sizeof(*a) + tl + 1 + (key ? kl + 1 : 0));
+    *a = (struct kafka_answer){.port = port, .r = r, .size = size};
+    memcpy(a->text, topic, tl + 1);
+    if (key) {
+        a->key = a->text + tl + 1;
+        memcpy(a->key, key, kl + 1);
+    }
+    return a;
+}
+
+/* Under mu: the last answer of a closed port frees it. */
+static void port_put(struct kafka_shared *sh, struct kafka_port *port, long n)
+{
+    port->out -= n;
+    if (port->closed && port->out <= 0) {
+        for (struct kafka_port **p = &sh->ports; *p; p = &(*p)->next) {
+            if (*p == port) {
+                *p = port->next;
+                break;
+            }
+        }
+        free(port);
+    }
+}
+
+/* Under mu: a's outcome is known; queue it for its loop thread, waking that loop when its
+ * inbox was empty (one wake-up per batch, not per message). The home loop is not woken: it
+ * is the one serving, and takes its inbox right after. A closed port's answer is dropped:
+ * its instance answered the webhook already (AB_SINK_CLOSED). */
+static void answer_post(struct kafka_shared *sh, struct kafka_answer *a)
+{
+    struct kafka_port *port = a->port;
+    if (port->closed) {
+        free(a);
+        port_put(sh, port, 1);
+        return;
+    }
+    a->next = NULL;
+    int wake = port->inbox == NULL && port != sh->home; /* home: handled after serving */
+    *port->inbox_tail = a;
+    port->inbox_tail = &a->next;
+    if (wake && write(port->wake_fd, "d", 1) < 0 && errno != EAGAIN) {
+        ab_debug("kafka: writing a wake-up: %s", strerror(errno));
+    }
+}
+
+/* Whoever serves the main queue (the home loop, the dispatcher thread, shared_free): the
+ * delivery report of one message, handed to its instance. */
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
-    struct kafka_sink *ks = opaque;
-    struct ab_pending_req *r = m->_private;
-    const char *errstr = NULL;
-    ks->inflight--;
-    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        if (ks->state != BROKERS_UP) {
-            mark_up(ks, "a message was delivered");
+    struct kafka_shared *sh = opaque;
+    struct kafka_answer *a = m->_private;
+    pthread_mutex_lock(&sh->mu); /* a was handed over under it */
+    a->err = m->err;
+    a->partition = m->partition;
+    sh->inflight--;
+    if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR && sh->state != BROKERS_UP) {
+        mark_up(sh, "a message was delivered");
+    }
+    answer_post(sh, a);
+    pthread_mutex_unlock(&sh->mu);
+}
+
+/* NOT under mu (the gate has reserved its place in inflight): one message to librdkafka
+ * (it copies the value and key; it owns hdrs from here on, also when it refuses). On
+ * success its report comes to on_delivery with a. */
+static rd_kafka_resp_err_t produce(struct kafka_shared *sh, struct kafka_answer *a,
+                                   const void *value, size_t len, rd_kafka_headers_t *hdrs)
+{
+    rd_kafka_resp_err_t err = rd_kafka_producev(
+        sh->rk, RD_KAFKA_V_TOPIC(a->text), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_KEY(a->key, a->key ? strlen(a->key) : 0),
+        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(a), RD_KAFKA_V_END);
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
+    }
+    return err;
+}
+
+/* Under mu: hold a copy of the message back (the gate). */
+static void hold(struct kafka_shared *sh, struct kafka_answer *a, const void *value, size_t len,
+                 rd_kafka_headers_t *hdrs, int64_t deadline_ms)
+{
+    struct held_msg *h = ab_malloc(sizeof(*h) + len);
+    *h = (struct held_msg){.a = a, .hdrs = hdrs, .deadline_ms = deadline_ms, .len = len};
+    memcpy(h->value, value, len);
+    *sh->held_tail = h;
+    sh->held_tail = &h->next;
+    sh->n_held++;
+    sh->held_bytes += len;
+}
+
+/* Under mu: the first held message, unlinked. */
+static struct held_msg *unhold(struct kafka_shared *sh)
+{
+    struct held_msg *h = sh->held_head;
+    sh->held_head = h->next;
+    if (sh->held_head == NULL) {
+        sh->held_tail = &sh->held_head;
+    }
+    sh->n_held--;
+    sh->held_bytes -= h->len;
+    return h;
+}
+
+/* Under mu, on the thread serving the queue: once every message handed to librdkafka has
+ * been reported, hand it the held messages of every instance, as many as one batch takes
+ * (batch.num.messages, batch.size), in one go, so that they leave together. The batch's
+ * places in inflight are taken first, so the gate stays shut for everyone else, and the
+ * mutex is let go while librdkafka takes them (a submitting loop is not kept waiting for
+ * a whole batch). A message whose webhook was answered meanwhile (past its --ack-timeout
+ * deadline, or its instance closed) is dropped, not sent. A refusal now goes back to its
+ * instance like a report. */
+static void release_held(struct kafka_shared *sh)
+{
+    while (sh->held_head && sh->inflight == 0) {
+        struct held_msg *batch = NULL, **tail = &batch;
+        long n = 0;
+        size_t bytes = 0;
+        int64_t now = now_ms();
+        while (sh->held_head && (n == 0 || (n < sh->batch_msgs && bytes + sh->held_head->len <=
+                                                                      (size_t)sh->batch_size))) {
+            struct held_msg *h = unhold(sh);
+            if (h->a->port->closed || now >= h->deadline_ms) {
+                rd_kafka_headers_destroy(h->hdrs);
+                h->a->dropped = 1;
+                answer_post(sh, h->a);
+                free(h);
+                continue;
+            }
+            h->next = NULL;
+            *tail = h;
+            tail = &h->next;
+            n++;
+            bytes += h->len;
         }
-    } else {
-        const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : "?";
-        if (m->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
-            too_big(ks, topic, m->len + m->key_len, m->key, m->key_len)) {
+        sh->inflight += n;
+        pthread_mutex_unlock(&sh->mu);
+        for (struct held_msg *h = batch; h; h = h->next) {
+            h->err = produce(sh, h->a, h->value, h->len, h->hdrs);
+        }
+        pthread_mutex_lock(&sh->mu);
+        while (batch) {
+            struct held_msg *h = batch;
+            batch = h->next;
+            if (h->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                sh->inflight--;
+                h->a->err = h->err;
+                h->a->refused = 1;
+                answer_post(sh, h->a);
+            }
+            free(h);
+        }
+    }
+}
+
+/* The dispatcher thread, once the home instance has closed (shut-down): serve the main
+ * queue (rd_kafka_poll serves everything queued in one call), then let the gate's next
+ * batch go. */
+static void *dispatch_main(void *arg)
+{
+    struct kafka_shared *sh = arg;
+    while (!atomic_load(&sh->stop)) {
+        rd_kafka_poll(sh->rk, DISPATCH_POLL_MS);
+        pthread_mutex_lock(&sh->mu);
+        release_held(sh);
+        pthread_mutex_unlock(&sh->mu);
+    }
+    return NULL;
+}
+
+static int refused(struct kafka_sink *ks, struct ab_pending_req *r, rd_kafka_resp_err_t err,
+                   const char *topic, size_t size);
+
+/* Under mu: have whoever serves the queue run release_held soon (the home loop through
+ * its pipe, the dispatcher thread out of its rd_kafka_poll). */
+static void kick_server(struct kafka_shared *sh)
+{
+    if (sh->home && write(sh->home->wake_fd, "k", 1) < 0 && errno != EAGAIN) {
+        ab_debug("kafka: writing a wake-up: %s", strerror(errno));
+    } else if (sh->home == NULL && sh->mainq) {
+        rd_kafka_queue_yield(sh->mainq);
+    }
+}
+
+/* ---- answers: on the loop thread ----------------------------------------------------- */
+
+/* Loop thread: complete the request of one answer. */
+static void answer_handle(struct kafka_sink *ks, struct kafka_answer *a)
+{
+    struct ab_pending_req *r = a->r;
+    const char *topic = a->text;
+    if (a->dropped) {
+        ab_pending_done(r, AB_SINK_TIMEOUT, "no acknowledgement within --ack-timeout");
+        return;
+    }
+    if (a->refused) { /* by librdkafka when the gate let it go: answered 413 or 503 */
+        if (refused(ks, r, a->err, topic, a->size) != 0) {
+            snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)", rd_kafka_err2str(a->err),
+                     topic);
+            ab_pending_done(r, AB_SINK_ERROR, ks->errbuf);
+        }
+        return;
+    }
+    const char *errstr = NULL;
+    if (a->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (a->err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE &&
+            too_big(ks, topic, a->size, a->key, a->key ? strlen(a->key) : 0)) {
             ab_pending_done(r, AB_SINK_TOO_BIG, ks->errbuf);
             return;
         }
-        if (status_of(m->err) != AB_SINK_CLOSED) {
-            log_failure(ks, "delivery to", topic, m->err, m->partition);
+        if (status_of(a->err) != AB_SINK_CLOSED) {
+            log_failure(ks, "delivery to", topic, a->err, a->partition);
         }
-        snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)", rd_kafka_err2str(m->err),
+        snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)", rd_kafka_err2str(a->err),
                  topic);
         errstr = ks->errbuf;
     }
-    ab_pending_done(r, status_of(m->err), errstr); /* ignored if it expired meanwhile */
+    ab_pending_done(r, status_of(a->err), errstr); /* ignored if it expired meanwhile */
 }
 
-static void release_held(struct kafka_sink *ks);
+/* Loop thread: the limits again after a (re)connection of the shared producer. */
+static void check_epoch(struct kafka_sink *ks)
+{
+    pthread_mutex_lock(&ks->sh->mu);
+    unsigned epoch = ks->sh->up_epoch;
+    pthread_mutex_unlock(&ks->sh->mu);
+    if (epoch != ks->seen_epoch) {
+        ks->seen_epoch = epoch;
+        limits_refresh(ks);
+    }
+}
 
-/* Loop thread: librdkafka's main queue became non-empty. Take the wake-up bytes (one read:
- * librdkafka writes one byte per queue per wake-up, and a byte left over only wakes us
- * again), serve the queue, then hand the messages the gate held back to librdkafka: the
- * delivery reports just served made room. After POLL_ROUNDS busy rounds give the loop a
- * turn and come back. */
-static void on_queue_io(evutil_socket_t fd, short what, void *arg)
+/* Loop thread: the wake-up pipe is readable: answers in the inbox, a DescribeConfigs
+ * result, or (home instance) the main queue became non-empty. Take the wake-up bytes, serve
+ * the admin queue; the home instance serves the main queue (rd_kafka_poll until empty,
+ * routing every report to its port, librdkafka tests/0040-io_event.c) and lets the gate's
+ * next batch go; then take the whole inbox at once and complete its requests. */
+static void on_port_io(evutil_socket_t fd, short what, void *arg)
 {
     struct kafka_sink *ks = arg;
+    struct kafka_shared *sh = ks->sh;
     char buf[256];
     if (read(fd, buf, sizeof(buf)) < 0 && errno != EAGAIN) {
         ab_debug("kafka: reading the wake-up pipe: %s", strerror(errno));
@@ -511,13 +824,36 @@ static void on_queue_io(evutil_socket_t fd, short what, void *arg)
         on_admin_result(ks, ev);
         rd_kafka_event_destroy(ev);
     }
-    int i = 0;
-    while (i < POLL_ROUNDS && rd_kafka_poll(ks->rk, 0) > 0) {
-        i++;
+    int rounds = 0;
+    if (ks->port->home) { /* only this thread changes it */
+        while (rounds < POLL_ROUNDS && rd_kafka_poll(sh->rk, 0) > 0) {
+            rounds++;
+        }
     }
-    release_held(ks);
-    if (i == POLL_ROUNDS) {
-        event_active(ks->io_ev, EV_READ, 0);
+    pthread_mutex_lock(&sh->mu);
+    if (ks->port->home) {
+        release_held(sh); /* the reports just served made room */
+    }
+    struct kafka_answer *a = ks->port->inbox;
+    ks->port->inbox = NULL;
+    ks->port->inbox_tail = &ks->port->inbox;
+    pthread_mutex_unlock(&sh->mu);
+    long n = 0;
+    while (a) {
+        struct kafka_answer *next = a->next;
+        answer_handle(ks, a);
+        free(a);
+        a = next;
+        n++;
+    }
+    if (n) {
+        pthread_mutex_lock(&sh->mu);
+        port_put(sh, ks->port, n);
+        pthread_mutex_unlock(&sh->mu);
+    }
+    check_epoch(ks);
+    if (rounds == POLL_ROUNDS) {
+        event_active(ks->io_ev, EV_READ, 0); /* busy: give the loop a turn and come back */
     }
 }
 
@@ -585,7 +921,7 @@ static long producer_max_bytes(long max_body)
 
 /* The producer's configuration: our defaults, then every --kafka-conf key=value on top.
  * Returns the conf (the caller owns it) or NULL with one line in errstr. */
-static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_sink *ks,
+static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_shared *ks,
                                    char *errstr, size_t errlen)
 {
     const struct ab_kafka_conf *cfg = sc->opts;
@@ -641,7 +977,7 @@ static rd_kafka_conf_t *build_conf(const struct ab_sink_conf *sc, struct kafka_s
     rd_kafka_conf_set_error_cb(conf, on_error);
     rd_kafka_conf_set_stats_cb(conf, on_stats);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_opaque(conf, ks);
+    rd_kafka_conf_set_opaque(conf, ks); /* the callbacks' opaque: the shared producer */
     if (ks) {
         char v[64];
         size_t vl = sizeof(v);
@@ -765,6 +1101,7 @@ static const struct ab_optset kafka_optset = AB_OPTSET(kafka_options, struct ab_
 /* ---- the operations --------------------------------------------------------------- */
 
 static void kafka_close(struct ab_sink *s, int timeout_ms);
+static struct kafka_shared *shared_new(const struct ab_kafka_conf *cfg);
 
 static void on_log_quiet(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
@@ -774,7 +1111,7 @@ static void on_log_quiet(const rd_kafka_t *rk, int level, const char *fac, const
  * way open() will use it, by creating a producer that connects nowhere (no brokers) and
  * destroying it. This catches unknown keys and bad values, conflicts librdkafka only
  * checks when the handle is created (acks with idempotence) and unreadable TLS files.
- * Nothing is shared: each worker opens its own producer. */
+ * The producer all instances share is created by the first open(). */
 static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char *errstr,
                              size_t errlen)
 {
@@ -784,6 +1121,13 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
         snprintf(errstr, errlen, "kafka sink: --kafka-brokers is empty");
         return -1;
     }
+    /* librdkafka's broker thread compresses every batch (gzip) with a fresh zlib state of
+     * about 270 kB, allocated and freed per batch in that thread's malloc arena. With
+     * glibc's default trim threshold (128 kB) each free gave the pages back (madvise, a TLB
+     * shoot-down on every core) and the next batch faulted them in again: at 5,000 req/s a
+     * fifth of the daemon's CPU (docs/KAFKA_BATCHING.md). Keep up to 1 MB free per arena
+     * (a few states); this also fixes the mmap threshold at its default (128 kB). */
+    mallopt(M_TRIM_THRESHOLD, 1 << 20);
     struct ab_route *key = NULL;
     int bad = compile_key(cfg, &key, errstr, errlen) != 0 ||
               check_route(sc->route, errstr, errlen) != 0;
@@ -809,6 +1153,7 @@ static int kafka_global_init(const struct ab_sink_conf *sc, void **shared, char 
         return -1;
     }
     rd_kafka_destroy(rk);
+    *shared = shared_new(cfg); /* the producer itself comes with the first open() */
     return 0;
 }
 
@@ -853,7 +1198,95 @@ static int kafka_probe(const struct ab_sink_conf *sc, int timeout_ms, char *msg,
     return rc == RD_KAFKA_RESP_ERR_NO_ERROR ? 0 : -1;
 }
 
-/* Start-up thread: create the producer and hook its main queue into base. */
+/* An empty shared producer: the first open() creates the producer. */
+static struct kafka_shared *shared_new(const struct ab_kafka_conf *cfg)
+{
+    struct kafka_shared *sh = ab_calloc(1, sizeof(*sh));
+    pthread_mutex_init(&sh->mu, NULL);
+    sh->brokers = ab_strdup(cfg->brokers);
+    sh->held_tail = &sh->held_head;
+    sh->state = BROKERS_CONNECTING;
+    sh->node_id = -1;
+    return sh;
+}
+
+/* Under mu, the first open(): create the producer. 0, or -1 with one line in errstr. */
+static int shared_start(struct kafka_shared *sh, const struct ab_sink_conf *sc, char *errstr,
+                        size_t errlen)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = build_conf(sc, sh, errstr, errlen);
+    if (conf == NULL) {
+        return -1;
+    }
+    sh->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (sh->rk == NULL) { /* on failure the conf is still ours */
+        rd_kafka_conf_destroy(conf);
+        snprintf(errstr, errlen, "kafka sink: cannot create the producer: %s", err);
+        return -1;
+    } /* else rd_kafka_new() took ownership of conf */
+    sh->mainq = rd_kafka_queue_get_main(sh->rk);
+    return 0;
+}
+
+/* Every instance closed (global_free, or the close of an instance that owns it): stop the
+ * dispatcher; what is left was answered 503 by its instance already, so it is purged rather
+ * than sent later; destroy the producer and free. */
+static void shared_free(struct kafka_shared *sh)
+{
+    if (sh == NULL) {
+        return;
+    }
+    if (sh->thread_started) {
+        atomic_store(&sh->stop, 1);
+        rd_kafka_queue_yield(sh->mainq); /* out of its rd_kafka_poll */
+        pthread_join(sh->thread, NULL);
+    }
+    pthread_mutex_lock(&sh->mu);
+    while (sh->held_head) {
+        struct held_msg *h = unhold(sh);
+        rd_kafka_headers_destroy(h->hdrs);
+        h->a->dropped = 1;
+        answer_post(sh, h->a);
+        free(h);
+    }
+    long inflight = sh->inflight;
+    pthread_mutex_unlock(&sh->mu);
+    if (sh->rk) {
+        if (inflight > 0) {
+            rd_kafka_purge(sh->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+            for (int i = 0; i < 100 && inflight > 0; i++) { /* their reports free them */
+                rd_kafka_poll(sh->rk, i == 0 ? 0 : 10);
+                pthread_mutex_lock(&sh->mu);
+                inflight = sh->inflight;
+                pthread_mutex_unlock(&sh->mu);
+            }
+        }
+        rd_kafka_queue_io_event_enable(sh->mainq, -1, NULL, 0);
+        rd_kafka_queue_destroy(sh->mainq);
+        rd_kafka_destroy(sh->rk);
+    }
+    while (sh->ports) { /* only closed ones are left, with answers never reported */
+        struct kafka_port *p = sh->ports;
+        sh->ports = p->next;
+        for (struct kafka_answer *a = p->inbox, *next; a; a = next) {
+            next = a->next;
+            free(a);
+        }
+        free(p);
+    }
+    pthread_mutex_destroy(&sh->mu);
+    free(sh->brokers);
+    free(sh);
+}
+
+static void kafka_global_free(void *shared)
+{
+    shared_free(shared);
+}
+
+/* Start-up thread: a port on the shared producer (created now if this is the first
+ * instance) and the instance's wake-up pipe hooked into base. */
 static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
                                   struct event_base *base, char *errstr, size_t errlen)
 {
@@ -864,39 +1297,44 @@ static struct ab_sink *kafka_open(const struct ab_sink_conf *sc, void *shared,
     }
     struct kafka_sink *ks = ab_calloc(1, sizeof(*ks));
     ks->base.ops = &ab_sink_kafka;
-    ks->held_tail = &ks->held_head;
-    ks->brokers = ab_strdup(cfg->brokers);
+    ks->pipefd[0] = ks->pipefd[1] = -1;
+    ks->own_shared = shared == NULL;
+    ks->sh = shared ? shared : shared_new(cfg);
     ks->pending = ab_pending_new(base, sc->ack_timeout_ms);
+    ks->ack_timeout_ms = sc->ack_timeout_ms;
     ks->broker_limit = -1;
-    ks->node_id = -1;
     ks->structured = sc->structured;
     if (compile_key(cfg, &ks->key, errstr, errlen) != 0) {
         goto fail;
     }
-    ks->pipefd[0] = ks->pipefd[1] = -1;
-    ks->state = BROKERS_CONNECTING;
-    char err[512];
-    rd_kafka_conf_t *conf = build_conf(sc, ks, errstr, errlen);
-    if (conf == NULL) {
-        goto fail;
-    }
-    ks->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-    if (ks->rk == NULL) { /* on failure the conf is still ours */
-        rd_kafka_conf_destroy(conf);
-        snprintf(errstr, errlen, "kafka sink: cannot create the producer: %s", err);
-        goto fail;
-    } /* else rd_kafka_new() took ownership of conf */
     if (pipe2(ks->pipefd, O_NONBLOCK | O_CLOEXEC) != 0) {
         snprintf(errstr, errlen, "kafka sink: pipe: %s", strerror(errno));
         goto fail;
     }
-    ks->io_ev = event_new(base, ks->pipefd[0], EV_READ | EV_PERSIST, on_queue_io, ks);
+    struct kafka_shared *sh = ks->sh;
+    pthread_mutex_lock(&sh->mu);
+    int rc = sh->rk ? 0 : shared_start(sh, sc, errstr, errlen);
+    if (rc == 0) {
+        ks->port = ab_calloc(1, sizeof(*ks->port));
+        ks->port->inbox_tail = &ks->port->inbox;
+        ks->port->wake_fd = ks->pipefd[1];
+        ks->port->next = sh->ports;
+        sh->ports = ks->port;
+        if (sh->home == NULL && !sh->thread_started) { /* the first: it serves the queue */
+            sh->home = ks->port;
+            ks->port->home = 1;
+            rd_kafka_queue_io_event_enable(sh->mainq, ks->pipefd[1], "m", 1);
+        }
+    }
+    pthread_mutex_unlock(&sh->mu);
+    if (rc != 0) {
+        goto fail;
+    }
+    ks->io_ev = event_new(base, ks->pipefd[0], EV_READ | EV_PERSIST, on_port_io, ks);
     event_add(ks->io_ev, NULL);
-    ks->mainq = rd_kafka_queue_get_main(ks->rk);
-    rd_kafka_queue_io_event_enable(ks->mainq, ks->pipefd[1], "1", 1);
-    ks->adminq = rd_kafka_queue_new(ks->rk); /* DescribeConfigs answers, same pipe */
-    rd_kafka_queue_io_event_enable(ks->adminq, ks->pipefd[1], "1", 1);
-    /* Anything queued before the io event was enabled would never wake us. */
+    ks->adminq = rd_kafka_queue_new(sh->rk); /* DescribeConfigs answers */
+    rd_kafka_queue_io_event_enable(ks->adminq, ks->pipefd[1], "a", 1);
+    /* Anything that came before the io event was enabled would never wake us. */
     event_active(ks->io_ev, EV_READ, 0);
     return &ks->base;
 fail:
@@ -969,25 +1407,6 @@ char *ab_kafka_message_event(const rd_kafka_message_t *m, size_t *len)
     return line;
 }
 
-/* Loop thread: one message to librdkafka (it copies the value and key; it owns hdrs from
- * here on, also when it refuses). On success the delivery report completes r. */
-static rd_kafka_resp_err_t produce(struct kafka_sink *ks, struct ab_pending_req *r,
-                                   const char *topic, const char *key, const void *value,
-                                   size_t len, rd_kafka_headers_t *hdrs)
-{
-    rd_kafka_resp_err_t err = rd_kafka_producev(
-        ks->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-        RD_KAFKA_V_VALUE((void *)value, len), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
-        RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
-    ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
-    if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        ks->inflight++;
-    } else {
-        rd_kafka_headers_destroy(hdrs); /* producev took them only on success */
-    }
-    return err;
-}
-
 /* Loop thread: librdkafka refused a message of `size` bytes for topic. One over the
  * producer's own message.max.bytes is answered (413, AB_SINK_TOO_BIG) and 0 returned;
  * any other refusal is logged and -1 returned: r is still live. */
@@ -1008,109 +1427,50 @@ static int refused(struct kafka_sink *ks, struct ab_pending_req *r, rd_kafka_res
     return -1;
 }
 
-/* Loop thread: hold a copy of the message back (the gate). */
-static void hold(struct kafka_sink *ks, struct ab_pending_req *r, const char *topic,
-                 const char *key, const void *value, size_t len, rd_kafka_headers_t *hdrs)
-{
-    struct held_msg *h = ab_malloc(sizeof(*h) + len);
-    h->next = NULL;
-    h->r = r;
-    h->hdrs = hdrs;
-    h->key = key ? ab_strdup(key) : NULL;
-    h->len = len;
-    snprintf(h->topic, sizeof(h->topic), "%s", topic);
-    memcpy(h->value, value, len);
-    *ks->held_tail = h;
-    ks->held_tail = &h->next;
-    ks->n_held++;
-    ks->held_bytes += len;
-}
-
-/* Loop thread: the first held message, unlinked. */
-static struct held_msg *unhold(struct kafka_sink *ks)
-{
-    struct held_msg *h = ks->held_head;
-    ks->held_head = h->next;
-    if (ks->held_head == NULL) {
-        ks->held_tail = &ks->held_head;
-    }
-    ks->n_held--;
-    ks->held_bytes -= h->len;
-    return h;
-}
-
-/* Loop thread: once every message handed to librdkafka has been reported (or when
- * closing: all), hand it the held messages, as many as one batch takes (batch.num.messages,
- * batch.size), in one go, so that they leave together. A message whose webhook was answered
- * meanwhile (--ack-timeout) is dropped, not sent. A refusal now can only be answered (503). */
-static void release_held(struct kafka_sink *ks)
-{
-    if (ks->held_head == NULL || (!ks->closing && ks->inflight > 0)) {
-        return;
-    }
-    long n = 0;
-    size_t bytes = 0;
-    while (ks->held_head &&
-           (ks->closing || n == 0 ||
-            (n < ks->batch_msgs && bytes + ks->held_head->len <= (size_t)ks->batch_size))) {
-        struct held_msg *h = unhold(ks);
-        if (ab_pending_is_complete(h->r)) {
-            rd_kafka_headers_destroy(h->hdrs);
-            ab_pending_release(h->r);
-        } else {
-            rd_kafka_resp_err_t err =
-                produce(ks, h->r, h->topic, h->key, h->value, h->len, h->hdrs);
-            if (err != RD_KAFKA_RESP_ERR_NO_ERROR &&
-                refused(ks, h->r, err, h->topic, h->len) != 0) {
-                snprintf(ks->errbuf, sizeof(ks->errbuf), "%s (topic %s)",
-                         rd_kafka_err2str(err), h->topic);
-                ab_pending_done(h->r, AB_SINK_ERROR, ks->errbuf);
-            }
-            n++;
-            bytes += h->len;
-        }
-        free(h->key);
-        free(h);
-    }
-    if (ks->held_head && ks->inflight == 0) {
-        event_active(ks->io_ev, EV_READ, 0); /* nothing out whose report would bring us back */
-    }
-}
-
 /* Loop thread. Refuses (-1) when closing, failed, the local queue is full or the brokers
  * have been down for DOWN_GRACE_MS (one probe a second still goes through); otherwise
- * takes a copy and returns 0: on_delivery completes it later.
+ * takes a copy and returns 0: its answer completes it later (on_port_io).
  *
  * The gate (idempotent producer): while messages handed to librdkafka are not reported yet,
- * a new one is held here, and every message held meanwhile goes to librdkafka together once
- * those reports are served (release_held): one batch in flight per producer, as Nagle does
- * for TCP. A lone webhook leaves at once (linger.ms=0), and under load a batch carries what
- * arrived during one round trip, so the batches follow the rate and the broker's speed.
- * Why not let librdkafka queue them: its idempotent producer makes no new ProduceRequest
- * for a partition while 5 MESSAGES of it are in flight (RD_KAFKA_IDEMP_MAX_INFLIGHT, counted
- * in messages, in 2.0.2 and still upstream), and while it waits with a batch due (linger.ms
- * passed) its broker thread polls with a zero timeout: a busy loop for the whole round trip
- * (bench/kafka_tail.py: 26-160 poll() calls per webhook at 1,000-5,000 req/s, a third of a
- * core on the 2-core bench machine, where the broker needs it). Handing over a held batch
- * only when nothing is out also keeps librdkafka from sending its first message alone and
- * then sitting on the rest behind that limit. The queue limits
- * (queue.buffering.max.messages / .kbytes) count held messages too, so a full queue is still
- * an immediate refusal. */
+ * a new one (of any instance) is held here, and every message held meanwhile goes to
+ * librdkafka together once those reports are served (release_held, on the dispatcher): one
+ * batch in flight per producer, as Nagle does for TCP. A lone webhook leaves at once
+ * (linger.ms=0), and under load a batch carries what arrived during one round trip, so the
+ * batches follow the rate and the broker's speed. Why not let librdkafka queue them: its
+ * idempotent producer makes no new ProduceRequest for a partition while 5 MESSAGES of it
+ * are in flight (RD_KAFKA_IDEMP_MAX_INFLIGHT, counted in messages, in 2.0.2 and still
+ * upstream), and while it waits with a batch due (linger.ms passed) its broker thread polls
+ * with a zero timeout: a busy loop for the whole round trip (bench/kafka_tail.py: 26-160
+ * poll() calls per webhook at 1,000-5,000 req/s, a third of a core on the 2-core bench
+ * machine, where the broker needs it). Handing over a held batch only when nothing is out
+ * also keeps librdkafka from sending its first message alone and then sitting on the rest
+ * behind that limit. The decision and the hand-over are under the shared mutex, so the
+ * messages of one instance reach librdkafka in submission order (per-key order). The queue
+ * limits (queue.buffering.max.messages / .kbytes) count held messages too, so a full queue
+ * is still an immediate refusal. */
 static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                         void *opaque)
 {
     struct kafka_sink *ks = (struct kafka_sink *)s;
-    if (ks->closing || ks->fatal) {
+    struct kafka_shared *sh = ks->sh;
+    if (ks->closing) {
         return -1;
     }
-    if (ks->state == BROKERS_DOWN) {
+    pthread_mutex_lock(&sh->mu);
+    int refuse = sh->fatal;
+    if (!refuse && sh->state == BROKERS_DOWN) {
         int64_t now = now_ms();
-        if (now - ks->down_since_ms >= DOWN_GRACE_MS &&
-            now - ks->last_probe_ms < PROBE_INTERVAL_MS) {
-            return -1;
+        refuse = now - sh->down_since_ms >= DOWN_GRACE_MS &&
+                 now - sh->last_probe_ms < PROBE_INTERVAL_MS;
+        if (!refuse) {
+            sh->last_probe_ms = now;
         }
-        ks->last_probe_ms = now;
     }
+    pthread_mutex_unlock(&sh->mu);
+    if (refuse) {
+        return -1;
+    }
+    check_epoch(ks);
     struct ab_event *own = NULL; /* a line without its event (the spool's, replay's) */
     char why[128];
     if (msg->event == NULL) {
@@ -1137,26 +1497,39 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         ab_pending_release(r);
         goto done;
     }
-    release_held(ks); /* in case the gate is open again */
+    struct kafka_answer *a = answer_new(ks->port, r, topic, k, size);
     rd_kafka_headers_t *hdrs = message_headers(structured, ev);
-    if (ks->gate && (ks->held_head || ks->inflight > 0)) {
-        if (ks->n_held + (size_t)rd_kafka_outq_len(ks->rk) >= (size_t)ks->queue_msgs ||
-            (ks->held_bytes + size) / 1024 >= (size_t)ks->queue_kbytes) {
-            rd_kafka_headers_destroy(hdrs);
-            ks->queue_full = 1;
-            log_failure(ks, "queueing a message for", topic, RD_KAFKA_RESP_ERR__QUEUE_FULL,
-                        RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    pthread_mutex_lock(&sh->mu);
+    int send = !sh->gate || (sh->held_head == NULL && sh->inflight == 0);
+    if (send) { /* its place first: the gate is shut for the others until it is reported */
+        sh->inflight++;
+        ks->port->out++;
+    } else if (sh->n_held + (size_t)rd_kafka_outq_len(sh->rk) >= (size_t)sh->queue_msgs ||
+               (sh->held_bytes + size) / 1024 >= (size_t)sh->queue_kbytes) {
+        err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
+        rd_kafka_headers_destroy(hdrs);
+    } else {
+        hold(sh, a, value, value_len, hdrs, now_ms() + ks->ack_timeout_ms);
+        ks->port->out++;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    if (send && (err = produce(sh, a, value, value_len, hdrs)) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        pthread_mutex_lock(&sh->mu);
+        sh->inflight--;
+        ks->port->out--;
+        if (sh->inflight == 0 && sh->held_head) { /* held behind it: no report will come */
+            kick_server(sh);
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
+    ks->queue_full = err == RD_KAFKA_RESP_ERR__QUEUE_FULL;
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        free(a);
+        if (refused(ks, r, err, topic, size) != 0) {
             ab_pending_cancel(r); /* a refusal: the callback never runs */
             rc = -1;
-            goto done;
         }
-        hold(ks, r, topic, k, value, value_len, hdrs);
-        goto done;
-    }
-    rd_kafka_resp_err_t err = produce(ks, r, topic, k, value, value_len, hdrs);
-    if (err != RD_KAFKA_RESP_ERR_NO_ERROR && refused(ks, r, err, topic, size) != 0) {
-        ab_pending_cancel(r); /* a refusal: the callback never runs */
-        rc = -1;
     }
 done:
     free(key);
@@ -1167,27 +1540,35 @@ done:
 static int kafka_ready(struct ab_sink *s)
 {
     struct kafka_sink *ks = (struct kafka_sink *)s;
-    return !ks->closing && !ks->fatal && ks->state == BROKERS_UP;
+    pthread_mutex_lock(&ks->sh->mu);
+    int ok = !ks->closing && !ks->sh->fatal && ks->sh->state == BROKERS_UP;
+    pthread_mutex_unlock(&ks->sh->mu);
+    return ok;
 }
 
 static void kafka_describe(struct ab_sink *s, char *buf, size_t len)
 {
     struct kafka_sink *ks = (struct kafka_sink *)s;
-    if (ks->fatal) {
-        snprintf(buf, len, "brokers %s: failed (%s)", ks->brokers, ks->reason);
-    } else if (ks->state == BROKERS_DOWN) {
-        snprintf(buf, len, "brokers %s: down (%s)", ks->brokers, ks->reason);
-    } else if (ks->state == BROKERS_CONNECTING) {
-        snprintf(buf, len, "brokers %s: connecting", ks->brokers);
+    struct kafka_shared *sh = ks->sh;
+    pthread_mutex_lock(&sh->mu);
+    if (sh->fatal) {
+        snprintf(buf, len, "brokers %s: failed (%s)", sh->brokers, sh->reason);
+    } else if (sh->state == BROKERS_DOWN) {
+        snprintf(buf, len, "brokers %s: down (%s)", sh->brokers, sh->reason);
+    } else if (sh->state == BROKERS_CONNECTING) {
+        snprintf(buf, len, "brokers %s: connecting", sh->brokers);
     } else {
-        snprintf(buf, len, "brokers %s: up%s", ks->brokers,
+        snprintf(buf, len, "brokers %s: up%s", sh->brokers,
                  ks->queue_full ? ", local queue full" : "");
     }
+    pthread_mutex_unlock(&sh->mu);
 }
 
-/* Loop thread, after its loop stopped: wait up to timeout_ms for the outstanding
- * deliveries (rd_kafka_flush serves their reports, so their callbacks run here), purge
- * the rest (their reports say AB_SINK_CLOSED), destroy the producer and free. */
+/* Loop thread, after its loop stopped: wait up to timeout_ms for this instance's
+ * outstanding messages (their answers are served here, so their callbacks run on this
+ * thread), then close the port: what is left is answered AB_SINK_CLOSED now and its
+ * reports, should they come, are dropped (the producer is shared: only the last owner,
+ * global_free, purges what librdkafka still holds). Free. */
 static void kafka_close(struct ab_sink *s, int timeout_ms)
 {
     struct kafka_sink *ks = (struct kafka_sink *)s;
@@ -1195,30 +1576,58 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
         return;
     }
     ks->closing = 1;
-    if (ks->rk) {
-        release_held(ks); /* closing: all of them, the gate no longer applies */
-        if (ab_pending_count(ks->pending) > 0) {
-            rd_kafka_flush(ks->rk, timeout_ms > 0 ? timeout_ms : 0);
-        }
-        if (ab_pending_count(ks->pending) > 0) {
-            ab_warn("kafka: closing with %zu message(s) not acknowledged: answering 503",
-                    ab_pending_count(ks->pending));
-            rd_kafka_purge(ks->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-            for (int i = 0; i < 100 && ab_pending_count(ks->pending) > 0; i++) {
-                rd_kafka_poll(ks->rk, i == 0 ? 0 : 10);
+    struct kafka_shared *sh = ks->sh;
+    if (ks->port) {
+        int64_t end = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+        for (;;) {
+            on_port_io(ks->pipefd[0], EV_READ, ks);
+            pthread_mutex_lock(&sh->mu);
+            long out = ks->port->out;
+            pthread_mutex_unlock(&sh->mu);
+            int64_t left = end - now_ms();
+            if (out == 0 || left <= 0) {
+                break;
             }
+            struct pollfd pfd = {.fd = ks->pipefd[0], .events = POLLIN};
+            poll(&pfd, 1, left < 100 ? (int)left : 100);
         }
-        if (ks->mainq) {
-            rd_kafka_queue_io_event_enable(ks->mainq, -1, NULL, 0);
-            rd_kafka_queue_destroy(ks->mainq);
+        pthread_mutex_lock(&sh->mu);
+        struct kafka_port *port = ks->port;
+        if (port->home) { /* the instances still open need a server: the thread */
+            rd_kafka_queue_io_event_enable(sh->mainq, -1, NULL, 0);
+            sh->home = NULL;
+            port->home = 0;
+            int others = 0;
+            for (struct kafka_port *p = sh->ports; p; p = p->next) {
+                others += p != port && !p->closed;
+            }
+            if (others && pthread_create(&sh->thread, NULL, dispatch_main, sh) == 0) {
+                sh->thread_started = 1;
+            } /* else the next instance opened, if any, becomes home */
         }
-        if (ks->adminq) {
-            rd_kafka_queue_io_event_enable(ks->adminq, -1, NULL, 0);
-            rd_kafka_queue_destroy(ks->adminq);
+        long left = port->out, n = 0;
+        port->closed = 1;
+        for (struct kafka_answer *a = port->inbox, *next; a; a = next) {
+            next = a->next;
+            free(a);
+            n++;
         }
-        rd_kafka_destroy(ks->rk);
+        port->inbox = NULL;
+        port->inbox_tail = &port->inbox;
+        port_put(sh, port, n); /* frees it when nothing of it is out any more */
+        pthread_mutex_unlock(&sh->mu);
+        if (left > 0) {
+            ab_warn("kafka: closing with %ld message(s) not acknowledged: answering 503", left);
+        }
     }
-    /* Whatever librdkafka did not report (it serves no callback after destroy). */
+    if (ks->adminq) {
+        rd_kafka_queue_io_event_enable(ks->adminq, -1, NULL, 0);
+        rd_kafka_queue_destroy(ks->adminq);
+    }
+    if (ks->own_shared) {
+        shared_free(sh);
+    }
+    /* Whatever was not answered (the reports of a closed port are dropped). */
     if (ks->pending) {
         ab_pending_close(ks->pending, AB_SINK_CLOSED,
                          "kafka sink closed before the broker acknowledged");
@@ -1234,7 +1643,6 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
     }
     ab_route_free(ks->key);
     free(ks->limits);
-    free(ks->brokers);
     free(ks);
 }
 
@@ -1568,6 +1976,7 @@ const struct ab_sink_ops ab_sink_kafka = {
     .flags = AB_SINK_RETRIES_LATE,
     .options = &kafka_optset,
     .global_init = kafka_global_init,
+    .global_free = kafka_global_free,
     .probe = kafka_probe,
     .open = kafka_open,
     .submit = kafka_submit,

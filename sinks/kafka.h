@@ -1,4 +1,4 @@
-/* The Kafka sink: an idempotent librdkafka producer per worker, acks=all. */
+/* The Kafka sink: one idempotent librdkafka producer shared by the workers, acks=all. */
 #ifndef AB_KAFKA_SINK_H
 #define AB_KAFKA_SINK_H
 

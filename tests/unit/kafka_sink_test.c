@@ -11,6 +11,7 @@
 #include "test.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,8 +26,8 @@
 #define API_PRODUCE 0 /* Kafka protocol ApiKey of Produce */
 #define MAXREQ 256
 
-static pthread_t loop_thread;
-static int in_submit; /* set around every submit: a callback seeing it broke the contract */
+static __thread pthread_t loop_thread; /* per thread: test_shared runs two loops */
+static __thread int in_submit; /* set around a submit: a callback seeing it broke the contract */
 
 struct req {
     int calls;
@@ -220,7 +221,7 @@ static void mock_new(struct mock *m)
     m->bootstrap = rd_kafka_mock_cluster_bootstraps(m->mc);
     /* One partition each, so that reading partition 0 reads everything. */
     const char *topics[] = {"alma.loan", "alma.retry", "alma.updown", "alma.close",
-                            "alma.gate"};
+                            "alma.gate", "alma.shared"};
     for (size_t i = 0; i < sizeof(topics) / sizeof(topics[0]); i++) {
         rd_kafka_mock_topic_create(m->mc, topics[i], 1, 1);
     }
@@ -642,6 +643,129 @@ static void test_gate(void)
     mock_free(&m);
 }
 
+/* One producer shared by two instances on two loop threads (global_init's shared, as the
+ * workers use it): every callback on the thread that submitted, exactly once; each
+ * instance's messages reach the partition in its submission order (the shared gate hands
+ * them over in order); the instance whose loop serves the queue closes while the other keeps
+ * going, its close waiting for its own messages only and the other's answers still
+ * coming. */
+enum { SHARED_N = 120, SHARED_BURST = 12 };
+
+struct shared_side {
+    const struct ab_sink_conf *cfg;
+    void *shared;
+    const char *prefix;
+    int close_early; /* close right after the last submit (its messages still out) */
+    struct req reqs[SHARED_N];
+    int accepted, opened, ready, calls, on_own_thread, outside_submit, ok;
+    atomic_int open_done;
+};
+
+static void *shared_side_main(void *arg)
+{
+    struct shared_side *s = arg;
+    char err[512];
+    loop_thread = pthread_self();
+    struct event_base *base = event_base_new();
+    struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, NULL);
+    struct timeval tv = {0, 10000};
+    event_add(tick, &tv);
+    struct ab_sink *sink = ab_sink_kafka.open(s->cfg, s->shared, base, err, sizeof(err));
+    s->opened = sink != NULL;
+    atomic_store(&s->open_done, 1);
+    int64_t end = now_ms() + 5000;
+    while (sink && !ab_sink_ready(sink) && now_ms() < end) {
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    s->ready = sink && ab_sink_ready(sink);
+    struct fixture f = {.base = base, .sink = sink};
+    for (int i = 0; sink && i < SHARED_N; i++) { /* bursts in one loop iteration each */
+        s->accepted += submit_nth(&f, "alma.shared", s->prefix, i, &s->reqs[i]) == 0;
+        if (i % SHARED_BURST == SHARED_BURST - 1) {
+            event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        }
+    }
+    if (sink && !s->close_early) {
+        run_until_calls(&f, s->reqs, SHARED_N, SHARED_N, 10000);
+    }
+    if (sink) {
+        ab_sink_kafka.close(sink, 10000);
+    }
+    for (int i = 0; i < SHARED_N; i++) {
+        s->calls += s->reqs[i].calls;
+        s->on_own_thread += s->reqs[i].on_loop_thread;
+        s->outside_submit += !s->reqs[i].during_submit;
+        s->ok += s->reqs[i].calls == 1 && s->reqs[i].status == AB_SINK_OK;
+    }
+    event_free(tick);
+    event_base_free(base);
+    return NULL;
+}
+
+/* The ids "<prefix>-<i>" appear in increasing i. */
+static int in_order(const struct consumed *c, const char *prefix)
+{
+    int last = -1, ok = 1;
+    size_t pl = strlen(prefix);
+    for (int j = 0; j < c->n; j++) {
+        if (strncmp(c->keys[j], prefix, pl) == 0 && c->keys[j][pl] == '-') {
+            int i = atoi(c->keys[j] + pl + 1);
+            ok = ok && i > last;
+            last = i;
+        }
+    }
+    return ok;
+}
+
+static void test_shared(void)
+{
+    struct mock m;
+    mock_new(&m);
+    struct ab_kafka_conf opts = {.brokers = (char *)m.bootstrap};
+    struct ab_sink_conf cfg = {.opts = &opts, .ack_timeout_ms = 5000};
+    void *shared = NULL;
+    char err[512] = "";
+    CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+    static struct shared_side side[2];
+    memset(side, 0, sizeof(side));
+    side[0] = (struct shared_side){.cfg = &cfg, .shared = shared, .prefix = "a", .close_early = 1};
+    side[1] = (struct shared_side){.cfg = &cfg, .shared = shared, .prefix = "b"};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) { /* "a" opens first: its loop serves the queue, and its
+                                   * early close hands that over to the dispatcher thread */
+        pthread_create(&t[i], NULL, shared_side_main, &side[i]);
+        while (!atomic_load(&side[i].open_done)) {
+            usleep(1000);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+    }
+    ab_sink_kafka.global_free(shared);
+    for (int i = 0; i < 2; i++) {
+        CHECK(side[i].opened && side[i].ready);
+        CHECK(side[i].accepted == SHARED_N);
+        CHECK(side[i].calls == SHARED_N);        /* exactly once each */
+        CHECK(side[i].on_own_thread == SHARED_N); /* on the thread that submitted */
+        CHECK(side[i].outside_submit == SHARED_N);
+        CHECK(side[i].ok == SHARED_N); /* the early close waited for its own */
+    }
+    static struct consumed c, part;
+    consume_min(m.bootstrap, "alma.shared", &c, 2 * SHARED_N);
+    CHECK(c.n == 2 * SHARED_N && c.headers_ok);
+    CHECK(in_order(&c, "a") && in_order(&c, "b"));
+    for (int i = 0; i < 2; i++) {
+        part.n = 0;
+        for (int j = 0; j < c.n; j++) {
+            if (c.keys[j][0] == side[i].prefix[0]) {
+                memcpy(part.keys[part.n++], c.keys[j], sizeof(c.keys[0]));
+            }
+        }
+        CHECK(exactly_once(&part, side[i].prefix, SHARED_N));
+    }
+    mock_free(&m);
+}
+
 /* --kafka-conf: applied last; a bad entry is a start-up error naming the key, never the
  * value of a secret. */
 static void test_conf_errors(void)
@@ -683,7 +807,8 @@ static void test_conf_errors(void)
     struct ab_sink_conf cfg = {.opts = &opts, .ack_timeout_ms = ACK_MS};
     void *shared = (void *)&cfg;
     CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
-    CHECK(shared == NULL);
+    CHECK(shared != NULL && shared != (void *)&cfg); /* the shared producer, not started */
+    ab_sink_kafka.global_free(shared);
     char *conflict[] = {(char *)"acks=1"};
     opts.conf.v = conflict;
     opts.conf.n = 1;
@@ -734,6 +859,7 @@ static void test_topic_names(void)
     CHECK(strstr(err, "' ' cannot be in a Kafka topic name") != NULL);
     cfg.route = "alma.{action}-{institution}_x";
     CHECK(ab_sink_kafka.global_init(&cfg, &shared, err, sizeof(err)) == 0);
+    ab_sink_kafka.global_free(shared);
 }
 
 int main(void)
@@ -754,5 +880,6 @@ int main(void)
     RUN(test_close_completes_outstanding);
     RUN(test_queue_full);
     RUN(test_gate);
+    RUN(test_shared);
     return TEST_SUMMARY();
 }
