@@ -212,7 +212,8 @@ def test_down_slow_500_429_400_ledger(tmp_path, receiver):
         for code in (500, 503, 429, 408):
             receiver.status = code
             assert post(f"t-{code}")[0] == 503, code
-        assert d.get("/readyz").status == 503
+        # each worker publishes its health about every half second
+        wait_until(lambda: d.get("/readyz").status == 503, 5, "not ready while failing")
         receiver.status = 400
         assert post("dead-1")[0] == 200
         receiver.status = 404
