@@ -7,6 +7,7 @@ is killed for a while. Afterwards every id answered 200 is in the topic exactly 
 import collections
 import heapq
 import http.client
+import os
 import random
 import re
 import signal
@@ -23,9 +24,10 @@ from test_lb import kafka, lb_config, server_states, wait_until  # noqa: F401 (k
 
 TOPIC = "alma.dedupe"
 LOAN = dict(samples())["loan_created"]
-IDS = 1500
-LOAD_S = 18.0
-CLIENTS = 12
+# the e2e size; bench/dedupe_scale.py runs the same test with 100,000 ids through these
+IDS = int(os.environ.get("ALMABRIDGE_DEDUPE_LB_IDS", "1500"))
+LOAD_S = float(os.environ.get("ALMABRIDGE_DEDUPE_LB_SECONDS", "18"))
+CLIENTS = int(os.environ.get("ALMABRIDGE_DEDUPE_LB_CLIENTS", "12"))
 
 
 class Copies:
