@@ -4,8 +4,10 @@
  * State: one hash table per process (every worker's instance shares it, under a mutex):
  * key -> in flight (expires after claim_ms) or stored (expires after the window). Marking a
  * key stored appends "<expiry, ms since the epoch> <key>\n" to the current file
- * DIR/ids-<start ms>.log with write() before the callback runs, so the key is in the
- * kernel before the 200 leaves: a killed process does not forget it; the file is
+ * DIR/ids-<start ms>.log before the callback runs, so the key is in the kernel before the
+ * 200 leaves: a killed process does not forget it. The lines of the marks one instance
+ * makes in a loop iteration go out in one write(), just before their callbacks run (acks
+ * come in groups: the file sink's group commit, a broker's batch). The file is
  * fdatasync'd once a second by the store's own thread, never on a loop thread (a power cut
  * may forget the last second: docs/DEDUPLICATION.md).
  * At start every file is read back, keys already expired skipped.
@@ -73,6 +75,7 @@ struct fcall {
     ab_dedupe_cb cb;
     void *opaque;
     int state;
+    int marked; /* a stored mark whose line is in the instance's buffer */
 };
 
 struct fstore {
@@ -80,6 +83,8 @@ struct fstore {
     struct fshared *sh;
     struct event *run_ev; /* runs the queued callbacks */
     struct fcall *head, **tail;
+    char *lines;          /* the stored marks' lines not written yet (run_calls writes them) */
+    size_t len, cap;
 };
 
 static int64_t wall_ms(void)
@@ -261,8 +266,9 @@ static void new_file(struct fshared *sh)
     free(path);
 }
 
-/* Append the stored key (under mu). Returns 0 or -1. */
-static int append(struct fshared *sh, const char *key, int64_t expires)
+/* Append lines (stored keys, "<expiry> <key>\n" each) to the current file (under mu).
+ * Returns 0 or -1. */
+static int append(struct fshared *sh, const char *lines, size_t len)
 {
     int64_t now = wall_ms();
     if (sh->fd < 0 || now - sh->file_start_ms >= sh->period_ms) {
@@ -273,12 +279,18 @@ static int append(struct fshared *sh, const char *key, int64_t expires)
     if (sh->fd < 0) {
         return -1;
     }
-    char line[MAX_KEY + 32];
-    int n = snprintf(line, sizeof(line), "%" PRId64 " %s\n", expires, key);
-    if (write(sh->fd, line, (size_t)n) != n) {
-        snprintf(sh->error, sizeof(sh->error), "write to %s failed: %s", sh->dir,
-                 strerror(errno));
-        return -1;
+    while (len > 0) {
+        ssize_t n = write(sh->fd, lines, len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            snprintf(sh->error, sizeof(sh->error), "write to %s failed: %s", sh->dir,
+                     n < 0 ? strerror(errno) : "nothing written");
+            return -1;
+        }
+        lines += n;
+        len -= (size_t)n;
     }
     atomic_store(&sh->dirty, 1);
     return 0;
@@ -404,11 +416,21 @@ static void fs_global_free(void *shared)
 
 static void run_calls(struct fstore *fs)
 {
+    int failed = 0;
+    if (fs->len > 0) { /* the marks' lines reach the kernel before their callbacks run */
+        pthread_mutex_lock(&fs->sh->mu);
+        failed = append(fs->sh, fs->lines, fs->len) != 0;
+        pthread_mutex_unlock(&fs->sh->mu);
+        fs->len = 0;
+    }
     while (fs->head) {
         struct fcall *c = fs->head;
         fs->head = c->next;
         if (fs->head == NULL) {
             fs->tail = &fs->head;
+        }
+        if (failed && c->marked) {
+            c->state = AB_DEDUPE_ERROR;
         }
         if (c->cb) {
             c->cb(c->state, c->state == AB_DEDUPE_ERROR ? "local store write failed" : NULL,
@@ -423,10 +445,11 @@ static void on_run(evutil_socket_t fd, short what, void *arg)
     run_calls(arg);
 }
 
-static void queue_call(struct fstore *fs, ab_dedupe_cb cb, void *opaque, int state)
+static void queue_call(struct fstore *fs, ab_dedupe_cb cb, void *opaque, int state,
+                       int marked)
 {
     struct fcall *c = ab_calloc(1, sizeof(*c));
-    *c = (struct fcall){.cb = cb, .opaque = opaque, .state = state};
+    *c = (struct fcall){.cb = cb, .opaque = opaque, .state = state, .marked = marked};
     int wake = fs->head == NULL;
     *fs->tail = c;
     fs->tail = &c->next;
@@ -461,7 +484,7 @@ static int fs_claim(struct ab_dedupe *d, const char *key, ab_dedupe_cb cb, void 
         state = AB_DEDUPE_NEW;
     }
     pthread_mutex_unlock(&sh->mu);
-    queue_call(fs, cb, opaque, state);
+    queue_call(fs, cb, opaque, state, 0);
     return 0;
 }
 
@@ -472,22 +495,28 @@ static int fs_mark(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_c
     struct fshared *sh = fs->sh;
     int state = stored ? AB_DEDUPE_STORED : AB_DEDUPE_NEW;
     if (strlen(key) > MAX_KEY) {
-        queue_call(fs, cb, opaque, AB_DEDUPE_ERROR);
+        queue_call(fs, cb, opaque, AB_DEDUPE_ERROR, 0);
         return 0;
     }
+    int64_t exp = wall_ms() + sh->window_ms;
     pthread_mutex_lock(&sh->mu);
     struct fent **pp = slot(sh, key);
     if (stored) {
-        int64_t exp = wall_ms() + sh->window_ms;
         put(sh, key, AB_DEDUPE_STORED, exp);
-        if (append(sh, key, exp) != 0) {
-            state = AB_DEDUPE_ERROR;
-        }
     } else if (*pp && (*pp)->state == AB_DEDUPE_INFLIGHT) {
         del(sh, pp);
     }
     pthread_mutex_unlock(&sh->mu);
-    queue_call(fs, cb, opaque, state);
+    if (stored) {
+        size_t need = fs->len + strlen(key) + 24;
+        if (need > fs->cap) {
+            fs->cap = need * 2;
+            fs->lines = ab_realloc(fs->lines, fs->cap);
+        }
+        fs->len += (size_t)snprintf(fs->lines + fs->len, fs->cap - fs->len,
+                                    "%" PRId64 " %s\n", exp, key);
+    }
+    queue_call(fs, cb, opaque, state, stored);
     return 0;
 }
 
@@ -503,7 +532,7 @@ static int fs_peek(struct ab_dedupe *d, const char *const *keys, size_t n, int *
         states[i] = *pp && (*pp)->expires_ms > now ? (*pp)->state : AB_DEDUPE_NEW;
     }
     pthread_mutex_unlock(&sh->mu);
-    queue_call(fs, cb, opaque, AB_DEDUPE_NEW);
+    queue_call(fs, cb, opaque, AB_DEDUPE_NEW, 0);
     return 0;
 }
 
@@ -539,6 +568,7 @@ static void fs_close(struct ab_dedupe *d)
     }
     run_calls(fs);
     event_free(fs->run_ev);
+    free(fs->lines);
     free(fs);
 }
 
