@@ -111,11 +111,9 @@ struct redis_req {
  * value ("1" in flight elsewhere, "2" stored) or the new entry's id. */
 static const char CLAIM_XADD_LUA[] =
     "local v = redis.call('GET', KEYS[2]) if v then return v end "
-    "local a = {KEYS[1]} "
-    "if ARGV[2] ~= '0' then a[#a+1] = 'MAXLEN' a[#a+1] = '~' a[#a+1] = ARGV[2] end "
-    "a[#a+1] = '*' "
-    "for i = 3, #ARGV do a[#a+1] = ARGV[i] end "
-    "local id = redis.call('XADD', unpack(a)) "
+    "local id "
+    "if ARGV[2] == '0' then id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3)) "
+    "else id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3)) end "
     "redis.call('SET', KEYS[2], '2', 'PX', ARGV[1]) return id";
 
 /* The most field/value arguments of one entry: every attribute and data (binary mode). */

@@ -214,14 +214,20 @@ def test_route_template_and_db_selection(daemon_factory):
 
 # ---- trimming and WAIT ------------------------------------------------------------------
 
-def test_maxlen_trims_approximately(daemon_factory):
+@pytest.mark.parametrize("dedupe", [False, True], ids=["plain", "dedupe-script"])
+def test_maxlen_trims_approximately(daemon_factory, dedupe):
+    """dedupe-script: the store on the sink's server, so each event is written by the
+    claim-and-XADD script, whose MAXLEN branch this is; a copy is still written once."""
     with RedisServer(extra_conf=["stream-node-max-entries 10"]) as redis, Resp(redis.port) as r:
-        d = start_bridge(daemon_factory, redis.url, "--redis-maxlen", 20)
+        store = ["--dedupe-store", redis.url] if dedupe else []
+        d = start_bridge(daemon_factory, redis.url, "--redis-maxlen", 20, *store)
         body = dict(samples())["loan_created"]
         c = d.conn()
         ids = [f"trim-{i}" for i in range(200)]
         for i in ids:
             assert d.post(with_id(body, i), conn=c).status == 200
+        if dedupe:  # a copy of the last one: 200, not written again
+            assert d.post(with_id(body, ids[-1]), conn=c).status == 200
         c.close()
         n = r.call("XLEN", "alma:loan")
         # MAXLEN ~ 20 trims whole macro nodes (10 entries here): at least 20 stay, and
