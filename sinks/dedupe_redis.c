@@ -264,14 +264,16 @@ static struct ab_dedupe *rs_open(const struct ab_dedupe_conf *conf, void *shared
     rs->sh = shared;
     rs->pending = ab_pending_new(base, conf->timeout_ms);
     ab_pending_on_expire(rs->pending, on_expire, rs);
-    /* no log lines of its own (core/dedupe.c says once per outage), no connect deadline
-     * (a call's own deadline drops a connection that does not answer), a retry every
-     * RETRY_MS */
+    /* no log lines of its own (core/dedupe.c says once per outage); the store's timeout
+     * as the deadline of connect and handshake (no call is sent before the connection is
+     * ready, so a server that accepts and never answers must be dropped here), a retry
+     * every RETRY_MS */
     const struct rshared *sh = rs->sh;
     struct ab_redis_conn_conf cc = {.host = sh->host, .port = sh->port, .db = sh->db,
                                     .user = sh->user, .password = sh->password,
-                                    .addr = sh->addr, .backoff_min_ms = RETRY_MS,
-                                    .backoff_max_ms = RETRY_MS};
+                                    .addr = sh->addr, .connect_timeout_ms = conf->timeout_ms,
+                                    .backoff_min_ms = RETRY_MS, .backoff_max_ms = RETRY_MS,
+                                    .keepalive = 1};
     rs->conn = ab_redis_conn_new(base, &cc, rs);
     return &rs->base;
 }

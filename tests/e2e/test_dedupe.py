@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import socket
 import threading
 import time
 
@@ -277,3 +278,35 @@ def test_spool_forwarder_skips_what_the_broker_took_late(daemon_factory, tmp_pat
         got = stream_ids(redis.port, "alma:fw")
         assert all(got[w] == 1 for w in ["200"] + ids), got
         assert metric(d, 'almabridge_dedupe_duplicates_total{cause="forwarder"}') == spooled
+
+
+def test_store_that_accepts_and_never_answers_is_dropped_and_retried(daemon_factory):
+    """A Redis store address that accepts the connection and never answers (a black-holed
+    proxy): the handshake has the store's deadline, so the connection is dropped and tried
+    again, and webhooks are stored unchecked meanwhile (accept), not refused for good."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(c)  # held open, never read nor answered
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        d = daemon_factory(["--dedupe-store", "redis://127.0.0.1:%d" % srv.getsockname()[1],
+                            "--dedupe-on-error", "accept", "--ack-timeout", "1000"])
+        wait_until(lambda: len(accepted) >= 3, 15, "the store's connection dropped and retried")
+        body = samples()[0][1]
+        assert d.post(with_id(body, "blackhole-1")).status == 200
+        wait_until(lambda: metric(d, "almabridge_dedupe_unchecked_total") >= 1, 5,
+                   "the webhook counted unchecked")
+    finally:
+        srv.close()
+        for c in accepted:
+            c.close()
