@@ -1491,6 +1491,9 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     limit_ask(ks, topic);
     size_t size = msg->value_len + (k ? strlen(k) : 0);
     int rc = 0;
+    /* a held message's deadline, taken before the pending entry's (same clock, same
+     * timeout): never later than it, so nothing answered 503 by expiry is sent after */
+    int64_t held_deadline = now_ms() + ks->ack_timeout_ms;
     struct ab_pending_req *r = ab_pending_add(ks->pending, cb, opaque, 0);
     if (never_fits(ks, topic, size, k)) {
         ab_pending_complete(r, AB_SINK_TOO_BIG, ks->errbuf); /* answered later: 413 */
@@ -1510,7 +1513,7 @@ static int kafka_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         err = RD_KAFKA_RESP_ERR__QUEUE_FULL;
         rd_kafka_headers_destroy(hdrs);
     } else {
-        hold(sh, a, value, value_len, hdrs, now_ms() + ks->ack_timeout_ms);
+        hold(sh, a, value, value_len, hdrs, held_deadline);
         ks->port->out++;
     }
     pthread_mutex_unlock(&sh->mu);
@@ -1603,6 +1606,10 @@ static void kafka_close(struct ab_sink *s, int timeout_ms)
             }
             if (others && pthread_create(&sh->thread, NULL, dispatch_main, sh) == 0) {
                 sh->thread_started = 1;
+            } else if (others) { /* nobody would serve the reports: refuse, not ready */
+                sh->fatal = 1;
+                snprintf(sh->reason, sizeof(sh->reason),
+                         "fatal: no thread to serve the producer's reports");
             } /* else the next instance opened, if any, becomes home */
         }
         long left = port->out, n = 0;
