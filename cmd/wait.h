@@ -6,7 +6,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define JOB_END_TYPE "com.exlibrisgroup.alma.job_end"
 #define NO_MATCH (-1)
 
 struct ab_reconcile_poll;

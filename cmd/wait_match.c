@@ -8,20 +8,10 @@
 #include "cli.h"
 #include "event.h"
 #include "mem.h"
+#include "reconcile.h"
 #include "wait.h"
 
 #define TEXT AB_EVENT_LINE_TEXT
-
-static int is_job_end(const char *line, size_t len)
-{
-    char *type = TEXT(line, len, "type");
-    char *action = type && strcmp(type, JOB_END_TYPE) == 0 ? NULL : TEXT(line, len, "almaaction");
-    int yes = (type && strcmp(type, JOB_END_TYPE) == 0) ||
-              (action && strcasecmp(action, "JOB_END") == 0);
-    free(type);
-    free(action);
-    return yes;
-}
 
 /* The job (not instance) id: job_info.id, else the last part of job_info.link. */
 static char *job_of(const char *line, size_t len)
@@ -94,7 +84,7 @@ int ab_wait_consider(const struct ab_waiter *w, const char *line, size_t len,
 {
     int rc = NO_MATCH;
     char *inst = NULL, *job = NULL;
-    if (len == 0 || !is_job_end(line, len)) {
+    if (len == 0 || !ab_reconcile_is_job_end(line, len)) {
         return NO_MATCH;
     }
     if (w->instance) {

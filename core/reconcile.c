@@ -160,21 +160,28 @@ int64_t ab_reconcile_time_ms(const char *t)
     return ms;
 }
 
-char *ab_reconcile_job_end_instance(const char *line, size_t len, int64_t *time_ms)
+int ab_reconcile_is_job_end(const char *line, size_t len)
 {
     char *type = TEXT(line, len, "type");
     char *action = type && strcmp(type, JOB_END_TYPE) == 0 ? NULL : TEXT(line, len, "almaaction");
-    char *id = NULL;
-    if ((type && strcmp(type, JOB_END_TYPE) == 0) || (action && strcasecmp(action, "JOB_END") == 0)) {
-        id = TEXT(line, len, "data", "job_instance", "id");
-        if (time_ms) {
-            char *t = TEXT(line, len, "time");
-            *time_ms = ab_reconcile_time_ms(t);
-            free(t);
-        }
-    }
+    int yes = (type && strcmp(type, JOB_END_TYPE) == 0) ||
+              (action && strcasecmp(action, "JOB_END") == 0);
     free(type);
     free(action);
+    return yes;
+}
+
+char *ab_reconcile_job_end_instance(const char *line, size_t len, int64_t *time_ms)
+{
+    if (!ab_reconcile_is_job_end(line, len)) {
+        return NULL;
+    }
+    char *id = TEXT(line, len, "data", "job_instance", "id");
+    if (time_ms) {
+        char *t = TEXT(line, len, "time");
+        *time_ms = ab_reconcile_time_ms(t);
+        free(t);
+    }
     return id;
 }
 

@@ -88,6 +88,9 @@ struct ab_event *ab_reconcile_event(const cJSON *instance, const char *instituti
  * returns the event's time in *time_ms (-1 when absent) when time_ms is not NULL.
  * INTERIM: ab_event_from_line() (issue 18) replaces this at the merge. */
 char *ab_reconcile_job_end_instance(const char *line, size_t len, int64_t *time_ms);
+/* Whether an event line is a JOB_END: its type, or its almaaction for an event of another
+ * type. */
+int ab_reconcile_is_job_end(const char *line, size_t len);
 
 /* "2020-01-26T16:28:05.731Z" (or with +hh:mm) into ms since the epoch; -1 when unreadable. */
 int64_t ab_reconcile_time_ms(const char *t);

@@ -445,6 +445,14 @@ static void on_run(evutil_socket_t fd, short what, void *arg)
     run_calls(arg);
 }
 
+/* The state of key at now (under mu): in flight or stored while it has not expired, else
+ * AB_DEDUPE_NEW. */
+static int live_state(struct fshared *sh, const char *key, int64_t now)
+{
+    struct fent **pp = slot(sh, key);
+    return *pp && (*pp)->expires_ms > now ? (*pp)->state : AB_DEDUPE_NEW;
+}
+
 static void queue_call(struct fstore *fs, ab_dedupe_cb cb, void *opaque, int state,
                        int marked)
 {
@@ -474,14 +482,10 @@ static int fs_claim(struct ab_dedupe *d, const char *key, ab_dedupe_cb cb, void 
     struct fstore *fs = (struct fstore *)d;
     struct fshared *sh = fs->sh;
     int64_t now = wall_ms();
-    int state;
     pthread_mutex_lock(&sh->mu);
-    struct fent **pp = slot(sh, key);
-    if (*pp && (*pp)->expires_ms > now) {
-        state = (*pp)->state;
-    } else {
+    int state = live_state(sh, key, now);
+    if (state == AB_DEDUPE_NEW) {
         put(sh, key, AB_DEDUPE_INFLIGHT, now + sh->claim_ms);
-        state = AB_DEDUPE_NEW;
     }
     pthread_mutex_unlock(&sh->mu);
     queue_call(fs, cb, opaque, state, 0);
@@ -498,7 +502,7 @@ static int fs_mark(struct ab_dedupe *d, const char *key, int stored, ab_dedupe_c
         queue_call(fs, cb, opaque, AB_DEDUPE_ERROR, 0);
         return 0;
     }
-    int64_t exp = wall_ms() + sh->window_ms;
+    int64_t exp = stored ? wall_ms() + sh->window_ms : 0;
     pthread_mutex_lock(&sh->mu);
     struct fent **pp = slot(sh, key);
     if (stored) {
@@ -528,8 +532,7 @@ static int fs_peek(struct ab_dedupe *d, const char *const *keys, size_t n, int *
     int64_t now = wall_ms();
     pthread_mutex_lock(&sh->mu);
     for (size_t i = 0; i < n; i++) {
-        struct fent **pp = slot(sh, keys[i]);
-        states[i] = *pp && (*pp)->expires_ms > now ? (*pp)->state : AB_DEDUPE_NEW;
+        states[i] = live_state(sh, keys[i], now);
     }
     pthread_mutex_unlock(&sh->mu);
     queue_call(fs, cb, opaque, AB_DEDUPE_NEW, 0);

@@ -1076,8 +1076,10 @@ static void binary_request(struct xfer *x, const struct member *m, int n,
 {
     size_t room = 64, nodes = 1;
     for (int k = 0; k < n; k++) {
-        room += 8 + m[k].klen + 3 * m[k].vlen;
-        nodes++;
+        if (!key_is(&m[k], "data")) { /* the data is the body, not a header */
+            room += 8 + m[k].klen + 3 * m[k].vlen;
+            nodes++;
+        }
     }
     struct curl_slist *node = ab_malloc(nodes * sizeof(*node) + room), *first = node;
     char *w = (char *)(node + nodes);
@@ -1131,14 +1133,8 @@ static void binary_request(struct xfer *x, const struct member *m, int n,
         free(ct);
     }
     *w++ = '\0';
-    node->next = node + 1;
-    node++;
-    if (node == first) {
-        x->headers = tail;
-    } else {
-        node[-1].next = tail;
-        x->headers = first;
-    }
+    node->next = tail; /* the Content-Type line is always there: the list is never empty */
+    x->headers = first;
 }
 
 /* The URL for this event: the fixed one (NULL), or the template expanded from msg->event,
