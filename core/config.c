@@ -165,10 +165,13 @@ static const struct ab_option options[] = {
      .help = "Kafka topic or Redis stream of the dead letter (the file sink writes "
              "FILE.deadletter instead)"},
     {.name = "content-mode", .type = AB_OPT_STRING, .def = "binary", .off = OFF(content_mode),
-     .choices = "binary|structured", .group = "Sink", .metavar = "binary|structured",
-     .help = "CloudEvents content mode of Kafka messages and Redis entries: binary (attributes "
-             "as ce_ headers / fields, the data as value) or structured (the JSON event as "
-             "value); the file sink always writes structured JSON lines"},
+     .choices = "binary|structured|batched", .group = "Sink",
+     .metavar = "binary|structured|batched",
+     .help = "CloudEvents content mode of Kafka messages, Redis entries and HTTP POSTs: binary "
+             "(attributes as ce_ headers / fields, the data as value) or structured (the JSON "
+             "event as value); batched (--sink http only): the events of one loop iteration "
+             "in one POST, a JSON array (application/cloudevents-batch+json); the file sink "
+             "always writes structured JSON lines"},
     {.name = "redact", .type = AB_OPT_LIST, .off = OFF(redact), .check = check_redact,
      .group = "Sink",
      .metavar = "PATH",
@@ -1285,6 +1288,7 @@ void ab_config_sink_conf(const struct ab_config *cfg, const struct ab_sink_ops *
         .route = cfg->route,
         .dead_letter = cfg->dead_letter && strcmp(cfg->dead_letter, "on") == 0,
         .structured = cfg->content_mode != NULL && strcmp(cfg->content_mode, "structured") == 0,
+        .batched = cfg->content_mode != NULL && strcmp(cfg->content_mode, "batched") == 0,
     };
 }
 

@@ -81,6 +81,8 @@ struct ab_sink_conf {
     int dead_letter;     /* --dead-letter on: messages with dead_letter set will come */
     int structured;      /* --content-mode structured: the JSON event as one value; else
                           * binary: attributes beside the data (msg->event has them) */
+    int batched;         /* --content-mode batched: several events per write, a JSON array
+                          * (only a backend with AB_SINK_BATCHES is given it) */
 };
 
 /* ab_sink_ops.flags: a backend that wraps another (the spool). The configuration loader
@@ -92,6 +94,9 @@ struct ab_sink_conf {
  * a longer deadline, AB_SINK_PATIENCE_MS, so that its answer is the final one. */
 #define AB_SINK_RETRIES_LATE 0x2
 #define AB_SINK_PATIENCE_MS 30000L
+/* ab_sink_ops.flags: the backend has a batched content mode (--content-mode batched: the
+ * CloudEvents HTTP binding's); any other refuses that mode at start. */
+#define AB_SINK_BATCHES 0x4
 
 struct ab_sink {
     const struct ab_sink_ops *ops; /* first member of every backend's instance struct */
@@ -103,7 +108,7 @@ struct ab_sink_ops {
     /* The backend's options (name, type, default, env, help, offset into its own struct).
      * NULL for none. */
     const struct ab_optset *options;
-    unsigned flags; /* AB_SINK_WRAPS, AB_SINK_RETRIES_LATE */
+    unsigned flags; /* AB_SINK_WRAPS, AB_SINK_RETRIES_LATE, AB_SINK_BATCHES */
 
     /* Once per process, before threads. Validate the configuration and create what all
      * instances share (the file sink's writer thread). Returns 0 and sets *shared, or -1

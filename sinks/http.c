@@ -4,7 +4,15 @@
  *   binary (default): ce-<attribute> headers (values percent-encoded as the binding says),
  *                     Content-Type = datacontenttype, body = the event's data as is;
  *   structured:       Content-Type: application/cloudevents+json; charset=UTF-8, body = the
- *                     CloudEvent JSON, no ce- headers.
+ *                     CloudEvent JSON, no ce- headers;
+ *   batched:          Content-Type: application/cloudevents-batch+json; charset=UTF-8, body =
+ *                     a JSON array of the events the worker was handed in one loop
+ *                     iteration (hs->filling, sent by flush_ev once that iteration's
+ *                     callbacks ran; while --http-max-inflight POSTs are out, they keep
+ *                     filling, up to --http-batch-max events). A batch's answer is each of
+ *                     its events' answer, except a permanent 4xx: then each event is sent
+ *                     again alone (split()), so that only the one refused goes to the dead
+ *                     letter.
  *
  * The answer decides (docs/HTTP_SINK.md):
  *   2xx                                  OK (200 to Alma)
@@ -73,6 +81,8 @@
 #define PROBE_MS 1000
 #define RESP_KEEP 512 /* bytes of a refusing answer kept for the dead letter */
 #define STRUCTURED_TYPE "Content-Type: application/cloudevents+json; charset=UTF-8"
+#define BATCH_TYPE "Content-Type: application/cloudevents-batch+json; charset=UTF-8"
+#define BATCH_BYTES (1024 * 1024) /* a batch's body grows past this only for one event */
 
 /* ---- options ------------------------------------------------------------------------- */
 
@@ -139,6 +149,9 @@ static const struct ab_option http_options[] = {
      .off = OFF(max_inflight), .group = "HTTP sink", .metavar = "N",
      .help = "requests in flight per worker (also its kept-alive connections); more are "
              "answered 503 at once"},
+    {.name = "http-batch-max", .type = AB_OPT_LONG, .def = "64", .min = 1, .max = 10000,
+     .off = OFF(batch_max), .group = "HTTP sink", .metavar = "N",
+     .help = "--content-mode batched: at most N events per POST (and about 1 MiB of body)"},
     {.name = "http-health-url", .type = AB_OPT_STRING, .off = OFF(health_url), .group = "HTTP sink",
      .metavar = "URL",
      .help = "GET while the target is unhealthy, must answer 2xx (default: HEAD of the "
@@ -158,6 +171,8 @@ static const struct ab_optset http_optset = AB_OPTSET(http_options, struct ab_ht
  * whose writes are serialised by dl_mu. */
 struct http_shared {
     int structured;
+    int batched;                /* --content-mode batched */
+    long batch_max;
     char *url;                  /* the URL when it has no placeholder */
     struct ab_route *url_route; /* else the template */
     char *target;               /* scheme://host[:port], for messages (no user-info) */
@@ -177,7 +192,8 @@ struct http_shared {
     pthread_mutex_t dl_mu;
 };
 
-static atomic_long m_ok, m_transient, m_timeout, m_dead, m_dead_fail, m_refused, m_inflight;
+static atomic_long m_ok, m_transient, m_timeout, m_dead, m_dead_fail, m_refused, m_inflight,
+    m_posts;
 static struct http_shared *metrics_sh;
 
 static char *render_metrics(void)
@@ -186,9 +202,10 @@ static char *render_metrics(void)
         return ab_strdup("");
     }
     return ab_asprintf(
-        "# HELP almabridge_http_requests_total POSTs to the HTTP target by outcome: ok (2xx), "
-        "transient (5xx, 429, 408, 1xx/3xx, transport error; answered 503), timeout (no "
-        "answer within --ack-timeout), dead_letter (other 4xx, stored in --dead-letter-file).\n"
+        "# HELP almabridge_http_requests_total Events POSTed to the HTTP target by the outcome "
+        "of their POST: ok (2xx), transient (5xx, 429, 408, 1xx/3xx, transport error; answered "
+        "503), timeout (no answer within --ack-timeout), dead_letter (other 4xx, stored in "
+        "--dead-letter-file).\n"
         "# TYPE almabridge_http_requests_total counter\n"
         "almabridge_http_requests_total{outcome=\"ok\"} %ld\n"
         "almabridge_http_requests_total{outcome=\"transient\"} %ld\n"
@@ -201,10 +218,13 @@ static char *render_metrics(void)
         "# HELP almabridge_http_refused_total Events refused (503) at --http-max-inflight.\n"
         "# TYPE almabridge_http_refused_total counter\nalmabridge_http_refused_total %ld\n"
         "# HELP almabridge_http_inflight POSTs to the HTTP target in flight.\n"
-        "# TYPE almabridge_http_inflight gauge\nalmabridge_http_inflight %ld\n",
+        "# TYPE almabridge_http_inflight gauge\nalmabridge_http_inflight %ld\n"
+        "# HELP almabridge_http_posts_total POSTs of events sent (in batched mode one carries "
+        "several).\n"
+        "# TYPE almabridge_http_posts_total counter\nalmabridge_http_posts_total %ld\n",
         atomic_load(&m_ok), atomic_load(&m_transient), atomic_load(&m_timeout),
         atomic_load(&m_dead), atomic_load(&m_dead_fail), atomic_load(&m_refused),
-        atomic_load(&m_inflight));
+        atomic_load(&m_inflight), atomic_load(&m_posts));
 }
 
 /* ---- the dead letter: self-contained, to be unified with the general one ------------- */
@@ -467,8 +487,8 @@ static int files_and_headers_init(struct http_shared *sh, const struct ab_http_c
     }
     add_header(sh, ab_strdup("Accept:"));
     add_header(sh, ab_strdup("Expect:")); /* no 100-continue round trip */
-    if (sh->structured) {
-        add_header(sh, ab_strdup(STRUCTURED_TYPE));
+    if (sh->structured || sh->batched) {
+        add_header(sh, ab_strdup(sh->batched ? BATCH_TYPE : STRUCTURED_TYPE));
     }
     if (c->auth_file) {
         char *auth = read_auth(c->auth_file, errstr, errlen);
@@ -493,6 +513,8 @@ static int http_global_init(const struct ab_sink_conf *sc, void **shared, char *
     pthread_mutex_init(&sh->dl_mu, NULL);
     sh->conf = c;
     sh->structured = sc->structured; /* --content-mode, the core option of every sink */
+    sh->batched = sc->batched;
+    sh->batch_max = c->batch_max > 0 ? c->batch_max : 1;
     sh->timeout_ms = sc->ack_timeout_ms;
     sh->max_inflight = c->max_inflight;
     sh->dl_fd = -1;
@@ -531,18 +553,31 @@ enum xfer_kind { XF_EVENT, XF_PROBE };
 
 struct http_sink;
 
-/* One request on the wire. */
+/* One event a POST carries. */
+struct item {
+    struct ab_pending_req *req; /* held until the transfer is removed */
+    char *value;                /* the CloudEvent JSON (the body in structured mode) */
+    size_t len;
+    char *id;
+};
+
+/* One request on the wire; in batched mode first a batch that fills (hs->filling). */
 struct xfer {
     TAILQ_ENTRY(xfer) link;
     enum xfer_kind kind;
     CURL *easy;
     struct curl_slist *headers; /* the request's own lines (hdr_mem), then the static ones */
     void *hdr_mem;
-    struct ab_pending_req *req; /* XF_EVENT: held until the transfer is removed */
-    char *value;                /* the CloudEvent JSON (the body in structured mode) */
-    char *body;                 /* binary mode: the data (points into value) */
+    struct item one;            /* binary and structured mode: the event */
+    struct item *items;         /* XF_EVENT: &one, or the batch's n events */
+    size_t n, cap;
+    size_t bytes;               /* batched: the body's length so far */
+    int alone;                  /* batched: an event of a refused batch, sent on its own */
+    char *url;                  /* batched: the expanded --http-url template, else NULL */
+    char *body;                 /* binary mode: the data (points into one.value); batched:
+                                 * body_mem */
     size_t body_len;
-    char *id;
+    char *body_mem;             /* batched: the JSON array of the events */
     char resp[RESP_KEEP + 1]; /* the start of the answer's body */
     size_t resp_len;
     char errbuf[CURL_ERROR_SIZE];
@@ -564,6 +599,10 @@ struct http_sink {
     struct event *probe_ev;
     struct ab_pending *pending;
     TAILQ_HEAD(, xfer) active;
+    TAILQ_HEAD(, xfer) filling; /* batched: batches not sent yet, oldest first */
+    long n_filling;
+    struct event *flush_ev;     /* batched: sends the filling batches, after the callbacks of
+                                 * the loop iteration that filled them */
     TAILQ_HEAD(, sockinfo) socks;
     long inflight; /* XF_EVENT transfers in active */
     CURL **idle;   /* finished easy handles, kept for the next POST */
@@ -680,9 +719,27 @@ static void xfer_free(struct http_sink *hs, struct xfer *x)
         easy_put(hs, x->easy);
     }
     free(x->hdr_mem);
-    free(x->value);
-    free(x->id);
+    for (size_t i = 0; i < x->n; i++) {
+        free(x->items[i].value);
+        free(x->items[i].id);
+    }
+    if (x->items != &x->one) {
+        free(x->items);
+    }
+    free(x->body_mem);
+    free(x->url);
     free(x);
+}
+
+/* Complete every event of x with status, once, and let go of them. */
+static void items_done(struct xfer *x, int status, const char *why)
+{
+    for (size_t i = 0; i < x->n; i++) {
+        if (x->items[i].req) {
+            ab_pending_done(x->items[i].req, status, why);
+            x->items[i].req = NULL;
+        }
+    }
 }
 
 /* Take x off the multi handle and the active list (never from a libcurl callback). */
@@ -711,6 +768,7 @@ static int xfer_attach(struct http_sink *hs, struct xfer *x)
     if (x->kind == XF_EVENT) {
         hs->inflight++;
         atomic_fetch_add(&m_inflight, 1);
+        atomic_fetch_add(&m_posts, 1);
     }
     return 0;
 }
@@ -740,49 +798,81 @@ static void probe_done(struct http_sink *hs, CURLcode res, long code, const char
     went_unhealthy(hs, reason);
 }
 
-/* Loop thread: an event's POST finished. Classifies the answer and completes its entry
- * (ignored by the pending list if the deadline passed meanwhile). */
+/* Batched mode, loop thread: a batch refused for good (a 4xx other than 408/429) says
+ * nothing of which of its events the target refused, so each event still waiting for its
+ * answer is sent again in a batch of its own, ahead of the batches filling; only an event
+ * refused alone goes to the dead letter. x's events are moved out. */
+static void split(struct http_sink *hs, struct xfer *x, long code)
+{
+    ab_log_limited(&hs->rl, AB_LOG_WARN, "http: %s refused a batch of %zu events with HTTP "
+                   "%ld: each is sent again on its own", hs->sh->target, x->n, code);
+    for (size_t i = x->n; i-- > 0;) { /* backwards, each to the head: they keep their order */
+        struct item *it = &x->items[i];
+        if (it->req == NULL) {
+            continue;
+        }
+        struct xfer *b = ab_calloc(1, sizeof(*b));
+        b->kind = XF_EVENT;
+        b->alone = 1;
+        b->one = *it;
+        b->items = &b->one;
+        b->n = 1;
+        b->bytes = it->len + 2;
+        b->url = x->url ? ab_strdup(x->url) : NULL;
+        *it = (struct item){0};
+        TAILQ_INSERT_HEAD(&hs->filling, b, link);
+        hs->n_filling++;
+    }
+    event_active(hs->flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Loop thread: an event's POST (or a batch's) finished. Classifies the answer and
+ * completes the entries (ignored by the pending list for one whose deadline passed
+ * meanwhile). */
 static void event_done(struct http_sink *hs, struct xfer *x, CURLcode res, long code)
 {
     char why[300];
-    int closing = hs->closing;
+    const char *id = x->n > 0 && x->items[0].id ? x->items[0].id : "";
+    long n = (long)x->n;
     if (res != CURLE_OK) {
         snprintf(why, sizeof(why), "%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(res));
         went_unhealthy(hs, why);
-        atomic_fetch_add(&m_transient, 1);
-        ab_pending_complete(x->req, closing ? AB_SINK_CLOSED : AB_SINK_ERROR, why);
+        atomic_fetch_add(&m_transient, n);
+        items_done(x, hs->closing ? AB_SINK_CLOSED : AB_SINK_ERROR, why);
     } else if (code / 100 == 2) {
         went_healthy(hs);
-        atomic_fetch_add(&m_ok, 1);
-        ab_pending_complete(x->req, AB_SINK_OK, NULL);
+        atomic_fetch_add(&m_ok, n);
+        items_done(x, AB_SINK_OK, NULL);
     } else if (code / 100 != 4 || code == 408 || code == 429) {
         snprintf(why, sizeof(why), "the target answered HTTP %ld", code);
         if (code >= 500 || code == 429) {
             went_unhealthy(hs, why);
         } else {
-            ab_log_limited(&hs->rl, AB_LOG_WARN, "http: %s: event %s: %s (retried by Alma)",
-                           hs->sh->target, x->id, why);
+            ab_log_limited(&hs->rl, AB_LOG_WARN, "http: %s: event %s%s: %s (retried by Alma)",
+                           hs->sh->target, id, n > 1 ? " and the rest of its batch" : "", why);
         }
-        atomic_fetch_add(&m_transient, 1);
-        ab_pending_complete(x->req, AB_SINK_ERROR, why);
+        atomic_fetch_add(&m_transient, n);
+        items_done(x, AB_SINK_ERROR, why);
+    } else if (x->n > 1) {
+        went_healthy(hs);
+        split(hs, x, code);
     } else {
         /* Permanent for this event: the dead letter, then 200 (docs/HTTP_SINK.md). */
         went_healthy(hs);
         char err[300];
-        if (dl_write((struct http_shared *)hs->sh, x->value, x->id, code, x->resp, err,
+        struct item *it = &x->items[0];
+        if (dl_write((struct http_shared *)hs->sh, it->value, it->id, code, x->resp, err,
                      sizeof(err)) == 0) {
             atomic_fetch_add(&m_dead, 1);
             ab_warn("http: %s refused event %s with HTTP %ld for good: stored in the "
-                    "dead-letter file %s", hs->sh->target, x->id, code, hs->sh->dl_path);
-            ab_pending_complete(x->req, AB_SINK_OK, NULL);
+                    "dead-letter file %s", hs->sh->target, it->id, code, hs->sh->dl_path);
+            items_done(x, AB_SINK_OK, NULL);
         } else {
             atomic_fetch_add(&m_dead_fail, 1);
-            ab_error("http: event %s refused with HTTP %ld, and %s", x->id, code, err);
-            ab_pending_complete(x->req, AB_SINK_ERROR, err);
+            ab_error("http: event %s refused with HTTP %ld, and %s", it->id, code, err);
+            items_done(x, AB_SINK_ERROR, err);
         }
     }
-    ab_pending_release(x->req);
-    x->req = NULL;
 }
 
 /* Loop thread, after curl_multi_socket_action: take every finished transfer off the multi
@@ -810,6 +900,9 @@ static void check_done(struct http_sink *hs)
             event_done(hs, x, res, code);
         }
         xfer_free(hs, x);
+    }
+    if (hs->n_filling > 0) { /* batches wait for the slots this freed */
+        event_active(hs->flush_ev, EV_TIMEOUT, 0);
     }
 }
 
@@ -1085,13 +1178,13 @@ static void binary_request(struct xfer *x, const struct member *m, int n,
     char *w = (char *)(node + nodes);
     const struct member *ctype = NULL;
     x->hdr_mem = node;
-    x->body = x->value; /* no data member: an empty body */
+    x->body = x->one.value; /* no data member: an empty body */
     x->body_len = 0;
     for (int k = 0; k < n; k++) {
         const struct member *a = &m[k];
         char c = a->vlen ? a->val[0] : 0;
         if (key_is(a, "data")) {
-            x->body = (char *)a->val; /* points into x->value */
+            x->body = (char *)a->val; /* points into x->one.value */
             x->body_len = a->vlen;
             continue;
         }
@@ -1175,28 +1268,146 @@ static void on_expire(void *arg)
 {
     struct http_sink *hs = arg;
     struct xfer *x, *next;
-    int n = 0;
+    long n = 0;
+    char why[128];
+    snprintf(why, sizeof(why), "no answer within %ld ms (--ack-timeout)", hs->sh->timeout_ms);
     for (x = TAILQ_FIRST(&hs->active); x; x = next) {
         next = TAILQ_NEXT(x, link);
-        if (x->kind == XF_EVENT && ab_pending_is_complete(x->req)) {
+        int expired = 0;
+        for (size_t i = 0; x->kind == XF_EVENT && i < x->n && !expired; i++) {
+            expired = x->items[i].req && ab_pending_is_complete(x->items[i].req);
+        }
+        if (expired) {
+            /* A batch's events came in one loop iteration: the rest of it is due too */
             xfer_detach(hs, x);
-            ab_pending_release(x->req);
-            x->req = NULL;
+            items_done(x, AB_SINK_TIMEOUT, why);
+            n += (long)x->n;
             xfer_free(hs, x);
-            n++;
         }
     }
     if (n > 0) {
-        char why[128];
         atomic_fetch_add(&m_timeout, n);
-        snprintf(why, sizeof(why), "no answer within %ld ms (--ack-timeout)", hs->sh->timeout_ms);
         went_unhealthy(hs, why);
     }
 }
 
+/* Batched mode, loop thread: send the batch b as one POST (the JSON array of its events
+ * still waiting for an answer; those whose deadline passed while it filled are let go
+ * unsent). */
+static void batch_send(struct http_sink *hs, struct xfer *b)
+{
+    char *w = b->body_mem = ab_malloc(b->bytes + 2);
+    *w++ = '[';
+    for (size_t i = 0; i < b->n; i++) {
+        struct item *it = &b->items[i];
+        if (it->req && ab_pending_is_complete(it->req)) {
+            ab_pending_release(it->req);
+            it->req = NULL;
+        }
+        if (it->req) {
+            if (w > b->body_mem + 1) {
+                *w++ = ',';
+            }
+            w = (char *)memcpy(w, it->value, it->len) + it->len;
+        }
+    }
+    *w++ = ']';
+    b->body = b->body_mem;
+    b->body_len = (size_t)(w - b->body_mem);
+    b->headers = hs->static_headers;
+    if (b->body_len == 2) { /* every event of it expired */
+        xfer_free(hs, b);
+        return;
+    }
+    if ((b->easy = easy_get(hs)) != NULL) {
+        if (b->url) {
+            curl_easy_setopt(b->easy, CURLOPT_URL, b->url); /* libcurl copies it */
+        }
+        curl_easy_setopt(b->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)b->body_len);
+        curl_easy_setopt(b->easy, CURLOPT_POSTFIELDS, b->body);
+        if (xfer_attach(hs, b) == 0) {
+            return;
+        }
+    }
+    atomic_fetch_add(&m_transient, (long)b->n);
+    items_done(b, AB_SINK_ERROR, "libcurl could not start the request");
+    xfer_free(hs, b);
+}
+
+/* flush_ev, loop thread: the batches filled go out, oldest first, while a POST may start;
+ * the rest wait for check_done() to free a slot. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct http_sink *hs = arg;
+    struct xfer *b;
+    while (hs->inflight < hs->sh->max_inflight && (b = TAILQ_FIRST(&hs->filling)) != NULL) {
+        TAILQ_REMOVE(&hs->filling, b, link);
+        hs->n_filling--;
+        batch_send(hs, b);
+    }
+}
+
+/* Batched mode, loop thread: msg joins the batch filling for its URL (a new one when there
+ * is none, or it is full), which goes out after the callbacks of this loop iteration
+ * (flush_ev). Refuses when a new batch would make more than --http-max-inflight POSTs in
+ * flight and waiting. */
+static int batch_submit(struct http_sink *hs, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
+                        void *opaque)
+{
+    const struct http_shared *sh = hs->sh;
+    char *url = NULL;
+    if (sh->url_route && msg->event) {
+        url = event_url(sh, msg, NULL, 0);
+    } else if (sh->url_route) { /* a line the spool forwards: the attributes from the JSON */
+        struct member m[MAX_MEMBERS];
+        char *value = ab_strndup(msg->value, msg->value_len);
+        int n = members(value, msg->value_len, 0, 0, m);
+        url = n < 0 ? NULL : event_url(sh, msg, m, n);
+        free(value);
+        if (n < 0) {
+            return -1;
+        }
+    }
+    struct xfer *b;
+    TAILQ_FOREACH(b, &hs->filling, link) {
+        if (!b->alone && (long)b->n < sh->batch_max &&
+            b->bytes + msg->value_len + 1 <= BATCH_BYTES &&
+            (url == NULL ? b->url == NULL : b->url != NULL && strcmp(url, b->url) == 0)) {
+            break;
+        }
+    }
+    if (b == NULL) {
+        if (hs->inflight + hs->n_filling >= sh->max_inflight) {
+            atomic_fetch_add(&m_refused, 1);
+            free(url);
+            return -1;
+        }
+        b = ab_calloc(1, sizeof(*b));
+        b->kind = XF_EVENT;
+        b->url = url;
+        url = NULL;
+        TAILQ_INSERT_TAIL(&hs->filling, b, link);
+        hs->n_filling++;
+    }
+    free(url);
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 8;
+        b->items = ab_realloc(b->items, b->cap * sizeof(*b->items));
+    }
+    struct item *it = &b->items[b->n++];
+    it->value = ab_strndup(msg->value, msg->value_len);
+    it->len = msg->value_len;
+    it->id = ab_strdup(msg->id ? msg->id : "");
+    it->req = ab_pending_add(hs->pending, cb, opaque, 0);
+    b->bytes += msg->value_len + 1; /* and its comma */
+    event_active(hs->flush_ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
 /* Loop thread: see the contract in sink.h. Refuses (-1) while closing, at
  * --http-max-inflight, or for a value that is no JSON object; otherwise the POST is handed
- * to libcurl and the first of its answer, the deadline or close completes it. */
+ * to libcurl (in batched mode first to the batch filling) and the first of its answer, the
+ * deadline or close completes it. */
 static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink_done_cb cb,
                        void *opaque)
 {
@@ -1204,6 +1415,9 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
     const struct http_shared *sh = hs->sh;
     if (hs->closing) {
         return -1;
+    }
+    if (sh->batched) {
+        return batch_submit(hs, msg, cb, opaque);
     }
     if (hs->inflight >= sh->max_inflight) {
         atomic_fetch_add(&m_refused, 1);
@@ -1223,10 +1437,13 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
     }
     struct xfer *x = ab_calloc(1, sizeof(*x));
     x->kind = XF_EVENT;
-    x->value = value;
-    x->id = ab_strdup(msg->id ? msg->id : "");
+    x->items = &x->one;
+    x->n = 1;
+    x->one.value = value;
+    x->one.len = msg->value_len;
+    x->one.id = ab_strdup(msg->id ? msg->id : "");
     if (sh->structured) {
-        x->body = x->value;
+        x->body = x->one.value;
         x->body_len = msg->value_len;
         x->headers = hs->static_headers;
     } else {
@@ -1244,10 +1461,10 @@ static int http_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sink
     }
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
     curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, x->body);
-    x->req = ab_pending_add(hs->pending, cb, opaque, 0);
+    x->one.req = ab_pending_add(hs->pending, cb, opaque, 0);
     if (xfer_attach(hs, x) != 0) {
-        ab_pending_cancel(x->req);
-        x->req = NULL;
+        ab_pending_cancel(x->one.req);
+        x->one.req = NULL;
         xfer_free(hs, x);
         return -1;
     }
@@ -1264,6 +1481,7 @@ static struct ab_sink *http_open(const struct ab_sink_conf *sc, void *shared,
     hs->sh = shared;
     hs->evbase = base;
     TAILQ_INIT(&hs->active);
+    TAILQ_INIT(&hs->filling);
     TAILQ_INIT(&hs->socks);
     if ((hs->multi = curl_multi_init()) == NULL) {
         snprintf(errstr, errlen, "http: libcurl could not create a multi handle");
@@ -1281,6 +1499,7 @@ static struct ab_sink *http_open(const struct ab_sink_conf *sc, void *shared,
     }
     hs->timer_ev = evtimer_new(base, on_timer, hs);
     hs->probe_ev = evtimer_new(base, on_probe, hs);
+    hs->flush_ev = event_new(base, -1, 0, on_flush, hs);
     hs->pending = ab_pending_new(base, sc->ack_timeout_ms);
     ab_pending_on_expire(hs->pending, on_expire, hs);
     snprintf(hs->reason, sizeof(hs->reason), "not probed yet");
@@ -1331,11 +1550,11 @@ static void http_close(struct ab_sink *s, int timeout_ms)
     long bound = timeout_ms < hs->sh->timeout_ms ? timeout_ms : hs->sh->timeout_ms;
     hs->closing = 1; /* from here a submit is refused and nothing is probed */
     evtimer_del(hs->probe_ev);
-    if (bound > 0 && hs->inflight > 0) {
+    if (bound > 0 && (hs->inflight > 0 || hs->n_filling > 0)) {
         struct event *deadline = evtimer_new(hs->evbase, on_close_deadline, hs);
         struct timeval tv = ms_tv(bound);
         evtimer_add(deadline, &tv);
-        while (hs->inflight > 0 && !hs->close_expired) {
+        while ((hs->inflight > 0 || hs->n_filling > 0) && !hs->close_expired) {
             event_base_loop(hs->evbase, EVLOOP_ONCE);
         }
         event_free(deadline);
@@ -1344,10 +1563,14 @@ static void http_close(struct ab_sink *s, int timeout_ms)
     struct xfer *x;
     while ((x = TAILQ_FIRST(&hs->active)) != NULL) {
         xfer_detach(hs, x);
-        if (x->req) {
-            ab_pending_release(x->req);
-        }
+        items_done(x, AB_SINK_CLOSED, NULL); /* complete already: only lets go */
         xfer_free(hs, x); /* closing: the easy handle is cleaned up */
+    }
+    while ((x = TAILQ_FIRST(&hs->filling)) != NULL) {
+        TAILQ_REMOVE(&hs->filling, x, link);
+        hs->n_filling--;
+        items_done(x, AB_SINK_CLOSED, NULL);
+        xfer_free(hs, x);
     }
     curl_multi_cleanup(hs->multi);
     struct sockinfo *si;
@@ -1365,6 +1588,7 @@ static void http_close(struct ab_sink *s, int timeout_ms)
     ab_pending_free(hs->pending);
     event_free(hs->timer_ev);
     event_free(hs->probe_ev);
+    event_free(hs->flush_ev);
     free(hs);
 }
 
@@ -1379,4 +1603,5 @@ const struct ab_sink_ops ab_sink_http = {
     .ready = http_ready,
     .describe = http_describe,
     .close = http_close,
+    .flags = AB_SINK_BATCHES,
 };

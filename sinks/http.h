@@ -15,6 +15,7 @@ struct ab_http_conf {
     char *auth_file;        /* --http-auth-file: the Authorization header's value */
     struct ab_strlist headers; /* --http-header "Name: value", repeatable */
     long max_inflight;      /* --http-max-inflight: requests in flight per worker */
+    long batch_max;         /* --http-batch-max: events per POST in batched mode */
     char *health_url;       /* --http-health-url: probed while the target is unhealthy */
     char *dead_letter_file; /* --dead-letter-file: events the target refused for good */
 };

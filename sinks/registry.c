@@ -61,6 +61,12 @@ int ab_sink_setup_build(struct ab_sink_setup *s, const struct ab_config *cfg, ch
         snprintf(errstr, errlen, "--sink: unknown sink \"%s\" (%s)", cfg->sink, names);
         return -1;
     }
+    if (cfg->content_mode && strcmp(cfg->content_mode, "batched") == 0 &&
+        !(backend->flags & AB_SINK_BATCHES)) {
+        snprintf(errstr, errlen, "--content-mode batched is the HTTP binding's (--sink http); "
+                 "--sink %s takes binary or structured", backend->name);
+        return -1;
+    }
     ab_sink_setup_init(s, cfg, backend);
     const struct ab_spool_opts *spool = ab_config_sink_opts(cfg, &ab_sink_spool);
     if (spool->dir == NULL) {

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from daemon import ROOT, Daemon, samples, wait_until, with_id, xml_fixtures
+from daemon import ROOT, Daemon, go_build, samples, wait_until, with_id, xml_fixtures
 from jobs import new_id
 from services import KafkaBroker
 
@@ -185,18 +185,7 @@ def test_kafka_python_reads_gzip_without_extras(topics, mode):
 
 
 def go_binary(tmp_path):
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go")
-                                else None)
-    v = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True).stdout if go else ""
-    if not re.fullmatch(r"go1\.(2[3-9]|[3-9]\d)(\.\d+)?\S*\n?", v):
-        # Debian 12's golang-go is 1.19; sdk-go 2.16 needs 1.23 (golang.org/dl, backports)
-        pytest.skip("no go toolchain >= 1.23 on this machine (%r): the Go SDK check needs one"
-                    % v.strip())
-    out = str(tmp_path / "ce_read")
-    p = subprocess.run([go, "build", "-o", out, "."], cwd=os.path.join(SDK, "go"),
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    return out
+    return go_build(tmp_path, ".", "ce_read")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -13,6 +13,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include <cjson/cJSON.h>
+
 #include "config.h"
 #include "event.h"
 #include "fixtures.h"
@@ -34,6 +36,7 @@ struct seen {
 static struct seen seen[MAX_SEEN];
 static int n_seen;
 static int answer = 200; /* 0: never answer */
+static const char *refuse = NULL; /* a body holding this is answered 400 */
 static struct evhttp_request *held[MAX_SEEN];
 static int n_held;
 
@@ -83,9 +86,10 @@ static void on_request(struct evhttp_request *req, void *arg)
         held[n_held++] = req;
         return;
     }
+    int code = refuse && strstr(s->body, refuse) ? 400 : answer;
     struct evbuffer *out = evbuffer_new();
-    evbuffer_add_printf(out, "answer %d", answer);
-    evhttp_send_reply(req, answer, "X", out);
+    evbuffer_add_printf(out, "answer %d", code);
+    evhttp_send_reply(req, code, "X", out);
     evbuffer_free(out);
 }
 
@@ -98,6 +102,7 @@ static void seen_reset(void)
     }
     n_seen = 0;
     answer = 200;
+    refuse = NULL;
     n_probes = 0;
     probe_answer = 200;
     n_conns = 0;
@@ -164,9 +169,11 @@ static int h_open(struct harness *h, const char *path, const char *mode, long ac
     snprintf(h->url, sizeof(h->url), "http://127.0.0.1:%d%s", h->port, path);
     snprintf(h->dl, sizeof(h->dl), "/tmp/ab-http-dl-XXXXXX");
     close(mkstemp(h->dl));
-    h->conf = (struct ab_http_conf){.url = h->url, .max_inflight = 4, .dead_letter_file = h->dl};
+    h->conf = (struct ab_http_conf){.url = h->url, .max_inflight = 4, .batch_max = 64,
+                                    .dead_letter_file = h->dl};
     h->sc = (struct ab_sink_conf){.opts = &h->conf, .ack_timeout_ms = ack_ms, .max_body = 1 << 20,
-                                  .structured = mode != NULL && strcmp(mode, "structured") == 0};
+                                  .structured = mode != NULL && strcmp(mode, "structured") == 0,
+                                  .batched = mode != NULL && strcmp(mode, "batched") == 0};
     char err[256];
     if (ab_sink_http.global_init(&h->sc, &h->shared, err, sizeof(err)) != 0) {
         fprintf(stderr, "global_init: %s\n", err);
@@ -676,6 +683,137 @@ static void test_proxy_from_environment(void)
     h_close(&h);
 }
 
+/* Batched mode: events handed over in one loop iteration */
+
+#define N_BATCH 5
+static char batch_lines[N_BATCH][160];
+static struct ab_sink_msg batch_msgs[N_BATCH];
+
+/* N_BATCH events, ids e0..e4 (bad: that one's id is "BAD"), submitted in one go (no loop
+ * turn between them); every result in r. */
+static void submit_batch(struct harness *h, struct result *r, int bad)
+{
+    int before = n_seen;
+    for (int i = 0; i < N_BATCH; i++) {
+        char id[8];
+        snprintf(id, sizeof(id), i == bad ? "BAD" : "e%d", i);
+        snprintf(batch_lines[i], sizeof(batch_lines[i]),
+                 "{\"specversion\":\"1.0\",\"id\":\"%s\",\"source\":\"urn:t\",\"type\":\"t\","
+                 "\"datacontenttype\":\"application/json\",\"data\":{\"n\":%d}}", id, i);
+        batch_msgs[i] = (struct ab_sink_msg){.id = NULL, .value = batch_lines[i],
+                                             .value_len = strlen(batch_lines[i])};
+        CHECK(submit(h, &batch_msgs[i], &r[i]) == 0);
+    }
+    CHECK(n_seen == before); /* nothing goes out from inside submit */
+    for (int i = 0; i < N_BATCH; i++) {
+        CHECK(wait_done(h, &r[i], 3000) && r[i].calls == 1);
+    }
+}
+
+/* The ids of the JSON array body of s, "e0,e1,..." in a static buffer; "?" when the body
+ * is no array of events. */
+static const char *batch_ids(const struct seen *s)
+{
+    static char out[256];
+    cJSON *a = cJSON_Parse(s->body);
+    size_t w = 0;
+    out[0] = '\0';
+    for (int i = 0; cJSON_IsArray(a) && i < cJSON_GetArraySize(a); i++) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(a, i), "id");
+        w += (size_t)snprintf(out + w, sizeof(out) - w, "%s%s", i ? "," : "",
+                              cJSON_IsString(id) ? id->valuestring : "?");
+    }
+    if (!cJSON_IsArray(a)) {
+        snprintf(out, sizeof(out), "?");
+    }
+    cJSON_Delete(a);
+    return out;
+}
+
+/* The events of one loop iteration go in ONE POST: application/cloudevents-batch+json, a
+ * JSON array of the structured events in submit order, byte for byte; each submission
+ * completed OK on the 2xx. --http-batch-max bounds a POST's events. */
+static void test_batched(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/", "batched", 2000) == 0);
+    struct result r[N_BATCH] = {0};
+    submit_batch(&h, r, -1);
+    for (int i = 0; i < N_BATCH; i++) {
+        CHECK(r[i].status == AB_SINK_OK);
+    }
+    CHECK(inside_calls == 0);
+    CHECK(n_seen == 1);
+    if (n_seen == 1) {
+        CHECK_STR(header(&seen[0], "content-type"),
+                  "application/cloudevents-batch+json; charset=UTF-8");
+        CHECK(header(&seen[0], "ce-id") == NULL);
+        CHECK_STR(batch_ids(&seen[0]), "e0,e1,e2,e3,e4");
+        char want[1024] = "[";
+        for (int i = 0; i < N_BATCH; i++) {
+            strcat(want, batch_lines[i]);
+            strcat(want, i + 1 < N_BATCH ? "," : "]");
+        }
+        CHECK_STR(seen[0].body, want);
+    }
+    h.conf.batch_max = 2;
+    CHECK(h_reopen(&h) == 0);
+    struct result r2[N_BATCH] = {0};
+    submit_batch(&h, r2, -1);
+    CHECK(n_seen == 3);
+    if (n_seen == 3) {
+        CHECK_STR(batch_ids(&seen[0]), "e0,e1");
+        CHECK_STR(batch_ids(&seen[1]), "e2,e3");
+        CHECK_STR(batch_ids(&seen[2]), "e4");
+    }
+    h_close(&h);
+}
+
+/* A batch refused for good (400) is split: each event sent again alone; only the one the
+ * target refuses alone goes to the dead letter, every other is stored, all OK. A 5xx for a
+ * batch: every event of it ERROR; no answer: every event TIMEOUT. */
+static void test_batched_refusals(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/", "batched", 2000) == 0);
+    refuse = "\"BAD\"";
+    struct result r[N_BATCH] = {0};
+    submit_batch(&h, r, 2);
+    for (int i = 0; i < N_BATCH; i++) {
+        CHECK(r[i].status == AB_SINK_OK);
+    }
+    CHECK(n_seen == 1 + N_BATCH); /* the batch, then each alone */
+    if (n_seen == 1 + N_BATCH) {
+        CHECK_STR(batch_ids(&seen[0]), "e0,e1,BAD,e3,e4");
+        int alone = 0;
+        for (int i = 1; i < n_seen; i++) {
+            alone += strchr(batch_ids(&seen[i]), ',') == NULL;
+        }
+        CHECK(alone == N_BATCH);
+    }
+    size_t len;
+    char *dl = read_file(h.dl, &len);
+    CHECK(dl != NULL && strchr(dl, '\n') == dl + len - 1); /* one line */
+    CHECK(dl && strstr(dl, "\"status\":400") && strstr(dl, batch_lines[2]));
+    free(dl);
+    refuse = NULL;
+    answer = 503;
+    struct result r2[N_BATCH] = {0};
+    submit_batch(&h, r2, -1);
+    for (int i = 0; i < N_BATCH; i++) {
+        CHECK(r2[i].status == AB_SINK_ERROR && strstr(r2[i].err, "503"));
+    }
+    h_close(&h);
+    CHECK(h_open(&h, "/", "batched", 300) == 0);
+    answer = 0;
+    struct result r3[N_BATCH] = {0};
+    submit_batch(&h, r3, -1);
+    for (int i = 0; i < N_BATCH; i++) {
+        CHECK(r3[i].status == AB_SINK_TIMEOUT);
+    }
+    h_close(&h);
+}
+
 int main(void)
 {
     ab_log_configure("error", "text", NULL, 0);
@@ -692,5 +830,7 @@ int main(void)
     RUN(test_reuse);
     RUN(test_no_data);
     RUN(test_proxy_from_environment);
+    RUN(test_batched);
+    RUN(test_batched_refusals);
     return TEST_SUMMARY();
 }
