@@ -166,10 +166,12 @@ static void on_verdict(int verdict, struct ab_dedupe_ticket *t, void *opaque)
  * events (what its forwarder checks and marks) unless the sink claims atomically. */
 static void check(struct replay *rp, struct slot *s)
 {
-    char key[512], fkey[520];
-    ab_dedupe_key(&rp->dd_setup, s->ev, key, sizeof(key));
-    snprintf(fkey, sizeof(fkey), "%s%s", rp->spool && !rp->dd_setup.sink_atomic ? "fwd:" : "",
-             key);
+    char fkey[520];
+    if (rp->spool) {
+        ab_dedupe_spool_key(&rp->dd_setup, s->ev, fkey, sizeof(fkey));
+    } else {
+        ab_dedupe_key(&rp->dd_setup, s->ev, fkey, sizeof(fkey));
+    }
     s->state = SLOT_CHECKING;
     rp->inflight++;
     ab_dedupe_check(rp->dd, fkey, AB_DEDUPE_CAUSE_REPLAY, on_verdict, s);

@@ -86,10 +86,9 @@ static void note_key(struct tally *t, const struct ab_event *ev)
         }
         return;
     }
-    char key[512];
-    ab_dedupe_key(t->dds, ev, key, sizeof(key));
-    /* the forwarder's key, or with the Redis sink's atomic script the webhook's own */
-    t->keys[t->n] = ab_asprintf("%s%s", t->dds->sink_atomic ? "" : "fwd:", key);
+    char key[520];
+    ab_dedupe_spool_key(t->dds, ev, key, sizeof(key));
+    t->keys[t->n] = ab_strdup(key);
     t->ids[t->n] = ab_strdup(ev->id);
     t->times[t->n] = ab_strdup(ev->time ? ev->time : "");
     if (++t->n == BATCH) {

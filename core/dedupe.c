@@ -259,6 +259,16 @@ void ab_dedupe_key(const struct ab_dedupe_setup *setup, const struct ab_event *e
     }
 }
 
+void ab_dedupe_spool_key(const struct ab_dedupe_setup *setup, const struct ab_event *ev,
+                         char *buf, size_t len)
+{
+    size_t p = setup->sink_atomic ? 0 : strlen(AB_DEDUPE_FWD);
+    snprintf(buf, len, "%s", setup->sink_atomic ? "" : AB_DEDUPE_FWD);
+    if (p < len) {
+        ab_dedupe_key(setup, ev, buf + p, len - p);
+    }
+}
+
 /* ---- the guard ---------------------------------------------------------------------- */
 
 enum phase { P_CLAIM, P_JOINED, P_WATCH, P_WRITE, P_LATE, P_MARK, P_DELIVER };

@@ -123,6 +123,16 @@ int ab_dedupe_check_duration(const char *value, char *why, size_t whylen);
 void ab_dedupe_key(const struct ab_dedupe_setup *setup, const struct ab_event *ev, char *buf,
                    size_t len);
 
+/* The prefix of the spool forwarder's keys: "fwd:<key>" is an event that reached the sink
+ * through the spool (or replay, which records what it delivers the same way). */
+#define AB_DEDUPE_FWD "fwd:"
+
+/* The key under which the store knows a spooled event as delivered, into buf: "fwd:<key>",
+ * or the key itself with a sink that claims atomically (setup->sink_atomic), whose script
+ * checks and marks the webhook's own key on every path. */
+void ab_dedupe_spool_key(const struct ab_dedupe_setup *setup, const struct ab_event *ev,
+                         char *buf, size_t len);
+
 /* Register the dedupe metrics with /metrics and make setup the process's (once, start-up
  * thread). */
 void ab_dedupe_metrics_init(const struct ab_dedupe_setup *setup);

@@ -589,7 +589,7 @@ static int spool_submit(struct ab_sink *base, const struct ab_sink_msg *msg, ab_
     } else if (s->dd && msg->event && !ab_dedupe_active()->sink_atomic) {
         char key[512];
         ab_dedupe_key(ab_dedupe_active(), msg->event, key, sizeof(key));
-        r->fkey = ab_asprintf("fwd:%s", key);
+        r->fkey = ab_asprintf(AB_DEDUPE_FWD "%s", key);
     }
     if (queued == 0 && ab_sink_submit(s->inner, msg, on_inner_done, r) == 0) {
         r->inner_pending = 1;
@@ -827,7 +827,7 @@ static int fwd_check(struct fwd *f, struct ab_event *ev, char *route, struct fen
     c->route = route;
     char key[512];
     ab_dedupe_key(ab_dedupe_active(), c->ev, key, sizeof(key));
-    char *fkey = ab_asprintf("fwd:%s", key);
+    char *fkey = ab_asprintf(AB_DEDUPE_FWD "%s", key);
     ab_dedupe_check(f->s->dd, fkey, AB_DEDUPE_CAUSE_FORWARDER, on_fwd_verdict, c);
     free(fkey);
     return 0;
