@@ -677,8 +677,13 @@ static void test_proxy_from_environment(void)
     CHECK(h_reopen(&h) == 0);
     CHECK(post_ok(&h, &m) && n_seen == 1);
     CHECK(n_seen == 1 && strcmp(seen[0].uri, "/") == 0);
+    /* read once at start-up (as documented): a proxy set later is not used until a restart */
     unsetenv("http_proxy");
     unsetenv("no_proxy");
+    CHECK(h_reopen(&h) == 0);
+    setenv("http_proxy", "http://127.0.0.1:1", 1); /* nothing listens there */
+    CHECK(post_ok(&h, &m) && n_seen == 1);
+    unsetenv("http_proxy");
     ab_event_free(ev);
     h_close(&h);
 }
