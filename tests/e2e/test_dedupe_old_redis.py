@@ -1,7 +1,7 @@
 """Deduplication on a Redis older than 7.0 (docs/DEDUPLICATION.md): the store claims with
-`SET key 1 PX ms NX GET`, which Redis < 7.0 refuses with "ERR syntax error". It must then
-fall back to its Lua path (GET, then SET) for the rest of the connection and deduplicate
-just the same.
+`SET key 1 PX ms NX GET` and the Redis sink's claim-and-write script starts with `SET ... NX
+GET`, which Redis < 7.0 refuses with "ERR syntax error". Both must then fall back to their
+Lua path (GET, then SET) for the rest of the connection and deduplicate just the same.
 
 Debian 12 ships only Redis 7.0, so the old server is emulated: OldRedis, a proxy in front of
 a real redis-server that answers as Redis 6.2 does where it matters here (a SET with both NX
@@ -15,7 +15,7 @@ import threading
 
 from daemon import free_port, samples, with_id
 from services import RedisServer
-from test_dedupe import dup_count, file_ids, send_copies
+from test_dedupe import dup_count, file_ids, send_copies, stream_ids
 from test_redis import Resp
 
 LOAN = dict(samples())["loan_created"]
@@ -158,3 +158,48 @@ def test_store_falls_back_to_the_script_on_redis_before_7(daemon_factory, tmp_pa
         finally:
             old.close()
 
+
+def test_redis_sink_falls_back_to_the_old_script_on_redis_before_7(daemon_factory):
+    """Redis sink and store on one (old) server: the claim-and-write script that starts with
+    SET NX GET is refused, the pre-7.0 script (GET, XADD, SET) runs instead: every id answered
+    200 is in the stream once."""
+    with RedisServer() as redis:
+        old = OldRedis(redis.port)
+        try:
+            d = daemon_factory(["--sink", "redis", "--redis", old.url, "--dedupe-store", old.url,
+                                "--route", "alma:old"])
+            answers = send_copies([d], ["7%05d" % i for i in range(60)])
+            ok = [w for w, st in answers.items() if 200 in st]
+            assert len(ok) == 60, answers
+            got = stream_ids(redis.port, "alma:old")
+            assert all(got[w] == 1 for w in ok) and sum(got.values()) == 60, got
+            assert dup_count(d) > 0
+            assert old.refused >= 1
+            assert calls(redis.port, "get") > 0  # the old script's GET
+        finally:
+            old.close()
+
+
+def test_redis_sink_on_redis_7_claims_with_set_nx_get_and_undoes_a_failed_xadd(daemon_factory):
+    """Redis 7: the claim-and-write script runs SET NX GET and XADD, no GET. An XADD that
+    fails (the stream's key holds a string) leaves no stored marker behind: 503, and the
+    retry once the key is fixed is written."""
+    with RedisServer() as redis:
+        d = daemon_factory(["--sink", "redis", "--redis", redis.url, "--dedupe-store", redis.url,
+                            "--route", "alma:new"])
+        with Resp(redis.port) as r:
+            r.call("CONFIG", "RESETSTAT")
+        assert d.post(with_id(LOAN, "5-1")).status == 200
+        assert d.post(with_id(LOAN, "5-1")).status == 200
+        assert stream_ids(redis.port, "alma:new")["5-1"] == 1
+        assert calls(redis.port, "get") == 0 and calls(redis.port, "set") == 2
+        with Resp(redis.port) as r:
+            r.call("DEL", "alma:new")
+            r.call("SET", "alma:new", "not a stream")
+        assert d.post(with_id(LOAN, "5-2")).status == 503
+        with Resp(redis.port) as r:
+            assert r.call("KEYS", "almabridge:dedupe:*5-2") == []
+            r.call("DEL", "alma:new")
+        assert d.post(with_id(LOAN, "5-2")).status == 200
+        assert d.post(with_id(LOAN, "5-2")).status == 200
+        assert stream_ids(redis.port, "alma:new")["5-2"] == 1
