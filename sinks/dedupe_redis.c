@@ -226,7 +226,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv)
 {
-    return redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_reply, r, argc, argv, NULL) ==
+    return ab_redis_command_argv(ab_redis_conn_ac(rs->conn), on_reply, r, argc, argv, NULL) ==
                    REDIS_OK
                ? 0
                : -1;

@@ -467,7 +467,8 @@ static int send_dedupe(struct redis_sink *rs, struct ab_pending_req *r, int eval
         len[2 + i] = lens[i];
         p += lens[i];
     }
-    return redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_xadd_reply, r, 2 + q->argc, argv, len) == REDIS_OK
+    return ab_redis_command_argv(ab_redis_conn_ac(rs->conn), on_xadd_reply, r, 2 + q->argc,
+                                 argv, len) == REDIS_OK
                ? 0
                : -1;
 }
@@ -667,7 +668,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
 #undef ARG
         r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
-        rc = redisAsyncCommandArgv(ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
+        rc = ab_redis_command_argv(ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
     }
     ab_event_free(own); /* hiredis copied the arguments */
     if (rc != 0) {
@@ -676,7 +677,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     }
     if (sh->wait > 0) {
         const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
-        if (redisAsyncCommandArgv(ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
+        if (ab_redis_command_argv(ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
             ((struct redis_req *)ab_pending_extra(r))->wait_sent = 1;
             ab_pending_hold(r);
         }

@@ -427,3 +427,49 @@ int ab_redis_refuses_set_nx_get(const redisReply *reply)
     return reply != NULL && reply->type == REDIS_REPLY_ERROR &&
            strstr(reply->str, "syntax error") != NULL;
 }
+
+/* Decimal digits of n into p (no terminator); returns the end. */
+static char *put_num(char *p, size_t n)
+{
+    char tmp[24];
+    int k = 0;
+    do {
+        tmp[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (k > 0) {
+        *p++ = tmp[--k];
+    }
+    return p;
+}
+
+int ab_redis_command_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, int argc,
+                          const char **argv, const size_t *argvlen)
+{
+    char stack[4096], *buf = stack;
+    size_t total = 1 + 20 + 2;
+    for (int i = 0; i < argc; i++) {
+        total += 1 + 20 + 2 + (argvlen ? argvlen[i] : strlen(argv[i])) + 2;
+    }
+    if (total > sizeof(stack)) {
+        buf = ab_malloc(total);
+    }
+    char *p = buf;
+    *p++ = '*';
+    p = put_num(p, (size_t)argc);
+    *p++ = '\r', *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        *p++ = '$';
+        p = put_num(p, len);
+        *p++ = '\r', *p++ = '\n';
+        memcpy(p, argv[i], len);
+        p += len;
+        *p++ = '\r', *p++ = '\n';
+    }
+    int rc = redisAsyncFormattedCommand(ac, fn, privdata, buf, (size_t)(p - buf));
+    if (buf != stack) {
+        free(buf);
+    }
+    return rc;
+}

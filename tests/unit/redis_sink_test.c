@@ -444,6 +444,49 @@ static void test_wait_without_replica_is_error(void)
     h_close(&h, 100);
 }
 
+/* The requests are formatted by the sink itself (ab_redis_command_argv): entries of any
+ * size (on the stack below 4 KB, allocated above) and any bytes, through XADD and through
+ * the claim-and-write script, come back from XRANGE as they went in. */
+static void test_entry_bytes_round_trip(void)
+{
+    struct harness h;
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
+    CHECK(h_open(&h, url, 2000, 0) == 0);
+    CHECK(run_until(&h, is_ready, NULL, 3000));
+    static const size_t sizes[] = {1, 9, 99, 4000, 4096, 5000, 70000};
+    enum { NS = sizeof(sizes) / sizeof(sizes[0]) };
+    static char value[70000];
+    for (size_t i = 0; i < sizeof(value); i++) {
+        value[i] = (char)(i * 7 + i / 256); /* every byte value, \0 and \r\n among them */
+    }
+    struct done d[2 * NS] = {{0}};
+    for (int k = 0; k < 2 * NS; k++) {
+        char key[32];
+        snprintf(key, sizeof(key), "rt-%d", k);
+        struct ab_sink_msg m = {.id = key, .route = "alma:rt", .value = value,
+                                .value_len = sizes[k % NS],
+                                .dedupe_key = k >= NS ? key : NULL,
+                                .dedupe_window_ms = 60000};
+        CHECK(ab_sink_submit(h.s, &m, on_done, &d[k]) == 0);
+    }
+    struct batch b = {d, 2 * NS};
+    CHECK(run_until(&h, all_called, &b, 3000));
+    redisContext *c = sync_conn();
+    redisReply *r = c ? redisCommand(c, "XRANGE alma:rt - +") : NULL;
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 * NS);
+    for (size_t k = 0; r && k < r->elements && k < 2 * NS; k++) {
+        const redisReply *f = r->element[k]->element[1];
+        CHECK(d[k].calls == 1 && d[k].status == AB_SINK_OK);
+        CHECK(f->elements == 2 && strcmp(f->element[0]->str, "event") == 0);
+        CHECK(f->element[1]->len == sizes[k % NS] &&
+              memcmp(f->element[1]->str, value, sizes[k % NS]) == 0);
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    h_close(&h, 100);
+}
+
 /* ---- the Redis deduplication store (sinks/dedupe_redis.c) -------------------------------- */
 
 struct dcall {
@@ -582,6 +625,7 @@ int main(void)
         return TEST_SUMMARY();
     }
     RUN(test_ok_exactly_once_later);
+    RUN(test_entry_bytes_round_trip);
     RUN(test_timeout_when_stuck_then_recovers);
     RUN(test_close_completes_outstanding_with_closed);
     RUN(test_connection_lost_is_error_then_reconnects);
