@@ -417,7 +417,7 @@ void ab_redis_conn_no_set_nx_get(struct ab_redis_conn *c, const redisAsyncContex
 {
     if (c->ac == ac && !c->no_set_nx_get) {
         c->no_set_nx_get = 1;
-        ab_debug("redis %s: SET ... NX GET refused (Redis < 7.0): Lua from now on",
+        ab_debug("redis %s: SET ... NX GET refused (Redis < 7.0): Lua on this connection",
                  c->conf.addr);
     }
 }
