@@ -21,29 +21,11 @@ from test_redis import Resp
 LOAN = dict(samples())["loan_created"]
 
 
-class _Conn:
-    """Buffered RESP reading that keeps the raw bytes of what it read."""
+class _Conn(Resp):
+    """RESP reading on an accepted socket (Resp's buffering), keeping the raw bytes."""
 
-    def __init__(self, sock):
+    def __init__(self, sock):  # not Resp.__init__: no connection of its own
         self.sock, self.buf = sock, b""
-
-    def _line(self):
-        while b"\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\r\n", 1)
-        return line
-
-    def _exact(self, n):
-        while len(self.buf) < n + 2:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        data, self.buf = self.buf[:n], self.buf[n + 2:]
-        return data
 
     def read(self):
         """One RESP value: (raw bytes, decoded: bytes | int | list | None)."""
@@ -95,7 +77,7 @@ class OldRedis:
                             continue
                         up.sendall(raw)
                         self.request.sendall(upstream.read()[0])
-                except (EOFError, OSError):
+                except OSError:  # ConnectionError: a side closed
                     pass
                 finally:
                     up.close()
