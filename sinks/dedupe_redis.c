@@ -2,8 +2,10 @@
  *
  *   almabridge:dedupe:<key> = "1" (in flight, PX claim_ms) | "2" (stored, PX window)
  *
- *   claim:   EVALSHA of CLAIM_LUA: the value if the key exists, else SET "1" PX claim_ms and
- *            "0" (atomic: one copy of all the replicas' gets "0")
+ *   claim:   SET key "1" PX claim_ms NX GET: nil when it set the key (claimed), else the
+ *            value ("1" or "2"), setting nothing (atomic: one copy of all the replicas' gets
+ *            nil). Redis < 7.0 refuses NX with GET ("ERR syntax error"): then, for the rest
+ *            of that connection, EVALSHA of CLAIM_LUA, the same in a script ("0" for nil)
  *   stored:  SET key "2" PX window (overwrites the claim)
  *   release: EVALSHA of RELEASE_LUA: DEL only while the value is "1" (a claim, never a
  *            stored marker)
@@ -63,11 +65,12 @@ struct rstore {
     struct ab_pending *pending;
 };
 
-/* What travels with a command: to resend a script with EVAL after NOSCRIPT; a peek's
- * answer goes to states[0..n). */
+/* What travels with a command: to resend a script with EVAL after NOSCRIPT, or a claim
+ * as a script after a refused SET NX GET; a peek's answer goes to states[0..n). */
 enum { CMD_STORED = 0, CMD_CLAIM = 1, CMD_RELEASE = 2, CMD_PEEK = 3 };
 struct rcmd {
     int script; /* CMD_* */
+    int lua;    /* sent as a script (EVALSHA, EVAL) */
     int *states;
     size_t n;
     char key[];
@@ -154,6 +157,7 @@ static void on_done(int status, const char *errstr, void *opaque)
 }
 
 static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv);
+static int send_claim(struct rstore *rs, struct ab_pending_req *r);
 
 /* An MGET reply into q->states. Returns the pending status: the state base, or an error. */
 static int peek_reply(struct rcmd *q, const redisReply *rp)
@@ -171,8 +175,10 @@ static int peek_reply(struct rcmd *q, const redisReply *rp)
     return STATE_BASE + AB_DEDUPE_NEW;
 }
 
-/* A reply: for claim the value ("0" new, "1" in flight, "2" stored); for SET "OK"; for
- * release an integer. NOSCRIPT: the script is sent again with EVAL. */
+/* A reply: for claim nil (SET NX GET set the key) or "0" (the script did), else the value
+ * ("1" in flight, "2" stored); for SET "OK"; for release an integer. NOSCRIPT: the script
+ * is sent again with EVAL; a claim refused by a server older than 7.0: sent again as the
+ * script. */
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct rstore *rs = ab_redis_conn_owner(ac);
@@ -181,6 +187,13 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *rp = reply;
     if (rp == NULL) {
         ab_pending_complete(r, AB_SINK_ERROR, "connection to the dedupe store lost");
+    } else if (q->script == CMD_CLAIM && !q->lua && ab_redis_refuses_set_nx_get(rp) &&
+               ab_redis_conn_ac(rs->conn) == ac) {
+        ab_redis_conn_no_set_nx_get(rs->conn, ac);
+        if (send_claim(rs, r) == 0) {
+            return; /* the hold moves to the EVALSHA */
+        }
+        ab_pending_complete(r, AB_SINK_ERROR, "could not send EVALSHA");
     } else if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
                (q->script == CMD_CLAIM || q->script == CMD_RELEASE) &&
                ab_redis_conn_ac(rs->conn) == ac) {
@@ -196,6 +209,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         /* timed out: states[] is no longer the caller's to fill */
     } else if (q->script == CMD_PEEK) {
         ab_pending_complete(r, peek_reply(q, rp), "unexpected reply to MGET");
+    } else if (q->script == CMD_CLAIM && !q->lua && rp->type == REDIS_REPLY_NIL) {
+        ab_pending_complete(r, STATE_BASE + AB_DEDUPE_NEW, NULL); /* SET NX set it */
     } else if (q->script == CMD_CLAIM && rp->type == REDIS_REPLY_STRING && rp->len == 1 &&
                rp->str[0] >= '0' && rp->str[0] <= '2') {
         ab_pending_complete(r, STATE_BASE + rp->str[0] - '0', NULL);
@@ -211,10 +226,24 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 static int send_cmd(struct rstore *rs, struct ab_pending_req *r, int argc, const char **argv)
 {
-    return redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_reply, r, argc, argv, NULL) ==
+    return ab_redis_command_argv(ab_redis_conn_ac(rs->conn), on_reply, r, argc, argv, NULL) ==
                    REDIS_OK
                ? 0
                : -1;
+}
+
+/* Send the claim of r: SET NX GET, or the script on a server that refused that. */
+static int send_claim(struct rstore *rs, struct ab_pending_req *r)
+{
+    struct rcmd *q = ab_pending_extra(r);
+    const struct rshared *sh = rs->sh;
+    q->lua = !ab_redis_conn_set_nx_get(rs->conn);
+    if (q->lua) {
+        const char *argv[5] = {"EVALSHA", sh->claim_sha, "1", q->key, sh->claim_ms};
+        return send_cmd(rs, r, 5, argv);
+    }
+    const char *argv[7] = {"SET", q->key, "1", "PX", sh->claim_ms, "NX", "GET"};
+    return send_cmd(rs, r, 7, argv);
 }
 
 /* Queue one command for key: CMD_CLAIM, CMD_RELEASE or CMD_STORED (the marker). */
@@ -227,18 +256,17 @@ static int rs_command(struct rstore *rs, const char *key, int script, ab_dedupe_
     struct rcall *c = ab_calloc(1, sizeof(*c));
     c->cb = cb;
     c->opaque = opaque;
-    char *full = ab_asprintf(PREFIX "%s", key);
+    size_t plen = sizeof(PREFIX) - 1, klen = strlen(key);
     struct ab_pending_req *r =
-        ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + strlen(full) + 1);
+        ab_pending_add(rs->pending, on_done, c, sizeof(struct rcmd) + plen + klen + 1);
     struct rcmd *q = ab_pending_extra(r);
     q->script = script; /* CMD_CLAIM, CMD_RELEASE, CMD_STORED */
-    memcpy(q->key, full, strlen(full) + 1);
-    free(full);
+    memcpy(q->key, PREFIX, plen);
+    memcpy(q->key + plen, key, klen + 1);
     const struct rshared *sh = rs->sh;
     int rc;
     if (script == CMD_CLAIM) {
-        const char *argv[5] = {"EVALSHA", sh->claim_sha, "1", q->key, sh->claim_ms};
-        rc = send_cmd(rs, r, 5, argv);
+        rc = send_claim(rs, r);
     } else if (script == CMD_RELEASE) {
         const char *argv[4] = {"EVALSHA", sh->release_sha, "1", q->key};
         rc = send_cmd(rs, r, 4, argv);

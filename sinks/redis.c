@@ -89,7 +89,7 @@ struct redis_shared {
     char wait_str[24];
     char wait_ms_str[24];
     int structured; /* --content-mode structured */
-    char claim_xadd_sha[41]; /* SHA1 of CLAIM_XADD_LUA, for EVALSHA */
+    char claim_xadd_sha[2][41]; /* SHA1 of CLAIM_XADD_LUA and _V6, for EVALSHA */
     char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
 };
 
@@ -99,6 +99,7 @@ struct redis_sink;
 struct redis_req {
     int xadd_ok;   /* XADD replied with an entry id */
     int wait_sent; /* a WAIT follows the XADD */
+    int v6;        /* with msg->dedupe_key: CLAIM_XADD_LUA_V6 (a server older than 7.0) */
     /* With msg->dedupe_key: the script's arguments after its SHA, kept to send it again
      * with EVAL after NOSCRIPT: argc lengths, then the bytes. */
     int argc;
@@ -108,8 +109,20 @@ struct redis_req {
 /* Deduplication with the store on this server (msg->dedupe_key, core/dedupe.h): claim and
  * write in one step. KEYS: the stream, the key. ARGV: window ms, MAXLEN (0: none), then the
  * entry's field/value pairs as XADD writes them (either content mode). Returns the stored
- * value ("1" in flight elsewhere, "2" stored) or the new entry's id. */
+ * value ("1" in flight elsewhere, "2" stored) or the new entry's id. The key is set to
+ * "stored" by SET NX GET before the XADD (two calls instead of GET, XADD, SET: the script
+ * is atomic, so nothing sees the key before the entry); an XADD that fails (WRONGTYPE, say)
+ * deletes it again and answers its error, as if nothing ran. Redis < 7.0 refuses NX with
+ * GET ("ERR syntax error", the set-up of the key untouched): CLAIM_XADD_LUA_V6 then, for the
+ * rest of that connection. */
 static const char CLAIM_XADD_LUA[] =
+    "local v = redis.call('SET', KEYS[2], '2', 'PX', ARGV[1], 'NX', 'GET') "
+    "if v then return v end "
+    "local id "
+    "if ARGV[2] == '0' then id = redis.pcall('XADD', KEYS[1], '*', unpack(ARGV, 3)) "
+    "else id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3)) end "
+    "if type(id) == 'table' and id.err then redis.call('DEL', KEYS[2]) end return id";
+static const char CLAIM_XADD_LUA_V6[] =
     "local v = redis.call('GET', KEYS[2]) if v then return v end "
     "local id "
     "if ARGV[2] == '0' then id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3)) "
@@ -326,10 +339,13 @@ static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char 
     snprintf(sh->maxlen_str, sizeof(sh->maxlen_str), "%ld", sh->maxlen);
     snprintf(sh->wait_str, sizeof(sh->wait_str), "%ld", sh->wait);
     snprintf(sh->wait_ms_str, sizeof(sh->wait_ms_str), "%ld", sh->wait_ms);
-    unsigned char md[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)CLAIM_XADD_LUA, strlen(CLAIM_XADD_LUA), md);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
-        snprintf(sh->claim_xadd_sha + 2 * i, 3, "%02x", md[i]);
+    for (int v = 0; v < 2; v++) {
+        const char *src = v ? CLAIM_XADD_LUA_V6 : CLAIM_XADD_LUA;
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)src, strlen(src), md);
+        for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+            snprintf(sh->claim_xadd_sha[v] + 2 * i, 3, "%02x", md[i]);
+        }
     }
     ab_info("redis sink: %s%s%s, trimming %s, WAIT %ld replica(s)", sh->addr,
             sh->user ? ", ACL user " : (sh->password ? ", with password" : ""),
@@ -432,34 +448,44 @@ static int lost_status(const struct redis_sink *rs)
 
 static void on_xadd_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
-/* Send the claim-and-write script for r: EVALSHA, or EVAL (eval = 1) after NOSCRIPT. */
+/* Send the claim-and-write script for r (CLAIM_XADD_LUA, or _V6 where the server refused
+ * SET NX GET): EVALSHA, or EVAL (eval = 1) after NOSCRIPT. */
 static int send_dedupe(struct redis_sink *rs, struct ab_pending_req *r, int eval)
 {
     struct redis_req *q = ab_pending_extra(r);
+    q->v6 = q->v6 || !ab_redis_conn_set_nx_get(rs->conn);
     const char *argv[2 + 5 + ENTRY_FIELDS_MAX];
     size_t len[2 + 5 + ENTRY_FIELDS_MAX];
     const size_t *lens = (const size_t *)q->args;
     const char *p = (const char *)(lens + q->argc);
     argv[0] = eval ? "EVAL" : "EVALSHA";
     len[0] = strlen(argv[0]);
-    argv[1] = eval ? CLAIM_XADD_LUA : rs->sh->claim_xadd_sha;
+    argv[1] = !eval ? rs->sh->claim_xadd_sha[q->v6] : q->v6 ? CLAIM_XADD_LUA_V6 : CLAIM_XADD_LUA;
     len[1] = strlen(argv[1]);
     for (int i = 0; i < q->argc; i++) {
         argv[2 + i] = p;
         len[2 + i] = lens[i];
         p += lens[i];
     }
-    return redisAsyncCommandArgv(ab_redis_conn_ac(rs->conn), on_xadd_reply, r, 2 + q->argc, argv, len) == REDIS_OK
+    return ab_redis_command_argv(ab_redis_conn_ac(rs->conn), on_xadd_reply, r, 2 + q->argc,
+                                 argv, len) == REDIS_OK
                ? 0
                : -1;
 }
 
 /* The reply to the claim-and-write script. Returns 1 when it is handled here (NOSCRIPT:
- * sent again with EVAL, the hold moving to it), else 0 for the XADD path below: the
- * entry's id. */
+ * sent again with EVAL; refused SET NX GET: sent again as CLAIM_XADD_LUA_V6; the hold
+ * moving to it), else 0 for the XADD path below: the entry's id. */
 static int dedupe_reply(struct redis_sink *rs, redisAsyncContext *ac, struct ab_pending_req *r,
                         redisReply *rp)
 {
+    struct redis_req *q = ab_pending_extra(r);
+    if (!q->v6 && ab_redis_refuses_set_nx_get(rp) && ab_redis_conn_ac(rs->conn) == ac) {
+        ab_redis_conn_no_set_nx_get(rs->conn, ac);
+        if (send_dedupe(rs, r, 0) == 0) {
+            return 1;
+        }
+    }
     if (rp->type == REDIS_REPLY_ERROR && strncmp(rp->str, "NOSCRIPT", 8) == 0 &&
         ab_redis_conn_ac(rs->conn) == ac && send_dedupe(rs, r, 1) == 0) {
         return 1;
@@ -642,7 +668,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         }
 #undef ARG
         r = ab_pending_add(rs->pending, cb, opaque, sizeof(struct redis_req));
-        rc = redisAsyncCommandArgv(ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
+        rc = ab_redis_command_argv(ac, on_xadd_reply, r, n, argv, len) == REDIS_OK ? 0 : -1;
     }
     ab_event_free(own); /* hiredis copied the arguments */
     if (rc != 0) {
@@ -651,7 +677,7 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
     }
     if (sh->wait > 0) {
         const char *wargv[3] = {"WAIT", sh->wait_str, sh->wait_ms_str};
-        if (redisAsyncCommandArgv(ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
+        if (ab_redis_command_argv(ac, on_wait_reply, r, 3, wargv, NULL) == REDIS_OK) {
             ((struct redis_req *)ab_pending_extra(r))->wait_sent = 1;
             ab_pending_hold(r);
         }

@@ -29,6 +29,7 @@ struct ab_redis_conn {
     char reason[200];         /* why the connection is (or was last) down */
     char logged[200];         /* the last failure logged at error level */
     int was_ready;            /* for "connected" versus "reconnected" */
+    int no_set_nx_get;        /* the current server refused SET ... NX GET */
 };
 
 static void conn_connect(struct ab_redis_conn *c);
@@ -336,6 +337,7 @@ static void conn_connect(struct ab_redis_conn *c)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     c->ac = ac;
     c->state = AB_REDIS_CONNECTING;
+    c->no_set_nx_get = 0;
     if (c->conf.connect_timeout_ms > 0) {
         struct timeval tv = ms_tv(c->conf.connect_timeout_ms);
         evtimer_add(c->connect_ev, &tv);
@@ -404,4 +406,70 @@ long ab_redis_conn_retry_in_ms(const struct ab_redis_conn *c)
     long ms = (long)(c->retry_at.tv_sec - now.tv_sec) * 1000 +
               (c->retry_at.tv_nsec - now.tv_nsec) / 1000000;
     return ms > 0 ? ms : 0;
+}
+
+int ab_redis_conn_set_nx_get(const struct ab_redis_conn *c)
+{
+    return !c->no_set_nx_get;
+}
+
+void ab_redis_conn_no_set_nx_get(struct ab_redis_conn *c, const redisAsyncContext *ac)
+{
+    if (c->ac == ac && !c->no_set_nx_get) {
+        c->no_set_nx_get = 1;
+        ab_debug("redis %s: SET ... NX GET refused (Redis < 7.0): Lua on this connection",
+                 c->conf.addr);
+    }
+}
+
+int ab_redis_refuses_set_nx_get(const redisReply *reply)
+{
+    return reply != NULL && reply->type == REDIS_REPLY_ERROR &&
+           strstr(reply->str, "syntax error") != NULL;
+}
+
+/* Decimal digits of n into p (no terminator); returns the end. */
+static char *put_num(char *p, size_t n)
+{
+    char tmp[24];
+    int k = 0;
+    do {
+        tmp[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    while (k > 0) {
+        *p++ = tmp[--k];
+    }
+    return p;
+}
+
+int ab_redis_command_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, int argc,
+                          const char **argv, const size_t *argvlen)
+{
+    char stack[4096], *buf = stack;
+    size_t total = 1 + 20 + 2;
+    for (int i = 0; i < argc; i++) {
+        total += 1 + 20 + 2 + (argvlen ? argvlen[i] : strlen(argv[i])) + 2;
+    }
+    if (total > sizeof(stack)) {
+        buf = ab_malloc(total);
+    }
+    char *p = buf;
+    *p++ = '*';
+    p = put_num(p, (size_t)argc);
+    *p++ = '\r', *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        *p++ = '$';
+        p = put_num(p, len);
+        *p++ = '\r', *p++ = '\n';
+        memcpy(p, argv[i], len);
+        p += len;
+        *p++ = '\r', *p++ = '\n';
+    }
+    int rc = redisAsyncFormattedCommand(ac, fn, privdata, buf, (size_t)(p - buf));
+    if (buf != stack) {
+        free(buf);
+    }
+    return rc;
 }

@@ -18,6 +18,7 @@
 #define AB_REDIS_CONN_H
 
 #include <hiredis/async.h>
+#include <hiredis/hiredis.h>
 
 struct event_base;
 
@@ -73,5 +74,22 @@ long ab_redis_conn_retry_in_ms(const struct ab_redis_conn *c);
  * command sent from one of those callbacks is refused). Then retry as after any failure.
  * From the owner's timers only. */
 void ab_redis_conn_drop(struct ab_redis_conn *c, const char *reason);
+
+/* redisAsyncCommandArgv's equal (argvlen NULL: strlen of each argument), formatting the
+ * request in one pass: hiredis 0.14 formats each argument with sdscatfmt, about a quarter of
+ * the daemon's instructions per webhook with the Redis sink. Returns REDIS_OK or
+ * REDIS_ERR as redisAsyncCommandArgv does. */
+int ab_redis_command_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, int argc,
+                          const char **argv, const size_t *argvlen);
+
+/* SET ... NX GET (Redis >= 7.0; "ERR syntax error" from older servers, in a script's error
+ * too): 1 unless a reply on the current connection showed that the server refuses it, then
+ * 0 until the next connection (a failover may bring another version). The owners send the
+ * plain command (or a script using it) first and fall back to their Lua path when
+ * ab_redis_refuses_set_nx_get(reply) says so, after ab_redis_conn_no_set_nx_get(c, ac),
+ * which ignores a reply of an earlier connection. */
+int ab_redis_conn_set_nx_get(const struct ab_redis_conn *c);
+void ab_redis_conn_no_set_nx_get(struct ab_redis_conn *c, const redisAsyncContext *ac);
+int ab_redis_refuses_set_nx_get(const redisReply *reply);
 
 #endif

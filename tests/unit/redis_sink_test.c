@@ -1,7 +1,9 @@
 /* The sink contract (core/sink.h) for the Redis sink, against a real redis-server that
  * this test starts on a free loopback port (hiredis test.sh does the same): submit either
  * refuses at once or its callback runs exactly once, later, on the loop thread, with OK,
- * ERROR, TIMEOUT or CLOSED; plus URL validation. Needs redis-server on PATH. */
+ * ERROR, TIMEOUT or CLOSED; plus URL validation. And the Redis deduplication store
+ * (sinks/dedupe_redis.c) on the same server: its key states and the commands it sends.
+ * Needs redis-server on PATH. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,8 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 
+#include "dedupe.h"
+#include "dedupe_store.h"
 #include "log.h"
 #include "sink.h"
 #include "sinks/redis.h"
@@ -440,6 +444,173 @@ static void test_wait_without_replica_is_error(void)
     h_close(&h, 100);
 }
 
+/* The requests are formatted by the sink itself (ab_redis_command_argv): entries of any
+ * size (on the stack below 4 KB, allocated above) and any bytes, through XADD and through
+ * the claim-and-write script, come back from XRANGE as they went in. */
+static void test_entry_bytes_round_trip(void)
+{
+    struct harness h;
+    char url[64];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
+    CHECK(h_open(&h, url, 2000, 0) == 0);
+    CHECK(run_until(&h, is_ready, NULL, 3000));
+    static const size_t sizes[] = {1, 9, 99, 4000, 4096, 5000, 70000};
+    enum { NS = sizeof(sizes) / sizeof(sizes[0]) };
+    static char value[70000];
+    for (size_t i = 0; i < sizeof(value); i++) {
+        value[i] = (char)(i * 7 + i / 256); /* every byte value, \0 and \r\n among them */
+    }
+    struct done d[2 * NS] = {{0}};
+    for (int k = 0; k < 2 * NS; k++) {
+        char key[32];
+        snprintf(key, sizeof(key), "rt-%d", k);
+        struct ab_sink_msg m = {.id = key, .route = "alma:rt", .value = value,
+                                .value_len = sizes[k % NS],
+                                .dedupe_key = k >= NS ? key : NULL,
+                                .dedupe_window_ms = 60000};
+        CHECK(ab_sink_submit(h.s, &m, on_done, &d[k]) == 0);
+    }
+    struct batch b = {d, 2 * NS};
+    CHECK(run_until(&h, all_called, &b, 3000));
+    redisContext *c = sync_conn();
+    redisReply *r = c ? redisCommand(c, "XRANGE alma:rt - +") : NULL;
+    CHECK(r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 * NS);
+    for (size_t k = 0; r && k < r->elements && k < 2 * NS; k++) {
+        const redisReply *f = r->element[k]->element[1];
+        CHECK(d[k].calls == 1 && d[k].status == AB_SINK_OK);
+        CHECK(f->elements == 2 && strcmp(f->element[0]->str, "event") == 0);
+        CHECK(f->element[1]->len == sizes[k % NS] &&
+              memcmp(f->element[1]->str, value, sizes[k % NS]) == 0);
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    h_close(&h, 100);
+}
+
+/* ---- the Redis deduplication store (sinks/dedupe_redis.c) -------------------------------- */
+
+struct dcall {
+    int calls;
+    int state;
+};
+
+static void on_dcall(int state, const char *errstr, void *opaque)
+{
+    struct dcall *d = opaque;
+    d->calls++;
+    d->state = state;
+}
+
+static int dcall_done(struct harness *h, void *arg)
+{
+    return ((struct dcall *)arg)->calls > 0;
+}
+
+static int store_ready(struct harness *h, void *arg)
+{
+    struct ab_dedupe *st = arg;
+    return st->ops->ready(st);
+}
+
+/* One store call, waited for: op 'c' claim, 's' mark stored, 'r' release. Returns the
+ * state its callback gave, or -1 (refused, or no single answer within 2 s). */
+static int store_call(struct harness *h, struct ab_dedupe *st, const char *key, char op)
+{
+    struct dcall d = {0, -1};
+    int rc = op == 'c' ? st->ops->claim(st, key, on_dcall, &d)
+                       : st->ops->mark(st, key, op == 's', on_dcall, &d);
+    if (rc != 0) {
+        return -1;
+    }
+    run_until(h, dcall_done, &d, 2000);
+    return d.calls == 1 ? d.state : -1;
+}
+
+/* The value (GETRANGE: not counted as a GET below) and PTTL of a key, on a connection of
+ * its own: value into buf ("" when none). */
+static long long key_state(const char *key, char *buf, size_t len)
+{
+    redisContext *c = sync_conn();
+    long long pttl = -3;
+    buf[0] = '\0';
+    if (c == NULL) {
+        return pttl;
+    }
+    redisReply *r = redisCommand(c, "GETRANGE %s 0 -1", key);
+    if (r && r->type == REDIS_REPLY_STRING) {
+        snprintf(buf, len, "%s", r->str);
+    }
+    freeReplyObject(r);
+    r = redisCommand(c, "PTTL %s", key);
+    pttl = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -3;
+    freeReplyObject(r);
+    redisFree(c);
+    return pttl;
+}
+
+/* The calls of one command since CONFIG RESETSTAT (INFO commandstats, which counts the
+ * commands a script runs too); 0 when it did not run. */
+static long long cmd_calls(const char *cmd)
+{
+    redisContext *c = sync_conn();
+    long long n = -1;
+    if (c == NULL) {
+        return n;
+    }
+    redisReply *r = redisCommand(c, "INFO commandstats");
+    char pat[64];
+    snprintf(pat, sizeof(pat), "cmdstat_%s:calls=", cmd);
+    if (r && r->type == REDIS_REPLY_STRING) {
+        const char *p = strstr(r->str, pat);
+        n = p ? atoll(p + strlen(pat)) : 0;
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    return n;
+}
+
+/* The store's documented key states (docs/DEDUPLICATION.md): a claim takes a free key as
+ * "1" for claim_ms; a second claim sees it in flight; stored is "2" for the window, which
+ * a claim then reports; a release frees a claim but never a stored key. On Redis >= 7.0
+ * every claim is one SET NX GET: no script, no GET. */
+static void test_dedupe_store_claims_with_set_nx_get(void)
+{
+    char url[64], err[256] = "", v[16];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
+    struct ab_dedupe_conf conf = {.url = url, .window_ms = 600000, .claim_ms = 30000,
+                                  .timeout_ms = 2000};
+    void *shared = NULL;
+    CHECK(ab_dedupe_redis.global_init(&conf, &shared, err, sizeof(err)) == 0);
+    struct harness h = {0};
+    h.base = event_base_new();
+    struct ab_dedupe *st = ab_dedupe_redis.open(&conf, shared, h.base, err, sizeof(err));
+    CHECK(st != NULL && run_until(&h, store_ready, st, 3000));
+    redis_int("CONFIG RESETSTAT");
+    CHECK(store_call(&h, st, "inst/k1", 'c') == AB_DEDUPE_NEW);
+    long long pttl = key_state(AB_DEDUPE_REDIS_PREFIX "inst/k1", v, sizeof(v));
+    CHECK(strcmp(v, "1") == 0 && pttl > 0 && pttl <= 30000);
+    CHECK(store_call(&h, st, "inst/k1", 'c') == AB_DEDUPE_INFLIGHT);
+    CHECK(store_call(&h, st, "inst/k1", 's') == AB_DEDUPE_STORED);
+    pttl = key_state(AB_DEDUPE_REDIS_PREFIX "inst/k1", v, sizeof(v));
+    CHECK(strcmp(v, "2") == 0 && pttl > 30000 && pttl <= 600000);
+    CHECK(store_call(&h, st, "inst/k1", 'c') == AB_DEDUPE_STORED);
+    CHECK(cmd_calls("set") == 4 && cmd_calls("get") == 0);
+    CHECK(cmd_calls("evalsha") == 0 && cmd_calls("eval") == 0);
+    /* a release deletes a claim only */
+    CHECK(store_call(&h, st, "inst/k2", 'c') == AB_DEDUPE_NEW);
+    CHECK(store_call(&h, st, "inst/k2", 'r') == AB_DEDUPE_NEW);
+    CHECK(key_state(AB_DEDUPE_REDIS_PREFIX "inst/k2", v, sizeof(v)) == -2 && v[0] == '\0');
+    CHECK(store_call(&h, st, "inst/k2", 'c') == AB_DEDUPE_NEW);
+    CHECK(store_call(&h, st, "inst/k1", 'r') == AB_DEDUPE_NEW);
+    CHECK(store_call(&h, st, "inst/k1", 'c') == AB_DEDUPE_STORED);
+    /* a key of another type is an error, not a claim */
+    redis_int("LPUSH " AB_DEDUPE_REDIS_PREFIX "inst/k4 x");
+    CHECK(store_call(&h, st, "inst/k4", 'c') == AB_DEDUPE_ERROR);
+    ab_dedupe_redis.close(st);
+    event_base_free(h.base);
+    ab_dedupe_redis.global_free(shared);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -454,10 +625,12 @@ int main(void)
         return TEST_SUMMARY();
     }
     RUN(test_ok_exactly_once_later);
+    RUN(test_entry_bytes_round_trip);
     RUN(test_timeout_when_stuck_then_recovers);
     RUN(test_close_completes_outstanding_with_closed);
     RUN(test_connection_lost_is_error_then_reconnects);
     RUN(test_wait_without_replica_is_error);
+    RUN(test_dedupe_store_claims_with_set_nx_get);
     redis_kill();
     rmdir(redis_dir);
     return TEST_SUMMARY();
