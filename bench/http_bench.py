@@ -191,6 +191,7 @@ def main():
                 for name in order:
                     d = daemons[name]
                     ok0, bad0 = d.counts()
+                    posts0 = d.gauge("almabridge_http_posts_total") or 0
                     busy0, cpu0 = benchrun.machine_busy_s(), d.cpu_seconds()
                     sys0 = sys_cpu_s(d.pid)
                     peer0 = benchrun.proc_cpu_s(peers[name])
@@ -199,18 +200,21 @@ def main():
                     peer = benchrun.proc_cpu_s(peers[name]) - peer0
                     dsys = sys_cpu_s(d.pid) - sys0
                     ok1, bad1 = d.counts()
+                    posts = (d.gauge("almabridge_http_posts_total") or 0) - posts0
                     run = {"round": r, "conns": c, "sink": name, "rps": w["rps"],
                            "non200": bad1 - bad0, "errors": w.get("errors", 0),
                            "daemon_cores": cpu / a.duration, "peer_cores": peer / a.duration,
                            "daemon_sys_cores": dsys / a.duration,
                            "wrk_cores": w["wrk_cpu_s"] / a.duration,
-                           "other_cores": max(0.0, (busy - cpu - peer - w["wrk_cpu_s"]) / a.duration)}
+                           "other_cores": max(0.0, (busy - cpu - peer - w["wrk_cpu_s"]) / a.duration),
+                           "events_per_post": (ok1 - ok0) / posts if posts else None}
                     res["runs"].append(run)
                     us = lambda cores: cores * 1e6 / max(w["rps"], 1)
                     log(f"round {r} c={c} {name}: {w['rps']:.0f} req/s, non-200 {run['non200']}, "
                         f"CPU µs/request daemon {us(run['daemon_cores']):.1f} peer "
                         f"{us(run['peer_cores']):.1f} wrk {us(run['wrk_cores']):.1f}, "
-                        f"other processes {run['other_cores']:.2f} cores")
+                        f"other processes {run['other_cores']:.2f} cores"
+                        + (f", {run['events_per_post']:.1f} events/POST" if posts else ""))
         for d in daemons.values():
             d.stop()
         daemons = {}
@@ -274,8 +278,8 @@ def markdown(res, conns):
          f"http --content-mode {a['content_mode']}, {a['rounds']} rounds of {a['duration']} s; "
          "peer: redis-server, or the daemon's HTTP target",
          "",
-         "| c | sink | req/s mean (rounds) | / redis | CPU µs per request: daemon (of it in the kernel) + peer + wrk = all | bound | non-200 | other processes (cores, mean) |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| c | sink | req/s mean (rounds) | / redis | CPU µs per request: daemon (of it in the kernel) + peer + wrk = all | bound | events per POST | non-200 | other processes (cores, mean) |",
+         "|---|---|---|---|---|---|---|---|---|"]
     cpu = {}
     for c in conns:
         mean = {}
@@ -297,9 +301,11 @@ def markdown(res, conns):
                 floor = (r["daemon_cores"] - r["sys"]) + ksys + us["peer_cores"] + r["wrk_cores"]
                 bound = f"{sum(r[k] for k in ('daemon_cores', 'peer_cores', 'wrk_cores')) / floor:.2f}"
             each = ", ".join(f"{r['rps']:.0f}" for r in runs)
+            epp = [r["events_per_post"] for r in runs if r.get("events_per_post")]
+            epp = f"{statistics.mean(epp):.1f}" if epp else ""
             L.append(f"| {c} | {s} | {mean[s]:.0f} ({each}) | "
                      f"{ratio} | {us['daemon_cores']:.1f} ({ksys:.1f}) + {us['peer_cores']:.1f} + "
-                     f"{us['wrk_cores']:.1f} = {sum(us.values()):.1f} | {bound} | "
+                     f"{us['wrk_cores']:.1f} = {sum(us.values()):.1f} | {bound} | {epp} | "
                      f"{sum(r['non200'] for r in runs)} | "
                      f"{statistics.mean(r['other_cores'] for r in runs):.2f} |")
     L += ["", "bound: the ratio to expect if the http daemon's user-space CPU per request were "

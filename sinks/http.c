@@ -1288,6 +1288,9 @@ static void on_expire(void *arg)
     if (n > 0) {
         atomic_fetch_add(&m_timeout, n);
         went_unhealthy(hs, why);
+        if (hs->n_filling > 0) { /* batches wait for the slots this freed */
+            event_active(hs->flush_ev, EV_TIMEOUT, 0);
+        }
     }
 }
 
@@ -1334,16 +1337,31 @@ static void batch_send(struct http_sink *hs, struct xfer *b)
     xfer_free(hs, b);
 }
 
-/* flush_ev, loop thread: the batches filled go out, oldest first, while a POST may start;
- * the rest wait for check_done() to free a slot. */
+/* 1 when b goes out at once: full (--http-batch-max events, or near BATCH_BYTES), or an
+ * event of a refused batch; a batch that is not full waits while a POST is out. */
+static int batch_full(const struct http_sink *hs, const struct xfer *b)
+{
+    return b->alone || (long)b->n >= hs->sh->batch_max || b->bytes + 4096 > BATCH_BYTES;
+}
+
+/* flush_ev, loop thread: the batches filled go out, oldest first, while a POST may start
+ * (--http-max-inflight): a full one at once, the others only while no POST of this worker
+ * is out. So a worker that is not waiting on the target sends what it has at the end of
+ * the loop iteration (no delay), and one that is lets the batch grow until the answer
+ * comes (as Kafka's producer does with one request in flight), which keeps POSTs per event
+ * low at every rate; a slow target still gets full batches in parallel. The rest wait for
+ * check_done() or on_expire() to free a slot. */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct http_sink *hs = arg;
-    struct xfer *b;
-    while (hs->inflight < hs->sh->max_inflight && (b = TAILQ_FIRST(&hs->filling)) != NULL) {
-        TAILQ_REMOVE(&hs->filling, b, link);
-        hs->n_filling--;
-        batch_send(hs, b);
+    struct xfer *b, *next;
+    for (b = TAILQ_FIRST(&hs->filling); b && hs->inflight < hs->sh->max_inflight; b = next) {
+        next = TAILQ_NEXT(b, link);
+        if (hs->inflight == 0 || batch_full(hs, b)) {
+            TAILQ_REMOVE(&hs->filling, b, link);
+            hs->n_filling--;
+            batch_send(hs, b);
+        }
     }
 }
 
