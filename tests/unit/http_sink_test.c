@@ -774,6 +774,43 @@ static void test_batched(void)
     h_close(&h);
 }
 
+/* While a POST of the worker is out, the next batch waits and grows (events of several loop
+ * iterations in it) until that answer comes; a full batch goes at once beside it. */
+static void test_batched_grows_while_out(void)
+{
+    struct harness h;
+    CHECK(h_open(&h, "/", "batched", 3000) == 0);
+    CHECK(wait_ready(&h, 1, 3000));
+    answer = 0; /* the receiver holds the first POST */
+    struct result r[N_BATCH] = {0};
+    char lines[N_BATCH][96];
+    struct ab_sink_msg m[N_BATCH];
+    for (int i = 0; i < N_BATCH; i++) {
+        snprintf(lines[i], sizeof(lines[i]), "{\"specversion\":\"1.0\",\"id\":\"g%d\","
+                 "\"source\":\"s\",\"type\":\"t\"}", i);
+        m[i] = (struct ab_sink_msg){.value = lines[i], .value_len = strlen(lines[i])};
+        CHECK(submit(&h, &m[i], &r[i]) == 0);
+        int64_t end = now_ms() + 3000; /* each in a loop iteration of its own */
+        while (n_seen < 1 && now_ms() < end) {
+            run_for(h.base, 5);
+        }
+        run_for(h.base, 20);
+    }
+    CHECK(n_seen == 1 && n_held == 1); /* g0 alone; g1..g4 wait for its answer */
+    answer = 200;
+    evhttp_send_reply(held[0], 200, "OK", NULL);
+    n_held = 0;
+    for (int i = 0; i < N_BATCH; i++) {
+        CHECK(wait_done(&h, &r[i], 3000) && r[i].status == AB_SINK_OK);
+    }
+    CHECK(n_seen == 2);
+    if (n_seen == 2) {
+        CHECK_STR(batch_ids(&seen[0]), "g0");
+        CHECK_STR(batch_ids(&seen[1]), "g1,g2,g3,g4");
+    }
+    h_close(&h);
+}
+
 /* A batch refused for good (400) is split: each event sent again alone; only the one the
  * target refuses alone goes to the dead letter, every other is stored, all OK. A 5xx for a
  * batch: every event of it ERROR; no answer: every event TIMEOUT. */
@@ -836,6 +873,7 @@ int main(void)
     RUN(test_no_data);
     RUN(test_proxy_from_environment);
     RUN(test_batched);
+    RUN(test_batched_grows_while_out);
     RUN(test_batched_refusals);
     return TEST_SUMMARY();
 }
