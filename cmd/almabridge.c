@@ -66,6 +66,7 @@ static void die(const char *msg)
 
 static void *worker_main(void *arg)
 {
+    pthread_setname_np(pthread_self(), "ab-worker"); /* ps -L, top -H, /proc/PID/task */
     ab_worker_run(arg);
     return NULL;
 }

@@ -149,6 +149,7 @@ static int daemon_write(void *ctx, struct ab_event *const *evs, size_t n, unsign
 static void *daemon_main(void *arg)
 {
     struct ab_reconcile_daemon *rd = arg;
+    pthread_setname_np(pthread_self(), "ab-reconcile");
     const struct ab_config *cfg = rd->cfg;
     struct ab_reconcile_sink sink = {daemon_job_ends, daemon_write, rd};
     char err[1024] = "";

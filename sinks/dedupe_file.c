@@ -301,6 +301,7 @@ static int append(struct fshared *sh, const char *lines, size_t len)
 static void *syncer_main(void *arg)
 {
     struct fshared *sh = arg;
+    pthread_setname_np(pthread_self(), "ab-dedupe-sync");
     pthread_mutex_lock(&sh->mu);
     while (!sh->stop) {
         struct timespec until;

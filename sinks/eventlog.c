@@ -705,6 +705,7 @@ void ab_eventlog_client_free(struct ab_eventlog_client *c, int timeout_ms)
 static void *writer_main(void *arg)
 {
     struct ab_eventlog *log = arg;
+    pthread_setname_np(pthread_self(), "ab-eventlog");
     pthread_mutex_lock(&log->mu);
     for (;;) {
         if (log->head == NULL && !log->stop && !log->reopen) {

@@ -735,6 +735,7 @@ static void release_held(struct kafka_shared *sh)
 static void *dispatch_main(void *arg)
 {
     struct kafka_shared *sh = arg;
+    pthread_setname_np(pthread_self(), "ab-kafka-serve");
     while (!atomic_load(&sh->stop)) {
         rd_kafka_poll(sh->rk, DISPATCH_POLL_MS);
         pthread_mutex_lock(&sh->mu);
