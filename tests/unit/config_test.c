@@ -137,7 +137,7 @@ static const char *const all_options[] = {
     "reconcile-job", "reconcile-since", "reconcile-institution",
     "http-url",
     "http-ca-file",  "http-cert",     "http-key",         "http-auth-file",
-    "http-header",   "http-max-inflight", "http-health-url", "dead-letter-file",
+    "http-header",   "http-max-inflight", "http-batch-max", "http-health-url", "dead-letter-file",
     "dedupe-store", "dedupe-window", "dedupe-key", "dedupe-on-error",
     "admin-listen",  "check-connect",
 };
