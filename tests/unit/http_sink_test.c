@@ -694,6 +694,17 @@ static void test_proxy_from_environment(void)
 static char batch_lines[N_BATCH][160];
 static struct ab_sink_msg batch_msgs[N_BATCH];
 
+/* Event i (batch_lines[i], batch_msgs[i]) with this id. */
+static struct ab_sink_msg *batch_msg(int i, const char *id)
+{
+    snprintf(batch_lines[i], sizeof(batch_lines[i]),
+             "{\"specversion\":\"1.0\",\"id\":\"%s\",\"source\":\"urn:t\",\"type\":\"t\","
+             "\"datacontenttype\":\"application/json\",\"data\":{\"n\":%d}}", id, i);
+    batch_msgs[i] = (struct ab_sink_msg){.value = batch_lines[i],
+                                         .value_len = strlen(batch_lines[i])};
+    return &batch_msgs[i];
+}
+
 /* N_BATCH events, ids e0..e4 (bad: that one's id is "BAD"), submitted in one go (no loop
  * turn between them); every result in r. */
 static void submit_batch(struct harness *h, struct result *r, int bad)
@@ -702,12 +713,7 @@ static void submit_batch(struct harness *h, struct result *r, int bad)
     for (int i = 0; i < N_BATCH; i++) {
         char id[8];
         snprintf(id, sizeof(id), i == bad ? "BAD" : "e%d", i);
-        snprintf(batch_lines[i], sizeof(batch_lines[i]),
-                 "{\"specversion\":\"1.0\",\"id\":\"%s\",\"source\":\"urn:t\",\"type\":\"t\","
-                 "\"datacontenttype\":\"application/json\",\"data\":{\"n\":%d}}", id, i);
-        batch_msgs[i] = (struct ab_sink_msg){.id = NULL, .value = batch_lines[i],
-                                             .value_len = strlen(batch_lines[i])};
-        CHECK(submit(h, &batch_msgs[i], &r[i]) == 0);
+        CHECK(submit(h, batch_msg(i, id), &r[i]) == 0);
     }
     CHECK(n_seen == before); /* nothing goes out from inside submit */
     for (int i = 0; i < N_BATCH; i++) {
@@ -783,13 +789,10 @@ static void test_batched_grows_while_out(void)
     CHECK(wait_ready(&h, 1, 3000));
     answer = 0; /* the receiver holds the first POST */
     struct result r[N_BATCH] = {0};
-    char lines[N_BATCH][96];
-    struct ab_sink_msg m[N_BATCH];
     for (int i = 0; i < N_BATCH; i++) {
-        snprintf(lines[i], sizeof(lines[i]), "{\"specversion\":\"1.0\",\"id\":\"g%d\","
-                 "\"source\":\"s\",\"type\":\"t\"}", i);
-        m[i] = (struct ab_sink_msg){.value = lines[i], .value_len = strlen(lines[i])};
-        CHECK(submit(&h, &m[i], &r[i]) == 0);
+        char id[8];
+        snprintf(id, sizeof(id), "g%d", i);
+        CHECK(submit(&h, batch_msg(i, id), &r[i]) == 0);
         int64_t end = now_ms() + 3000; /* each in a loop iteration of its own */
         while (n_seen < 1 && now_ms() < end) {
             run_for(h.base, 5);
