@@ -63,6 +63,21 @@ def get(port, path):
         return r.read().decode()
 
 
+
+def wait_ready(port, proc, args, seconds):
+    """Poll the daemon's /readyz until it says ready; RuntimeError after `seconds` or if
+    proc exits."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if "ready" in get(port, "/readyz"):
+                return
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("the daemon did not become ready: " + " ".join(args))
+        time.sleep(0.05)
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
@@ -120,16 +135,7 @@ def run_one(binary, args, a, tag, redis_servers):
                           "--drain-grace", "0", "--log-level", "warn"] + args,
                          stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 10
-        while True:
-            try:
-                if "ready" in get(port, "/readyz"):
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or p.poll() is not None:
-                raise RuntimeError("the daemon did not become ready: " + " ".join(args))
-            time.sleep(0.05)
+        wait_ready(port, p, args, 10)
         wrk(port, a.conns, 2, tag + "9")  # warm-up
         rss0 = rss_kb(p.pid)
         metrics0 = get(port, "/metrics")

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
@@ -52,16 +51,7 @@ def run(db, a, cgdir, binary, args, tag, servers):
                                  "--log-level", "warn"] + args,
                          stdout=open(os.path.join(tmp, "daemon.log"), "wb"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if "ready" in db.get(port, "/readyz"):
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or p.poll() is not None:
-                raise RuntimeError("the daemon did not become ready: " + " ".join(args))
-            time.sleep(0.1)
+        db.wait_ready(port, p, args, 60)
         db.wrk(port, 8, 1, tag + "9")
         bad0 = db.not_ok(db.get(port, "/metrics"))  # a 503 of /readyz while it started
         pids = [p.pid] if daemon_cg else [r.pid for r in servers]
