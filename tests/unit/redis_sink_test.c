@@ -306,13 +306,18 @@ static void test_refused_at_once_while_down(void)
     CHECK(d.calls == 0); /* refused: the callback never runs */
 }
 
+/* h_open on the test's Redis server (no WAIT), run until the sink is ready. */
+static int h_open_local(struct harness *h, long ack_ms)
+{
+    static char url[64]; /* the sink's options point to it */
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
+    return h_open(h, url, ack_ms, 0) == 0 && run_until(h, is_ready, NULL, 3000) ? 0 : -1;
+}
+
 static void test_ok_exactly_once_later(void)
 {
     struct harness h;
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
-    CHECK(h_open(&h, url, 2000, 0) == 0);
-    CHECK(run_until(&h, is_ready, NULL, 3000));
+    CHECK(h_open_local(&h, 2000) == 0);
     enum { N = 300 };
     static struct done d[N];
     memset(d, 0, sizeof(d));
@@ -340,10 +345,7 @@ static void test_ok_exactly_once_later(void)
 static void test_timeout_when_stuck_then_recovers(void)
 {
     struct harness h;
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
-    CHECK(h_open(&h, url, 300, 0) == 0);
-    CHECK(run_until(&h, is_ready, NULL, 3000));
+    CHECK(h_open_local(&h, 300) == 0);
     stop_redis();
     struct done d[3] = {{0}};
     double t0 = now_ms();
@@ -383,10 +385,7 @@ static void test_timeout_when_stuck_then_recovers(void)
 static void test_close_completes_outstanding_with_closed(void)
 {
     struct harness h;
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
-    CHECK(h_open(&h, url, 5000, 0) == 0);
-    CHECK(run_until(&h, is_ready, NULL, 3000));
+    CHECK(h_open_local(&h, 5000) == 0);
     stop_redis();
     struct done d[5] = {{0}};
     for (int i = 0; i < 5; i++) {
@@ -405,10 +404,7 @@ static void test_close_completes_outstanding_with_closed(void)
 static void test_connection_lost_is_error_then_reconnects(void)
 {
     struct harness h;
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
-    CHECK(h_open(&h, url, 2000, 0) == 0);
-    CHECK(run_until(&h, is_ready, NULL, 3000));
+    CHECK(h_open_local(&h, 2000) == 0);
     stop_redis();
     struct done d[20] = {{0}};
     for (int i = 0; i < 20; i++) {
@@ -450,10 +446,7 @@ static void test_wait_without_replica_is_error(void)
 static void test_entry_bytes_round_trip(void)
 {
     struct harness h;
-    char url[64];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", redis_port);
-    CHECK(h_open(&h, url, 2000, 0) == 0);
-    CHECK(run_until(&h, is_ready, NULL, 3000));
+    CHECK(h_open_local(&h, 2000) == 0);
     static const size_t sizes[] = {1, 9, 99, 4000, 4096, 5000, 70000};
     enum { NS = sizeof(sizes) / sizeof(sizes[0]) };
     static char value[70000];
