@@ -711,7 +711,7 @@ static void submit_batch(struct harness *h, struct result *r, int bad)
 {
     int before = n_seen;
     for (int i = 0; i < N_BATCH; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof(id), i == bad ? "BAD" : "e%d", i);
         CHECK(submit(h, batch_msg(i, id), &r[i]) == 0);
     }
@@ -790,7 +790,7 @@ static void test_batched_grows_while_out(void)
     answer = 0; /* the receiver holds the first POST */
     struct result r[N_BATCH] = {0};
     for (int i = 0; i < N_BATCH; i++) {
-        char id[8];
+        char id[16];
         snprintf(id, sizeof(id), "g%d", i);
         CHECK(submit(&h, batch_msg(i, id), &r[i]) == 0);
         int64_t end = now_ms() + 3000; /* each in a loop iteration of its own */
