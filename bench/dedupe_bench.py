@@ -17,6 +17,7 @@ ids change per request; a fresh directory and fresh Redis data per run):
   redis/other Redis sink, the store on another Redis server (claim, XADD, mark)
   kafka/none  Kafka sink (one real broker, tests/kafka/broker.py), no store
   kafka/redis Kafka sink, a Redis store (the deployment of the issue: replicas sharing it)
+  redis/script-floor, redis/ping-floor: the floors of redis/same and redis/other (FLOORS)
 Each round runs every configuration once, the order reversed every other round (A B .. B A
 ..), so a drift of the machine cancels out of the ratios; every figure is the median over
 the rounds of the per-round value, ratios and deltas taken within a round against the same
@@ -92,9 +93,25 @@ def configs(r1, r2, kafka=None):
         "redis/none": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", "none"],
         "redis/same": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r1.url],
         "redis/other": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r2.url],
+        # the floors (ALMABRIDGE_BENCH_FLOOR, FLOORS below): what the design must pay
+        "redis/script-floor": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", "none"],
+        "redis/ping-floor": ["--sink", "redis", "--redis", r1.url, "--dedupe-store", r2.url],
         **({"kafka/none": k + ["--dedupe-store", "none"],
             "kafka/redis": k + ["--dedupe-store", r2.url]} if kafka else {}),
     }
+
+
+# Floors, measured in the same rounds as the configurations (sinks/redis_conn.h,
+# ab_redis_bench_floor): the same daemon with the store's work taken out, what is left being
+# what any design with the issue's guarantees must pay on this machine.
+#   redis/script-floor  the Redis sink without a store, each XADD inside a script that does
+#                       nothing else: the price of the script that the atomic claim needs,
+#                       against redis/same;
+#   redis/ping-floor    the store on a second server answering each claim and each marker
+#                       with a PING (deduplication off): the price of the two round trips
+#                       (claim before the write, marker before the 200), against redis/other.
+FLOORS = {"redis/script-floor": "script", "redis/ping-floor": "store-ping"}
+FLOOR_LUA = "return redis.call('XADD', KEYS[1], '*', unpack(ARGV))"  # as sinks/redis.c's
 
 
 def wrk(port, conns, seconds, tag, delay_ms=None):
@@ -124,16 +141,21 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_one(binary, args, a, tag, redis_servers):
+def run_one(binary, args, a, tag, redis_servers, floor=None):
     for r in redis_servers:  # fresh data: no key left from an earlier run
         r.cli("FLUSHALL")
+    env = dict(os.environ)
+    env.pop("ALMABRIDGE_BENCH_FLOOR", None)
+    if floor:
+        env["ALMABRIDGE_BENCH_FLOOR"] = floor
+        redis_servers[0].cli("SCRIPT", "LOAD", FLOOR_LUA)
     tmp = tempfile.mkdtemp(prefix="almabridge-dedupe-bench-")
     port = free_port()
     log = open(os.path.join(tmp, "daemon.log"), "wb")
     p = subprocess.Popen([binary, "--listen", f"127.0.0.1:{port}", "--threads", "2",
                           "--insecure-skip-signature", "--file", os.path.join(tmp, "e.jsonl"),
                           "--drain-grace", "0", "--log-level", "warn"] + args,
-                         stdout=log, stderr=subprocess.STDOUT)
+                         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_ready(port, p, args, 10)
         wrk(port, a.conns, 2, tag + "9")  # warm-up
@@ -296,7 +318,7 @@ def main():
                 order = names if rnd % 2 == 0 else list(reversed(names))
                 for i, name in enumerate(order):
                     tag = "%d%d%d" % (rnd + 1, i + 1, int(time.time()) % 1000)
-                    res = run_one(a.binary, cfgs[name], a, tag, (r1, r2))
+                    res = run_one(a.binary, cfgs[name], a, tag, (r1, r2), FLOORS.get(name))
                     print(f"round {rnd + 1} {name}: {res['rps']:,.0f} req/s, CPU "
                           f"{res['cpu_us']:.0f} + {res['redis_cpu_us']:.0f} us/webhook; paced "
                           f"{res['paced_rps']:,.0f} req/s, p50 {res['paced_p50_us'] / 1000:.2f} "

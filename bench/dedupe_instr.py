@@ -64,6 +64,8 @@ def run(db, a, cgdir, binary, args, tag, servers):
             subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True)
             dump = sorted(set(glob.glob(f"{cgdir}/cg.{pid}*")) - before)[-1]
             per.append(callgrind_total(dump) / max(res["requests"], 1))
+            if a.keep:
+                shutil.copy(dump, os.path.join(a.keep, f"{tag}-{os.path.basename(dump)}"))
         return res["requests"], db.not_ok(db.get(port, "/metrics")) - bad0, per
     finally:
         p.terminate()
@@ -77,6 +79,8 @@ def main():
     ap.add_argument("--who", choices=("redis", "daemon"), default="redis")
     ap.add_argument("--only", default=",".join(CONFIGS))
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--keep", metavar="DIR", help="copy each measured dump into DIR "
+                    "(callgrind_annotate it), named <tag>-cg.<pid>")
     a = ap.parse_args()
     cgdir = tempfile.mkdtemp(prefix="almabridge-callgrind-")
     try:

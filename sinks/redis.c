@@ -90,6 +90,8 @@ struct redis_shared {
     char wait_ms_str[24];
     int structured; /* --content-mode structured */
     char claim_xadd_sha[2][41]; /* SHA1 of CLAIM_XADD_LUA and _V6, for EVALSHA */
+    int floor_script;           /* ab_redis_bench_floor("script"): XADD through FLOOR_LUA */
+    char floor_sha[41];
     char addr[300]; /* "127.0.0.1:6379 db 0" for messages: never the password */
 };
 
@@ -129,6 +131,11 @@ static const char CLAIM_XADD_LUA_V6[] =
     "else id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3)) end "
     "redis.call('SET', KEYS[2], '2', 'PX', ARGV[1]) return id";
 
+/* ab_redis_bench_floor("script"): a script that only writes the entry (KEYS: the stream;
+ * ARGV: the field/value pairs), what any script costs Redis beyond the XADD itself; the
+ * bench loads it (SCRIPT LOAD) before it runs the daemon. */
+static const char FLOOR_LUA[] = "return redis.call('XADD', KEYS[1], '*', unpack(ARGV))";
+
 /* The most field/value arguments of one entry: every attribute and data (binary mode). */
 #define ENTRY_FIELDS_MAX (2 * AB_EVENT_MAX_ATTRS + 2)
 
@@ -143,6 +150,9 @@ struct redis_sink {
     int probing;              /* a probe is on the wire */
     struct ab_pending *pending; /* the submissions and their deadline */
     int close_expired;
+    long window_ms;    /* the last msg->dedupe_window_ms, as text: */
+    char window[24];   /* the script's window argument, formatted once */
+    size_t window_len;
 };
 
 /* ---- the URL ------------------------------------------------------------------------ */
@@ -339,14 +349,16 @@ static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char 
     snprintf(sh->maxlen_str, sizeof(sh->maxlen_str), "%ld", sh->maxlen);
     snprintf(sh->wait_str, sizeof(sh->wait_str), "%ld", sh->wait);
     snprintf(sh->wait_ms_str, sizeof(sh->wait_ms_str), "%ld", sh->wait_ms);
-    for (int v = 0; v < 2; v++) {
-        const char *src = v ? CLAIM_XADD_LUA_V6 : CLAIM_XADD_LUA;
+    for (int v = 0; v < 3; v++) {
+        const char *src = v == 2 ? FLOOR_LUA : v ? CLAIM_XADD_LUA_V6 : CLAIM_XADD_LUA;
+        char *out = v == 2 ? sh->floor_sha : sh->claim_xadd_sha[v];
         unsigned char md[SHA_DIGEST_LENGTH];
         SHA1((const unsigned char *)src, strlen(src), md);
         for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
-            snprintf(sh->claim_xadd_sha[v] + 2 * i, 3, "%02x", md[i]);
+            snprintf(out + 2 * i, 3, "%02x", md[i]);
         }
     }
+    sh->floor_script = sh->maxlen == 0 && ab_redis_bench_floor("script");
     ab_info("redis sink: %s%s%s, trimming %s, WAIT %ld replica(s)", sh->addr,
             sh->user ? ", ACL user " : (sh->password ? ", with password" : ""),
             sh->user ? sh->user : "", sh->maxlen ? sh->maxlen_str : "off", sh->wait);
@@ -508,30 +520,43 @@ static struct ab_pending_req *add_dedupe(struct redis_sink *rs, const struct ab_
                                          const char *const *fv, const size_t *fl, int nf,
                                          ab_sink_done_cb cb, void *opaque)
 {
-    char window[24], *key = ab_asprintf(AB_DEDUPE_REDIS_PREFIX "%s", msg->dedupe_key);
-    snprintf(window, sizeof(window), "%ld", msg->dedupe_window_ms);
-    const char *a[5 + ENTRY_FIELDS_MAX] = {"2", msg->route ? msg->route : "alma", key, window,
-                                           rs->sh->maxlen_str};
-    size_t l[5 + ENTRY_FIELDS_MAX], total = 0;
+    /* the key is the prefix and msg->dedupe_key: two pieces, joined as they are copied */
+    if (rs->window_ms != msg->dedupe_window_ms) { /* the same on every call in practice */
+        rs->window_ms = msg->dedupe_window_ms;
+        rs->window_len = (size_t)snprintf(rs->window, sizeof(rs->window), "%ld", rs->window_ms);
+    }
+    const char *route = msg->route ? msg->route : "alma";
+    const char *a[6 + ENTRY_FIELDS_MAX] = {"2", route, AB_DEDUPE_REDIS_PREFIX, msg->dedupe_key,
+                                           rs->window, rs->sh->maxlen_str};
+    size_t l[6 + ENTRY_FIELDS_MAX] = {1,
+                                      strlen(route),
+                                      strlen(AB_DEDUPE_REDIS_PREFIX),
+                                      strlen(msg->dedupe_key),
+                                      rs->window_len,
+                                      strlen(rs->sh->maxlen_str)};
+    size_t total = 0;
     int argc = 5 + nf;
-    for (int i = 0; i < argc; i++) {
-        if (i >= 5) {
-            a[i] = fv[i - 5];
-        }
-        l[i] = i >= 5 ? fl[i - 5] : strlen(a[i]);
+    for (int i = 6; i < 6 + nf; i++) {
+        a[i] = fv[i - 6];
+        l[i] = fl[i - 6];
+    }
+    for (int i = 0; i < 6 + nf; i++) {
         total += l[i];
     }
     struct ab_pending_req *r = ab_pending_add(
         rs->pending, cb, opaque, sizeof(struct redis_req) + (size_t)argc * sizeof(size_t) + total);
     struct redis_req *q = ab_pending_extra(r);
     q->argc = argc;
-    memcpy(q->args, l, (size_t)argc * sizeof(size_t));
+    size_t *lens = (size_t *)q->args;
+    lens[0] = l[0];
+    lens[1] = l[1];
+    lens[2] = l[2] + l[3]; /* the key, from its two pieces */
+    memcpy(lens + 3, l + 4, (size_t)(argc - 3) * sizeof(size_t));
     unsigned char *p = q->args + (size_t)argc * sizeof(size_t);
-    for (int i = 0; i < argc; i++) {
+    for (int i = 0; i < 6 + nf; i++) {
         memcpy(p, a[i], l[i]);
         p += l[i];
     }
-    free(key);
     return r;
 }
 
@@ -655,14 +680,22 @@ static int redis_submit(struct ab_sink *s, const struct ab_sink_msg *msg, ab_sin
         size_t len[6 + ENTRY_FIELDS_MAX];
         int n = 0;
 #define ARG(str, l) (argv[n] = (str), len[n] = (l), n++)
-        ARG("XADD", 4);
+        if (sh->floor_script) {
+            ARG("EVALSHA", 7);
+            ARG(sh->floor_sha, 40);
+            ARG("1", 1);
+        } else {
+            ARG("XADD", 4);
+        }
         ARG(msg->route ? msg->route : "alma", strlen(msg->route ? msg->route : "alma"));
         if (sh->maxlen > 0) {
             ARG("MAXLEN", 6);
             ARG("~", 1);
             ARG(sh->maxlen_str, strlen(sh->maxlen_str));
         }
-        ARG("*", 1);
+        if (!sh->floor_script) {
+            ARG("*", 1);
+        }
         for (int i = 0; i < nf; i++) {
             ARG(fv[i], fl[i]);
         }
@@ -726,6 +759,7 @@ static struct ab_sink *redis_open(const struct ab_sink_conf *sc, void *shared,
     rs->base.ops = &ab_sink_redis;
     rs->sh = shared;
     rs->evbase = base;
+    rs->window_ms = -1; /* no window formatted yet */
     rs->probe_ev = evtimer_new(base, on_probe, rs);
     rs->pending = ab_pending_new(base, sc->ack_timeout_ms);
     ab_pending_on_expire(rs->pending, on_expire, rs);

@@ -473,3 +473,14 @@ int ab_redis_command_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *priv
     }
     return rc;
 }
+
+int ab_redis_bench_floor(const char *name)
+{
+    const char *v = getenv("ALMABRIDGE_BENCH_FLOOR");
+    if (v == NULL || strcmp(v, name) != 0) {
+        return 0;
+    }
+    ab_warn("ALMABRIDGE_BENCH_FLOOR=%s: a benchmark's floor, not a configuration (%s)", name,
+            strcmp(name, "store-ping") == 0 ? "deduplication is OFF" : "slower writes");
+    return 1;
+}

@@ -92,4 +92,13 @@ int ab_redis_conn_set_nx_get(const struct ab_redis_conn *c);
 void ab_redis_conn_no_set_nx_get(struct ab_redis_conn *c, const redisAsyncContext *ac);
 int ab_redis_refuses_set_nx_get(const redisReply *reply);
 
+/* A measuring aid for bench/dedupe_bench.py, never for production: 1 when the environment
+ * variable ALMABRIDGE_BENCH_FLOOR is name (logged as a warning on each call, from
+ * global_init). "script": the Redis sink without a store writes each entry through a script
+ * that only runs the XADD (the price of any script, with no claim in it); "store-ping": the
+ * Redis store answers every claim NEW and every marker STORED after a PING (two round trips
+ * to its server that do nothing: deduplication OFF). The floors the issue-19 bench measures
+ * beside the real configurations (bench/RESULTS.md). */
+int ab_redis_bench_floor(const char *name);
+
 #endif
