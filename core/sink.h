@@ -90,10 +90,13 @@ struct ab_sink_conf {
 #define AB_SINK_WRAPS 0x1
 /* ab_sink_ops.flags: a write the backend has not acknowledged by its deadline may still be
  * stored, and the backend keeps retrying it safely on its own (Kafka's idempotent producer
- * on a new partition leader). A wrapper that answers by its own timer (the spool) gives it
- * a longer deadline, AB_SINK_PATIENCE_MS, so that its answer is the final one. */
+ * on a new partition leader, or on the broker when it is back). A wrapper that answers by
+ * its own timer (the spool) gives it a longer deadline, AB_SINK_PATIENCE_MS (librdkafka's
+ * own default message.timeout.ms, 5 min), so that its answer is the final one for any
+ * outage shorter than that: a write that was in flight when the broker went down is retried
+ * by the producer, which the broker recognises, instead of being forwarded again. */
 #define AB_SINK_RETRIES_LATE 0x2
-#define AB_SINK_PATIENCE_MS 30000L
+#define AB_SINK_PATIENCE_MS 300000L
 /* ab_sink_ops.flags: the backend has a batched content mode (--content-mode batched: the
  * CloudEvents HTTP binding's); any other refuses that mode at start. */
 #define AB_SINK_BATCHES 0x4

@@ -13,7 +13,7 @@ What makes it exactly once: the batches in flight when the leader dies are retri
 new leader by the idempotent producer, which the new leader deduplicates by their sequence
 numbers; an event spooled meanwhile (--spool-after) holds fwd:<key> in the store until that
 answer, so the forwarder skips it. The spool gives the Kafka sink under it a deadline of its
-own (AB_SINK_PATIENCE_MS, 30 s, librdkafka's message.timeout.ms), longer than --ack-timeout:
+own (AB_SINK_PATIENCE_MS, 5 min, librdkafka's message.timeout.ms), longer than --ack-timeout:
 here --ack-timeout is 2 s and the failover takes longer (the nodes fence a dead broker after
 2 s, broker.session.timeout.ms), so without that patience the batches in flight would fail
 as "possibly persisted" and be forwarded a second time (docs/DEDUPLICATION.md)."""
