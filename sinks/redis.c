@@ -520,12 +520,13 @@ static struct ab_pending_req *add_dedupe(struct redis_sink *rs, const struct ab_
                                          const char *const *fv, const size_t *fl, int nf,
                                          ab_sink_done_cb cb, void *opaque)
 {
-    /* the key is the prefix and msg->dedupe_key: two pieces, joined as they are copied */
     if (rs->window_ms != msg->dedupe_window_ms) { /* the same on every call in practice */
         rs->window_ms = msg->dedupe_window_ms;
         rs->window_len = (size_t)snprintf(rs->window, sizeof(rs->window), "%ld", rs->window_ms);
     }
     const char *route = msg->route ? msg->route : "alma";
+    /* a[2] and a[3] are the key's two pieces, the prefix and msg->dedupe_key: one argument,
+     * joined as they are copied */
     const char *a[6 + ENTRY_FIELDS_MAX] = {"2", route, AB_DEDUPE_REDIS_PREFIX, msg->dedupe_key,
                                            rs->window, rs->sh->maxlen_str};
     size_t l[6 + ENTRY_FIELDS_MAX] = {1,
