@@ -394,6 +394,52 @@ static void test_full_spool_refuses(void)
     fixture_close(&f);
 }
 
+/* The deadline the spool handed to its inner backend's global_init. */
+static long inner_ack_ms;
+
+static int capture_global_init(const struct ab_sink_conf *conf, void **shared, char *errstr,
+                               size_t errlen)
+{
+    inner_ack_ms = conf->ack_timeout_ms;
+    *shared = NULL;
+    return 0;
+}
+
+/* A backend that keeps retrying a write on its own (Kafka's idempotent producer) is given
+ * 5 minutes for its final answer, librdkafka's own default message.timeout.ms: a write in
+ * flight when the broker went down for less than that is retried by the producer, and
+ * recognised by the broker, instead of timing out as "possibly persisted" and being
+ * forwarded a second time (bench/dedupe_scale.py found one such duplicate when this was
+ * 30 s and the broker was down for 36 s). Any other backend keeps --ack-timeout. */
+static void test_a_backend_that_retries_late_gets_five_minutes(void)
+{
+    for (int late = 0; late < 2; late++) {
+        const struct ab_sink_ops ops = {.name = "capture",
+                                        .default_route = "alma",
+                                        .flags = late ? AB_SINK_RETRIES_LATE : 0,
+                                        .global_init = capture_global_init,
+                                        .open = mock_open,
+                                        .submit = mock_submit,
+                                        .close = mock_close};
+        char dir[64], err[256] = "";
+        snprintf(dir, sizeof(dir), "/tmp/ab_spool_XXXXXX");
+        CHECK(mkdtemp(dir) != NULL);
+        struct ab_spool_conf sc = {.opts = {.dir = dir, .after_ms = 200, .max_bytes = 1 << 20,
+                                            .segment_bytes = 1 << 20},
+                                   .inner = &ops,
+                                   .inner_conf = {.ack_timeout_ms = 4000}};
+        struct ab_sink_conf conf = {.opts = &sc, .ack_timeout_ms = 4000};
+        void *shared = NULL;
+        inner_ack_ms = -1;
+        CHECK(ab_sink_spool.global_init(&conf, &shared, err, sizeof(err)) == 0);
+        CHECK(late ? inner_ack_ms >= 5 * 60 * 1000 : inner_ack_ms == 4000);
+        ab_sink_spool.global_free(shared);
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
+    }
+}
+
 int main(void)
 {
     evthread_use_pthreads();
@@ -405,5 +451,6 @@ int main(void)
     RUN(test_no_ack_within_spool_after_is_spooled);
     RUN(test_forwarded_in_order_and_segments_removed);
     RUN(test_full_spool_refuses);
+    RUN(test_a_backend_that_retries_late_gets_five_minutes);
     return TEST_SUMMARY();
 }
