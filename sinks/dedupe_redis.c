@@ -27,7 +27,6 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <openssl/sha.h>
 
 #include "dedupe.h"
 #include "dedupe_store.h"
@@ -77,15 +76,6 @@ struct rcmd {
     char key[];
 };
 
-static void sha1_hex(const char *s, char out[41])
-{
-    unsigned char md[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)s, strlen(s), md);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-    }
-}
-
 static int rs_global_init(const struct ab_dedupe_conf *conf, void **shared, char *errstr,
                           size_t errlen)
 {
@@ -99,8 +89,8 @@ static int rs_global_init(const struct ab_dedupe_conf *conf, void **shared, char
     }
     snprintf(sh->claim_ms, sizeof(sh->claim_ms), "%ld", conf->claim_ms);
     snprintf(sh->window_ms, sizeof(sh->window_ms), "%ld", conf->window_ms);
-    sha1_hex(CLAIM_LUA, sh->claim_sha);
-    sha1_hex(RELEASE_LUA, sh->release_sha);
+    ab_redis_script_sha(CLAIM_LUA, sh->claim_sha);
+    ab_redis_script_sha(RELEASE_LUA, sh->release_sha);
     sh->timeout_ms = conf->timeout_ms;
     sh->floor_ping = ab_redis_bench_floor("store-ping");
     ab_info("dedupe store: redis %s, window %ld ms, claims %ld ms", sh->addr, conf->window_ms,

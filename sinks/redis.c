@@ -54,7 +54,6 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <openssl/sha.h>
 #include <stdalign.h>
 
 #include "config.h"
@@ -349,15 +348,9 @@ static int redis_global_init(const struct ab_sink_conf *sc, void **shared, char 
     snprintf(sh->maxlen_str, sizeof(sh->maxlen_str), "%ld", sh->maxlen);
     snprintf(sh->wait_str, sizeof(sh->wait_str), "%ld", sh->wait);
     snprintf(sh->wait_ms_str, sizeof(sh->wait_ms_str), "%ld", sh->wait_ms);
-    for (int v = 0; v < 3; v++) {
-        const char *src = v == 2 ? FLOOR_LUA : v ? CLAIM_XADD_LUA_V6 : CLAIM_XADD_LUA;
-        char *out = v == 2 ? sh->floor_sha : sh->claim_xadd_sha[v];
-        unsigned char md[SHA_DIGEST_LENGTH];
-        SHA1((const unsigned char *)src, strlen(src), md);
-        for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
-            snprintf(out + 2 * i, 3, "%02x", md[i]);
-        }
-    }
+    ab_redis_script_sha(CLAIM_XADD_LUA, sh->claim_xadd_sha[0]);
+    ab_redis_script_sha(CLAIM_XADD_LUA_V6, sh->claim_xadd_sha[1]);
+    ab_redis_script_sha(FLOOR_LUA, sh->floor_sha);
     sh->floor_script = sh->maxlen == 0 && ab_redis_bench_floor("script");
     ab_info("redis sink: %s%s%s, trimming %s, WAIT %ld replica(s)", sh->addr,
             sh->user ? ", ACL user " : (sh->password ? ", with password" : ""),

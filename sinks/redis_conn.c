@@ -9,6 +9,7 @@
 
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
+#include <openssl/sha.h>
 
 #include "log.h"
 #include "mem.h"
@@ -406,6 +407,15 @@ long ab_redis_conn_retry_in_ms(const struct ab_redis_conn *c)
     long ms = (long)(c->retry_at.tv_sec - now.tv_sec) * 1000 +
               (c->retry_at.tv_nsec - now.tv_nsec) / 1000000;
     return ms > 0 ? ms : 0;
+}
+
+void ab_redis_script_sha(const char *script, char out[41])
+{
+    unsigned char md[SHA_DIGEST_LENGTH];
+    SHA1((const unsigned char *)script, strlen(script), md);
+    for (int i = 0; i < SHA_DIGEST_LENGTH; i++) {
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    }
 }
 
 int ab_redis_conn_set_nx_get(const struct ab_redis_conn *c)

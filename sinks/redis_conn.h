@@ -82,6 +82,9 @@ void ab_redis_conn_drop(struct ab_redis_conn *c, const char *reason);
 int ab_redis_command_argv(redisAsyncContext *ac, redisCallbackFn *fn, void *privdata, int argc,
                           const char **argv, const size_t *argvlen);
 
+/* The SHA1 of a script's text as EVALSHA takes it (40 hex digits and a NUL) into out. */
+void ab_redis_script_sha(const char *script, char out[41]);
+
 /* SET ... NX GET (Redis >= 7.0; "ERR syntax error" from older servers, in a script's error
  * too): 1 unless a reply on the current connection showed that the server refuses it, then
  * 0 until the next connection (a failover may bring another version). The owners send the
