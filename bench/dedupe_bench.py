@@ -64,7 +64,6 @@ def get(port, path):
         return r.read().decode()
 
 
-
 def wait_ready(port, proc, args, seconds):
     """Poll the daemon's /readyz until it says ready; RuntimeError after `seconds` or if
     proc exits."""
@@ -78,6 +77,7 @@ def wait_ready(port, proc, args, seconds):
         if time.time() > deadline or proc.poll() is not None:
             raise RuntimeError("the daemon did not become ready: " + " ".join(args))
         time.sleep(0.05)
+
 
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
